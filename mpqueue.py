@@ -1,0 +1,2487 @@
+"""mpqueue: a multi-process job queue for Python, in one file.
+
+This file is the whole library.  It depends on ``cloudpickle`` and, for the
+Redis driver, ``redis``; everything else is the standard library, so the file
+can be copied ("vendored") into a project as it is.
+
+A pool is a tree of processes, all forked from the one that runs
+``mpqueue worker:start``::
+
+    manage            mpq:{name}:manage    pid file, signals, restarts masters
+     |
+     +-- master       mpq:{queue}:master   one per queue: watches the broker,
+     |    |                                hands jobs to idle workers, enforces
+     |    |                                timeouts, renews leases, recovers
+     |    +-- worker  mpq:{queue}:worker   runs jobs, one at a time
+     |    +-- worker
+     +-- master       ...
+
+A job moves through the broker like this::
+
+    push --> waiting --reserve--> reserved --start--> working --done--> (over)
+      \          ^                   |                   |
+       \         +---- 0.5 s --------+                   +--error--> delayed (retry)
+        +--> delayed --due--> waiting                    +--last error/timeout-->
+                                                              fail handlers --> failed
+
+Every transition is one atomic step in the broker (a Lua script for Redis, a
+``BEGIN IMMEDIATE`` transaction for SQLite), and a master batches the steps of
+many jobs into one round trip.  A running job holds a lease that its master
+renews; when a worker dies its master recovers the job at once, and when a
+whole server dies any other server's master recovers it once the lease
+(``LEASE_SECONDS``) or the job's timeout has passed.  Delivery is therefore
+at-least-once.
+
+Sections, in order:  Imports and constants -- Exceptions -- Helpers --
+Configuration -- Jobs and serialization -- Drivers (Redis, SQLite) --
+Runtime (worker, master, manage) -- Public functions.
+"""
+
+###############################################################################
+# Imports and constants
+###############################################################################
+
+import asyncio
+import errno
+import fcntl
+import functools
+import hashlib
+import hmac
+import importlib
+import inspect
+import json
+import logging
+import logging.handlers
+import os
+import pickle
+import random
+import re
+import select
+import selectors
+import signal
+import socket
+import sqlite3
+import struct
+import sys
+import sysconfig
+import threading
+import time
+import traceback
+import uuid
+from multiprocessing.connection import Pipe
+
+import cloudpickle
+
+try:  # optional: nicer process names in ps/top
+    import setproctitle as _setproctitle
+except ImportError:  # pragma: no cover - depends on the environment
+    _setproctitle = None
+
+__version__ = '0.1.0'
+
+__all__ = [
+    'ConfigError', 'DriverError', 'Job', 'MODEL_DISTRIBUTE', 'MODEL_GRAB',
+    'MPQueueError', 'RedisDriver', 'SerializationError', 'SqliteDriver',
+    'TYPE_NORMAL', 'TYPE_TIMEOUT', 'clean', 'configure', 'delete_failed',
+    'failed_jobs', 'push', 'push_many', 'retry_failed', 'status',
+]
+
+logger = logging.getLogger('mpqueue')
+logger.addHandler(logging.NullHandler())
+
+#: ``job_info['type']`` of a job that failed by raising an exception.
+TYPE_NORMAL = 1
+#: ``job_info['type']`` of a job that ran past its timeout and was stopped.
+TYPE_TIMEOUT = 2
+
+#: The master pops as many jobs as it has idle workers and hands them out.
+MODEL_DISTRIBUTE = 'distribute'
+#: Each worker pops its own jobs from the broker.
+MODEL_GRAB = 'grab'
+
+#: A running job's lease: if nobody renews it for this long, the job's worker
+#: (or its whole server) is taken for dead and the job is recovered.
+LEASE_SECONDS = 10.0
+#: A job handed to a worker but not started within this time goes back to the
+#: head of its queue.
+RESERVE_SECONDS = 0.5
+#: How many times the fail handlers of one job are tried when the worker
+#: running them dies, before the job goes to the failed list regardless.
+HANDLER_ATTEMPTS = 3
+
+# Exit codes of mpqueue's own processes, read by their parents.
+EXIT_OK = 0
+EXIT_BOOT_ERROR = 3      # a start hook raised: back off before forking again
+EXIT_MEMORY = 4          # over memory_limit after a job: replace at once
+EXIT_ORPHANED = 5        # the parent went away
+
+_HOST = socket.gethostname()
+
+###############################################################################
+# Exceptions
+###############################################################################
+
+
+class MPQueueError(Exception):
+    """Root of every error mpqueue raises on purpose."""
+
+
+class ConfigError(MPQueueError):
+    """The configuration is wrong; the message names the key path."""
+
+
+class DriverError(MPQueueError):
+    """The broker could not be reached or refused a command; the message names
+    the broker address."""
+
+
+class SerializationError(MPQueueError):
+    """A job could not be pickled, or a stored payload could not be trusted or
+    decoded."""
+
+
+class _StopWorker(BaseException):
+    """Raised inside an idle worker to make it exit at once."""
+
+
+###############################################################################
+# Helpers
+###############################################################################
+
+
+def _set_title(title):
+    if _setproctitle is not None:
+        _setproctitle.setproctitle(title)
+
+
+def _rss_mb(pid='self'):
+    """Resident set size of a process in MB (Linux /proc), or None."""
+    try:
+        with open('/proc/%s/statm' % pid, 'rb') as f:
+            return int(f.read().split()[1]) * _PAGE_SIZE / 1048576.0
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+try:
+    _PAGE_SIZE = os.sysconf('SC_PAGE_SIZE')
+except (ValueError, OSError, AttributeError):  # pragma: no cover
+    _PAGE_SIZE = 4096
+
+
+def _describe_exit(status):
+    """A wait status as words, e.g. ``'killed by SIGKILL (perhaps out of memory?)'``."""
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = 'signal %d' % sig
+        if sig == signal.SIGKILL:
+            return 'killed by SIGKILL (perhaps out of memory?)'
+        return 'killed by %s' % name
+    code = os.WEXITSTATUS(status)
+    return {EXIT_OK: 'exited normally',
+            EXIT_BOOT_ERROR: 'exited: could not boot (a start hook raised)',
+            EXIT_MEMORY: 'exited: over its memory_limit',
+            EXIT_ORPHANED: 'exited: its parent went away'}.get(
+                code, 'exited with code %d' % code)
+
+
+def _fork(target, *args):
+    """Fork a child that runs ``target(*args)`` and exits with its return value.
+
+    mpqueue forks with ``os.fork()`` itself, never ``spawn`` or ``forkserver``
+    whatever the platform's multiprocessing default is, so that reaping with
+    ``waitpid(-1, WNOHANG)`` stays the parent's alone.  Returns the child's pid.
+    """
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:
+        code = target(*args) or 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:
+        try:
+            logger.exception('process %d crashed', os.getpid())
+        except BaseException:
+            pass
+    finally:
+        try:
+            logging.shutdown()
+        finally:
+            os._exit(code)
+
+
+class _Signals:
+    """Signal handlers that only record: the signal number goes into a list and
+    a byte into a socketpair whose read end sits in the selector (the pattern
+    asyncio and gunicorn use), so the main loop wakes and does the work."""
+
+    def __init__(self, selector, signums, ignore=()):
+        self.pending = []
+        self._r, self._w = socket.socketpair()
+        self._r.setblocking(False)
+        self._w.setblocking(False)
+        selector.register(self._r, selectors.EVENT_READ, self)
+        signal.set_wakeup_fd(self._w.fileno(), warn_on_full_buffer=False)
+        for signum in signums:
+            signal.signal(signum, self._record)
+        for signum in ignore:
+            signal.signal(signum, signal.SIG_IGN)
+
+    def _record(self, signum, frame):
+        self.pending.append(signum)
+
+    def drain(self):
+        try:
+            while self._r.recv(4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+        signums, self.pending[:] = list(self.pending), []
+        return signums
+
+    def close(self):
+        signal.set_wakeup_fd(-1)
+        self._r.close()
+        self._w.close()
+
+
+def _reset_signals():
+    """Child side of a fork: default handlers, no wakeup fd."""
+    try:
+        signal.set_wakeup_fd(-1)
+    except ValueError:
+        pass
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1,
+                   signal.SIGUSR2, signal.SIGCHLD, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
+
+
+def _is_stdlib_or_installed(module):
+    path = getattr(module, '__file__', None)
+    if not path:
+        return True
+    return path.startswith(_INSTALL_DIRS)
+
+
+_INSTALL_DIRS = tuple(sorted({os.path.realpath(p) for p in (
+    sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
+    sysconfig.get_paths().get('stdlib', ''), sysconfig.get_paths().get('purelib', ''),
+    sysconfig.get_paths().get('platlib', '')) if p} | {os.path.dirname(os.path.abspath(__file__))}))
+
+
+def _forget_user_modules():
+    """Drop the user's own modules (those outside the Python installation and
+    site-packages) from ``sys.modules`` so that jobs import them anew: this is
+    what makes ``worker:reload`` load changed code."""
+    for name, module in list(sys.modules.items()):
+        if name == '__main__' or module is None or name == __name__:
+            continue
+        if not _is_stdlib_or_installed(module):
+            del sys.modules[name]
+    importlib.invalidate_caches()
+
+
+###############################################################################
+# Configuration
+###############################################################################
+
+_QUEUE_NAME_RE = re.compile(r'^[A-Za-z0-9_.:-]{1,100}$')
+_POOL_NAME_RE = re.compile(r'^[A-Za-z0-9_.-]{1,100}$')
+
+_BASICS_DEFAULTS = {
+    'name': None, 'pid_path': '/tmp', 'driver': None, 'worker_start_handle': None,
+    'secret': None, 'max_payload': 16 * 1024 * 1024, 'stop_grace': 30,
+}
+_LOG_DEFAULTS = {'path': '/tmp', 'level': logging.INFO, 'driver': None}
+_QUEUE_DEFAULTS = {
+    'name': None, 'worker_number': 3, 'memory_limit': 128, 'sleep_seconds': 1,
+    'timeout': 120, 'fail_number': 3, 'fail_expire': 3, 'fail_handle': None,
+    'worker_start_handle': None, 'model': MODEL_DISTRIBUTE, 'coroutine_number': 1,
+}
+
+_config = None   # the configuration given to configure(), validated
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_number(path, value, minimum, integer=False):
+    kind = 'an int' if integer else 'a number'
+    ok = (isinstance(value, int) and not isinstance(value, bool)) if integer else _is_number(value)
+    if not ok or value < minimum or value != value:
+        raise ConfigError('%s must be %s >= %s, got %r' % (path, kind, minimum, value))
+    return value
+
+
+def _check_callable(path, value):
+    if value is not None and not callable(value):
+        raise ConfigError('%s must be callable or None, got %r' % (path, value))
+    return value
+
+
+def _check_keys(path, given, defaults):
+    if not isinstance(given, dict):
+        raise ConfigError('%s must be a dict, got %r' % (path, given))
+    unknown = sorted(set(given) - set(defaults), key=str)
+    if unknown:
+        raise ConfigError('%s has unknown key %r (known keys: %s)' % (
+            path, unknown[0], ', '.join(sorted(defaults))))
+    merged = dict(defaults)
+    merged.update(given)
+    return merged
+
+
+def _validate(config):
+    """Return a validated copy of ``config`` with every default filled in."""
+    if not isinstance(config, dict):
+        raise ConfigError('config must be a dict, got %r' % (config,))
+    unknown = sorted(set(config) - {'basics', 'log', 'queue'}, key=str)
+    if unknown:
+        raise ConfigError('config has unknown key %r (known keys: basics, log, queue)'
+                          % (unknown[0],))
+    if 'basics' not in config:
+        raise ConfigError('config.basics is required')
+    basics = _check_keys('basics', config['basics'], _BASICS_DEFAULTS)
+    name = basics['name']
+    if not isinstance(name, str) or not _POOL_NAME_RE.match(name):
+        raise ConfigError('basics.name must be a non-empty string of letters, digits, '
+                          '"_", "." or "-", got %r' % (name,))
+    if not isinstance(basics['pid_path'], str) or not basics['pid_path']:
+        raise ConfigError('basics.pid_path must be a directory path, got %r' % (basics['pid_path'],))
+    _check_callable('basics.worker_start_handle', basics['worker_start_handle'])
+    secret = basics['secret']
+    if secret is not None:
+        if isinstance(secret, str):
+            secret = secret.encode()
+        if not isinstance(secret, bytes) or not secret:
+            raise ConfigError('basics.secret must be non-empty bytes or str, got %r' % (secret,))
+        basics['secret'] = secret
+    _check_number('basics.max_payload', basics['max_payload'], 1, integer=True)
+    _check_number('basics.stop_grace', basics['stop_grace'], 0)
+    if basics['driver'] is None:
+        basics['driver'] = SqliteDriver(os.path.join(basics['pid_path'], name + '.db'))
+    elif not isinstance(basics['driver'], _Driver):
+        raise ConfigError('basics.driver must be a mpqueue.RedisDriver or mpqueue.SqliteDriver, '
+                          'got %r' % (basics['driver'],))
+
+    log = _check_keys('log', config.get('log', {}), _LOG_DEFAULTS)
+    if not isinstance(log['path'], str) or not log['path']:
+        raise ConfigError('log.path must be a directory path, got %r' % (log['path'],))
+    level = log['level']
+    if isinstance(level, str) and isinstance(logging.getLevelName(level.upper()), int):
+        log['level'] = logging.getLevelName(level.upper())
+    elif not (isinstance(level, int) and not isinstance(level, bool)):
+        raise ConfigError('log.level must be a logging level such as logging.INFO or "DEBUG", '
+                          'got %r' % (level,))
+    if log['driver'] is not None and not (isinstance(log['driver'], logging.Handler)
+                                          or callable(log['driver'])):
+        raise ConfigError('log.driver must be a logging.Handler or a callable returning one, '
+                          'got %r' % (log['driver'],))
+
+    queues = config.get('queue')
+    if not isinstance(queues, list) or not queues:
+        raise ConfigError('config.queue must be a non-empty list of queue dicts, got %r' % (queues,))
+    checked, seen = [], set()
+    for i, given in enumerate(queues):
+        path = 'queue[%d]' % i
+        q = _check_keys(path, given, _QUEUE_DEFAULTS)
+        if not isinstance(q['name'], str) or not _QUEUE_NAME_RE.match(q['name']):
+            raise ConfigError('%s.name must be a non-empty string of letters, digits, "_", ".", '
+                              '":" or "-", got %r' % (path, q['name']))
+        if q['name'] in seen:
+            raise ConfigError('%s.name %r is used by an earlier queue; queue names must be unique'
+                              % (path, q['name']))
+        seen.add(q['name'])
+        _check_number(path + '.worker_number', q['worker_number'], 1, integer=True)
+        _check_number(path + '.memory_limit', q['memory_limit'], 0)
+        _check_number(path + '.sleep_seconds', q['sleep_seconds'], 0.001)
+        _check_number(path + '.timeout', q['timeout'], 0)
+        _check_number(path + '.fail_number', q['fail_number'], 0, integer=True)
+        _check_number(path + '.fail_expire', q['fail_expire'], 0)
+        _check_number(path + '.coroutine_number', q['coroutine_number'], 1, integer=True)
+        _check_callable(path + '.fail_handle', q['fail_handle'])
+        _check_callable(path + '.worker_start_handle', q['worker_start_handle'])
+        if q['model'] not in (MODEL_DISTRIBUTE, MODEL_GRAB):
+            raise ConfigError('%s.model must be mpqueue.MODEL_DISTRIBUTE or mpqueue.MODEL_GRAB, '
+                              'got %r' % (path, q['model']))
+        checked.append(q)
+    return {'basics': basics, 'log': log, 'queue': checked}
+
+
+def configure(config):
+    """Validate ``config`` and make it the configuration of this process.
+
+    :param config: the dict described in the README (``basics``, ``log``, ``queue``).
+    :returns: the validated config with every default filled in.
+    :raises ConfigError: naming the key path and the bad value.
+    """
+    global _config
+    _config = _validate(config)
+    return _config
+
+
+def _get_config():
+    if _config is None:
+        raise MPQueueError('mpqueue is not configured: call mpqueue.configure(config) first')
+    return _config
+
+
+def _queue_config(name):
+    config = _get_config()
+    for q in config['queue']:
+        if q['name'] == name:
+            return q
+    raise ConfigError('queue %r is not in the config (configured queues: %s)' % (
+        name, ', '.join(q['name'] for q in config['queue'])))
+
+
+###############################################################################
+# Jobs and serialization
+###############################################################################
+
+
+class Job:
+    """Base class for jobs that carry their own settings and fail handler.
+
+    Subclass it, set the class attributes you need and write ``handle()``::
+
+        class SendMail(mpqueue.Job):
+            timeout = 30          # None: the queue's; 0: no timeout
+            fail_number = 5
+            fail_expire = 0.5
+            def __init__(self, to):
+                self.to = to
+            def handle(self):
+                ...
+
+    Push an instance (pickled with its attributes) or the class itself
+    (instantiated with no arguments in the worker).  ``handle`` may be a
+    coroutine function.
+    """
+
+    timeout = None
+    fail_number = None
+    fail_expire = None
+
+    def handle(self):
+        raise NotImplementedError('%s.handle() is not written' % type(self).__name__)
+
+    def fail_handle(self, job_info, exc):
+        """Called once the job has failed for good (after its last retry, or at
+        its timeout).  Return anything but ``False`` to skip the queue's
+        ``fail_handle``.
+
+        :param job_info: dict with id, queue, create_time, start_time,
+            exec_number, worker_id, timeout, fail_number, fail_expire,
+            error_info, type and job.
+        :param exc: the exception of the last failure (``TimeoutError`` for a
+            timeout).
+        """
+        return False
+
+
+_IMPORT_PATH_RE = re.compile(r'^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$')
+_MAGIC = b'MPQ1'
+_WIRE_VERSION = 1
+
+
+def _job_name(job):
+    """A short, cheap name for a job, shown in logs and by ``queue:failed``."""
+    if isinstance(job, str):
+        return job
+    if isinstance(job, functools.partial):
+        return _job_name(job.func)
+    if isinstance(job, Job):
+        job = type(job)
+    name = getattr(job, '__qualname__', None) or type(job).__qualname__
+    module = getattr(job, '__module__', None)
+    return '%s.%s' % (module, name) if module else name
+
+
+def _check_job(queue, job):
+    """Raise TypeError unless ``job`` is something a worker can run."""
+    if isinstance(job, str):
+        if not _IMPORT_PATH_RE.match(job):
+            raise TypeError('job for queue %r must be a callable, a mpqueue.Job or an import '
+                            'path "pkg.module:attr", got the string %r' % (queue, job))
+    elif not (callable(job) or isinstance(job, Job)):
+        raise TypeError('job for queue %r must be a callable, a mpqueue.Job or an import path '
+                        '"pkg.module:attr", got %r' % (queue, job))
+
+
+def _encode(queue, job, args, kwargs, secret, max_payload):
+    """Pickle a job into its wire envelope::
+
+        b'MPQ1' + b'S' + HMAC-SHA256(secret, body) + body     (signed)
+        b'MPQ1' + b'U' + body                                  (unsigned)
+
+    where body is a pickled dict ``{'v': 1, 'job': ..., 'args': ..., 'kwargs': ...}``.
+    Readers use ``dict.get`` with defaults, so older payloads keep decoding.
+    """
+    body = {'v': _WIRE_VERSION, 'job': job}
+    if args:
+        body['args'] = tuple(args)
+    if kwargs:
+        body['kwargs'] = dict(kwargs)
+    try:
+        data = cloudpickle.dumps(body, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        raise SerializationError('job %s for queue %r cannot be pickled: %s: %s' % (
+            _job_name(job), queue, type(exc).__name__, exc)) from exc
+    if len(data) > max_payload:
+        raise SerializationError('job %s for queue %r is %d bytes, over basics.max_payload (%d)'
+                                 % (_job_name(job), queue, len(data), max_payload))
+    if secret:
+        return b''.join((_MAGIC, b'S', hmac.new(secret, data, hashlib.sha256).digest(), data))
+    return b''.join((_MAGIC, b'U', data))
+
+
+def _decode(payload, secret):
+    """Check and unpickle an envelope; return ``(job, args, kwargs)``.
+
+    With a secret, the signature is checked in constant time *before*
+    anything is unpickled, and an unsigned payload is refused.
+    """
+    if not isinstance(payload, (bytes, bytearray, memoryview)) or payload[:4] != _MAGIC:
+        raise SerializationError('payload is not an mpqueue job (corrupt or foreign data)')
+    flag = payload[4:5]
+    if flag == b'S':
+        mac, data = payload[5:37], payload[37:]
+        if secret and not hmac.compare_digest(
+                mac, hmac.new(secret, data, hashlib.sha256).digest()):
+            raise SerializationError('payload signature does not match basics.secret '
+                                     '(tampered, or signed with another secret); not unpickled')
+    elif flag == b'U':
+        data = payload[5:]
+        if secret:
+            raise SerializationError('payload is not signed but basics.secret is set; '
+                                     'not unpickled')
+    else:
+        raise SerializationError('payload has an unknown envelope flag %r' % (flag,))
+    try:
+        body = pickle.loads(data)
+    except Exception as exc:
+        raise SerializationError('payload cannot be unpickled: %s: %s' % (
+            type(exc).__name__, exc)) from exc
+    if not isinstance(body, dict) or 'job' not in body:
+        raise SerializationError('payload has no job in it')
+    return body['job'], body.get('args', ()), body.get('kwargs') or {}
+
+
+def _resolve(job):
+    """Turn what was pushed into something to call: import paths are imported,
+    Job classes instantiated.  Returns ``(callable, job_object_or_None)``."""
+    if isinstance(job, str):
+        module_name, _, attr = job.partition(':')
+        obj = importlib.import_module(module_name)
+        for part in attr.split('.'):
+            obj = getattr(obj, part)
+        job = obj
+    if isinstance(job, type) and issubclass(job, Job):
+        job = job()
+    if isinstance(job, Job):
+        return job.handle, job
+    return job, None
+
+
+def _job_setting(name, given, job, qconf):
+    """Per-job setting: push argument, else Job attribute, else queue config."""
+    if given is not None:
+        return given
+    if isinstance(job, Job) or (isinstance(job, type) and issubclass(job, Job)):
+        value = getattr(job, name, None)
+        if value is not None:
+            return value
+    return qconf[name]
+
+
+def _new_id():
+    """Job ids sort by creation time: 12 hex digits of ms, then 10 random."""
+    return '%012x%s' % (int(time.time() * 1000), os.urandom(5).hex())
+
+
+###############################################################################
+# Drivers
+###############################################################################
+
+
+class _Driver:
+    """What every broker driver offers.  A driver is a small state machine per
+    queue whose steps are applied in batches: ``execute(queue, ops)`` runs a
+    list of steps atomically, in one round trip, and returns one result per
+    step.  The steps (``ops``) are:
+
+    ============================  ===============================================
+    ``('push', id, meta, payload, delay)``   store a job; waiting, or delayed by
+                                             ``delay`` seconds
+    ``('reserve', n)``            pop up to n waiting jobs into *reserved*; returns
+                                  ``[id, meta, payload, ...]``
+    ``('start', id, worker, owner)``   reserved -> working: exec_number + 1, start
+                                  time, worker, deadline, lease; returns 1/0
+    ``('pop', worker, owner)``    reserve + start one job (grab model); returns
+                                  ``[id, meta, payload]`` or ``[]``
+    ``('renew', id)``             extend the lease of a working job
+    ``('done', id)``              success: forget the job, ``over`` + 1
+    ``('retry', id, delay, error)``   failed attempt: delayed again
+    ``('fail', id, type, errors, name)``   final failure: to the failed list
+    ``('lost', id, error, timeout)``   its worker died (or was killed at its
+                                  timeout): retry, fail handlers, or back
+                                  to the head if it never started
+    ``('requeue', id)``           interrupted by mpqueue itself (stop): back to
+                                  the head, the attempt not counted
+    ``('recover_owner', owner, error)``   ``requeue`` every job of a dead master
+    ``('tick', limit)``           promote due delayed jobs, take back expired
+                                  reservations, recover expired leases; returns
+                                  seconds until the next due time (or -1)
+    ============================  ===============================================
+
+    ``meta`` is a JSON object: ``c`` create time, ``t`` timeout, ``f``
+    fail_number, ``e`` fail_expire, ``n`` job name, ``x`` exec_number, ``s``
+    start time, ``w`` worker id, ``o`` owner (master) id, ``d`` deadline, ``y``
+    type, ``r`` error list, ``p`` phase (``"f"``: fail handlers to run), ``h``
+    fail handler attempts.
+    """
+
+    address = '?'
+
+    def execute(self, queue, ops):
+        raise NotImplementedError
+
+    def waker(self, queue):
+        """An object with ``fileno()``, ``drain()`` and ``close()`` that becomes
+        readable when a push or a retry makes work for the queue's master."""
+        raise NotImplementedError
+
+    def close(self):
+        pass
+
+    # -- conveniences over execute(): one step, one round trip ---------------
+
+    def push(self, queue, entries):
+        """Store jobs: ``entries`` is a list of ``(id, meta_json, payload, delay)``."""
+        self.execute(queue, [('push',) + tuple(e) for e in entries])
+
+    def reserve(self, queue, n):
+        flat = self.execute(queue, [('reserve', n)])[0]
+        return [(_text(flat[i]), _meta_dict(flat[i + 1]), flat[i + 2])
+                for i in range(0, len(flat), 3)]
+
+    def pop(self, queue, worker, owner):
+        got = self.execute(queue, [('pop', worker, owner)])[0]
+        return (_text(got[0]), _meta_dict(got[1]), got[2]) if got else None
+
+    def start(self, queue, job_id, worker, owner):
+        return self.execute(queue, [('start', job_id, worker, owner)])[0]
+
+    def done(self, queue, job_id):
+        return self.execute(queue, [('done', job_id)])[0]
+
+    def retry(self, queue, job_id, delay, error):
+        return self.execute(queue, [('retry', job_id, delay, error)])[0]
+
+    def fail(self, queue, job_id, type_, errors, name=''):
+        return self.execute(queue, [('fail', job_id, type_, json.dumps(list(errors)), name)])[0]
+
+    def lost(self, queue, job_id, error, timeout=False):
+        return self.execute(queue, [('lost', job_id, error, 1 if timeout else 0)])[0]
+
+    def requeue(self, queue, job_id):
+        return self.execute(queue, [('requeue', job_id)])[0]
+
+    def renew(self, queue, job_ids):
+        return self.execute(queue, [('renew', j) for j in job_ids])
+
+    def recover_owner(self, queue, owner, error):
+        return self.execute(queue, [('recover_owner', owner, error)])[0]
+
+    def tick(self, queue, limit=1000):
+        """Promote, take back and recover; seconds to the next due time or None."""
+        due = float(self.execute(queue, [('tick', limit)])[0])
+        return None if due < 0 else due
+
+    def job_meta(self, queue, job_id):
+        """The stored meta of one job as a dict, or None (for tests and tools)."""
+        raise NotImplementedError
+
+    def status(self, queue):
+        raise NotImplementedError
+
+    def failed(self, queue, offset=0, count=100):
+        """``[(id, meta_dict), ...]`` of failed jobs, oldest first."""
+        raise NotImplementedError
+
+    def retry_failed(self, queue, job_id=None):
+        raise NotImplementedError
+
+    def delete_failed(self, queue, job_id):
+        raise NotImplementedError
+
+    def clean(self, queue):
+        raise NotImplementedError
+
+
+def _meta_dict(raw):
+    """Decode stored meta, tolerating missing fields and Lua's ``{}`` for ``[]``."""
+    meta = json.loads(raw) if raw else {}
+    if not isinstance(meta.get('r'), list):
+        meta['r'] = []
+    return meta
+
+
+# -- Redis -----------------------------------------------------------------
+
+# The whole job lifecycle for Redis as one script applying a batch of steps.
+# KEYS (all share the queue's hash tag, so the script is Redis Cluster safe):
+#   1 waiting   list  job ids ready to run, oldest first
+#   2 delayed   zset  job id -> due time (delayed pushes and retries)
+#   3 reserved  zset  job id -> time it goes back to the head of waiting
+#   4 working   zset  job id -> lease expiry (or deadline + 1 s)
+#   5 job       hash  job id -> payload (the pickled envelope)
+#   6 meta      hash  job id -> JSON meta (see _Driver)
+#   7 failed    zset  job id -> time of final failure
+#   8 stats     hash  all / over / failed counters
+# ARGV: 1 notify channel, 2 lease seconds, 3 reserve seconds, then the steps,
+#   each as its name followed by its arguments (counts in NARGS).
+# Returns one result per step.  Times are Redis server time (TIME), so the
+# servers of a pool need not agree on the clock.
+_LUA_OPS = r"""
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local channel, lease, hold = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local K_WAIT, K_DELAY, K_RES, K_WORK, K_JOB, K_META, K_FAIL, K_STAT =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local wake = false
+
+local function getmeta(id)
+  local raw = redis.call('HGET', K_META, id)
+  if not raw then return nil end
+  local m = cjson.decode(raw)
+  if type(m.r) ~= 'table' then m.r = {} end
+  return m
+end
+local function setmeta(id, m)
+  if #m.r == 0 then m.r = nil end
+  redis.call('HSET', K_META, id, cjson.encode(m))
+  if m.r == nil then m.r = {} end
+end
+local function lease_score(m)
+  local s = now + lease
+  if m.d and m.d > 0 and m.d + 1 < s then s = m.d + 1 end
+  return s
+end
+local function ready(id, delay)
+  if delay and delay > 0 then
+    local first = redis.call('ZRANGE', K_DELAY, 0, 0, 'WITHSCORES')
+    redis.call('ZADD', K_DELAY, now + delay, id)
+    if #first == 0 or tonumber(first[2]) > now + delay then wake = true end
+  elseif redis.call('RPUSH', K_WAIT, id) == 1 then
+    wake = true
+  end
+end
+local function to_head(id)
+  if redis.call('LPUSH', K_WAIT, id) == 1 then wake = true end
+end
+local function start(id, m, worker, owner)
+  if m.p ~= 'f' then m.x = (m.x or 0) + 1 end
+  m.s = now
+  m.w = worker
+  m.o = owner
+  if (m.t or 0) > 0 then m.d = now + m.t else m.d = 0 end
+  setmeta(id, m)
+  redis.call('ZADD', K_WORK, lease_score(m), id)
+end
+local function to_failed(id, m)
+  m.p = nil
+  m.ft = now
+  setmeta(id, m)
+  redis.call('ZADD', K_FAIL, now, id)
+  redis.call('HINCRBY', K_STAT, 'failed', 1)
+end
+-- a started job whose worker is gone: another attempt, its fail handlers, or failed
+local function lost(id, m, err, timeout)
+  table.insert(m.r, err)
+  if m.p == 'f' then
+    m.h = (m.h or 0) + 1
+    if m.h >= tonumber(ARGV[4]) then
+      table.insert(m.r, 'fail handlers did not finish after ' .. m.h .. ' attempts')
+      to_failed(id, m)
+    else
+      setmeta(id, m)
+      to_head(id)
+    end
+  elseif timeout or ((m.d or 0) > 0 and now >= m.d) then
+    m.y = 2
+    m.p = 'f'
+    setmeta(id, m)
+    to_head(id)
+  elseif (m.x or 0) <= (m.f or 0) then
+    setmeta(id, m)
+    ready(id, m.e or 0)
+  else
+    m.y = 1
+    m.p = 'f'
+    setmeta(id, m)
+    to_head(id)
+  end
+end
+local function requeue(id)
+  if redis.call('ZREM', K_WORK, id) == 1 then
+    local m = getmeta(id)
+    if m and m.p ~= 'f' and (m.x or 0) > 0 then m.x = m.x - 1 ; setmeta(id, m) end
+  elseif redis.call('ZREM', K_RES, id) == 0 then
+    return 0
+  end
+  to_head(id)
+  return 1
+end
+
+local OPS = {}
+OPS.push = function(id, meta, payload, delay)
+  redis.call('HSET', K_JOB, id, payload)
+  redis.call('HSET', K_META, id, meta)
+  redis.call('HINCRBY', K_STAT, 'all', 1)
+  ready(id, tonumber(delay))
+  return 1
+end
+OPS.reserve = function(n)
+  local ids = redis.call('LPOP', K_WAIT, tonumber(n))
+  local out = {}
+  if not ids then return out end
+  for _, id in ipairs(ids) do
+    local payload = redis.call('HGET', K_JOB, id)
+    if payload then
+      redis.call('ZADD', K_RES, now + hold, id)
+      table.insert(out, id)
+      table.insert(out, redis.call('HGET', K_META, id))
+      table.insert(out, payload)
+    end
+  end
+  return out
+end
+OPS.start = function(id, worker, owner)
+  if redis.call('ZREM', K_RES, id) == 0 then return 0 end
+  local m = getmeta(id)
+  if not m then return 0 end
+  start(id, m, worker, owner)
+  return 1
+end
+OPS.pop = function(worker, owner)
+  while true do
+    local id = redis.call('LPOP', K_WAIT)
+    if not id then return {} end
+    local m = getmeta(id)
+    local payload = redis.call('HGET', K_JOB, id)
+    if m and payload then
+      start(id, m, worker, owner)
+      return {id, cjson.encode(m), payload}
+    end
+  end
+end
+OPS.renew = function(id)
+  if not redis.call('ZSCORE', K_WORK, id) then return 0 end
+  local m = getmeta(id)
+  redis.call('ZADD', K_WORK, lease_score(m), id)
+  return 1
+end
+OPS.done = function(id)
+  if redis.call('ZREM', K_WORK, id) == 0 and redis.call('ZREM', K_RES, id) == 0 then
+    -- recovered elsewhere meanwhile: take it back so it does not run again
+    if redis.call('ZREM', K_DELAY, id) == 0 then redis.call('LREM', K_WAIT, 1, id) end
+  end
+  redis.call('HDEL', K_JOB, id)
+  if redis.call('HDEL', K_META, id) == 1 then redis.call('HINCRBY', K_STAT, 'over', 1) end
+  return 1
+end
+OPS.retry = function(id, delay, err)
+  if redis.call('ZREM', K_WORK, id) == 0 then return 0 end
+  local m = getmeta(id)
+  table.insert(m.r, err)
+  setmeta(id, m)
+  ready(id, tonumber(delay))
+  return 1
+end
+OPS.fail = function(id, typ, errs, name)
+  redis.call('ZREM', K_WORK, id)
+  redis.call('ZREM', K_RES, id)
+  local m = getmeta(id)
+  if not m then return 0 end
+  for _, e in ipairs(cjson.decode(errs)) do table.insert(m.r, e) end
+  m.y = tonumber(typ)
+  if name ~= '' then m.n = name end
+  to_failed(id, m)
+  return 1
+end
+OPS.lost = function(id, err, timeout)
+  if redis.call('ZREM', K_WORK, id) == 0 then
+    if redis.call('ZREM', K_RES, id) == 1 then to_head(id) return 2 end
+    return 0
+  end
+  local m = getmeta(id)
+  if not m then return 0 end
+  lost(id, m, err, timeout == '1')
+  return 1
+end
+OPS.requeue = function(id)
+  return requeue(id)
+end
+OPS.recover_owner = function(owner, err)
+  local n = 0
+  for _, key in ipairs({K_WORK, K_RES}) do
+    for _, id in ipairs(redis.call('ZRANGE', key, 0, -1)) do
+      local m = getmeta(id)
+      if m and m.o == owner then n = n + requeue(id) end
+    end
+  end
+  return n
+end
+OPS.tick = function(limit)
+  limit = tonumber(limit)
+  local due = redis.call('ZRANGEBYSCORE', K_DELAY, '-inf', now, 'LIMIT', 0, limit)
+  for _, id in ipairs(due) do
+    redis.call('ZREM', K_DELAY, id)
+    ready(id, 0)
+  end
+  local back = redis.call('ZRANGEBYSCORE', K_RES, '-inf', now, 'LIMIT', 0, limit)
+  for i = #back, 1, -1 do
+    redis.call('ZREM', K_RES, back[i])
+    to_head(back[i])
+  end
+  local dead = redis.call('ZRANGEBYSCORE', K_WORK, '-inf', now, 'LIMIT', 0, limit)
+  for _, id in ipairs(dead) do
+    redis.call('ZREM', K_WORK, id)
+    local m = getmeta(id)
+    if m then lost(id, m, 'lease expired: worker ' .. tostring(m.w) ..
+                  ' or its server stopped while running the job', false) end
+  end
+  local nxt = -1
+  for _, key in ipairs({K_DELAY, K_RES, K_WORK}) do
+    local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+    if #first > 0 then
+      local d = tonumber(first[2]) - now
+      if d < 0 then d = 0 end
+      if nxt < 0 or d < nxt then nxt = d end
+    end
+  end
+  return tostring(nxt)
+end
+OPS.status = function()
+  local s = redis.call('HMGET', K_STAT, 'all', 'over')
+  return {tonumber(s[1] or 0), redis.call('LLEN', K_WAIT) + redis.call('ZCARD', K_DELAY),
+          redis.call('ZCARD', K_RES) + redis.call('ZCARD', K_WORK),
+          redis.call('ZCARD', K_FAIL), tonumber(s[2] or 0)}
+end
+OPS.failed = function(offset, count)
+  local ids = redis.call('ZRANGE', K_FAIL, tonumber(offset), tonumber(offset) + tonumber(count) - 1)
+  local out = {}
+  for _, id in ipairs(ids) do
+    table.insert(out, id)
+    table.insert(out, redis.call('HGET', K_META, id) or '{}')
+  end
+  return out
+end
+OPS.meta = function(id)
+  return redis.call('HGET', K_META, id) or ''
+end
+OPS.retry_failed = function(id)
+  local ids
+  if id == '' then ids = redis.call('ZRANGE', K_FAIL, 0, -1) else ids = {id} end
+  local n = 0
+  for _, j in ipairs(ids) do
+    if redis.call('ZREM', K_FAIL, j) == 1 then
+      local m = getmeta(j)
+      if m then
+        m.x = 0 ; m.h = nil ; m.p = nil ; m.y = nil ; m.r = {} ; m.ft = nil
+        setmeta(j, m)
+        ready(j, 0)
+        n = n + 1
+      end
+    end
+  end
+  return n
+end
+OPS.delete_failed = function(id)
+  if redis.call('ZREM', K_FAIL, id) == 0 then return 0 end
+  redis.call('HDEL', K_JOB, id)
+  redis.call('HDEL', K_META, id)
+  return 1
+end
+OPS.clean = function()
+  return redis.call('DEL', K_WAIT, K_DELAY, K_RES, K_WORK, K_JOB, K_META, K_FAIL, K_STAT)
+end
+
+local NARGS = {push = 4, reserve = 1, start = 3, pop = 2, renew = 1, done = 1, retry = 3,
+               fail = 4, lost = 3, requeue = 1, recover_owner = 2, tick = 1, status = 0,
+               failed = 2, meta = 1, retry_failed = 1, delete_failed = 1, clean = 0}
+local out = {}
+local i = 5
+while i <= #ARGV do
+  local name = ARGV[i]
+  local n = NARGS[name]
+  if not n then return redis.error_reply('mpqueue: unknown step ' .. tostring(name)) end
+  table.insert(out, OPS[name](unpack(ARGV, i + 1, i + n)))
+  i = i + n + 1
+end
+if wake then redis.call('PUBLISH', channel, '1') end
+return out
+"""
+
+_STEP_ARGS = {'push': 4, 'reserve': 1, 'start': 3, 'pop': 2, 'renew': 1, 'done': 1,
+              'retry': 3, 'fail': 4, 'lost': 3, 'requeue': 1, 'recover_owner': 2, 'tick': 1,
+              'status': 0, 'failed': 2, 'meta': 1, 'retry_failed': 1, 'delete_failed': 1,
+              'clean': 0}
+
+
+class RedisDriver(_Driver):
+    """The Redis broker.
+
+    :param host: server host (ignored with ``url``).
+    :param port: server port.
+    :param password: AUTH password ('' for none).
+    :param database: database number.
+    :param prefix: first part of every key: ``{prefix}:{queue}:waiting`` ...
+        (the queue name is the hash tag, so each queue's keys share a slot).
+    :param url: ``redis://[[user]:password@]host:port/db`` or ``rediss://`` (TLS).
+    :param ssl: use TLS with host/port.
+    :param cluster: talk to a Redis Cluster (``redis.cluster.RedisCluster``).
+    :param redis_kwargs: passed on to the redis-py client.
+
+    Connections open lazily in each process and are never carried across a
+    ``fork()``.  The lifecycle script is loaded once per connection pool and run
+    with EVALSHA (reloaded on NOSCRIPT).
+    """
+
+    def __init__(self, host='127.0.0.1', port=6379, password='', database=0, prefix='mpq', *,
+                 url=None, ssl=False, cluster=False, **redis_kwargs):
+        if not isinstance(prefix, str) or not prefix or '{' in prefix or '}' in prefix:
+            raise ConfigError('RedisDriver prefix must be a non-empty string without braces, '
+                              'got %r' % (prefix,))
+        self.host, self.port, self.password, self.database = host, port, password, database
+        self.prefix, self.url, self.ssl, self.cluster = prefix, url, ssl, cluster
+        self.redis_kwargs = redis_kwargs
+        if url:
+            self.address = re.sub(r'//[^@/]*@', '//', url)   # never show a password
+        else:
+            self.address = '%s://%s:%s/%s' % ('rediss' if ssl else 'redis', host, port, database)
+        self._pid = None
+        self._client = None
+        self._sha = hashlib.sha1(_LUA_OPS.encode()).hexdigest()
+        self._keys = {}
+
+    def __repr__(self):
+        return 'RedisDriver(%r, prefix=%r)' % (self.address, self.prefix)
+
+    def __getstate__(self):   # drivers travel in pickled configs without their sockets
+        state = dict(self.__dict__)
+        state['_client'] = state['_pid'] = None
+        return state
+
+    def _redis(self):
+        if self._pid != os.getpid() or self._client is None:
+            try:
+                import redis
+            except ImportError:
+                raise DriverError('RedisDriver needs redis-py: run "pip install redis" to '
+                                  'install it') from None
+            kwargs = dict(self.redis_kwargs)
+            kwargs.setdefault('socket_connect_timeout', 5)
+            if 'retry' not in kwargs:   # fail fast; the runtime has its own back-off
+                from redis.backoff import NoBackoff
+                from redis.retry import Retry
+                kwargs['retry'] = Retry(NoBackoff(), 1)
+            if self.cluster:
+                from redis.cluster import RedisCluster
+                if self.url:
+                    client = RedisCluster.from_url(self.url, **kwargs)
+                else:
+                    client = RedisCluster(host=self.host, port=self.port,
+                                          password=self.password or None, ssl=self.ssl, **kwargs)
+            elif self.url:
+                client = redis.Redis.from_url(self.url, **kwargs)
+            else:
+                client = redis.Redis(host=self.host, port=self.port, db=self.database,
+                                     password=self.password or None, ssl=self.ssl, **kwargs)
+            self._client, self._pid = client, os.getpid()
+        return self._client
+
+    def _keys_of(self, queue):
+        keys = self._keys.get(queue)
+        if keys is None:
+            base = '%s:{%s}:' % (self.prefix, queue)
+            keys = [base + k for k in ('waiting', 'delayed', 'reserved', 'working', 'job',
+                                       'meta', 'failed', 'stats')]
+            self._keys[queue] = keys
+        return keys
+
+    def _channel(self, queue):
+        return '%s:{%s}:notify' % (self.prefix, queue)
+
+    def execute(self, queue, ops):
+        args = [self._channel(queue), LEASE_SECONDS, RESERVE_SECONDS, HANDLER_ATTEMPTS]
+        for op in ops:
+            if len(op) - 1 != _STEP_ARGS[op[0]]:
+                raise ValueError('step %r takes %d arguments' % (op[0], _STEP_ARGS[op[0]]))
+            args.extend(op)
+        return self._eval(self._keys_of(queue), args)
+
+    def _eval(self, keys, args):
+        import redis
+        client = self._redis()
+        try:
+            try:
+                return client.evalsha(self._sha, len(keys), *keys, *args)
+            except redis.exceptions.NoScriptError:
+                client.script_load(_LUA_OPS)
+                return client.evalsha(self._sha, len(keys), *keys, *args)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            raise DriverError('cannot reach Redis at %s: %s' % (self.address, exc)) from exc
+        except redis.exceptions.RedisError as exc:
+            raise DriverError('Redis at %s refused the command: %s' % (self.address, exc)) from exc
+
+    def waker(self, queue):
+        return _RedisWaker(self, self._channel(queue))
+
+    def job_meta(self, queue, job_id):
+        raw = self.execute(queue, [('meta', job_id)])[0]
+        return _meta_dict(raw) if raw else None
+
+    def status(self, queue):
+        values = self.execute(queue, [('status',)])[0]
+        return dict(zip(('all', 'waiting', 'working', 'failed', 'over'), map(int, values)))
+
+    def failed(self, queue, offset=0, count=100):
+        flat = self.execute(queue, [('failed', offset, count)])[0]
+        return [(_text(flat[i]), _meta_dict(flat[i + 1])) for i in range(0, len(flat), 2)]
+
+    def retry_failed(self, queue, job_id=None):
+        return self.execute(queue, [('retry_failed', job_id or '')])[0]
+
+    def delete_failed(self, queue, job_id):
+        return self.execute(queue, [('delete_failed', job_id)])[0]
+
+    def clean(self, queue):
+        self.execute(queue, [('clean',)])
+
+    def close(self):
+        if self._client is not None and self._pid == os.getpid():
+            self._client.close()
+        self._client = None
+
+
+def _text(value):
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class _RedisWaker:
+    """A pub/sub subscription to the queue's notify channel; its socket goes in
+    the master's selector."""
+
+    def __init__(self, driver, channel):
+        import redis
+        try:
+            self._pubsub = driver._redis().pubsub(ignore_subscribe_messages=True)
+            self._pubsub.subscribe(channel)
+            self._pubsub.get_message(timeout=0)   # make sure the connection is up
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+            raise DriverError('cannot reach Redis at %s: %s' % (driver.address, exc)) from exc
+        self._address = driver.address
+
+    def fileno(self):
+        return self._pubsub.connection._sock.fileno()
+
+    def drain(self):
+        import redis
+        try:
+            while self._pubsub.get_message(timeout=0) is not None:
+                pass
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError,
+                AttributeError) as exc:
+            raise DriverError('lost the Redis connection at %s: %s' % (self._address, exc)) from exc
+
+    def close(self):
+        try:
+            self._pubsub.close()
+        except Exception:
+            pass
+
+
+# -- SQLite ----------------------------------------------------------------
+
+
+class SqliteDriver(_Driver):
+    """The embedded broker: one SQLite database file, for a pool on one server.
+
+    :param path: the database file; created on first use.
+    """
+
+    def __init__(self, path):
+        if not isinstance(path, str) or not path:
+            raise ConfigError('SqliteDriver path must be a file path, got %r' % (path,))
+        self.path = path
+        self.address = 'sqlite:' + path
+
+    def __repr__(self):
+        return 'SqliteDriver(%r)' % self.path
+
+    def execute(self, queue, ops):   # pragma: no cover - replaced below when available
+        raise DriverError('the SQLite driver is not available in this build')
+
+
+###############################################################################
+# Runtime: worker
+###############################################################################
+
+
+def _send(conn, msg):
+    conn.send_bytes(pickle.dumps(msg, pickle.HIGHEST_PROTOCOL))
+
+
+def _recv(conn):
+    return pickle.loads(conn.recv_bytes())
+
+
+class _Worker:
+    """A worker process: runs the jobs its master hands it (distribute model)
+    or pops them itself (grab model), one at a time."""
+
+    def __init__(self, config, qconf, conn, owner, generation):
+        self.config = config
+        self.qconf = qconf
+        self.queue = qconf['name']
+        self.conn = conn
+        self.owner = owner
+        self.generation = generation
+        self.driver = config['basics']['driver']
+        self.secret = config['basics']['secret']
+        self.busy = False
+        self.stopping = False
+        self.loop = None
+        self.id = None
+
+    def run(self):
+        self.id = '%s:%d' % (_HOST, os.getpid())
+        _set_title('mpq:%s:worker' % self.queue)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+        if self.generation:
+            _forget_user_modules()
+        try:
+            for hook in (self.config['basics']['worker_start_handle'],
+                         self.qconf['worker_start_handle']):
+                if hook is not None:
+                    hook()
+        except BaseException:
+            logger.exception('worker %s of queue %r: a worker_start_handle raised; exiting',
+                             self.id, self.queue)
+            return EXIT_BOOT_ERROR
+        logger.debug('worker %s of queue %r started', self.id, self.queue)
+        try:
+            _send(self.conn, ('ready',))
+            if self.qconf['model'] == MODEL_GRAB:
+                return self._grab_loop()
+            return self._distribute_loop()
+        except (_StopWorker, EOFError, BrokenPipeError, ConnectionResetError):
+            return EXIT_OK
+
+    def _on_sigterm(self, signum, frame):
+        self.stopping = True
+        if not self.busy:
+            raise _StopWorker()
+
+    def _distribute_loop(self):
+        while True:
+            msg = _recv(self.conn)
+            if msg[0] == 'stop':
+                return EXIT_OK
+            self.busy = True
+            result = self._run(msg[1], msg[2], msg[3])
+            code = self._after_job()
+            self._report(result, code)
+            self.busy = False
+            if code is not None:
+                return code
+            if self.stopping:
+                return EXIT_OK
+
+    def _report(self, result, code):
+        """Tell the master how the job ended; if the master is gone, write the
+        result to the broker directly so nothing is lost."""
+        try:
+            _send(self.conn, result + (code,))
+        except (BrokenPipeError, ConnectionResetError, OSError):
+            step = result
+            if step[0] != 'none':
+                self.driver.execute(self.queue, [step])
+            raise EOFError()
+
+    def _grab_loop(self):
+        while True:
+            if self.stopping:
+                return EXIT_OK
+            self.busy = True
+            got = self.driver.pop(self.queue, self.id, self.owner)
+            if got is None:
+                self.busy = False
+                _send(self.conn, ('idle',))
+                msg = _recv(self.conn)          # 'wake' or 'stop'
+                if msg[0] == 'stop':
+                    return EXIT_OK
+                continue
+            job_id, meta, payload = got
+            _send(self.conn, ('run', job_id, meta.get('t') or 0))
+            result = self._run(job_id, meta, payload)
+            if result[0] != 'none':
+                self.driver.execute(self.queue, [result])
+            code = self._after_job()
+            _send(self.conn, ('ran', job_id, code))
+            self.busy = False
+            if code is not None:
+                return code
+
+    def _after_job(self):
+        limit = self.qconf['memory_limit']
+        if limit:
+            rss = _rss_mb()
+            if rss is not None and rss > limit:
+                logger.info('worker %s of queue %r is over memory_limit (%.0f MB > %s MB); '
+                            'exiting to be replaced', self.id, self.queue, rss, limit)
+                return EXIT_MEMORY
+        return None
+
+    # -- running one job -----------------------------------------------------
+
+    def _job_info(self, job_id, meta, name=None):
+        return {
+            'id': job_id, 'queue': self.queue, 'create_time': meta.get('c'),
+            'start_time': meta.get('s'), 'exec_number': meta.get('x', 0),
+            'worker_id': meta.get('w') or self.id, 'timeout': meta.get('t', 0),
+            'fail_number': meta.get('f', 0), 'fail_expire': meta.get('e', 0),
+            'error_info': list(meta.get('r') or []), 'type': meta.get('y') or TYPE_NORMAL,
+            'job': name or meta.get('n', ''),
+        }
+
+    def _run(self, job_id, meta, payload):
+        """Run one job (or its fail handlers); return the step that records the
+        outcome: ``('done', id)``, ``('retry', ...)`` or ``('fail', ...)``."""
+        if meta.get('p') == 'f':
+            return self._run_fail_handlers_only(job_id, meta, payload)
+        try:
+            job, args, kwargs = _decode(payload, self.secret)
+            func, job_obj = _resolve(job)
+        except BaseException as exc:
+            text = _format_exc(exc)
+            logger.error('job %s of queue %r cannot be decoded; it goes to the failed list:\n%s',
+                         job_id, self.queue, text)
+            errors = [text] + self._fail_handlers(None, self._job_info(job_id, meta), exc, [text])
+            return ('fail', job_id, TYPE_NORMAL, json.dumps(errors), '<undecodable job>')
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug('job %s of queue %r started (attempt %s)', job_id, self.queue,
+                         meta.get('x'))
+        try:
+            result = func(*args, **kwargs)
+            if inspect.isawaitable(result):
+                result = self._await(result)
+        except BaseException as exc:
+            text = _format_exc(exc)
+            name = _describe_call(job, args, kwargs)
+            if meta.get('x', 1) <= meta.get('f', 0):
+                logger.warning('job %s (%s) of queue %r failed (attempt %s of %s); retrying in '
+                               '%ss:\n%s', job_id, name, self.queue, meta.get('x'),
+                               meta.get('f', 0) + 1, meta.get('e', 0), text)
+                return ('retry', job_id, meta.get('e', 0), text)
+            logger.error('job %s (%s) of queue %r failed for good after %s attempts:\n%s',
+                         job_id, name, self.queue, meta.get('x'), text)
+            info = self._job_info(job_id, meta, name)
+            info['error_info'].append(text)
+            errors = [text] + self._fail_handlers(job_obj, info, exc, info['error_info'])
+            return ('fail', job_id, TYPE_NORMAL, json.dumps(errors), name)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug('job %s of queue %r done', job_id, self.queue)
+        return ('done', job_id)
+
+    def _run_fail_handlers_only(self, job_id, meta, payload):
+        """The job timed out or its worker died for the last time: another
+        worker (this one) runs its fail handlers, then files it as failed."""
+        last = (meta.get('r') or ['job failed'])[-1]
+        exc = TimeoutError(last) if meta.get('y') == TYPE_TIMEOUT else RuntimeError(last)
+        job_obj, name, errors = None, meta.get('n', ''), []
+        try:
+            job, args, kwargs = _decode(payload, self.secret)
+            name = _describe_call(job, args, kwargs)
+            _, job_obj = _resolve(job)
+        except BaseException as decode_exc:
+            errors.append(_format_exc(decode_exc))
+        logger.error('job %s (%s) of queue %r failed for good: %s', job_id, name, self.queue,
+                     last)
+        info = self._job_info(job_id, meta, name)
+        errors += self._fail_handlers(job_obj, info, exc, info['error_info'] + errors)
+        return ('fail', job_id, meta.get('y') or TYPE_NORMAL, json.dumps(errors), name)
+
+    def _fail_handlers(self, job_obj, info, exc, error_info):
+        """Run ``Job.fail_handle`` then, unless it returned something other than
+        False, the queue's ``fail_handle``.  Returns the handlers' own errors."""
+        errors = []
+        info['error_info'] = list(error_info)
+        run_queue_handler = True
+        if job_obj is not None:
+            try:
+                returned = job_obj.fail_handle(info, exc)
+                if inspect.isawaitable(returned):
+                    returned = self._await(returned)
+                run_queue_handler = returned is False
+            except BaseException as handler_exc:
+                errors.append('fail_handle of the job raised: ' + _format_exc(handler_exc))
+                logger.error('job %s: its fail_handle raised:\n%s', info['id'], errors[-1])
+        handler = self.qconf['fail_handle']
+        if run_queue_handler and handler is not None:
+            info['error_info'] = list(error_info) + errors
+            try:
+                returned = handler(info, exc)
+                if inspect.isawaitable(returned):
+                    self._await(returned)
+            except BaseException as handler_exc:
+                errors.append('fail_handle of queue %r raised: %s' % (
+                    self.queue, _format_exc(handler_exc)))
+                logger.error('job %s: the fail_handle of queue %r raised:\n%s', info['id'],
+                             self.queue, errors[-1])
+        return errors
+
+    def _await(self, awaitable):
+        if self.loop is None:
+            self.loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(self.loop)
+        return self.loop.run_until_complete(_as_coroutine(awaitable))
+
+
+async def _as_coroutine(awaitable):
+    return await awaitable
+
+
+def _format_exc(exc):
+    return ''.join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip()
+
+
+def _describe_call(job, args, kwargs):
+    parts = [repr(a) for a in args] + ['%s=%r' % kv for kv in kwargs.items()]
+    if isinstance(job, functools.partial):
+        parts = [repr(a) for a in job.args] + ['%s=%r' % kv for kv in job.keywords.items()] + parts
+    text = '%s(%s)' % (_job_name(job), ', '.join(parts))
+    return text if len(text) <= 200 else text[:197] + '...'
+
+
+def _worker_main(config, qconf, conn, close_fds, owner, generation):
+    _reset_signals()
+    for fd in close_fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    return _Worker(config, qconf, conn, owner, generation).run()
+
+
+###############################################################################
+# Runtime: master
+###############################################################################
+
+
+class _Slot:
+    """What a master knows about one of its workers."""
+
+    __slots__ = ('pid', 'conn', 'state', 'job_id', 'timeout', 'deadline', 'since', 'started',
+                 'done', 'stop_sent', 'killed_for')
+
+    def __init__(self, pid, conn):
+        self.pid = pid
+        self.conn = conn
+        self.state = 'booting'      # booting -> idle <-> busy; 'gone' once reaped
+        self.job_id = None
+        self.timeout = 0
+        self.deadline = None        # monotonic time to kill the running job
+        self.since = time.time()
+        self.started = time.time()
+        self.done = 0
+        self.stop_sent = False
+        self.killed_for = None      # 'timeout' / 'stop' when the master killed it
+
+
+class _Master:
+    """One per queue: watches the broker, hands jobs to idle workers, enforces
+    timeouts, renews leases and recovers jobs, in one ``selectors`` loop."""
+
+    def __init__(self, config, qconf, control, manage_fds):
+        self.config = config
+        self.qconf = qconf
+        self.queue = qconf['name']
+        self.control = control
+        self.manage_fds = manage_fds
+        self.driver = config['basics']['driver']
+        self.grab = qconf['model'] == MODEL_GRAB
+        self.slots = {}                 # pid -> _Slot
+        self.by_fd = {}
+        self.pending = []               # steps waiting for the next broker call
+        self.stopping = None            # None, 'graceful' or 'fast'
+        self.stop_deadline = None
+        self.generation = 0
+        self.reloading = set()          # pids to replace once idle
+        self.maybe_work = True          # the queue may hold ready jobs
+        self.next_tick = 0.0
+        self.next_renew = 0.0
+        self.backoff = 0.0              # broker back-off while it is down
+        self.broker_down_since = None
+        self.waker = None
+        self.waker_retry = 0.0
+        self.boot_failures = 0
+        self.spawn_after = 0.0
+        self.ready_sent = False
+        self.owner = None
+        self.started = time.time()
+
+    # -- process life --------------------------------------------------------
+
+    def run(self):
+        self.owner = '%s:%d' % (_HOST, os.getpid())
+        _set_title('mpq:%s:master' % self.queue)
+        self.sel = selectors.DefaultSelector()
+        self.signals = _Signals(self.sel, (signal.SIGTERM, signal.SIGCHLD, signal.SIGUSR1),
+                                ignore=(signal.SIGINT, signal.SIGUSR2, signal.SIGHUP))
+        self.sel.register(self.control, selectors.EVENT_READ, 'control')
+        logger.info('master of queue %r started (pid %d, %d workers, %s model)', self.queue,
+                    os.getpid(), self.qconf['worker_number'], self.qconf['model'])
+        try:
+            while True:
+                self._spawn_missing()
+                if self.stopping and not self.slots:
+                    break
+                self._wait(self._timeout())
+                self._reap()
+                self._check_deadlines()
+                self._flush()
+        finally:
+            if self.waker is not None:
+                self.waker.close()
+        logger.info('master of queue %r stopped', self.queue)
+        return EXIT_OK
+
+    def _timeout(self):
+        now = time.monotonic()
+        if self.pending and self.broker_down_since is None:
+            return 0
+        when = [self.next_tick, self.spawn_after if len(self.slots) < self._target() else None]
+        if any(s.state == 'busy' for s in self.slots.values()):
+            when.append(self.next_renew)
+        when += [s.deadline for s in self.slots.values() if s.deadline is not None]
+        if self.stop_deadline is not None:
+            when.append(self.stop_deadline)
+        if self.waker is None:
+            when.append(self.waker_retry)
+        when = [w for w in when if w is not None]
+        return max(0.0, min(when) - now) if when else None
+
+    def _target(self):
+        return 0 if self.stopping else self.qconf['worker_number']
+
+    def _wait(self, timeout):
+        self._ensure_waker()
+        for key, _ in self.sel.select(timeout):
+            tag = key.data
+            if isinstance(tag, _Slot):
+                self._read_worker(tag)
+            elif tag == 'waker':
+                try:
+                    self.waker.drain()
+                    self.maybe_work = True
+                    self.next_tick = 0.0
+                except DriverError as exc:
+                    self._drop_waker(exc)
+            elif tag == 'control':
+                self._read_control()
+            else:
+                for signum in self.signals.drain():
+                    self._on_signal(signum)
+
+    def _ensure_waker(self):
+        if self.waker is not None or self.stopping or time.monotonic() < self.waker_retry:
+            return
+        try:
+            self.waker = self.driver.waker(self.queue)
+            self.sel.register(self.waker.fileno(), selectors.EVENT_READ, 'waker')
+            self.next_tick = 0.0
+        except DriverError as exc:
+            self.waker = None
+            self._broker_down(exc)
+            self.waker_retry = time.monotonic() + max(self.backoff, 0.5)
+
+    def _drop_waker(self, exc):
+        try:
+            self.sel.unregister(self.waker.fileno())
+        except (KeyError, ValueError, OSError, AttributeError):
+            self._unregister_stale()
+        self.waker.close()
+        self.waker = None
+        self._broker_down(exc)
+        self.waker_retry = time.monotonic() + max(self.backoff, 0.5)
+
+    def _unregister_stale(self):
+        for key in list(self.sel.get_map().values()):
+            if key.data == 'waker':
+                self.sel.unregister(key.fileobj)
+
+    def _on_signal(self, signum):
+        if signum == signal.SIGTERM:
+            self._stop('graceful' if not self.stopping else 'fast')
+        elif signum == signal.SIGUSR1:
+            self._reload()
+
+    def _read_control(self):
+        try:
+            msg = _recv(self.control)
+        except (EOFError, OSError):
+            # the manage process is gone: stop gracefully, nobody would restart us
+            self.sel.unregister(self.control)
+            logger.warning('master of queue %r: the manage process went away; stopping', self.queue)
+            self._stop('graceful')
+            return
+        if msg[0] == 'stop':
+            self._stop(msg[1])
+        elif msg[0] == 'reload':
+            self._reload()
+        elif msg[0] == 'status':
+            _send(self.control, ('status', self._status()))
+
+    def _status(self):
+        now = time.time()
+        rows = [{'queue': self.queue, 'type': 'master', 'pid': os.getpid(), 'state':
+                 'stopping' if self.stopping else 'running', 'job_id': None, 'done':
+                 sum(s.done for s in self.slots.values()), 'rss_mb': _rss_mb(),
+                 'started': self.started, 'uptime': now - self.started}]
+        for s in self.slots.values():
+            rows.append({'queue': self.queue, 'type': 'worker', 'pid': s.pid,
+                         'state': 'busy' if s.state == 'busy' else 'idle', 'job_id': s.job_id,
+                         'done': s.done, 'rss_mb': _rss_mb(s.pid), 'started': s.started,
+                         'uptime': now - s.started})
+        return rows
+
+    def _stop(self, how):
+        if self.stopping == 'fast':
+            return
+        self.stopping = how
+        grace = self.config['basics']['stop_grace'] if how == 'graceful' else 0
+        self.stop_deadline = time.monotonic() + grace
+        logger.info('master of queue %r stopping (%s); %d workers busy', self.queue, how,
+                    sum(1 for s in self.slots.values() if s.state == 'busy'))
+        for slot in list(self.slots.values()):
+            self._stop_worker(slot)
+
+    def _reload(self):
+        self.generation += 1
+        logger.info('master of queue %r reloading: each worker is replaced after its job',
+                    self.queue)
+        self.reloading = set(self.slots)
+        for slot in list(self.slots.values()):
+            if slot.state != 'busy':
+                self._stop_worker(slot)
+
+    def _stop_worker(self, slot):
+        if slot.stop_sent or slot.state == 'gone':
+            return
+        slot.stop_sent = True
+        if slot.state == 'busy':
+            if self.stopping == 'fast':
+                self._kill(slot, 'stop')
+            return
+        try:
+            if self.grab:
+                os.kill(slot.pid, signal.SIGTERM)
+            else:
+                _send(slot.conn, ('stop',))
+        except (OSError, BrokenPipeError):
+            pass
+
+    def _kill(self, slot, why):
+        slot.killed_for = why
+        try:
+            os.kill(slot.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def _spawn_missing(self):
+        now = time.monotonic()
+        while len(self.slots) < self._target() and now >= self.spawn_after:
+            self._spawn()
+
+    def _spawn(self):
+        parent_conn, child_conn = Pipe(duplex=True)
+        close_fds = [s.conn.fileno() for s in self.slots.values()]
+        close_fds += [parent_conn.fileno(), self.control.fileno()] + list(self.manage_fds)
+        close_fds += [key.fd for key in self.sel.get_map().values()
+                      if key.data not in ('control',) and not isinstance(key.data, _Slot)]
+        pid = _fork(_worker_main, self.config, self.qconf, child_conn, close_fds, self.owner,
+                    self.generation)
+        child_conn.close()
+        slot = _Slot(pid, parent_conn)
+        self.slots[pid] = slot
+        self.by_fd[parent_conn.fileno()] = slot
+        self.sel.register(parent_conn, selectors.EVENT_READ, slot)
+
+    def _read_worker(self, slot):
+        try:
+            msg = _recv(slot.conn)
+        except (EOFError, OSError):
+            self._forget_conn(slot)
+            return
+        kind = msg[0]
+        if kind == 'ready':
+            slot.state = 'idle'
+            slot.since = time.time()
+            self.boot_failures = 0
+            if self.stopping or slot.pid in self.reloading:
+                self._stop_worker(slot)
+            self._maybe_ready()
+        elif kind in ('done', 'retry', 'fail'):
+            self.pending.append(msg[:-1])
+            self._job_finished(slot)
+        elif kind == 'none':
+            self._job_finished(slot)
+        elif kind == 'run':                 # grab model: the worker popped a job
+            slot.state, slot.job_id, slot.timeout = 'busy', msg[1], msg[2]
+            slot.deadline = time.monotonic() + msg[2] if msg[2] else None
+        elif kind == 'ran':
+            self._job_finished(slot)
+        elif kind == 'idle':
+            slot.state = 'idle'
+            if self.stopping or slot.pid in self.reloading:
+                self._stop_worker(slot)
+            elif self.maybe_work:
+                self._wake_grab(slot)
+
+    def _job_finished(self, slot):
+        slot.state, slot.job_id, slot.deadline = 'idle', None, None
+        slot.done += 1
+        slot.since = time.time()
+        if self.stopping or slot.pid in self.reloading:
+            self._stop_worker(slot)
+
+    def _wake_grab(self, slot):
+        slot.state = 'busy-grab'
+        try:
+            _send(slot.conn, ('wake',))
+        except OSError:
+            pass
+
+    def _maybe_ready(self):
+        if not self.ready_sent and all(s.state != 'booting' for s in self.slots.values()) \
+                and len(self.slots) >= self.qconf['worker_number']:
+            self.ready_sent = True
+            try:
+                _send(self.control, ('ready', self.queue))
+            except OSError:
+                pass
+
+    def _forget_conn(self, slot):
+        try:
+            self.sel.unregister(slot.conn)
+        except (KeyError, ValueError):
+            pass
+
+    def _reap(self):
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            slot = self.slots.pop(pid, None)
+            if slot is None:
+                continue
+            self._forget_conn(slot)
+            slot.conn.close()
+            self.reloading.discard(pid)
+            self._worker_gone(slot, status)
+
+    def _worker_gone(self, slot, status):
+        how = _describe_exit(status)
+        if slot.job_id is not None:
+            if slot.killed_for == 'stop':
+                self.pending.append(('requeue', slot.job_id))
+                logger.warning('worker %d of queue %r killed at stop; job %s goes back to the '
+                               'queue', slot.pid, self.queue, slot.job_id)
+            else:
+                timed_out = slot.killed_for == 'timeout'
+                error = ('job ran past its timeout of %ss and was stopped' % slot.timeout
+                         if timed_out else 'worker %s:%d %s while running the job'
+                         % (_HOST, slot.pid, how))
+                self.pending.append(('lost', slot.job_id, error, 1 if timed_out else 0))
+                logger.error('worker %d of queue %r %s while running job %s; job recovered',
+                             slot.pid, self.queue, 'was killed at the timeout' if timed_out
+                             else how, slot.job_id)
+        code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
+        if code == EXIT_BOOT_ERROR or (slot.state == 'booting' and not slot.stop_sent):
+            self.boot_failures += 1
+            delay = min(60.0, 0.5 * 2 ** (self.boot_failures - 1))
+            self.spawn_after = time.monotonic() + delay
+            logger.error('worker of queue %r could not boot (%s); backing off %.1fs before '
+                         'forking again (failure %d in a row)', self.queue, how, delay,
+                         self.boot_failures)
+        elif not self.stopping and not slot.stop_sent and code != EXIT_MEMORY:
+            logger.info('worker %d of queue %r %s; starting a new one', slot.pid, self.queue,
+                        'was killed at the timeout' if slot.killed_for == 'timeout' else how)
+
+    def _check_deadlines(self):
+        now = time.monotonic()
+        for slot in list(self.slots.values()):
+            if slot.deadline is not None and now >= slot.deadline and slot.killed_for is None:
+                logger.error('job %s of queue %r ran past its timeout; killing worker %d',
+                             slot.job_id, self.queue, slot.pid)
+                self._kill(slot, 'timeout')
+        if self.stop_deadline is not None and now >= self.stop_deadline:
+            for slot in list(self.slots.values()):
+                if slot.killed_for is None:
+                    self._kill(slot, 'stop')
+
+    # -- the broker ----------------------------------------------------------
+
+    def _broker_down(self, exc):
+        self.backoff = min(5.0, max(0.1, self.backoff * 2))
+        if self.broker_down_since is None:
+            self.broker_down_since = time.monotonic()
+            logger.error('master of queue %r: %s; retrying with back-off until it answers',
+                         self.queue, exc)
+
+    def _broker_up(self):
+        if self.broker_down_since is not None:
+            logger.info('master of queue %r: the broker answers again after %.1fs', self.queue,
+                        time.monotonic() - self.broker_down_since)
+        self.broker_down_since = None
+        self.backoff = 0.0
+
+    def _flush(self):
+        """One broker round trip: the results and starts gathered so far, a
+        tick (promote / recover), lease renewals when due, and a reservation
+        for every idle worker."""
+        now = time.monotonic()
+        if self.broker_down_since is not None and now < self.next_tick:
+            return
+        idle = [s for s in self.slots.values() if s.state == 'idle'] if not self.stopping else []
+        want = 0
+        if idle and self.maybe_work:
+            if self.grab:
+                for slot in idle:
+                    self._wake_grab(slot)
+            else:
+                want = len(idle)
+        ops = self.pending
+        tick = now >= self.next_tick
+        renew = now >= self.next_renew and any(s.state == 'busy' for s in self.slots.values())
+        if not (ops or tick or want or renew):
+            return
+        ops = list(ops)
+        if renew:
+            ops += [('renew', s.job_id) for s in self.slots.values()
+                    if s.state == 'busy' and s.job_id]
+        n_tick = len(ops)
+        ops.append(('tick', 1000))
+        if want:
+            ops.append(('reserve', want))
+        try:
+            results = self.driver.execute(self.queue, ops)
+        except DriverError as exc:
+            self._broker_down(exc)
+            self.next_tick = now + self.backoff
+            return
+        self._broker_up()
+        self.pending = []
+        if renew:
+            self.next_renew = now + LEASE_SECONDS / 3
+        due = float(results[n_tick])
+        cap = self.qconf['sleep_seconds']
+        self.next_tick = now + (cap if due < 0 else min(due, cap))
+        if due == 0:
+            self.maybe_work = True
+        if want:
+            self._hand_out(idle, results[-1])
+
+    def _hand_out(self, idle, flat):
+        jobs = [(_text(flat[i]), flat[i + 1], flat[i + 2]) for i in range(0, len(flat), 3)]
+        self.maybe_work = len(jobs) >= len(idle)
+        now = time.monotonic()
+        for slot, (job_id, raw_meta, payload) in zip(idle, jobs):
+            meta = _meta_dict(raw_meta)
+            if meta.get('p') != 'f':
+                meta['x'] = meta.get('x', 0) + 1
+            meta['s'], meta['w'] = time.time(), '%s:%d' % (_HOST, slot.pid)
+            timeout = meta.get('t') or 0
+            slot.state, slot.job_id = 'busy', job_id
+            slot.deadline = now + timeout if timeout else None
+            slot.timeout = timeout
+            self.pending.append(('start', job_id, meta['w'], self.owner))
+            try:
+                _send(slot.conn, ('job', job_id, meta, payload))
+            except OSError:
+                pass    # the worker is dying: _reap() will recover the job
+
+
+def _master_main(config, qconf, control, close_fds):
+    _reset_signals()
+    for fd in close_fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    return _Master(config, qconf, control, ()).run()
+
+
+###############################################################################
+# Runtime: manage
+###############################################################################
+
+
+class _LogHandler(logging.FileHandler):
+    """A log file shared by every process of the pool, rotated at ``max_bytes``
+    under an flock so that only one process rotates, and reopened by the
+    others when they see that the file was replaced."""
+
+    def __init__(self, path, max_bytes=10 * 1024 * 1024, backups=5):
+        super().__init__(path, delay=False)
+        self.max_bytes, self.backups = max_bytes, backups
+
+    def emit(self, record):
+        try:
+            self._maybe_rotate()
+        except OSError:
+            pass
+        super().emit(record)
+
+    def _maybe_rotate(self):
+        if self.stream is None:
+            return
+        try:
+            st = os.stat(self.baseFilename)
+        except FileNotFoundError:
+            st = None
+        own = os.fstat(self.stream.fileno())
+        if st is None or st.st_ino != own.st_ino:
+            self._reopen()
+            return
+        if st.st_size < self.max_bytes:
+            return
+        with open(self.baseFilename + '.lock', 'a') as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            st = os.stat(self.baseFilename)
+            if st.st_ino == own.st_ino and st.st_size >= self.max_bytes:
+                for i in range(self.backups - 1, 0, -1):
+                    src = '%s.%d' % (self.baseFilename, i)
+                    if os.path.exists(src):
+                        os.replace(src, '%s.%d' % (self.baseFilename, i + 1))
+                os.replace(self.baseFilename, self.baseFilename + '.1')
+            self._reopen()
+
+    def _reopen(self):
+        self.stream.close()
+        self.stream = self._open()
+
+
+def _setup_logging(config, to_stderr):
+    log = config['log']
+    root = logging.getLogger('mpqueue')
+    root.setLevel(log['level'])
+    for handler in list(root.handlers):
+        if not isinstance(handler, logging.NullHandler):
+            root.removeHandler(handler)
+    driver = log['driver']
+    if isinstance(driver, logging.Handler):
+        handler = driver
+    elif driver is not None:
+        handler = driver()
+    else:
+        os.makedirs(log['path'], exist_ok=True)
+        handler = _LogHandler(os.path.join(log['path'], config['basics']['name'] + '.log'))
+    fmt = logging.Formatter('%(asctime)s %(levelname)s [%(process)d] %(message)s')
+    if handler.formatter is None:
+        handler.setFormatter(fmt)
+    root.addHandler(handler)
+    if to_stderr:
+        stream = logging.StreamHandler(sys.stderr)
+        stream.setFormatter(fmt)
+        root.addHandler(stream)
+    return handler
+
+
+class _PidFile:
+    """``{pid_path}/{name}.pid`` holding the manage process's pid, written
+    atomically (temp file + rename) and removed only by its owner."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def read(self):
+        """The pid in the file if that process is alive, else None."""
+        try:
+            with open(self.path) as f:
+                pid = int(f.read().strip() or 0)
+        except (OSError, ValueError):
+            return None
+        if pid <= 0:
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            return pid
+        return pid
+
+    def create(self, pid):
+        alive = self.read()
+        if alive and alive != pid:
+            raise MPQueueError('already running on pid %d (or pid file %r is stale)'
+                               % (alive, self.path))
+        os.makedirs(os.path.dirname(self.path) or '.', exist_ok=True)
+        tmp = '%s.%d.tmp' % (self.path, pid)
+        with open(tmp, 'w') as f:
+            f.write('%d\n' % pid)
+        os.replace(tmp, self.path)
+
+    def remove(self, pid):
+        try:
+            with open(self.path) as f:
+                if int(f.read().strip() or 0) != pid:
+                    return
+            os.unlink(self.path)
+        except (OSError, ValueError):
+            pass
+
+
+def _pid_path(config):
+    basics = config['basics']
+    return os.path.join(basics['pid_path'], basics['name'] + '.pid')
+
+
+def _status_path(config):
+    basics = config['basics']
+    return os.path.join(basics['pid_path'], basics['name'] + '.status.json')
+
+
+class _Manager:
+    """The manage process: pid file, one master per queue, restarts, signals.
+
+    Signals: SIGTERM / SIGINT stop gracefully (a second one stops fast),
+    SIGUSR1 reloads the workers, SIGUSR2 writes a status snapshot to
+    ``{pid_path}/{name}.status.json``.
+    """
+
+    def __init__(self, config, ready_fd=None):
+        self.config = config
+        self.ready_fd = ready_fd
+        self.pidfile = _PidFile(_pid_path(config))
+        self.masters = {}       # pid -> {'queue', 'conn', 'started', 'ready'}
+        self.stopping = None
+        self.stop_deadline = None
+        self.backoff = {}       # queue -> (failures, spawn_after)
+        self.status_wanted = []
+        self.started = time.time()
+
+    def run(self):
+        pid = os.getpid()
+        self.pidfile.create(pid)
+        try:
+            return self._run()
+        finally:
+            self.pidfile.remove(pid)
+
+    def _run(self):
+        name = self.config['basics']['name']
+        _set_title('mpq:%s:manage' % name)
+        self.sel = selectors.DefaultSelector()
+        self.signals = _Signals(self.sel, (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1,
+                                           signal.SIGUSR2, signal.SIGCHLD, signal.SIGHUP))
+        logger.info('manage process of %r started (pid %d, mpqueue %s, queues: %s)', name,
+                    os.getpid(), __version__, ', '.join(q['name'] for q in self.config['queue']))
+        for qconf in self.config['queue']:
+            self._spawn(qconf)
+        while True:
+            timeout = self._timeout()
+            for key, _ in self.sel.select(timeout):
+                if key.data is self.signals:
+                    for signum in self.signals.drain():
+                        self._on_signal(signum)
+                else:
+                    self._read_master(key.data)
+            self._reap()
+            self._respawn()
+            if self.stopping and not self.masters:
+                break
+            if self.stop_deadline is not None and time.monotonic() >= self.stop_deadline:
+                self._kill_all()
+        logger.info('manage process of %r stopped', name)
+        self.signals.close()
+        return EXIT_OK
+
+    def _timeout(self):
+        when = [after for _, after in self.backoff.values()]
+        if self.stop_deadline is not None:
+            when.append(self.stop_deadline)
+        if not when:
+            return None
+        return max(0.0, min(when) - time.monotonic())
+
+    def _spawn(self, qconf):
+        parent_conn, child_conn = Pipe(duplex=True)
+        close_fds = [m['conn'].fileno() for m in self.masters.values()]
+        close_fds += [parent_conn.fileno()] + [k.fd for k in self.sel.get_map().values()]
+        if self.ready_fd is not None:
+            close_fds.append(self.ready_fd)
+        pid = _fork(_master_main, self.config, qconf, child_conn, close_fds)
+        child_conn.close()
+        self.masters[pid] = {'queue': qconf, 'conn': parent_conn, 'started': time.monotonic(),
+                             'ready': False}
+        self.sel.register(parent_conn, selectors.EVENT_READ, pid)
+
+    def _read_master(self, pid):
+        info = self.masters.get(pid)
+        if info is None:
+            return
+        try:
+            msg = _recv(info['conn'])
+        except (EOFError, OSError):
+            try:
+                self.sel.unregister(info['conn'])
+            except (KeyError, ValueError):
+                pass
+            return
+        if msg[0] == 'ready':
+            info['ready'] = True
+            self.backoff.pop(info['queue']['name'], None)
+            if self.ready_fd is not None and all(m['ready'] for m in self.masters.values()) \
+                    and len(self.masters) == len(self.config['queue']):
+                try:
+                    os.write(self.ready_fd, b'1')
+                    os.close(self.ready_fd)
+                except OSError:
+                    pass
+                self.ready_fd = None
+        elif msg[0] == 'status':
+            info['status'] = msg[1]
+
+    def _on_signal(self, signum):
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            self._stop('fast' if self.stopping else 'graceful')
+        elif signum == signal.SIGUSR1:
+            logger.info('reload requested: workers are replaced after their current job')
+            self._tell_masters(('reload',))
+        elif signum == signal.SIGUSR2:
+            self._write_status()
+
+    def _stop(self, how):
+        self.stopping = how
+        grace = self.config['basics']['stop_grace']
+        if how == 'graceful':
+            logger.info('stopping: workers finish their current job (up to %ss); '
+                        'send the signal again to stop fast', grace)
+            self.stop_deadline = time.monotonic() + grace + 5
+        else:
+            logger.info('stopping fast: running jobs are interrupted and go back to their queue')
+            self.stop_deadline = time.monotonic() + 5
+        self._tell_masters(('stop', how))
+
+    def _tell_masters(self, msg):
+        for info in self.masters.values():
+            try:
+                _send(info['conn'], msg)
+            except OSError:
+                pass
+
+    def _write_status(self):
+        rows = [{'queue': '-', 'type': 'manage', 'pid': os.getpid(), 'state': self.stopping
+                 and 'stopping' or 'running', 'job_id': None, 'done': None, 'rss_mb': _rss_mb(),
+                 'started': self.started, 'uptime': time.time() - self.started}]
+        for pid, info in list(self.masters.items()):
+            info.pop('status', None)
+            try:
+                _send(info['conn'], ('status',))
+            except OSError:
+                continue
+            deadline = time.monotonic() + 2
+            while 'status' not in info and time.monotonic() < deadline:
+                if info['conn'].poll(max(0.0, deadline - time.monotonic())):
+                    self._read_master(pid)
+                else:
+                    break
+            rows += info.get('status') or [{'queue': info['queue']['name'], 'type': 'master',
+                                            'pid': pid, 'state': 'unresponsive'}]
+        path = _status_path(self.config)
+        tmp = path + '.tmp'
+        with open(tmp, 'w') as f:
+            json.dump({'time': time.time(), 'processes': rows}, f)
+        os.replace(tmp, path)
+
+    def _reap(self):
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            info = self.masters.pop(pid, None)
+            if info is None:
+                continue
+            try:
+                self.sel.unregister(info['conn'])
+            except (KeyError, ValueError):
+                pass
+            info['conn'].close()
+            qconf = info['queue']
+            if self.stopping:
+                continue
+            how = _describe_exit(status)
+            logger.error('master of queue %r (pid %d) %s; its workers are stopped, their jobs '
+                         'recovered, and a new master started', qconf['name'], pid, how)
+            self._recover_orphans(qconf['name'], pid)
+            failures = self.backoff.get(qconf['name'], (0, 0))[0]
+            if time.monotonic() - info['started'] > 10:
+                failures = 0
+            delay = 0 if failures == 0 else min(60.0, 0.5 * 2 ** (failures - 1))
+            if delay:
+                logger.error('master of queue %r keeps dying; backing off %.1fs', qconf['name'],
+                             delay)
+            self.backoff[qconf['name']] = (failures + 1, time.monotonic() + delay)
+
+    def _recover_orphans(self, queue, master_pid):
+        """A master died: kill its workers (they would run on unsupervised) and
+        put their jobs back at the head of the queue."""
+        for pid in _children_of(master_pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            n = self.config['basics']['driver'].recover_owner(
+                queue, '%s:%d' % (_HOST, master_pid), 'its master died')
+            if n:
+                logger.warning('%d job(s) of the dead master of queue %r went back to the queue',
+                               n, queue)
+        except DriverError as exc:
+            logger.error('could not recover the jobs of the dead master of queue %r now (%s); '
+                         'their leases expire within %ss and any master recovers them then',
+                         queue, exc, LEASE_SECONDS)
+
+    def _respawn(self):
+        if self.stopping:
+            return
+        now = time.monotonic()
+        running = {info['queue']['name'] for info in self.masters.values()}
+        for qconf in self.config['queue']:
+            if qconf['name'] in running:
+                continue
+            after = self.backoff.get(qconf['name'], (0, 0))[1]
+            if now >= after:
+                self._spawn(qconf)
+
+    def _kill_all(self):
+        logger.warning('stop grace period over: killing what is left')
+        self.stop_deadline = None
+        self._tell_masters(('stop', 'fast'))
+        for pid in list(self.masters):
+            for child in _children_of(pid):
+                try:
+                    os.kill(child, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + 5
+        while self.masters and time.monotonic() < deadline:
+            self._reap()
+            time.sleep(0.05)
+        for pid in list(self.masters):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.stop_deadline = time.monotonic() + 1
+
+
+def _children_of(pid):
+    """Pids whose parent is ``pid`` (Linux /proc; empty elsewhere)."""
+    out = []
+    try:
+        names = os.listdir('/proc')
+    except OSError:
+        return out
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open('/proc/%s/stat' % name, 'rb') as f:
+                stat = f.read()
+            ppid = int(stat[stat.rindex(b')') + 2:].split()[1])
+        except (OSError, ValueError):
+            continue
+        if ppid == pid:
+            out.append(int(name))
+    return out
+
+
+def _run_pool(config, daemon=False, to_stderr=True):
+    """Run the manage process of ``config`` in this process (foreground) or as
+    a daemon.  Returns the exit code (foreground) or the daemon's pid."""
+    pidfile = _PidFile(_pid_path(config))
+    alive = pidfile.read()
+    if alive:
+        raise MPQueueError('already running on pid %d (or pid file %r is stale)'
+                           % (alive, pidfile.path))
+    os.makedirs(config['basics']['pid_path'], exist_ok=True)
+    if not daemon:
+        _setup_logging(config, to_stderr)
+        return _Manager(config).run()
+    return _daemonize(config)
+
+
+def _daemonize(config):
+    """Double fork and setsid; the caller returns once the pool is up."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(w)
+        os.waitpid(pid, 0)
+        deadline = time.monotonic() + 60
+        got = b''
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([r], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                break
+            chunk = os.read(r, 64)
+            if not chunk:
+                break
+            got += chunk
+            if got.startswith(b'1'):
+                break
+        os.close(r)
+        pid = _PidFile(_pid_path(config)).read()
+        if not got.startswith(b'1') or not pid:
+            detail = got[1:].decode(errors='replace').strip() if got[:1] == b'0' else ''
+            raise MPQueueError('the pool did not start%s; see the log in %s' % (
+                ': ' + detail if detail else '', config['log']['path']))
+        return pid
+    os.close(r)
+    os.setsid()
+    if os.fork():
+        os._exit(0)
+    code = 1
+    try:
+        os.chdir('/')
+        log_dir = config['log']['path']
+        os.makedirs(log_dir, exist_ok=True)
+        out = os.open(os.path.join(log_dir, config['basics']['name'] + '.out'),
+                      os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.dup2(out, 1)
+        os.dup2(out, 2)
+        _setup_logging(config, to_stderr=False)
+        code = _Manager(config, ready_fd=w).run()
+    except BaseException as exc:
+        try:
+            os.write(w, b'0' + str(exc).encode()[:500])
+        except OSError:
+            pass
+        logger.exception('the manage process failed')
+    finally:
+        logging.shutdown()
+        os._exit(code)
+
+
+###############################################################################
+# Public functions
+###############################################################################
+
+
+def push(queue, job, delay=0, *, args=(), kwargs=None, timeout=None, fail_number=None,
+         fail_expire=None):
+    """Push one job; returns its id.
+
+    :param queue: a queue name from the config.
+    :param job: a callable (function, lambda, closure, bound method,
+        ``functools.partial``), a ``mpqueue.Job`` subclass or instance, or an
+        import path ``'pkg.module:attr'`` resolved in the worker.
+    :param delay: seconds (ms precision) before the job may start.
+    :param args: positional arguments for the callable.
+    :param kwargs: keyword arguments for the callable.
+    :param timeout: seconds (0: none); default the Job's, else the queue's.
+    :param fail_number: retries before final failure; default likewise.
+    :param fail_expire: seconds between retries; default likewise.
+    :raises ConfigError: the queue is not configured.
+    :raises TypeError: ``job`` is not something a worker can run.
+    :raises SerializationError: the job cannot be pickled (nothing is written).
+    :raises DriverError: the broker cannot be reached.
+    """
+    return push_many(queue, [job], delay, args=args, kwargs=kwargs, timeout=timeout,
+                     fail_number=fail_number, fail_expire=fail_expire)[0]
+
+
+def push_many(queue, jobs, delay=0, *, args=(), kwargs=None, timeout=None, fail_number=None,
+              fail_expire=None):
+    """Push several jobs in one broker round trip; returns their ids in order.
+
+    Every job is checked and pickled before anything is written, so a bad one
+    leaves the broker untouched.  Parameters as for :func:`push`.
+    """
+    config = _get_config()
+    qconf = _queue_config(queue)
+    _check_number('delay', delay, 0)
+    basics = config['basics']
+    now = time.time()
+    entries = []
+    for job in jobs:
+        _check_job(queue, job)
+        meta = {'c': now, 'n': _job_name(job), 'x': 0,
+                't': _job_setting('timeout', timeout, job, qconf),
+                'f': _job_setting('fail_number', fail_number, job, qconf),
+                'e': _job_setting('fail_expire', fail_expire, job, qconf)}
+        payload = _encode(queue, job, args, kwargs, basics['secret'], basics['max_payload'])
+        entries.append((_new_id(), json.dumps(meta, separators=(',', ':')), payload, delay))
+    if entries:
+        basics['driver'].push(queue, entries)
+    return [e[0] for e in entries]
+
+
+def status(queue):
+    """Counts of one queue: ``{'all', 'waiting', 'working', 'failed', 'over'}``."""
+    _queue_config(queue)
+    return _get_config()['basics']['driver'].status(queue)
+
+
+def failed_jobs(queue, offset=0, count=100):
+    """The failed jobs of a queue, oldest first, as ``job_info`` dicts."""
+    _queue_config(queue)
+    out = []
+    for job_id, meta in _get_config()['basics']['driver'].failed(queue, offset, count):
+        out.append({'id': job_id, 'queue': queue, 'create_time': meta.get('c'),
+                    'start_time': meta.get('s'), 'exec_number': meta.get('x', 0),
+                    'worker_id': meta.get('w'), 'timeout': meta.get('t', 0),
+                    'fail_number': meta.get('f', 0), 'fail_expire': meta.get('e', 0),
+                    'error_info': meta.get('r') or [], 'type': meta.get('y') or TYPE_NORMAL,
+                    'job': meta.get('n', ''), 'fail_time': meta.get('ft')})
+    return out
+
+
+def retry_failed(queue, job_id=None):
+    """Put one failed job (or all of them) back in the queue; returns how many."""
+    _queue_config(queue)
+    return _get_config()['basics']['driver'].retry_failed(queue, job_id)
+
+
+def delete_failed(queue, job_id):
+    """Delete one failed job; returns 1 if it was there, else 0."""
+    _queue_config(queue)
+    return _get_config()['basics']['driver'].delete_failed(queue, job_id)
+
+
+def clean(queue):
+    """Empty a queue: waiting, delayed, running records, failed jobs, counters."""
+    _queue_config(queue)
+    _get_config()['basics']['driver'].clean(queue)

@@ -1,0 +1,290 @@
+"""The mpqueue command line: ``mpqueue COMMAND [--config PATH] [options]``.
+
+The config comes from ``--config`` (a ``.py`` file that defines ``config``,
+or ``module:attr``), else ``$MPQUEUE_CONFIG``, else ``./mpqueue_config.py``.
+A script of your own can also call ``mpqueue_cli.main(config=config)``.
+"""
+
+import argparse
+import importlib
+import json
+import os
+import runpy
+import signal
+import sys
+import time
+
+import mpqueue
+
+COMMANDS = [
+    ('list', 'list the commands'),
+    ('worker:start', 'start the pool (-d: in the background)'),
+    ('worker:stop', 'stop the pool gracefully (workers finish their job)'),
+    ('worker:restart', 'stop, then start again (reloads the config; -d: in the background)'),
+    ('worker:reload', 'replace every worker after its current job (reloads code, not config)'),
+    ('worker:status', 'one line per process: queue, type, pid, state, job, done, RSS, uptime'),
+    ('queue:status', 'all / waiting / working / failed / over per queue [--queue Q]'),
+    ('queue:failed', 'failed jobs with their info and errors --queue Q'),
+    ('queue:retry', 'put failed jobs back --queue Q [--id ID]'),
+    ('queue:clean', 'empty a queue [--queue Q] (all queues without --queue)'),
+]
+
+
+class UserError(Exception):
+    """A mistake the user can fix: printed as one line, exit code 1."""
+
+
+def _parser():
+    p = argparse.ArgumentParser(
+        prog='mpqueue', add_help=False,
+        description='mpqueue: a multi-process job queue.',
+        epilog='commands:\n' + '\n'.join('  %-16s %s' % c for c in COMMANDS),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('command', nargs='?', default='list')
+    p.add_argument('-h', '--help', action='store_true', help='show this help')
+    p.add_argument('-c', '--config', help='config: a .py file defining `config`, or module:attr')
+    p.add_argument('-d', '--daemon', action='store_true', help='worker:start in the background')
+    p.add_argument('-q', '--queue', help='the queue to act on')
+    p.add_argument('--id', help='a job id (queue:retry)')
+    p.add_argument('--json', action='store_true', help='machine-readable output')
+    p.add_argument('-v', '--verbose', action='store_true', help='tracebacks on errors')
+    return p
+
+
+def main(argv=None, config=None):
+    """Run one command; returns (and, from the console script, exits with) its code."""
+    parser = _parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.help or args.command in ('list', 'help'):
+        parser.print_help()
+        return 0
+    handler = _HANDLERS.get(args.command)
+    if handler is None:
+        print('mpqueue: error: unknown command %r (try "mpqueue list")' % args.command,
+              file=sys.stderr)
+        return 2
+    try:
+        cfg = mpqueue.configure(config if config is not None else _load_config(args.config))
+        return handler(cfg, args) or 0
+    except KeyboardInterrupt:
+        return 130
+    except (UserError, mpqueue.MPQueueError, OSError) as exc:
+        if args.verbose:
+            raise
+        print('mpqueue: error: %s' % _one_line(exc), file=sys.stderr)
+        return 1
+
+
+def _one_line(exc):
+    return ' '.join(str(exc).split()) or type(exc).__name__
+
+
+def _load_config(spec):
+    """Find and load the config dict: --config, $MPQUEUE_CONFIG, ./mpqueue_config.py."""
+    where = 'from --config'
+    if not spec:
+        spec, where = os.environ.get('MPQUEUE_CONFIG'), 'from $MPQUEUE_CONFIG'
+    if not spec:
+        spec, where = 'mpqueue_config.py', 'in the current directory'
+        if not os.path.exists(spec):
+            raise UserError('no config: pass --config FILE.py (or module:attr), set '
+                            '$MPQUEUE_CONFIG, or create ./mpqueue_config.py')
+    if spec.endswith('.py') or os.path.sep in spec:
+        if not os.path.isfile(spec):
+            raise UserError('config file %r (%s) does not exist' % (spec, where))
+        sys.path.insert(0, os.path.dirname(os.path.abspath(spec)))
+        try:
+            namespace = runpy.run_path(spec, run_name='mpqueue_config')
+        except Exception as exc:
+            raise UserError('config file %r failed to load: %s: %s' % (
+                spec, type(exc).__name__, _one_line(exc))) from exc
+        if 'config' not in namespace:
+            raise UserError('config file %r does not define `config`' % spec)
+        return namespace['config']
+    module_name, _, attr = spec.partition(':')
+    sys.path.insert(0, os.getcwd())
+    try:
+        obj = importlib.import_module(module_name)
+        for part in (attr or 'config').split('.'):
+            obj = getattr(obj, part)
+    except Exception as exc:
+        raise UserError('config %r failed to load: %s: %s' % (
+            spec, type(exc).__name__, _one_line(exc))) from exc
+    return obj
+
+
+# -- worker commands ---------------------------------------------------------
+
+
+def _running_pid(cfg):
+    return mpqueue._PidFile(mpqueue._pid_path(cfg)).read()
+
+
+def cmd_start(cfg, args):
+    if args.daemon:
+        pid = mpqueue._run_pool(cfg, daemon=True)
+        print('mpqueue pool %r started in the background (manage pid %d); log in %s' % (
+            cfg['basics']['name'], pid, cfg['log']['path']))
+        return 0
+    return mpqueue._run_pool(cfg, daemon=False)
+
+
+def cmd_stop(cfg, args, quiet=False):
+    pid = _running_pid(cfg)
+    if not pid:
+        raise UserError('pool %r is not running (no live pid in %s)' % (
+            cfg['basics']['name'], mpqueue._pid_path(cfg)))
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + cfg['basics']['stop_grace'] + 15
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            if not quiet:
+                print('mpqueue pool %r stopped' % cfg['basics']['name'])
+            return 0
+        time.sleep(0.05)
+    raise UserError('pool %r (pid %d) did not stop within %ss' % (
+        cfg['basics']['name'], pid, cfg['basics']['stop_grace'] + 15))
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:   # a zombie child of ours counts as gone
+        with open('/proc/%d/stat' % pid, 'rb') as f:
+            return f.read().rsplit(b')', 1)[1].split()[0] != b'Z'
+    except OSError:
+        return True
+
+
+def cmd_restart(cfg, args):
+    if _running_pid(cfg):
+        cmd_stop(cfg, args, quiet=True)
+    return cmd_start(cfg, args)
+
+
+def cmd_reload(cfg, args):
+    pid = _running_pid(cfg)
+    if not pid:
+        raise UserError('pool %r is not running' % cfg['basics']['name'])
+    os.kill(pid, signal.SIGUSR1)
+    print('reload requested: each worker is replaced after its current job')
+    return 0
+
+
+def cmd_worker_status(cfg, args):
+    pid = _running_pid(cfg)
+    if not pid:
+        raise UserError('pool %r is not running' % cfg['basics']['name'])
+    path = mpqueue._status_path(cfg)
+    asked = time.time()
+    os.kill(pid, signal.SIGUSR2)
+    deadline = time.monotonic() + 10
+    snapshot = None
+    while time.monotonic() < deadline:
+        try:
+            with open(path) as f:
+                data = json.load(f)
+            if data.get('time', 0) >= asked - 0.001:
+                snapshot = data
+                break
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.02)
+    if snapshot is None:
+        raise UserError('pool %r (pid %d) did not answer the status request' % (
+            cfg['basics']['name'], pid))
+    rows = snapshot['processes']
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    print('%-16s %-7s %8s %-8s %-24s %7s %8s %-19s %s' % (
+        'queue', 'type', 'pid', 'state', 'job', 'done', 'rss_mb', 'started', 'uptime'))
+    for r in rows:
+        print('%-16s %-7s %8s %-8s %-24s %7s %8s %-19s %s' % (
+            r.get('queue'), r.get('type'), r.get('pid'), r.get('state'), r.get('job_id') or '-',
+            '-' if r.get('done') is None else r['done'],
+            '-' if r.get('rss_mb') is None else '%.1f' % r['rss_mb'],
+            time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(r['started']))
+            if r.get('started') else '-', _duration(r.get('uptime'))))
+    return 0
+
+
+def _duration(seconds):
+    if seconds is None:
+        return '-'
+    seconds = int(seconds)
+    return '%dd%02dh%02dm%02ds' % (seconds // 86400, seconds // 3600 % 24, seconds // 60 % 60,
+                                   seconds % 60) if seconds >= 86400 else \
+        '%02d:%02d:%02d' % (seconds // 3600, seconds // 60 % 60, seconds % 60)
+
+
+# -- queue commands ----------------------------------------------------------
+
+
+def _queues(cfg, args, required=False):
+    if args.queue:
+        mpqueue._queue_config(args.queue)
+        return [args.queue]
+    if required:
+        raise UserError('this command needs --queue (one of: %s)' % ', '.join(
+            q['name'] for q in cfg['queue']))
+    return [q['name'] for q in cfg['queue']]
+
+
+def cmd_queue_status(cfg, args):
+    stats = {q: mpqueue.status(q) for q in _queues(cfg, args)}
+    if args.json:
+        print(json.dumps(stats, indent=1))
+        return 0
+    cols = ('all', 'waiting', 'working', 'failed', 'over')
+    print('%-20s' % 'queue' + ''.join('%10s' % c for c in cols))
+    for q, s in stats.items():
+        print('%-20s' % q + ''.join('%10d' % s[c] for c in cols))
+    return 0
+
+
+def cmd_queue_failed(cfg, args):
+    (queue,) = _queues(cfg, args, required=True)
+    jobs = mpqueue.failed_jobs(queue, 0, 1000)
+    if args.json:
+        print(json.dumps(jobs, indent=1, default=str))
+        return 0
+    if not jobs:
+        print('no failed jobs in queue %r' % queue)
+    for info in jobs:
+        print('== %s  %s  type=%s  attempts=%s  worker=%s' % (
+            info['id'], info['job'], 'timeout' if info['type'] == mpqueue.TYPE_TIMEOUT
+            else 'normal', info['exec_number'], info['worker_id']))
+        for i, err in enumerate(info['error_info'], 1):
+            print('-- error %d:\n%s' % (i, err))
+    return 0
+
+
+def cmd_queue_retry(cfg, args):
+    (queue,) = _queues(cfg, args, required=True)
+    n = mpqueue.retry_failed(queue, args.id)
+    if args.id and not n:
+        raise UserError('job %r is not in the failed list of queue %r' % (args.id, queue))
+    print('%d job(s) of queue %r put back' % (n, queue))
+    return 0
+
+
+def cmd_queue_clean(cfg, args):
+    for queue in _queues(cfg, args):
+        mpqueue.clean(queue)
+        print('queue %r emptied' % queue)
+    return 0
+
+
+_HANDLERS = {
+    'worker:start': cmd_start, 'worker:stop': cmd_stop, 'worker:restart': cmd_restart,
+    'worker:reload': cmd_reload, 'worker:status': cmd_worker_status,
+    'queue:status': cmd_queue_status, 'queue:failed': cmd_queue_failed,
+    'queue:retry': cmd_queue_retry, 'queue:clean': cmd_queue_clean,
+}
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""Shared fixtures: a real Redis server and a reaper for the processes tests start.
+
+``redis_url`` is the Redis on 127.0.0.1:6379 when one answers, otherwise a
+private ``redis-server`` started for the test run. Tests use database
+``redis_db`` (14) on it and the key prefix ``PREFIX`` ('mpqtest');
+``redis_client`` empties that database before and after each test.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+import redis
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from redis_server import RedisServer, free_port, no_retry, port_in_use  # noqa: E402
+
+SHARED_REDIS_URL = 'redis://127.0.0.1:6379'
+PRIVATE_REDIS_PORT = 6390
+TEST_DB = 14
+PREFIX = 'mpqtest'
+REAP_TIMEOUT = 5.0
+
+
+def _answers(url, timeout=0.5):
+    client = redis.Redis.from_url(url, socket_timeout=timeout,
+                                  socket_connect_timeout=timeout,
+                                  retry=no_retry())
+    try:
+        return bool(client.ping())
+    except (redis.RedisError, OSError):
+        return False
+    finally:
+        client.close()
+
+
+# -- Redis -------------------------------------------------------------------
+
+@pytest.fixture(scope='session')
+def redis_url():
+    """URL of a Redis server for the whole test run (no database number)."""
+    if _answers(SHARED_REDIS_URL):
+        yield SHARED_REDIS_URL
+        return
+    port = PRIVATE_REDIS_PORT
+    if port_in_use(port):
+        port = free_port()
+    server = RedisServer(port)
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope='session')
+def redis_db():
+    """The database number the tests may empty at will."""
+    return TEST_DB
+
+
+@pytest.fixture(scope='session')
+def redis_db_url(redis_url, redis_db):
+    """``redis_url`` with the test database selected."""
+    return '%s/%d' % (redis_url, redis_db)
+
+
+@pytest.fixture
+def redis_client(redis_url, redis_db):
+    """A ``redis.Redis`` on the test database, emptied before and after the test."""
+    client = redis.Redis.from_url(redis_url, db=redis_db)
+    client.flushdb()
+    try:
+        yield client
+    finally:
+        try:
+            client.flushdb()
+        finally:
+            client.close()
+
+
+# -- processes ---------------------------------------------------------------
+
+class ProcReaper:
+    """Remembers processes a test starts and makes sure none outlives it.
+
+    ``add()`` takes a pid, a ``subprocess.Popen``, a
+    ``multiprocessing.Process`` or a ``psutil.Process``. At teardown every
+    registered process and every descendant seen (at registration or at
+    teardown) gets SIGTERM, then SIGKILL if still alive after 5 s.
+    """
+
+    def __init__(self):
+        self._procs = {}     # pid -> psutil.Process (create time pins identity)
+        self._handles = []   # Popen / multiprocessing objects: they reap their own
+
+    def add(self, proc):
+        """Register ``proc`` (and its current descendants); return it."""
+        if isinstance(proc, int):
+            pid = proc
+        elif isinstance(proc, psutil.Process):
+            pid = proc.pid
+        else:
+            pid = proc.pid          # subprocess.Popen, multiprocessing.Process
+            self._handles.append(proc)
+        if pid is None:
+            raise ValueError('process %r has no pid (not started?)' % (proc,))
+        try:
+            ps = psutil.Process(pid)
+        except psutil.NoSuchProcess:
+            return proc
+        self._remember(ps)
+        self._remember_children(ps)
+        return proc
+
+    def popen(self, args, **kwargs):
+        """``subprocess.Popen(args, **kwargs)``, registered. stdin defaults to /dev/null."""
+        kwargs.setdefault('stdin', subprocess.DEVNULL)
+        return self.add(subprocess.Popen(args, **kwargs))
+
+    def _remember(self, ps):
+        known = self._procs.get(ps.pid)
+        if known is None or not known.is_running():
+            self._procs[ps.pid] = ps
+
+    def _remember_children(self, ps):
+        try:
+            for child in ps.children(recursive=True):
+                self._remember(child)
+        except psutil.NoSuchProcess:
+            pass
+
+    def _alive(self):
+        alive = []
+        for ps in self._procs.values():
+            try:
+                if ps.is_running() and ps.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(ps)
+            except psutil.NoSuchProcess:
+                pass
+        return alive
+
+    def _signal_all(self, signum):
+        for ps in self._alive():
+            try:
+                ps.send_signal(signum)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+
+    def _refresh(self):
+        for ps in list(self._procs.values()):
+            self._remember_children(ps)
+
+    def _reap_zombies(self):
+        # Children of ours registered by bare pid stay zombies unless waited
+        # for; Popen and multiprocessing objects are left to reap their own.
+        owned = {handle.pid for handle in self._handles}
+        for pid in self._procs:
+            if pid not in owned:
+                try:
+                    os.waitpid(pid, os.WNOHANG)
+                except OSError:
+                    pass
+
+    def reap(self, timeout=REAP_TIMEOUT):
+        """Stop everything registered; called at teardown."""
+        self._refresh()
+        self._signal_all(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._reap_zombies()
+            if not self._alive():
+                break
+            time.sleep(0.05)
+        self._refresh()
+        if self._alive():
+            self._signal_all(signal.SIGKILL)
+            deadline = time.monotonic() + timeout
+            while self._alive() and time.monotonic() < deadline:
+                self._reap_zombies()
+                time.sleep(0.02)
+        self._reap_zombies()
+        for handle in self._handles:
+            if isinstance(handle, subprocess.Popen):
+                try:
+                    handle.wait(timeout=1)
+                except subprocess.TimeoutExpired:
+                    pass
+                for stream in (handle.stdin, handle.stdout, handle.stderr):
+                    if stream is not None:
+                        stream.close()
+            elif hasattr(handle, 'join'):
+                handle.join(timeout=1)
+        self._procs.clear()
+        self._handles.clear()
+
+
+@pytest.fixture
+def proc_reaper():
+    """Register processes with ``proc_reaper.add(p)``; none survives the test."""
+    reaper = ProcReaper()
+    try:
+        yield reaper
+    finally:
+        reaper.reap()
