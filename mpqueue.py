@@ -1,4 +1,4 @@
-"""mpqueue: a multi-process job queue for Python, in one file.
+r"""mpqueue: a multi-process job queue for Python, in one file.
 
 This file is the whole library.  It depends on ``cloudpickle`` and, for the
 Redis driver, ``redis``; everything else is the standard library, so the file
@@ -42,6 +42,7 @@ Runtime (worker, master, manage) -- Public functions.
 ###############################################################################
 
 import asyncio
+import collections
 import errno
 import fcntl
 import functools
@@ -105,6 +106,9 @@ LEASE_SECONDS = 10.0
 #: A job handed to a worker but not started within this time goes back to the
 #: head of its queue.
 RESERVE_SECONDS = 0.5
+#: Under load a master gathers job outcomes for at most this long (seconds)
+#: before recording them in one broker round trip.
+FLUSH_DELAY = 0.002
 #: How many times the fail handlers of one job are tried when the worker
 #: running them dies, before the job goes to the failed list regardless.
 HANDLER_ATTEMPTS = 3
@@ -601,9 +605,14 @@ def _job_setting(name, given, job, qconf):
     return qconf[name]
 
 
+_id_counter = iter(range(1 << 62))
+
+
 def _new_id():
-    """Job ids sort by creation time: 12 hex digits of ms, then 10 random."""
-    return '%012x%s' % (int(time.time() * 1000), os.urandom(5).hex())
+    """Job ids sort by creation time within a process: 12 hex digits of
+    milliseconds, 4 of a per-process counter, then 6 random ones."""
+    return '%012x%04x%s' % (int(time.time() * 1000), next(_id_counter) & 0xffff,
+                            os.urandom(3).hex())
 
 
 ###############################################################################
@@ -853,10 +862,11 @@ OPS.reserve = function(n)
   local ids = redis.call('LPOP', K_WAIT, tonumber(n))
   local out = {}
   if not ids then return out end
-  for _, id in ipairs(ids) do
+  for i, id in ipairs(ids) do
     local payload = redis.call('HGET', K_JOB, id)
     if payload then
-      redis.call('ZADD', K_RES, now + hold, id)
+      -- distinct scores keep queue order when they come back by tick
+      redis.call('ZADD', K_RES, now + hold + i * 0.000001, id)
       table.insert(out, id)
       table.insert(out, redis.call('HGET', K_META, id))
       table.insert(out, payload)
@@ -889,10 +899,16 @@ OPS.renew = function(id)
   redis.call('ZADD', K_WORK, lease_score(m), id)
   return 1
 end
+-- take a job out of every place but working/reserved (rare: it was recovered
+-- elsewhere while its worker was still running it)
+local function unqueue(id)
+  if redis.call('ZREM', K_DELAY, id) == 0 and redis.call('ZREM', K_FAIL, id) == 0 then
+    redis.call('LREM', K_WAIT, 1, id)
+  end
+end
 OPS.done = function(id)
   if redis.call('ZREM', K_WORK, id) == 0 and redis.call('ZREM', K_RES, id) == 0 then
-    -- recovered elsewhere meanwhile: take it back so it does not run again
-    if redis.call('ZREM', K_DELAY, id) == 0 then redis.call('LREM', K_WAIT, 1, id) end
+    unqueue(id)
   end
   redis.call('HDEL', K_JOB, id)
   if redis.call('HDEL', K_META, id) == 1 then redis.call('HINCRBY', K_STAT, 'over', 1) end
@@ -907,10 +923,12 @@ OPS.retry = function(id, delay, err)
   return 1
 end
 OPS.fail = function(id, typ, errs, name)
-  redis.call('ZREM', K_WORK, id)
-  redis.call('ZREM', K_RES, id)
   local m = getmeta(id)
   if not m then return 0 end
+  if redis.call('ZREM', K_WORK, id) == 0 and redis.call('ZREM', K_RES, id) == 0 then
+    if redis.call('ZSCORE', K_FAIL, id) then return 0 end
+    unqueue(id)
+  end
   for _, e in ipairs(cjson.decode(errs)) do table.insert(m.r, e) end
   m.y = tonumber(typ)
   if name ~= '' then m.n = name end
@@ -931,12 +949,11 @@ OPS.requeue = function(id)
   return requeue(id)
 end
 OPS.recover_owner = function(owner, err)
+  -- only started jobs carry their owner; reservations come back by tick
   local n = 0
-  for _, key in ipairs({K_WORK, K_RES}) do
-    for _, id in ipairs(redis.call('ZRANGE', key, 0, -1)) do
-      local m = getmeta(id)
-      if m and m.o == owner then n = n + requeue(id) end
-    end
+  for _, id in ipairs(redis.call('ZRANGE', K_WORK, 0, -1)) do
+    local m = getmeta(id)
+    if m and m.o == owner then n = n + requeue(id) end
   end
   return n
 end
@@ -977,6 +994,7 @@ OPS.status = function()
           redis.call('ZCARD', K_FAIL), tonumber(s[2] or 0)}
 end
 OPS.failed = function(offset, count)
+  if tonumber(count) <= 0 then return {} end
   local ids = redis.call('ZRANGE', K_FAIL, tonumber(offset), tonumber(offset) + tonumber(count) - 1)
   local out = {}
   for _, id in ipairs(ids) do
@@ -1213,23 +1231,693 @@ class _RedisWaker:
 # -- SQLite ----------------------------------------------------------------
 
 
+# The same lifecycle as _LUA_OPS, as SQL.  One row per job in mpq_jobs; its
+# ``state`` says which Redis structure it would be in and ``score`` is that
+# structure's score:
+#   waiting   position in the queue (tail = max + 1, head = min - 1)
+#   delayed   due time
+#   reserved  time it goes back to the head of waiting
+#   working   lease expiry (or deadline + 1 s)
+#   failed    time of final failure
+# Ties in the sorted states are broken by id, like the members of a Redis zset.
+# Times are this server's clock (time.time()): the SQLite driver serves one server.
+
+_SQLITE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS mpq_jobs (
+    queue   TEXT NOT NULL,
+    id      TEXT NOT NULL,
+    state   TEXT NOT NULL,
+    score   REAL NOT NULL,
+    meta    TEXT NOT NULL,
+    payload BLOB,
+    PRIMARY KEY (queue, id)
+);
+CREATE INDEX IF NOT EXISTS mpq_jobs_state ON mpq_jobs (queue, state, score, id);
+CREATE TABLE IF NOT EXISTS mpq_stats (
+    queue    TEXT PRIMARY KEY,
+    n_all    INTEGER NOT NULL DEFAULT 0,
+    n_over   INTEGER NOT NULL DEFAULT 0,
+    n_failed INTEGER NOT NULL DEFAULT 0
+);
+"""
+
+_SQ_INSERT = ('INSERT OR REPLACE INTO mpq_jobs (queue, id, state, score, meta, payload) '
+              'VALUES (?, ?, ?, ?, ?, ?)')
+_SQ_MAX = "SELECT MAX(score) FROM mpq_jobs WHERE queue = ? AND state = 'waiting'"
+_SQ_MIN = 'SELECT MIN(score) FROM mpq_jobs WHERE queue = ? AND state = ?'
+_SQ_FIRST = ('SELECT rowid, id, meta, payload FROM mpq_jobs WHERE queue = ? AND '
+             "state = 'waiting' ORDER BY score LIMIT ?")
+_SQ_ROW = 'SELECT rowid, state, meta FROM mpq_jobs WHERE queue = ? AND id = ?'
+_SQ_DUE = ('SELECT rowid, id, meta FROM mpq_jobs WHERE queue = ? AND state = ? AND score <= ? '
+           'ORDER BY score, id LIMIT ?')
+_SQ_ALL_IN = ('SELECT rowid, id, meta FROM mpq_jobs WHERE queue = ? AND state = ? '
+              'ORDER BY score, id')
+_SQ_MOVE = 'UPDATE mpq_jobs SET state = ?, score = ? WHERE rowid = ?'
+_SQ_MOVE_META = 'UPDATE mpq_jobs SET state = ?, score = ?, meta = ? WHERE rowid = ?'
+_SQ_SCORE = 'UPDATE mpq_jobs SET score = ? WHERE rowid = ?'
+_SQ_STATS_ADD = ('UPDATE mpq_stats SET n_all = n_all + ?, n_over = n_over + ?, '
+                 'n_failed = n_failed + ? WHERE queue = ?')
+_SQ_STATS_NEW = 'INSERT INTO mpq_stats (queue, n_all, n_over, n_failed) VALUES (?, ?, ?, ?)'
+
+_SQ_CONNECT_LOCK = threading.Lock()
+_SQ_UNKNOWN = object()     # a cached bound not read from the database yet
+_SQ_WAKE_SLOTS = 4         # masters of one queue that can listen for wake-ups at once
+_SQ_SUN_PATH_MAX = 107     # AF_UNIX path bytes, leaving room for the final NUL
+
+
+def _sq_num(value):
+    """``tonumber()``: a number from a step argument (None if it is not one)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value
+    try:
+        number = float(_text(value))
+    except (TypeError, ValueError):
+        return None
+    return int(number) if number.is_integer() else number
+
+
+def _sq_str(value):
+    """``tostring()`` of a meta value, as Lua spells it."""
+    if value is None:
+        return 'nil'
+    if isinstance(value, bool):
+        return 'true' if value else 'false'
+    if isinstance(value, (int, float)):
+        return '%.14g' % value
+    return str(value)
+
+
+def _sq_dump(meta):
+    """Encode meta as the Lua ``setmeta`` stores it: no ``r`` while it is empty."""
+    if meta.get('r'):
+        return json.dumps(meta, separators=(',', ':'))
+    meta.pop('r', None)
+    raw = json.dumps(meta, separators=(',', ':'))
+    meta['r'] = []
+    return raw
+
+
+def _sqlite_wake_paths(db_file, queue):
+    """The datagram socket paths a queue's masters listen on for wake-ups."""
+    base = '%s.%s.wake' % (db_file, queue)
+    if len(os.fsencode(base)) + 2 > _SQ_SUN_PATH_MAX:      # + 2: room for '.N'
+        digest = hashlib.sha1(('%s\0%s' % (db_file, queue)).encode()).hexdigest()[:24]
+        base = os.path.join(os.path.dirname(db_file), '.mpq-%s.wake' % digest)
+        if len(os.fsencode(base)) + 2 > _SQ_SUN_PATH_MAX:
+            base = '/tmp/mpq-%s.wake' % digest
+    return [base] + ['%s.%d' % (base, i) for i in range(1, _SQ_WAKE_SLOTS)]
+
+
+class _SqliteBatch:
+    """The steps of one ``execute()`` inside one transaction: the Lua helpers
+    with a few bounds of the queue cached for the length of the batch."""
+
+    def __init__(self, conn, queue, now):
+        self.conn, self.queue, self.now = conn, queue, now
+        self.wake = False
+        self.wmin = self.wmax = self.dmin = _SQ_UNKNOWN   # None: that state is empty
+        self.d_all = self.d_over = self.d_failed = 0
+
+    def forget(self):
+        """Rows may have left waiting or delayed: read the bounds again."""
+        self.wmin = self.wmax = self.dmin = _SQ_UNKNOWN
+
+    def one(self, sql, args):
+        return self.conn.execute(sql, args).fetchone()
+
+    def flush_stats(self):
+        if self.d_all or self.d_over or self.d_failed:
+            args = (self.d_all, self.d_over, self.d_failed, self.queue)
+            if self.conn.execute(_SQ_STATS_ADD, args).rowcount == 0:
+                self.conn.execute(_SQ_STATS_NEW, (self.queue,) + args[:3])
+            self.d_all = self.d_over = self.d_failed = 0
+
+    # -- the Lua helpers -----------------------------------------------------
+
+    def tail(self):
+        high = self.wmax
+        if high is _SQ_UNKNOWN:
+            high = self.one(_SQ_MAX, (self.queue,))[0]
+        if high is None:                       # RPUSH into an empty list
+            self.wake = True
+            self.wmin = self.wmax = 0.0
+            return 0.0
+        self.wmax = high + 1
+        return self.wmax
+
+    def head(self):
+        low = self.wmin
+        if low is _SQ_UNKNOWN:
+            low = self.one(_SQ_MIN, (self.queue, 'waiting'))[0]
+        if low is None:                        # LPUSH into an empty list
+            self.wake = True
+            self.wmin = self.wmax = 0.0
+            return 0.0
+        self.wmin = low - 1
+        return self.wmin
+
+    def ready(self, delay):
+        """``ready()``: (state, score) of a job that becomes waiting or delayed."""
+        if delay and delay > 0:
+            due = self.now + delay
+            first = self.dmin
+            if first is _SQ_UNKNOWN:
+                first = self.one(_SQ_MIN, (self.queue, 'delayed'))[0]
+            if first is None or first > due:
+                self.wake = True
+                first = due
+            self.dmin = first
+            return 'delayed', due
+        return 'waiting', self.tail()
+
+    def lease_score(self, meta):
+        score = self.now + LEASE_SECONDS
+        deadline = meta.get('d')
+        if deadline and deadline > 0 and deadline + 1 < score:
+            score = deadline + 1
+        return score
+
+    def start(self, rowid, meta, worker, owner):
+        if meta.get('p') != 'f':
+            meta['x'] = (meta.get('x') or 0) + 1
+        meta['s'] = self.now
+        meta['w'] = worker
+        meta['o'] = owner
+        timeout = meta.get('t') or 0
+        meta['d'] = self.now + timeout if timeout > 0 else 0
+        self.conn.execute(_SQ_MOVE_META, ('working', self.lease_score(meta), _sq_dump(meta),
+                                          rowid))
+
+    def to_failed(self, rowid, meta):
+        meta.pop('p', None)
+        meta['ft'] = self.now
+        self.conn.execute(_SQ_MOVE_META, ('failed', self.now, _sq_dump(meta), rowid))
+        self.d_failed += 1
+
+    def to_head(self, rowid, meta=None):
+        if meta is None:
+            self.conn.execute(_SQ_MOVE, ('waiting', self.head(), rowid))
+        else:
+            self.conn.execute(_SQ_MOVE_META, ('waiting', self.head(), _sq_dump(meta), rowid))
+
+    def lost(self, rowid, meta, error, timeout):
+        """A started job whose worker is gone: another attempt, its fail
+        handlers, or failed."""
+        meta['r'].append(error)
+        if meta.get('p') == 'f':
+            meta['h'] = (meta.get('h') or 0) + 1
+            if meta['h'] >= HANDLER_ATTEMPTS:
+                meta['r'].append('fail handlers did not finish after %s attempts'
+                                 % _sq_str(meta['h']))
+                self.to_failed(rowid, meta)
+            else:
+                self.to_head(rowid, meta)
+        elif timeout or ((meta.get('d') or 0) > 0 and self.now >= meta['d']):
+            meta['y'] = TYPE_TIMEOUT
+            meta['p'] = 'f'
+            self.to_head(rowid, meta)
+        elif (meta.get('x') or 0) <= (meta.get('f') or 0):
+            state, score = self.ready(_sq_num(meta.get('e') or 0))
+            self.conn.execute(_SQ_MOVE_META, (state, score, _sq_dump(meta), rowid))
+        else:
+            meta['y'] = TYPE_NORMAL
+            meta['p'] = 'f'
+            self.to_head(rowid, meta)
+
+    def requeue(self, job_id):
+        row = self.one(_SQ_ROW, (self.queue, job_id))
+        if row is None:
+            return 0
+        rowid, state, raw = row
+        if state == 'working':
+            meta = _meta_dict(raw)
+            if meta.get('p') != 'f' and (meta.get('x') or 0) > 0:
+                meta['x'] -= 1
+                self.to_head(rowid, meta)
+            else:
+                self.to_head(rowid)
+        elif state == 'reserved':
+            self.to_head(rowid)
+        else:
+            return 0
+        return 1
+
+    # -- the steps -----------------------------------------------------------
+
+    def run(self, ops):
+        out = []
+        i, count = 0, len(ops)
+        while i < count:
+            name = ops[i][0]
+            if name == 'push':
+                j = i + 1
+                while j < count and ops[j][0] == 'push':
+                    j += 1
+                self.push(ops[i:j])
+                out.extend([1] * (j - i))
+                i = j
+                continue
+            out.append(getattr(self, 'op_' + name)(*ops[i][1:]))
+            i += 1
+        return out
+
+    def push(self, ops):
+        rows = []
+        for _, job_id, meta, payload, delay in ops:
+            if type(delay) not in (int, float):
+                delay = _sq_num(delay)
+            state, score = self.ready(delay)
+            if isinstance(payload, str):
+                payload = payload.encode()
+            rows.append((self.queue, _text(job_id), state, score, _text(meta), payload))
+        if len(rows) == 1:
+            self.conn.execute(_SQ_INSERT, rows[0])
+        else:
+            self.conn.executemany(_SQ_INSERT, rows)
+        self.d_all += len(rows)
+
+    def op_reserve(self, n):
+        n = int(_sq_num(n) or 0)
+        if n <= 0:
+            return []
+        rows = self.conn.execute(_SQ_FIRST, (self.queue, n)).fetchall()
+        if not rows:
+            return []
+        self.forget()
+        back = self.now + RESERVE_SECONDS
+        # distinct scores keep queue order when they come back by tick
+        self.conn.executemany(_SQ_MOVE, [('reserved', back + i * 1e-6, r[0])
+                                         for i, r in enumerate(rows)])
+        out = []
+        for _, job_id, raw, payload in rows:
+            out += (job_id, raw, payload)
+        return out
+
+    def op_start(self, job_id, worker, owner):
+        row = self.one(_SQ_ROW, (self.queue, _text(job_id)))
+        if row is None or row[1] != 'reserved':
+            return 0
+        self.start(row[0], _meta_dict(row[2]), worker, owner)
+        return 1
+
+    def op_pop(self, worker, owner):
+        row = self.one(_SQ_FIRST, (self.queue, 1))
+        if row is None:
+            return []
+        self.forget()
+        rowid, job_id, raw, payload = row
+        meta = _meta_dict(raw)
+        self.start(rowid, meta, worker, owner)
+        return [job_id, json.dumps(meta, separators=(',', ':')), payload]
+
+    def op_renew(self, job_id):
+        row = self.one(_SQ_ROW, (self.queue, _text(job_id)))
+        if row is None or row[1] != 'working':
+            return 0
+        self.conn.execute(_SQ_SCORE, (self.lease_score(_meta_dict(row[2])), row[0]))
+        return 1
+
+    def op_done(self, job_id):
+        # whatever state it is in (recovered elsewhere meanwhile), it must not run again
+        cur = self.conn.execute('DELETE FROM mpq_jobs WHERE queue = ? AND id = ?',
+                                (self.queue, _text(job_id)))
+        if cur.rowcount > 0:
+            self.d_over += 1
+            self.forget()
+        return 1
+
+    def op_retry(self, job_id, delay, error):
+        row = self.one(_SQ_ROW, (self.queue, _text(job_id)))
+        if row is None or row[1] != 'working':
+            return 0
+        meta = _meta_dict(row[2])
+        meta['r'].append(error)
+        state, score = self.ready(_sq_num(delay))
+        self.conn.execute(_SQ_MOVE_META, (state, score, _sq_dump(meta), row[0]))
+        return 1
+
+    def op_fail(self, job_id, type_, errors, name):
+        row = self.one(_SQ_ROW, (self.queue, _text(job_id)))
+        if row is None or row[1] == 'failed':
+            return 0
+        if row[1] in ('waiting', 'delayed'):
+            self.forget()
+        meta = _meta_dict(row[2])
+        meta['r'].extend(json.loads(errors) if isinstance(errors, (str, bytes)) else errors)
+        meta['y'] = _sq_num(type_)
+        if name != '' and name != b'':
+            meta['n'] = _text(name)
+        self.to_failed(row[0], meta)
+        return 1
+
+    def op_lost(self, job_id, error, timeout):
+        row = self.one(_SQ_ROW, (self.queue, _text(job_id)))
+        if row is None:
+            return 0
+        if row[1] == 'working':
+            flag = _text(timeout) == '1' if isinstance(timeout, (str, bytes)) else timeout == 1
+            self.lost(row[0], _meta_dict(row[2]), error, flag)
+            return 1
+        if row[1] == 'reserved':
+            self.to_head(row[0])
+            return 2
+        return 0
+
+    def op_requeue(self, job_id):
+        return self.requeue(_text(job_id))
+
+    def op_recover_owner(self, owner, error):
+        # only started jobs carry their owner; reservations come back by tick
+        owner, n = _text(owner), 0
+        for _, job_id, raw in self.conn.execute(_SQ_ALL_IN, (self.queue, 'working')).fetchall():
+            if _meta_dict(raw).get('o') == owner:
+                n += self.requeue(job_id)
+        return n
+
+    def op_tick(self, limit):
+        limit, now, queue = int(_sq_num(limit) or 0), self.now, self.queue
+        due = self.conn.execute(_SQ_DUE, (queue, 'delayed', now, limit)).fetchall()
+        if due:
+            self.dmin = _SQ_UNKNOWN
+            self.conn.executemany(_SQ_MOVE, [('waiting', self.tail(), r[0]) for r in due])
+        back = self.conn.execute(_SQ_DUE, (queue, 'reserved', now, limit)).fetchall()
+        for row in reversed(back):
+            self.to_head(row[0])
+        dead = self.conn.execute(_SQ_DUE, (queue, 'working', now, limit)).fetchall()
+        for rowid, _, raw in dead:
+            meta = _meta_dict(raw)
+            self.lost(rowid, meta, 'lease expired: worker %s or its server stopped while '
+                      'running the job' % _sq_str(meta.get('w')), False)
+        nxt = -1
+        for state in ('delayed', 'reserved', 'working'):
+            first = self.one(_SQ_MIN, (queue, state))[0]
+            if first is not None:
+                wait = max(first - now, 0)
+                if nxt < 0 or wait < nxt:
+                    nxt = wait
+        return '%.14g' % nxt
+
+    def op_status(self):
+        self.flush_stats()
+        counts = dict(self.conn.execute(
+            'SELECT state, COUNT(*) FROM mpq_jobs WHERE queue = ? GROUP BY state',
+            (self.queue,)).fetchall())
+        stats = self.one('SELECT n_all, n_over FROM mpq_stats WHERE queue = ?',
+                         (self.queue,)) or (0, 0)
+        return [stats[0], counts.get('waiting', 0) + counts.get('delayed', 0),
+                counts.get('reserved', 0) + counts.get('working', 0),
+                counts.get('failed', 0), stats[1]]
+
+    def op_failed(self, offset, count):
+        offset, count = int(_sq_num(offset) or 0), int(_sq_num(count) or 0)
+        if count <= 0:
+            return []
+        out = []
+        for job_id, raw in self.conn.execute(
+                "SELECT id, meta FROM mpq_jobs WHERE queue = ? AND state = 'failed' "
+                'ORDER BY score, id LIMIT ? OFFSET ?', (self.queue, count, max(offset, 0))):
+            out += (job_id, raw)
+        return out
+
+    def op_meta(self, job_id):
+        row = self.one('SELECT meta FROM mpq_jobs WHERE queue = ? AND id = ?',
+                       (self.queue, _text(job_id)))
+        return row[0] if row else ''
+
+    def op_retry_failed(self, job_id):
+        job_id = _text(job_id)
+        if job_id == '':
+            rows = self.conn.execute(_SQ_ALL_IN, (self.queue, 'failed')).fetchall()
+        else:
+            rows = self.conn.execute("SELECT rowid, id, meta FROM mpq_jobs WHERE queue = ? "
+                                     "AND id = ? AND state = 'failed'",
+                                     (self.queue, job_id)).fetchall()
+        for rowid, _, raw in rows:
+            meta = _meta_dict(raw)
+            meta['x'] = 0
+            for key in ('h', 'p', 'y', 'ft'):
+                meta.pop(key, None)
+            meta['r'] = []
+            self.conn.execute(_SQ_MOVE_META, ('waiting', self.tail(), _sq_dump(meta), rowid))
+        return len(rows)
+
+    def op_delete_failed(self, job_id):
+        return self.conn.execute("DELETE FROM mpq_jobs WHERE queue = ? AND id = ? AND "
+                                 "state = 'failed'", (self.queue, _text(job_id))).rowcount
+
+    def op_clean(self):
+        """Empty the queue; returns how many Redis keys that would have deleted."""
+        self.flush_stats()
+        states = [r[0] for r in self.conn.execute(
+            'SELECT DISTINCT state FROM mpq_jobs WHERE queue = ?', (self.queue,))]
+        n = len(states) + (2 if states else 0)
+        n += self.conn.execute('DELETE FROM mpq_stats WHERE queue = ?', (self.queue,)).rowcount
+        self.conn.execute('DELETE FROM mpq_jobs WHERE queue = ?', (self.queue,))
+        self.forget()
+        return n
+
+
 class SqliteDriver(_Driver):
     """The embedded broker: one SQLite database file, for a pool on one server.
 
-    :param path: the database file; created on first use.
+    :param path: the database file; it and its directory are created on first use.
+
+    All queues share the file (a ``queue`` column).  Each ``execute()`` is one
+    ``BEGIN IMMEDIATE`` transaction in WAL mode, so the processes of a pool
+    serialize their steps through SQLite's write lock.  Connections open lazily
+    in each process and are never used across a ``fork()``.  A push wakes the
+    queue's master through a Unix datagram socket next to the database.
     """
+
+    BUSY_TIMEOUT = 10.0     # seconds a step waits for another process's transaction
+
+    _inherited = []         # connections of parent processes: kept, never used or closed
 
     def __init__(self, path):
         if not isinstance(path, str) or not path:
             raise ConfigError('SqliteDriver path must be a file path, got %r' % (path,))
         self.path = path
         self.address = 'sqlite:' + path
+        self._file = os.path.abspath(path)    # daemons chdir('/'): fix the path now
+        self._pid = None
+        self._conn = None
+        self._lock = None
+        self._sender = None
+        self._wake_paths = {}
 
     def __repr__(self):
         return 'SqliteDriver(%r)' % self.path
 
-    def execute(self, queue, ops):   # pragma: no cover - replaced below when available
-        raise DriverError('the SQLite driver is not available in this build')
+    def __getstate__(self):   # drivers travel in pickled configs without their connection
+        state = dict(self.__dict__)
+        state['_conn'] = state['_pid'] = state['_lock'] = state['_sender'] = None
+        return state
+
+    def _error(self, exc):
+        return DriverError('SQLite database %s: %s' % (self.path, exc))
+
+    def _connect(self):
+        with _SQ_CONNECT_LOCK:
+            if self._pid == os.getpid() and self._conn is not None:
+                return self._conn
+            return self._open()
+
+    def _open(self):
+        if self._conn is not None and self._pid != os.getpid():
+            # a parent's connection: closing it here could disturb the parent's locks
+            SqliteDriver._inherited.append(self._conn)
+            self._conn = None
+            if self._sender is not None:
+                self._sender.close()
+            self._sender = None
+        self._lock = threading.Lock()
+        conn = None
+        try:
+            os.makedirs(os.path.dirname(self._file), exist_ok=True)
+            conn = sqlite3.connect(self._file, timeout=self.BUSY_TIMEOUT, isolation_level=None,
+                                   check_same_thread=False, cached_statements=64)
+            conn.execute('PRAGMA busy_timeout = %d' % int(self.BUSY_TIMEOUT * 1000))
+            conn.execute('PRAGMA journal_mode = WAL')
+            conn.execute('PRAGMA synchronous = NORMAL')
+            conn.executescript(_SQLITE_SCHEMA)
+        except (sqlite3.Error, OSError) as exc:
+            if conn is not None:
+                conn.close()
+            raise self._error(exc) from exc
+        self._conn, self._pid = conn, os.getpid()
+        return conn
+
+    def execute(self, queue, ops):
+        for op in ops:
+            if len(op) - 1 != _STEP_ARGS[op[0]]:
+                raise ValueError('step %r takes %d arguments' % (op[0], _STEP_ARGS[op[0]]))
+        if not ops:
+            return []
+        conn = self._conn
+        if conn is None or self._pid != os.getpid():
+            conn = self._connect()
+        with self._lock:
+            try:
+                conn.execute('BEGIN IMMEDIATE')
+                try:
+                    batch = _SqliteBatch(conn, queue, time.time())
+                    out = batch.run(ops)
+                    batch.flush_stats()
+                    conn.execute('COMMIT')
+                except BaseException:
+                    if conn.in_transaction:
+                        try:
+                            conn.execute('ROLLBACK')
+                        except sqlite3.Error:
+                            pass
+                    raise
+            except sqlite3.Error as exc:
+                raise self._error(exc) from exc
+        if batch.wake:
+            self._wake(queue)
+        return out
+
+    # -- wake-ups --------------------------------------------------------------
+
+    def _paths(self, queue):
+        paths = self._wake_paths.get(queue)
+        if paths is None:
+            paths = self._wake_paths[queue] = _sqlite_wake_paths(self._file, queue)
+        return paths
+
+    def _wake(self, queue):
+        """One datagram to every master listening; nobody listening is fine."""
+        try:
+            if self._sender is None:
+                self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                self._sender.setblocking(False)
+            for path in self._paths(queue):
+                try:
+                    self._sender.sendto(b'1', path)
+                except OSError:
+                    pass
+        except OSError:
+            pass
+
+    def waker(self, queue):
+        return _SqliteWaker(self._paths(queue), self.path, queue)
+
+    # -- inspection --------------------------------------------------------------
+
+    def job_meta(self, queue, job_id):
+        raw = self.execute(queue, [('meta', job_id)])[0]
+        return _meta_dict(raw) if raw else None
+
+    def status(self, queue):
+        values = self.execute(queue, [('status',)])[0]
+        return dict(zip(('all', 'waiting', 'working', 'failed', 'over'), map(int, values)))
+
+    def failed(self, queue, offset=0, count=100):
+        flat = self.execute(queue, [('failed', offset, count)])[0]
+        return [(_text(flat[i]), _meta_dict(flat[i + 1])) for i in range(0, len(flat), 2)]
+
+    def retry_failed(self, queue, job_id=None):
+        return self.execute(queue, [('retry_failed', job_id or '')])[0]
+
+    def delete_failed(self, queue, job_id):
+        return self.execute(queue, [('delete_failed', job_id)])[0]
+
+    def clean(self, queue):
+        self.execute(queue, [('clean',)])
+
+    def close(self):
+        if self._pid == os.getpid():
+            if self._conn is not None:
+                self._conn.close()
+            if self._sender is not None:
+                self._sender.close()
+        elif self._conn is not None:
+            SqliteDriver._inherited.append(self._conn)
+        self._conn = self._sender = None
+        self._pid = None
+
+
+class _SqliteWaker:
+    """A Unix datagram socket that a queue's master selects on; ``execute()``
+    sends it a byte when a batch makes work.  Up to ``_SQ_WAKE_SLOTS`` masters
+    of one queue can listen (each on its own path); a socket file left by a
+    dead process is taken over."""
+
+    def __init__(self, paths, db_path, queue):
+        directory = os.path.dirname(paths[0])
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._path = None
+        lock = None
+        try:
+            os.makedirs(directory, exist_ok=True)
+            try:   # serialize the stale-socket check with other masters binding
+                lock = os.open(directory, os.O_RDONLY)
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            except OSError:
+                pass
+            for path in paths:
+                if self._bind(path):
+                    self._path = path
+                    break
+        except OSError as exc:
+            self._sock.close()
+            raise DriverError('SQLite database %s: cannot listen for wake-ups of queue %r on '
+                              '%s: %s' % (db_path, queue, paths[0], exc)) from exc
+        finally:
+            if lock is not None:
+                os.close(lock)     # releases the flock
+        if self._path is None:
+            self._sock.close()
+            raise DriverError('SQLite database %s: %d masters of queue %r already listen for '
+                              'wake-ups (%s)' % (db_path, len(paths), queue, paths[0]))
+        self._sock.setblocking(False)
+        self._ino = os.stat(self._path).st_ino
+
+    def _bind(self, path):
+        """Bind to path; False if a live socket holds it.  A stale one is replaced."""
+        try:
+            self._sock.bind(path)
+            return True
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            probe.connect(path)
+            return False                                # somebody listens there
+        except (ConnectionRefusedError, FileNotFoundError):
+            pass
+        finally:
+            probe.close()
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        self._sock.bind(path)
+        return True
+
+    def fileno(self):
+        return self._sock.fileno()
+
+    def drain(self):
+        try:
+            while self._sock.recv(256):
+                pass
+        except BlockingIOError:
+            pass
+        except OSError as exc:
+            raise DriverError('wake-up socket %s: %s' % (self._path, exc)) from exc
+
+    def close(self):
+        if self._sock is None:
+            return
+        self._sock.close()
+        self._sock = None
+        try:
+            if os.stat(self._path).st_ino == self._ino:    # still ours
+                os.unlink(self._path)
+        except OSError:
+            pass
 
 
 ###############################################################################
@@ -1492,8 +2180,8 @@ def _worker_main(config, qconf, conn, close_fds, owner, generation):
 class _Slot:
     """What a master knows about one of its workers."""
 
-    __slots__ = ('pid', 'conn', 'state', 'job_id', 'timeout', 'deadline', 'since', 'started',
-                 'done', 'stop_sent', 'killed_for')
+    __slots__ = ('pid', 'conn', 'state', 'job_id', 'timeout', 'deadline', 'began', 'since',
+                 'started', 'done', 'stop_sent', 'killed_for')
 
     def __init__(self, pid, conn):
         self.pid = pid
@@ -1501,6 +2189,7 @@ class _Slot:
         self.state = 'booting'      # booting -> idle <-> busy; 'gone' once reaped
         self.job_id = None
         self.timeout = 0
+        self.began = 0.0
         self.deadline = None        # monotonic time to kill the running job
         self.since = time.time()
         self.started = time.time()
@@ -1524,6 +2213,9 @@ class _Master:
         self.slots = {}                 # pid -> _Slot
         self.by_fd = {}
         self.pending = []               # steps waiting for the next broker call
+        self.buffer = collections.deque()   # reserved jobs not yet handed out
+        self.pending_since = 0.0        # when the oldest unsent step was added
+        self.avg_job = None             # moving average of job run time (s)
         self.stopping = None            # None, 'graceful' or 'fast'
         self.stop_deadline = None
         self.generation = 0
@@ -1561,16 +2253,32 @@ class _Master:
                 self._reap()
                 self._check_deadlines()
                 self._flush()
+            self._flush_before_exit()
         finally:
             if self.waker is not None:
                 self.waker.close()
         logger.info('master of queue %r stopped', self.queue)
         return EXIT_OK
 
+    def _flush_before_exit(self):
+        """Record the last outcomes; if the broker is down, keep trying for the
+        stop grace period (what is not recorded is recovered by lease expiry)."""
+        deadline = time.monotonic() + self.config['basics']['stop_grace']
+        while self.pending and time.monotonic() < deadline:
+            self.next_tick = 0.0
+            self._flush()
+            if self.pending:
+                time.sleep(min(1.0, max(0.1, self.backoff)))
+        if self.pending:
+            logger.error('master of queue %r exits with %d unrecorded step(s); their jobs are '
+                         'recovered when their leases expire', self.queue, len(self.pending))
+
     def _timeout(self):
         now = time.monotonic()
         if self.pending and self.broker_down_since is None:
-            return 0
+            if not self.pending_since:
+                self.pending_since = now
+            return max(0.0, self.pending_since + FLUSH_DELAY - now)
         when = [self.next_tick, self.spawn_after if len(self.slots) < self._target() else None]
         if any(s.state == 'busy' for s in self.slots.values()):
             when.append(self.next_renew)
@@ -1586,8 +2294,21 @@ class _Master:
         return 0 if self.stopping else self.qconf['worker_number']
 
     def _wait(self, timeout):
+        """Wait for events and handle them; while more arrive at once and the
+        buffer can serve them, keep going before the next broker round trip,
+        so that one round trip records the outcome of many jobs."""
         self._ensure_waker()
-        for key, _ in self.sel.select(timeout):
+        events = self.sel.select(timeout)
+        for _ in range(32):
+            if not events:
+                return
+            self._handle(events)
+            if not self.buffer or len(self.pending) >= 256:
+                return
+            events = self.sel.select(0)
+
+    def _handle(self, events):
+        for key, _ in events:
             tag = key.data
             if isinstance(tag, _Slot):
                 self._read_worker(tag)
@@ -1674,6 +2395,8 @@ class _Master:
         self.stop_deadline = time.monotonic() + grace
         logger.info('master of queue %r stopping (%s); %d workers busy', self.queue, how,
                     sum(1 for s in self.slots.values() if s.state == 'busy'))
+        while self.buffer:
+            self.pending.append(('requeue', self.buffer.popleft()[0]))
         for slot in list(self.slots.values()):
             self._stop_worker(slot)
 
@@ -1742,6 +2465,7 @@ class _Master:
             if self.stopping or slot.pid in self.reloading:
                 self._stop_worker(slot)
             self._maybe_ready()
+            self._dispatch()
         elif kind in ('done', 'retry', 'fail'):
             self.pending.append(msg[:-1])
             self._job_finished(slot)
@@ -1749,6 +2473,7 @@ class _Master:
             self._job_finished(slot)
         elif kind == 'run':                 # grab model: the worker popped a job
             slot.state, slot.job_id, slot.timeout = 'busy', msg[1], msg[2]
+            slot.began = time.monotonic()
             slot.deadline = time.monotonic() + msg[2] if msg[2] else None
         elif kind == 'ran':
             self._job_finished(slot)
@@ -1760,11 +2485,15 @@ class _Master:
                 self._wake_grab(slot)
 
     def _job_finished(self, slot):
+        took = time.monotonic() - slot.began
+        self.avg_job = took if self.avg_job is None else 0.8 * self.avg_job + 0.2 * took
         slot.state, slot.job_id, slot.deadline = 'idle', None, None
         slot.done += 1
         slot.since = time.time()
         if self.stopping or slot.pid in self.reloading:
             self._stop_worker(slot)
+        else:
+            self._dispatch()
 
     def _wake_grab(self, slot):
         slot.state = 'busy-grab'
@@ -1863,24 +2592,26 @@ class _Master:
     def _flush(self):
         """One broker round trip: the results and starts gathered so far, a
         tick (promote / recover), lease renewals when due, and a reservation
-        for every idle worker."""
+        that refills the buffer."""
         now = time.monotonic()
         if self.broker_down_since is not None and now < self.next_tick:
             return
-        idle = [s for s in self.slots.values() if s.state == 'idle'] if not self.stopping else []
+        self._expire_buffer(now)
         want = 0
-        if idle and self.maybe_work:
+        if not self.stopping and self.maybe_work:
+            idle = [s for s in self.slots.values() if s.state == 'idle']
             if self.grab:
                 for slot in idle:
                     self._wake_grab(slot)
             else:
-                want = len(idle)
-        ops = self.pending
+                want = max(0, len(idle) + self._prefetch() - len(self.buffer))
         tick = now >= self.next_tick
         renew = now >= self.next_renew and any(s.state == 'busy' for s in self.slots.values())
-        if not (ops or tick or want or renew):
+        if not (tick or renew or self._flush_due(now, want)):
             return
-        ops = list(ops)
+        ops = self.pending
+        self.pending = []
+        self.pending_since = 0.0
         if renew:
             ops += [('renew', s.job_id) for s in self.slots.values()
                     if s.state == 'busy' and s.job_id]
@@ -1891,11 +2622,11 @@ class _Master:
         try:
             results = self.driver.execute(self.queue, ops)
         except DriverError as exc:
+            self.pending = ops[:n_tick] + self.pending
             self._broker_down(exc)
             self.next_tick = now + self.backoff
             return
         self._broker_up()
-        self.pending = []
         if renew:
             self.next_renew = now + LEASE_SECONDS / 3
         due = float(results[n_tick])
@@ -1904,21 +2635,59 @@ class _Master:
         if due == 0:
             self.maybe_work = True
         if want:
-            self._hand_out(idle, results[-1])
+            flat = results[-1]
+            self.maybe_work = len(flat) >= 3 * want
+            for i in range(0, len(flat), 3):
+                self.buffer.append((_text(flat[i]), flat[i + 1], flat[i + 2], now))
+            self._dispatch()
 
-    def _hand_out(self, idle, flat):
-        jobs = [(_text(flat[i]), flat[i + 1], flat[i + 2]) for i in range(0, len(flat), 3)]
-        self.maybe_work = len(jobs) >= len(idle)
+    def _flush_due(self, now, want):
+        """Under load, gather steps for up to FLUSH_DELAY while the buffer still
+        feeds every worker; otherwise go to the broker now."""
+        if want and len(self.buffer) < sum(1 for s in self.slots.values() if s.state == 'idle'):
+            return True
+        if not self.pending:
+            return bool(want) and not self.buffer
+        if not self.pending_since:
+            self.pending_since = now
+        if self.stopping or len(self.pending) >= 256 or now - self.pending_since >= FLUSH_DELAY:
+            return True
+        return len(self.buffer) < sum(1 for s in self.slots.values() if s.state == 'busy')
+
+    def _prefetch(self):
+        """How many jobs to hold beyond the idle workers' needs: one per busy
+        worker while jobs are short, so a worker that finishes gets its next
+        job from the master at once instead of after a broker round trip."""
+        if self.avg_job is None or self.avg_job > 0.05:
+            return 0
+        per_worker = min(8, max(1, int(0.01 / max(self.avg_job, 1e-6))))
+        return per_worker * sum(1 for s in self.slots.values() if s.state == 'busy')
+
+    def _expire_buffer(self, now):
+        """Reserved jobs not handed out in time go back to the head of the queue."""
+        while self.buffer and now - self.buffer[0][3] > RESERVE_SECONDS * 0.6:
+            job_id = self.buffer.popleft()[0]
+            self.pending.append(('requeue', job_id))
+
+    def _dispatch(self):
+        """Hand buffered jobs to idle workers; the start steps go to the broker
+        with the next round trip."""
+        if not self.buffer or self.stopping:
+            return
         now = time.monotonic()
-        for slot, (job_id, raw_meta, payload) in zip(idle, jobs):
+        for slot in self.slots.values():
+            if slot.state != 'idle':
+                continue
+            if not self.buffer:
+                break
+            job_id, raw_meta, payload, _ = self.buffer.popleft()
             meta = _meta_dict(raw_meta)
             if meta.get('p') != 'f':
                 meta['x'] = meta.get('x', 0) + 1
             meta['s'], meta['w'] = time.time(), '%s:%d' % (_HOST, slot.pid)
             timeout = meta.get('t') or 0
-            slot.state, slot.job_id = 'busy', job_id
+            slot.state, slot.job_id, slot.timeout, slot.began = 'busy', job_id, timeout, now
             slot.deadline = now + timeout if timeout else None
-            slot.timeout = timeout
             self.pending.append(('start', job_id, meta['w'], self.owner))
             try:
                 _send(slot.conn, ('job', job_id, meta, payload))
@@ -2439,9 +3208,11 @@ def push_many(queue, jobs, delay=0, *, args=(), kwargs=None, timeout=None, fail_
     for job in jobs:
         _check_job(queue, job)
         meta = {'c': now, 'n': _job_name(job), 'x': 0,
-                't': _job_setting('timeout', timeout, job, qconf),
-                'f': _job_setting('fail_number', fail_number, job, qconf),
-                'e': _job_setting('fail_expire', fail_expire, job, qconf)}
+                't': _check_number('timeout', _job_setting('timeout', timeout, job, qconf), 0),
+                'f': _check_number('fail_number', _job_setting(
+                    'fail_number', fail_number, job, qconf), 0, integer=True),
+                'e': _check_number('fail_expire', _job_setting(
+                    'fail_expire', fail_expire, job, qconf), 0)}
         payload = _encode(queue, job, args, kwargs, basics['secret'], basics['max_payload'])
         entries.append((_new_id(), json.dumps(meta, separators=(',', ':')), payload, delay))
     if entries:

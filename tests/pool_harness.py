@@ -1,0 +1,561 @@
+"""End-to-end harness shared by test_runtime.py and test_cli.py.
+
+A test gets an ``E2E`` object (fixture ``e2e`` below, defined in each test
+file through ``make_e2e``) that:
+
+- writes a jobs module into ``tmp_path`` under a name unique to the test, so
+  the pushing process (this one) and the workers (through ``PYTHONPATH``)
+  import the same code, and a reload can be proven by rewriting the file;
+- writes config files (``.py`` defining ``config``) with a ``RedisDriver`` on
+  the test database and a key prefix unique to the test, pid and log files
+  under ``tmp_path``;
+- starts pools as real processes: ``python mpqueue_cli.py worker:start
+  --config FILE`` (``Pool.start``), asks them for their status through the
+  CLI, stops them at teardown whatever happened, and deletes every Redis key
+  the test made.
+
+Jobs record what they did with ``record(event, **fields)``: one JSON object
+per event pushed onto a Redis list, with the pid and ``time.time()``.  Tests
+read those records back with ``E2E.records``.
+"""
+
+import importlib
+import json
+import os
+import runpy
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+import redis
+
+import mpqueue
+
+REPO = Path(__file__).resolve().parent.parent
+CLI = REPO / 'mpqueue_cli.py'
+
+# Runtime settings small enough to keep the suite fast.
+STOP_GRACE = 5
+CLI_TIMEOUT = 60
+
+
+def wait_for(cond, timeout, what, interval=0.02):
+    """Poll ``cond()`` until it returns something truthy; return that.
+
+    Fails with ``AssertionError`` naming ``what`` (a string, or a callable
+    returning one, evaluated only on failure) once ``timeout`` seconds pass.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            text = what() if callable(what) else what
+            raise AssertionError('timed out after %.1fs waiting for %s' % (timeout, text))
+        time.sleep(interval)
+
+
+def alive(pid):
+    """True if ``pid`` is a running process (a zombie counts as gone)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+class Src:
+    """A piece of Python source put verbatim into a generated config file."""
+
+    def __init__(self, code):
+        self.code = code
+
+    def __repr__(self):
+        return self.code
+
+
+#: Python source put at the top of every jobs module.  ``%(url)r`` and
+#: ``%(key)r`` are filled in by ``E2E.write_jobs``.
+JOBS_PREAMBLE = '''\
+import asyncio
+import json
+import os
+import time
+
+import redis
+
+import mpqueue
+
+REDIS_URL = %(url)r
+KEY = %(key)r
+
+_client = None
+_client_pid = None
+
+
+def client():
+    """One Redis connection per process (never shared across a fork)."""
+    global _client, _client_pid
+    if _client is None or _client_pid != os.getpid():
+        _client, _client_pid = redis.Redis.from_url(REDIS_URL), os.getpid()
+    return _client
+
+
+def record(event, **fields):
+    fields.update(event=event, pid=os.getpid(), time=time.time())
+    client().rpush(KEY, json.dumps(fields, default=repr))
+
+
+def attempt(tag):
+    """1 the first time a job with this tag asks, 2 the second time..."""
+    return client().incr(KEY + ':n:' + tag)
+
+
+def _info(job_info):
+    keys = ('id', 'queue', 'create_time', 'start_time', 'exec_number', 'worker_id',
+            'timeout', 'fail_number', 'fail_expire', 'error_info', 'type')
+    return {k: job_info.get(k) for k in keys}
+
+
+# -- plain functions ---------------------------------------------------------
+
+def ok(tag):
+    n = attempt(tag)
+    record('start', tag=tag, n=n)
+    record('end', tag=tag, n=n)
+    return tag
+
+
+def flaky(tag, fails):
+    """Raises on its first ``fails`` attempts, then succeeds."""
+    n = attempt(tag)
+    record('start', tag=tag, n=n)
+    if n <= fails:
+        raise ValueError('flaky %%s attempt %%d' %% (tag, n))
+    record('end', tag=tag, n=n)
+
+
+def boom(tag):
+    n = attempt(tag)
+    record('start', tag=tag, n=n)
+    raise RuntimeError('boom-%%s-attempt-%%d' %% (tag, n))
+
+
+def sleeper(tag, seconds):
+    n = attempt(tag)
+    record('start', tag=tag, n=n)
+    time.sleep(seconds)
+    record('end', tag=tag, n=n)
+
+
+def slow_once(tag, seconds):
+    """Sleeps ``seconds`` on its first attempt only, then returns."""
+    n = attempt(tag)
+    record('start', tag=tag, n=n)
+    if n == 1:
+        time.sleep(seconds)
+    record('end', tag=tag, n=n)
+
+
+def latency(tag, pushed_at):
+    started = time.time()
+    record('start', tag=tag, latency=started - pushed_at, started=started)
+
+
+async def async_job(tag):
+    await asyncio.sleep(0.01)
+    record('start', tag=tag, kind='async')
+    await asyncio.sleep(0.01)
+    record('end', tag=tag, kind='async')
+
+
+def queue_fail_handle(job_info, exc):
+    record('queue_fail', tag=job_info['id'], info=_info(job_info), exc=repr(exc))
+
+
+# -- mpqueue.Job subclasses ----------------------------------------------------
+
+class Tagged(mpqueue.Job):
+    def __init__(self, tag='class-pushed'):
+        self.tag = tag
+
+    def handle(self):
+        ok(self.tag)
+
+
+class AsyncTagged(mpqueue.Job):
+    def __init__(self, tag='async-class'):
+        self.tag = tag
+
+    async def handle(self):
+        await asyncio.sleep(0.01)
+        ok(self.tag)
+
+
+class Boom(mpqueue.Job):
+    """Always raises; its fail_handle records its job_info and returns False."""
+    fail_number = 2
+    fail_expire = 0.1
+    returns = False
+
+    def __init__(self, tag):
+        self.tag = tag
+
+    def handle(self):
+        boom(self.tag)
+
+    def fail_handle(self, job_info, exc):
+        record('job_fail', tag=self.tag, id=job_info['id'], info=_info(job_info),
+               exc=repr(exc), exc_type=type(exc).__name__)
+        return self.returns
+
+
+class BoomHandled(Boom):
+    """Its fail_handle returns True: the queue's handler must not run."""
+    returns = True
+
+
+class BoomBadHandler(Boom):
+    """Its fail_handle raises."""
+
+    def fail_handle(self, job_info, exc):
+        record('job_fail', tag=self.tag, id=job_info['id'], info=_info(job_info))
+        raise LookupError('handler-broke-%%s' %% self.tag)
+
+
+class SlowJob(mpqueue.Job):
+    """Sleeps; records its fail_handle (for timeouts)."""
+
+    def __init__(self, tag, seconds):
+        self.tag, self.seconds = tag, seconds
+
+    def handle(self):
+        sleeper(self.tag, self.seconds)
+
+    def fail_handle(self, job_info, exc):
+        record('job_fail', tag=self.tag, id=job_info['id'], info=_info(job_info),
+               exc=repr(exc), exc_type=type(exc).__name__)
+        return False
+'''
+
+CONFIG_TEMPLATE = '''\
+import logging
+
+import mpqueue
+import %(jobs)s as jobs
+
+config = {
+    'basics': {
+        'name': %(name)r,
+        'pid_path': %(pid_path)r,
+        'driver': mpqueue.RedisDriver(url=%(url)r, prefix=%(prefix)r),
+        'stop_grace': %(stop_grace)r,
+    },
+    'log': {'path': %(log_path)r, 'level': logging.DEBUG},
+    'queue': %(queues)r,
+}
+'''
+
+
+def queue_conf(name='q', **options):
+    """A queue dict for a generated config; fast defaults for tests."""
+    conf = {'name': name, 'worker_number': 2, 'sleep_seconds': 1, 'timeout': 0,
+            'fail_number': 0, 'fail_expire': 0.2, 'memory_limit': 0}
+    conf.update(options)
+    return conf
+
+
+class Pool:
+    """One pool: a config file, and (once started) its manage process."""
+
+    def __init__(self, e2e, name, queues, stop_grace=STOP_GRACE, cli_path=CLI):
+        self.e2e = e2e
+        self.cli_path = Path(cli_path)
+        self.name = name
+        self.queues = queues
+        self.pid_path = e2e.tmp_path / 'run'
+        self.log_path = e2e.tmp_path / 'log'
+        self.config_path = e2e.tmp_path / ('config_%s.py' % name)
+        self.config_path.write_text(CONFIG_TEMPLATE % {
+            'jobs': e2e.jobs_name, 'name': name, 'pid_path': str(self.pid_path),
+            'url': e2e.redis_db_url, 'prefix': e2e.prefix, 'stop_grace': stop_grace,
+            'log_path': str(self.log_path), 'queues': queues})
+        self.proc = None
+        self.pids_seen = set()
+
+    # -- files -----------------------------------------------------------------
+
+    @property
+    def pid_file(self):
+        return self.pid_path / ('%s.pid' % self.name)
+
+    @property
+    def log_file(self):
+        return self.log_path / ('%s.log' % self.name)
+
+    def pid_in_file(self):
+        try:
+            return int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def log_tail(self, lines=60):
+        try:
+            text = self.log_file.read_text(errors='replace')
+        except OSError:
+            return '(no log file %s)' % self.log_file
+        return '\n'.join(text.splitlines()[-lines:])
+
+    # -- the CLI ---------------------------------------------------------------
+
+    def cli(self, *args, timeout=CLI_TIMEOUT):
+        return self.e2e.cli(*args, '--config', str(self.config_path), timeout=timeout,
+                            cli_path=self.cli_path)
+
+    def start(self, workers_per_queue=None):
+        """``worker:start`` in the foreground, as a child of this process;
+        returns once every queue has its master and its workers."""
+        out = open(self.e2e.tmp_path / ('%s.out' % self.name), 'ab')
+        try:
+            self.proc = self.e2e.reaper.popen(
+                [sys.executable, str(self.cli_path), 'worker:start', '--config',
+                 str(self.config_path)],
+                cwd=str(self.cli_path.parent), env=self.e2e.env(), stdout=out, stderr=subprocess.STDOUT)
+        finally:
+            out.close()
+        self.e2e.pools.append(self)
+        self.wait_ready(workers_per_queue)
+        return self
+
+    def start_daemon(self, *extra, command='worker:start'):
+        """``worker:start -d`` (or ``command -d``): returns the CompletedProcess;
+        the manage pid (from the pid file) is registered for teardown."""
+        if self not in self.e2e.pools:
+            self.e2e.pools.append(self)
+        res = self.cli(command, '-d', *extra)
+        pid = self.pid_in_file()
+        if pid and alive(pid):
+            self.e2e.reaper.add(pid)
+        return res
+
+    def wait_ready(self, workers_per_queue=None, timeout=20):
+        def ready():
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError('pool %r exited with %s while starting:\n%s' % (
+                    self.name, self.proc.returncode, self.output()))
+            pid = self.pid_in_file()
+            if not pid or not alive(pid):
+                return None
+            try:
+                rows = self.status()
+            except AssertionError:
+                return None
+            for q in self.queues:
+                want = workers_per_queue or q['worker_number']
+                if len(self.masters(q['name'], rows)) != 1:
+                    return None
+                if len(self.workers(q['name'], rows)) != want:
+                    return None
+            return rows
+        return self.wait(ready, timeout, 'pool %r to be up' % self.name)
+
+    def output(self):
+        try:
+            return (self.e2e.tmp_path / ('%s.out' % self.name)).read_text(errors='replace')[-4000:]
+        except OSError:
+            return ''
+
+    def status(self):
+        """``worker:status --json``: one dict per process (manage, masters, workers)."""
+        res = self.cli('worker:status', '--json')
+        if res.returncode != 0:
+            raise AssertionError('worker:status failed (%d): %s' % (res.returncode, res.stderr))
+        rows = json.loads(res.stdout)
+        for row in rows:
+            pid = row.get('pid')
+            if isinstance(pid, int) and pid not in self.pids_seen:
+                self.pids_seen.add(pid)
+                self.e2e.reaper.add(pid)
+        return rows
+
+    def masters(self, queue=None, rows=None):
+        rows = self.status() if rows is None else rows
+        return [r for r in rows if r['type'] == 'master' and queue in (None, r['queue'])]
+
+    def workers(self, queue=None, rows=None):
+        rows = self.status() if rows is None else rows
+        return [r for r in rows if r['type'] == 'worker' and queue in (None, r['queue'])]
+
+    def worker_pids(self, queue=None):
+        return {r['pid'] for r in self.workers(queue)}
+
+    def wait(self, cond, timeout, what):
+        """``wait_for`` that adds the tail of the pool's log to the failure."""
+        try:
+            return wait_for(cond, timeout, what)
+        except AssertionError as exc:
+            raise AssertionError('%s\n--- log of pool %r ---\n%s' % (
+                exc, self.name, self.log_tail())) from None
+
+    # -- stopping --------------------------------------------------------------
+
+    def manage_pid(self):
+        if self.proc is not None:
+            return self.proc.pid
+        return self.pid_in_file()
+
+    def stop(self):
+        """SIGTERM (graceful), a second SIGTERM (fast) if it lingers; the
+        reaper SIGKILLs whatever is left."""
+        pid = self.manage_pid()
+        if not pid or not alive(pid):
+            self._reap_child()
+            return
+        self.e2e.reaper.add(pid)
+        for patience in (1.0, 10.0):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + patience
+            while time.monotonic() < deadline and alive(pid):
+                self._reap_child()
+                time.sleep(0.02)
+            if not alive(pid):
+                break
+        self._reap_child()
+
+    def _reap_child(self):
+        if self.proc is not None:
+            self.proc.poll()
+
+
+class E2E:
+    """Per-test state: prefix, jobs module, pools, records."""
+
+    def __init__(self, tmp_path, redis_url, redis_db, reaper, test_name):
+        self.tmp_path = tmp_path
+        self.reaper = reaper
+        self.redis_db_url = '%s/%d' % (redis_url, redis_db)
+        token = uuid.uuid4().hex[:10]
+        self.prefix = 'mpqtest-e2e-%s' % token
+        self.key = '%s:records' % self.prefix
+        self.jobs_name = 'jobs_%s_%s' % (''.join(c if c.isalnum() else '_' for c in test_name)[:40],
+                                         token)
+        self.jobs_dir = tmp_path / 'jobs'
+        self.jobs_dir.mkdir(exist_ok=True)
+        self.redis = redis.Redis.from_url(self.redis_db_url)
+        self.pools = []
+        self.write_jobs()
+
+    # -- jobs module -----------------------------------------------------------
+
+    @property
+    def jobs_file(self):
+        return self.jobs_dir / ('%s.py' % self.jobs_name)
+
+    def write_jobs(self, extra=''):
+        """(Re)write the jobs module: the preamble plus ``extra`` source."""
+        source = JOBS_PREAMBLE % {'url': self.redis_db_url, 'key': self.key}
+        self.jobs_file.write_text(source + '\n\n' + textwrap.dedent(extra))
+
+    def import_jobs(self):
+        if str(self.jobs_dir) not in sys.path:
+            sys.path.insert(0, str(self.jobs_dir))
+        importlib.invalidate_caches()
+        sys.modules.pop(self.jobs_name, None)
+        return importlib.import_module(self.jobs_name)
+
+    def env(self):
+        env = dict(os.environ)
+        env.pop('MPQUEUE_CONFIG', None)
+        paths = [str(self.jobs_dir), str(REPO)]
+        if env.get('PYTHONPATH'):
+            paths.append(env['PYTHONPATH'])
+        env['PYTHONPATH'] = os.pathsep.join(paths)
+        env['PYTHONDONTWRITEBYTECODE'] = '1'
+        env['PYTHONUNBUFFERED'] = '1'
+        return env
+
+    # -- pools -----------------------------------------------------------------
+
+    def pool(self, *queues, name=None, configure=True, **kwargs):
+        """A pool (not started) on ``queues`` (dicts, see ``queue_conf``);
+        with ``configure`` this process pushes with the same config."""
+        if not queues:
+            queues = (queue_conf(),)
+        name = name or 'pool-%d-%s' % (len(self.pools) + 1, self.prefix[-6:])
+        pool = Pool(self, name, list(queues), **kwargs)
+        if configure:
+            self.configure(pool)
+        return pool
+
+    def configure(self, pool):
+        self.import_jobs()
+        config = runpy.run_path(str(pool.config_path), run_name='mpqueue_test_config')['config']
+        mpqueue.configure(config)
+        return config
+
+    def cli(self, *args, timeout=CLI_TIMEOUT, cwd=None, env=None, cli_path=CLI):
+        """Run ``python mpqueue_cli.py ARGS``; return a CompletedProcess (text).
+
+        The process is registered with the reaper, so one that does not end
+        (a second foreground pool, say) is still stopped at teardown."""
+        argv = [sys.executable, str(cli_path)] + list(args)
+        proc = self.reaper.popen(argv, cwd=str(cwd or Path(cli_path).parent),
+                                 env=env or self.env(), stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError('%s did not end within %ss' % (' '.join(args), timeout)) \
+                from None
+        return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+    # -- records ---------------------------------------------------------------
+
+    def records(self, event=None, **match):
+        out = []
+        for raw in self.redis.lrange(self.key, 0, -1):
+            rec = json.loads(raw)
+            if event is not None and rec['event'] != event:
+                continue
+            if all(rec.get(k) == v for k, v in match.items()):
+                out.append(rec)
+        return out
+
+    # -- teardown --------------------------------------------------------------
+
+    def close(self):
+        errors = []
+        for pool in self.pools:
+            try:
+                pool.stop()
+            except Exception as exc:   # keep going: the reaper kills what is left
+                errors.append(exc)
+        try:
+            for pool in self.pools:
+                for q in pool.queues:
+                    try:
+                        mpqueue.clean(q['name'])
+                    except mpqueue.MPQueueError:
+                        pass
+            for key in self.redis.scan_iter(match=self.prefix + '*', count=1000):
+                self.redis.delete(key)
+        finally:
+            self.redis.close()
+            if str(self.jobs_dir) in sys.path:
+                sys.path.remove(str(self.jobs_dir))
+            sys.modules.pop(self.jobs_name, None)
+        if errors:
+            raise errors[0]
+
+
+def percentile(values, fraction):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
