@@ -41,18 +41,14 @@ Runtime (worker, master, manage) -- Public functions.
 # Imports and constants
 ###############################################################################
 
-import asyncio
 import collections
 import errno
 import fcntl
 import functools
-import hashlib
-import hmac
+import gc
 import importlib
-import inspect
 import json
 import logging
-import logging.handlers
 import os
 import pickle
 import random
@@ -61,14 +57,12 @@ import select
 import selectors
 import signal
 import socket
-import sqlite3
 import struct
 import sys
 import sysconfig
 import threading
 import time
 import traceback
-import uuid
 from multiprocessing.connection import Pipe
 
 import cloudpickle
@@ -120,6 +114,29 @@ EXIT_MEMORY = 4          # over memory_limit after a job: replace at once
 EXIT_ORPHANED = 5        # the parent went away
 
 _HOST = socket.gethostname()
+
+
+# hashlib/hmac (OpenSSL), sqlite3 and asyncio are imported when first needed:
+# every process of a pool pays for what it imports, in memory.
+
+def _sha1_hex(text):
+    import hashlib
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+def _sign(secret, data):
+    import hashlib
+    import hmac
+    return hmac.new(secret, data, hashlib.sha256).digest()
+
+
+def _same_digest(a, b):
+    import hmac
+    return hmac.compare_digest(a, b)
+
+
+def _isawaitable(obj):
+    return hasattr(type(obj), '__await__')
 
 ###############################################################################
 # Exceptions
@@ -199,6 +216,7 @@ def _fork(target, *args):
     whatever the platform's multiprocessing default is, so that reaping with
     ``waitpid(-1, WNOHANG)`` stays the parent's alone.  Returns the child's pid.
     """
+    gc.freeze()     # objects alive now are never collected in the child: fewer copied pages
     pid = os.fork()
     if pid:
         return pid
@@ -542,7 +560,7 @@ def _encode(queue, job, args, kwargs, secret, max_payload):
         raise SerializationError('job %s for queue %r is %d bytes, over basics.max_payload (%d)'
                                  % (_job_name(job), queue, len(data), max_payload))
     if secret:
-        return b''.join((_MAGIC, b'S', hmac.new(secret, data, hashlib.sha256).digest(), data))
+        return b''.join((_MAGIC, b'S', _sign(secret, data), data))
     return b''.join((_MAGIC, b'U', data))
 
 
@@ -557,8 +575,7 @@ def _decode(payload, secret):
     flag = payload[4:5]
     if flag == b'S':
         mac, data = payload[5:37], payload[37:]
-        if secret and not hmac.compare_digest(
-                mac, hmac.new(secret, data, hashlib.sha256).digest()):
+        if secret and not _same_digest(mac, _sign(secret, data)):
             raise SerializationError('payload signature does not match basics.secret '
                                      '(tampered, or signed with another secret); not unpickled')
     elif flag == b'U':
@@ -669,6 +686,10 @@ class _Driver:
 
     def close(self):
         pass
+
+    def preload(self):
+        """Import what the driver needs, in the manage process before it forks,
+        so that every process of the pool shares those pages."""
 
     # -- conveniences over execute(): one step, one round trip ---------------
 
@@ -1088,7 +1109,7 @@ class RedisDriver(_Driver):
             self.address = '%s://%s:%s/%s' % ('rediss' if ssl else 'redis', host, port, database)
         self._pid = None
         self._client = None
-        self._sha = hashlib.sha1(_LUA_OPS.encode()).hexdigest()
+        self._sha = None
         self._keys = {}
 
     def __repr__(self):
@@ -1098,6 +1119,15 @@ class RedisDriver(_Driver):
         state = dict(self.__dict__)
         state['_client'] = state['_pid'] = None
         return state
+
+    def preload(self):
+        try:
+            import redis  # noqa: F401
+            import redis.backoff  # noqa: F401
+            import redis.retry  # noqa: F401
+        except ImportError:
+            pass
+        self._sha = _sha1_hex(_LUA_OPS)
 
     def _redis(self):
         if self._pid != os.getpid() or self._client is None:
@@ -1150,6 +1180,8 @@ class RedisDriver(_Driver):
     def _eval(self, keys, args):
         import redis
         client = self._redis()
+        if self._sha is None:
+            self._sha = _sha1_hex(_LUA_OPS)
         try:
             try:
                 return client.evalsha(self._sha, len(keys), *keys, *args)
@@ -1321,7 +1353,7 @@ def _sqlite_wake_paths(db_file, queue):
     """The datagram socket paths a queue's masters listen on for wake-ups."""
     base = '%s.%s.wake' % (db_file, queue)
     if len(os.fsencode(base)) + 2 > _SQ_SUN_PATH_MAX:      # + 2: room for '.N'
-        digest = hashlib.sha1(('%s\0%s' % (db_file, queue)).encode()).hexdigest()[:24]
+        digest = _sha1_hex('%s\0%s' % (db_file, queue))[:24]
         base = os.path.join(os.path.dirname(db_file), '.mpq-%s.wake' % digest)
         if len(os.fsencode(base)) + 2 > _SQ_SUN_PATH_MAX:
             base = '/tmp/mpq-%s.wake' % digest
@@ -1722,6 +1754,9 @@ class SqliteDriver(_Driver):
                 return self._conn
             return self._open()
 
+    def preload(self):
+        import sqlite3  # noqa: F401
+
     def _open(self):
         if self._conn is not None and self._pid != os.getpid():
             # a parent's connection: closing it here could disturb the parent's locks
@@ -1730,6 +1765,7 @@ class SqliteDriver(_Driver):
             if self._sender is not None:
                 self._sender.close()
             self._sender = None
+        import sqlite3
         self._lock = threading.Lock()
         conn = None
         try:
@@ -1748,6 +1784,7 @@ class SqliteDriver(_Driver):
         return conn
 
     def execute(self, queue, ops):
+        import sqlite3
         for op in ops:
             if len(op) - 1 != _STEP_ARGS[op[0]]:
                 raise ValueError('step %r takes %d arguments' % (op[0], _STEP_ARGS[op[0]]))
@@ -2072,7 +2109,7 @@ class _Worker:
                          meta.get('x'))
         try:
             result = func(*args, **kwargs)
-            if inspect.isawaitable(result):
+            if _isawaitable(result):
                 result = self._await(result)
         except BaseException as exc:
             text = _format_exc(exc)
@@ -2119,7 +2156,7 @@ class _Worker:
         if job_obj is not None:
             try:
                 returned = job_obj.fail_handle(info, exc)
-                if inspect.isawaitable(returned):
+                if _isawaitable(returned):
                     returned = self._await(returned)
                 run_queue_handler = returned is False
             except BaseException as handler_exc:
@@ -2130,7 +2167,7 @@ class _Worker:
             info['error_info'] = list(error_info) + errors
             try:
                 returned = handler(info, exc)
-                if inspect.isawaitable(returned):
+                if _isawaitable(returned):
                     self._await(returned)
             except BaseException as handler_exc:
                 errors.append('fail_handle of queue %r raised: %s' % (
@@ -2141,6 +2178,7 @@ class _Worker:
 
     def _await(self, awaitable):
         if self.loop is None:
+            import asyncio
             self.loop = asyncio.new_event_loop()
             asyncio.set_event_loop(self.loop)
         return self.loop.run_until_complete(_as_coroutine(awaitable))
@@ -2871,6 +2909,7 @@ class _Manager:
                                            signal.SIGUSR2, signal.SIGCHLD, signal.SIGHUP))
         logger.info('manage process of %r started (pid %d, mpqueue %s, queues: %s)', name,
                     os.getpid(), __version__, ', '.join(q['name'] for q in self.config['queue']))
+        self.config['basics']['driver'].preload()
         for qconf in self.config['queue']:
             self._spawn(qconf)
         while True:

@@ -847,6 +847,7 @@ def test_concurrent_consumers_get_every_job_once(driver, queue, tmp_path, proc_r
     assert set(seen) == set(pushed) and len(seen) == N_JOBS
     assert counts(driver, queue) == {'all': N_JOBS, 'waiting': 0, 'working': N_JOBS,
                                      'failed': 0, 'over': 0}
+    assert sum(1 for n in per_proc if n) >= 2, 'no concurrency happened: %r' % per_proc
     # Each process saw its own share, in push order.
     order = {job_id: i for i, job_id in enumerate(pushed)}
     for path in paths:

@@ -7,6 +7,7 @@ import json
 import os
 import pickle
 import threading
+import time
 import uuid
 
 import cloudpickle
@@ -252,7 +253,6 @@ def test_push_many_settings_apply_per_job(queue, driver):
 
 
 def test_meta_has_create_time_and_name(queue, driver):
-    import time
     before = time.time()
     job_id = mpqueue.push(queue, SendMail())
     meta = driver.job_meta(queue, job_id)

@@ -478,6 +478,19 @@ def test_memory_limit_replaces_worker_after_job(e2e):
     assert e2e.records('start', tag='next')[0]['pid'] == after
 
 
+def test_memory_limit_with_jobs_waiting_loses_none(e2e):
+    # The worker over its limit exits after its job: the jobs queued behind it
+    # must go to its replacement, not to the exiting process.
+    e2e.write_jobs(HOG)
+    pool = e2e.pool(queue_conf(worker_number=1, memory_limit=60, fail_number=0)).start()
+    jobs = e2e.import_jobs()
+    for round_ in range(3):
+        mpqueue.push('q', jobs.hog, args=('big-%d' % round_, 100))
+        for i in range(5):
+            mpqueue.push('q', jobs.ok, args=('small-%d-%d' % (round_, i),))
+        wait_counts(pool, 15, over=6 * (round_ + 1), failed=0, waiting=0, working=0)
+
+
 # -- 11. latency ---------------------------------------------------------------------
 
 def test_latency_does_not_depend_on_sleep_seconds(e2e):
