@@ -287,13 +287,13 @@ def _is_stdlib_or_installed(module):
     path = getattr(module, '__file__', None)
     if not path:
         return True
-    return path.startswith(_INSTALL_DIRS)
+    return os.path.realpath(path).startswith(_INSTALL_DIRS)
 
 
-_INSTALL_DIRS = tuple(sorted({os.path.realpath(p) for p in (
+_INSTALL_DIRS = tuple(sorted({os.path.join(os.path.realpath(p), '') for p in (
     sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
     sysconfig.get_paths().get('stdlib', ''), sysconfig.get_paths().get('purelib', ''),
-    sysconfig.get_paths().get('platlib', '')) if p} | {os.path.dirname(os.path.abspath(__file__))}))
+    sysconfig.get_paths().get('platlib', '')) if p}))
 
 
 def _forget_user_modules():
@@ -301,7 +301,7 @@ def _forget_user_modules():
     site-packages) from ``sys.modules`` so that jobs import them anew: this is
     what makes ``worker:reload`` load changed code."""
     for name, module in list(sys.modules.items()):
-        if name == '__main__' or module is None or name == __name__:
+        if name in ('__main__', __name__, 'mpqueue', 'mpqueue_cli') or module is None:
             continue
         if not _is_stdlib_or_installed(module):
             del sys.modules[name]
@@ -852,7 +852,7 @@ local function lost(id, m, err, timeout)
     to_head(id)
   elseif (m.x or 0) <= (m.f or 0) then
     setmeta(id, m)
-    ready(id, m.e or 0)
+    to_head(id)      -- run again at once: the job did not fail by itself
   else
     m.y = 1
     m.p = 'f'
@@ -1525,8 +1525,7 @@ class _SqliteBatch:
             meta['p'] = 'f'
             self.to_head(rowid, meta)
         elif (meta.get('x') or 0) <= (meta.get('f') or 0):
-            state, score = self.ready(_sq_num(meta.get('e') or 0))
-            self.conn.execute(_SQ_MOVE_META, (state, score, _sq_dump(meta), rowid))
+            self.to_head(rowid, meta)       # run again at once: the job did not fail itself
         else:
             meta['y'] = TYPE_NORMAL
             meta['p'] = 'f'
@@ -2216,7 +2215,7 @@ class _Worker:
                     returned = self._await(returned)
                 run_queue_handler = returned is False
             except BaseException as handler_exc:
-                errors.append('fail_handle of the job raised: ' + _format_exc(handler_exc))
+                errors.append('fail_handle of the job raised: ' + _format_exc(handler_exc, False))
                 logger.error('job %s: its fail_handle raised:\n%s', info['id'], errors[-1])
         handler = self.qconf['fail_handle']
         if run_queue_handler and handler is not None:
@@ -2227,7 +2226,7 @@ class _Worker:
                     self._await(returned)
             except BaseException as handler_exc:
                 errors.append('fail_handle of queue %r raised: %s' % (
-                    self.queue, _format_exc(handler_exc)))
+                    self.queue, _format_exc(handler_exc, False)))
                 logger.error('job %s: the fail_handle of queue %r raised:\n%s', info['id'],
                              self.queue, errors[-1])
         return errors
@@ -2244,8 +2243,9 @@ async def _as_coroutine(awaitable):
     return await awaitable
 
 
-def _format_exc(exc):
-    return ''.join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip()
+def _format_exc(exc, chain=True):
+    return ''.join(traceback.format_exception(type(exc), exc, exc.__traceback__,
+                                              chain=chain)).rstrip()
 
 
 def _describe_call(job, args, kwargs):
@@ -2256,7 +2256,21 @@ def _describe_call(job, args, kwargs):
     return text if len(text) <= 200 else text[:197] + '...'
 
 
-def _worker_main(config, qconf, conn, close_fds, owner, generation):
+def _die_with_parent(parent_pid):
+    """Ask Linux to SIGKILL this process when its parent dies
+    (PR_SET_PDEATHSIG): a worker must not run on unsupervised after its master
+    died, since the manage process puts that master's jobs back at once."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))   # 1: PR_SET_PDEATHSIG
+    except (ImportError, OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:      # it died before we asked
+        os._exit(EXIT_ORPHANED)
+
+
+def _worker_main(config, qconf, conn, close_fds, owner, generation, parent_pid):
+    _die_with_parent(parent_pid)
     _reset_signals()
     for fd in close_fds:
         try:
@@ -2275,12 +2289,12 @@ class _Slot:
     """What a master knows about one of its workers."""
 
     __slots__ = ('pid', 'conn', 'state', 'job_id', 'timeout', 'deadline', 'began', 'since',
-                 'started', 'done', 'stop_sent', 'killed_for')
+                 'started', 'done', 'stop_sent', 'killed_for', 'woken_at')
 
     def __init__(self, pid, conn):
         self.pid = pid
         self.conn = conn
-        self.state = 'booting'      # booting -> idle <-> busy; 'gone' once reaped
+        self.state = 'booting'      # booting -> idle <-> busy -> stopping
         self.job_id = None
         self.timeout = 0
         self.began = 0.0
@@ -2290,6 +2304,7 @@ class _Slot:
         self.done = 0
         self.stop_sent = False
         self.killed_for = None      # 'timeout' / 'stop' when the master killed it
+        self.woken_at = 0
 
 
 class _Master:
@@ -2309,6 +2324,7 @@ class _Master:
         self.pending = []               # steps waiting for the next broker call
         self.buffer = collections.deque()   # reserved jobs not yet handed out
         self.pending_since = 0.0        # when the oldest unsent step was added
+        self.wakes = 0                  # pushes seen (grab model: wake idle workers again)
         self.avg_job = None             # moving average of job run time (s)
         self.stopping = None            # None, 'graceful' or 'fast'
         self.stop_deadline = None
@@ -2409,6 +2425,7 @@ class _Master:
             elif tag == 'waker':
                 try:
                     self.waker.drain()
+                    self.wakes += 1
                     self.maybe_work = True
                     self.next_tick = 0.0
                 except DriverError as exc:
@@ -2504,19 +2521,22 @@ class _Master:
                 self._stop_worker(slot)
 
     def _stop_worker(self, slot):
-        if slot.stop_sent or slot.state == 'gone':
+        """Ask a worker to exit: at once if idle, after its job if busy (or at
+        once, killed, when stopping fast)."""
+        if slot.state in ('gone', 'stopping'):
             return
         slot.stop_sent = True
         if slot.state == 'busy':
             if self.stopping == 'fast':
                 self._kill(slot, 'stop')
             return
+        slot.state = 'stopping'
         try:
             if self.grab:
                 os.kill(slot.pid, signal.SIGTERM)
             else:
                 _send(slot.conn, ('stop',))
-        except (OSError, BrokenPipeError):
+        except OSError:
             pass
 
     def _kill(self, slot, why):
@@ -2538,7 +2558,7 @@ class _Master:
         close_fds += [key.fd for key in self.sel.get_map().values()
                       if key.data not in ('control',) and not isinstance(key.data, _Slot)]
         pid = _fork(_worker_main, self.config, self.qconf, child_conn, close_fds, self.owner,
-                    self.generation)
+                    self.generation, os.getpid())
         child_conn.close()
         slot = _Slot(pid, parent_conn)
         self.slots[pid] = slot
@@ -2562,35 +2582,38 @@ class _Master:
             self._dispatch()
         elif kind in ('done', 'retry', 'fail'):
             self.pending.append(msg[:-1])
-            self._job_finished(slot)
-        elif kind == 'none':
-            self._job_finished(slot)
+            self._job_finished(slot, exiting=msg[-1] is not None)
         elif kind == 'run':                 # grab model: the worker popped a job
             slot.state, slot.job_id, slot.timeout = 'busy', msg[1], msg[2]
             slot.began = time.monotonic()
             slot.deadline = time.monotonic() + msg[2] if msg[2] else None
         elif kind == 'ran':
-            self._job_finished(slot)
-        elif kind == 'idle':
+            self._job_finished(slot, exiting=msg[2] is not None)
+        elif kind == 'idle':               # grab model: the worker found the queue empty
             slot.state = 'idle'
             if self.stopping or slot.pid in self.reloading:
                 self._stop_worker(slot)
-            elif self.maybe_work:
-                self._wake_grab(slot)
+            elif slot.woken_at != self.wakes:
+                self._wake_grab(slot)       # a push came after this worker looked
+            else:
+                self.maybe_work = False
 
-    def _job_finished(self, slot):
+    def _job_finished(self, slot, exiting=False):
         took = time.monotonic() - slot.began
         self.avg_job = took if self.avg_job is None else 0.8 * self.avg_job + 0.2 * took
         slot.state, slot.job_id, slot.deadline = 'idle', None, None
         slot.done += 1
         slot.since = time.time()
-        if self.stopping or slot.pid in self.reloading:
+        if exiting:                     # over memory_limit: it exits by itself
+            slot.state, slot.stop_sent = 'stopping', True
+        elif self.stopping or slot.pid in self.reloading:
             self._stop_worker(slot)
         else:
             self._dispatch()
 
     def _wake_grab(self, slot):
         slot.state = 'busy-grab'
+        slot.woken_at = self.wakes
         try:
             _send(slot.conn, ('wake',))
         except OSError:
@@ -2971,6 +2994,10 @@ class _Manager:
         logger.info('manage process of %r started (pid %d, mpqueue %s, queues: %s)', name,
                     os.getpid(), __version__, ', '.join(q['name'] for q in self.config['queue']))
         self.config['basics']['driver'].preload()
+        try:
+            import ctypes  # noqa: F401  (used by every worker: load it once, shared)
+        except ImportError:
+            pass
         for qconf in self.config['queue']:
             self._spawn(qconf)
         while True:

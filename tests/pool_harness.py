@@ -287,6 +287,7 @@ class Pool:
             'log_path': str(self.log_path), 'queues': queues})
         self.proc = None
         self.pids_seen = set()
+        self.procs_seen = []     # psutil.Process: the create time pins identity
 
     # -- files -----------------------------------------------------------------
 
@@ -325,7 +326,8 @@ class Pool:
             self.proc = self.e2e.reaper.popen(
                 [sys.executable, str(self.cli_path), 'worker:start', '--config',
                  str(self.config_path)],
-                cwd=str(self.cli_path.parent), env=self.e2e.env(), stdout=out, stderr=subprocess.STDOUT)
+                cwd=str(self.cli_path.parent), env=self.e2e.env(), stdout=out,
+                stderr=subprocess.STDOUT)
         finally:
             out.close()
         self.e2e.pools.append(self)
@@ -381,6 +383,10 @@ class Pool:
             if isinstance(pid, int) and pid not in self.pids_seen:
                 self.pids_seen.add(pid)
                 self.e2e.reaper.add(pid)
+                try:
+                    self.procs_seen.append(psutil.Process(pid))
+                except psutil.NoSuchProcess:
+                    pass
         return rows
 
     def masters(self, queue=None, rows=None):
@@ -429,6 +435,21 @@ class Pool:
             if not alive(pid):
                 break
         self._reap_child()
+
+    def kill_leftovers(self, timeout=5):
+        """SIGKILL any process of this pool still running once it stopped
+        (a worker orphaned by a dead master, say), so that nothing writes to
+        Redis after the test cleaned it."""
+        left = []
+        for proc in self.procs_seen:
+            try:
+                if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                    proc.kill()
+                    left.append(proc)
+            except psutil.NoSuchProcess:
+                pass
+        wait_for(lambda: not any(alive(p.pid) for p in left), timeout,
+                 'leftover processes %s to die' % [p.pid for p in left])
 
     def _reap_child(self):
         if self.proc is not None:
@@ -537,6 +558,11 @@ class E2E:
             try:
                 pool.stop()
             except Exception as exc:   # keep going: the reaper kills what is left
+                errors.append(exc)
+        for pool in self.pools:
+            try:
+                pool.kill_leftovers()
+            except Exception as exc:
                 errors.append(exc)
         try:
             for pool in self.pools:

@@ -7,17 +7,15 @@ and exit non-zero.
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
-import time
 
 import psutil
 import pytest
 
 import mpqueue
-from pool_harness import E2E, CLI, alive, queue_conf, wait_for
+from pool_harness import E2E, alive, queue_conf, wait_for
 
 COMMANDS = ('list', 'worker:start', 'worker:stop', 'worker:restart', 'worker:reload',
             'worker:status', 'queue:status', 'queue:failed', 'queue:retry', 'queue:clean')

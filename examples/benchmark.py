@@ -1,0 +1,1139 @@
+#!/usr/bin/env python3
+"""Measure mpqueue on your own machine.
+
+    python examples/benchmark.py                          # SQLite broker, 4 workers, 20000 jobs
+    python examples/benchmark.py --driver redis           # Redis at redis://127.0.0.1:6379/15
+    python examples/benchmark.py --only drain,latency --workers 8 --model grab
+    python examples/benchmark.py --scaling --jobs 5000    # 1/2/4/8 workers, both drivers and models
+
+The benchmark uses mpqueue the way an application does: ``configure``,
+``push``, ``push_many``, ``status`` and ``clean`` from this process, and a
+real pool started with ``python -m mpqueue_cli worker:start --config FILE``
+in its own session.  It writes that config file and the job bodies
+(``mpqbench_jobs.py``) into a temporary directory, which also holds the pool's
+log (``mpqbench.log``) and, for SQLite, the broker file.  The directory is
+deleted at the end unless something went wrong (or ``--keep``).
+
+Workloads (``--only`` selects some of them, comma-separated):
+
+  push       N no-op jobs, one ``mpqueue.push`` each, no pool running
+  push_many  the same N jobs in one ``push_many`` call
+  drain      N jobs queued (``push_many`` in chunks of 1000), then the pool is
+             started; every job records its execution (Redis: a pipelined
+             SETBIT + INCR; SQLite: one line appended to a per-worker file).
+             Reports jobs/s from the first to the last execution and from the
+             pool's start to the last execution, and lost / duplicated jobs
+  latency    pool idle and ready; 300 jobs pushed at 100/s; each records
+             time.time() minus its push time: p50 / p99 / max
+  delayed    100 jobs with delay=0.5, 20 ms apart; each records how late it
+             started: p50 / p99 / max, and how many started early
+  idle       pool ready and idle for --idle-seconds: CPU (% of one core) and
+             PSS of the whole process tree, and its process count
+
+CPU and memory come from /proc (Linux): utime + stime of
+``/proc/PID/stat`` (counted in clock ticks, so the idle CPU figure has a
+resolution of one tick over the measured time: 0.1 % for 10 s at 100 Hz)
+and ``Pss:`` of ``/proc/PID/smaps_rollup``.  With ``--driver redis`` the
+workers hold a Redis connection of the benchmark's own (the jobs record
+through it), which is part of their PSS.
+
+``--scaling`` runs ``drain`` with 1, 2, 4 and 8 workers for both drivers and
+both models, prints a markdown table and writes an SVG line chart (``--svg``).
+If Redis does not answer, the Redis half is skipped with a warning.
+
+Figures depend on the machine and on what else runs on it: run the benchmark
+on an otherwise idle machine, and more than once, before comparing numbers.
+The exit status is 0 when every check passed (no job lost or run twice, the
+pool stopped on SIGTERM, ...), 1 when a check failed, 2 on a usage or broker
+error, 130 when interrupted.
+"""
+
+import argparse
+import atexit
+import collections
+import functools
+import importlib
+import json
+import math
+import os
+import platform
+import runpy
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from xml.sax.saxutils import escape
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+if os.path.isfile(os.path.join(REPO, 'mpqueue.py')):   # running from a checkout
+    sys.path.insert(0, REPO)
+
+import mpqueue  # noqa: E402
+
+WORKLOADS = ('push', 'push_many', 'drain', 'latency', 'delayed', 'idle')
+POOL_NAME = 'mpqbench'
+JOBS_MODULE = 'mpqbench_jobs'
+PUSH_CHUNK = 1000
+LATENCY_JOBS, LATENCY_RATE = 300, 100.0
+DELAYED_JOBS, DELAYED_DELAY, DELAYED_GAP = 100, 0.5, 0.020
+PROBE_SECONDS = 0.1
+STOP_GRACE = 5              # basics.stop_grace of the generated config
+SCALING_WORKERS = (1, 2, 4, 8)
+CLK_TCK = os.sysconf('SC_CLK_TCK')
+
+
+class BenchmarkError(Exception):
+    """Something the benchmark cannot go on with (the pool died, a wait timed out)."""
+
+
+def deadline_wait(cond, timeout, what, interval=0.05, pool=None):
+    """Poll ``cond()`` until it is truthy; raise BenchmarkError after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if pool is not None:
+            pool.check_alive()
+        if time.monotonic() >= deadline:
+            raise BenchmarkError('timed out after %.0f s waiting for %s' % (timeout, what))
+        time.sleep(interval)
+
+
+# -- /proc ---------------------------------------------------------------------
+
+ProcStat = collections.namedtuple('ProcStat', 'state ppid sid ticks start')
+
+
+def proc_stat(pid):
+    """State, parent, session, CPU ticks (utime + stime) and start time of ``pid``."""
+    try:
+        with open('/proc/%d/stat' % pid, 'rb') as f:
+            data = f.read()
+    except OSError:
+        return None
+    rest = data[data.rindex(b')') + 2:].split()   # fields 3.. (the name may hold spaces)
+    return ProcStat(rest[0].decode(), int(rest[1]), int(rest[3]),
+                    int(rest[11]) + int(rest[12]), int(rest[19]))
+
+
+def all_procs():
+    out = {}
+    for name in os.listdir('/proc'):
+        if name.isdigit():
+            st = proc_stat(int(name))
+            if st is not None:
+                out[int(name)] = st
+    return out
+
+
+def process_tree(root):
+    """``{pid: ProcStat}`` of ``root``, its descendants and every process of its
+    session (which still finds children whose parent already exited)."""
+    procs = all_procs()
+    members = {pid for pid, st in procs.items() if pid == root or st.sid == root}
+    children = collections.defaultdict(list)
+    for pid, st in procs.items():
+        children[st.ppid].append(pid)
+    todo = list(members)
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            if child not in members:
+                members.add(child)
+                todo.append(child)
+    return {pid: procs[pid] for pid in members if procs[pid].state != 'Z'}
+
+
+def pss_kb(pid):
+    try:
+        with open('/proc/%d/smaps_rollup' % pid) as f:
+            for line in f:
+                if line.startswith('Pss:'):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+# -- the pool --------------------------------------------------------------------
+
+_RUNNING_POOLS = set()
+
+
+class Pool:
+    """``python -m mpqueue_cli worker:start --config FILE`` in a session of its own."""
+
+    def __init__(self, workdir):
+        self.workdir = workdir
+        self.proc = None
+        self.seen = {}          # pid -> start time: every process of the tree seen so far
+        self.started_at = None
+
+    def start(self):
+        self.out = open(self.workdir.path('pool.out'), 'ab')
+        self.started_at = time.time()
+        self.proc = subprocess.Popen(
+            [sys.executable, '-m', 'mpqueue_cli', 'worker:start', '--config',
+             self.workdir.config_path], stdin=subprocess.DEVNULL, stdout=self.out,
+            stderr=subprocess.STDOUT, env=self.workdir.env(), cwd=self.workdir.dir,
+            start_new_session=True)
+        _RUNNING_POOLS.add(self)
+        return self
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def tree(self):
+        procs = process_tree(self.proc.pid)
+        for pid, st in procs.items():
+            self.seen.setdefault(pid, st.start)
+        return procs
+
+    def check_alive(self):
+        if self.proc.poll() is not None:
+            raise BenchmarkError('the pool exited on its own (status %s); its output:\n%s' % (
+                self.proc.returncode, self.workdir.log_tail()))
+
+    def _alive_seen(self):
+        alive = []
+        for pid, start in self.seen.items():
+            st = proc_stat(pid)
+            if st is not None and st.start == start and st.state != 'Z':
+                alive.append(pid)
+        return alive
+
+    def stop(self, grace=STOP_GRACE + 10):
+        """SIGTERM to the manage process; SIGKILL to every process of the tree
+        still alive after ``grace`` seconds.  Returns what happened."""
+        if self.proc is None or self not in _RUNNING_POOLS:
+            return None
+        old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            t0 = time.monotonic()
+            if self.proc.poll() is None:
+                self.tree()
+                try:
+                    os.kill(self.proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+            deadline = t0 + grace
+            while time.monotonic() < deadline:
+                exited = self.proc.poll() is not None
+                if not exited:
+                    self.tree()
+                if exited and not self._alive_seen():
+                    break
+                time.sleep(0.02)
+            seconds = time.monotonic() - t0
+            killed = []
+            for pid in self._alive_seen():
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                except ProcessLookupError:
+                    pass
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+            return {'stop_seconds': seconds, 'killed': killed,
+                    'exit_status': self.proc.returncode}
+        finally:
+            _RUNNING_POOLS.discard(self)
+            self.out.close()
+            for s, handler in old.items():
+                signal.signal(s, handler)
+
+
+def stop_problems(stop):
+    if stop['killed']:
+        return ['the pool did not stop within %d s of SIGTERM; killed pids %s' % (
+            STOP_GRACE + 10, ', '.join(map(str, stop['killed'])))]
+    if stop['exit_status'] != 0:
+        return ['the pool exited with status %s' % stop['exit_status']]
+    return []
+
+
+def _stop_all_pools():
+    for pool in list(_RUNNING_POOLS):
+        try:
+            pool.stop()
+        except Exception:   # at exit: do what can be done
+            pass
+
+
+atexit.register(_stop_all_pools)
+
+
+def _interrupted(signum, frame):
+    raise KeyboardInterrupt('signal %d' % signum)
+
+
+# -- the job bodies --------------------------------------------------------------
+
+# Written to mpqbench_jobs.py next to the generated config; __SINK__ becomes
+# ('redis', url, key prefix) or ('files', directory).
+JOBS_SOURCE = '''\
+"""Job bodies of the mpqueue benchmark (written by examples/benchmark.py)."""
+import os
+import time
+
+SINK = __SINK__
+REDIS = SINK[0] == 'redis'
+KEY = SINK[2] if REDIS else None
+
+_pid = None
+_out = None
+
+
+def _sink():
+    """This process's Redis client, or its own record file (O_APPEND)."""
+    global _pid, _out
+    if _pid != os.getpid():
+        if REDIS:
+            import redis
+            _out = redis.Redis.from_url(SINK[1], socket_timeout=30)
+        else:
+            _out = os.open(os.path.join(SINK[1], 'rec-%d.txt' % os.getpid()),
+                           os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        _pid = os.getpid()
+    return _out
+
+
+def _line(text):
+    os.write(_sink(), text.encode())
+
+
+def warm_up():
+    """worker_start_handle: connect (or open the record file) before any job."""
+    _sink()
+
+
+def noop():
+    """push and push_many: the job does nothing."""
+
+
+def drain(i, n):
+    """Job i of n: a little work, then record that it ran."""
+    started = time.time()
+    sum(range(64))
+    if REDIS:
+        client = _sink()
+        pipe = client.pipeline(transaction=False)
+        pipe.setbit(KEY + 'seen', i, 1)
+        pipe.incr(KEY + 'count')
+        count = pipe.execute()[1]
+        if count == 1:
+            client.set(KEY + 'first', repr(started))
+        if count >= n:
+            client.set(KEY + 'last', repr(time.time()))
+    else:
+        _line('d %d %r %r\\n' % (i, started, time.time()))
+
+
+def probe(seconds):
+    """Readiness: hold the worker a moment, then record which process ran."""
+    time.sleep(seconds)
+    if REDIS:
+        _sink().sadd(KEY + 'probe', os.getpid())
+    else:
+        _line('p %d\\n' % os.getpid())
+
+
+def latency(pushed_at):
+    value = time.time() - pushed_at
+    if REDIS:
+        _sink().rpush(KEY + 'latency', repr(value))
+    else:
+        _line('l %r\\n' % value)
+
+
+def delayed(due_at):
+    value = time.time() - due_at
+    if REDIS:
+        _sink().rpush(KEY + 'delayed', repr(value))
+    else:
+        _line('y %r\\n' % value)
+'''
+
+CONFIG_SOURCE = '''\
+"""Pool config of the mpqueue benchmark (written by examples/benchmark.py)."""
+import logging
+import sys
+
+sys.path.insert(0, %(dir)r)     # the workers import mpqbench_jobs from here
+
+import mpqueue
+import mpqbench_jobs
+
+config = {
+    'basics': {'name': %(name)r, 'pid_path': %(dir)r, 'driver': %(driver)s,
+               'stop_grace': %(grace)r, 'worker_start_handle': mpqbench_jobs.warm_up},
+    'log': {'path': %(dir)r, 'level': logging.INFO},
+    'queue': [{'name': %(queue)r, 'worker_number': %(workers)d, 'model': %(model)r}],
+}
+'''
+
+
+class RedisRecords:
+    """What the jobs recorded, read back from Redis."""
+
+    def __init__(self, url, key):
+        import redis
+        self.client = redis.Redis.from_url(url, socket_timeout=30)
+        self.key = key
+        self.n = 0
+
+    def keys(self):
+        return [self.key + k for k in ('seen', 'count', 'first', 'last', 'probe', 'latency',
+                                       'delayed')]
+
+    def start_drain(self, n):
+        self.n = n
+        self.client.delete(self.key + 'seen', self.key + 'count', self.key + 'first',
+                           self.key + 'last')
+
+    def drain_progress(self):
+        return self.client.bitcount(self.key + 'seen')
+
+    def drain_result(self):
+        pipe = self.client.pipeline(transaction=False)
+        pipe.get(self.key + 'count')
+        pipe.bitcount(self.key + 'seen')
+        pipe.get(self.key + 'first')
+        pipe.get(self.key + 'last')
+        count, distinct, first, last = pipe.execute()
+        return {'executions': int(count or 0), 'distinct': distinct,
+                'first': float(first) if first else None, 'last': float(last) if last else None}
+
+    def probe_pids(self):
+        return {int(p) for p in self.client.smembers(self.key + 'probe')}
+
+    def start_values(self, kind):
+        self.client.delete(self.key + kind)
+
+    def values(self, kind):
+        return [float(v) for v in self.client.lrange(self.key + kind, 0, -1)]
+
+    def cleanup(self):
+        self.client.delete(*self.keys())
+
+
+class FileRecords:
+    """What the jobs recorded, read back from their per-worker files.  Files are
+    only appended to; each ``start_*`` remembers where the new records begin."""
+
+    def __init__(self, directory):
+        self.dir = directory
+        self.offsets = {}       # file name -> bytes already read
+        self.partial = {}
+        self.reset_state()
+
+    def reset_state(self):
+        self.seen = bytearray()
+        self.distinct = self.executions = 0
+        self.first = self.last = None
+        self.pids = set()
+        self.vals = {'l': [], 'y': []}
+
+    def _mark(self):
+        self.poll()
+        self.reset_state()
+
+    def poll(self):
+        for name in os.listdir(self.dir):
+            if not name.startswith('rec-'):
+                continue
+            path = os.path.join(self.dir, name)
+            with open(path, 'rb') as f:
+                f.seek(self.offsets.get(name, 0))
+                data = self.partial.pop(name, b'') + f.read()
+                self.offsets[name] = f.tell()
+            lines = data.split(b'\n')
+            if lines[-1]:
+                self.partial[name] = lines[-1]
+            for line in lines[:-1]:
+                self._record(line.split())
+
+    def _record(self, fields):
+        kind = fields[0]
+        if kind == b'd':
+            i = int(fields[1])
+            if i < len(self.seen):
+                if self.seen[i]:
+                    self.executions += 1
+                else:
+                    self.seen[i] = 1
+                    self.distinct += 1
+                    self.executions += 1
+            started, ended = float(fields[2]), float(fields[3])
+            self.first = started if self.first is None else min(self.first, started)
+            self.last = ended if self.last is None else max(self.last, ended)
+        elif kind == b'p':
+            self.pids.add(int(fields[1]))
+        elif kind in (b'l', b'y'):
+            self.vals[kind.decode()].append(float(fields[1]))
+
+    def start_drain(self, n):
+        self._mark()
+        self.seen = bytearray(n)
+
+    def drain_progress(self):
+        self.poll()
+        return self.distinct
+
+    def drain_result(self):
+        self.poll()
+        return {'executions': self.executions, 'distinct': self.distinct,
+                'first': self.first, 'last': self.last}
+
+    def probe_pids(self):
+        self.poll()
+        return set(self.pids)
+
+    def start_values(self, kind):
+        self._mark()
+
+    def values(self, kind):
+        self.poll()
+        return list(self.vals['l' if kind == 'latency' else 'y'])
+
+    def cleanup(self):
+        pass
+
+
+class Workdir:
+    """The temporary directory of one driver: jobs module, config, logs, broker file."""
+
+    def __init__(self, driver, redis_url, redis_prefix, keep=False):
+        self.driver = driver
+        self.redis_url = redis_url
+        self.redis_prefix = redis_prefix
+        self.keep = keep
+        self.dir = tempfile.mkdtemp(prefix='mpqbench-')
+        self.queue = 'bench-%d' % os.getpid()     # concurrent runs on one Redis do not mix
+        self.config_path = self.path('mpqbench_config.py')
+        if driver == 'redis':
+            key = '%s:{%s}:rec:' % (redis_prefix, self.queue)
+            sink = ('redis', redis_url, key)
+            self.records = RedisRecords(redis_url, key)
+        else:
+            rec_dir = self.path('records')
+            os.mkdir(rec_dir)
+            sink = ('files', rec_dir)
+            self.records = FileRecords(rec_dir)
+        with open(self.path(JOBS_MODULE + '.py'), 'w') as f:
+            f.write(JOBS_SOURCE.replace('__SINK__', repr(sink)))
+        sys.path.insert(0, self.dir)
+        sys.modules.pop(JOBS_MODULE, None)
+        importlib.invalidate_caches()
+        self.jobs = importlib.import_module(JOBS_MODULE)
+        self.queues_used = set()
+
+    def path(self, *names):
+        return os.path.join(self.dir, *names)
+
+    def env(self):
+        env = dict(os.environ)
+        if os.path.isfile(os.path.join(REPO, 'mpqueue.py')):
+            env['PYTHONPATH'] = os.pathsep.join(
+                [REPO] + [p for p in env.get('PYTHONPATH', '').split(os.pathsep) if p])
+        return env
+
+    def configure(self, workers, model):
+        """Write the pool's config file and configure this process from it."""
+        if self.driver == 'redis':
+            driver = 'mpqueue.RedisDriver(url=%r, prefix=%r)' % (self.redis_url,
+                                                                 self.redis_prefix)
+        else:
+            driver = 'mpqueue.SqliteDriver(%r)' % self.path('mpqbench.db')
+        with open(self.config_path, 'w') as f:
+            f.write(CONFIG_SOURCE % {'dir': self.dir, 'name': POOL_NAME, 'driver': driver,
+                                     'grace': STOP_GRACE, 'queue': self.queue,
+                                     'workers': workers, 'model': model})
+        mpqueue.configure(runpy.run_path(self.config_path)['config'])
+        self.queues_used.add(self.queue)
+
+    def log_tail(self, lines=40):
+        out = []
+        for name in (POOL_NAME + '.log', 'pool.out'):
+            try:
+                with open(self.path(name), errors='replace') as f:
+                    tail = f.readlines()[-lines:]
+            except OSError:
+                continue
+            out.append('--- %s (last %d lines) ---\n%s' % (self.path(name), len(tail),
+                                                          ''.join(tail)))
+        return ''.join(out) or '(no log written)'
+
+    def close(self, problems):
+        """Empty the queues and keys used; delete the directory unless kept."""
+        for queue in self.queues_used:
+            try:
+                mpqueue.clean(queue)
+            except mpqueue.MPQueueError as exc:
+                problems.append('clean(%r) failed: %s' % (queue, exc))
+        try:
+            self.records.cleanup()
+        except Exception as exc:
+            problems.append('could not delete the record keys: %s' % exc)
+        if self.driver == 'redis':
+            client = self.records.client
+            try:
+                for queue in self.queues_used:
+                    pattern = '%s:{%s}:*' % (self.redis_prefix, queue)
+                    left = sorted(k.decode() for k in client.scan_iter(match=pattern, count=1000))
+                    if left:
+                        problems.append('keys left after mpqueue.clean(%r): %s (deleted now)'
+                                        % (queue, ', '.join(left)))
+                        client.delete(*left)
+            except Exception as exc:
+                problems.append('could not check for keys left in Redis: %s' % exc)
+            client.close()
+        if self.dir in sys.path:
+            sys.path.remove(self.dir)
+        sys.modules.pop(JOBS_MODULE, None)
+        if self.keep or problems:
+            print('benchmark files and pool logs kept in %s' % self.dir, file=sys.stderr)
+        else:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# -- workloads -------------------------------------------------------------------
+
+def percentile(values, p):
+    """Nearest-rank percentile of a non-empty list."""
+    ordered = sorted(values)
+    return ordered[max(0, min(len(ordered) - 1, math.ceil(p / 100.0 * len(ordered)) - 1))]
+
+
+def ms_summary(values):
+    if not values:
+        return {'p50_ms': None, 'p99_ms': None, 'max_ms': None}
+    return {'p50_ms': percentile(values, 50) * 1000, 'p99_ms': percentile(values, 99) * 1000,
+            'max_ms': max(values) * 1000}
+
+
+def run_push(wd, n):
+    mpqueue.clean(wd.queue)
+    job = wd.jobs.noop
+    t0 = time.perf_counter()
+    for _ in range(n):
+        mpqueue.push(wd.queue, job)
+    seconds = time.perf_counter() - t0
+    queued = mpqueue.status(wd.queue)['waiting']
+    mpqueue.clean(wd.queue)
+    return {'jobs': n, 'seconds': seconds, 'jobs_per_s': n / seconds, 'queued': queued}
+
+
+def run_push_many(wd, n):
+    mpqueue.clean(wd.queue)
+    jobs = [wd.jobs.noop] * n
+    t0 = time.perf_counter()
+    mpqueue.push_many(wd.queue, jobs)
+    seconds = time.perf_counter() - t0
+    queued = mpqueue.status(wd.queue)['waiting']
+    mpqueue.clean(wd.queue)
+    return {'jobs': n, 'seconds': seconds, 'jobs_per_s': n / seconds, 'queued': queued}
+
+
+def run_drain(wd, pool, n, problems):
+    """Queue n jobs, start ``pool``, wait for all of them to run."""
+    mpqueue.clean(wd.queue)
+    wd.records.start_drain(n)
+    for lo in range(0, n, PUSH_CHUNK):
+        mpqueue.push_many(wd.queue, [functools.partial(wd.jobs.drain, i, n)
+                                     for i in range(lo, min(n, lo + PUSH_CHUNK))])
+    pool.start()
+    # Allow 50 jobs/s at worst, and give up early when nothing moves for a minute.
+    began = time.monotonic()
+    deadline = began + 60 + n / 50.0
+    progress, moved = 0, began
+    while True:
+        done = wd.records.drain_progress()
+        if done >= n:
+            break
+        now = time.monotonic()
+        if done != progress:
+            progress, moved = done, now
+        pool.check_alive()
+        if now >= deadline or now - moved > 60:
+            problems.append('drain: only %d of %d jobs ran within %.0f s' % (
+                done, n, now - began))
+            break
+        time.sleep(0.05)
+    # The broker's bookkeeping (the ``over`` counter) may trail the jobs a little.
+    status = {}
+
+    def settled():
+        status.update(mpqueue.status(wd.queue))
+        return status['over'] >= n and status['waiting'] == 0 and status['working'] == 0
+
+    try:
+        deadline_wait(settled, 15, 'status() to report %d jobs over' % n, pool=pool)
+    except BenchmarkError:
+        problems.append('drain: status() still says %s after every job ran' % (status,))
+    time.sleep(0.2)     # a late duplicate would show up now
+    rec = wd.records.drain_result()
+    result = {'jobs': n, 'done': rec['distinct'], 'executions': rec['executions'],
+              'lost': n - rec['distinct'], 'duplicated': rec['executions'] - rec['distinct'],
+              'status': dict(status)}
+    if rec['first'] is not None and rec['last'] is not None and rec['last'] > rec['first']:
+        result['exec_seconds'] = rec['last'] - rec['first']
+        result['jobs_per_s'] = rec['distinct'] / result['exec_seconds']
+        result['wall_seconds'] = rec['last'] - pool.started_at
+        result['wall_jobs_per_s'] = rec['distinct'] / result['wall_seconds']
+    if result['lost'] or result['duplicated']:
+        problems.append('drain: %d job(s) lost, %d duplicated' % (result['lost'],
+                                                                 result['duplicated']))
+    if status.get('failed'):
+        problems.append('drain: %d job(s) in the failed list' % status['failed'])
+    return result
+
+
+def queue_idle(queue):
+    s = mpqueue.status(queue)
+    return s['waiting'] == 0 and s['working'] == 0
+
+
+def wait_ready(wd, pool, workers, timeout=60):
+    """Until ``workers`` distinct live worker processes have run a probe job."""
+    deadline = time.monotonic() + timeout
+    while True:
+        live = {pid for pid in wd.records.probe_pids() if proc_stat(pid) is not None}
+        if len(live) >= workers:
+            break
+        if time.monotonic() >= deadline:
+            raise BenchmarkError('only %d of %d workers ran a probe job within %d s' % (
+                len(live), workers, timeout))
+        # Each probe holds its worker for a moment, so a batch spreads over the pool.
+        mpqueue.push_many(wd.queue, [wd.jobs.probe] * workers, args=(PROBE_SECONDS,))
+        deadline_wait(lambda: queue_idle(wd.queue), max(1.0, deadline - time.monotonic()),
+                      'probe jobs to run', pool=pool)
+    time.sleep(0.5)     # let the pool settle back to idle
+
+
+def run_values(wd, pool, kind, count, delay, gap, job):
+    wd.records.start_values(kind)
+    t0 = time.time()
+    for k in range(count):
+        pause = t0 + k * gap - time.time()
+        if pause > 0:
+            time.sleep(pause)
+        pushed = time.time()
+        mpqueue.push(wd.queue, job, delay=delay, args=(pushed + delay,))
+    try:
+        deadline_wait(lambda: len(wd.records.values(kind)) >= count, 30 + delay,
+                      '%d %s jobs' % (count, kind), interval=0.02, pool=pool)
+    except BenchmarkError as exc:
+        return wd.records.values(kind), str(exc)
+    return wd.records.values(kind), None
+
+
+def run_latency(wd, pool, problems):
+    values, error = run_values(wd, pool, 'latency', LATENCY_JOBS, 0, 1 / LATENCY_RATE,
+                               wd.jobs.latency)
+    if error:
+        problems.append('latency: ' + error)
+    result = {'jobs': LATENCY_JOBS, 'done': len(values), 'rate_per_s': LATENCY_RATE}
+    result.update(ms_summary(values))
+    return result
+
+
+def run_delayed(wd, pool, problems):
+    values, error = run_values(wd, pool, 'delayed', DELAYED_JOBS, DELAYED_DELAY, DELAYED_GAP,
+                               wd.jobs.delayed)
+    if error:
+        problems.append('delayed: ' + error)
+    result = {'jobs': DELAYED_JOBS, 'done': len(values), 'delay_s': DELAYED_DELAY,
+              'early': sum(1 for v in values if v < 0)}
+    result.update(ms_summary(values))
+    if result['early']:
+        problems.append('delayed: %d job(s) started before their due time (earliest %.1f ms '
+                        'early)' % (result['early'], -min(values) * 1000))
+    return result
+
+
+def run_idle(pool, seconds):
+    time.sleep(0.5)
+    before = pool.tree()
+    t0 = time.monotonic()
+    time.sleep(seconds)
+    after = pool.tree()
+    elapsed = time.monotonic() - t0
+    ticks = 0
+    for pid, st in after.items():
+        old = before.get(pid)
+        ticks += st.ticks - (old.ticks if old is not None and old.start == st.start else 0)
+    pss = [pss_kb(pid) for pid in after]
+    return {'seconds': elapsed, 'cpu_percent': ticks / CLK_TCK / elapsed * 100,
+            'cpu_resolution_percent': 100.0 / CLK_TCK / elapsed,
+            'pss_mb': sum(p for p in pss if p) / 1024.0 if any(pss) else None,
+            'processes': len(after)}
+
+
+# -- one benchmark run ----------------------------------------------------------
+
+def machine_info():
+    return {'python': platform.python_version(), 'mpqueue': mpqueue.__version__,
+            'cpus': os.cpu_count(), 'platform': platform.platform(),
+            'load_average': [round(x, 2) for x in os.getloadavg()]}
+
+
+def run_benchmark(args, selected):
+    machine = machine_info()
+    problems = []
+    results = {}
+    wd = Workdir(args.driver, args.redis_url, args.redis_prefix, args.keep)
+    pool = Pool(wd)
+    try:
+        wd.configure(args.workers, args.model)
+        mpqueue.clean(wd.queue)
+        if 'push' in selected:
+            results['push'] = run_push(wd, args.jobs)
+        if 'push_many' in selected:
+            results['push_many'] = run_push_many(wd, args.jobs)
+        for name in ('push', 'push_many'):
+            if name in results and results[name]['queued'] != args.jobs:
+                problems.append('%s: status() showed %d waiting jobs, expected %d' % (
+                    name, results[name]['queued'], args.jobs))
+        if 'drain' in selected:
+            results['drain'] = run_drain(wd, pool, args.jobs, problems)
+        if selected & {'latency', 'delayed', 'idle'}:
+            if pool.proc is None:
+                pool.start()
+            wait_ready(wd, pool, args.workers)
+            if 'latency' in selected:
+                results['latency'] = run_latency(wd, pool, problems)
+            if 'delayed' in selected:
+                results['delayed'] = run_delayed(wd, pool, problems)
+            if 'idle' in selected:
+                wait_ready(wd, pool, args.workers)
+                results['idle'] = run_idle(pool, args.idle_seconds)
+    except BenchmarkError as exc:
+        problems.append(str(exc))
+    finally:
+        stop = pool.stop()
+        if stop is not None:
+            results['pool'] = stop
+            problems += stop_problems(stop)
+        if problems:
+            problems.append('pool log:\n' + wd.log_tail())
+        wd.close(problems)
+    return {'driver': args.driver, 'model': args.model, 'workers': args.workers,
+            'jobs': args.jobs, 'machine': machine, 'results': results,
+            'problems': problems}
+
+
+def fmt(value, digits=1):
+    if value is None:
+        return 'n/a'
+    if isinstance(value, int):
+        return '{:,}'.format(value)
+    if abs(value) >= 100:
+        return '{:,.0f}'.format(value)
+    return '%.*f' % (digits, value)
+
+
+def table_rows(results):
+    r = results
+    rows = []
+    if 'push' in r:
+        rows.append(('push', 'jobs/s (one push() per job)', fmt(r['push']['jobs_per_s'])))
+    if 'push_many' in r:
+        rows.append(('push_many', 'jobs/s (one push_many() call)',
+                     fmt(r['push_many']['jobs_per_s'])))
+    if 'drain' in r:
+        d = r['drain']
+        rows += [('drain', 'jobs/s (first to last execution)', fmt(d.get('jobs_per_s'))),
+                 ('drain', 'jobs/s (pool start to last execution)',
+                  fmt(d.get('wall_jobs_per_s'))),
+                 ('drain', 'jobs done', '%s of %s' % (fmt(d['done']), fmt(d['jobs']))),
+                 ('drain', 'lost / duplicated', '%d / %d' % (d['lost'], d['duplicated']))]
+    if 'latency' in r:
+        lat = r['latency']
+        rows += [('latency', 'push to start, %s (ms)' % k[:-3], fmt(lat[k], 2))
+                 for k in ('p50_ms', 'p99_ms', 'max_ms')]
+    if 'delayed' in r:
+        d = r['delayed']
+        rows += [('delayed', 'lateness, %s (ms)' % k[:-3], fmt(d[k], 2))
+                 for k in ('p50_ms', 'p99_ms', 'max_ms')]
+        rows.append(('delayed', 'started early', '%d of %d' % (d['early'], d['done'])))
+    if 'idle' in r:
+        i = r['idle']
+        rows += [('idle', 'CPU, %% of one core (over %.0f s)' % i['seconds'],
+                  fmt(i['cpu_percent'], 2)),
+                 ('idle', 'PSS of the pool (MB)', fmt(i['pss_mb'])),
+                 ('idle', 'processes', str(i['processes']))]
+    if 'pool' in r:
+        rows.append(('pool', 'stop: SIGTERM to exit (s)', fmt(r['pool']['stop_seconds'], 2)))
+    return rows
+
+
+def print_table(report):
+    m = report['machine']
+    print('mpqueue benchmark: %s broker, %s model, %d workers, %s jobs' % (
+        report['driver'], report['model'], report['workers'], fmt(report['jobs'])))
+    print('python %s, mpqueue %s, %s CPUs, load average %s at start' % (
+        m['python'], m['mpqueue'], m['cpus'], ' '.join('%.2f' % x for x in m['load_average'])))
+    rows = [('workload', 'figure', 'value')] + table_rows(report['results'])
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    line = '  '.join('%-*s' for _ in widths[:2]) + '  %*s'
+    print()
+    print(line % (widths[0], rows[0][0], widths[1], rows[0][1], widths[2], rows[0][2]))
+    print('  '.join('-' * w for w in widths))
+    for row in rows[1:]:
+        print(line % (widths[0], row[0], widths[1], row[1], widths[2], row[2]))
+
+
+# -- scaling ---------------------------------------------------------------------
+
+def redis_answers(url):
+    import redis
+    client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        return bool(client.ping())
+    except (redis.RedisError, OSError):
+        return False
+    finally:
+        client.close()
+
+
+def run_scaling(args):
+    machine = machine_info()
+    drivers = ['sqlite', 'redis']
+    problems = []
+    if not redis_answers(args.redis_url):
+        print('warning: Redis does not answer at %s; measuring SQLite only' % args.redis_url,
+              file=sys.stderr)
+        drivers = ['sqlite']
+    runs = []
+    for driver in drivers:
+        wd = Workdir(driver, args.redis_url, args.redis_prefix, args.keep)
+        driver_problems = []
+        try:
+            for model in (mpqueue.MODEL_DISTRIBUTE, mpqueue.MODEL_GRAB):
+                for workers in SCALING_WORKERS:
+                    wd.configure(workers, model)
+                    run_problems = []
+                    pool = Pool(wd)
+                    result = {}
+                    try:
+                        result = run_drain(wd, pool, args.jobs, run_problems)
+                    except BenchmarkError as exc:
+                        run_problems.append(str(exc))
+                    finally:
+                        stop = pool.stop()
+                    if stop is not None:
+                        run_problems += stop_problems(stop)
+                    runs.append({'driver': driver, 'model': model, 'workers': workers,
+                                 'drain': result, 'stop': stop})
+                    if not args.json:
+                        print('%-6s %-10s %d worker(s): %s jobs/s, lost %s, duplicated %s, '
+                              'pool stopped in %s s%s' % (
+                                  driver, model, workers, fmt(result.get('jobs_per_s')),
+                                  result.get('lost', '?'), result.get('duplicated', '?'),
+                                  fmt(stop and stop['stop_seconds'], 2),
+                                  '  (%s)' % '; '.join(run_problems) if run_problems else ''),
+                              file=sys.stderr, flush=True)
+                    driver_problems += ['%s %s %d workers: %s' % (driver, model, workers, p)
+                                        for p in run_problems]
+        finally:
+            if driver_problems:
+                driver_problems.append('pool log:\n' + wd.log_tail())
+            wd.close(driver_problems)
+            problems += driver_problems
+    return {'jobs': args.jobs, 'workers': list(SCALING_WORKERS), 'machine': machine,
+            'runs': runs, 'problems': problems}
+
+
+def scaling_markdown(report):
+    lines = ['| broker | model | %s |' % ' | '.join(
+        '%d worker%s' % (w, 's' if w > 1 else '') for w in SCALING_WORKERS),
+        '| --- | --- | %s |' % ' | '.join('---:' for _ in SCALING_WORKERS)]
+    series = collections.OrderedDict()
+    for run in report['runs']:
+        series.setdefault((run['driver'], run['model']), {})[run['workers']] = run['drain']
+    for (driver, model), by_workers in series.items():
+        cells = []
+        for w in SCALING_WORKERS:
+            d = by_workers.get(w) or {}
+            cell = fmt(d.get('jobs_per_s'))
+            if d.get('lost') or d.get('duplicated'):
+                cell += ' (lost %d, dup %d)' % (d['lost'], d['duplicated'])
+            cells.append(cell)
+        lines.append('| %s | %s | %s |' % (driver, model, ' | '.join(cells)))
+    return '\n'.join(lines)
+
+
+def nice_ceiling(value):
+    """A round axis maximum >= value, and its tick step."""
+    if value <= 0:
+        return 1.0, 0.2
+    raw = value / 5.0
+    power = 10 ** math.floor(math.log10(raw))
+    for factor in (1, 2, 2.5, 5, 10):
+        step = factor * power
+        if step >= raw:
+            break
+    return step * math.ceil(value / step), step
+
+
+def scaling_svg(report):
+    width, height = 760, 460
+    left, right, top, bottom = 80, 190, 64, 64
+    pw, ph = width - left - right, height - top - bottom
+    rates = [run['drain'].get('jobs_per_s') or 0 for run in report['runs']]
+    ymax, ystep = nice_ceiling(max(rates + [1]) * 1.05)
+
+    def x(i):
+        return left + i * pw / (len(SCALING_WORKERS) - 1)
+
+    def y(v):
+        return top + ph - v / ymax * ph
+
+    m = report['machine']
+    out = ['<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" '
+           'viewBox="0 0 %d %d" font-family="sans-serif" font-size="13">' % (
+               width, height, width, height),
+           '<rect width="100%" height="100%" fill="white"/>',
+           '<text x="%d" y="26" font-size="17" font-weight="bold">mpqueue drain throughput'
+           '</text>' % left,
+           '<text x="%d" y="46" fill="#555">%s jobs per run, %s CPUs, Python %s, '
+           'mpqueue %s</text>' % (left, fmt(report['jobs']), m['cpus'], escape(m['python']),
+                                  escape(m['mpqueue']))]
+    tick = 0.0
+    while tick <= ymax + 1e-9:
+        out.append('<line x1="%d" x2="%d" y1="%.1f" y2="%.1f" stroke="#e3e3e3"/>' % (
+            left, left + pw, y(tick), y(tick)))
+        out.append('<text x="%d" y="%.1f" text-anchor="end" fill="#333">%s</text>' % (
+            left - 8, y(tick) + 4, fmt(tick, 0)))
+        tick += ystep
+    for i, w in enumerate(SCALING_WORKERS):
+        out.append('<line x1="%.1f" x2="%.1f" y1="%d" y2="%d" stroke="#e3e3e3"/>' % (
+            x(i), x(i), top, top + ph))
+        out.append('<text x="%.1f" y="%d" text-anchor="middle" fill="#333">%d</text>' % (
+            x(i), top + ph + 20, w))
+    out += ['<line x1="%d" x2="%d" y1="%d" y2="%d" stroke="#333"/>' % (
+                left, left + pw, top + ph, top + ph),
+            '<line x1="%d" x2="%d" y1="%d" y2="%d" stroke="#333"/>' % (left, left, top, top + ph),
+            '<text x="%.1f" y="%d" text-anchor="middle">workers</text>' % (
+                left + pw / 2.0, height - 18),
+            '<text transform="translate(22 %.1f) rotate(-90)" text-anchor="middle">'
+            'jobs per second</text>' % (top + ph / 2.0)]
+    colors = {'sqlite': '#1f6fb4', 'redis': '#c8372d'}
+    dashes = {mpqueue.MODEL_DISTRIBUTE: '', mpqueue.MODEL_GRAB: ' stroke-dasharray="7 5"'}
+    series = collections.OrderedDict()
+    for run in report['runs']:
+        series.setdefault((run['driver'], run['model']), {})[run['workers']] = \
+            run['drain'].get('jobs_per_s')
+    for k, ((driver, model), by_workers) in enumerate(series.items()):
+        color = colors.get(driver, '#333')
+        points = [(x(i), y(by_workers[w])) for i, w in enumerate(SCALING_WORKERS)
+                  if by_workers.get(w)]
+        if len(points) > 1:
+            out.append('<polyline fill="none" stroke="%s" stroke-width="2.2"%s points="%s"/>' % (
+                color, dashes.get(model, ''), ' '.join('%.1f,%.1f' % p for p in points)))
+        for px, py in points:
+            out.append('<circle cx="%.1f" cy="%.1f" r="3.6" fill="%s"/>' % (px, py, color))
+        ly = top + 12 + k * 24
+        lx = left + pw + 24
+        out.append('<line x1="%d" x2="%d" y1="%d" y2="%d" stroke="%s" stroke-width="2.2"%s/>'
+                   % (lx, lx + 34, ly, ly, color, dashes.get(model, '')))
+        out.append('<text x="%d" y="%d">%s</text>' % (lx + 42, ly + 4,
+                                                      escape('%s, %s' % (driver, model))))
+    out.append('</svg>')
+    return '\n'.join(out) + '\n'
+
+
+# -- main ----------------------------------------------------------------------
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        description='Benchmark mpqueue on this machine (see the docstring of this file).')
+    p.add_argument('--driver', choices=('sqlite', 'redis'), default='sqlite')
+    p.add_argument('--redis-url', default='redis://127.0.0.1:6379/15',
+                   help='Redis for --driver redis (default %(default)s)')
+    p.add_argument('--redis-prefix', default='mpqbench',
+                   help='key prefix of the Redis driver (default %(default)s)')
+    p.add_argument('--workers', type=int, default=4, help='worker processes (default 4)')
+    p.add_argument('--jobs', type=int, default=20000,
+                   help='jobs for push, push_many and drain (default 20000)')
+    p.add_argument('--model', choices=(mpqueue.MODEL_DISTRIBUTE, mpqueue.MODEL_GRAB),
+                   default=mpqueue.MODEL_DISTRIBUTE)
+    p.add_argument('--only', default=','.join(WORKLOADS),
+                   help='comma-separated workloads among %s' % ','.join(WORKLOADS))
+    p.add_argument('--idle-seconds', type=float, default=10.0,
+                   help='how long to measure the idle pool (default 10)')
+    p.add_argument('--json', action='store_true', help='print JSON instead of a table')
+    p.add_argument('--scaling', action='store_true',
+                   help='drain throughput with 1, 2, 4, 8 workers, both brokers and models')
+    p.add_argument('--svg', default=os.path.join(HERE, 'scaling.svg'),
+                   help='where --scaling writes its chart (default examples/scaling.svg)')
+    p.add_argument('--keep', action='store_true',
+                   help='keep the temporary directory (config, jobs, logs, SQLite file)')
+    args = p.parse_args(argv)
+    selected = {w.strip() for w in args.only.split(',') if w.strip()}
+    unknown = selected - set(WORKLOADS)
+    if unknown or not selected:
+        p.error('--only takes a comma-separated list of %s' % ', '.join(WORKLOADS))
+    if args.workers < 1 or args.jobs < 1 or args.idle_seconds <= 0:
+        p.error('--workers and --jobs must be >= 1 and --idle-seconds > 0')
+    if not os.path.isdir('/proc/self'):
+        p.error('this benchmark reads /proc: it runs on Linux only')
+    return args, selected
+
+
+def main(argv=None):
+    args, selected = parse_args(argv)
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _interrupted)
+    try:
+        if args.scaling:
+            report = run_scaling(args)
+            svg = scaling_svg(report)
+            with open(args.svg, 'w') as f:
+                f.write(svg)
+            report['svg'] = os.path.abspath(args.svg)
+            if args.json:
+                print(json.dumps(report, indent=1))
+            else:
+                m = report['machine']
+                print('mpqueue drain throughput, jobs/s (first to last execution), %s jobs per '
+                      'run; python %s, %s CPUs, load average %s at start\n' % (
+                          fmt(report['jobs']), m['python'], m['cpus'],
+                          ' '.join('%.2f' % x for x in m['load_average'])))
+                print(scaling_markdown(report))
+                print('\nchart: %s' % report['svg'])
+        else:
+            if args.driver == 'redis' and not redis_answers(args.redis_url):
+                print('benchmark: error: Redis does not answer at %s' % args.redis_url,
+                      file=sys.stderr)
+                return 2
+            report = run_benchmark(args, selected)
+            if args.json:
+                print(json.dumps(report, indent=1))
+            else:
+                print_table(report)
+    except KeyboardInterrupt:
+        _stop_all_pools()
+        print('benchmark: interrupted', file=sys.stderr)
+        return 130
+    except mpqueue.MPQueueError as exc:
+        _stop_all_pools()
+        print('benchmark: error: %s' % exc, file=sys.stderr)
+        return 2
+    if report['problems']:
+        print('\nPROBLEMS:', file=sys.stderr)
+        for problem in report['problems']:
+            print('- ' + problem, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""Smoke test of examples/benchmark.py: a small run per broker, sane numbers.
+
+Only sanity is checked (every job ran once, rates are positive, latencies
+are plausible): the figures themselves depend on the machine.
+"""
+
+import json
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+BENCHMARK = REPO / 'examples' / 'benchmark.py'
+JOBS = 300
+WORKERS = 4
+DEADLINE = 240          # seconds for one whole benchmark run
+
+
+def run_benchmark(proc_reaper, *extra):
+    cmd = [sys.executable, str(BENCHMARK), '--jobs', str(JOBS), '--idle-seconds', '1',
+           '--workers', str(WORKERS), '--json'] + list(extra)
+    proc = proc_reaper.popen(cmd, cwd=str(REPO), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=DEADLINE)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)        # the benchmark stops its pool on SIGTERM
+        try:
+            out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        pytest.fail('benchmark did not finish within %ds\nstdout:\n%s\nstderr:\n%s' % (
+            DEADLINE, out, err))
+    assert proc.returncode == 0, 'exit status %s\nstdout:\n%s\nstderr:\n%s' % (
+        proc.returncode, out, err)
+    report = json.loads(out)
+    assert report['problems'] == [], err
+    return report
+
+
+def check_report(report):
+    results = report['results']
+    assert set(results) >= {'push', 'push_many', 'drain', 'latency', 'delayed', 'idle'}
+
+    for name in ('push', 'push_many'):
+        assert results[name]['jobs'] == JOBS
+        assert results[name]['queued'] == JOBS
+        assert results[name]['jobs_per_s'] > 0
+
+    drain = results['drain']
+    assert drain['jobs'] == JOBS
+    assert drain['done'] == JOBS
+    assert drain['lost'] == 0
+    assert drain['duplicated'] == 0
+    assert drain['jobs_per_s'] > 0
+    assert drain['wall_jobs_per_s'] > 0
+    assert drain['status']['over'] >= JOBS
+    assert drain['status']['failed'] == 0
+
+    latency = results['latency']
+    assert latency['done'] == latency['jobs'] == 300
+    assert 0 < latency['p50_ms'] < 1000
+    assert latency['p50_ms'] <= latency['p99_ms'] <= latency['max_ms']
+
+    delayed = results['delayed']
+    assert delayed['done'] == delayed['jobs'] == 100
+    assert delayed['early'] == 0
+    assert 0 <= delayed['p50_ms'] < 1000
+
+    idle = results['idle']
+    assert idle['cpu_percent'] >= 0
+    assert idle['pss_mb'] > 0
+    assert idle['processes'] >= WORKERS + 1     # at least the master and its workers
+
+    pool = results['pool']
+    assert pool['killed'] == []
+    assert pool['exit_status'] == 0
+
+
+@pytest.mark.slow
+def test_benchmark_sqlite(proc_reaper):
+    report = run_benchmark(proc_reaper, '--driver', 'sqlite')
+    assert report['driver'] == 'sqlite'
+    check_report(report)
+
+
+@pytest.mark.slow
+def test_benchmark_redis(proc_reaper, redis_url, redis_db):
+    prefix = 'mpqtest-bench-%s' % uuid.uuid4().hex[:8]
+    report = run_benchmark(proc_reaper, '--driver', 'redis', '--redis-url',
+                           '%s/%d' % (redis_url, redis_db), '--redis-prefix', prefix)
+    assert report['driver'] == 'redis'
+    check_report(report)
