@@ -7,7 +7,8 @@ file through ``make_e2e``) that:
   the pushing process (this one) and the workers (through ``PYTHONPATH``)
   import the same code, and a reload can be proven by rewriting the file;
 - writes config files (``.py`` defining ``config``) with a ``RedisDriver`` on
-  the test database and a key prefix unique to the test, pid and log files
+  the test database and a key prefix unique to the test (or a ``SqliteDriver``
+  on a file of the test's own, for ``driver='sqlite'``), pid and log files
   under ``tmp_path``;
 - starts pools as real processes: ``python mpqueue_cli.py worker:start
   --config FILE`` (``Pool.start``), asks them for their status through the
@@ -253,7 +254,7 @@ config = {
     'basics': {
         'name': %(name)r,
         'pid_path': %(pid_path)r,
-        'driver': mpqueue.RedisDriver(url=%(url)r, prefix=%(prefix)r),
+        'driver': %(driver)s,
         'stop_grace': %(stop_grace)r,
     },
     'log': {'path': %(log_path)r, 'level': logging.DEBUG},
@@ -283,7 +284,7 @@ class Pool:
         self.config_path = e2e.tmp_path / ('config_%s.py' % name)
         self.config_path.write_text(CONFIG_TEMPLATE % {
             'jobs': e2e.jobs_name, 'name': name, 'pid_path': str(self.pid_path),
-            'url': e2e.redis_db_url, 'prefix': e2e.prefix, 'stop_grace': stop_grace,
+            'driver': e2e.driver_source(), 'stop_grace': stop_grace,
             'log_path': str(self.log_path), 'queues': queues})
         self.proc = None
         self.pids_seen = set()
@@ -459,8 +460,9 @@ class Pool:
 class E2E:
     """Per-test state: prefix, jobs module, pools, records."""
 
-    def __init__(self, tmp_path, redis_url, redis_db, reaper, test_name):
+    def __init__(self, tmp_path, redis_url, redis_db, reaper, test_name, driver='redis'):
         self.tmp_path = tmp_path
+        self.driver = driver
         self.reaper = reaper
         self.redis_db_url = '%s/%d' % (redis_url, redis_db)
         token = uuid.uuid4().hex[:10]
@@ -473,6 +475,13 @@ class E2E:
         self.redis = redis.Redis.from_url(self.redis_db_url)
         self.pools = []
         self.write_jobs()
+
+    def driver_source(self):
+        """The broker of every pool of the test, as config source: Redis with a
+        prefix of the test's own, or one SQLite file shared by its pools."""
+        if self.driver == 'sqlite':
+            return 'mpqueue.SqliteDriver(%r)' % str(self.tmp_path / 'broker.db')
+        return 'mpqueue.RedisDriver(url=%r, prefix=%r)' % (self.redis_db_url, self.prefix)
 
     # -- jobs module -----------------------------------------------------------
 
