@@ -2100,27 +2100,35 @@ class _Worker:
             raise EOFError()
 
     def _grab_loop(self):
+        """Pop, run, repeat.  A job's outcome is recorded in the same broker
+        call that pops the next job: one round trip per job."""
+        result = None
         while True:
             if self.stopping:
+                if result is not None:
+                    self.driver.execute(self.queue, [result])
+                    _send(self.conn, ('ran', result[1], None))
                 return EXIT_OK
             self.busy = True
-            got = self.driver.pop(self.queue, self.id, self.owner)
-            if got is None:
+            steps = [result] if result is not None else []
+            got = self.driver.execute(self.queue, steps + [('pop', self.id, self.owner)])[-1]
+            if result is not None:
+                _send(self.conn, ('ran', result[1], None))
+                result = None
+            if not got:
                 self.busy = False
                 _send(self.conn, ('idle',))
                 msg = _recv(self.conn)          # 'wake' or 'stop'
                 if msg[0] == 'stop':
                     return EXIT_OK
                 continue
-            job_id, meta, payload = got
+            job_id, meta, payload = _text(got[0]), _meta_dict(got[1]), got[2]
             _send(self.conn, ('run', job_id, meta.get('t') or 0))
             result = self._run(job_id, meta, payload)
-            if result[0] != 'none':
-                self.driver.execute(self.queue, [result])
             code = self._after_job()
-            _send(self.conn, ('ran', job_id, code))
-            self.busy = False
             if code is not None:
+                self.driver.execute(self.queue, [result])
+                _send(self.conn, ('ran', job_id, code))
                 return code
 
     def _after_job(self):
