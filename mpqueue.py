@@ -737,23 +737,28 @@ class _Driver:
 
     def job_meta(self, queue, job_id):
         """The stored meta of one job as a dict, or None (for tests and tools)."""
-        raise NotImplementedError
+        raw = self.execute(queue, [('meta', job_id)])[0]
+        return _meta_dict(raw) if raw else None
 
     def status(self, queue):
-        raise NotImplementedError
+        """``{'all', 'waiting', 'working', 'failed', 'over'}`` counts of a queue."""
+        values = self.execute(queue, [('status',)])[0]
+        return dict(zip(('all', 'waiting', 'working', 'failed', 'over'), map(int, values)))
 
     def failed(self, queue, offset=0, count=100):
         """``[(id, meta_dict), ...]`` of failed jobs, oldest first."""
-        raise NotImplementedError
+        flat = self.execute(queue, [('failed', offset, count)])[0]
+        return [(_text(flat[i]), _meta_dict(flat[i + 1])) for i in range(0, len(flat), 2)]
 
     def retry_failed(self, queue, job_id=None):
-        raise NotImplementedError
+        """Put one failed job (or all) back in the queue; returns how many."""
+        return self.execute(queue, [('retry_failed', job_id or '')])[0]
 
     def delete_failed(self, queue, job_id):
-        raise NotImplementedError
+        return self.execute(queue, [('delete_failed', job_id)])[0]
 
     def clean(self, queue):
-        raise NotImplementedError
+        self.execute(queue, [('clean',)])
 
 
 def _meta_dict(raw):
@@ -1233,27 +1238,6 @@ class RedisDriver(_Driver):
 
     def waker(self, queue):
         return _RedisWaker(self, self._channel(queue))
-
-    def job_meta(self, queue, job_id):
-        raw = self.execute(queue, [('meta', job_id)])[0]
-        return _meta_dict(raw) if raw else None
-
-    def status(self, queue):
-        values = self.execute(queue, [('status',)])[0]
-        return dict(zip(('all', 'waiting', 'working', 'failed', 'over'), map(int, values)))
-
-    def failed(self, queue, offset=0, count=100):
-        flat = self.execute(queue, [('failed', offset, count)])[0]
-        return [(_text(flat[i]), _meta_dict(flat[i + 1])) for i in range(0, len(flat), 2)]
-
-    def retry_failed(self, queue, job_id=None):
-        return self.execute(queue, [('retry_failed', job_id or '')])[0]
-
-    def delete_failed(self, queue, job_id):
-        return self.execute(queue, [('delete_failed', job_id)])[0]
-
-    def clean(self, queue):
-        self.execute(queue, [('clean',)])
 
     def close(self):
         conn = getattr(self._local, 'conn', None)
@@ -1894,29 +1878,6 @@ class SqliteDriver(_Driver):
     def waker(self, queue):
         return _SqliteWaker(self._paths(queue), self.path, queue)
 
-    # -- inspection --------------------------------------------------------------
-
-    def job_meta(self, queue, job_id):
-        raw = self.execute(queue, [('meta', job_id)])[0]
-        return _meta_dict(raw) if raw else None
-
-    def status(self, queue):
-        values = self.execute(queue, [('status',)])[0]
-        return dict(zip(('all', 'waiting', 'working', 'failed', 'over'), map(int, values)))
-
-    def failed(self, queue, offset=0, count=100):
-        flat = self.execute(queue, [('failed', offset, count)])[0]
-        return [(_text(flat[i]), _meta_dict(flat[i + 1])) for i in range(0, len(flat), 2)]
-
-    def retry_failed(self, queue, job_id=None):
-        return self.execute(queue, [('retry_failed', job_id or '')])[0]
-
-    def delete_failed(self, queue, job_id):
-        return self.execute(queue, [('delete_failed', job_id)])[0]
-
-    def clean(self, queue):
-        self.execute(queue, [('clean',)])
-
     def close(self):
         if self._pid == os.getpid():
             if self._conn is not None:
@@ -2093,11 +2054,9 @@ class _Worker:
         result to the broker directly so nothing is lost."""
         try:
             _send(self.conn, result + (code,))
-        except (BrokenPipeError, ConnectionResetError, OSError):
-            step = result
-            if step[0] != 'none':
-                self.driver.execute(self.queue, [step])
-            raise EOFError()
+        except OSError:
+            self.driver.execute(self.queue, [result])
+            raise EOFError() from None
 
     def _grab_loop(self):
         """Pop, run, repeat.  A job's outcome is recorded in the same broker
