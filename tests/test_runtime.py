@@ -7,7 +7,9 @@ queue counters and on ``worker:status --json``.  Every wait polls with a
 deadline; every process is stopped at teardown even when a test fails.
 """
 
+import json
 import os
+import pickle
 import signal
 import time
 
@@ -590,3 +592,60 @@ def test_job_kinds_async_class_instance_import_path_lambda_closure(e2e):
         assert len(e2e.records('start', tag=tag)) == 1, tag
     assert e2e.records('end', tag='async-fn')[0]['kind'] == 'async'
     assert e2e.records('start', tag='closure')[0]['word'] == 'closure'
+
+
+# -- bad payloads already in the broker -------------------------------------------
+
+def _store_raw(queue, payload):
+    """Put a job with this exact payload in the broker, as a foreign writer could."""
+    meta = json.dumps({'c': time.time(), 'n': 'raw', 'x': 0, 't': 0, 'f': 2, 'e': 0})
+    job_id = mpqueue._new_id()
+    mpqueue._get_config()['basics']['driver'].push(queue, [(job_id, meta, payload, 0)])
+    return job_id
+
+
+def test_corrupt_payload_goes_to_failed_and_worker_keeps_going(e2e):
+    pool = e2e.pool(queue_conf()).start()
+    jobs = e2e.import_jobs()
+    workers = set(pool.worker_pids('q'))
+    bad = _store_raw('q', b'MPQ1U this is not a pickle')
+    foreign = _store_raw('q', b'{"json": "from another tool"}')
+    mpqueue.push('q', jobs.ok, args=('after',))
+
+    wait_counts(pool, 10, over=1, failed=2)
+    failed = {info['id']: info for info in mpqueue.failed_jobs('q')}
+    assert set(failed) == {bad, foreign}
+    assert 'cannot be unpickled' in failed[bad]['error_info'][0]
+    assert 'not an mpqueue job' in failed[foreign]['error_info'][0]
+    assert failed[bad]['exec_number'] == 1          # not retried: it can never decode
+    assert len(e2e.records('end', tag='after')) == 1
+    assert set(pool.worker_pids('q')) == workers     # no worker died over it
+
+
+def test_with_a_secret_unsigned_and_tampered_payloads_are_never_unpickled(e2e, tmp_path):
+    marker = tmp_path / 'unpickled'
+    pool = e2e.pool(queue_conf())
+    text = pool.config_path.read_text().replace(
+        "'stop_grace'", "'secret': b'k3y', 'stop_grace'")
+    pool.config_path.write_text(text)
+    e2e.configure(pool)
+    pool.start()
+    jobs = e2e.import_jobs()
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), 'w'))
+
+    body = pickle.dumps({'v': 1, 'job': Evil()})
+    unsigned = _store_raw('q', b'MPQ1U' + body)
+    tampered = _store_raw('q', b'MPQ1S' + b'\0' * 32 + body)
+    signed = mpqueue.push('q', jobs.ok, args=('signed',))
+
+    wait_counts(pool, 10, over=1, failed=2)
+    failed = {info['id']: info for info in mpqueue.failed_jobs('q')}
+    assert set(failed) == {unsigned, tampered}
+    assert 'not signed' in failed[unsigned]['error_info'][0]
+    assert 'signature does not match' in failed[tampered]['error_info'][0]
+    assert not marker.exists()
+    assert signed not in failed
+    assert len(e2e.records('end', tag='signed')) == 1
