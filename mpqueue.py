@@ -850,7 +850,7 @@ local function lost(id, m, err, timeout)
       setmeta(id, m)
       to_head(id)
     end
-  elseif timeout or ((m.d or 0) > 0 and now >= m.d) then
+  elseif timeout then
     m.y = 2
     m.p = 'f'
     setmeta(id, m)
@@ -1277,12 +1277,17 @@ class _RedisWaker:
             self._pubsub = driver._redis().pubsub(ignore_subscribe_messages=True)
             self._pubsub.subscribe(channel)
             self._pubsub.get_message(timeout=0)   # make sure the connection is up
+            # no silent reconnect on another socket: the master re-subscribes itself
+            from redis.backoff import NoBackoff
+            from redis.retry import Retry
+            self._pubsub.connection.retry = Retry(NoBackoff(), 0)
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
             raise DriverError('cannot reach Redis at %s: %s' % (driver.address, exc)) from exc
         self._address = driver.address
 
     def fileno(self):
-        return self._pubsub.connection._sock.fileno()
+        sock = getattr(self._pubsub.connection, '_sock', None)
+        return sock.fileno() if sock is not None else -1
 
     def drain(self):
         import redis
@@ -1504,7 +1509,7 @@ class _SqliteBatch:
                 self.to_failed(rowid, meta)
             else:
                 self.to_head(rowid, meta)
-        elif timeout or ((meta.get('d') or 0) > 0 and self.now >= meta['d']):
+        elif timeout:
             meta['y'] = TYPE_TIMEOUT
             meta['p'] = 'f'
             self.to_head(rowid, meta)
@@ -2035,27 +2040,48 @@ class _Worker:
             raise _StopWorker()
 
     def _distribute_loop(self):
+        ahead = None            # the next job, read before reporting the last one
         while True:
-            msg = _recv(self.conn)
+            msg, ahead = (ahead or _recv(self.conn)), None
             if msg[0] == 'stop':
                 return EXIT_OK
+            if msg[4] is not None:          # a queued job, found while idle
+                if self._too_old(msg):
+                    _send(self.conn, ('skipped', msg[1]))
+                    continue
+                _send(self.conn, ('begun', msg[1]))
             self.busy = True
             result = self._run(msg[1], msg[2], msg[3])
             code = self._after_job()
-            self._report(result, code)
+            begun = None
+            if code is None and not self.stopping and self.conn.poll(0):
+                ahead = _recv(self.conn)
+                if ahead[0] == 'job' and ahead[4] is not None:
+                    if self._too_old(ahead):
+                        begun, ahead = ('skipped', ahead[1]), None
+                    else:
+                        begun, ahead = ahead[1], ahead[:4] + (None,)
+            self._report(result, code, begun)
             self.busy = False
             if code is not None:
                 return code
             if self.stopping:
                 return EXIT_OK
 
-    def _report(self, result, code):
-        """Tell the master how the job ended; if the master is gone, write the
-        result to the broker directly so nothing is lost."""
+    @staticmethod
+    def _too_old(msg):
+        """A job queued behind a slow one is not started once its reservation
+        nears its end: the broker gives it back to the queue instead."""
+        return time.monotonic() - msg[4] > RESERVE_SECONDS * 0.6
+
+    def _report(self, result, code, begun=None):
+        """Tell the master how the job ended (and whether the job queued behind
+        it has begun); if the master is gone, write the result to the broker
+        directly so nothing is lost."""
         try:
-            _send(self.conn, result + (code,))
+            _send(self.conn, result + (code, begun))
         except OSError:
-            self.driver.execute(self.queue, [result])
+            self._execute([result])
             raise EOFError() from None
 
     def _grab_loop(self):
@@ -2065,16 +2091,18 @@ class _Worker:
         while True:
             if self.stopping:
                 if result is not None:
-                    self.driver.execute(self.queue, [result])
+                    self._execute([result])
                     _send(self.conn, ('ran', result[1], None))
                 return EXIT_OK
             self.busy = True
             steps = [result] if result is not None else []
-            got = self.driver.execute(self.queue, steps + [('pop', self.id, self.owner)])[-1]
+            got = self._execute(steps + [('pop', self.id, self.owner)])[-1]
             if result is not None:
                 _send(self.conn, ('ran', result[1], None))
                 result = None
             if not got:
+                if self.stopping:
+                    return EXIT_OK
                 self.busy = False
                 _send(self.conn, ('idle',))
                 msg = _recv(self.conn)          # 'wake' or 'stop'
@@ -2086,9 +2114,29 @@ class _Worker:
             result = self._run(job_id, meta, payload)
             code = self._after_job()
             if code is not None:
-                self.driver.execute(self.queue, [result])
+                self._execute([result])
                 _send(self.conn, ('ran', job_id, code))
                 return code
+
+    def _execute(self, steps):
+        """Run broker steps, waiting out a broker outage with back-off (one
+        log line per outage): a finished job's outcome is never dropped."""
+        delay, down_since = 0.1, None
+        while True:
+            try:
+                out = self.driver.execute(self.queue, steps)
+            except DriverError as exc:
+                if down_since is None:
+                    down_since = time.monotonic()
+                    logger.error('worker %s of queue %r: %s; retrying with back-off',
+                                 self.id, self.queue, exc)
+                time.sleep(delay)
+                delay = min(5.0, delay * 2)
+                continue
+            if down_since is not None:
+                logger.info('worker %s of queue %r: the broker answers again after %.1fs',
+                            self.id, self.queue, time.monotonic() - down_since)
+            return out
 
     def _after_job(self):
         limit = self.qconf['memory_limit']
@@ -2256,7 +2304,7 @@ class _Slot:
     """What a master knows about one of its workers."""
 
     __slots__ = ('pid', 'conn', 'state', 'job_id', 'timeout', 'deadline', 'began', 'since',
-                 'started', 'done', 'stop_sent', 'killed_for', 'woken_at')
+                 'started', 'done', 'stop_sent', 'killed_for', 'woken_at', 'queued')
 
     def __init__(self, pid, conn):
         self.pid = pid
@@ -2272,6 +2320,7 @@ class _Slot:
         self.stop_sent = False
         self.killed_for = None      # 'timeout' / 'stop' when the master killed it
         self.woken_at = 0
+        self.queued = None          # (job id, timeout) sent to it, not started yet
 
 
 class _Master:
@@ -2392,6 +2441,8 @@ class _Master:
             elif tag == 'waker':
                 try:
                     self.waker.drain()
+                    if self.waker.fileno() != key.fd:
+                        raise DriverError('the broker connection was replaced')
                     self.wakes += 1
                     self.maybe_work = True
                     self.next_tick = 0.0
@@ -2460,7 +2511,7 @@ class _Master:
                  'started': self.started, 'uptime': now - self.started}]
         for s in self.slots.values():
             rows.append({'queue': self.queue, 'type': 'worker', 'pid': s.pid,
-                         'state': 'busy' if s.state == 'busy' else 'idle', 'job_id': s.job_id,
+                         'state': 'busy' if s.state in ('busy', 'handed') else 'idle', 'job_id': s.job_id,
                          'done': s.done, 'rss_mb': _rss_mb(s.pid), 'started': s.started,
                          'uptime': now - s.started})
         return rows
@@ -2493,7 +2544,7 @@ class _Master:
         if slot.state in ('gone', 'stopping'):
             return
         slot.stop_sent = True
-        if slot.state == 'busy':
+        if slot.state in ('busy', 'handed'):
             if self.stopping == 'fast':
                 self._kill(slot, 'stop')
             return
@@ -2542,20 +2593,26 @@ class _Master:
         if kind == 'ready':
             slot.state = 'idle'
             slot.since = time.time()
-            self.boot_failures = 0
             if self.stopping or slot.pid in self.reloading:
                 self._stop_worker(slot)
             self._maybe_ready()
             self._dispatch()
         elif kind in ('done', 'retry', 'fail'):
-            self.pending.append(msg[:-1])
-            self._job_finished(slot, exiting=msg[-1] is not None)
+            self.pending.append(msg[:-2])
+            self._job_finished(slot, exiting=msg[-2] is not None, begun=msg[-1])
+        elif kind == 'begun':               # it started the job queued in its pipe
+            self._queued_begun(slot, time.monotonic())
+        elif kind == 'skipped':             # too old to start: the broker takes it back
+            slot.queued, slot.state = None, 'idle'
+            self._idle(slot)
         elif kind == 'run':                 # grab model: the worker popped a job
             slot.state, slot.job_id, slot.timeout = 'busy', msg[1], msg[2]
             slot.began = time.monotonic()
             slot.deadline = time.monotonic() + msg[2] if msg[2] else None
-        elif kind == 'ran':
+        elif kind == 'ran':                 # grab model: it goes on popping by itself
             self._job_finished(slot, exiting=msg[2] is not None)
+            if slot.state == 'idle':
+                slot.state = 'busy-grab'
         elif kind == 'idle':               # grab model: the worker found the queue empty
             slot.state = 'idle'
             if self.stopping or slot.pid in self.reloading:
@@ -2565,15 +2622,36 @@ class _Master:
             else:
                 self.maybe_work = False
 
-    def _job_finished(self, slot, exiting=False):
-        took = time.monotonic() - slot.began
+    def _job_finished(self, slot, exiting=False, begun=None):
+        self.boot_failures = 0          # workers can boot and run jobs: no back-off
+        now = time.monotonic()
+        took = now - slot.began
         self.avg_job = took if self.avg_job is None else 0.8 * self.avg_job + 0.2 * took
         slot.state, slot.job_id, slot.deadline = 'idle', None, None
         slot.done += 1
         slot.since = time.time()
         if exiting:                     # over memory_limit: it exits by itself
             slot.state, slot.stop_sent = 'stopping', True
-        elif self.stopping or slot.pid in self.reloading:
+            if slot.queued is not None:     # it will never read that one
+                self.pending.append(('requeue', slot.queued[0]))
+                slot.queued = None
+        elif isinstance(begun, str):
+            self._queued_begun(slot, now)
+        elif begun is not None:         # ('skipped', id): the broker takes it back
+            slot.queued = None
+            self._idle(slot)
+        elif slot.queued is not None:   # not read yet: 'begun' or 'skipped' follows
+            slot.state = 'handed'
+        else:
+            self._idle(slot)
+
+    def _queued_begun(self, slot, now):
+        job_id, timeout = slot.queued
+        slot.queued = None
+        self._started(slot, job_id, timeout, now)
+
+    def _idle(self, slot):
+        if self.stopping or slot.pid in self.reloading:
             self._stop_worker(slot)
         else:
             self._dispatch()
@@ -2619,6 +2697,9 @@ class _Master:
 
     def _worker_gone(self, slot, status):
         how = _describe_exit(status)
+        if slot.queued is not None:     # handed but never started: back to the head
+            self.pending.append(('requeue', slot.queued[0]))
+            slot.queued = None
         if slot.job_id is not None:
             if slot.killed_for == 'stop':
                 self.pending.append(('requeue', slot.job_id))
@@ -2634,13 +2715,16 @@ class _Master:
                              slot.pid, self.queue, 'was killed at the timeout' if timed_out
                              else how, slot.job_id)
         code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
-        if code == EXIT_BOOT_ERROR or (slot.state == 'booting' and not slot.stop_sent):
+        short_lived = time.time() - slot.started < 2 and slot.killed_for is None and \
+            code not in (EXIT_OK, EXIT_MEMORY)
+        if code == EXIT_BOOT_ERROR or short_lived or (slot.state == 'booting'
+                                                       and not slot.stop_sent):
             self.boot_failures += 1
             delay = min(60.0, 0.5 * 2 ** (self.boot_failures - 1))
             self.spawn_after = time.monotonic() + delay
-            logger.error('worker of queue %r could not boot (%s); backing off %.1fs before '
-                         'forking again (failure %d in a row)', self.queue, how, delay,
-                         self.boot_failures)
+            logger.error('worker of queue %r could not boot or died at once (%s); backing off '
+                         '%.1fs before forking again (failure %d in a row)', self.queue, how,
+                         delay, self.boot_failures)
         else:
             reason = {'timeout': 'was killed at its job\'s timeout',
                       'stop': 'was killed at the end of the stop grace period'}.get(
@@ -2686,6 +2770,9 @@ class _Master:
         if self.broker_down_since is not None and now < self.next_tick:
             return
         self._expire_buffer(now)
+        tick = now >= self.next_tick
+        if tick:        # a periodic look: a wake-up may have been missed (broker away)
+            self.maybe_work = True
         want = 0
         if not self.stopping and self.maybe_work:
             idle = [s for s in self.slots.values() if s.state == 'idle']
@@ -2694,7 +2781,6 @@ class _Master:
                     self._wake_grab(slot)
             else:
                 want = max(0, len(idle) + self._prefetch() - len(self.buffer))
-        tick = now >= self.next_tick
         renew = now >= self.next_renew and any(s.state == 'busy' for s in self.slots.values())
         if not (tick or renew or self._flush_due(now, want)):
             return
@@ -2759,29 +2845,47 @@ class _Master:
             self.pending.append(('requeue', job_id))
 
     def _dispatch(self):
-        """Hand buffered jobs to idle workers; the start steps go to the broker
-        with the next round trip."""
+        """Hand buffered jobs to idle workers (their start steps go to the
+        broker with the next round trip) and, while jobs are short, one more
+        to each busy worker, queued in its pipe: it starts that one the moment
+        it finishes, without waiting for the master.  A queued job counts as
+        reserved until its worker starts it; a worker does not start one that
+        waited long enough for its reservation to near its end."""
         if not self.buffer or self.stopping:
             return
         now = time.monotonic()
         for slot in self.slots.values():
-            if slot.state != 'idle':
-                continue
+            if slot.state == 'idle':
+                self._hand(slot, now, queued=False)
             if not self.buffer:
-                break
-            job_id, raw_meta, payload, _ = self.buffer.popleft()
-            meta = _meta_dict(raw_meta)
-            if meta.get('p') != 'f':
-                meta['x'] = meta.get('x', 0) + 1
-            meta['s'], meta['w'] = time.time(), '%s:%d' % (_HOST, slot.pid)
-            timeout = meta.get('t') or 0
-            slot.state, slot.job_id, slot.timeout, slot.began = 'busy', job_id, timeout, now
-            slot.deadline = now + timeout if timeout else None
-            self.pending.append(('start', job_id, meta['w'], self.owner))
-            try:
-                _send(slot.conn, ('job', job_id, meta, payload))
-            except OSError:
-                pass    # the worker is dying: _reap() will recover the job
+                return
+        if self.avg_job is None or self.avg_job > 0.01:
+            return
+        for slot in self.slots.values():
+            if slot.state == 'busy' and slot.queued is None and slot.pid not in self.reloading:
+                self._hand(slot, now, queued=True)
+                if not self.buffer:
+                    return
+
+    def _hand(self, slot, now, queued):
+        job_id, raw_meta, payload, reserved_at = self.buffer.popleft()
+        meta = _meta_dict(raw_meta)
+        if meta.get('p') != 'f':
+            meta['x'] = meta.get('x', 0) + 1
+        meta['s'], meta['w'] = time.time(), '%s:%d' % (_HOST, slot.pid)
+        if queued:
+            slot.queued = (job_id, meta.get('t') or 0)
+        else:
+            self._started(slot, job_id, meta.get('t') or 0, now)
+        try:
+            _send(slot.conn, ('job', job_id, meta, payload, reserved_at if queued else None))
+        except OSError:
+            pass    # the worker is dying: _reap() will recover the job
+
+    def _started(self, slot, job_id, timeout, now):
+        slot.state, slot.job_id, slot.timeout, slot.began = 'busy', job_id, timeout, now
+        slot.deadline = now + timeout if timeout else None
+        self.pending.append(('start', job_id, '%s:%d' % (_HOST, slot.pid), self.owner))
 
 
 def _master_main(config, qconf, control, close_fds):

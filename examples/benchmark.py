@@ -12,17 +12,22 @@ real pool started with ``python -m mpqueue_cli worker:start --config FILE``
 in its own session.  It writes that config file and the job bodies
 (``mpqbench_jobs.py``) into a temporary directory, which also holds the pool's
 log (``mpqbench.log``) and, for SQLite, the broker file.  The directory is
-deleted at the end unless something went wrong (or ``--keep``).
+deleted at the end unless something went wrong (or ``--keep``).  The queue
+is named ``bench-<pid of the benchmark>``; on Redis its keys (prefix
+``--redis-prefix``) are emptied with ``mpqueue.clean`` at the end and the
+benchmark's own record keys deleted.
 
 Workloads (``--only`` selects some of them, comma-separated):
 
   push       N no-op jobs, one ``mpqueue.push`` each, no pool running
   push_many  the same N jobs in one ``push_many`` call
   drain      N jobs queued (``push_many`` in chunks of 1000), then the pool is
-             started; every job records its execution (Redis: a pipelined
-             SETBIT + INCR; SQLite: one line appended to a per-worker file).
-             Reports jobs/s from the first to the last execution and from the
-             pool's start to the last execution, and lost / duplicated jobs
+             started; every job records its execution (Redis: SETBIT + INCR
+             and its time in one pipeline; SQLite: one line appended to a
+             per-worker file).  Reports jobs/s from the first to the last
+             execution and from the pool's start to the last execution, and
+             lost (never ran: the wait ends when no job ran for 30 s) and
+             duplicated (ran more than once) jobs
   latency    pool idle and ready; 300 jobs pushed at 100/s; each records
              time.time() minus its push time: p50 / p99 / max
   delayed    100 jobs with delay=0.5, 20 ms apart; each records how late it
@@ -80,6 +85,7 @@ PUSH_CHUNK = 1000
 LATENCY_JOBS, LATENCY_RATE = 300, 100.0
 DELAYED_JOBS, DELAYED_DELAY, DELAYED_GAP = 100, 0.5, 0.020
 PROBE_SECONDS = 0.1
+STALL_SECONDS = 30          # drain gives up when no job ran for that long
 STOP_GRACE = 5              # basics.stop_grace of the generated config
 SCALING_WORKERS = (1, 2, 4, 8)
 CLK_TCK = os.sysconf('SC_CLK_TCK')
@@ -183,10 +189,6 @@ class Pool:
         _RUNNING_POOLS.add(self)
         return self
 
-    @property
-    def pid(self):
-        return self.proc.pid
-
     def tree(self):
         procs = process_tree(self.proc.pid)
         for pid, st in procs.items():
@@ -223,8 +225,7 @@ class Pool:
             deadline = t0 + grace
             while time.monotonic() < deadline:
                 exited = self.proc.poll() is not None
-                if not exited:
-                    self.tree()
+                self.tree()     # the session still finds children the manage process left
                 if exited and not self._alive_seen():
                     break
                 time.sleep(0.02)
@@ -317,20 +318,17 @@ def noop():
     """push and push_many: the job does nothing."""
 
 
-def drain(i, n):
-    """Job i of n: a little work, then record that it ran."""
+def drain(i):
+    """Job number i: a little work, then record that it ran."""
     started = time.time()
     sum(range(64))
-    if REDIS:
-        client = _sink()
-        pipe = client.pipeline(transaction=False)
+    if REDIS:   # one round trip
+        pipe = _sink().pipeline(transaction=False)
         pipe.setbit(KEY + 'seen', i, 1)
         pipe.incr(KEY + 'count')
-        count = pipe.execute()[1]
-        if count == 1:
-            client.set(KEY + 'first', repr(started))
-        if count >= n:
-            client.set(KEY + 'last', repr(time.time()))
+        pipe.set(KEY + 'first', repr(started), nx=True)
+        pipe.set(KEY + 'last', repr(time.time()))
+        pipe.execute()
     else:
         _line('d %d %r %r\\n' % (i, started, time.time()))
 
@@ -559,15 +557,19 @@ class Workdir:
         self.queues_used.add(self.queue)
 
     def log_tail(self, lines=40):
-        out = []
+        """The end of the pool's log, and what else it printed (tracebacks...)."""
+        out, logged = [], set()
         for name in (POOL_NAME + '.log', 'pool.out'):
             try:
                 with open(self.path(name), errors='replace') as f:
-                    tail = f.readlines()[-lines:]
+                    text = [line for line in f if line not in logged]
             except OSError:
                 continue
-            out.append('--- %s (last %d lines) ---\n%s' % (self.path(name), len(tail),
-                                                          ''.join(tail)))
+            logged.update(text)
+            if text:
+                out.append('--- %s (last %d lines%s) ---\n%s' % (
+                    self.path(name), min(lines, len(text)),
+                    ', not in the log' if name == 'pool.out' else '', ''.join(text[-lines:])))
         return ''.join(out) or '(no log written)'
 
     def close(self, problems):
@@ -646,10 +648,10 @@ def run_drain(wd, pool, n, problems):
     mpqueue.clean(wd.queue)
     wd.records.start_drain(n)
     for lo in range(0, n, PUSH_CHUNK):
-        mpqueue.push_many(wd.queue, [functools.partial(wd.jobs.drain, i, n)
+        mpqueue.push_many(wd.queue, [functools.partial(wd.jobs.drain, i)
                                      for i in range(lo, min(n, lo + PUSH_CHUNK))])
     pool.start()
-    # Allow 50 jobs/s at worst, and give up early when nothing moves for a minute.
+    # Allow 50 jobs/s at worst, and give up early when nothing moves for STALL_SECONDS.
     began = time.monotonic()
     deadline = began + 60 + n / 50.0
     progress, moved = 0, began
@@ -661,7 +663,7 @@ def run_drain(wd, pool, n, problems):
         if done != progress:
             progress, moved = done, now
         pool.check_alive()
-        if now >= deadline or now - moved > 60:
+        if now >= deadline or now - moved > STALL_SECONDS:
             problems.append('drain: only %d of %d jobs ran within %.0f s' % (
                 done, n, now - began))
             break
@@ -673,10 +675,13 @@ def run_drain(wd, pool, n, problems):
         status.update(mpqueue.status(wd.queue))
         return status['over'] >= n and status['waiting'] == 0 and status['working'] == 0
 
-    try:
-        deadline_wait(settled, 15, 'status() to report %d jobs over' % n, pool=pool)
-    except BenchmarkError:
-        problems.append('drain: status() still says %s after every job ran' % (status,))
+    if done >= n:
+        try:
+            deadline_wait(settled, 15, 'status() to report %d jobs over' % n, pool=pool)
+        except BenchmarkError:
+            problems.append('drain: status() still says %s after every job ran' % (status,))
+    else:
+        settled()
     time.sleep(0.2)     # a late duplicate would show up now
     rec = wd.records.drain_result()
     result = {'jobs': n, 'done': rec['distinct'], 'executions': rec['executions'],
@@ -688,8 +693,8 @@ def run_drain(wd, pool, n, problems):
         result['wall_seconds'] = rec['last'] - pool.started_at
         result['wall_jobs_per_s'] = rec['distinct'] / result['wall_seconds']
     if result['lost'] or result['duplicated']:
-        problems.append('drain: %d job(s) lost, %d duplicated' % (result['lost'],
-                                                                 result['duplicated']))
+        problems.append('drain: %d job(s) never ran, %d ran twice; status() says %s' % (
+            result['lost'], result['duplicated'], status))
     if status.get('failed'):
         problems.append('drain: %d job(s) in the failed list' % status['failed'])
     return result
@@ -933,7 +938,7 @@ def run_scaling(args):
                     runs.append({'driver': driver, 'model': model, 'workers': workers,
                                  'drain': result, 'stop': stop})
                     if not args.json:
-                        print('%-6s %-10s %d worker(s): %s jobs/s, lost %s, duplicated %s, '
+                        print('%-6s %-10s %d worker(s): %s jobs/s, not run %s, ran twice %s, '
                               'pool stopped in %s s%s' % (
                                   driver, model, workers, fmt(result.get('jobs_per_s')),
                                   result.get('lost', '?'), result.get('duplicated', '?'),
@@ -962,12 +967,24 @@ def scaling_markdown(report):
         cells = []
         for w in SCALING_WORKERS:
             d = by_workers.get(w) or {}
-            cell = fmt(d.get('jobs_per_s'))
-            if d.get('lost') or d.get('duplicated'):
-                cell += ' (lost %d, dup %d)' % (d['lost'], d['duplicated'])
+            if not d:
+                cell = 'failed'
+            elif d['lost']:
+                cell = 'stalled: %s of %s ran' % (fmt(d['done']), fmt(d['jobs']))
+            else:
+                cell = fmt(d.get('jobs_per_s'))
+            if d.get('duplicated'):
+                cell += ' (%d ran twice)' % d['duplicated']
             cells.append(cell)
         lines.append('| %s | %s | %s |' % (driver, model, ' | '.join(cells)))
     return '\n'.join(lines)
+
+
+def complete_rate(drain):
+    """jobs/s of a drain run in which every job ran, else None."""
+    if not drain or drain.get('lost'):
+        return None
+    return drain.get('jobs_per_s')
 
 
 def nice_ceiling(value):
@@ -984,10 +1001,11 @@ def nice_ceiling(value):
 
 
 def scaling_svg(report):
-    width, height = 760, 460
-    left, right, top, bottom = 80, 190, 64, 64
+    width, height = 800, 460
+    left, right, top, bottom = 80, 230, 64, 64
     pw, ph = width - left - right, height - top - bottom
-    rates = [run['drain'].get('jobs_per_s') or 0 for run in report['runs']]
+    rates = [complete_rate(run['drain']) or 0 for run in report['runs']]
+    incomplete = sum(1 for run in report['runs'] if complete_rate(run['drain']) is None)
     ymax, ystep = nice_ceiling(max(rates + [1]) * 1.05)
 
     def x(i):
@@ -1030,7 +1048,7 @@ def scaling_svg(report):
     series = collections.OrderedDict()
     for run in report['runs']:
         series.setdefault((run['driver'], run['model']), {})[run['workers']] = \
-            run['drain'].get('jobs_per_s')
+            complete_rate(run['drain'])
     for k, ((driver, model), by_workers) in enumerate(series.items()):
         color = colors.get(driver, '#333')
         points = [(x(i), y(by_workers[w])) for i, w in enumerate(SCALING_WORKERS)
@@ -1046,6 +1064,9 @@ def scaling_svg(report):
                    % (lx, lx + 34, ly, ly, color, dashes.get(model, '')))
         out.append('<text x="%d" y="%d">%s</text>' % (lx + 42, ly + 4,
                                                       escape('%s, %s' % (driver, model))))
+    if incomplete:
+        out.append('<text x="%d" y="%d" fill="#c8372d">%d run(s) did not finish: not '
+                   'plotted</text>' % (left, height - 2, incomplete))
     out.append('</svg>')
     return '\n'.join(out) + '\n'
 
