@@ -72,6 +72,11 @@ try:  # optional: nicer process names in ps/top
 except ImportError:  # pragma: no cover - depends on the environment
     _setproctitle = None
 
+try:  # optional: packs Redis commands in C
+    from hiredis import pack_command as _hiredis_pack
+except ImportError:  # pragma: no cover - depends on the environment
+    _hiredis_pack = None
+
 __version__ = '0.1.0'
 
 __all__ = [
@@ -1251,6 +1256,8 @@ class RedisDriver(_Driver):
 
 def _pack_command(args):
     """A command in the Redis protocol (RESP), as one bytes object."""
+    if _hiredis_pack is not None:
+        return _hiredis_pack(args)
     out = [b'*%d\r\n' % len(args)]
     for arg in args:
         if isinstance(arg, str):
