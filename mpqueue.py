@@ -63,6 +63,7 @@ import sysconfig
 import threading
 import time
 import traceback
+import types
 from multiprocessing.connection import Pipe
 
 import cloudpickle
@@ -341,7 +342,7 @@ def _is_number(value):
 def _check_number(path, value, minimum, integer=False):
     kind = 'an int' if integer else 'a number'
     ok = (isinstance(value, int) and not isinstance(value, bool)) if integer else _is_number(value)
-    if not ok or value < minimum or value != value:
+    if not ok or value < minimum or value != value or value == float('inf'):
         raise ConfigError('%s must be %s >= %s, got %r' % (path, kind, minimum, value))
     return value
 
@@ -542,6 +543,21 @@ def _check_job(queue, job):
                         '"pkg.module:attr", got %r' % (queue, job))
 
 
+_PLAIN = frozenset((int, float, str, bytes, bool, type(None)))
+
+
+def _by_reference(job, args, kwargs):
+    """True when the standard pickle gives the same bytes as cloudpickle (and
+    is several times faster): an import path, or a module-level function of an
+    importable module, with arguments of plain types."""
+    if not (isinstance(job, str) or (type(job) is types.FunctionType and '<' not in
+                                     job.__qualname__ and job.__module__ != '__main__'
+                                     and job.__module__ in sys.modules)):
+        return False
+    return all(type(a) in _PLAIN for a in args) and \
+        (not kwargs or all(type(v) in _PLAIN for v in kwargs.values()))
+
+
 def _encode(queue, job, args, kwargs, secret, max_payload):
     """Pickle a job into its wire envelope::
 
@@ -557,7 +573,10 @@ def _encode(queue, job, args, kwargs, secret, max_payload):
     if kwargs:
         body['kwargs'] = dict(kwargs)
     try:
-        data = cloudpickle.dumps(body, protocol=pickle.HIGHEST_PROTOCOL)
+        if _by_reference(job, args, kwargs):
+            data = pickle.dumps(body, protocol=pickle.HIGHEST_PROTOCOL)
+        else:
+            data = cloudpickle.dumps(body, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as exc:
         raise SerializationError('job %s for queue %r cannot be pickled: %s: %s' % (
             _job_name(job), queue, type(exc).__name__, exc)) from exc
@@ -633,8 +652,8 @@ _id_counter = iter(range(1 << 62))
 def _new_id():
     """Job ids sort by creation time within a process: 12 hex digits of
     milliseconds, 4 of a per-process counter, then 6 random ones."""
-    return '%012x%04x%s' % (int(time.time() * 1000), next(_id_counter) & 0xffff,
-                            os.urandom(3).hex())
+    return '%012x%04x%06x' % (int(time.time() * 1000), next(_id_counter) & 0xffff,
+                              random.getrandbits(24))
 
 
 ###############################################################################
@@ -3412,14 +3431,16 @@ def push_many(queue, jobs, delay=0, *, args=(), kwargs=None, timeout=None, fail_
     entries = []
     for job in jobs:
         _check_job(queue, job)
-        meta = {'c': now, 'n': _job_name(job), 'x': 0,
-                't': _check_number('timeout', _job_setting('timeout', timeout, job, qconf), 0),
-                'f': _check_number('fail_number', _job_setting(
-                    'fail_number', fail_number, job, qconf), 0, integer=True),
-                'e': _check_number('fail_expire', _job_setting(
-                    'fail_expire', fail_expire, job, qconf), 0)}
+        settings = [_job_setting(name, given, job, qconf) for name, given in (
+            ('timeout', timeout), ('fail_number', fail_number), ('fail_expire', fail_expire))]
+        if settings != [qconf['timeout'], qconf['fail_number'], qconf['fail_expire']]:
+            _check_number('timeout', settings[0], 0)
+            _check_number('fail_number', settings[1], 0, integer=True)
+            _check_number('fail_expire', settings[2], 0)
+        meta = '{"c":%r,"n":%s,"x":0,"t":%r,"f":%d,"e":%r}' % (
+            now, json.dumps(_job_name(job)), settings[0], settings[1], settings[2])
         payload = _encode(queue, job, args, kwargs, basics['secret'], basics['max_payload'])
-        entries.append((_new_id(), json.dumps(meta, separators=(',', ':')), payload, delay))
+        entries.append((_new_id(), meta, payload, delay))
     if entries:
         basics['driver'].push(queue, entries)
     return [e[0] for e in entries]

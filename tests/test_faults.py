@@ -35,7 +35,7 @@ import pytest
 import redis
 
 import mpqueue
-from pool_harness import E2E, alive, queue_conf, wait_for
+from pool_harness import E2E, Src, alive, queue_conf, wait_for
 from redis_server import RedisServer, free_port
 
 MODELS = [mpqueue.MODEL_DISTRIBUTE, mpqueue.MODEL_GRAB]
@@ -100,12 +100,14 @@ class FaultE2E(E2E):
 
     broker_url = None
     broker_kwargs = None
+    broker_prefix = None        # the key prefix on the private broker (default: the test's)
 
     def driver_source(self):
         if self.broker_url is None:
             return super().driver_source()
         extra = ''.join(', %s=%r' % kv for kv in sorted((self.broker_kwargs or {}).items()))
-        return 'mpqueue.RedisDriver(url=%r, prefix=%r%s)' % (self.broker_url, self.prefix, extra)
+        return 'mpqueue.RedisDriver(url=%r, prefix=%r%s)' % (
+            self.broker_url, self.broker_prefix or self.prefix, extra)
 
     @property
     def exec_key(self):

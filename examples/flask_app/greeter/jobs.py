@@ -1,0 +1,42 @@
+"""Jobs of the greeter app, and the app each worker keeps for them."""
+import os
+
+from flask import current_app
+
+import mpqueue
+
+#: The worker's app, built once per worker by ``init_worker`` (its
+#: ``worker_start_handle``), not once per job.
+app = None
+
+
+def init_worker():
+    global app
+    from . import create_app
+    app = create_app()
+
+
+def _app():
+    if app is None:        # run outside a pool (a test calling handle() directly)
+        init_worker()
+    return app
+
+
+class Greet(mpqueue.Job):
+    """Greets someone with the app's ``GREETING`` and appends the line to the
+    app's ``GREETINGS_FILE``."""
+
+    timeout = 30
+
+    def __init__(self, name):
+        self.name = name
+
+    def handle(self):
+        # Inside an app context, as in a request: current_app, extensions
+        # (a database session, say) and app.config work as in a view.
+        with _app().app_context():
+            line = '%s, %s!' % (current_app.config['GREETING'], self.name)
+            path = current_app.config['GREETINGS_FILE']
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            with open(path, 'a', encoding='utf-8') as f:
+                f.write(line + '\n')
