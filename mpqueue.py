@@ -64,7 +64,6 @@ import threading
 import time
 import traceback
 import types
-from multiprocessing.connection import Pipe
 
 import cloudpickle
 
@@ -2009,12 +2008,90 @@ class _SqliteWaker:
 ###############################################################################
 
 
+_LENGTH = struct.Struct('!I')
+
+
+class _Channel:
+    """One end of a socketpair between two mpqueue processes, carrying pickled
+    messages, each framed by a 4-byte length.  Reads are buffered: one
+    ``recv()`` takes every message that has arrived, so a master serving many
+    workers makes one system call for several of them."""
+
+    __slots__ = ('sock', 'buf')
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.buf = bytearray()
+
+    @classmethod
+    def pair(cls):
+        a, b = socket.socketpair()
+        return cls(a), cls(b)
+
+    def fileno(self):
+        return self.sock.fileno()
+
+    def close(self):
+        self.sock.close()
+
+    def send(self, msg):
+        data = pickle.dumps(msg, pickle.HIGHEST_PROTOCOL)
+        self.sock.sendall(_LENGTH.pack(len(data)) + data)
+
+    def _frame(self):
+        """The next whole message in the buffer, or None."""
+        buf = self.buf
+        if len(buf) < 4:
+            return None
+        end = 4 + _LENGTH.unpack_from(buf)[0]
+        if len(buf) < end:
+            return None
+        msg = pickle.loads(bytes(buf[4:end]))
+        del buf[:end]
+        return msg
+
+    def _fill(self):
+        chunk = self.sock.recv(262144)
+        if not chunk:
+            raise EOFError('the other process closed the channel')
+        self.buf += chunk
+
+    def recv(self):
+        """The next message, waiting for it."""
+        while True:
+            msg = self._frame()
+            if msg is not None:
+                return msg
+            self._fill()
+
+    def recv_ready(self):
+        """Every message that can be read now: the whole ones already buffered,
+        else what one read brings (call it when the socket is readable)."""
+        msg = self._frame()
+        if msg is None:
+            self._fill()
+            out = []
+        else:
+            out = [msg]
+        while True:
+            msg = self._frame()
+            if msg is None:
+                return out
+            out.append(msg)
+
+    def poll(self, timeout=0):
+        """True when a message (or part of one) is waiting."""
+        if len(self.buf) >= 4 and len(self.buf) >= 4 + _LENGTH.unpack_from(self.buf)[0]:
+            return True
+        return bool(select.select([self.sock], [], [], timeout)[0])
+
+
 def _send(conn, msg):
-    conn.send_bytes(pickle.dumps(msg, pickle.HIGHEST_PROTOCOL))
+    conn.send(msg)
 
 
 def _recv(conn):
-    return pickle.loads(conn.recv_bytes())
+    return conn.recv()
 
 
 class _Worker:
@@ -2515,13 +2592,17 @@ class _Master:
 
     def _read_control(self):
         try:
-            msg = _recv(self.control)
+            messages = self.control.recv_ready()
         except (EOFError, OSError):
             # the manage process is gone: stop gracefully, nobody would restart us
             self.sel.unregister(self.control)
             logger.warning('master of queue %r: the manage process went away; stopping', self.queue)
             self._stop('graceful')
             return
+        for msg in messages:
+            self._on_control(msg)
+
+    def _on_control(self, msg):
         if msg[0] == 'stop':
             self._stop(msg[1])
         elif msg[0] == 'reload':
@@ -2596,7 +2677,7 @@ class _Master:
             self._spawn()
 
     def _spawn(self):
-        parent_conn, child_conn = Pipe(duplex=True)
+        parent_conn, child_conn = _Channel.pair()
         close_fds = [s.conn.fileno() for s in self.slots.values()]
         close_fds += [parent_conn.fileno(), self.control.fileno()] + list(self.manage_fds)
         close_fds += [key.fd for key in self.sel.get_map().values()
@@ -2611,10 +2692,15 @@ class _Master:
 
     def _read_worker(self, slot):
         try:
-            msg = _recv(slot.conn)
+            messages = slot.conn.recv_ready()
         except (EOFError, OSError):
             self._forget_conn(slot)
             return
+        for msg in messages:
+            if slot.state != 'gone':
+                self._on_message(slot, msg)
+
+    def _on_message(self, slot, msg):
         kind = msg[0]
         if kind == 'ready':
             slot.state = 'idle'
@@ -3124,7 +3210,7 @@ class _Manager:
         return max(0.0, min(when) - time.monotonic())
 
     def _spawn(self, qconf):
-        parent_conn, child_conn = Pipe(duplex=True)
+        parent_conn, child_conn = _Channel.pair()
         close_fds = [m['conn'].fileno() for m in self.masters.values()]
         close_fds += [parent_conn.fileno()] + [k.fd for k in self.sel.get_map().values()]
         if self.ready_fd is not None:
@@ -3140,13 +3226,17 @@ class _Manager:
         if info is None:
             return
         try:
-            msg = _recv(info['conn'])
+            messages = info['conn'].recv_ready()
         except (EOFError, OSError):
             try:
                 self.sel.unregister(info['conn'])
             except (KeyError, ValueError):
                 pass
             return
+        for msg in messages:
+            self._on_master_message(info, msg)
+
+    def _on_master_message(self, info, msg):
         if msg[0] == 'ready':
             info['ready'] = True
             self.backoff.pop(info['queue']['name'], None)
