@@ -1238,26 +1238,58 @@ class RedisDriver(_Driver):
         conn = getattr(local, 'conn', None)
         if conn is None or local.pid != os.getpid():
             conn = local.conn = client.connection_pool.make_connection()
-            local.pid, local.used = os.getpid(), 0.0
+            local.pid, local.used, local.reader = os.getpid(), 0.0, _new_reader()
         elif time.monotonic() - local.used > 1.0 and conn._sock is not None and \
                 select.select([conn._sock], [], [], 0)[0]:
-            conn.disconnect()           # the server closed it while it was idle: reconnect
+            self._drop(conn)            # the server closed it while it was idle: reconnect
         local.used = time.monotonic()
         try:
-            conn.send_packed_command([packed], check_health=False)
+            self._send_packed(conn, packed)
         except (redis.exceptions.ConnectionError, OSError):
-            conn.disconnect()           # nothing was sent: safe to try once more
-            conn.send_packed_command([packed], check_health=False)
+            self._drop(conn)            # nothing was sent: safe to try once more
+            self._send_packed(conn, packed)
         try:
-            return conn.read_response()
+            return self._read(conn)
         except redis.exceptions.NoScriptError:
-            conn.send_command('SCRIPT', 'LOAD', _LUA_OPS)
-            conn.read_response()
-            conn.send_packed_command([packed], check_health=False)
-            return conn.read_response()
+            self._send_packed(conn, _pack_command(('SCRIPT', 'LOAD', _LUA_OPS)))
+            self._read(conn)
+            self._send_packed(conn, packed)
+            return self._read(conn)
         except BaseException:
-            conn.disconnect()
+            self._drop(conn)
             raise
+
+    @staticmethod
+    def _send_packed(conn, packed):
+        if conn._sock is None:
+            conn.connect()              # AUTH, SELECT, TLS: redis-py's business
+        conn._sock.sendall(packed)
+
+    def _drop(self, conn):
+        conn.disconnect()
+        self._local.reader = _new_reader()
+
+    def _read(self, conn):
+        """The reply to the command just sent: hiredis parsing the socket
+        directly when it is installed, else redis-py's own parser."""
+        import redis
+        reader = self._local.reader
+        if reader is None:
+            return conn.read_response()
+        while True:
+            reply = reader.gets()
+            if reply is not False:
+                break
+            chunk = conn._sock.recv(65536)
+            if not chunk:
+                raise redis.exceptions.ConnectionError('Connection closed by server.')
+            reader.feed(chunk)
+        if isinstance(reply, Exception):
+            text = str(reply)
+            if text.startswith('NOSCRIPT'):
+                raise redis.exceptions.NoScriptError(text)
+            raise redis.exceptions.ResponseError(text)
+        return reply
 
     def waker(self, queue):
         return _RedisWaker(self, self._channel(queue))
@@ -1270,6 +1302,14 @@ class RedisDriver(_Driver):
         if self._client is not None and self._pid == os.getpid():
             self._client.close()
         self._client = None
+
+
+def _new_reader():
+    try:
+        import hiredis
+    except ImportError:
+        return None
+    return hiredis.Reader()
 
 
 def _pack_command(args):
