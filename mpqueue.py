@@ -2843,9 +2843,20 @@ class _Master:
             if slot is None:
                 continue
             self._forget_conn(slot)
+            self._read_last_words(slot)
             slot.conn.close()
             self.reloading.discard(pid)
             self._worker_gone(slot, status)
+
+    def _read_last_words(self, slot):
+        """What a dead worker wrote before it died (a job it started, a result)
+        is still in the channel: read it, so its job is recovered at once."""
+        try:
+            while True:
+                for msg in slot.conn.recv_ready():
+                    self._on_message(slot, msg)
+        except (EOFError, OSError):
+            pass
 
     def _worker_gone(self, slot, status):
         how = _describe_exit(status)
@@ -2868,7 +2879,7 @@ class _Master:
                              else how, slot.job_id)
         code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
         short_lived = time.time() - slot.started < 2 and slot.killed_for is None and \
-            code not in (EXIT_OK, EXIT_MEMORY)
+            code not in (EXIT_OK, EXIT_MEMORY) and slot.job_id is None
         if code == EXIT_BOOT_ERROR or short_lived or (slot.state == 'booting'
                                                        and not slot.stop_sent):
             self.boot_failures += 1
