@@ -594,3 +594,70 @@ class E2E:
 def percentile(values, fraction):
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
+
+
+# -- example projects (Django, Flask) ----------------------------------------------
+
+class ExamplePool:
+    """An example project's own pool: ``mpqueue_cli.py worker:start --config``
+    on the project's ``mpqueue_config.py``, with the environment the test
+    shares with it; output to a file under ``tmp``, the log under
+    ``env['MPQ_RUN_DIR']``."""
+
+    def __init__(self, reaper, config, pool_name, tmp, env):
+        self.reaper, self.config, self.pool_name = reaper, config, pool_name
+        self.tmp, self.env = Path(tmp), env
+        self.out_path = self.tmp / 'pool.out'
+        self.proc = None
+
+    def start(self):
+        env = dict(os.environ)
+        env.pop('MPQUEUE_CONFIG', None)
+        env.update(self.env)
+        env['PYTHONUNBUFFERED'] = '1'
+        with open(self.out_path, 'ab') as out:
+            self.proc = self.reaper.popen(
+                [sys.executable, str(CLI), 'worker:start', '--config', str(self.config)],
+                cwd=str(REPO), env=env, stdout=out, stderr=subprocess.STDOUT)
+        return self
+
+    def check_running(self):
+        if self.proc.poll() is not None:
+            raise AssertionError('the pool exited with %s\n%s' % (
+                self.proc.returncode, self.diagnostics()))
+
+    def diagnostics(self):
+        log = Path(self.env['MPQ_RUN_DIR']) / (self.pool_name + '.log')
+        parts = []
+        for label, path in (('output', self.out_path), ('log', log)):
+            try:
+                text = path.read_text(errors='replace')
+            except OSError:
+                text = '(none)'
+            parts.append('--- pool %s (%s) ---\n%s' % (label, path, text[-4000:]))
+        return '\n'.join(parts)
+
+    def stop(self):
+        """SIGTERM the manage process (graceful stop) and wait for it; the
+        reaper SIGKILLs anything left at teardown."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            self.reaper.add(psutil.Process(self.proc.pid))   # remember its children
+        except psutil.NoSuchProcess:
+            pass
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def delete_keys(url, prefix):
+    """Delete every key of ``prefix`` (an example project's broker keys)."""
+    client = redis.Redis.from_url(url)
+    try:
+        for key in client.scan_iter(match=prefix + '*', count=1000):
+            client.delete(key)
+    finally:
+        client.close()

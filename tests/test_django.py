@@ -8,23 +8,17 @@ client, and waits until the row the job wrote through the ORM is there.
 Broker: the test Redis, under a key prefix of the test's own.
 """
 
-import os
-import signal
-import subprocess
 import sys
 import uuid
 from pathlib import Path
 
-import psutil
 import pytest
-import redis
 
-from pool_harness import alive, wait_for
+from pool_harness import ExamplePool, alive, delete_keys, wait_for
 
 django = pytest.importorskip('django')
 
 REPO = Path(__file__).resolve().parent.parent
-CLI = REPO / 'mpqueue_cli.py'
 PROJECT = REPO / 'examples' / 'django_project'
 CONFIG = PROJECT / 'mpqueue_config.py'
 POOL_NAME = 'django-notes'          # basics.name in the example's config
@@ -66,57 +60,7 @@ def django_site(tmp_path_factory, redis_url, redis_db):
             teardown_test_environment()
             from django.db import connections
             connections.close_all()
-            _delete_keys(env['MPQ_REDIS_URL'], prefix)
-
-
-def _delete_keys(url, prefix):
-    client = redis.Redis.from_url(url)
-    try:
-        for key in client.scan_iter(match=prefix + '*', count=1000):
-            client.delete(key)
-    finally:
-        client.close()
-
-
-def _start_pool(proc_reaper, site):
-    env = dict(os.environ)
-    env.pop('MPQUEUE_CONFIG', None)
-    env.update(site['env'])
-    env['PYTHONUNBUFFERED'] = '1'
-    out_path = site['tmp'] / 'pool.out'
-    with open(out_path, 'ab') as out:
-        proc = proc_reaper.popen(
-            [sys.executable, str(CLI), 'worker:start', '--config', str(CONFIG)],
-            cwd=str(REPO), env=env, stdout=out, stderr=subprocess.STDOUT)
-    return proc, out_path
-
-
-def _diagnostics(site, out_path):
-    log = Path(site['env']['MPQ_RUN_DIR']) / (POOL_NAME + '.log')
-    parts = []
-    for label, path in (('output', out_path), ('log', log)):
-        try:
-            text = path.read_text(errors='replace')
-        except OSError:
-            text = '(none)'
-        parts.append('--- pool %s (%s) ---\n%s' % (label, path, text[-4000:]))
-    return '\n'.join(parts)
-
-
-def _stop_pool(proc, proc_reaper):
-    """SIGTERM the manage process (graceful stop) and wait for it; the
-    reaper SIGKILLs anything left at teardown."""
-    if proc.poll() is not None:
-        return
-    try:
-        proc_reaper.add(psutil.Process(proc.pid))     # remember its masters and workers
-    except psutil.NoSuchProcess:
-        pass
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        pass
+            delete_keys(env['MPQ_REDIS_URL'], prefix)
 
 
 def test_view_pushes_job_that_writes_through_the_orm(django_site, proc_reaper):
@@ -124,7 +68,8 @@ def test_view_pushes_job_that_writes_through_the_orm(django_site, proc_reaper):
     from django.test import Client
     from notes.models import Note
 
-    proc, out_path = _start_pool(proc_reaper, django_site)
+    pool = ExamplePool(proc_reaper, CONFIG, POOL_NAME, django_site['tmp'], django_site['env']).start()
+    proc = pool.proc
     try:
         text = 'note %s' % uuid.uuid4().hex
         response = Client().post('/notes/?text=%s' % text)
@@ -133,15 +78,13 @@ def test_view_pushes_job_that_writes_through_the_orm(django_site, proc_reaper):
         assert isinstance(job_id, str) and job_id
 
         def written():
-            if proc.poll() is not None:
-                raise AssertionError('the pool exited with %s\n%s' % (
-                    proc.returncode, _diagnostics(django_site, out_path)))
+            pool.check_running()
             return Note.objects.filter(text=text).first()
 
         try:
             note = wait_for(written, JOB_DEADLINE, 'the job to write the note')
         except AssertionError as exc:
-            raise AssertionError('%s\n%s' % (exc, _diagnostics(django_site, out_path))) from None
+            raise AssertionError('%s\n%s' % (exc, pool.diagnostics())) from None
         assert note.created is not None
 
         # the job ended as a success: counted in 'over', nothing failed
@@ -154,7 +97,7 @@ def test_view_pushes_job_that_writes_through_the_orm(django_site, proc_reaper):
         listed = Client().get('/notes/').json()['notes']
         assert [n['text'] for n in listed] == [text]
     finally:
-        _stop_pool(proc, proc_reaper)
+        pool.stop()
         mpqueue.clean(QUEUE)
     assert not alive(proc.pid)
 

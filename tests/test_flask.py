@@ -10,23 +10,17 @@ the app's configured GREETING, which only the job's app config can supply
 prefix of the test's own.
 """
 
-import os
-import signal
-import subprocess
 import sys
 import uuid
 from pathlib import Path
 
-import psutil
 import pytest
-import redis
 
-from pool_harness import alive, wait_for
+from pool_harness import ExamplePool, alive, delete_keys, wait_for
 
 flask = pytest.importorskip('flask')
 
 REPO = Path(__file__).resolve().parent.parent
-CLI = REPO / 'mpqueue_cli.py'
 APP_DIR = REPO / 'examples' / 'flask_app'
 CONFIG = APP_DIR / 'mpqueue_config.py'
 POOL_NAME = 'flask-greeter'         # basics.name in the example's config
@@ -58,52 +52,7 @@ def site(tmp_path, redis_url, redis_db, monkeypatch):
     try:
         yield {'tmp': tmp_path, 'env': env, 'app': app}
     finally:
-        client = redis.Redis.from_url(env['MPQ_REDIS_URL'])
-        try:
-            for key in client.scan_iter(match=prefix + '*', count=1000):
-                client.delete(key)
-        finally:
-            client.close()
-
-
-def _start_pool(proc_reaper, site):
-    env = dict(os.environ)       # already holds site['env'] (monkeypatch)
-    env.pop('MPQUEUE_CONFIG', None)
-    env['PYTHONUNBUFFERED'] = '1'
-    out_path = site['tmp'] / 'pool.out'
-    with open(out_path, 'ab') as out:
-        proc = proc_reaper.popen(
-            [sys.executable, str(CLI), 'worker:start', '--config', str(CONFIG)],
-            cwd=str(REPO), env=env, stdout=out, stderr=subprocess.STDOUT)
-    return proc, out_path
-
-
-def _diagnostics(site, out_path):
-    log = Path(site['env']['MPQ_RUN_DIR']) / (POOL_NAME + '.log')
-    parts = []
-    for label, path in (('output', out_path), ('log', log)):
-        try:
-            text = path.read_text(errors='replace')
-        except OSError:
-            text = '(none)'
-        parts.append('--- pool %s (%s) ---\n%s' % (label, path, text[-4000:]))
-    return '\n'.join(parts)
-
-
-def _stop_pool(proc, proc_reaper):
-    """SIGTERM the manage process (graceful stop) and wait for it; the
-    reaper SIGKILLs anything left at teardown."""
-    if proc.poll() is not None:
-        return
-    try:
-        proc_reaper.add(psutil.Process(proc.pid))     # remember its masters and workers
-    except psutil.NoSuchProcess:
-        pass
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        pass
+        delete_keys(env['MPQ_REDIS_URL'], prefix)
 
 
 def test_route_pushes_job_that_runs_in_the_app_context(site, proc_reaper):
@@ -114,7 +63,8 @@ def test_route_pushes_job_that_runs_in_the_app_context(site, proc_reaper):
     assert greeting == site['env']['FLASK_GREETING']      # the app took it from FLASK_*
     greetings_file = Path(app.config['GREETINGS_FILE'])
 
-    proc, out_path = _start_pool(proc_reaper, site)
+    pool = ExamplePool(proc_reaper, CONFIG, POOL_NAME, site['tmp'], site['env']).start()
+    proc = pool.proc
     try:
         name = 'Ada %s' % uuid.uuid4().hex[:6]
         response = app.test_client().post('/greet', query_string={'name': name})
@@ -123,9 +73,7 @@ def test_route_pushes_job_that_runs_in_the_app_context(site, proc_reaper):
         assert isinstance(job_id, str) and job_id
 
         def recorded():
-            if proc.poll() is not None:
-                raise AssertionError('the pool exited with %s\n%s' % (
-                    proc.returncode, _diagnostics(site, out_path)))
+            pool.check_running()
             try:
                 return greetings_file.read_text(encoding='utf-8').splitlines()
             except FileNotFoundError:
@@ -134,7 +82,7 @@ def test_route_pushes_job_that_runs_in_the_app_context(site, proc_reaper):
         try:
             lines = wait_for(recorded, JOB_DEADLINE, 'the job to record its greeting')
         except AssertionError as exc:
-            raise AssertionError('%s\n%s' % (exc, _diagnostics(site, out_path))) from None
+            raise AssertionError('%s\n%s' % (exc, pool.diagnostics())) from None
         assert lines == ['%s, %s!' % (greeting, name)]
         recorded_greeting = lines[0].rsplit(', ', 1)[0]
         assert recorded_greeting == app.config['GREETING']
@@ -143,7 +91,7 @@ def test_route_pushes_job_that_runs_in_the_app_context(site, proc_reaper):
             mpqueue.status(QUEUE)), 5, 'the job to be counted as done')
         assert counts['failed'] == 0, mpqueue.failed_jobs(QUEUE)
     finally:
-        _stop_pool(proc, proc_reaper)
+        pool.stop()
         mpqueue.clean(QUEUE)
     assert not alive(proc.pid)
 
