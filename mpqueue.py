@@ -2446,8 +2446,8 @@ def _worker_main(config, qconf, conn, close_fds, owner, generation, parent_pid):
 class _Slot:
     """What a master knows about one of its workers."""
 
-    __slots__ = ('pid', 'conn', 'state', 'job_id', 'timeout', 'deadline', 'began', 'since',
-                 'started', 'done', 'stop_sent', 'killed_for', 'woken_at', 'queued')
+    __slots__ = ('pid', 'conn', 'state', 'job_id', 'timeout', 'deadline', 'began', 'started',
+                 'done', 'stop_sent', 'killed_for', 'woken_at', 'queued')
 
     def __init__(self, pid, conn):
         self.pid = pid
@@ -2457,7 +2457,6 @@ class _Slot:
         self.timeout = 0
         self.began = 0.0
         self.deadline = None        # monotonic time to kill the running job
-        self.since = time.time()
         self.started = time.time()
         self.done = 0
         self.stop_sent = False
@@ -2470,16 +2469,14 @@ class _Master:
     """One per queue: watches the broker, hands jobs to idle workers, enforces
     timeouts, renews leases and recovers jobs, in one ``selectors`` loop."""
 
-    def __init__(self, config, qconf, control, manage_fds):
+    def __init__(self, config, qconf, control):
         self.config = config
         self.qconf = qconf
         self.queue = qconf['name']
         self.control = control
-        self.manage_fds = manage_fds
         self.driver = config['basics']['driver']
         self.grab = qconf['model'] == MODEL_GRAB
         self.slots = {}                 # pid -> _Slot
-        self.by_fd = {}
         self.pending = []               # steps waiting for the next broker call
         self.buffer = collections.deque()   # reserved jobs not yet handed out
         self.pending_since = 0.0        # when the oldest unsent step was added
@@ -2719,7 +2716,7 @@ class _Master:
     def _spawn(self):
         parent_conn, child_conn = _Channel.pair()
         close_fds = [s.conn.fileno() for s in self.slots.values()]
-        close_fds += [parent_conn.fileno(), self.control.fileno()] + list(self.manage_fds)
+        close_fds += [parent_conn.fileno(), self.control.fileno()]
         close_fds += [key.fd for key in self.sel.get_map().values()
                       if key.data not in ('control',) and not isinstance(key.data, _Slot)]
         pid = _fork(_worker_main, self.config, self.qconf, child_conn, close_fds, self.owner,
@@ -2727,7 +2724,6 @@ class _Master:
         child_conn.close()
         slot = _Slot(pid, parent_conn)
         self.slots[pid] = slot
-        self.by_fd[parent_conn.fileno()] = slot
         self.sel.register(parent_conn, selectors.EVENT_READ, slot)
 
     def _read_worker(self, slot):
@@ -2744,7 +2740,6 @@ class _Master:
         kind = msg[0]
         if kind == 'ready':
             slot.state = 'idle'
-            slot.since = time.time()
             if self.stopping or slot.pid in self.reloading:
                 self._stop_worker(slot)
             self._maybe_ready()
@@ -2781,7 +2776,6 @@ class _Master:
         self.avg_job = took if self.avg_job is None else 0.8 * self.avg_job + 0.2 * took
         slot.state, slot.job_id, slot.deadline = 'idle', None, None
         slot.done += 1
-        slot.since = time.time()
         if exiting:                     # over memory_limit: it exits by itself
             slot.state, slot.stop_sent = 'stopping', True
             if slot.queued is not None:     # it will never read that one
@@ -3058,7 +3052,7 @@ def _master_main(config, qconf, control, close_fds):
             os.close(fd)
         except OSError:
             pass
-    return _Master(config, qconf, control, ()).run()
+    return _Master(config, qconf, control).run()
 
 
 ###############################################################################
