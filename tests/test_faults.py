@@ -876,6 +876,21 @@ def idle_latency(e2e, pool, jobs, tag='wake-probe'):
     return next(when for t, when, _ in e2e.executions() if t == tag) - pushed
 
 
+def check_secured_run(e2e, pool, tags, scenario, took, latency, refusals, address):
+    """The common end of the secured-broker tests: every job ran once, a push
+    woke the idle pool at once, and each refused connection failed fast with
+    an error naming the broker address."""
+    e2e.configure(pool)
+    final = wait_drained(pool, failed=0)
+    figures = tally(e2e, tags)
+    report(scenario, figures, None, run_s=round(took, 3), idle_latency_s=round(latency, 4),
+           refused_in_s={k: round(v[1], 3) for k, v in refusals.items()}, status=final)
+    assert figures['lost'] == 0 and figures['duplicated'] == 0, figures
+    assert latency < 1.0, latency
+    for what, (message, seconds) in refusals.items():
+        assert address in message and seconds < 2.0, (what, message, seconds)
+
+
 def test_redis_requirepass(servers, e2e):
     broker = servers('--requirepass', 'pass-word-1')
     e2e.broker_url = broker.url                     # redis://:pass-word-1@127.0.0.1:PORT
@@ -900,19 +915,9 @@ def test_redis_requirepass(servers, e2e):
             ('wrong password (host/port)', mpqueue.RedisDriver(
                 '127.0.0.1', broker.port, password='wrong-pass', prefix=e2e.prefix))):
         refusals[what] = push_refused(jobs, driver)
-    e2e.configure(pool)
-    final = wait_drained(pool, failed=0)
-    figures = tally(e2e, tags)
-    report('redis requirepass', figures, None, run_s=round(took, 3),
-           idle_latency_s=round(latency, 4),
-           refused_in_s={k: round(v[1], 3) for k, v in refusals.items()}, status=final)
-
-    assert figures['lost'] == 0 and figures['duplicated'] == 0, figures
-    assert latency < 1.0, latency
-    for what, (message, seconds) in refusals.items():
-        assert address in message, (what, message)
+    check_secured_run(e2e, pool, tags, 'redis requirepass', took, latency, refusals, address)
+    for what, (message, _) in refusals.items():
         assert 'wrong-pass' not in message and 'pass-word-1' not in message, (what, message)
-        assert seconds < 2.0, (what, seconds)
     assert broker.client().dbsize() > 0     # the jobs really went through this server
 
 
@@ -979,15 +984,6 @@ def test_redis_tls(servers, e2e):
         'TLS without the CA': push_refused(
             jobs, mpqueue.RedisDriver(url='rediss://%s' % address, prefix=e2e.prefix)),
     }
-    e2e.configure(pool)
-    final = wait_drained(pool, failed=0)
-    figures = tally(e2e, tags)
-    report('redis TLS (rediss://)', figures, None, run_s=round(took, 3),
-           idle_latency_s=round(latency, 4),
-           refused_in_s={k: round(v[1], 3) for k, v in refusals.items()}, status=final)
-
-    assert figures['lost'] == 0 and figures['duplicated'] == 0, figures
-    assert latency < 1.0, latency
-    for what, (message, seconds) in refusals.items():
-        assert address in message and seconds < 2.0, (what, message, seconds)
+    check_secured_run(e2e, pool, tags, 'redis TLS (rediss://)', took, latency, refusals,
+                      address)
     assert 'certificate' in refusals['TLS without the CA'][0].lower()
