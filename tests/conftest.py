@@ -2,7 +2,7 @@
 
 ``redis_url`` is the Redis on 127.0.0.1:6379 when one answers, otherwise a
 private ``redis-server`` started for the test run. Tests use database
-``redis_db`` (14) on it and the key prefix ``PREFIX`` ('mpqtest');
+``redis_db`` (14, or ``$MPQTEST_DB``) on it and the key prefix ``PREFIX`` ('mpqtest');
 ``redis_client`` empties that database before and after each test.
 """
 
@@ -22,7 +22,7 @@ from redis_server import RedisServer, free_port, no_retry, port_in_use  # noqa: 
 
 SHARED_REDIS_URL = 'redis://127.0.0.1:6379'
 PRIVATE_REDIS_PORT = 6390
-TEST_DB = 14
+TEST_DB = int(os.environ.get('MPQTEST_DB', 14))   # two test runs side by side: set it apart
 PREFIX = 'mpqtest'
 REAP_TIMEOUT = 5.0
 
