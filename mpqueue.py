@@ -110,6 +110,7 @@ RESERVE_SECONDS = 0.5
 FLUSH_DELAY = 0.002
 #: How many times the fail handlers of one job are tried when the worker
 #: running them dies, before the job goes to the failed list regardless.
+COROUTINE_KILL_GRACE = 0.5     # s after a job's timeout a coroutine worker is killed
 HANDLER_ATTEMPTS = 3
 
 # Exit codes of mpqueue's own processes, read by their parents.
@@ -437,6 +438,9 @@ def _validate(config):
         if q['model'] not in (MODEL_DISTRIBUTE, MODEL_GRAB):
             raise ConfigError('%s.model must be mpqueue.MODEL_DISTRIBUTE or mpqueue.MODEL_GRAB, '
                               'got %r' % (path, q['model']))
+        if q['model'] == MODEL_GRAB and q['coroutine_number'] > 1:
+            raise ConfigError('%s.coroutine_number > 1 needs the distribute model; queue %r '
+                              'has model %r' % (path, q['name'], q['model']))
         checked.append(q)
     return {'basics': basics, 'log': log, 'queue': checked}
 
@@ -2136,7 +2140,8 @@ def _recv(conn):
 
 class _Worker:
     """A worker process: runs the jobs its master hands it (distribute model)
-    or pops them itself (grab model), one at a time."""
+    or pops them itself (grab model), one at a time, or up to the queue's
+    ``coroutine_number`` at once on its event loop."""
 
     def __init__(self, config, qconf, conn, owner, generation):
         self.config = config
@@ -2151,6 +2156,9 @@ class _Worker:
         self.stopping = False
         self.loop = None
         self.id = None
+        self.tasks = {}             # coroutine workers: job id -> its asyncio task
+        self.finished = None        # coroutine workers: resolves to the exit code
+        self.exit_code = EXIT_OK
 
     def run(self):
         self.id = '%s:%d' % (_HOST, os.getpid())
@@ -2173,6 +2181,8 @@ class _Worker:
             _send(self.conn, ('ready',))
             if self.qconf['model'] == MODEL_GRAB:
                 return self._grab_loop()
+            if self.qconf['coroutine_number'] > 1:
+                return self._event_loop().run_until_complete(self._coroutine_loop())
             return self._distribute_loop()
         except (_StopWorker, EOFError, BrokenPipeError, ConnectionResetError):
             return EXIT_OK
@@ -2216,6 +2226,67 @@ class _Worker:
         """A job queued behind a slow one is not started once its reservation
         nears its end: the broker gives it back to the queue instead."""
         return time.monotonic() - msg[4] > RESERVE_SECONDS * 0.6
+
+    async def _coroutine_loop(self):
+        """Distribute model with ``coroutine_number`` > 1: each job the master
+        hands over becomes a task on this worker's loop, so async jobs that
+        wait overlap.  A task is cancelled at its job's timeout; a job that
+        blocks the loop instead is killed with the worker by the master."""
+        import asyncio
+        loop = asyncio.get_running_loop()
+        self.finished = loop.create_future()
+        loop.add_reader(self.conn.fileno(), self._on_master_messages)
+        loop.add_signal_handler(signal.SIGTERM, self._stop_when_idle)
+        try:
+            return await self.finished
+        finally:
+            loop.remove_reader(self.conn.fileno())
+            loop.remove_signal_handler(signal.SIGTERM)
+
+    def _on_master_messages(self):
+        import asyncio
+        try:
+            messages = self.conn.recv_ready()
+        except (EOFError, OSError):         # the master is gone
+            messages = [('stop',)]
+        for msg in messages:
+            if msg[0] == 'stop':
+                self._stop_when_idle()
+            else:
+                task = asyncio.get_running_loop().create_task(self._job_task(*msg[1:4]))
+                self.tasks[msg[1]] = task
+
+    def _stop_when_idle(self, code=None):
+        self.stopping = True
+        if code is not None:
+            self.exit_code = code
+        if not self.tasks and not self.finished.done():
+            self.finished.set_result(self.exit_code)
+
+    async def _job_task(self, job_id, meta, payload):
+        import asyncio
+        timeout = meta.get('t') or 0
+        timer = None
+        if timeout:
+            timer = asyncio.get_running_loop().call_later(timeout, self.tasks[job_id].cancel)
+        try:
+            steps = self._attempt(job_id, meta, payload)
+            result = await self._drive(steps, _resume(steps))
+        except asyncio.CancelledError:      # only the timer cancels a job
+            logger.error('job %s of queue %r ran past its timeout of %ss; cancelled', job_id,
+                         self.queue, timeout)
+            result = ('lost', job_id, _timeout_error(timeout), 1)
+        finally:
+            if timer is not None:
+                timer.cancel()
+        del self.tasks[job_id]
+        code = self._after_job()
+        try:
+            self._report(result, code)
+        except EOFError:
+            code = EXIT_OK
+        if code is not None or self.stopping:
+            self._stop_when_idle(code)
 
     def _report(self, result, code, begun=None):
         """Tell the master how the job ended (and whether the job queued behind
@@ -2306,8 +2377,31 @@ class _Worker:
     def _run(self, job_id, meta, payload):
         """Run one job (or its fail handlers); return the step that records the
         outcome: ``('done', id)``, ``('retry', ...)`` or ``('fail', ...)``."""
+        steps = self._attempt(job_id, meta, payload)
+        resumed = _resume(steps)            # a sync job ends here, with no event loop
+        return resumed[1] if resumed[0] else self._await(self._drive(steps, resumed))
+
+    @staticmethod
+    async def _drive(steps, resumed):
+        """Run the rest of a job's steps (``_attempt``, a generator that yields
+        what the job awaits) on the worker's event loop.  Cancellation (the
+        job's timeout, on a coroutine worker) is not the job's to catch."""
+        import asyncio
+        finished, got = resumed
+        while not finished:
+            try:
+                value, error = await got, None
+            except asyncio.CancelledError:
+                steps.close()
+                raise
+            except BaseException as exc:
+                value, error = None, exc
+            finished, got = _resume(steps, value, error)
+        return got
+
+    def _attempt(self, job_id, meta, payload):
         if meta.get('p') == 'f':
-            return self._run_fail_handlers_only(job_id, meta, payload)
+            return (yield from self._run_fail_handlers_only(job_id, meta, payload))
         try:
             job, args, kwargs = _decode(payload, self.secret)
             func, job_obj = _resolve(job)
@@ -2315,7 +2409,8 @@ class _Worker:
             text = _format_exc(exc)
             logger.error('job %s of queue %r cannot be decoded; it goes to the failed list:\n%s',
                          job_id, self.queue, text)
-            errors = [text] + self._fail_handlers(None, self._job_info(job_id, meta), exc, [text])
+            errors = [text] + (yield from self._fail_handlers(None, self._job_info(job_id, meta),
+                                                              exc, [text]))
             return ('fail', job_id, TYPE_NORMAL, json.dumps(errors), '<undecodable job>')
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug('job %s of queue %r started (attempt %s)', job_id, self.queue,
@@ -2323,7 +2418,7 @@ class _Worker:
         try:
             result = func(*args, **kwargs)
             if _isawaitable(result):
-                result = self._await(result)
+                result = yield result
         except BaseException as exc:
             text = _format_exc(exc)
             name = _describe_call(job, args, kwargs)
@@ -2336,7 +2431,8 @@ class _Worker:
                          job_id, name, self.queue, meta.get('x'), text)
             info = self._job_info(job_id, meta, name)
             info['error_info'].append(text)
-            errors = [text] + self._fail_handlers(job_obj, info, exc, info['error_info'])
+            errors = [text] + (yield from self._fail_handlers(job_obj, info, exc,
+                                                              info['error_info']))
             return ('fail', job_id, TYPE_NORMAL, json.dumps(errors), name)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug('job %s of queue %r done', job_id, self.queue)
@@ -2357,12 +2453,13 @@ class _Worker:
         logger.error('job %s (%s) of queue %r failed for good: %s', job_id, name, self.queue,
                      last)
         info = self._job_info(job_id, meta, name)
-        errors += self._fail_handlers(job_obj, info, exc, info['error_info'] + errors)
+        errors += yield from self._fail_handlers(job_obj, info, exc, info['error_info'] + errors)
         return ('fail', job_id, meta.get('y') or TYPE_NORMAL, json.dumps(errors), name)
 
     def _fail_handlers(self, job_obj, info, exc, error_info):
         """Run ``Job.fail_handle`` then, unless it returned something other than
-        False, the queue's ``fail_handle``.  Returns the handlers' own errors."""
+        False, the queue's ``fail_handle``.  Returns the handlers' own errors
+        (a generator like ``_attempt``: it yields what the handlers await)."""
         errors = []
         info['error_info'] = list(error_info)
         run_queue_handler = True
@@ -2370,7 +2467,7 @@ class _Worker:
             try:
                 returned = job_obj.fail_handle(info, exc)
                 if _isawaitable(returned):
-                    returned = self._await(returned)
+                    returned = yield returned
                 run_queue_handler = returned is False
             except BaseException as handler_exc:
                 errors.append('fail_handle of the job raised: ' + _format_exc(handler_exc, False))
@@ -2381,7 +2478,7 @@ class _Worker:
             try:
                 returned = handler(info, exc)
                 if _isawaitable(returned):
-                    self._await(returned)
+                    yield returned
             except BaseException as handler_exc:
                 errors.append('fail_handle of queue %r raised: %s' % (
                     self.queue, _format_exc(handler_exc, False)))
@@ -2390,15 +2487,31 @@ class _Worker:
         return errors
 
     def _await(self, awaitable):
+        return self._event_loop().run_until_complete(_as_coroutine(awaitable))
+
+    def _event_loop(self):
         if self.loop is None:
             import asyncio
             self.loop = asyncio.new_event_loop()
             asyncio.set_event_loop(self.loop)
-        return self.loop.run_until_complete(_as_coroutine(awaitable))
+        return self.loop
+
+
+def _resume(steps, value=None, error=None):
+    """Resume a job's steps with what its last awaitable gave (or raised):
+    ``(True, outcome)`` once they return, else ``(False, next awaitable)``."""
+    try:
+        return False, (steps.send(value) if error is None else steps.throw(error))
+    except StopIteration as stop:
+        return True, stop.value
 
 
 async def _as_coroutine(awaitable):
     return await awaitable
+
+
+def _timeout_error(timeout):
+    return 'job ran past its timeout of %ss and was stopped' % timeout
 
 
 def _format_exc(exc, chain=True):
@@ -2446,21 +2559,20 @@ def _worker_main(config, qconf, conn, close_fds, owner, generation, parent_pid):
 class _Slot:
     """What a master knows about one of its workers."""
 
-    __slots__ = ('pid', 'conn', 'state', 'job_id', 'timeout', 'deadline', 'began', 'started',
-                 'done', 'stop_sent', 'killed_for', 'woken_at', 'queued')
+    __slots__ = ('pid', 'conn', 'capacity', 'state', 'jobs', 'started', 'done', 'stop_sent',
+                 'killed_for', 'timed_out', 'woken_at', 'queued')
 
-    def __init__(self, pid, conn):
+    def __init__(self, pid, conn, capacity):
         self.pid = pid
         self.conn = conn
+        self.capacity = capacity    # jobs it runs at once (coroutine_number)
         self.state = 'booting'      # booting -> idle <-> busy -> stopping
-        self.job_id = None
-        self.timeout = 0
-        self.began = 0.0
-        self.deadline = None        # monotonic time to kill the running job
+        self.jobs = {}              # running job id -> (timeout, began, deadline to kill it)
         self.started = time.time()
         self.done = 0
         self.stop_sent = False
         self.killed_for = None      # 'timeout' / 'stop' when the master killed it
+        self.timed_out = None       # the job whose timeout got it killed
         self.woken_at = 0
         self.queued = None          # (job id, timeout) sent to it, not started yet
 
@@ -2546,9 +2658,9 @@ class _Master:
                 self.pending_since = now
             return max(0.0, self.pending_since + FLUSH_DELAY - now)
         when = [self.next_tick, self.spawn_after if len(self.slots) < self._target() else None]
-        if any(s.state == 'busy' for s in self.slots.values()):
+        if any(s.jobs for s in self.slots.values()):
             when.append(self.next_renew)
-        when += [s.deadline for s in self.slots.values() if s.deadline is not None]
+        when += [run[2] for s in self.slots.values() for run in s.jobs.values()]
         if self.stop_deadline is not None:
             when.append(self.stop_deadline)
         if self.waker is None:
@@ -2654,10 +2766,13 @@ class _Master:
                  sum(s.done for s in self.slots.values()), 'rss_mb': _rss_mb(),
                  'started': self.started, 'uptime': now - self.started}]
         for s in self.slots.values():
-            rows.append({'queue': self.queue, 'type': 'worker', 'pid': s.pid,
-                         'state': 'busy' if s.state in ('busy', 'handed') else 'idle', 'job_id': s.job_id,
-                         'done': s.done, 'rss_mb': _rss_mb(s.pid), 'started': s.started,
-                         'uptime': now - s.started})
+            row = {'queue': self.queue, 'type': 'worker', 'pid': s.pid,
+                   'state': 'busy' if s.state in ('busy', 'handed') else 'idle',
+                   'job_id': next(iter(s.jobs), None), 'done': s.done, 'rss_mb': _rss_mb(s.pid),
+                   'started': s.started, 'uptime': now - s.started}
+            if s.capacity > 1:
+                row['coroutines'] = '%d/%d' % (len(s.jobs), s.capacity)    # busy / all
+            rows.append(row)
         return rows
 
     def _stop(self, how):
@@ -2722,7 +2837,7 @@ class _Master:
         pid = _fork(_worker_main, self.config, self.qconf, child_conn, close_fds, self.owner,
                     self.generation, os.getpid())
         child_conn.close()
-        slot = _Slot(pid, parent_conn)
+        slot = _Slot(pid, parent_conn, 1 if self.grab else self.qconf['coroutine_number'])
         self.slots[pid] = slot
         self.sel.register(parent_conn, selectors.EVENT_READ, slot)
 
@@ -2744,20 +2859,18 @@ class _Master:
                 self._stop_worker(slot)
             self._maybe_ready()
             self._dispatch()
-        elif kind in ('done', 'retry', 'fail'):
+        elif kind in ('done', 'retry', 'fail', 'lost'):
             self.pending.append(msg[:-2])
-            self._job_finished(slot, exiting=msg[-2] is not None, begun=msg[-1])
+            self._job_finished(slot, msg[1], exiting=msg[-2] is not None, begun=msg[-1])
         elif kind == 'begun':               # it started the job queued in its pipe
             self._queued_begun(slot, time.monotonic())
         elif kind == 'skipped':             # too old to start: the broker takes it back
             slot.queued, slot.state = None, 'idle'
             self._idle(slot)
         elif kind == 'run':                 # grab model: the worker popped a job
-            slot.state, slot.job_id, slot.timeout = 'busy', msg[1], msg[2]
-            slot.began = time.monotonic()
-            slot.deadline = time.monotonic() + msg[2] if msg[2] else None
+            self._running(slot, msg[1], msg[2], time.monotonic())
         elif kind == 'ran':                 # grab model: it goes on popping by itself
-            self._job_finished(slot, exiting=msg[2] is not None)
+            self._job_finished(slot, msg[1], exiting=msg[2] is not None)
             if slot.state == 'idle':
                 slot.state = 'busy-grab'
         elif kind == 'idle':               # grab model: the worker found the queue empty
@@ -2769,13 +2882,17 @@ class _Master:
             else:
                 self.maybe_work = False
 
-    def _job_finished(self, slot, exiting=False, begun=None):
+    def _job_finished(self, slot, job_id, exiting=False, begun=None):
         self.boot_failures = 0          # workers can boot and run jobs: no back-off
         now = time.monotonic()
-        took = now - slot.began
-        self.avg_job = took if self.avg_job is None else 0.8 * self.avg_job + 0.2 * took
-        slot.state, slot.job_id, slot.deadline = 'idle', None, None
+        run = slot.jobs.pop(job_id, None)
+        if run is not None:
+            took = now - run[1]
+            self.avg_job = took if self.avg_job is None else 0.8 * self.avg_job + 0.2 * took
         slot.done += 1
+        if slot.state == 'stopping':    # a coroutine worker finishing its last jobs
+            return
+        slot.state = 'busy' if slot.jobs else 'idle'
         if exiting:                     # over memory_limit: it exits by itself
             slot.state, slot.stop_sent = 'stopping', True
             if slot.queued is not None:     # it will never read that one
@@ -2789,7 +2906,7 @@ class _Master:
         elif slot.queued is not None:   # not read yet: 'begun' or 'skipped' follows
             slot.state = 'handed'
         else:
-            self._idle(slot)
+            self._idle(slot)    # a coroutine worker with jobs left has room for one more
 
     def _queued_begun(self, slot, now):
         job_id, timeout = slot.queued
@@ -2857,23 +2974,24 @@ class _Master:
         if slot.queued is not None:     # handed but never started: back to the head
             self.pending.append(('requeue', slot.queued[0]))
             slot.queued = None
-        if slot.job_id is not None:
-            if slot.killed_for == 'stop':
-                self.pending.append(('requeue', slot.job_id))
-                logger.warning('worker %d of queue %r killed at stop; job %s goes back to the '
-                               'queue', slot.pid, self.queue, slot.job_id)
+        for job_id, (timeout, _, _) in slot.jobs.items():
+            if slot.killed_for == 'stop' or (slot.killed_for == 'timeout'
+                                             and job_id != slot.timed_out):
+                self.pending.append(('requeue', job_id))
+                logger.warning('worker %d of queue %r killed (%s); job %s goes back to the '
+                               'queue', slot.pid, self.queue, 'at stop' if slot.killed_for ==
+                               'stop' else 'for the timeout of job %s' % slot.timed_out, job_id)
             else:
                 timed_out = slot.killed_for == 'timeout'
-                error = ('job ran past its timeout of %ss and was stopped' % slot.timeout
-                         if timed_out else 'worker %s:%d %s while running the job'
-                         % (_HOST, slot.pid, how))
-                self.pending.append(('lost', slot.job_id, error, 1 if timed_out else 0))
+                error = (_timeout_error(timeout) if timed_out else
+                         'worker %s:%d %s while running the job' % (_HOST, slot.pid, how))
+                self.pending.append(('lost', job_id, error, 1 if timed_out else 0))
                 logger.error('worker %d of queue %r %s while running job %s; job recovered',
                              slot.pid, self.queue, 'was killed at the timeout' if timed_out
-                             else how, slot.job_id)
+                             else how, job_id)
         code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
         short_lived = time.time() - slot.started < 2 and slot.killed_for is None and \
-            code not in (EXIT_OK, EXIT_MEMORY) and slot.job_id is None
+            code not in (EXIT_OK, EXIT_MEMORY) and not slot.jobs
         if code == EXIT_BOOT_ERROR or short_lived or (slot.state == 'booting'
                                                        and not slot.stop_sent):
             self.boot_failures += 1
@@ -2894,10 +3012,12 @@ class _Master:
     def _check_deadlines(self):
         now = time.monotonic()
         for slot in list(self.slots.values()):
-            if slot.deadline is not None and now >= slot.deadline and slot.killed_for is None:
-                logger.error('job %s of queue %r ran past its timeout; killing worker %d',
-                             slot.job_id, self.queue, slot.pid)
-                self._kill(slot, 'timeout')
+            for job_id, (_, _, deadline) in slot.jobs.items():
+                if deadline is not None and now >= deadline and slot.killed_for is None:
+                    logger.error('job %s of queue %r ran past its timeout; killing worker %d',
+                                 job_id, self.queue, slot.pid)
+                    slot.timed_out = job_id
+                    self._kill(slot, 'timeout')
         if self.stop_deadline is not None and now >= self.stop_deadline:
             for slot in list(self.slots.values()):
                 if slot.killed_for is None:
@@ -2932,21 +3052,19 @@ class _Master:
             self.maybe_work = True
         want = 0
         if not self.stopping and self.maybe_work:
-            idle = [s for s in self.slots.values() if s.state == 'idle']
             if self.grab:
-                for slot in idle:
+                for slot in [s for s in self.slots.values() if s.state == 'idle']:
                     self._wake_grab(slot)
             else:
-                want = max(0, len(idle) + self._prefetch() - len(self.buffer))
-        renew = now >= self.next_renew and any(s.state == 'busy' for s in self.slots.values())
+                want = max(0, self._room() + self._prefetch() - len(self.buffer))
+        renew = now >= self.next_renew and any(s.jobs for s in self.slots.values())
         if not (tick or renew or self._flush_due(now, want)):
             return
         ops = self.pending
         self.pending = []
         self.pending_since = 0.0
         if renew:
-            ops += [('renew', s.job_id) for s in self.slots.values()
-                    if s.state == 'busy' and s.job_id]
+            ops += [('renew', job_id) for s in self.slots.values() for job_id in s.jobs]
         n_tick = len(ops)
         ops.append(('tick', 1000))
         if want:
@@ -2976,7 +3094,7 @@ class _Master:
     def _flush_due(self, now, want):
         """Under load, gather steps for up to FLUSH_DELAY while the buffer still
         feeds every worker; otherwise go to the broker now."""
-        if want and len(self.buffer) < sum(1 for s in self.slots.values() if s.state == 'idle'):
+        if want and len(self.buffer) < self._room():
             return True
         if not self.pending:
             return bool(want) and not self.buffer
@@ -2985,6 +3103,14 @@ class _Master:
         if self.stopping or len(self.pending) >= 256 or now - self.pending_since >= FLUSH_DELAY:
             return True
         return len(self.buffer) < sum(1 for s in self.slots.values() if s.state == 'busy')
+
+    def _room(self, slot=None):
+        """How many more jobs a worker (or all of them) can start right now."""
+        if slot is None:
+            return sum(self._room(s) for s in self.slots.values())
+        if slot.state not in ('idle', 'busy') or slot.stop_sent or slot.pid in self.reloading:
+            return 0
+        return slot.capacity - len(slot.jobs)
 
     def _prefetch(self):
         """How many jobs to hold beyond the idle workers' needs: one per busy
@@ -3012,14 +3138,15 @@ class _Master:
             return
         now = time.monotonic()
         for slot in self.slots.values():
-            if slot.state == 'idle':
+            for _ in range(self._room(slot)):
                 self._hand(slot, now, queued=False)
-            if not self.buffer:
-                return
+                if not self.buffer:
+                    return
         if self.avg_job is None or self.avg_job > 0.01:
             return
         for slot in self.slots.values():
-            if slot.state == 'busy' and slot.queued is None and slot.pid not in self.reloading:
+            if slot.state == 'busy' and slot.capacity == 1 and slot.queued is None \
+                    and slot.pid not in self.reloading:
                 self._hand(slot, now, queued=True)
                 if not self.buffer:
                     return
@@ -3040,9 +3167,18 @@ class _Master:
             pass    # the worker is dying: _reap() will recover the job
 
     def _started(self, slot, job_id, timeout, now):
-        slot.state, slot.job_id, slot.timeout, slot.began = 'busy', job_id, timeout, now
-        slot.deadline = now + timeout if timeout else None
+        self._running(slot, job_id, timeout, now)
         self.pending.append(('start', job_id, '%s:%d' % (_HOST, slot.pid), self.owner))
+
+    def _running(self, slot, job_id, timeout, now):
+        """Track a job its worker runs; it is killed at the job's timeout (a
+        coroutine worker cancels the job itself then; the kill, a moment
+        later, is for a job that blocks its loop)."""
+        deadline = None
+        if timeout:
+            deadline = now + timeout + (COROUTINE_KILL_GRACE if slot.capacity > 1 else 0)
+        slot.state = 'busy'
+        slot.jobs[job_id] = (timeout, now, deadline)
 
 
 def _master_main(config, qconf, control, close_fds):

@@ -288,6 +288,14 @@ def test_unknown_model(model):
     assert_config_error(config, 'queue[0].model', model)
 
 
+def test_coroutine_workers_need_the_distribute_model():
+    config = make_config()
+    config['queue'][0].update(model=mpqueue.MODEL_GRAB, coroutine_number=10)
+    assert_config_error(config, 'queue[0].coroutine_number', 'grab')
+    config['queue'][0]['model'] = mpqueue.MODEL_DISTRIBUTE
+    assert mpqueue.configure(config)['queue'][0]['coroutine_number'] == 10
+
+
 @pytest.mark.parametrize('key', ['fail_handle', 'worker_start_handle'])
 @pytest.mark.parametrize('value', ['module:function', 42])
 def test_queue_handles_must_be_callable(key, value):
