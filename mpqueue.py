@@ -3365,6 +3365,11 @@ class _Manager:
     Signals: SIGTERM / SIGINT stop gracefully (a second one stops fast),
     SIGUSR1 reloads the workers, SIGUSR2 writes a status snapshot to
     ``{pid_path}/{name}.status.json``.
+
+    Every ``HEARTBEAT_SECONDS`` it asks its masters for their status, without
+    waiting for them, and publishes what it knows as the pool's heartbeat once
+    they have all answered (or after ``_BEAT_ANSWER_WAIT``); a clean stop
+    removes the heartbeat.
     """
 
     def __init__(self, config, ready_fd=None):
@@ -3377,13 +3382,19 @@ class _Manager:
         self.backoff = {}       # queue -> (failures, spawn_after)
         self.status_wanted = []
         self.started = time.time()
+        self.pool_id = None
+        self.next_beat = 0.0        # monotonic time to ask the masters for their status
+        self.beat_asked = None      # monotonic time they were asked, until published
+        self.beat_failing = False
 
     def run(self):
         pid = os.getpid()
         self.pidfile.create(pid)
+        self.pool_id = '%s@%s:%d' % (self.config['basics']['name'], _HOST, pid)
         try:
             return self._run()
         finally:
+            self._fleet_call('remove the heartbeat', 'forget', self.pool_id)
             self.pidfile.remove(pid)
 
     def _run(self):
@@ -3411,6 +3422,7 @@ class _Manager:
                     self._read_master(key.data)
             self._reap()
             self._respawn()
+            self._heartbeat()
             if self.stopping and not self.masters:
                 break
             if self.stop_deadline is not None and time.monotonic() >= self.stop_deadline:
@@ -3423,8 +3435,8 @@ class _Manager:
         when = [after for _, after in self.backoff.values()]
         if self.stop_deadline is not None:
             when.append(self.stop_deadline)
-        if not when:
-            return None
+        when.append(self.next_beat if self.beat_asked is None
+                    else self.beat_asked + _BEAT_ANSWER_WAIT)
         return max(0.0, min(when) - time.monotonic())
 
     def _spawn(self, qconf):
@@ -3468,6 +3480,7 @@ class _Manager:
                 self.ready_fd = None
         elif msg[0] == 'status':
             info['status'] = msg[1]
+            info['status_time'] = time.monotonic()
 
     def _on_signal(self, signum):
         if signum in (signal.SIGTERM, signal.SIGINT):
@@ -3520,6 +3533,58 @@ class _Manager:
         with open(tmp, 'w') as f:
             json.dump({'time': time.time(), 'processes': rows}, f)
         os.replace(tmp, path)
+
+    # -- the heartbeat -------------------------------------------------------------
+
+    def _heartbeat(self):
+        """Ask the masters for their status when a beat is due; publish once
+        they all answered, or when the wait for them is over."""
+        now = time.monotonic()
+        if self.beat_asked is None:
+            if now < self.next_beat:
+                return
+            self.beat_asked, self.next_beat = now, now + HEARTBEAT_SECONDS
+            self._tell_masters(('status',))
+        answered = all(info.get('status_time', -1.0) >= self.beat_asked
+                       for info in self.masters.values())
+        if answered or now >= self.beat_asked + _BEAT_ANSWER_WAIT:
+            self.beat_asked = None
+            self._fleet_call('publish the heartbeat', 'heartbeat', self.pool_id,
+                             self._beat_info(), HEARTBEAT_TTL)
+
+    def _beat_info(self):
+        """The heartbeat: this pool and, per queue, its workers as the last
+        status its master sent counts them."""
+        queues = {q['name']: {'master': None, 'workers': 0, 'busy': 0, 'idle': 0, 'done': 0}
+                  for q in self.config['queue']}
+        for pid, info in self.masters.items():
+            rows = info.get('status') or []
+            workers = [r for r in rows if r.get('type') == 'worker']
+            busy = sum(1 for r in workers if r.get('state') == 'busy')
+            queues[info['queue']['name']] = {
+                'master': pid, 'workers': len(workers), 'busy': busy,
+                'idle': len(workers) - busy,
+                'done': sum(r.get('done') or 0 for r in rows if r.get('type') == 'master')}
+        return {'name': self.config['basics']['name'], 'host': _HOST, 'pid': os.getpid(),
+                'started': self.started, 'state': 'stopping' if self.stopping else 'running',
+                'queues': queues}
+
+    def _fleet_call(self, what, method, *args):
+        """A fleet call on the driver that never raises: the first failure of a
+        run of them is logged, and the next beat tries again."""
+        driver, name = self.config['basics']['driver'], self.config['basics']['name']
+        try:
+            getattr(driver, method)(*args)
+        except Exception as exc:
+            if not self.beat_failing:
+                logger.warning('pool %r could not %s (%s); trying again every %ss', name, what,
+                               ' '.join(str(exc).split()) or type(exc).__name__,
+                               HEARTBEAT_SECONDS)
+                self.beat_failing = True
+            return
+        if self.beat_failing:
+            logger.info('pool %r reaches %s again for its heartbeat', name, driver.address)
+            self.beat_failing = False
 
     def _reap(self):
         while True:
