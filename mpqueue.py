@@ -112,6 +112,16 @@ FLUSH_DELAY = 0.002
 #: running them dies, before the job goes to the failed list regardless.
 COROUTINE_KILL_GRACE = 0.5     # s after a job's timeout a coroutine worker is killed
 HANDLER_ATTEMPTS = 3
+#: Every manage process publishes a heartbeat to the broker this often
+#: (seconds): its pool's queues with their workers, busy and idle.
+HEARTBEAT_SECONDS = 2.0
+#: A pool whose last heartbeat is older than this (seconds) is dropped from
+#: the fleet (``worker:status --all``): its server stopped or lost the broker.
+HEARTBEAT_TTL = 10.0
+#: The longest one fleet call may wait for the broker (seconds), so that a
+#: broker that does not answer cannot stall a manage process.
+FLEET_TIMEOUT = 1.0
+_BEAT_ANSWER_WAIT = 0.5     # how long a heartbeat waits for the masters' status
 
 # Exit codes of mpqueue's own processes, read by their parents.
 EXIT_OK = 0
@@ -692,6 +702,8 @@ class _Driver:
     ``('tick', limit)``           promote due delayed jobs, take back expired
                                   reservations, recover expired leases; returns
                                   seconds until the next due time (or -1)
+    ``('depth',)``                jobs per state, the counters and the meta of
+                                  the job at the head of waiting (monitoring)
     ============================  ===============================================
 
     ``meta`` is a JSON object: ``c`` create time, ``t`` timeout, ``f``
@@ -699,6 +711,12 @@ class _Driver:
     start time, ``w`` worker id, ``o`` owner (master) id, ``d`` deadline, ``y``
     type, ``r`` error list, ``p`` phase (``"f"``: fail handlers to run), ``h``
     fail handler attempts.
+
+    Besides the queues, a driver keeps the *fleet*: one heartbeat per running
+    pool, which expires ``ttl`` seconds (broker clock) after it was published.
+    ``_fleet_op`` applies ``('beat', pool_id, info_json, ttl)``,
+    ``('forget', pool_id)`` or ``('read',)`` atomically, dropping expired
+    heartbeats first; ``read`` returns ``[now, id, info_json, expiry, ...]``.
     """
 
     address = '?'
@@ -787,6 +805,46 @@ class _Driver:
     def clean(self, queue):
         self.execute(queue, [('clean',)])
 
+    def depth(self, queue):
+        """Jobs of a queue per state now (``waiting``, ``delayed``, ``reserved``,
+        ``working``, ``failed``), its counters since it was last cleaned
+        (``pushed``, ``done``, ``failed_total``) and ``oldest_created``: the
+        create time of the job at the head of waiting (None when none waits)."""
+        values = self.execute(queue, [('depth',)])[0]
+        out = dict(zip(_DEPTH_FIELDS, map(int, values[:-1])))
+        out['oldest_created'] = _meta_dict(values[-1]).get('c') if values[-1] else None
+        return out
+
+    # -- the fleet -------------------------------------------------------------
+
+    def _fleet_op(self, *op):
+        raise NotImplementedError
+
+    def heartbeat(self, pool_id, info, ttl):
+        """Publish ``info`` (a JSON-able dict) as the heartbeat of ``pool_id``;
+        it expires after ``ttl`` seconds unless published again."""
+        self._fleet_op('beat', pool_id, json.dumps(dict(info, ttl=ttl)), ttl)
+
+    def forget(self, pool_id):
+        """Remove the heartbeat of ``pool_id`` (its pool stopped)."""
+        self._fleet_op('forget', pool_id)
+
+    def fleet(self):
+        """The live heartbeats, as their info dicts plus ``id``, ``age`` (seconds
+        since the last beat, broker clock) and ``last_seen`` (this clock)."""
+        flat = self._fleet_op('read')
+        now, pools = float(flat[0]), []
+        for i in range(1, len(flat), 3):
+            info = json.loads(flat[i + 1])
+            age = max(0.0, now - (float(flat[i + 2]) - info.get('ttl', 0)))
+            info.update(id=_text(flat[i]), age=age, last_seen=time.time() - age)
+            pools.append(info)
+        pools.sort(key=lambda p: (p.get('name', ''), p.get('host', ''), p.get('pid', 0)))
+        return pools
+
+
+_DEPTH_FIELDS = ('waiting', 'delayed', 'reserved', 'working', 'failed', 'pushed', 'done',
+                 'failed_total')
 
 def _meta_dict(raw):
     """Decode stored meta, tolerating missing fields and Lua's ``{}`` for ``[]``."""
@@ -1046,6 +1104,13 @@ OPS.status = function()
           redis.call('ZCARD', K_RES) + redis.call('ZCARD', K_WORK),
           redis.call('ZCARD', K_FAIL), tonumber(s[2] or 0)}
 end
+OPS.depth = function()
+  local s = redis.call('HMGET', K_STAT, 'all', 'over', 'failed')
+  local head = redis.call('LINDEX', K_WAIT, 0)
+  return {redis.call('LLEN', K_WAIT), redis.call('ZCARD', K_DELAY), redis.call('ZCARD', K_RES),
+          redis.call('ZCARD', K_WORK), redis.call('ZCARD', K_FAIL), tonumber(s[1] or 0),
+          tonumber(s[2] or 0), tonumber(s[3] or 0), head and redis.call('HGET', K_META, head) or ''}
+end
 OPS.failed = function(offset, count)
   if tonumber(count) <= 0 then return {} end
   local ids = redis.call('ZRANGE', K_FAIL, tonumber(offset), tonumber(offset) + tonumber(count) - 1)
@@ -1088,7 +1153,7 @@ end
 
 local NARGS = {push = 4, reserve = 1, start = 3, pop = 2, renew = 1, done = 1, retry = 3,
                fail = 4, lost = 3, requeue = 1, recover_owner = 2, tick = 1, status = 0,
-               failed = 2, meta = 1, retry_failed = 1, delete_failed = 1, clean = 0}
+               depth = 0, failed = 2, meta = 1, retry_failed = 1, delete_failed = 1, clean = 0}
 local out = {}
 local i = 5
 while i <= #ARGV do
@@ -1104,8 +1169,39 @@ return out
 
 _STEP_ARGS = {'push': 4, 'reserve': 1, 'start': 3, 'pop': 2, 'renew': 1, 'done': 1,
               'retry': 3, 'fail': 4, 'lost': 3, 'requeue': 1, 'recover_owner': 2, 'tick': 1,
-              'status': 0, 'failed': 2, 'meta': 1, 'retry_failed': 1, 'delete_failed': 1,
-              'clean': 0}
+              'status': 0, 'depth': 0, 'failed': 2, 'meta': 1, 'retry_failed': 1,
+              'delete_failed': 1, 'clean': 0}
+
+# The fleet: a heartbeat per running pool.  KEYS (one hash tag, {fleet}, so the
+# script is Redis Cluster safe; no queue has keys of these names):
+#   1 pools    hash  pool id -> JSON info
+#   2 expiry   zset  pool id -> time its heartbeat expires
+# ARGV: 'beat', id, info, ttl  |  'forget', id  |  'read'
+# Expired heartbeats are dropped first.  'read' returns the broker time, then
+# id, info, expiry of each live pool.
+_LUA_FLEET = r"""
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)) do
+  redis.call('HDEL', KEYS[1], id)
+  redis.call('ZREM', KEYS[2], id)
+end
+if ARGV[1] == 'beat' then
+  redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+  return redis.call('ZADD', KEYS[2], now + tonumber(ARGV[4]), ARGV[2])
+elseif ARGV[1] == 'forget' then
+  redis.call('HDEL', KEYS[1], ARGV[2])
+  return redis.call('ZREM', KEYS[2], ARGV[2])
+end
+local out = {tostring(now)}
+local live = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
+for i = 1, #live, 2 do
+  table.insert(out, live[i])
+  table.insert(out, redis.call('HGET', KEYS[1], live[i]) or '{}')
+  table.insert(out, live[i + 1])
+end
+return out
+"""
 
 
 class RedisDriver(_Driver):
@@ -1124,7 +1220,9 @@ class RedisDriver(_Driver):
 
     Connections open lazily in each process and are never carried across a
     ``fork()``.  The lifecycle script is loaded once per connection pool and run
-    with EVALSHA (reloaded on NOSCRIPT).
+    with EVALSHA (reloaded on NOSCRIPT).  The fleet's heartbeats live under
+    ``{prefix}:{fleet}:`` and go through a client of their own whose calls time
+    out after ``FLEET_TIMEOUT``.
     """
 
     def __init__(self, host='127.0.0.1', port=6379, password='', database=0, prefix='mpq', *,
@@ -1141,6 +1239,7 @@ class RedisDriver(_Driver):
             self.address = '%s://%s:%s/%s' % ('rediss' if ssl else 'redis', host, port, database)
         self._pid = None
         self._client = None
+        self._fleet_script = None     # (pid, redis-py Script on a client with timeouts)
         self._sha = None
         self._keys = {}
         self._local = threading.local()
@@ -1150,7 +1249,7 @@ class RedisDriver(_Driver):
 
     def __getstate__(self):   # drivers travel in pickled configs without their sockets
         state = dict(self.__dict__)
-        state['_client'] = state['_pid'] = state['_local'] = None
+        state['_client'] = state['_pid'] = state['_local'] = state['_fleet_script'] = None
         return state
 
     def __setstate__(self, state):
@@ -1168,31 +1267,42 @@ class RedisDriver(_Driver):
 
     def _redis(self):
         if self._pid != os.getpid() or self._client is None:
-            try:
-                import redis
-            except ImportError:
-                raise DriverError('RedisDriver needs redis-py: run "pip install redis" to '
-                                  'install it') from None
-            kwargs = dict(self.redis_kwargs)
-            kwargs.setdefault('socket_connect_timeout', 5)
-            if 'retry' not in kwargs:   # fail fast; the runtime has its own back-off
-                from redis.backoff import NoBackoff
-                from redis.retry import Retry
-                kwargs['retry'] = Retry(NoBackoff(), 1)
-            if self.cluster:
-                from redis.cluster import RedisCluster
-                if self.url:
-                    client = RedisCluster.from_url(self.url, **kwargs)
-                else:
-                    client = RedisCluster(host=self.host, port=self.port,
-                                          password=self.password or None, ssl=self.ssl, **kwargs)
-            elif self.url:
-                client = redis.Redis.from_url(self.url, **kwargs)
-            else:
-                client = redis.Redis(host=self.host, port=self.port, db=self.database,
-                                     password=self.password or None, ssl=self.ssl, **kwargs)
-            self._client, self._pid = client, os.getpid()
+            self._client, self._pid = self._new_client(), os.getpid()
         return self._client
+
+    def _new_client(self, **overrides):
+        """A redis-py client for this driver's server; ``overrides`` win over
+        the driver's own keyword arguments."""
+        try:
+            import redis
+        except ImportError:
+            raise DriverError('RedisDriver needs redis-py: run "pip install redis" to '
+                              'install it') from None
+        kwargs = dict(self.redis_kwargs)
+        kwargs.setdefault('socket_connect_timeout', 5)
+        if 'retry' not in kwargs:   # fail fast; the runtime has its own back-off
+            from redis.backoff import NoBackoff
+            from redis.retry import Retry
+            kwargs['retry'] = Retry(NoBackoff(), 1)
+        kwargs.update(overrides)
+        if self.cluster:
+            from redis.cluster import RedisCluster
+            if self.url:
+                return RedisCluster.from_url(self.url, **kwargs)
+            return RedisCluster(host=self.host, port=self.port,
+                                password=self.password or None, ssl=self.ssl, **kwargs)
+        if self.url:
+            return redis.Redis.from_url(self.url, **kwargs)
+        return redis.Redis(host=self.host, port=self.port, db=self.database,
+                           password=self.password or None, ssl=self.ssl, **kwargs)
+
+    def _error(self, exc):
+        """A redis-py (or socket) error as a DriverError naming the server."""
+        import redis
+        if isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+                            OSError)):
+            return DriverError('cannot reach Redis at %s: %s' % (self.address, exc))
+        return DriverError('Redis at %s refused the command: %s' % (self.address, exc))
 
     def _keys_of(self, queue):
         keys = self._keys.get(queue)
@@ -1231,10 +1341,23 @@ class RedisDriver(_Driver):
                     client.script_load(_LUA_OPS)
                     return client.execute_command(*command)
             return self._call(client, _pack_command(command))
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
-            raise DriverError('cannot reach Redis at %s: %s' % (self.address, exc)) from exc
-        except redis.exceptions.RedisError as exc:
-            raise DriverError('Redis at %s refused the command: %s' % (self.address, exc)) from exc
+        except (redis.exceptions.RedisError, OSError) as exc:
+            raise self._error(exc) from exc
+
+    def _fleet_op(self, *op):
+        import redis
+        try:
+            if self._fleet_script is None or self._fleet_script[0] != os.getpid():
+                from redis.backoff import NoBackoff
+                from redis.retry import Retry
+                client = self._new_client(socket_timeout=FLEET_TIMEOUT,
+                                          socket_connect_timeout=FLEET_TIMEOUT,
+                                          retry=Retry(NoBackoff(), 0))
+                self._fleet_script = (os.getpid(), client.register_script(_LUA_FLEET))
+            keys = ['%s:{fleet}:%s' % (self.prefix, k) for k in ('pools', 'expiry')]
+            return self._fleet_script[1](keys=keys, args=op)
+        except (redis.exceptions.RedisError, OSError) as exc:
+            raise self._error(exc) from exc
 
     def _call(self, client, packed):
         import redis
@@ -1305,7 +1428,9 @@ class RedisDriver(_Driver):
         self._local = threading.local()
         if self._client is not None and self._pid == os.getpid():
             self._client.close()
-        self._client = None
+        if self._fleet_script is not None and self._fleet_script[0] == os.getpid():
+            self._fleet_script[1].registered_client.close()
+        self._client = self._fleet_script = None
 
 
 def _new_reader():
@@ -1404,6 +1529,11 @@ CREATE TABLE IF NOT EXISTS mpq_stats (
     n_all    INTEGER NOT NULL DEFAULT 0,
     n_over   INTEGER NOT NULL DEFAULT 0,
     n_failed INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS mpq_fleet (
+    id      TEXT PRIMARY KEY,
+    info    TEXT NOT NULL,
+    expires REAL NOT NULL
 );
 """
 
@@ -1762,16 +1892,27 @@ class _SqliteBatch:
                     nxt = wait
         return '%.14g' % nxt
 
-    def op_status(self):
+    def counts(self):
+        """Jobs per state, and the counters (n_all, n_over, n_failed)."""
         self.flush_stats()
-        counts = dict(self.conn.execute(
+        counts = collections.Counter(dict(self.conn.execute(
             'SELECT state, COUNT(*) FROM mpq_jobs WHERE queue = ? GROUP BY state',
-            (self.queue,)).fetchall())
-        stats = self.one('SELECT n_all, n_over FROM mpq_stats WHERE queue = ?',
-                         (self.queue,)) or (0, 0)
-        return [stats[0], counts.get('waiting', 0) + counts.get('delayed', 0),
-                counts.get('reserved', 0) + counts.get('working', 0),
-                counts.get('failed', 0), stats[1]]
+            (self.queue,)).fetchall()))
+        stats = self.one('SELECT n_all, n_over, n_failed FROM mpq_stats WHERE queue = ?',
+                         (self.queue,)) or (0, 0, 0)
+        return counts, stats
+
+    def op_status(self):
+        counts, stats = self.counts()
+        return [stats[0], counts['waiting'] + counts['delayed'],
+                counts['reserved'] + counts['working'], counts['failed'], stats[1]]
+
+    def op_depth(self):
+        counts, stats = self.counts()
+        head = self.one("SELECT meta FROM mpq_jobs WHERE queue = ? AND state = 'waiting' "
+                        'ORDER BY score LIMIT 1', (self.queue,))
+        return [counts[state] for state in _DEPTH_FIELDS[:5]] + list(stats) + [
+            head[0] if head else '']
 
     def op_failed(self, offset, count):
         offset, count = int(_sq_num(offset) or 0), int(_sq_num(count) or 0)
@@ -1897,22 +2038,36 @@ class SqliteDriver(_Driver):
         return conn
 
     def execute(self, queue, ops):
-        import sqlite3
         for op in ops:
             if len(op) - 1 != _STEP_ARGS[op[0]]:
                 raise ValueError('step %r takes %d arguments' % (op[0], _STEP_ARGS[op[0]]))
         if not ops:
             return []
+
+        def run(conn):
+            batch = _SqliteBatch(conn, queue, time.time())
+            out = batch.run(ops)
+            batch.flush_stats()
+            return batch.wake, out
+        wake, out = self._transaction(run)
+        if wake:
+            self._wake(queue)
+        return out
+
+    def _transaction(self, work, busy_timeout=None):
+        """``work(conn)`` inside one ``BEGIN IMMEDIATE`` transaction; its result.
+        ``busy_timeout`` (seconds) shortens the wait for another writer."""
+        import sqlite3
         conn = self._conn
         if conn is None or self._pid != os.getpid():
             conn = self._connect()
         with self._lock:
             try:
-                conn.execute('BEGIN IMMEDIATE')
+                if busy_timeout is not None:
+                    conn.execute('PRAGMA busy_timeout = %d' % int(busy_timeout * 1000))
                 try:
-                    batch = _SqliteBatch(conn, queue, time.time())
-                    out = batch.run(ops)
-                    batch.flush_stats()
+                    conn.execute('BEGIN IMMEDIATE')
+                    out = work(conn)
                     conn.execute('COMMIT')
                 except BaseException:
                     if conn.in_transaction:
@@ -1921,11 +2076,29 @@ class SqliteDriver(_Driver):
                         except sqlite3.Error:
                             pass
                     raise
+                finally:
+                    if busy_timeout is not None:
+                        conn.execute('PRAGMA busy_timeout = %d' % int(self.BUSY_TIMEOUT * 1000))
             except sqlite3.Error as exc:
                 raise self._error(exc) from exc
-        if batch.wake:
-            self._wake(queue)
         return out
+
+    def _fleet_op(self, *op):
+        def run(conn):
+            now = time.time()
+            conn.execute('DELETE FROM mpq_fleet WHERE expires <= ?', (now,))
+            if op[0] == 'beat':
+                _, pool_id, info, ttl = op
+                conn.execute('INSERT OR REPLACE INTO mpq_fleet (id, info, expires) '
+                             'VALUES (?, ?, ?)', (pool_id, info, now + ttl))
+                return 1
+            if op[0] == 'forget':
+                return conn.execute('DELETE FROM mpq_fleet WHERE id = ?', (op[1],)).rowcount
+            out = [now]
+            for row in conn.execute('SELECT id, info, expires FROM mpq_fleet ORDER BY expires'):
+                out.extend(row)
+            return out
+        return self._transaction(run, busy_timeout=FLEET_TIMEOUT)
 
     # -- wake-ups --------------------------------------------------------------
 
@@ -3328,6 +3501,11 @@ class _Manager:
     Signals: SIGTERM / SIGINT stop gracefully (a second one stops fast),
     SIGUSR1 reloads the workers, SIGUSR2 writes a status snapshot to
     ``{pid_path}/{name}.status.json``.
+
+    Every ``HEARTBEAT_SECONDS`` it asks its masters for their status, without
+    waiting for them, and publishes what it knows as the pool's heartbeat once
+    they have all answered (or after ``_BEAT_ANSWER_WAIT``); a clean stop
+    removes the heartbeat.
     """
 
     def __init__(self, config, ready_fd=None):
@@ -3340,13 +3518,19 @@ class _Manager:
         self.backoff = {}       # queue -> (failures, spawn_after)
         self.status_wanted = []
         self.started = time.time()
+        self.pool_id = None
+        self.next_beat = 0.0        # monotonic time to ask the masters for their status
+        self.beat_asked = None      # monotonic time they were asked, until published
+        self.beat_failing = False
 
     def run(self):
         pid = os.getpid()
         self.pidfile.create(pid)
+        self.pool_id = '%s@%s:%d' % (self.config['basics']['name'], _HOST, pid)
         try:
             return self._run()
         finally:
+            self._fleet_call('remove the heartbeat', 'forget', self.pool_id)
             self.pidfile.remove(pid)
 
     def _run(self):
@@ -3374,6 +3558,7 @@ class _Manager:
                     self._read_master(key.data)
             self._reap()
             self._respawn()
+            self._heartbeat()
             if self.stopping and not self.masters:
                 break
             if self.stop_deadline is not None and time.monotonic() >= self.stop_deadline:
@@ -3386,8 +3571,8 @@ class _Manager:
         when = [after for _, after in self.backoff.values()]
         if self.stop_deadline is not None:
             when.append(self.stop_deadline)
-        if not when:
-            return None
+        when.append(self.next_beat if self.beat_asked is None
+                    else self.beat_asked + _BEAT_ANSWER_WAIT)
         return max(0.0, min(when) - time.monotonic())
 
     def _spawn(self, qconf):
@@ -3431,6 +3616,7 @@ class _Manager:
                 self.ready_fd = None
         elif msg[0] == 'status':
             info['status'] = msg[1]
+            info['status_time'] = time.monotonic()
 
     def _on_signal(self, signum):
         if signum in (signal.SIGTERM, signal.SIGINT):
@@ -3483,6 +3669,58 @@ class _Manager:
         with open(tmp, 'w') as f:
             json.dump({'time': time.time(), 'processes': rows}, f)
         os.replace(tmp, path)
+
+    # -- the heartbeat -------------------------------------------------------------
+
+    def _heartbeat(self):
+        """Ask the masters for their status when a beat is due; publish once
+        they all answered, or when the wait for them is over."""
+        now = time.monotonic()
+        if self.beat_asked is None:
+            if now < self.next_beat:
+                return
+            self.beat_asked, self.next_beat = now, now + HEARTBEAT_SECONDS
+            self._tell_masters(('status',))
+        answered = all(info.get('status_time', -1.0) >= self.beat_asked
+                       for info in self.masters.values())
+        if answered or now >= self.beat_asked + _BEAT_ANSWER_WAIT:
+            self.beat_asked = None
+            self._fleet_call('publish the heartbeat', 'heartbeat', self.pool_id,
+                             self._beat_info(), HEARTBEAT_TTL)
+
+    def _beat_info(self):
+        """The heartbeat: this pool and, per queue, its workers as the last
+        status its master sent counts them."""
+        queues = {q['name']: {'master': None, 'workers': 0, 'busy': 0, 'idle': 0, 'done': 0}
+                  for q in self.config['queue']}
+        for pid, info in self.masters.items():
+            rows = info.get('status') or []
+            workers = [r for r in rows if r.get('type') == 'worker']
+            busy = sum(1 for r in workers if r.get('state') == 'busy')
+            queues[info['queue']['name']] = {
+                'master': pid, 'workers': len(workers), 'busy': busy,
+                'idle': len(workers) - busy,
+                'done': sum(r.get('done') or 0 for r in rows if r.get('type') == 'master')}
+        return {'name': self.config['basics']['name'], 'host': _HOST, 'pid': os.getpid(),
+                'started': self.started, 'state': 'stopping' if self.stopping else 'running',
+                'queues': queues}
+
+    def _fleet_call(self, what, method, *args):
+        """A fleet call on the driver that never raises: the first failure of a
+        run of them is logged, and the next beat tries again."""
+        driver, name = self.config['basics']['driver'], self.config['basics']['name']
+        try:
+            getattr(driver, method)(*args)
+        except Exception as exc:
+            if not self.beat_failing:
+                logger.warning('pool %r could not %s (%s); trying again every %ss', name, what,
+                               ' '.join(str(exc).split()) or type(exc).__name__,
+                               HEARTBEAT_SECONDS)
+                self.beat_failing = True
+            return
+        if self.beat_failing:
+            logger.info('pool %r reaches %s again for its heartbeat', name, driver.address)
+            self.beat_failing = False
 
     def _reap(self):
         while True:

@@ -22,11 +22,14 @@ COMMANDS = [
     ('worker:stop', 'stop the pool gracefully (workers finish their job)'),
     ('worker:restart', 'stop, then start again (reloads the config; -d: in the background)'),
     ('worker:reload', 'replace every worker after its current job (reloads code, not config)'),
-    ('worker:status', 'one line per process: queue, type, pid, state, job, done, RSS, uptime'),
-    ('queue:status', 'all / waiting / working / failed / over per queue [--queue Q]'),
+    ('worker:status', 'one line per process: queue, type, pid, state, job, done, RSS, uptime '
+                      '(--all: every pool)'),
+    ('queue:status', 'all / waiting / working / failed / over per queue [--queue Q] '
+                     '(--watch: live)'),
     ('queue:failed', 'failed jobs with their info and errors --queue Q'),
     ('queue:retry', 'put failed jobs back --queue Q [--id ID]'),
     ('queue:clean', 'empty a queue [--queue Q] (all queues without --queue)'),
+    ('metrics', 'Prometheus metrics of the queues and pools (--serve PORT: over HTTP)'),
 ]
 
 
@@ -47,6 +50,14 @@ def _parser():
     p.add_argument('-q', '--queue', help='the queue to act on')
     p.add_argument('--id', help='a job id (queue:retry)')
     p.add_argument('--json', action='store_true', help='machine-readable output')
+    p.add_argument('--all', action='store_true',
+                   help='worker:status: every pool that sends heartbeats to the broker')
+    p.add_argument('--watch', action='store_true', help='queue:status: redraw every --interval')
+    p.add_argument('--interval', type=float, default=1.0, metavar='SECONDS',
+                   help='queue:status --watch: seconds between frames (default 1)')
+    p.add_argument('--count', type=int, metavar='N', help='queue:status --watch: stop after N frames')
+    p.add_argument('--serve', type=int, metavar='PORT',
+                   help='metrics: serve them on http://127.0.0.1:PORT/metrics (0: any free port)')
     p.add_argument('-v', '--verbose', action='store_true', help='tracebacks on errors')
     return p
 
@@ -174,6 +185,8 @@ def cmd_reload(cfg, args):
 
 
 def cmd_worker_status(cfg, args):
+    if args.all:
+        return cmd_fleet_status(cfg, args)
     pid = _running_pid(cfg)
     if not pid:
         raise UserError('pool %r is not running' % cfg['basics']['name'])
@@ -211,6 +224,26 @@ def cmd_worker_status(cfg, args):
     return 0
 
 
+def cmd_fleet_status(cfg, args):
+    driver = cfg['basics']['driver']
+    pools = driver.fleet()
+    if args.json:
+        print(json.dumps(pools, indent=1))
+        return 0
+    if not pools:
+        print('no pool has sent a heartbeat to %s in the last %ss' % (
+            driver.address, mpqueue.HEARTBEAT_TTL))
+        return 0
+    line = '%-20s %-20s %8s %-16s %7s %5s %5s %7s %-8s %s'
+    print(line % ('pool', 'host', 'pid', 'queue', 'workers', 'busy', 'idle', 'done', 'state',
+                  'last seen'))
+    for pool in pools:
+        for queue, q in sorted(pool['queues'].items()):
+            print(line % (pool['name'], pool['host'], pool['pid'], queue, q['workers'], q['busy'],
+                          q['idle'], q['done'], pool['state'], '%.1fs ago' % pool['age']))
+    return 0
+
+
 def _duration(seconds):
     if seconds is None:
         return '-'
@@ -234,6 +267,8 @@ def _queues(cfg, args, required=False):
 
 
 def cmd_queue_status(cfg, args):
+    if args.watch:
+        return cmd_queue_watch(cfg, args)
     stats = {q: mpqueue.status(q) for q in _queues(cfg, args)}
     if args.json:
         print(json.dumps(stats, indent=1))
@@ -243,6 +278,57 @@ def cmd_queue_status(cfg, args):
     for q, s in stats.items():
         print('%-20s' % q + ''.join('%10d' % s[c] for c in cols))
     return 0
+
+
+_DEPTH_COLUMNS = ('waiting', 'delayed', 'reserved', 'working', 'failed')
+_RATES = (('done/s', 'done'), ('failed/s', 'failed_total'))
+
+
+def cmd_queue_watch(cfg, args):
+    """Redraw the depth of each queue every --interval seconds, like top; on a
+    terminal the screen is cleared, elsewhere the frames follow each other
+    (one JSON line each with --json).  Ctrl-C stops it (exit 0)."""
+    if not args.interval > 0:
+        raise UserError('--interval must be a number of seconds > 0, got %r' % args.interval)
+    if args.count is not None and args.count < 1:
+        raise UserError('--count must be at least 1, got %r' % args.count)
+    queues, driver = _queues(cfg, args), cfg['basics']['driver']
+    clear = '\x1b[H\x1b[2J' if sys.stdout.isatty() and not args.json else ''
+    previous, frames, due = None, 0, time.monotonic()
+    try:
+        while True:
+            now = time.monotonic()
+            depths = {q: driver.depth(q) for q in queues}
+            for q, depth in depths.items():
+                for label, counter in _RATES:
+                    depth[label] = None if previous is None else max(
+                        0.0, (depth[counter] - previous[1][q][counter]) / (now - previous[0]))
+            previous = (now, depths)
+            if args.json:
+                text = json.dumps({'time': time.time(), 'queues': depths}) + '\n'
+            else:
+                text = _watch_frame(driver, depths, args.interval) + ('' if clear else '\n')
+            sys.stdout.write(clear + text)
+            sys.stdout.flush()
+            frames += 1
+            if args.count and frames >= args.count:
+                return 0
+            due += args.interval
+            time.sleep(max(0.0, due - time.monotonic()))
+    except KeyboardInterrupt:
+        return 0
+
+
+def _watch_frame(driver, depths, interval):
+    lines = ['mpqueue  %s  %s  every %gs, Ctrl-C to stop' % (
+        time.strftime('%Y-%m-%d %H:%M:%S'), driver.address, interval),
+        '%-16s' % 'queue' + ''.join('%9s' % c for c in _DEPTH_COLUMNS + tuple(
+            label for label, _ in _RATES))]
+    for q, depth in depths.items():
+        lines.append('%-16s' % q + ''.join('%9d' % depth[c] for c in _DEPTH_COLUMNS) + ''.join(
+            '%9s' % ('-' if depth[label] is None else '%.1f' % depth[label])
+            for label, _ in _RATES))
+    return '\n'.join(lines) + '\n'
 
 
 def cmd_queue_failed(cfg, args):
@@ -278,11 +364,110 @@ def cmd_queue_clean(cfg, args):
     return 0
 
 
+# -- metrics -------------------------------------------------------------------
+
+
+def cmd_metrics(cfg, args):
+    queues = _queues(cfg, args)
+    if args.serve is None:
+        sys.stdout.write(metrics_text(cfg['basics']['driver'], queues))
+        return 0
+    return _serve_metrics(cfg['basics']['driver'], queues, args.serve)
+
+
+def metrics_text(driver, queues):
+    """The Prometheus text exposition (format 0.0.4) of ``queues`` and of the
+    pools whose heartbeats the broker holds."""
+    now = time.time()
+    depths = {q: driver.depth(q) for q in queues}
+    latest = {}     # a pool restarted within the TTL: its newest heartbeat only
+    for pool in driver.fleet():
+        key = (pool['host'], pool['name'])
+        if key not in latest or pool['age'] < latest[key]['age']:
+            latest[key] = pool
+    pools = [latest[key] for key in sorted(latest)]
+    families = [
+        ('mpqueue_queue_jobs', 'gauge', 'Jobs in the queue now, by state.',
+         [({'queue': q, 'state': s}, d[s]) for q, d in depths.items() for s in _DEPTH_COLUMNS]),
+        ('mpqueue_jobs_total', 'counter',
+         'Jobs pushed, done and finally failed since the queue was last cleaned.',
+         [({'queue': q, 'state': s}, d[key]) for q, d in depths.items()
+          for s, key in (('pushed', 'pushed'), ('done', 'done'), ('failed', 'failed_total'))]),
+        ('mpqueue_oldest_waiting_seconds', 'gauge',
+         'Age of the job at the head of the queue since it was pushed (0: none waits).',
+         [({'queue': q}, max(0.0, now - d['oldest_created']) if d['oldest_created'] else 0)
+          for q, d in depths.items()]),
+        ('mpqueue_workers', 'gauge', 'Worker processes of each running pool, by state.',
+         [({'server': p['host'], 'pool': p['name'], 'queue': q, 'state': s}, counts[s])
+          for p in pools for q, counts in sorted(p['queues'].items()) for s in ('busy', 'idle')]),
+        ('mpqueue_pool_heartbeat_age_seconds', 'gauge',
+         'Seconds since each running pool last published its heartbeat.',
+         [({'server': p['host'], 'pool': p['name']}, p['age']) for p in pools]),
+    ]
+    out = []
+    for name, kind, text, samples in families:
+        out.append('# HELP %s %s\n# TYPE %s %s\n' % (name, text, name, kind))
+        for labels, value in samples:
+            out.append('%s{%s} %s\n' % (name, ','.join(
+                '%s="%s"' % (k, _label_value(v)) for k, v in labels.items()),
+                repr(float(value)) if isinstance(value, float) else int(value)))
+    return ''.join(out)
+
+
+def _label_value(value):
+    return str(value).replace('\\', '\\\\').replace('\n', '\\n').replace('"', '\\"')
+
+
+def _serve_metrics(driver, queues, port):
+    """Serve the metrics on http://127.0.0.1:PORT/metrics until SIGINT or SIGTERM."""
+    import http.server
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        timeout = 10        # a client that connects and says nothing is dropped
+
+        def do_GET(self):
+            if self.path.split('?')[0] != '/metrics':
+                self.send_error(404, 'the metrics are at /metrics')
+                return
+            try:
+                code, body = 200, metrics_text(driver, queues)
+            except mpqueue.MPQueueError as exc:
+                code, body = 503, 'mpqueue: error: %s\n' % _one_line(exc)
+            body = body.encode()
+            self.send_response(code)
+            self.send_header('Content-Type', 'text/plain; version=0.0.4; charset=utf-8')
+            self.send_header('Content-Length', str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format, *args):
+            pass
+
+    try:
+        server = http.server.HTTPServer(('127.0.0.1', port), Handler)
+    except (OSError, OverflowError) as exc:
+        raise UserError('cannot serve metrics on 127.0.0.1:%s: %s' % (
+            port, getattr(exc, 'strerror', None) or exc)) from exc
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, stop)
+    print('serving Prometheus metrics on http://127.0.0.1:%d/metrics (Ctrl-C to stop)'
+          % server.server_address[1], flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
 _HANDLERS = {
     'worker:start': cmd_start, 'worker:stop': cmd_stop, 'worker:restart': cmd_restart,
     'worker:reload': cmd_reload, 'worker:status': cmd_worker_status,
     'queue:status': cmd_queue_status, 'queue:failed': cmd_queue_failed,
-    'queue:retry': cmd_queue_retry, 'queue:clean': cmd_queue_clean,
+    'queue:retry': cmd_queue_retry, 'queue:clean': cmd_queue_clean, 'metrics': cmd_metrics,
 }
 
 
