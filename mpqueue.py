@@ -2783,6 +2783,7 @@ class _Master:
         self.ready_sent = False
         self.owner = None
         self.started = time.time()
+        self.done = 0                   # jobs its workers finished, replaced ones too
 
     # -- process life --------------------------------------------------------
 
@@ -2936,7 +2937,7 @@ class _Master:
         now = time.time()
         rows = [{'queue': self.queue, 'type': 'master', 'pid': os.getpid(), 'state':
                  'stopping' if self.stopping else 'running', 'job_id': None, 'done':
-                 sum(s.done for s in self.slots.values()), 'rss_mb': _rss_mb(),
+                 self.done, 'rss_mb': _rss_mb(),
                  'started': self.started, 'uptime': now - self.started}]
         for s in self.slots.values():
             row = {'queue': self.queue, 'type': 'worker', 'pid': s.pid,
@@ -3063,6 +3064,7 @@ class _Master:
             took = now - run[1]
             self.avg_job = took if self.avg_job is None else 0.8 * self.avg_job + 0.2 * took
         slot.done += 1
+        self.done += 1
         if slot.state == 'stopping':    # a coroutine worker finishing its last jobs
             return
         slot.state = 'busy' if slot.jobs else 'idle'

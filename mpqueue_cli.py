@@ -212,11 +212,14 @@ def cmd_worker_status(cfg, args):
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
-    print('%-16s %-7s %8s %-8s %-24s %7s %8s %-19s %s' % (
+    print('%-16s %-7s %8s %-10s %-24s %7s %8s %-19s %s' % (
         'queue', 'type', 'pid', 'state', 'job', 'done', 'rss_mb', 'started', 'uptime'))
     for r in rows:
-        print('%-16s %-7s %8s %-8s %-24s %7s %8s %-19s %s' % (
-            r.get('queue'), r.get('type'), r.get('pid'), r.get('state'), r.get('job_id') or '-',
+        state = r.get('state')
+        if r.get('coroutines'):         # busy / all coroutines of a coroutine worker
+            state = '%s:%s' % (state, r['coroutines'])
+        print('%-16s %-7s %8s %-10s %-24s %7s %8s %-19s %s' % (
+            r.get('queue'), r.get('type'), r.get('pid'), state, r.get('job_id') or '-',
             '-' if r.get('done') is None else r['done'],
             '-' if r.get('rss_mb') is None else '%.1f' % r['rss_mb'],
             time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(r['started']))
@@ -400,6 +403,11 @@ def metrics_text(driver, queues):
         ('mpqueue_workers', 'gauge', 'Worker processes of each running pool, by state.',
          [({'server': p['host'], 'pool': p['name'], 'queue': q, 'state': s}, counts[s])
           for p in pools for q, counts in sorted(p['queues'].items()) for s in ('busy', 'idle')]),
+        ('mpqueue_pool_jobs_finished_total', 'counter',
+         'Jobs the workers of each running pool finished (done, retried or failed) since it '
+         'started.',
+         [({'server': p['host'], 'pool': p['name'], 'queue': q}, counts['done'])
+          for p in pools for q, counts in sorted(p['queues'].items())]),
         ('mpqueue_pool_heartbeat_age_seconds', 'gauge',
          'Seconds since each running pool last published its heartbeat.',
          [({'server': p['host'], 'pool': p['name']}, p['age']) for p in pools]),

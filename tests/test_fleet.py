@@ -303,6 +303,7 @@ def test_metrics_match_the_queues_and_the_pools(e2e):
 
     assert set(families) == {'mpqueue_queue_jobs', 'mpqueue_jobs_total',
                              'mpqueue_oldest_waiting_seconds', 'mpqueue_workers',
+                             'mpqueue_pool_jobs_finished_total',
                              'mpqueue_pool_heartbeat_age_seconds'}
     assert families['mpqueue_jobs_total']['type'] == 'counter'
     assert families['mpqueue_queue_jobs']['type'] == 'gauge'
@@ -322,6 +323,8 @@ def test_metrics_match_the_queues_and_the_pools(e2e):
     assert sample(families, 'mpqueue_workers', server=mpqueue._HOST, pool='server-a',
                   queue='q', state='idle') == 1
     assert {dict(k)['pool'] for k in families['mpqueue_workers']['samples']} == {'server-a'}
+    assert sample(families, 'mpqueue_pool_jobs_finished_total', server=mpqueue._HOST,
+                  pool='server-a', queue='q') == 4     # 3 done + 1 failed, before the busy one
     assert 0 <= sample(families, 'mpqueue_pool_heartbeat_age_seconds', server=mpqueue._HOST,
                        pool='server-a') <= mpqueue.HEARTBEAT_TTL
 
@@ -333,10 +336,12 @@ def test_metrics_labels_are_escaped():
 
         def fleet(self):
             return [{'host': 'odd "host"\\n\n', 'name': 'p', 'age': 0.5,
-                     'queues': {'q': {'busy': 1, 'idle': 2}}}]
+                     'queues': {'q': {'busy': 1, 'idle': 2, 'done': 7}}}]
     families = parse_exposition(mpqueue_cli.metrics_text(Driver(), ['q']))
     assert sample(families, 'mpqueue_workers', server='odd "host"\\n\n', pool='p', queue='q',
                   state='idle') == 2
+    assert sample(families, 'mpqueue_pool_jobs_finished_total', server='odd "host"\\n\n',
+                  pool='p', queue='q') == 7
 
 
 def test_metrics_serve_answers_http_and_stops_on_sigterm(e2e):
