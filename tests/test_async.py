@@ -174,6 +174,18 @@ def test_leases_of_every_running_coroutine_are_renewed(e2e):
     assert all(len(e2e.records('start', tag='long-%d' % i)) == 1 for i in range(3))
 
 
+def test_memory_limit_replaces_a_coroutine_worker_after_its_jobs(e2e):
+    """Over memory_limit, a coroutine worker takes no more jobs, finishes
+    those it runs, exits and is replaced; no job is lost or run twice."""
+    pool, jobs = start_pool(e2e, 5, memory_limit=1)        # every worker is over 1 MB
+    for i in range(12):
+        mpqueue.push('q', jobs.nap, args=('nap-%d' % i, 0.2))
+    pool.wait(lambda: mpqueue.status('q')['over'] == 12, 30, 'the 12 naps to be done')
+    assert all(len(e2e.records('start', tag='nap-%d' % i)) == 1 for i in range(12))
+    assert len({r['pid'] for r in e2e.records('start')}) >= 2    # replaced at least once
+    pool.wait(lambda: len(pool.workers('q')) == 1, 10, 'a worker to be back')
+
+
 def test_graceful_stop_lets_running_coroutines_finish(e2e):
     pool, jobs = start_pool(e2e, 10)
     for i in range(6):
