@@ -1205,17 +1205,28 @@ return out
 
 
 class RedisDriver(_Driver):
-    """The Redis broker.
+    """The Redis broker, on one server or on a Redis Cluster.
 
     :param host: server host (ignored with ``url``).
     :param port: server port.
     :param password: AUTH password ('' for none).
-    :param database: database number.
+    :param database: database number (a cluster has database 0 only).
     :param prefix: first part of every key: ``{prefix}:{queue}:waiting`` ...
         (the queue name is the hash tag, so each queue's keys share a slot).
     :param url: ``redis://[[user]:password@]host:port/db`` or ``rediss://`` (TLS).
+        With ``cluster=True`` it may list several nodes to discover the cluster
+        from, comma-separated: ``'redis://10.0.0.1:7000,redis://10.0.0.2:7000'``
+        (user, password and TLS are taken from the first).
     :param ssl: use TLS with host/port.
-    :param cluster: talk to a Redis Cluster (``redis.cluster.RedisCluster``).
+    :param cluster: talk to a Redis Cluster (``redis.cluster.RedisCluster``),
+        found through ``host``/``port`` or ``url``.
+    :param wait_replicas: when a call stores new jobs, wait until this many
+        replicas have them too (Redis ``WAIT``), for at most ``wait_timeout``
+        seconds; if fewer confirm, ``push`` raises DriverError (the jobs are on
+        the master, not known to be on a replica).  Replication is asynchronous:
+        without this, jobs pushed just before their master dies may be missing on
+        the replica that takes over.  0 (the default): do not wait.
+    :param wait_timeout: see ``wait_replicas``.
     :param redis_kwargs: passed on to the redis-py client.
 
     Connections open lazily in each process and are never carried across a
@@ -1223,20 +1234,43 @@ class RedisDriver(_Driver):
     with EVALSHA (reloaded on NOSCRIPT).  The fleet's heartbeats live under
     ``{prefix}:{fleet}:`` and go through a client of their own whose calls time
     out after ``FLEET_TIMEOUT``.
+
+    On a cluster, all keys of a queue are in one slot, so a queue lives on one
+    master and each call is one EVALSHA sent to that master.  When its slot
+    moves (a failover, a resharding: MOVED, or a connection error) the slot map
+    is read again.  During a failover the queue's calls raise DriverError until
+    a replica has taken over; the runtime retries them with back-off.  Masters
+    are woken by PUBLISH, which a cluster passes on to every node.
     """
 
     def __init__(self, host='127.0.0.1', port=6379, password='', database=0, prefix='mpq', *,
-                 url=None, ssl=False, cluster=False, **redis_kwargs):
+                 url=None, ssl=False, cluster=False, wait_replicas=0, wait_timeout=1.0,
+                 **redis_kwargs):
         if not isinstance(prefix, str) or not prefix or '{' in prefix or '}' in prefix:
             raise ConfigError('RedisDriver prefix must be a non-empty string without braces, '
                               'got %r' % (prefix,))
+        if cluster and database:
+            raise ConfigError('RedisDriver database must be 0 on a Redis Cluster, got %r'
+                              % (database,))
+        if url and ',' in url and not cluster:
+            raise ConfigError('RedisDriver url lists several servers, which needs '
+                              'cluster=True: %r' % (url,))
+        if not isinstance(wait_replicas, int) or wait_replicas < 0:
+            raise ConfigError('RedisDriver wait_replicas must be an integer >= 0, got %r'
+                              % (wait_replicas,))
+        if not _is_number(wait_timeout) or wait_timeout <= 0:
+            raise ConfigError('RedisDriver wait_timeout must be a number > 0, got %r'
+                              % (wait_timeout,))
         self.host, self.port, self.password, self.database = host, port, password, database
         self.prefix, self.url, self.ssl, self.cluster = prefix, url, ssl, cluster
+        self.wait_replicas, self.wait_timeout = wait_replicas, wait_timeout
         self.redis_kwargs = redis_kwargs
         if url:
-            self.address = re.sub(r'//[^@/]*@', '//', url)   # never show a password
+            self.address = re.sub(r'//[^@/,]*@', '//', url)   # never show a password
         else:
-            self.address = '%s://%s:%s/%s' % ('rediss' if ssl else 'redis', host, port, database)
+            self.address = '%s://%s:%s' % ('rediss' if ssl else 'redis', host, port)
+            if not cluster:
+                self.address += '/%s' % database
         self._pid = None
         self._client = None
         self._fleet_script = None     # (pid, redis-py Script on a client with timeouts)
@@ -1245,7 +1279,8 @@ class RedisDriver(_Driver):
         self._local = threading.local()
 
     def __repr__(self):
-        return 'RedisDriver(%r, prefix=%r)' % (self.address, self.prefix)
+        cluster = ', cluster=True' if self.cluster else ''
+        return 'RedisDriver(%r, prefix=%r%s)' % (self.address, self.prefix, cluster)
 
     def __getstate__(self):   # drivers travel in pickled configs without their sockets
         state = dict(self.__dict__)
@@ -1261,6 +1296,8 @@ class RedisDriver(_Driver):
             import redis  # noqa: F401
             import redis.backoff  # noqa: F401
             import redis.retry  # noqa: F401
+            if self.cluster:
+                import redis.cluster  # noqa: F401
         except ImportError:
             pass
         self._sha = _sha1_hex(_LUA_OPS)
@@ -1286,23 +1323,25 @@ class RedisDriver(_Driver):
             kwargs['retry'] = Retry(NoBackoff(), 1)
         kwargs.update(overrides)
         if self.cluster:
-            from redis.cluster import RedisCluster
-            if self.url:
-                return RedisCluster.from_url(self.url, **kwargs)
-            return RedisCluster(host=self.host, port=self.port,
-                                password=self.password or None, ssl=self.ssl, **kwargs)
+            return self._cluster_client(kwargs)
         if self.url:
             return redis.Redis.from_url(self.url, **kwargs)
         return redis.Redis(host=self.host, port=self.port, db=self.database,
                            password=self.password or None, ssl=self.ssl, **kwargs)
 
-    def _error(self, exc):
-        """A redis-py (or socket) error as a DriverError naming the server."""
-        import redis
-        if isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
-                            OSError)):
-            return DriverError('cannot reach Redis at %s: %s' % (self.address, exc))
-        return DriverError('Redis at %s refused the command: %s' % (self.address, exc))
+    def _cluster_client(self, kwargs):
+        """A ``RedisCluster``; it reads the slot map from the first node that answers."""
+        from redis.cluster import ClusterNode, RedisCluster
+        from redis.connection import parse_url
+        if not self.url:
+            return RedisCluster(host=self.host, port=self.port, password=self.password or None,
+                                ssl=self.ssl, **kwargs)
+        first, *others = [u.strip() for u in self.url.split(',') if u.strip()]
+        nodes = []
+        for url in others:
+            where = parse_url(url)
+            nodes.append(ClusterNode(where.get('host', '127.0.0.1'), where.get('port', 6379)))
+        return RedisCluster(url=first, startup_nodes=nodes, **kwargs)
 
     def _keys_of(self, queue):
         keys = self._keys.get(queue)
@@ -1322,27 +1361,37 @@ class RedisDriver(_Driver):
             if len(op) - 1 != _STEP_ARGS[op[0]]:
                 raise ValueError('step %r takes %d arguments' % (op[0], _STEP_ARGS[op[0]]))
             args.extend(op)
-        return self._eval(self._keys_of(queue), args)
+        wait = 0
+        if self.wait_replicas and any(op[0] == 'push' for op in ops):
+            wait = self.wait_replicas   # a lost push loses jobs; other steps only repeat
+        return self._eval(queue, self._keys_of(queue), args, wait)
 
-    def _eval(self, keys, args):
-        """EVALSHA the lifecycle script (loading it on NOSCRIPT).  Outside a
-        cluster this writes the command on a connection of this thread's own,
-        packed here, which halves the client-side cost of a round trip."""
+    def _eval(self, queue, keys, args, wait=0):
+        """EVALSHA the lifecycle script (loading it on NOSCRIPT), followed by
+        ``WAIT`` for ``wait`` replicas if ``wait``.  The commands are packed here
+        and written on a connection of this thread's own (on a cluster: to the
+        master of the queue's slot), which halves the client-side cost of a
+        round trip."""
         import redis
-        client = self._redis()
         if self._sha is None:
             self._sha = _sha1_hex(_LUA_OPS)
-        command = ('EVALSHA', self._sha, len(keys)) + tuple(keys) + tuple(args)
+        packed = _pack_command(('EVALSHA', self._sha, len(keys)) + tuple(keys) + tuple(args))
+        if wait:
+            packed += _pack_command(('WAIT', wait, int(self.wait_timeout * 1000)))
         try:
             if self.cluster:
-                try:
-                    return client.execute_command(*command)
-                except redis.exceptions.NoScriptError:
-                    client.script_load(_LUA_OPS)
-                    return client.execute_command(*command)
-            return self._call(client, _pack_command(command))
-        except (redis.exceptions.RedisError, OSError) as exc:
-            raise self._error(exc) from exc
+                replies = self._call_cluster(keys[0], packed, 2 if wait else 1)
+            else:
+                replies = self._call(self._redis().connection_pool, packed, 2 if wait else 1)
+        except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException,
+                OSError) as exc:
+            raise self._error(queue, exc, getattr(self._local, 'node', None)) from exc
+        if wait and replies[1] < wait:
+            raise DriverError('%s: jobs pushed to queue %r are on the master, but only %d of '
+                              '%d replica(s) confirmed them within %g s' % (
+                                  self._where(queue), queue, replies[1], wait,
+                                  self.wait_timeout))
+        return replies[0]
 
     def _fleet_op(self, *op):
         import redis
@@ -1357,31 +1406,96 @@ class RedisDriver(_Driver):
             keys = ['%s:{fleet}:%s' % (self.prefix, k) for k in ('pools', 'expiry')]
             return self._fleet_script[1](keys=keys, args=op)
         except (redis.exceptions.RedisError, OSError) as exc:
-            raise self._error(exc) from exc
+            raise self._error(None, exc) from exc
 
-    def _call(self, client, packed):
+    def _where(self, queue, node=None):
+        if not self.cluster or queue is None:
+            return 'Redis%s at %s' % (' Cluster' if self.cluster else '', self.address)
+        # name the node: a failover concerns the queues of one master
+        return 'Redis Cluster %s (queue %r%s)' % (self.address, queue,
+                                                  ' on node %s' % node if node else '')
+
+    def _error(self, queue, exc, node=None):
+        """A one-line DriverError for a redis-py exception, naming the server."""
         import redis
+        text = ' '.join(str(exc).split())
+        if isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+                            redis.exceptions.RedisClusterException, OSError)):
+            return DriverError('cannot reach %s: %s' % (self._where(queue, node), text))
+        return DriverError('%s refused the command: %s' % (self._where(queue, node), text))
+
+    def _call_cluster(self, key, packed, replies):
+        """``_call`` on the master of ``key``'s slot.  MOVED (the slot has another
+        master now) or a lost connection make the slot map be read again.  The
+        call is made once more, on the new master, if it did not run: after
+        MOVED, or when the old master could not even be written to (a failover
+        is then resumed as soon as the replica has taken over)."""
+        import redis
+        self._local.node = None
+        client = self._redis()
+        for attempt in (1, 2):
+            node = _master_of(client, key)
+            self._local.node = node.name
+            conn = self._connection(client.get_redis_connection(node).connection_pool,
+                                    node.name)
+            try:
+                self._send(conn, packed)
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+                _reload_slots(client)
+                if attempt == 2 or _master_of(client, key).name == node.name:
+                    raise
+                continue
+            try:
+                return self._receive(conn, packed, replies)
+            except redis.exceptions.MovedError:
+                _reload_slots(client)
+                if attempt == 2:
+                    raise
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+                    redis.exceptions.ClusterDownError, OSError):
+                _reload_slots(client)
+                raise
+
+    def _call(self, pool, packed, replies=1):
+        """Write ``packed`` on this thread's connection to the server of ``pool``;
+        return the list of the next ``replies`` replies."""
+        conn = self._connection(pool)
+        self._send(conn, packed)
+        return self._receive(conn, packed, replies)
+
+    def _connection(self, pool, name=None):
+        """This thread's connection made by ``pool`` (one per cluster node ``name``)."""
         local = self._local
-        conn = getattr(local, 'conn', None)
-        if conn is None or local.pid != os.getpid():
-            conn = local.conn = client.connection_pool.make_connection()
-            local.pid, local.used, local.reader = os.getpid(), 0.0, _new_reader()
-        elif time.monotonic() - local.used > 1.0 and conn._sock is not None and \
+        if getattr(local, 'pid', None) != os.getpid():
+            local.pid, local.conns, local.used, local.reader = os.getpid(), {}, {}, _new_reader()
+        conn = local.conns.get(name)
+        if conn is None:
+            conn = local.conns[name] = pool.make_connection()
+        elif time.monotonic() - local.used[name] > 1.0 and conn._sock is not None and \
                 select.select([conn._sock], [], [], 0)[0]:
             self._drop(conn)            # the server closed it while it was idle: reconnect
-        local.used = time.monotonic()
+        local.used[name] = time.monotonic()
+        return conn
+
+    def _send(self, conn, packed):
+        import redis
         try:
             self._send_packed(conn, packed)
         except (redis.exceptions.ConnectionError, OSError):
             self._drop(conn)            # nothing was sent: safe to try once more
             self._send_packed(conn, packed)
+
+    def _receive(self, conn, packed, replies):
+        """The replies to ``packed``, sent on ``conn``; on NOSCRIPT the script is
+        loaded and ``packed`` sent again."""
+        import redis
         try:
-            return self._read(conn)
+            return self._read_replies(conn, replies)
         except redis.exceptions.NoScriptError:
             self._send_packed(conn, _pack_command(('SCRIPT', 'LOAD', _LUA_OPS)))
             self._read(conn)
             self._send_packed(conn, packed)
-            return self._read(conn)
+            return self._read_replies(conn, replies)
         except BaseException:
             self._drop(conn)
             raise
@@ -1395,6 +1509,21 @@ class RedisDriver(_Driver):
     def _drop(self, conn):
         conn.disconnect()
         self._local.reader = _new_reader()
+
+    def _read_replies(self, conn, n):
+        """The next ``n`` replies; an error reply is raised once all ``n`` are
+        read, so that the connection stays in step."""
+        import redis
+        replies, error = [], None
+        for _ in range(n):
+            try:
+                replies.append(self._read(conn))
+            except redis.exceptions.ResponseError as exc:
+                replies.append(exc)
+                error = error or exc
+        if error is not None:
+            raise error
+        return replies
 
     def _read(self, conn):
         """The reply to the command just sent: hiredis parsing the socket
@@ -1412,25 +1541,48 @@ class RedisDriver(_Driver):
                 raise redis.exceptions.ConnectionError('Connection closed by server.')
             reader.feed(chunk)
         if isinstance(reply, Exception):
-            text = str(reply)
-            if text.startswith('NOSCRIPT'):
-                raise redis.exceptions.NoScriptError(text)
-            raise redis.exceptions.ResponseError(text)
+            raise _response_error(str(reply))
         return reply
 
     def waker(self, queue):
-        return _RedisWaker(self, self._channel(queue))
+        return _RedisWaker(self, queue)
 
     def close(self):
-        conn = getattr(self._local, 'conn', None)
-        if conn is not None and self._local.pid == os.getpid():
-            conn.disconnect()
+        local = self._local
+        if getattr(local, 'pid', None) == os.getpid():
+            for conn in local.conns.values():
+                conn.disconnect()
         self._local = threading.local()
         if self._client is not None and self._pid == os.getpid():
             self._client.close()
         if self._fleet_script is not None and self._fleet_script[0] == os.getpid():
             self._fleet_script[1].registered_client.close()
         self._client = self._fleet_script = None
+
+
+def _reload_slots(client):
+    """Read a cluster's slot map again.  Best effort: if no node answers now,
+    the next call fails and tries again."""
+    try:
+        client.nodes_manager.initialize()
+    except Exception:
+        pass
+
+
+def _master_of(client, key):
+    """The master of ``key``'s slot in a cluster client's map (a ``ClusterNode``)."""
+    return client.nodes_manager.get_node_from_slot(client.keyslot(key))
+
+
+def _response_error(text):
+    """The redis-py exception for an error reply (as redis-py's parser raises it)."""
+    import redis
+    code, _, rest = text.partition(' ')
+    if code == 'NOSCRIPT':
+        return redis.exceptions.NoScriptError(text)
+    if code == 'MOVED':
+        return redis.exceptions.MovedError(rest)
+    return redis.exceptions.ResponseError(text)
 
 
 def _new_reader():
@@ -1463,20 +1615,22 @@ def _text(value):
 
 class _RedisWaker:
     """A pub/sub subscription to the queue's notify channel; its socket goes in
-    the master's selector."""
+    the master's selector.  On a cluster it is made on the master of the queue's
+    slot; when that node dies the socket closes and the master subscribes again."""
 
-    def __init__(self, driver, channel):
+    def __init__(self, driver, queue):
         import redis
         try:
             self._pubsub = driver._redis().pubsub(ignore_subscribe_messages=True)
-            self._pubsub.subscribe(channel)
+            self._pubsub.subscribe(driver._channel(queue))
             self._pubsub.get_message(timeout=0)   # make sure the connection is up
             # no silent reconnect on another socket: the master re-subscribes itself
             from redis.backoff import NoBackoff
             from redis.retry import Retry
             self._pubsub.connection.retry = Retry(NoBackoff(), 0)
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
-            raise DriverError('cannot reach Redis at %s: %s' % (driver.address, exc)) from exc
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+                redis.exceptions.RedisClusterException, OSError) as exc:
+            raise driver._error(queue, exc) from exc
         self._address = driver.address
 
     def fileno(self):

@@ -3,6 +3,7 @@
 
     python examples/benchmark.py                          # SQLite broker, 4 workers, 20000 jobs
     python examples/benchmark.py --driver redis           # Redis at redis://127.0.0.1:6379/15
+    python examples/benchmark.py --driver redis-cluster   # Redis Cluster with a node at :7000
     python examples/benchmark.py --only drain,latency --workers 8 --model grab
     python examples/benchmark.py --scaling --jobs 5000    # 1/2/4/8 workers, both drivers and models
 
@@ -88,6 +89,8 @@ PROBE_SECONDS = 0.1
 STALL_SECONDS = 30          # drain gives up when no job ran for that long
 STOP_GRACE = 5              # basics.stop_grace of the generated config
 SCALING_WORKERS = (1, 2, 4, 8)
+REDIS_URL = 'redis://127.0.0.1:6379/15'
+CLUSTER_URL = 'redis://127.0.0.1:7000'
 CLK_TCK = os.sysconf('SC_CLK_TCK')
 
 
@@ -277,7 +280,9 @@ def _interrupted(signum, frame):
 # -- the job bodies --------------------------------------------------------------
 
 # Written to mpqbench_jobs.py next to the generated config; __SINK__ becomes
-# ('redis', url, key prefix) or ('files', directory).
+# ('redis', url, key prefix, cluster) or ('files', directory).  On a cluster the
+# record keys share the queue's hash tag: they live on the queue's master, as
+# they live on the one server otherwise.
 JOBS_SOURCE = '''\
 """Job bodies of the mpqueue benchmark (written by examples/benchmark.py)."""
 import os
@@ -296,13 +301,22 @@ def _sink():
     global _pid, _out
     if _pid != os.getpid():
         if REDIS:
-            import redis
-            _out = redis.Redis.from_url(SINK[1], socket_timeout=30)
+            _out = _redis_client(SINK[1], KEY, SINK[3])
         else:
             _out = os.open(os.path.join(SINK[1], 'rec-%d.txt' % os.getpid()),
                            os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         _pid = os.getpid()
     return _out
+
+
+def _redis_client(url, key, cluster):
+    """A plain redis-py client; on a cluster, of the master holding ``key``'s slot."""
+    import redis
+    if not cluster:
+        return redis.Redis.from_url(url, socket_timeout=30)
+    import redis.cluster
+    nodes = redis.cluster.RedisCluster.from_url(url, socket_timeout=30)
+    return nodes.get_redis_connection(nodes.get_node_from_key(key))
 
 
 def _line(text):
@@ -380,9 +394,11 @@ config = {
 class RedisRecords:
     """What the jobs recorded, read back from Redis."""
 
-    def __init__(self, url, key):
+    def __init__(self, url, key, cluster=False):
         import redis
-        self.client = redis.Redis.from_url(url, socket_timeout=30)
+        import redis.cluster
+        client = redis.cluster.RedisCluster if cluster else redis.Redis
+        self.client = client.from_url(url, socket_timeout=30)
         self.key = key
         self.n = 0
 
@@ -515,10 +531,11 @@ class Workdir:
         self.dir = tempfile.mkdtemp(prefix='mpqbench-')
         self.queue = 'bench-%d' % os.getpid()     # concurrent runs on one Redis do not mix
         self.config_path = self.path('mpqbench_config.py')
-        if driver == 'redis':
+        self.cluster = driver == 'redis-cluster'
+        if driver != 'sqlite':
             key = '%s:{%s}:rec:' % (redis_prefix, self.queue)
-            sink = ('redis', redis_url, key)
-            self.records = RedisRecords(redis_url, key)
+            sink = ('redis', redis_url, key, self.cluster)
+            self.records = RedisRecords(redis_url, key, self.cluster)
         else:
             rec_dir = self.path('records')
             os.mkdir(rec_dir)
@@ -544,9 +561,9 @@ class Workdir:
 
     def configure(self, workers, model):
         """Write the pool's config file and configure this process from it."""
-        if self.driver == 'redis':
-            driver = 'mpqueue.RedisDriver(url=%r, prefix=%r)' % (self.redis_url,
-                                                                 self.redis_prefix)
+        if self.driver != 'sqlite':
+            driver = 'mpqueue.RedisDriver(url=%r, prefix=%r, cluster=%r)' % (
+                self.redis_url, self.redis_prefix, self.cluster)
         else:
             driver = 'mpqueue.SqliteDriver(%r)' % self.path('mpqbench.db')
         with open(self.config_path, 'w') as f:
@@ -583,7 +600,7 @@ class Workdir:
             self.records.cleanup()
         except Exception as exc:
             problems.append('could not delete the record keys: %s' % exc)
-        if self.driver == 'redis':
+        if self.driver != 'sqlite':
             client = self.records.client
             try:
                 for queue in self.queues_used:
@@ -1076,9 +1093,10 @@ def scaling_svg(report):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
         description='Benchmark mpqueue on this machine (see the docstring of this file).')
-    p.add_argument('--driver', choices=('sqlite', 'redis'), default='sqlite')
-    p.add_argument('--redis-url', default='redis://127.0.0.1:6379/15',
-                   help='Redis for --driver redis (default %(default)s)')
+    p.add_argument('--driver', choices=('sqlite', 'redis', 'redis-cluster'), default='sqlite')
+    p.add_argument('--redis-url', default=None,
+                   help='Redis for --driver redis (default %s); a node of the cluster for '
+                   '--driver redis-cluster (default %s)' % (REDIS_URL, CLUSTER_URL))
     p.add_argument('--redis-prefix', default='mpqbench',
                    help='key prefix of the Redis driver (default %(default)s)')
     p.add_argument('--workers', type=int, default=4, help='worker processes (default 4)')
@@ -1098,6 +1116,8 @@ def parse_args(argv=None):
     p.add_argument('--keep', action='store_true',
                    help='keep the temporary directory (config, jobs, logs, SQLite file)')
     args = p.parse_args(argv)
+    if args.redis_url is None:
+        args.redis_url = CLUSTER_URL if args.driver == 'redis-cluster' else REDIS_URL
     selected = {w.strip() for w in args.only.split(',') if w.strip()}
     unknown = selected - set(WORKLOADS)
     if unknown or not selected:
@@ -1131,7 +1151,7 @@ def main(argv=None):
                 print(scaling_markdown(report))
                 print('\nchart: %s' % report['svg'])
         else:
-            if args.driver == 'redis' and not redis_answers(args.redis_url):
+            if args.driver != 'sqlite' and not redis_answers(args.redis_url):
                 print('benchmark: error: Redis does not answer at %s' % args.redis_url,
                       file=sys.stderr)
                 return 2

@@ -1,9 +1,12 @@
-"""Shared fixtures: a real Redis server and a reaper for the processes tests start.
+"""Shared fixtures: a real Redis server, a Redis Cluster and a reaper for the
+processes tests start.
 
 ``redis_url`` is the Redis on 127.0.0.1:6379 when one answers, otherwise a
 private ``redis-server`` started for the test run. Tests use database
 ``redis_db`` (14, or ``$MPQTEST_DB``) on it and the key prefix ``PREFIX`` ('mpqtest');
 ``redis_client`` empties that database before and after each test.
+``redis_cluster`` is a six-node Redis Cluster on 127.0.0.1:7000-7005 (see
+``redis_cluster.py``), started on first use unless one already runs there.
 """
 
 import os
@@ -18,6 +21,7 @@ import redis
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from redis_cluster import LocalCluster  # noqa: E402
 from redis_server import RedisServer, free_port, no_retry, port_in_use  # noqa: E402
 
 SHARED_REDIS_URL = 'redis://127.0.0.1:6379'
@@ -82,6 +86,17 @@ def redis_client(redis_url, redis_db):
             client.flushdb()
         finally:
             client.close()
+
+
+@pytest.fixture(scope='session')
+def redis_cluster():
+    """A ``LocalCluster``: three masters and three replicas on 127.0.0.1:7000-7005,
+    the cluster already running there or one started (and stopped) for the run."""
+    cluster = LocalCluster().start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 # -- processes ---------------------------------------------------------------

@@ -36,6 +36,7 @@ import psutil
 import redis
 
 import mpqueue
+from redis_server import wait_for  # noqa: F401 - the tests import it from here
 
 REPO = Path(__file__).resolve().parent.parent
 CLI = REPO / 'mpqueue_cli.py'
@@ -43,23 +44,6 @@ CLI = REPO / 'mpqueue_cli.py'
 # Runtime settings small enough to keep the suite fast.
 STOP_GRACE = 5
 CLI_TIMEOUT = 60
-
-
-def wait_for(cond, timeout, what, interval=0.02):
-    """Poll ``cond()`` until it returns something truthy; return that.
-
-    Fails with ``AssertionError`` naming ``what`` (a string, or a callable
-    returning one, evaluated only on failure) once ``timeout`` seconds pass.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            text = what() if callable(what) else what
-            raise AssertionError('timed out after %.1fs waiting for %s' % (timeout, text))
-        time.sleep(interval)
 
 
 def alive(pid):

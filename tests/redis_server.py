@@ -32,7 +32,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 __all__ = ['RedisServer', 'ensure_redis_server_binary', 'free_port',
-           'no_retry', 'port_in_use']
+           'no_retry', 'port_in_use', 'wait_for']
 
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
@@ -80,6 +80,23 @@ def no_retry():
     with backoff for several seconds by default.
     """
     return Retry(NoBackoff(), 0)
+
+
+def wait_for(cond, timeout, what, interval=0.02):
+    """Poll ``cond()`` until it returns something truthy; return that.
+
+    Fails with ``AssertionError`` naming ``what`` (a string, or a callable
+    returning one, evaluated only on failure) once ``timeout`` seconds pass.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            text = what() if callable(what) else what
+            raise AssertionError('timed out after %.1fs waiting for %s' % (timeout, text))
+        time.sleep(interval)
 
 
 def free_port():

@@ -96,3 +96,13 @@ def test_benchmark_redis(proc_reaper, redis_url, redis_db):
                            '%s/%d' % (redis_url, redis_db), '--redis-prefix', prefix)
     assert report['driver'] == 'redis'
     check_report(report)
+
+
+@pytest.mark.slow
+def test_benchmark_redis_cluster(proc_reaper, redis_cluster):
+    prefix = 'mpqtest-bench-%s' % uuid.uuid4().hex[:8]
+    report = run_benchmark(proc_reaper, '--driver', 'redis-cluster', '--redis-url',
+                           redis_cluster.url, '--redis-prefix', prefix)
+    assert report['driver'] == 'redis-cluster'
+    check_report(report)
+    assert redis_cluster.keys(prefix) == []

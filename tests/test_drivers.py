@@ -1,7 +1,8 @@
 """Contract suite for broker drivers.
 
 Every test here talks to a driver only through the ``mpqueue._Driver``
-interface, so each driver (Redis, SQLite) must pass all of it unchanged.
+interface, so each driver (Redis, SQLite) must pass all of it unchanged;
+test_cluster.py runs it against a Redis Cluster too.
 Times are never slept on blindly: tests poll ``tick()`` with a deadline.
 """
 
@@ -14,7 +15,6 @@ import time
 import uuid
 
 import pytest
-import redis
 
 import mpqueue
 
@@ -44,19 +44,15 @@ def driver(request, tmp_path):
 
 
 @pytest.fixture
-def queue(driver, request):
+def queue(driver):
     """A queue name of this test alone; everything under it is removed afterwards."""
     name = 'drv-%s' % uuid.uuid4().hex[:12]
     yield name
     driver.clean(name)
     assert driver.status(name) == {'all': 0, 'waiting': 0, 'working': 0, 'failed': 0,
                                    'over': 0}
-    if isinstance(driver, mpqueue.RedisDriver):
-        client = redis.Redis.from_url(request.getfixturevalue('redis_db_url'))
-        try:
-            left = list(client.scan_iter(match='%s:{%s}:*' % (PREFIX, name), count=1000))
-        finally:
-            client.close()
+    if isinstance(driver, mpqueue.RedisDriver):   # its own client: one server or a cluster
+        left = list(driver._redis().scan_iter(match='%s:{%s}:*' % (PREFIX, name), count=1000))
         assert left == [], 'keys left behind: %r' % left
 
 
