@@ -1296,6 +1296,7 @@ class RedisDriver(_Driver):
             import redis  # noqa: F401
             import redis.backoff  # noqa: F401
             import redis.retry  # noqa: F401
+            import encodings.idna  # noqa: F401  (connecting by host name loads it)
             if self.cluster:
                 import redis.cluster  # noqa: F401
         except ImportError:
@@ -2938,6 +2939,7 @@ class _Master:
         self.owner = None
         self.started = time.time()
         self.done = 0                   # jobs its workers finished, replaced ones too
+        self.beat_failing = False       # publishing the pool's heartbeat fails
 
     # -- process life --------------------------------------------------------
 
@@ -3086,6 +3088,9 @@ class _Master:
             self._reload()
         elif msg[0] == 'status':
             _send(self.control, ('status', self._status()))
+        elif msg[0] == 'beat' and self.broker_down_since is None:
+            # the manage process's heartbeat, to publish (not while the broker is away)
+            _fleet_call(self, 'publish the heartbeat', 'heartbeat', msg[1], msg[2], HEARTBEAT_TTL)
 
     def _status(self):
         now = time.time()
@@ -3651,6 +3656,24 @@ def _status_path(config):
     return os.path.join(basics['pid_path'], basics['name'] + '.status.json')
 
 
+def _fleet_call(process, what, method, *args):
+    """A fleet call on the driver (heartbeats) that never raises: the first
+    failure of a run of them is logged, and the next beat tries again.
+    ``process`` is the manage process or a master (``config``, ``beat_failing``)."""
+    driver, name = process.config['basics']['driver'], process.config['basics']['name']
+    try:
+        getattr(driver, method)(*args)
+    except Exception as exc:
+        if not process.beat_failing:
+            logger.warning('pool %r could not %s (%s); trying again every %ss', name, what,
+                           ' '.join(str(exc).split()) or type(exc).__name__, HEARTBEAT_SECONDS)
+            process.beat_failing = True
+        return
+    if process.beat_failing:
+        logger.info('pool %r reaches %s again for its heartbeat', name, driver.address)
+        process.beat_failing = False
+
+
 class _Manager:
     """The manage process: pid file, one master per queue, restarts, signals.
 
@@ -3659,9 +3682,9 @@ class _Manager:
     ``{pid_path}/{name}.status.json``.
 
     Every ``HEARTBEAT_SECONDS`` it asks its masters for their status, without
-    waiting for them, and publishes what it knows as the pool's heartbeat once
-    they have all answered (or after ``_BEAT_ANSWER_WAIT``); a clean stop
-    removes the heartbeat.
+    waiting for them, and has what it knows published as the pool's heartbeat
+    (by a master, see ``_publish_beat``) once they have all answered (or after
+    ``_BEAT_ANSWER_WAIT``); a clean stop removes the heartbeat.
     """
 
     def __init__(self, config, ready_fd=None):
@@ -3686,7 +3709,7 @@ class _Manager:
         try:
             return self._run()
         finally:
-            self._fleet_call('remove the heartbeat', 'forget', self.pool_id)
+            _fleet_call(self, 'remove the heartbeat', 'forget', self.pool_id)
             self.pidfile.remove(pid)
 
     def _run(self):
@@ -3697,11 +3720,18 @@ class _Manager:
                                            signal.SIGUSR2, signal.SIGCHLD, signal.SIGHUP))
         logger.info('manage process of %r started (pid %d, mpqueue %s, queues: %s)', name,
                     os.getpid(), __version__, ', '.join(q['name'] for q in self.config['queue']))
-        self.config['basics']['driver'].preload()
+        driver = self.config['basics']['driver']
+        driver.preload()
         try:
             import ctypes  # noqa: F401  (used by every worker: load it once, shared)
         except ImportError:
             pass
+        # The first beat (no workers yet) goes before the fork, and its
+        # connection is closed: what it allocated and loaded is shared with
+        # the children instead of copied into this process later on.
+        _fleet_call(self, 'publish the heartbeat', 'heartbeat', self.pool_id, self._beat_info(),
+                    HEARTBEAT_TTL)
+        driver.close()
         for qconf in self.config['queue']:
             self._spawn(qconf)
         while True:
@@ -3841,8 +3871,20 @@ class _Manager:
                        for info in self.masters.values())
         if answered or now >= self.beat_asked + _BEAT_ANSWER_WAIT:
             self.beat_asked = None
-            self._fleet_call('publish the heartbeat', 'heartbeat', self.pool_id,
-                             self._beat_info(), HEARTBEAT_TTL)
+            self._publish_beat()
+
+    def _publish_beat(self):
+        """Hand the heartbeat to a master to publish: masters use the broker
+        client all the time, while this process using it would copy pages it
+        shares with its children (some 1.5 MB).  With no master, publish here."""
+        info = self._beat_info()
+        for master in self.masters.values():
+            try:
+                _send(master['conn'], ('beat', self.pool_id, info))
+                return
+            except OSError:
+                continue
+        _fleet_call(self, 'publish the heartbeat', 'heartbeat', self.pool_id, info, HEARTBEAT_TTL)
 
     def _beat_info(self):
         """The heartbeat: this pool and, per queue, its workers as the last
@@ -3860,23 +3902,6 @@ class _Manager:
         return {'name': self.config['basics']['name'], 'host': _HOST, 'pid': os.getpid(),
                 'started': self.started, 'state': 'stopping' if self.stopping else 'running',
                 'queues': queues}
-
-    def _fleet_call(self, what, method, *args):
-        """A fleet call on the driver that never raises: the first failure of a
-        run of them is logged, and the next beat tries again."""
-        driver, name = self.config['basics']['driver'], self.config['basics']['name']
-        try:
-            getattr(driver, method)(*args)
-        except Exception as exc:
-            if not self.beat_failing:
-                logger.warning('pool %r could not %s (%s); trying again every %ss', name, what,
-                               ' '.join(str(exc).split()) or type(exc).__name__,
-                               HEARTBEAT_SECONDS)
-                self.beat_failing = True
-            return
-        if self.beat_failing:
-            logger.info('pool %r reaches %s again for its heartbeat', name, driver.address)
-            self.beat_failing = False
 
     def _reap(self):
         while True:
