@@ -2576,6 +2576,7 @@ class _Worker:
         try:
             messages = self.conn.recv_ready()
         except (EOFError, OSError):         # the master is gone
+            asyncio.get_running_loop().remove_reader(self.conn.fileno())
             messages = [('stop',)]
         for msg in messages:
             if msg[0] == 'stop':
@@ -2600,7 +2601,7 @@ class _Worker:
         try:
             steps = self._attempt(job_id, meta, payload)
             result = await self._drive(steps, _resume(steps))
-        except asyncio.CancelledError:      # only the timer cancels a job
+        except asyncio.CancelledError:      # only the timer cancels a job's task
             logger.error('job %s of queue %r ran past its timeout of %ss; cancelled', job_id,
                          self.queue, timeout)
             result = ('lost', job_id, _timeout_error(timeout), 1)
@@ -2719,9 +2720,11 @@ class _Worker:
         while not finished:
             try:
                 value, error = await got, None
-            except asyncio.CancelledError:
-                steps.close()
-                raise
+            except asyncio.CancelledError as exc:
+                if _cancel_requested():
+                    steps.close()
+                    raise
+                value, error = None, exc        # the job's own: an ordinary failure
             except BaseException as exc:
                 value, error = None, exc
             finished, got = _resume(steps, value, error)
@@ -2823,6 +2826,16 @@ class _Worker:
             self.loop = asyncio.new_event_loop()
             asyncio.set_event_loop(self.loop)
         return self.loop
+
+
+def _cancel_requested():
+    """True when the running task was cancelled (its job's timeout), not when
+    the job itself raised CancelledError (before Python 3.11 one cannot tell
+    them apart: it counts as cancelled)."""
+    import asyncio
+    task = asyncio.current_task()
+    cancelling = getattr(task, 'cancelling', None)
+    return cancelling is None or cancelling() > 0
 
 
 def _resume(steps, value=None, error=None):

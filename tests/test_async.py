@@ -53,6 +53,18 @@ async def flaky_async(tag, fails):
     record('end', tag=tag, n=n)
 
 
+async def cancelled_inside(tag):
+    """Raises a CancelledError of its own (a task it awaited was cancelled)
+    on its first attempt."""
+    n = attempt(tag)
+    record('start', tag=tag, n=n)
+    if n == 1:
+        inner = asyncio.ensure_future(asyncio.sleep(30))
+        asyncio.get_running_loop().call_later(0.05, inner.cancel)
+        await inner
+    record('end', tag=tag, n=n)
+
+
 class AsyncFailing(mpqueue.Job):
     """Always fails; its async fail_handle records what it was given."""
 
@@ -162,6 +174,15 @@ def test_retries_and_async_fail_handlers(e2e):
     pool.wait(lambda: mpqueue.status('q')['failed'] == 1, 10, 'the failing job to be filed')
 
 
+def test_a_cancelled_error_of_the_jobs_own_is_an_ordinary_failure(e2e):
+    pool, jobs = start_pool(e2e, 5, fail_expire=0.1)
+    mpqueue.push('q', jobs.cancelled_inside, args=('inside',), timeout=30, fail_number=1)
+    pool.wait(lambda: e2e.records('end', tag='inside'), 10, 'the job to succeed on its retry')
+    assert [r['n'] for r in e2e.records('start', tag='inside')] == [1, 2]
+    pool.wait(lambda: mpqueue.status('q')['over'] == 1, 10, 'the job to be recorded as done')
+    assert mpqueue.status('q')['failed'] == 0
+
+
 @pytest.mark.slow
 def test_leases_of_every_running_coroutine_are_renewed(e2e):
     """Jobs running longer than the lease are not taken for lost."""
@@ -196,4 +217,5 @@ def test_graceful_stop_lets_running_coroutines_finish(e2e):
     pool.wait(lambda: not alive(manage), 15, 'the pool to stop')
     assert len(e2e.records('end')) == 6
     assert mpqueue.status('q')['over'] == 6
+
 
