@@ -223,3 +223,18 @@ def proc_reaper():
         yield reaper
     finally:
         reaper.reap()
+
+
+# -- end to end ----------------------------------------------------------------
+
+@pytest.fixture(params=['redis', 'sqlite'])
+def e2e(tmp_path, redis_url, redis_db, proc_reaper, request):
+    """The end-to-end harness (``pool_harness.E2E``), once per broker: a test
+    taking it runs on Redis and on SQLite.  Modules that need another one
+    (one broker, a cluster) define their own ``e2e``."""
+    from pool_harness import E2E
+    harness = E2E(tmp_path, redis_url, redis_db, proc_reaper, request.node.name, request.param)
+    try:
+        yield harness
+    finally:
+        harness.close()

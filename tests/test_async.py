@@ -16,16 +16,7 @@ import time
 import pytest
 
 import mpqueue
-from pool_harness import E2E, Src, alive, queue_conf
-
-
-@pytest.fixture(params=['redis', 'sqlite'])
-def e2e(tmp_path, redis_url, redis_db, proc_reaper, request):
-    harness = E2E(tmp_path, redis_url, redis_db, proc_reaper, request.node.name, request.param)
-    try:
-        yield harness
-    finally:
-        harness.close()
+from pool_harness import Src, alive, queue_conf
 
 
 ASYNC_JOBS = '''

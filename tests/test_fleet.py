@@ -23,16 +23,7 @@ import pytest
 
 import mpqueue
 import mpqueue_cli
-from pool_harness import CLI, E2E, alive, queue_conf, wait_for
-
-
-@pytest.fixture(params=['redis', 'sqlite'])
-def e2e(tmp_path, redis_url, redis_db, proc_reaper, request):
-    harness = E2E(tmp_path, redis_url, redis_db, proc_reaper, request.node.name, request.param)
-    try:
-        yield harness
-    finally:
-        harness.close()
+from pool_harness import CLI, alive, queue_conf, wait_for
 
 
 def fleet(pool):

@@ -17,24 +17,9 @@ import psutil
 import pytest
 
 import mpqueue
-from pool_harness import (E2E, REPO, Src, alive, percentile, queue_conf, wait_for)
+from pool_harness import (REPO, Src, alive, percentile, queue_conf, wait_for)
 
 MODELS = [mpqueue.MODEL_DISTRIBUTE, mpqueue.MODEL_GRAB]
-
-
-@pytest.fixture(params=['redis', 'sqlite'])
-def driver(request):
-    """Every end-to-end test runs on both brokers."""
-    return request.param
-
-
-@pytest.fixture
-def e2e(tmp_path, redis_url, redis_db, proc_reaper, request, driver):
-    harness = E2E(tmp_path, redis_url, redis_db, proc_reaper, request.node.name, driver)
-    try:
-        yield harness
-    finally:
-        harness.close()
 
 
 def counts(queue='q'):
