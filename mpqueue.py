@@ -2708,7 +2708,9 @@ class _Worker:
         outcome: ``('done', id)``, ``('retry', ...)`` or ``('fail', ...)``."""
         steps = self._attempt(job_id, meta, payload)
         resumed = _resume(steps)            # a sync job ends here, with no event loop
-        return resumed[1] if resumed[0] else self._await(self._drive(steps, resumed))
+        if resumed[0]:
+            return resumed[1]
+        return self._event_loop().run_until_complete(self._drive(steps, resumed))
 
     @staticmethod
     async def _drive(steps, resumed):
@@ -2817,9 +2819,6 @@ class _Worker:
                              self.queue, errors[-1])
         return errors
 
-    def _await(self, awaitable):
-        return self._event_loop().run_until_complete(_as_coroutine(awaitable))
-
     def _event_loop(self):
         if self.loop is None:
             import asyncio
@@ -2845,10 +2844,6 @@ def _resume(steps, value=None, error=None):
         return False, (steps.send(value) if error is None else steps.throw(error))
     except StopIteration as stop:
         return True, stop.value
-
-
-async def _as_coroutine(awaitable):
-    return await awaitable
 
 
 def _timeout_error(timeout):
