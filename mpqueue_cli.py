@@ -128,23 +128,23 @@ def _load_config(spec):
 
 
 def _running_pid(cfg):
-    return mpqueue._PidFile(mpqueue._pid_path(cfg)).read()
+    return mpqueue.pool_pid(cfg)
 
 
 def cmd_start(cfg, args):
     if args.daemon:
-        pid = mpqueue._run_pool(cfg, daemon=True)
+        pid = mpqueue.start_pool(cfg, daemon=True)
         print('mpqueue pool %r started in the background (manage pid %d); log in %s' % (
             cfg['basics']['name'], pid, cfg['log']['path']))
         return 0
-    return mpqueue._run_pool(cfg, daemon=False)
+    return mpqueue.start_pool(cfg, daemon=False)
 
 
 def cmd_stop(cfg, args, quiet=False):
     pid = _running_pid(cfg)
     if not pid:
         raise UserError('pool %r is not running (no live pid in %s)' % (
-            cfg['basics']['name'], mpqueue._pid_path(cfg)))
+            cfg['basics']['name'], mpqueue.pid_file(cfg)))
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + cfg['basics']['stop_grace'] + 15
     while time.monotonic() < deadline:
@@ -187,28 +187,7 @@ def cmd_reload(cfg, args):
 def cmd_worker_status(cfg, args):
     if args.all:
         return cmd_fleet_status(cfg, args)
-    pid = _running_pid(cfg)
-    if not pid:
-        raise UserError('pool %r is not running' % cfg['basics']['name'])
-    path = mpqueue._status_path(cfg)
-    asked = time.time()
-    os.kill(pid, signal.SIGUSR2)
-    deadline = time.monotonic() + 10
-    snapshot = None
-    while time.monotonic() < deadline:
-        try:
-            with open(path) as f:
-                data = json.load(f)
-            if data.get('time', 0) >= asked - 0.001:
-                snapshot = data
-                break
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.02)
-    if snapshot is None:
-        raise UserError('pool %r (pid %d) did not answer the status request' % (
-            cfg['basics']['name'], pid))
-    rows = snapshot['processes']
+    rows = mpqueue.pool_status(cfg)
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
@@ -229,7 +208,7 @@ def cmd_worker_status(cfg, args):
 
 def cmd_fleet_status(cfg, args):
     driver = cfg['basics']['driver']
-    pools = driver.fleet()
+    pools = mpqueue.fleet()
     if args.json:
         print(json.dumps(pools, indent=1))
         return 0
@@ -261,7 +240,7 @@ def _duration(seconds):
 
 def _queues(cfg, args, required=False):
     if args.queue:
-        mpqueue._queue_config(args.queue)
+        mpqueue.queue_config(args.queue)
         return [args.queue]
     if required:
         raise UserError('this command needs --queue (one of: %s)' % ', '.join(
@@ -301,7 +280,7 @@ def cmd_queue_watch(cfg, args):
     try:
         while True:
             now = time.monotonic()
-            depths = {q: driver.depth(q) for q in queues}
+            depths = {q: mpqueue.depth(q) for q in queues}
             for q, depth in depths.items():
                 for label, counter in _RATES:
                     depth[label] = None if previous is None else max(
@@ -382,9 +361,9 @@ def metrics_text(driver, queues):
     """The Prometheus text exposition (format 0.0.4) of ``queues`` and of the
     pools whose heartbeats the broker holds."""
     now = time.time()
-    depths = {q: driver.depth(q) for q in queues}
+    depths = {q: mpqueue.depth(q) for q in queues}
     latest = {}     # a pool restarted within the TTL: its newest heartbeat only
-    for pool in driver.fleet():
+    for pool in mpqueue.fleet():
         key = (pool['host'], pool['name'])
         if key not in latest or pool['age'] < latest[key]['age']:
             latest[key] = pool
@@ -398,7 +377,7 @@ def metrics_text(driver, queues):
           for s, key in (('pushed', 'pushed'), ('done', 'done'), ('failed', 'failed_total'))]),
         ('mpqueue_oldest_waiting_seconds', 'gauge',
          'Age of the job at the head of the queue since it was pushed (0: none waits).',
-         [({'queue': q}, max(0.0, now - d['oldest_created']) if d['oldest_created'] else 0)
+         [({'queue': q}, d['oldest_waiting_seconds'])
           for q, d in depths.items()]),
         ('mpqueue_workers', 'gauge', 'Worker processes of each running pool, by state.',
          [({'server': p['host'], 'pool': p['name'], 'queue': q, 'state': s}, counts[s])
