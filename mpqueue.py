@@ -770,7 +770,7 @@ _STEPS = (
     # run its fail handlers, fail it, or end it cancelled
     ('requeue', 'id attempt', 'bool'),
     # interrupted by mpqueue itself: back to the head, the attempt not counted
-    ('recover', 'owner error', 'int'),
+    ('recover', 'owner', 'int'),
     # requeue every job a dead master started; how many
     ('tick', 'limit', 'tick'),
     # promote due delayed jobs, take back expired reservations, recover
@@ -1228,7 +1228,7 @@ OPS.requeue = function(id, attempt)
   if redis.call('HGET', rec(id), 'attempt') ~= attempt then return false end
   return requeue(id)
 end
-OPS.recover = function(owner, err)
+OPS.recover = function(owner)
   local n = 0
   for _, id in ipairs(redis.call('ZRANGE', WORKING, 0, -1)) do
     if redis.call('HGET', rec(id), 'owner') == owner and requeue(id) then n = n + 1 end
@@ -2130,7 +2130,7 @@ class _SqliteSteps:
         row = self.get(job_id, 'attempt')
         return row is not None and row[0] == int(attempt) and self.requeue(job_id)
 
-    def recover(self, owner, error):
+    def recover(self, owner):
         ids = [row[0] for row in self.conn.execute(
             "SELECT id FROM mpq_job WHERE queue = ? AND state = 'working' AND owner = ?",
             (self.queue, owner)).fetchall()]
@@ -2185,6 +2185,7 @@ class _SqliteSteps:
     def depth(self):
         row = self.conn.execute('SELECT %s FROM mpq_queue WHERE queue = ?' % ', '.join(
             _DEPTH_FIELDS), (self.queue,)).fetchone() or (0,) * len(_DEPTH_FIELDS)
+        row = [n + self.delta[name] for name, n in zip(_DEPTH_FIELDS, row)]   # this batch's too
         heads = [c for _, c in self.conn.execute(
             "SELECT MIN(score), create_time FROM mpq_job WHERE queue = ? AND state = 'waiting' "
             'GROUP BY level', (self.queue,)) if c is not None]
@@ -2222,7 +2223,8 @@ class _SqliteSteps:
         self.conn.executemany('DELETE FROM mpq_job WHERE queue = ? AND id = ?',
                               [(self.queue, job_id) for job_id, _ in rows])
         for _, state in rows:
-            self.count(state, -1)
+            if state in _LIVE:      # kept outcomes are not counted: their counters stay
+                self.count(state, -1)
         self.ends.clear()
         if len(rows) < limit:
             self.delta.clear()
@@ -3131,7 +3133,7 @@ class _Master:
         self.reloading = set()          # pids to replace once idle
         self.boot_failures, self.spawn_after, self.ready_sent = 0, 0.0, False
         # broker steps waiting for the next round trip: a dead master's jobs first
-        self.pending = [('recover', owner, 'its master died') for owner in recover]
+        self.pending = [('recover', owner) for owner in recover]
         self.pending_since = 0.0
         self.buffer = collections.deque()   # reserved jobs not handed out yet: (job, at)
         self.avg_job = None             # moving average of the jobs' run time (s)
