@@ -317,11 +317,11 @@ def test_broker_killed_and_restarted_under_load(e2e, servers, model):
         broker.start()
         up = time.monotonic()
         over_at_up = broker.client().hget(
-            '%s:{q}:stats' % e2e.prefix, 'over')
+            '%s:{q}:stats' % e2e.prefix, 'done')
         over_at_up = int(over_at_up or 0)
 
         def pool_writes_again():
-            got = broker.client().hget('%s:{q}:stats' % e2e.prefix, 'over')
+            got = broker.client().hget('%s:{q}:stats' % e2e.prefix, 'done')
             return int(got or 0) > over_at_up
         pool.wait(pool_writes_again, 30, 'the pool to record finished jobs again')
         outages.append({'down_s': round(up - killed, 2),
