@@ -1029,7 +1029,14 @@ def test_depth_oldest_created_is_the_oldest_waiting_job_of_any_level(driver, que
     assert depth(driver, queue)['oldest_created'] is None
 
 
-COME_BACK = ['retry', 'retry delayed', 'requeue', 'lost', 'lost at timeout',
+def test_a_delayed_job_goes_to_its_priority_when_due(driver, queue):
+    low = push1(driver, queue)
+    high = push1(driver, queue, priority=3, delay=0.1)
+    tick_until_state(driver, queue, high, 'waiting')
+    assert ids_of(reserve(driver, queue, 2)) == [high, low]
+
+
+COME_BACK = ['retry', 'retry delayed', 'retry_failed', 'requeue', 'lost', 'lost at timeout',
              'reservation expired', 'lease expired']
 
 
@@ -1048,11 +1055,14 @@ def test_a_job_that_comes_back_keeps_its_priority(driver, queue, monkeypatch, ho
         elif how == 'retry delayed':
             retry(driver, queue, job, 0.1)
             tick_until_state(driver, queue, high, 'waiting')
+        elif how == 'retry_failed':
+            fail(driver, queue, job)
+            assert driver.run(queue, 'retry_failed', high, 1) == 1
         else:
             assert OUTCOMES[how](driver, queue, job) is True
     assert info(driver, queue, high)['priority'] == 5
     # A retry goes to the tail of its level, the others back to its head.
-    first = [same, high] if how.startswith('retry') else [high, same]
+    first = [same, high] if how.startswith('retry') else [high, same]     # retry_failed too
     assert ids_of(reserve(driver, queue, 3)) == first + [low]
 
 
