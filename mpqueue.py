@@ -3051,8 +3051,8 @@ def _resume(steps, value=None, error=None):
 
 def _timeout_error(timeout, job=None):
     if job is not None and job.get('phase') == _PHASE_HANDLERS:
-        return 'its fail handlers ran past the timeout of %ss and were stopped' % timeout
-    return 'job ran past its timeout of %ss and was stopped' % timeout
+        return 'its fail handlers ran past the timeout of %gs and were stopped' % timeout
+    return 'job ran past its timeout of %gs and was stopped' % timeout
 
 
 def _format_exc(exc, chain=True):
@@ -3338,10 +3338,12 @@ class _Master:
         once, killed, when stopping fast)."""
         if slot.state == STOPPING:
             return
-        if slot.state == BUSY or slot.queued is not None:
+        if slot.jobs or slot.queued is not None:
             if self.stopping == 'fast':
                 self._kill(slot, 'stop')
-            return
+                return
+            if not self.grab:
+                return      # told once its job ends
         slot.state = STOPPING
         try:
             if self.grab:
@@ -3888,6 +3890,7 @@ class _Manager:
         except ImportError:
             pass
         while True:
+            self._respawn()
             for key, _ in self.sel.select(self._timeout()):
                 if key.data is self.signals:
                     for signum in self.signals.drain():
@@ -3895,7 +3898,6 @@ class _Manager:
                 else:
                     self._read_master(key.data)
             _reap(self._master_exited)
-            self._respawn()
             self._write_status()
             if self.stopping and not self.masters:
                 break

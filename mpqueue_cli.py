@@ -352,18 +352,20 @@ def cmd_queue_clean(cfg, args):
 def cmd_metrics(cfg, args):
     queues = _queues(cfg, args)
     if args.serve is None:
-        sys.stdout.write(metrics_text(cfg['basics']['driver'], queues))
+        sys.stdout.write(metrics_text(queues))
         return 0
-    return _serve_metrics(cfg['basics']['driver'], queues, args.serve)
+    return _serve_metrics(queues, args.serve)
 
 
-def metrics_text(driver, queues):
+def metrics_text(queues):
     """The Prometheus text exposition (format 0.0.4) of ``queues`` and of the
     pools whose heartbeats the broker holds."""
-    now = time.time()
-    depths = {q: mpqueue.depth(q) for q in queues}
+    return _exposition({q: mpqueue.depth(q) for q in queues}, mpqueue.fleet())
+
+
+def _exposition(depths, fleet):
     latest = {}     # a pool restarted within the TTL: its newest heartbeat only
-    for pool in mpqueue.fleet():
+    for pool in fleet:
         key = (pool['host'], pool['name'])
         if key not in latest or pool['age'] < latest[key]['age']:
             latest[key] = pool
@@ -405,7 +407,7 @@ def _label_value(value):
     return str(value).replace('\\', '\\\\').replace('\n', '\\n').replace('"', '\\"')
 
 
-def _serve_metrics(driver, queues, port):
+def _serve_metrics(queues, port):
     """Serve the metrics on http://127.0.0.1:PORT/metrics until SIGINT or SIGTERM."""
     import http.server
 
@@ -417,7 +419,7 @@ def _serve_metrics(driver, queues, port):
                 self.send_error(404, 'the metrics are at /metrics')
                 return
             try:
-                code, body = 200, metrics_text(driver, queues)
+                code, body = 200, metrics_text(queues)
             except mpqueue.MPQueueError as exc:
                 code, body = 503, 'mpqueue: error: %s\n' % _one_line(exc)
             body = body.encode()

@@ -845,8 +845,9 @@ def test_server_lost_other_pool_recovers_in_flight_jobs(e2e, model):
 #: wake-ups, and the commands that script calls (Redis checks those too).
 MPQ_ACL_RULES = ('resetkeys resetchannels -@all ~mpq:* &mpq:* '
                  '+evalsha +script|load +subscribe '
-                 '+time +hset +hget +hdel +hmget +hincrby +rpush +lpush +lpop +lrem +llen '
-                 '+zadd +zrem +zrange +zrangebyscore +zscore +zcard +del +publish')
+                 '+time +hset +hget +hdel +hmget +hgetall +hincrby +rpush +lpush +lpop +lrem '
+                 '+llen +lindex +exists +del +pexpire +zadd +zrem +zrange +zrangebyscore '
+                 '+zremrangebyscore +zscore +zcard +publish')
 
 
 def push_refused(jobs, driver):
