@@ -7,6 +7,13 @@ private ``redis-server`` started for the test run. Tests use database
 ``redis_client`` empties that database before and after each test.
 ``redis_cluster`` is a six-node Redis Cluster on 127.0.0.1:7000-7005 (see
 ``redis_cluster.py``), started on first use unless one already runs there.
+
+``driver`` is a broker driver, once per broker: Redis, SQLite and a Redis
+Cluster.  The cluster runs are marked ``cluster`` (as are the tests of
+test_cluster.py): ``-m 'not cluster'`` leaves the cluster out, ``-m cluster``
+runs only what needs it.  ``store`` reads what the driver stored (see
+``steps.py``), ``queue`` is a queue name of the test alone, emptied and
+checked for leftovers afterwards.
 """
 
 import os
@@ -14,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 
 import psutil
 import pytest
@@ -21,14 +29,20 @@ import redis
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import mpqueue  # noqa: E402
+import steps  # noqa: E402
 from redis_cluster import LocalCluster  # noqa: E402
 from redis_server import RedisServer, free_port, no_retry, port_in_use  # noqa: E402
 
 SHARED_REDIS_URL = 'redis://127.0.0.1:6379'
 PRIVATE_REDIS_PORT = 6390
 TEST_DB = int(os.environ.get('MPQTEST_DB', 14))   # two test runs side by side: set it apart
-PREFIX = 'mpqtest'
+PREFIX = steps.PREFIX
 REAP_TIMEOUT = 5.0
+
+
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'cluster: needs the Redis Cluster on 127.0.0.1:7000-7005')
 
 
 def _answers(url, timeout=0.5):
@@ -97,6 +111,57 @@ def redis_cluster():
         yield cluster
     finally:
         cluster.stop()
+
+
+# -- drivers -----------------------------------------------------------------
+
+BROKERS = ('redis', 'sqlite', pytest.param('cluster', marks=pytest.mark.cluster))
+
+
+@pytest.fixture(params=BROKERS)
+def driver(request, tmp_path):
+    """A driver of each broker, with the key prefix ``PREFIX``."""
+    if request.param == 'redis':
+        request.getfixturevalue('redis_client')      # the test database, emptied
+        drv = mpqueue.RedisDriver(url=request.getfixturevalue('redis_db_url'), prefix=PREFIX)
+    elif request.param == 'cluster':
+        drv = mpqueue.RedisDriver(url=request.getfixturevalue('redis_cluster').url,
+                                  prefix=PREFIX, cluster=True)
+    else:
+        drv = mpqueue.SqliteDriver(str(tmp_path / 'q.db'))
+    try:
+        yield drv
+    finally:
+        drv.close()
+
+
+@pytest.fixture
+def store(request, driver):
+    """What ``driver`` stored, read without it (``steps.RedisStore`` or
+    ``steps.SqliteStore``)."""
+    if isinstance(driver, mpqueue.SqliteDriver):
+        driver.run('probe', 'depth')              # the file and its tables exist
+        view = steps.SqliteStore(driver.path)
+    elif driver.cluster:
+        view = steps.RedisStore(request.getfixturevalue('redis_cluster').client(), PREFIX)
+    else:
+        view = steps.RedisStore(redis.Redis.from_url(request.getfixturevalue('redis_db_url')),
+                                PREFIX)
+    try:
+        yield view
+    finally:
+        view.close()
+
+
+@pytest.fixture
+def queue(driver, store):
+    """A queue name of this test alone; emptied afterwards, when nothing of it
+    may be left in the broker."""
+    name = 'drv-%s' % uuid.uuid4().hex[:12]
+    yield name
+    steps.empty(driver, name)
+    assert steps.counts(driver, name) == steps.zero_counts()
+    assert store.leftovers(name) == [], 'left behind: %r' % store.leftovers(name)
 
 
 # -- processes ---------------------------------------------------------------

@@ -1,8 +1,10 @@
 """mpqueue on a Redis Cluster (fixture ``redis_cluster``: three masters and
 three replicas on 127.0.0.1:7000-7005, see ``redis_cluster.py``).
 
-1. The driver contract suite of test_drivers.py, unchanged, against
-   ``RedisDriver(cluster=True)``.
+1. The driver on a cluster: each queue goes to the master of its slot, a
+   stale slot map is read again, pushes wait for replicas.  (The driver
+   contract suite itself, test_drivers.py, runs on the cluster too: its
+   ``driver`` fixture has a ``cluster`` param, marked like this module.)
 2. End to end (``python mpqueue_cli.py worker:start``): one queue on each
    master, every job runs exactly once, wake-ups reach idle masters.
 3. A master SIGKILLed while a pool drains its queue: its replica is promoted,
@@ -21,15 +23,18 @@ import pytest
 
 import mpqueue
 from pool_harness import queue_conf
-from test_drivers import *  # noqa: F401,F403 - the contract suite, collected here
-from test_drivers import PREFIX, counts, push
+from steps import PREFIX, counts, empty, push
 from test_fleet import parse_exposition, sample, wait_fleet
 from test_faults import (FAULT_JOBS, MODELS, FaultE2E, process_rows, push_tagged, report,
                          tally, wait_all_ran, wait_drained)
 
 
+pytestmark = pytest.mark.cluster
+
+
 @pytest.fixture
-def driver(redis_cluster):  # noqa: F811 - the contract suite's driver, on the cluster
+def driver(redis_cluster):
+    """A driver on the cluster (this module's tests need no other broker)."""
     drv = mpqueue.RedisDriver(url=redis_cluster.url, prefix=PREFIX, cluster=True)
     yield drv
     drv.close()
@@ -66,34 +71,48 @@ def queue_per_master(cluster):
     raise AssertionError('no queue names found for every master of %r' % masters)
 
 
+def waiting_on(cluster, port, name):
+    """How many jobs wait in queue ``name`` on node ``port``, asked of that
+    node alone (a node that does not hold the queue's slot answers MOVED)."""
+    node = cluster.node(port)
+    try:
+        return node.llen('%s:{%s}:waiting' % (PREFIX, name))
+    finally:
+        node.close()
+
+
 def test_the_driver_routes_each_queue_to_its_master(redis_cluster, driver):
     by_master = queue_per_master(redis_cluster)
     assert sorted(by_master) == redis_cluster.masters() and len(by_master) == 3
-    for master, name in by_master.items():
-        push(driver, name, 2)
-        assert driver._local.node == '127.0.0.1:%d' % master
-        node = redis_cluster.node(master)
-        try:
-            assert node.llen('%s:{%s}:waiting' % (PREFIX, name)) == 2
-        finally:
-            node.close()
-        driver.clean(name)
+    try:
+        for master, name in by_master.items():
+            push(driver, name, 2)
+            assert waiting_on(redis_cluster, master, name) == 2
+            assert counts(driver, name)['waiting'] == 2
+    finally:
+        for name in by_master.values():
+            empty(driver, name)
+    for name in by_master.values():
+        assert redis_cluster.keys('%s:{%s}' % (PREFIX, name)) == []
 
 
-def test_a_stale_slot_map_is_read_again_on_moved(driver):
+def test_a_stale_slot_map_is_read_again_on_moved(redis_cluster, driver):
     # As after a failover or a resharding seen by nobody yet: the client's map
     # names another master for the queue's slot; that master answers MOVED.
     name = 'cq-moved'
-    push(driver, name, 1)
-    right = driver._local.node
-    client = driver._redis()
-    slot = client.keyslot('{%s}' % name)
-    client.nodes_manager.slots_cache[slot] = [
-        next(node for node in client.get_primaries() if node.name != right)]
-    push(driver, name, 1)
-    assert driver._local.node == right
-    assert counts(driver, name)['waiting'] == 2
-    driver.clean(name)
+    right = redis_cluster.master_of('{%s}' % name)
+    try:
+        push(driver, name, 1)
+        client = driver._redis()
+        slot = client.keyslot('{%s}' % name)
+        client.nodes_manager.slots_cache[slot] = [
+            next(node for node in client.get_primaries() if node.port != right)]
+        push(driver, name, 1)
+        assert waiting_on(redis_cluster, right, name) == 2
+        assert counts(driver, name)['waiting'] == 2
+    finally:
+        empty(driver, name)
+    assert redis_cluster.keys('%s:{%s}' % (PREFIX, name)) == []
 
 
 def test_push_waits_for_replicas(redis_cluster):
@@ -110,9 +129,10 @@ def test_push_waits_for_replicas(redis_cluster):
         assert '\n' not in str(err.value)
         assert counts(drivers[0], name)['waiting'] == 2    # on the master all the same
     finally:
-        drivers[0].clean(name)
+        empty(drivers[0], name)
         for drv in drivers:
             drv.close()
+    assert redis_cluster.keys('%s:{%s}' % (PREFIX, name)) == []
 
 
 # -- end to end ------------------------------------------------------------------
@@ -178,12 +198,12 @@ def test_master_failover_under_load(e2e, redis_cluster):
     try:
         # Nothing writes to the slot between the kill and the promotion: what
         # the replica has now is what the new master starts from.
-        over_at_kill = int(redis_cluster.read_replica(replica, 'HGET', stats_key, 'over') or 0)
+        done_at_kill = int(redis_cluster.read_replica(replica, 'HGET', stats_key, 'done') or 0)
         redis_cluster.wait_promoted(replica)
         promoted_at = time.monotonic()
         new_master = redis_cluster.node(replica)
         try:
-            pool.wait(lambda: int(new_master.hget(stats_key, 'over') or 0) > over_at_kill, 60,
+            pool.wait(lambda: int(new_master.hget(stats_key, 'done') or 0) > done_at_kill, 60,
                       'the pool to record finished jobs on the promoted replica')
         finally:
             new_master.close()

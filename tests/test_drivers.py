@@ -1,555 +1,554 @@
-"""Contract suite for broker drivers.
+"""The driver contract: the lifecycle steps of ``mpqueue._STEPS``, the same
+on every broker.
 
-Every test here talks to a driver only through the ``mpqueue._Driver``
-interface, so each driver (Redis, SQLite) must pass all of it unchanged;
-test_cluster.py runs it against a Redis Cluster too.
-Times are never slept on blindly: tests poll ``tick()`` with a deadline.
+Every test talks to a driver only through ``execute`` / ``run`` (and its
+``waker``), so each broker must pass all of it unchanged: the fixture
+``driver`` (conftest.py) gives Redis, SQLite and a Redis Cluster (marked
+``cluster``: ``-m 'not cluster'`` leaves it out).  ``store`` reads what the
+driver stored, to check counts against the jobs and that nothing is left
+behind.  Times are never slept on blindly: tests tick and poll with a
+deadline, on the broker's clock where a due time matters.
 """
 
 import collections
-import json
-import multiprocessing
 import os
 import select
 import time
-import uuid
 
 import pytest
 
 import mpqueue
-
-PREFIX = 'mpqtest'
-WAIT = 5.0          # longest wait for something that is due
-SLACK = 0.02        # clock granularity allowed when checking "not before"
-
-
-# -- fixtures and helpers ----------------------------------------------------------
-
-@pytest.fixture(params=['redis', 'sqlite'])
-def driver(request, tmp_path):
-    if request.param == 'redis':
-        drv = mpqueue.RedisDriver(url=request.getfixturevalue('redis_db_url'), prefix=PREFIX)
-    else:
-        drv = mpqueue.SqliteDriver(str(tmp_path / 'q.db'))
-        probe = 'probe-' + uuid.uuid4().hex[:8]
-        try:
-            drv.execute(probe, [('tick', 1)])
-        except mpqueue.DriverError as exc:
-            if 'not available' in str(exc):
-                pytest.skip('SqliteDriver: %s' % exc)
-            raise
-        drv.clean(probe)
-    yield drv
-    drv.close()
+from steps import (NAME, PAYLOAD, SLACK, WAIT, assert_depth, cancel, counts,
+                   depth, done, empty, fail, failed, ids_of, info, lost, make_failed, poll,
+                   pop, pop1, push, push1, push_step, renew, requeue, reserve, retry, start,
+                   state, taken_back, tick, tick_until_due, tick_until_state, wait_broker_time,
+                   zero_counts)
 
 
-@pytest.fixture
-def queue(driver):
-    """A queue name of this test alone; everything under it is removed afterwards."""
-    name = 'drv-%s' % uuid.uuid4().hex[:12]
-    yield name
-    driver.clean(name)
-    assert driver.status(name) == {'all': 0, 'waiting': 0, 'working': 0, 'failed': 0,
-                                   'over': 0}
-    if isinstance(driver, mpqueue.RedisDriver):   # its own client: one server or a cluster
-        left = list(driver._redis().scan_iter(match='%s:{%s}:*' % (PREFIX, name), count=1000))
-        assert left == [], 'keys left behind: %r' % left
+def counts_of(depth_reply):
+    return {name: value for name, value in depth_reply.items() if name != 'oldest_created'}
 
 
-def noop():
-    pass
+def tick_until(driver, queue, cond, what):
+    """Tick until ``cond()`` is true."""
+    return poll(lambda: tick(driver, queue) and cond(), what)
 
 
-_PAYLOAD = mpqueue._encode('contract', noop, (), None, None, 1 << 20)
+def subscribed_waker(driver, queue):
+    """A waker known to listen: a push has woken it.  (Made just before a
+    step, a Redis subscription may not be in place yet when the step
+    publishes; a master ticks after making its waker, so it misses nothing.)"""
+    waker = driver.waker(queue)
+    push1(driver, queue)
+    readable, _, _ = select.select([waker], [], [], WAIT)
+    assert readable == [waker]
+    assert waker.drain() == []
+    return waker
 
 
-def entry(job=noop, *, t=0, f=3, e=0, delay=0, payload=None):
-    """One ``(id, meta_json, payload, delay)`` as mpqueue.push_many builds it."""
-    meta = {'c': time.time(), 'n': mpqueue._job_name(job), 'x': 0, 't': t, 'f': f, 'e': e}
-    if payload is None:
-        payload = _PAYLOAD if job is noop else mpqueue._encode('contract', job, (), None,
-                                                               None, 1 << 20)
-    return (mpqueue._new_id(), json.dumps(meta, separators=(',', ':')), payload, delay)
+def drain_until(waker, job_id):
+    """Read the waker until it reports ``job_id`` cancelled; all it reported."""
+    got = []
+
+    def reported():
+        if select.select([waker], [], [], 0.05)[0]:
+            got.extend(waker.drain())
+        return job_id in got
+    poll(reported, 'the waker to report %s cancelled' % job_id)
+    return got
 
 
-def push(driver, queue, n=1, **kw):
-    """Push ``n`` jobs in one call; return their ids."""
-    entries = [entry(**kw) for _ in range(n)]
-    driver.push(queue, entries)
-    return [e[0] for e in entries]
+# -- push and reserve ----------------------------------------------------------------------
 
-
-def push1(driver, queue, **kw):
-    return push(driver, queue, 1, **kw)[0]
-
-
-def ids_of(reserved):
-    return [r[0] for r in reserved]
-
-
-def counts(driver, queue):
-    return driver.status(queue)
-
-
-def wait_for(predicate, timeout=WAIT, interval=0.005, what='condition'):
-    """Call ``predicate`` until it returns something true; return that."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError('timed out after %.1f s waiting for %s' % (timeout, what))
-        time.sleep(interval)
-
-
-def tick_and_reserve(driver, queue, n=1):
-    driver.tick(queue)
-    return driver.reserve(queue, n)
-
-
-def tick_until_idle(driver, queue):
-    """Tick until nothing is reserved or working any more."""
-    def idle():
-        driver.tick(queue)
-        return counts(driver, queue)['working'] == 0
-    wait_for(idle, what='tick to take the job back')
-
-
-def make_failed(driver, queue, type_=mpqueue.TYPE_NORMAL, **kw):
-    job_id = push1(driver, queue, **kw)
-    got = driver.pop(queue, 'w', 'o')
-    assert got[0] == job_id
-    assert driver.fail(queue, job_id, type_, ['it broke']) == 1
-    return job_id
-
-
-# -- push and reserve --------------------------------------------------------------------
-
-def test_push_immediate_is_fifo(driver, queue):
-    first = push(driver, queue, 3, t=7, f=2, e=0.5)
+def test_push_is_fifo_and_reserve_hands_out_the_work_fields(driver, queue):
+    first = push(driver, queue, 3, timeout=7, fail_number=2, fail_expire=0.5)
     second = push(driver, queue, 2)
-    assert counts(driver, queue) == {'all': 5, 'waiting': 5, 'working': 0, 'failed': 0,
-                                     'over': 0}
-    got = driver.reserve(queue, 10)
+    assert counts(driver, queue) == zero_counts(waiting=5, pushed=5)
+    got = reserve(driver, queue, 10)
     assert ids_of(got) == first + second
-    job_id, meta, payload = got[0]
-    assert (meta['x'], meta['t'], meta['f'], meta['e']) == (0, 7, 2, 0.5)
-    assert meta['n'] == mpqueue._job_name(noop)
-    assert bytes(payload) == _PAYLOAD
-    job, args, kwargs = mpqueue._decode(bytes(payload), None)
-    assert job is noop and args == () and kwargs == {}
+    job = got[0]
+    assert set(job) <= {'id'} | set(mpqueue._WORK_FIELDS)
+    assert (job['attempt'], job['exec_number'], job['timeout'], job['fail_number'],
+            job['fail_expire'], job['priority']) == (1, 0, 7.0, 2, '0.5', 0)
+    assert job['job'] == NAME and job['error_info'] == []
+    assert job['payload'] == PAYLOAD
+    func, args, kwargs = mpqueue._decode(job['payload'], None)
+    assert func.__name__ == 'noop' and args == () and kwargs == {}
+    assert got[3]['timeout'] == 0.0 and got[3]['fail_number'] == 3
+
+
+def test_push_returns_the_ids_given_and_records_the_job(driver, queue):
+    before = time.time()
+    assert driver.execute(queue, [push_step('job-1', timeout=2.5, fail_number=4,
+                                            fail_expire=[1, 2])]) == ['job-1']
+    record = info(driver, queue, 'job-1')
+    assert record['state'] == 'waiting'
+    assert before - 1 <= record['create_time'] <= time.time() + 1
+    assert (record['exec_number'], record['attempt'], record['timeout'],
+            record['fail_number'], record['fail_expire'], record['job']) == (
+        0, 0, 2.5, 4, '[1, 2]', NAME)
+    assert 'payload' not in record
 
 
 def test_push_keeps_payload_bytes_exactly(driver, queue):
-    payload = mpqueue._encode('contract', noop, (bytes(range(256)) * 4,), {'k': '\u00e9'},
+    payload = mpqueue._encode('contract', len, (bytes(range(256)) * 4,), {'k': '\u00e9'},
                               b'key', 1 << 20)
     job_id = push1(driver, queue, payload=payload)
-    [(got_id, _, got)] = driver.reserve(queue, 1)
-    assert got_id == job_id and bytes(got) == payload
-    assert mpqueue._decode(bytes(got), b'key')[1] == (bytes(range(256)) * 4,)
+    [job] = reserve(driver, queue)
+    assert job['id'] == job_id and job['payload'] == payload
+    assert mpqueue._decode(job['payload'], b'key')[1] == (bytes(range(256)) * 4,)
 
 
-def test_job_meta_of_unknown_job_is_none(driver, queue):
-    assert driver.job_meta(queue, mpqueue._new_id()) is None
+def test_info_of_an_unknown_job_is_none(driver, queue):
+    assert info(driver, queue, mpqueue._new_id()) is None
+    push1(driver, queue)
+    assert info(driver, queue, mpqueue._new_id()) is None
 
 
-def test_tick_of_empty_queue_returns_none(driver, queue):
-    assert driver.tick(queue) is None
+def test_tick_of_an_empty_queue_has_nothing_due_and_tells_the_time(driver, queue):
+    due, now = tick(driver, queue)
+    assert due is None
+    assert abs(now - time.time()) < 1.0
 
 
-def test_delayed_push_waits_for_tick_after_due(driver, queue):
+def test_delayed_push_waits_for_a_tick_after_its_due_time(driver, queue):
     delay = 0.6
     started = time.monotonic()
     job_id = push1(driver, queue, delay=delay)
     now_id = push1(driver, queue)
-    # Counted as waiting, but only the immediate job can be reserved.
-    assert counts(driver, queue)['waiting'] == 2
-    due = driver.tick(queue)
-    assert ids_of(driver.reserve(queue, 10)) == [now_id]
-    assert driver.done(queue, now_id) == 1
-    assert due is not None and 0 < due <= delay + SLACK
-    assert driver.reserve(queue, 10) == []
-    got = wait_for(lambda: tick_and_reserve(driver, queue), what='the delayed job')
+    assert counts(driver, queue) == zero_counts(waiting=1, delayed=1, pushed=2)
+    assert state(driver, queue, job_id) == 'delayed'
+    due, _ = tick(driver, queue)
+    assert 0 < due <= delay + SLACK
+    now_job = pop1(driver, queue)
+    assert now_job['id'] == now_id and done(driver, queue, now_job) is True
+    assert reserve(driver, queue, 10) == []
+    got = tick_until_due(driver, queue, 10)
     assert time.monotonic() - started >= delay - SLACK
     assert ids_of(got) == [job_id]
 
 
-def test_tick_returns_seconds_until_next_due(driver, queue):
+def test_tick_returns_seconds_until_the_next_due_time(driver, queue):
     push1(driver, queue, delay=30)
-    due = driver.tick(queue)
+    due, _ = tick(driver, queue)
     assert 25 < due <= 30
     push1(driver, queue, delay=3)
-    due = driver.tick(queue)
+    due, _ = tick(driver, queue)
     assert 2 < due <= 3
 
 
 def test_delayed_jobs_come_out_in_due_order(driver, queue):
     later = push1(driver, queue, delay=0.4)
     sooner = push1(driver, queue, delay=0.2)
-    # tick() is None once nothing is delayed (nor reserved or working) any more.
-    wait_for(lambda: driver.tick(queue) is None, what='both delayed jobs due')
-    assert ids_of(driver.reserve(queue, 2)) == [sooner, later]
+    # Nothing is due any more once nothing is delayed (nor reserved or working).
+    poll(lambda: tick(driver, queue)[0] is None, 'both delayed jobs to be due')
+    assert ids_of(reserve(driver, queue, 2)) == [sooner, later]
 
 
 def test_tick_limit_bounds_the_work_of_one_tick(driver, queue):
-    ids = push(driver, queue, 3, delay=0.05)
-    time.sleep(0.1)                 # all three are due by now
-    driver.tick(queue, 1)
-    first = ids_of(driver.reserve(queue, 10))
+    ids = push(driver, queue, 3, delay=0.05)      # one batch: one due time
+    wait_broker_time(driver, queue, info(driver, queue, ids[0])['create_time'] + 0.05)
+    assert counts(driver, queue)['delayed'] == 3
+    tick(driver, queue, 1)
+    first = ids_of(reserve(driver, queue, 10))
     assert len(first) == 1 and first[0] in ids
-    assert driver.tick(queue, 10) is not None      # the reserved job is pending
-    rest = ids_of(driver.reserve(queue, 10))
+    assert tick(driver, queue, 10)[0] is not None      # the reserved job goes back later
+    rest = ids_of(reserve(driver, queue, 10))
     assert sorted(first + rest) == sorted(ids)
 
 
-def test_reserve_returns_at_most_n_in_order(driver, queue):
+def test_reserve_hands_out_at_most_n_in_order(driver, queue):
     ids = push(driver, queue, 5)
-    assert ids_of(driver.reserve(queue, 2)) == ids[:2]
-    assert counts(driver, queue)['waiting'] == 3
-    assert counts(driver, queue)['working'] == 2     # reserved counts as working
-    assert ids_of(driver.reserve(queue, 10)) == ids[2:]
-    assert driver.reserve(queue, 1) == []
-    assert counts(driver, queue) == {'all': 5, 'waiting': 0, 'working': 5, 'failed': 0,
-                                     'over': 0}
+    assert ids_of(reserve(driver, queue, 2)) == ids[:2]
+    assert counts(driver, queue) == zero_counts(waiting=3, reserved=2, pushed=5)
+    got = reserve(driver, queue, 10)
+    assert ids_of(got) == ids[2:]
+    assert [job['attempt'] for job in got] == [1, 1, 1]
+    assert reserve(driver, queue, 1) == []
+    assert counts(driver, queue) == zero_counts(reserved=5, pushed=5)
+    assert state(driver, queue, ids[0]) == 'reserved'
 
+
+# -- a batch, the waker --------------------------------------------------------------------
 
 def test_execute_applies_a_batch_in_order(driver, queue):
-    a, b = entry(), entry()
-    results = driver.execute(queue, [('push',) + a, ('push',) + b, ('reserve', 1),
-                                     ('tick', 100)])
-    assert len(results) == 4
-    flat = results[2]
-    assert mpqueue._text(flat[0]) == a[0]
-    assert ids_of(driver.reserve(queue, 5)) == [b[0]]
+    a, b = push_step(), push_step()
+    results = driver.execute(queue, [a, b, ('reserve', 1), ('info', a[1], ''), ('tick', 100)])
+    assert len(results) == 5
+    assert results[:2] == [a[1], b[1]]
+    assert ids_of(results[2]) == [a[1]]
+    assert results[3]['state'] == 'reserved'
+    assert ids_of(reserve(driver, queue, 5)) == [b[1]]
+    assert driver.run(queue, 'depth') == driver.execute(queue, [('depth',)])[0]
 
 
-def test_waker_wakes_on_push(driver, queue):
+def test_depth_in_a_batch_counts_the_steps_before_it(driver, queue):
+    results = driver.execute(queue, [push_step(), push_step(), ('reserve', 1), ('depth',),
+                                     ('clean', 10), ('depth',)])
+    assert counts_of(results[3]) == zero_counts(waiting=1, reserved=1, pushed=2)
+    assert results[4] == 2
+    assert counts_of(results[5]) == zero_counts()
+
+
+@pytest.mark.parametrize('bad', [('nope', 1), ('reserve',), ('reserve', 1, 2), ('push', 'x')])
+def test_execute_refuses_a_batch_with_a_step_not_in_the_table(driver, queue, bad):
+    with pytest.raises(ValueError):
+        driver.execute(queue, [push_step(), bad])
+    assert counts(driver, queue) == zero_counts()
+    assert driver.execute(queue, []) == []
+
+
+def test_the_waker_wakes_on_push(driver, queue):
     waker = driver.waker(queue)
     try:
         push1(driver, queue)
         readable, _, _ = select.select([waker], [], [], WAIT)
         assert readable == [waker]
-        waker.drain()
+        assert waker.drain() == []
     finally:
         waker.close()
 
 
-# -- start and pop -----------------------------------------------------------------------
+def test_the_waker_wakes_on_a_delayed_push(driver, queue):
+    # A master asleep until its next due time must hear of a sooner one.
+    waker = driver.waker(queue)
+    try:
+        push1(driver, queue, delay=30)
+        readable, _, _ = select.select([waker], [], [], WAIT)
+        assert readable == [waker]
+        assert waker.drain() == []
+    finally:
+        waker.close()
 
-def test_start_moves_a_reserved_job_to_working(driver, queue):
+
+# -- start and pop ---------------------------------------------------------------------
+
+def test_start_moves_a_reserved_attempt_to_working(driver, queue):
     job_id = push1(driver, queue)
-    timed_id = push1(driver, queue, t=5)
-    assert len(driver.reserve(queue, 2)) == 2
+    timed_id = push1(driver, queue, timeout=5)
+    job, timed = reserve(driver, queue, 2)
     before = time.time()
-    assert driver.start(queue, job_id, 'host:1', 'owner-1') == 1
-    assert driver.start(queue, timed_id, 'host:2', 'owner-1') == 1
+    assert start(driver, queue, job, 'host:1', 'owner-1') is True
+    assert start(driver, queue, timed, 'host:2', 'owner-1') is True
     after = time.time()
-    meta = driver.job_meta(queue, job_id)
-    assert meta['x'] == 1
-    assert (meta['w'], meta['o']) == ('host:1', 'owner-1')
-    assert before - 1 <= meta['s'] <= after + 1
-    assert not meta.get('d')            # no timeout: no deadline
-    timed = driver.job_meta(queue, timed_id)
-    assert timed['d'] == pytest.approx(timed['s'] + 5, abs=0.01)
-    assert counts(driver, queue)['working'] == 2
-    # Only a reserved job can start, and only once.
-    assert driver.start(queue, job_id, 'host:1', 'owner-1') == 0
-    assert driver.job_meta(queue, job_id)['x'] == 1
+    record = info(driver, queue, job_id)
+    assert record['state'] == 'working'
+    assert record['exec_number'] == 1 and record['attempt'] == 1
+    assert (record['worker_id'], record['owner']) == ('host:1', 'owner-1')
+    assert before - 1 <= record['start_time'] <= after + 1
+    assert not record.get('deadline')               # no timeout: no deadline
+    record = info(driver, queue, timed_id)
+    assert record['deadline'] == pytest.approx(record['start_time'] + 5, abs=0.01)
+    assert counts(driver, queue) == zero_counts(working=2, pushed=2)
+    # An attempt starts once.
+    assert start(driver, queue, job, 'host:1', 'owner-1') is False
+    assert info(driver, queue, job_id)['exec_number'] == 1
 
 
-def test_start_of_a_job_not_reserved_returns_0(driver, queue):
+def test_start_of_a_job_not_reserved_is_false(driver, queue):
     job_id = push1(driver, queue)
-    assert driver.start(queue, job_id, 'w', 'o') == 0
-    assert driver.start(queue, mpqueue._new_id(), 'w', 'o') == 0
-    assert counts(driver, queue)['waiting'] == 1
-    assert driver.job_meta(queue, job_id)['x'] == 0
-    assert ids_of(driver.reserve(queue, 1)) == [job_id]
+    for attempt in (0, 1):
+        assert driver.run(queue, 'start', job_id, attempt, 'w', 'o') is False
+    assert driver.run(queue, 'start', mpqueue._new_id(), 1, 'w', 'o') is False
+    assert counts(driver, queue) == zero_counts(waiting=1, pushed=1)
+    assert info(driver, queue, job_id)['exec_number'] == 0
+    assert ids_of(reserve(driver, queue)) == [job_id]
 
 
-def test_reserved_but_not_started_goes_back_to_head(driver, queue, monkeypatch):
+def test_reserved_but_not_started_goes_back_to_the_head(driver, queue, monkeypatch):
     monkeypatch.setattr(mpqueue, 'RESERVE_SECONDS', 0.3)
     ids = push(driver, queue, 3)
     started = time.monotonic()
-    assert ids_of(driver.reserve(queue, 2)) == ids[:2]
-    due = driver.tick(queue)
-    assert counts(driver, queue)['working'] == 2       # not yet
+    stale = reserve(driver, queue, 2)
+    assert ids_of(stale) == ids[:2]
+    due, _ = tick(driver, queue)
+    assert counts(driver, queue)['reserved'] == 2      # not yet
     assert due is not None and due <= 0.3 + SLACK
-    tick_until_idle(driver, queue)
+    tick_until(driver, queue, lambda: counts(driver, queue)['reserved'] == 0,
+               'the reservations to expire')
     assert time.monotonic() - started >= 0.3 - SLACK
-    assert counts(driver, queue)['waiting'] == 3
-    # Too late to start now; once reserved again, it can.
-    assert driver.start(queue, ids[0], 'w', 'o') == 0
-    # Back at the head, before the job never reserved; the attempt not counted.
-    again = ids_of(driver.reserve(queue, 3))
-    assert set(again[:2]) == set(ids[:2]) and again[2] == ids[2]
-    assert driver.job_meta(queue, ids[0])['x'] == 0
-    assert driver.start(queue, ids[0], 'w', 'o') == 1
+    assert counts(driver, queue) == zero_counts(waiting=3, pushed=3)
+    # Too late to start that attempt; the next one can.
+    assert start(driver, queue, stale[0]) is False
+    again = reserve(driver, queue, 3)
+    assert ids_of(again) == ids                   # back at the head, in order
+    assert again[0]['attempt'] == 2 and again[0]['exec_number'] == 0
+    assert start(driver, queue, again[0]) is True
+    assert info(driver, queue, ids[0])['exec_number'] == 1
 
 
 def test_expired_reservations_keep_queue_order(driver, queue, monkeypatch):
     # Jobs reserved in one batch come back in the order they were queued,
     # whatever their ids (ids pushed here in descending order on purpose).
     monkeypatch.setattr(mpqueue, 'RESERVE_SECONDS', 0.2)
-    entries = sorted((entry() for _ in range(4)), key=lambda e: e[0], reverse=True)
-    driver.push(queue, entries)
-    ids = [e[0] for e in entries]
-    assert ids_of(driver.reserve(queue, 3)) == ids[:3]
-    tick_until_idle(driver, queue)
-    assert ids_of(driver.reserve(queue, 4)) == ids
+    batch = sorted((push_step() for _ in range(4)), key=lambda s: s[1], reverse=True)
+    ids = driver.execute(queue, batch)
+    assert ids_of(reserve(driver, queue, 3)) == ids[:3]
+    tick_until(driver, queue, lambda: counts(driver, queue)['reserved'] == 0,
+               'the reservations to expire')
+    assert ids_of(reserve(driver, queue, 4)) == ids
 
 
 def test_pop_reserves_and_starts(driver, queue):
-    a, b = push(driver, queue, 2)
+    a, b, c = push(driver, queue, 3)
     before = time.time()
-    job_id, meta, payload = driver.pop(queue, 'host:9', 'owner-9')
-    assert job_id == a
-    assert meta['x'] == 1 and meta['w'] == 'host:9' and meta['o'] == 'owner-9'
-    assert before - 1 <= meta['s'] <= time.time() + 1
-    assert bytes(payload) == _PAYLOAD
-    assert driver.job_meta(queue, a)['x'] == 1
-    assert counts(driver, queue)['waiting'] == 1
-    assert counts(driver, queue)['working'] == 1
-    assert driver.pop(queue, 'host:9', 'owner-9')[0] == b
-    assert driver.pop(queue, 'host:9', 'owner-9') is None
-    assert counts(driver, queue)['working'] == 2
+    [job] = pop(driver, queue, 1, 'host:9', 'owner-9')
+    assert job['id'] == a
+    assert (job['attempt'], job['exec_number'], job['worker_id']) == (1, 1, 'host:9')
+    assert before - 1 <= job['start_time'] <= time.time() + 1
+    assert job['payload'] == PAYLOAD
+    record = info(driver, queue, a)
+    assert (record['state'], record['owner'], record['exec_number']) == ('working', 'owner-9', 1)
+    assert counts(driver, queue) == zero_counts(waiting=2, working=1, pushed=3)
+    assert ids_of(pop(driver, queue, 5)) == [b, c]
+    assert pop(driver, queue, 1) == []
+    assert counts(driver, queue) == zero_counts(working=3, pushed=3)
 
 
-# -- done, retry, fail -----------------------------------------------------------------
+# -- done, retry, fail ----------------------------------------------------------------
 
-def test_done_forgets_the_job_and_counts_it_over(driver, queue):
+def test_done_forgets_the_job_and_counts_it(driver, queue, store):
     a, b = push(driver, queue, 2)
-    driver.pop(queue, 'w', 'o')
-    assert driver.done(queue, a) == 1
-    assert driver.job_meta(queue, a) is None
-    assert counts(driver, queue) == {'all': 2, 'waiting': 1, 'working': 0, 'failed': 0,
-                                     'over': 1}
-    driver.reserve(queue, 1)                # reserved only: done still finishes it
-    assert driver.done(queue, b) == 1
-    assert counts(driver, queue) == {'all': 2, 'waiting': 0, 'working': 0, 'failed': 0,
-                                     'over': 2}
+    job = pop1(driver, queue)
+    assert done(driver, queue, job) is True
+    assert info(driver, queue, a) is None
+    assert store.traces(queue, a) == []
+    assert counts(driver, queue) == zero_counts(waiting=1, pushed=2, done=1)
+    assert done(driver, queue, job) is False           # once
+    assert counts(driver, queue)['done'] == 1
 
 
-def test_done_after_recovery_takes_the_copy_back(driver, queue, monkeypatch):
-    monkeypatch.setattr(mpqueue, 'LEASE_SECONDS', 0.2)
-    job_id = push1(driver, queue, f=3)
-    driver.pop(queue, 'w', 'o')
-    tick_until_idle(driver, queue)          # lease lapsed: back to waiting
-    assert counts(driver, queue)['waiting'] == 1
-    # The first worker finishes after all: the job must not run again.
-    assert driver.done(queue, job_id) == 1
-    assert counts(driver, queue) == {'all': 1, 'waiting': 0, 'working': 0, 'failed': 0,
-                                     'over': 1}
-    assert driver.reserve(queue, 1) == []
+def test_done_of_a_reserved_attempt_not_started_changes_nothing(driver, queue):
+    # (The first protocol finished a job that was only reserved.)
+    job_id = push1(driver, queue)
+    [job] = reserve(driver, queue)
+    assert done(driver, queue, job) is False
+    assert state(driver, queue, job_id) == 'reserved'
+    assert counts(driver, queue) == zero_counts(reserved=1, pushed=1)
+    assert start(driver, queue, job) is True
+    assert done(driver, queue, job) is True
+    assert counts(driver, queue) == zero_counts(pushed=1, done=1)
 
 
-def test_done_of_an_unknown_job_counts_nothing(driver, queue):
+def test_done_of_an_attempt_taken_back_changes_nothing(driver, queue, monkeypatch):
+    # A worker that lost its lease reports success after all; the job was
+    # recovered meanwhile.  (The first protocol took the recovered copy back
+    # and counted the job done; an attempt that is not current changes
+    # nothing now, and the job runs again.)
+    job_id = push1(driver, queue, fail_number=3)
+    stale = taken_back(driver, queue, job_id, monkeypatch, 'pop')
+    assert done(driver, queue, stale) is False
+    assert counts(driver, queue) == zero_counts(waiting=1, pushed=1)
+    again = pop1(driver, queue)
+    assert (again['id'], again['attempt']) == (job_id, 2)
+    assert done(driver, queue, again) is True
+    assert counts(driver, queue) == zero_counts(pushed=1, done=1)
+
+
+def test_done_of_an_unknown_job_is_false_and_counts_nothing(driver, queue):
     push1(driver, queue)
-    driver.done(queue, mpqueue._new_id())
-    assert counts(driver, queue) == {'all': 1, 'waiting': 1, 'working': 0, 'failed': 0,
-                                     'over': 0}
+    assert driver.run(queue, 'done', mpqueue._new_id(), 1, b'', '', '') is False
+    assert counts(driver, queue) == zero_counts(waiting=1, pushed=1)
 
 
-def test_done_after_failure_elsewhere_leaves_no_orphan(driver, queue, monkeypatch):
-    # A slow worker loses its lease; the recovered copy runs elsewhere and
+def test_done_after_a_failure_elsewhere_leaves_no_orphan(driver, queue, monkeypatch, store):
+    # A slow worker loses its lease; the recovered job runs elsewhere and
     # fails for good; then the slow worker reports success.
-    monkeypatch.setattr(mpqueue, 'LEASE_SECONDS', 0.2)
-    job_id = push1(driver, queue, f=1)
-    driver.pop(queue, 'slow', 'o')
-    tick_until_idle(driver, queue)
-    monkeypatch.setattr(mpqueue, 'LEASE_SECONDS', 10.0)
-    assert driver.pop(queue, 'other', 'o')[0] == job_id
-    assert driver.fail(queue, job_id, mpqueue.TYPE_NORMAL, ['failed elsewhere']) == 1
-    driver.done(queue, job_id)
-    failed = driver.failed(queue)
-    status = counts(driver, queue)
-    assert status['failed'] == len(failed)
-    for failed_id, _ in failed:
-        assert driver.job_meta(queue, failed_id) is not None, \
-            'failed list holds %s whose meta is gone' % failed_id
+    job_id = push1(driver, queue, fail_number=1)
+    slow = taken_back(driver, queue, job_id, monkeypatch, 'pop')
+    other = pop1(driver, queue, worker='other')
+    assert fail(driver, queue, other, errors=['failed elsewhere']) is True
+    assert done(driver, queue, slow) is False
+    assert ids_of(failed(driver, queue)) == [job_id]
+    assert state(driver, queue, job_id) == 'failed'
+    assert_depth(driver, queue, [job_id], store, pushed=1, done=0, failed_total=1)
 
 
 def test_retry_appends_the_error_and_delays(driver, queue):
-    job_id = push1(driver, queue, f=3, e=0)
-    driver.pop(queue, 'w', 'o')
+    job_id = push1(driver, queue, fail_number=3)
+    job = pop1(driver, queue)
     started = time.monotonic()
-    assert driver.retry(queue, job_id, 0.4, 'ValueError: boom') == 1
-    meta = driver.job_meta(queue, job_id)
-    assert meta['r'] == ['ValueError: boom']
-    assert meta['x'] == 1
-    assert counts(driver, queue)['waiting'] == 1
-    assert counts(driver, queue)['working'] == 0
-    assert driver.reserve(queue, 1) == []
-    got = wait_for(lambda: tick_and_reserve(driver, queue), what='the retried job')
+    assert retry(driver, queue, job, 0.4, 'ValueError: boom') is True
+    record = info(driver, queue, job_id)
+    assert record['error_info'] == ['ValueError: boom']
+    assert record['exec_number'] == 1 and record['state'] == 'delayed'
+    assert counts(driver, queue) == zero_counts(delayed=1, pushed=1)
+    assert reserve(driver, queue) == []
+    got = tick_until_due(driver, queue)
     assert time.monotonic() - started >= 0.4 - SLACK
     assert ids_of(got) == [job_id]
-    assert driver.start(queue, job_id, 'w', 'o') == 1
-    assert driver.job_meta(queue, job_id)['x'] == 2
+    assert start(driver, queue, got[0]) is True
+    assert info(driver, queue, job_id)['exec_number'] == 2
 
 
 def test_retry_without_delay_goes_to_the_tail(driver, queue):
     a, b = push(driver, queue, 2)
-    driver.pop(queue, 'w', 'o')
-    assert driver.retry(queue, a, 0, 'err') == 1
-    assert ids_of(driver.reserve(queue, 2)) == [b, a]
+    assert retry(driver, queue, pop1(driver, queue), 0, 'err') is True
+    assert state(driver, queue, a) == 'waiting'
+    assert ids_of(reserve(driver, queue, 2)) == [b, a]
 
 
-def test_retry_of_a_job_not_working_returns_0(driver, queue):
+def test_retry_of_a_job_not_working_is_false(driver, queue):
     job_id = push1(driver, queue)
-    assert driver.retry(queue, job_id, 0, 'err') == 0
-    assert driver.retry(queue, mpqueue._new_id(), 0, 'err') == 0
-    assert driver.job_meta(queue, job_id)['r'] == []
-    assert counts(driver, queue)['waiting'] == 1
+    for attempt in (0, 1):
+        assert driver.run(queue, 'retry', job_id, attempt, 0, 'err') is False
+    assert driver.run(queue, 'retry', mpqueue._new_id(), 1, 0, 'err') is False
+    assert info(driver, queue, job_id)['error_info'] == []
+    assert counts(driver, queue) == zero_counts(waiting=1, pushed=1)
 
 
-def test_fail_moves_to_the_failed_list(driver, queue):
-    job_id = push1(driver, queue, f=3)
-    driver.pop(queue, 'w', 'o')
-    driver.retry(queue, job_id, 0, 'e1')
-    assert driver.pop(queue, 'w', 'o')[0] == job_id
-    assert driver.fail(queue, job_id, mpqueue.TYPE_NORMAL, ['e2', 'e3'],
-                       'pkg.mod.Name') == 1
-    meta = driver.job_meta(queue, job_id)
-    assert meta['r'] == ['e1', 'e2', 'e3']
-    assert meta['y'] == mpqueue.TYPE_NORMAL
-    assert meta['n'] == 'pkg.mod.Name'
-    assert meta['x'] == 2
-    assert not meta.get('p')
-    [(failed_id, failed_meta)] = driver.failed(queue)
-    assert failed_id == job_id
-    assert failed_meta['r'] == ['e1', 'e2', 'e3']
-    assert counts(driver, queue) == {'all': 1, 'waiting': 0, 'working': 0, 'failed': 1,
-                                     'over': 0}
-    assert driver.reserve(queue, 1) == []
+def test_fail_moves_the_job_to_the_failed_list(driver, queue):
+    job_id = push1(driver, queue, fail_number=3)
+    retry(driver, queue, pop1(driver, queue), 0, 'e1')
+    job = pop1(driver, queue)
+    assert job['id'] == job_id and job['error_info'] == ['e1']
+    assert fail(driver, queue, job, mpqueue.TYPE_NORMAL, ['e2', 'e3'], 'pkg.mod.Name') is True
+    record = info(driver, queue, job_id)
+    assert record['state'] == 'failed'
+    assert record['error_info'] == ['e1', 'e2', 'e3']
+    assert record['type'] == mpqueue.TYPE_NORMAL
+    assert record['job'] == 'pkg.mod.Name'
+    assert record['exec_number'] == 2
+    assert not record.get('phase')
+    assert record['fail_time'] >= record['start_time'] and record['end_time'] >= record['fail_time']
+    [listed] = failed(driver, queue)
+    assert listed['id'] == job_id and listed['error_info'] == ['e1', 'e2', 'e3']
+    assert 'payload' not in listed
+    assert counts(driver, queue) == zero_counts(failed=1, pushed=1, failed_total=1)
+    assert reserve(driver, queue) == []
 
 
-def test_fail_keeps_the_name_when_none_given_and_records_the_type(driver, queue):
+def test_fail_keeps_the_name_when_none_is_given_and_records_the_type(driver, queue):
     job_id = push1(driver, queue)
-    driver.pop(queue, 'w', 'o')
-    assert driver.fail(queue, job_id, mpqueue.TYPE_TIMEOUT, ['timed out']) == 1
-    meta = driver.job_meta(queue, job_id)
-    assert meta['n'] == mpqueue._job_name(noop)
-    assert meta['y'] == mpqueue.TYPE_TIMEOUT
+    assert fail(driver, queue, pop1(driver, queue), mpqueue.TYPE_TIMEOUT, ['timed out']) is True
+    record = info(driver, queue, job_id)
+    assert record['job'] == NAME
+    assert record['type'] == mpqueue.TYPE_TIMEOUT
 
 
 def test_failed_lists_oldest_first_with_paging(driver, queue):
     ids = [make_failed(driver, queue) for _ in range(3)]
-    assert ids_of(driver.failed(queue)) == ids
-    assert ids_of(driver.failed(queue, 1, 1)) == ids[1:2]
-    assert ids_of(driver.failed(queue, 0, 2)) == ids[:2]
-    assert driver.failed(queue, 3, 10) == []
+    assert ids_of(failed(driver, queue)) == ids
+    assert ids_of(failed(driver, queue, 1, 1)) == ids[1:2]
+    assert ids_of(failed(driver, queue, 0, 2)) == ids[:2]
+    assert failed(driver, queue, 3, 10) == []
+    assert failed(driver, queue, 0, 0) == []
 
 
-def test_fail_after_recovery_leaves_no_copy_behind(driver, queue, monkeypatch):
+def test_fail_of_an_attempt_taken_back_leaves_the_handlers_to_run(driver, queue, monkeypatch):
     # The lease lapses while the fail handlers run; the job is recovered to
-    # run them again; then the first worker reports the final failure.
-    monkeypatch.setattr(mpqueue, 'LEASE_SECONDS', 0.2)
-    job_id = push1(driver, queue, f=0)
-    driver.pop(queue, 'w', 'o')
-    tick_until_idle(driver, queue)
-    assert driver.job_meta(queue, job_id)['p'] == 'f'
-    assert driver.fail(queue, job_id, mpqueue.TYPE_NORMAL, ['late']) == 1
-    # The job is failed, once: not also waiting to run its handlers again.
-    assert counts(driver, queue) == {'all': 1, 'waiting': 0, 'working': 0, 'failed': 1,
-                                     'over': 0}
-    assert driver.reserve(queue, 1) == []
+    # run them again; then the first worker reports the final failure.  (The
+    # first protocol took that report; now the stale attempt changes nothing
+    # and the job's next attempt runs the handlers.)
+    job_id = push1(driver, queue, fail_number=0)
+    stale = taken_back(driver, queue, job_id, monkeypatch, 'pop')
+    assert info(driver, queue, job_id)['phase'] == 'handlers'
+    assert fail(driver, queue, stale, errors=['late']) is False
+    assert counts(driver, queue) == zero_counts(waiting=1, pushed=1)
+    handlers = pop1(driver, queue)
+    assert handlers['phase'] == 'handlers' and handlers['exec_number'] == 1
+    assert fail(driver, queue, handlers, errors=['handled']) is True
+    assert counts(driver, queue) == zero_counts(failed=1, pushed=1, failed_total=1)
+    assert reserve(driver, queue) == []
 
 
 # -- lost ------------------------------------------------------------------------------
 
-def test_lost_retries_while_attempts_remain_then_runs_fail_handlers(driver, queue):
-    a = push1(driver, queue, f=1, e=0)
+def test_lost_runs_again_while_attempts_remain_then_runs_fail_handlers(driver, queue):
+    a = push1(driver, queue, fail_number=1)
     b = push1(driver, queue)
-    assert driver.pop(queue, 'w', 'o')[0] == a
-    assert driver.lost(queue, a, 'worker died (1)') == 1
-    meta = driver.job_meta(queue, a)
-    assert meta['r'] == ['worker died (1)'] and meta['x'] == 1
-    assert not meta.get('p')
-    assert counts(driver, queue)['waiting'] == 2 and counts(driver, queue)['working'] == 0
-    assert driver.pop(queue, 'w', 'o')[0] == a          # run again at once, from the head
-    assert driver.job_meta(queue, a)['x'] == 2
+    job = pop1(driver, queue)
+    assert job['id'] == a
+    assert lost(driver, queue, job, 'worker died (1)') is True
+    record = info(driver, queue, a)
+    assert record['error_info'] == ['worker died (1)'] and record['exec_number'] == 1
+    assert not record.get('phase') and record['state'] == 'waiting'
+    assert counts(driver, queue) == zero_counts(waiting=2, pushed=2)
+    job = pop1(driver, queue)                     # run again at once, from the head
+    assert (job['id'], job['exec_number']) == (a, 2)
     c = push1(driver, queue)
-    assert driver.lost(queue, a, 'worker died (2)') == 1
-    meta = driver.job_meta(queue, a)
-    assert meta['p'] == 'f'
-    assert meta['y'] == mpqueue.TYPE_NORMAL
-    assert meta['r'] == ['worker died (1)', 'worker died (2)']
-    assert meta['x'] == 2
+    assert lost(driver, queue, job, 'worker died (2)') is True
+    record = info(driver, queue, a)
+    assert record['phase'] == 'handlers'
+    assert record['type'] == mpqueue.TYPE_NORMAL
+    assert record['error_info'] == ['worker died (1)', 'worker died (2)']
+    assert record['exec_number'] == 2
     # Its fail handlers run next: at the head.
-    assert ids_of(driver.reserve(queue, 3)) == [a, b, c]
+    assert ids_of(reserve(driver, queue, 3)) == [a, b, c]
 
 
-def test_lost_job_runs_again_at_once_whatever_fail_expire(driver, queue):
+def test_a_lost_job_runs_again_at_once_whatever_fail_expire(driver, queue):
     # A worker that died did not fail the job: no fail_expire wait, but the
     # death counts as an attempt (so a job that kills its worker cannot loop).
-    job_id = push1(driver, queue, f=3, e=30)
+    job_id = push1(driver, queue, fail_number=3, fail_expire=30)
     other = push1(driver, queue)
-    driver.pop(queue, 'w', 'o')
-    assert driver.lost(queue, job_id, 'worker died') == 1
-    assert ids_of(driver.reserve(queue, 2)) == [job_id, other]
-    assert driver.job_meta(queue, job_id)['x'] == 1
+    assert lost(driver, queue, pop1(driver, queue)) is True
+    assert ids_of(reserve(driver, queue, 2)) == [job_id, other]
+    assert info(driver, queue, job_id)['exec_number'] == 1
 
 
-def test_lost_at_timeout_is_not_retried(driver, queue):
-    a = push1(driver, queue, f=3, t=1)
+def test_lost_at_its_timeout_is_not_retried(driver, queue):
+    a = push1(driver, queue, fail_number=3, timeout=1)
     b = push1(driver, queue)
-    driver.pop(queue, 'w', 'o')
-    assert driver.lost(queue, a, 'killed at its timeout', timeout=True) == 1
-    meta = driver.job_meta(queue, a)
-    assert meta['y'] == mpqueue.TYPE_TIMEOUT
-    assert meta['p'] == 'f'
-    assert meta['x'] == 1
-    assert meta['r'] == ['killed at its timeout']
-    assert ids_of(driver.reserve(queue, 2)) == [a, b]
-    # Running the fail handlers is not another attempt.
-    assert driver.start(queue, a, 'w2', 'o2') == 1
-    meta = driver.job_meta(queue, a)
-    assert meta['x'] == 1 and meta['p'] == 'f' and meta['w'] == 'w2'
+    assert lost(driver, queue, pop1(driver, queue), 'killed at its timeout', timeout=True) is True
+    record = info(driver, queue, a)
+    assert record['type'] == mpqueue.TYPE_TIMEOUT
+    assert record['phase'] == 'handlers'
+    assert record['exec_number'] == 1
+    assert record['error_info'] == ['killed at its timeout']
+    again = reserve(driver, queue, 2)
+    assert ids_of(again) == [a, b]
+    # Running the fail handlers is not another attempt of the job.
+    assert start(driver, queue, again[0], 'w2', 'o2') is True
+    record = info(driver, queue, a)
+    assert (record['exec_number'], record['phase'], record['owner']) == (1, 'handlers', 'o2')
+    assert record['worker_id'] == 'w'               # the worker that ran the job
+    assert record['handler_start'] >= record['start_time']
 
 
-def test_lost_of_a_reserved_job_that_never_started(driver, queue):
+def test_lost_of_a_reserved_attempt_that_never_started(driver, queue):
     a, b = push(driver, queue, 2)
-    assert ids_of(driver.reserve(queue, 1)) == [a]
-    assert driver.lost(queue, a, 'worker died before starting') == 2
-    meta = driver.job_meta(queue, a)
-    assert meta['r'] == [] and meta['x'] == 0
-    assert ids_of(driver.reserve(queue, 2)) == [a, b]
+    [job] = reserve(driver, queue)
+    assert job['id'] == a
+    assert lost(driver, queue, job, 'worker died before starting') is True
+    record = info(driver, queue, a)
+    assert record['error_info'] == [] and record['exec_number'] == 0
+    assert ids_of(reserve(driver, queue, 2)) == [a, b]
 
 
-def test_lost_of_a_job_not_running_returns_0(driver, queue):
+def test_lost_of_a_job_not_running_is_false(driver, queue):
     failed_id = make_failed(driver, queue)
     job_id = push1(driver, queue)
-    assert driver.lost(queue, job_id, 'x') == 0
-    assert driver.lost(queue, mpqueue._new_id(), 'x') == 0
-    assert driver.lost(queue, failed_id, 'x') == 0
-    assert counts(driver, queue) == {'all': 2, 'waiting': 1, 'working': 0, 'failed': 1,
-                                     'over': 0}
+    assert driver.run(queue, 'lost', job_id, 0, 'x', 0) is False
+    assert driver.run(queue, 'lost', mpqueue._new_id(), 1, 'x', 0) is False
+    assert driver.run(queue, 'lost', failed_id, 1, 'x', 0) is False
+    assert counts(driver, queue) == zero_counts(waiting=1, failed=1, pushed=2, failed_total=1)
+    assert info(driver, queue, failed_id)['error_info'] == ['it broke']
 
 
 def test_lost_while_running_fail_handlers(driver, queue):
     attempts = mpqueue.HANDLER_ATTEMPTS
-    job_id = push1(driver, queue, f=0)
-    driver.pop(queue, 'w', 'o')
-    driver.lost(queue, job_id, 'worker died')
-    assert driver.job_meta(queue, job_id)['p'] == 'f'
+    job_id = push1(driver, queue, fail_number=0)
+    lost(driver, queue, pop1(driver, queue), 'worker died')
+    assert info(driver, queue, job_id)['phase'] == 'handlers'
     for k in range(1, attempts + 1):
-        assert driver.pop(queue, 'w', 'o')[0] == job_id
-        assert driver.lost(queue, job_id, 'handler died (%d)' % k) == 1
-        meta = driver.job_meta(queue, job_id)
-        assert meta['x'] == 1                           # handlers are not attempts
+        job = pop1(driver, queue)
+        assert job['id'] == job_id
+        assert lost(driver, queue, job, 'handler died (%d)' % k) is True
+        record = info(driver, queue, job_id)
+        assert record['exec_number'] == 1                 # handlers are not attempts
         if k < attempts:
-            assert meta['p'] == 'f' and meta['h'] == k
+            assert record['phase'] == 'handlers' and record['handler_runs'] == k
             assert counts(driver, queue)['waiting'] == 1
-            assert driver.failed(queue) == []
-    meta = driver.job_meta(queue, job_id)
+            assert failed(driver, queue) == []
+    record = info(driver, queue, job_id)
     expected = ['worker died'] + ['handler died (%d)' % k for k in range(1, attempts + 1)]
-    assert meta['r'][:len(expected)] == expected
-    assert len(meta['r']) == len(expected) + 1         # plus why it gave up
-    assert not meta.get('p')
-    assert meta['y'] == mpqueue.TYPE_NORMAL
-    assert ids_of(driver.failed(queue)) == [job_id]
-    assert counts(driver, queue) == {'all': 1, 'waiting': 0, 'working': 0, 'failed': 1,
-                                     'over': 0}
+    assert record['error_info'][:len(expected)] == expected
+    assert len(record['error_info']) == len(expected) + 1      # plus why it gave up
+    assert not record.get('phase')
+    assert record['type'] == mpqueue.TYPE_NORMAL
+    assert ids_of(failed(driver, queue)) == [job_id]
+    assert counts(driver, queue) == zero_counts(failed=1, pushed=1, failed_total=1)
 
 
 # -- leases and deadlines ----------------------------------------------------------------
@@ -557,132 +556,132 @@ def test_lost_while_running_fail_handlers(driver, queue):
 @pytest.mark.parametrize('timeout', [0, 30])
 def test_tick_recovers_a_lapsed_lease_as_a_lost_attempt(driver, queue, monkeypatch, timeout):
     monkeypatch.setattr(mpqueue, 'LEASE_SECONDS', 0.3)
-    job_id = push1(driver, queue, f=3, e=0, t=timeout)
-    driver.pop(queue, 'w', 'o')
+    job_id = push1(driver, queue, fail_number=3, timeout=timeout)
+    pop1(driver, queue)
     started = time.monotonic()
-    driver.tick(queue)
+    tick(driver, queue)
     assert counts(driver, queue)['working'] == 1        # not yet
-    tick_until_idle(driver, queue)
+    record = tick_until_state(driver, queue, job_id, 'waiting')
     assert time.monotonic() - started >= 0.3 - SLACK
-    meta = driver.job_meta(queue, job_id)
-    assert len(meta['r']) == 1
-    assert meta['x'] == 1
-    assert not meta.get('p') and not meta.get('y')    # a retry, not a timeout
-    assert ids_of(driver.reserve(queue, 1)) == [job_id]
+    assert len(record['error_info']) == 1 and 'lease expired' in record['error_info'][0]
+    assert record['exec_number'] == 1
+    assert not record.get('phase') and not record.get('type')    # runs again, not a timeout
+    assert ids_of(reserve(driver, queue)) == [job_id]
 
 
-def test_lapsed_lease_of_the_last_attempt_runs_fail_handlers(driver, queue, monkeypatch):
+def test_a_lapsed_lease_of_the_last_attempt_runs_fail_handlers(driver, queue, monkeypatch):
     monkeypatch.setattr(mpqueue, 'LEASE_SECONDS', 0.2)
-    job_id = push1(driver, queue, f=0)
+    job_id = push1(driver, queue, fail_number=0)
     other = push1(driver, queue)
-    driver.pop(queue, 'w', 'o')
-    tick_until_idle(driver, queue)
-    meta = driver.job_meta(queue, job_id)
-    assert meta['p'] == 'f' and meta['y'] == mpqueue.TYPE_NORMAL
-    assert ids_of(driver.reserve(queue, 2)) == [job_id, other]
+    pop1(driver, queue)
+    record = tick_until_state(driver, queue, job_id, 'waiting')
+    assert record['phase'] == 'handlers' and record['type'] == mpqueue.TYPE_NORMAL
+    assert ids_of(reserve(driver, queue, 2)) == [job_id, other]
 
 
 def test_renew_keeps_a_lease_alive(driver, queue, monkeypatch):
     monkeypatch.setattr(mpqueue, 'LEASE_SECONDS', 0.5)
     job_id = push1(driver, queue)
-    driver.pop(queue, 'w', 'o')
-    until = time.monotonic() + 1.2                      # over twice the lease
+    job = pop1(driver, queue)
+    until = time.monotonic() + 1.2                     # over twice the lease
     while time.monotonic() < until:
-        assert driver.renew(queue, [job_id]) == [1]
-        driver.tick(queue)
+        assert renew(driver, queue, job) == 'ok'
+        tick(driver, queue)
         assert counts(driver, queue)['working'] == 1
         time.sleep(0.05)
-    assert driver.job_meta(queue, job_id)['r'] == []
-    tick_until_idle(driver, queue)                      # renewals stop: recovered
-    assert len(driver.job_meta(queue, job_id)['r']) == 1
+    assert info(driver, queue, job_id)['error_info'] == []
+    record = tick_until_state(driver, queue, job_id, 'waiting')   # renewals stop: recovered
+    assert len(record['error_info']) == 1
 
 
-def test_renew_of_a_job_not_working_returns_0(driver, queue):
+def test_renew_of_an_attempt_not_working_is_none(driver, queue):
     job_id = push1(driver, queue)
-    assert driver.renew(queue, [job_id, mpqueue._new_id()]) == [0, 0]
-    assert driver.renew(queue, []) == []
+    for attempt in (0, 1):
+        assert driver.run(queue, 'renew', job_id, attempt) is None
+    assert driver.run(queue, 'renew', mpqueue._new_id(), 1) is None
+    [job] = reserve(driver, queue)
+    assert renew(driver, queue, job) is None            # reserved, not started
+    assert counts(driver, queue) == zero_counts(reserved=1, pushed=1)
 
 
 def test_renew_cannot_outlast_the_deadline(driver, queue):
-    job_id = push1(driver, queue, t=0.2, f=3)
-    driver.pop(queue, 'w', 'o')
+    job_id = push1(driver, queue, timeout=0.2, fail_number=3)
+    job = pop1(driver, queue)
 
     def recovered():
-        driver.renew(queue, [job_id])
-        driver.tick(queue)
-        return counts(driver, queue)['working'] == 0
-    wait_for(recovered, what='the job past its deadline to be recovered')
-    meta = driver.job_meta(queue, job_id)
-    assert not meta.get('p') and meta['x'] == 1      # an ordinary attempt: run again
+        renew(driver, queue, job)
+        tick(driver, queue)
+        return state(driver, queue, job_id) == 'waiting'
+    poll(recovered, 'the job past its deadline to be recovered')
+    record = info(driver, queue, job_id)
+    assert not record.get('phase') and record['exec_number'] == 1      # runs again
 
 
 def test_tick_recovers_a_job_past_its_deadline_plus_1s_as_an_attempt(driver, queue):
-    # Nobody killed it at its deadline, so its master (or server) is gone: a
+    # Nobody stopped it at its deadline, so its master (or server) is gone: a
     # job that never ran past its timeout must not be failed as a timeout.
     # Recovered at deadline + 1 s (before the lease), as an ordinary attempt.
-    job_id = push1(driver, queue, t=0.1, f=3)
+    job_id = push1(driver, queue, timeout=0.1, fail_number=3)
     other = push1(driver, queue)
-    driver.pop(queue, 'w', 'o')
+    pop1(driver, queue)
     started = time.monotonic()
-    driver.tick(queue)
+    tick(driver, queue)
     assert counts(driver, queue)['working'] == 1
-    tick_until_idle(driver, queue)
+    record = tick_until_state(driver, queue, job_id, 'waiting')
     assert 1.1 - SLACK <= time.monotonic() - started < mpqueue.LEASE_SECONDS
-    meta = driver.job_meta(queue, job_id)
-    assert not meta.get('p') and meta.get('y') in (None, mpqueue.TYPE_NORMAL)
-    assert meta['x'] == 1
-    assert len(meta['r']) == 1 and 'lease expired' in meta['r'][0]
-    assert ids_of(driver.reserve(queue, 2)) == [job_id, other]
+    assert not record.get('phase') and record.get('type') in (None, mpqueue.TYPE_NORMAL)
+    assert record['exec_number'] == 1
+    assert len(record['error_info']) == 1 and 'lease expired' in record['error_info'][0]
+    assert ids_of(reserve(driver, queue, 2)) == [job_id, other]
 
 
-# -- requeue, recover_owner --------------------------------------------------------------
+# -- requeue, recover --------------------------------------------------------------------
 
 def test_requeue_puts_a_running_job_back_at_the_head(driver, queue):
     a, b = push(driver, queue, 2)
-    driver.pop(queue, 'w', 'o')
-    assert driver.requeue(queue, a) == 1
-    meta = driver.job_meta(queue, a)
-    assert meta['x'] == 0 and meta['r'] == []
-    assert counts(driver, queue)['working'] == 0
-    assert ids_of(driver.reserve(queue, 1)) == [a]
-    assert driver.requeue(queue, a) == 1                # a reserved one too
-    assert driver.job_meta(queue, a)['x'] == 0
-    assert ids_of(driver.reserve(queue, 2)) == [a, b]
+    assert requeue(driver, queue, pop1(driver, queue)) is True
+    record = info(driver, queue, a)
+    assert record['exec_number'] == 0 and record['error_info'] == []
+    assert record['state'] == 'waiting'
+    assert counts(driver, queue) == zero_counts(waiting=2, pushed=2)
+    [job] = reserve(driver, queue)
+    assert job['id'] == a
+    assert requeue(driver, queue, job) is True          # a reserved one too
+    assert info(driver, queue, a)['exec_number'] == 0
+    assert ids_of(reserve(driver, queue, 2)) == [a, b]
 
 
-def test_requeue_of_a_job_not_running_returns_0(driver, queue):
+def test_requeue_of_a_job_not_running_is_false(driver, queue):
     job_id = push1(driver, queue)
-    assert driver.requeue(queue, job_id) == 0
-    assert driver.requeue(queue, mpqueue._new_id()) == 0
-    assert counts(driver, queue)['waiting'] == 1
+    for attempt in (0, 1):
+        assert driver.run(queue, 'requeue', job_id, attempt) is False
+    assert driver.run(queue, 'requeue', mpqueue._new_id(), 1) is False
+    assert counts(driver, queue) == zero_counts(waiting=1, pushed=1)
 
 
-def test_requeue_in_fail_phase_keeps_exec_number(driver, queue):
-    job_id = push1(driver, queue, f=0)
-    driver.pop(queue, 'w', 'o')
-    driver.lost(queue, job_id, 'worker died')
-    driver.pop(queue, 'w', 'o')
-    assert driver.requeue(queue, job_id) == 1
-    meta = driver.job_meta(queue, job_id)
-    assert meta['x'] == 1 and meta['p'] == 'f'
+def test_requeue_while_fail_handlers_run_keeps_exec_number(driver, queue):
+    job_id = push1(driver, queue, fail_number=0)
+    lost(driver, queue, pop1(driver, queue))
+    assert requeue(driver, queue, pop1(driver, queue)) is True
+    record = info(driver, queue, job_id)
+    assert record['exec_number'] == 1 and record['phase'] == 'handlers'
 
 
-def test_recover_owner_requeues_only_that_owners_jobs(driver, queue):
+def test_recover_requeues_only_the_jobs_of_that_owner(driver, queue):
     a, b, c, d = push(driver, queue, 4)
-    assert driver.pop(queue, 'w1', 'owner-1')[0] == a
-    assert driver.pop(queue, 'w2', 'owner-2')[0] == b
-    assert ids_of(driver.reserve(queue, 1)) == [c]
-    assert driver.start(queue, c, 'w3', 'owner-1') == 1
-    assert driver.recover_owner(queue, 'owner-1', 'master died') == 2
-    status = counts(driver, queue)
-    assert status['working'] == 1 and status['waiting'] == 3
-    got = ids_of(driver.reserve(queue, 3))
+    assert pop1(driver, queue, 'w1', 'owner-1')['id'] == a
+    assert pop1(driver, queue, 'w2', 'owner-2')['id'] == b
+    [job_c] = reserve(driver, queue)
+    assert start(driver, queue, job_c, 'w3', 'owner-1') is True
+    assert driver.run(queue, 'recover', 'owner-1', 'its master died') == 2
+    assert counts(driver, queue) == zero_counts(waiting=3, working=1, pushed=4)
+    got = ids_of(reserve(driver, queue, 3))
     assert set(got[:2]) == {a, c} and got[2] == d
-    assert driver.job_meta(queue, a)['x'] == 0
-    assert driver.job_meta(queue, c)['x'] == 0
-    meta_b = driver.job_meta(queue, b)
-    assert meta_b['o'] == 'owner-2' and meta_b['x'] == 1
-    assert driver.recover_owner(queue, 'nobody', 'x') == 0
+    assert info(driver, queue, a)['exec_number'] == 0
+    assert info(driver, queue, c)['exec_number'] == 0
+    record = info(driver, queue, b)
+    assert (record['owner'], record['exec_number'], record['state']) == ('owner-2', 1, 'working')
+    assert driver.run(queue, 'recover', 'nobody', 'x') == 0
 
 
 # -- the failed list ------------------------------------------------------------------
@@ -691,95 +690,644 @@ def test_retry_failed_one_then_all(driver, queue):
     a = make_failed(driver, queue, mpqueue.TYPE_TIMEOUT)
     b = make_failed(driver, queue)
     assert counts(driver, queue)['failed'] == 2
-    assert driver.retry_failed(queue, a) == 1
-    meta = driver.job_meta(queue, a)
-    assert meta['x'] == 0 and meta['r'] == []
-    assert not meta.get('y') and not meta.get('p') and not meta.get('h')
-    assert ids_of(driver.failed(queue)) == [b]
-    assert counts(driver, queue)['failed'] == 1 and counts(driver, queue)['waiting'] == 1
-    assert driver.retry_failed(queue, a) == 0           # not failed any more
-    assert driver.retry_failed(queue, mpqueue._new_id()) == 0
-    assert driver.retry_failed(queue) == 1
-    assert driver.failed(queue) == []
-    assert driver.job_meta(queue, b)['x'] == 0
-    assert counts(driver, queue) == {'all': 2, 'waiting': 2, 'working': 0, 'failed': 0,
-                                     'over': 0}
-    assert ids_of(driver.reserve(queue, 2)) == [a, b]
-    assert driver.retry_failed(queue) == 0
+    assert driver.run(queue, 'retry_failed', a, 1) == 1
+    record = info(driver, queue, a)
+    assert record['state'] == 'waiting'
+    assert record['exec_number'] == 0 and record['error_info'] == []
+    for name in ('type', 'phase', 'handler_runs', 'fail_time', 'end_time'):
+        assert not record.get(name), name
+    assert ids_of(failed(driver, queue)) == [b]
+    assert counts(driver, queue) == zero_counts(waiting=1, failed=1, pushed=2, failed_total=2)
+    assert driver.run(queue, 'retry_failed', a, 1) == 0      # not failed any more
+    assert driver.run(queue, 'retry_failed', mpqueue._new_id(), 1) == 0
+    assert driver.run(queue, 'retry_failed', '', 100) == 1
+    assert failed(driver, queue) == []
+    assert info(driver, queue, b)['exec_number'] == 0
+    assert counts(driver, queue) == zero_counts(waiting=2, pushed=2, failed_total=2)
+    assert ids_of(reserve(driver, queue, 2)) == [a, b]
+    assert driver.run(queue, 'retry_failed', '', 100) == 0
 
 
-def test_retried_failed_job_gets_all_its_attempts_again(driver, queue):
-    job_id = push1(driver, queue, f=1, e=0)
+def test_a_retried_failed_job_gets_all_its_attempts_again(driver, queue):
+    job_id = push1(driver, queue, fail_number=1)
     for _ in range(2):
-        driver.pop(queue, 'w', 'o')
-        driver.lost(queue, job_id, 'died')
-    assert driver.job_meta(queue, job_id)['p'] == 'f'
-    driver.pop(queue, 'w', 'o')
-    driver.fail(queue, job_id, mpqueue.TYPE_NORMAL, [])
-    assert driver.retry_failed(queue, job_id) == 1
-    driver.pop(queue, 'w', 'o')
-    driver.lost(queue, job_id, 'died again')
-    meta = driver.job_meta(queue, job_id)
-    assert meta['x'] == 1 and not meta.get('p')        # a retry, not the end
+        lost(driver, queue, pop1(driver, queue), 'died')
+    assert info(driver, queue, job_id)['phase'] == 'handlers'
+    fail(driver, queue, pop1(driver, queue))
+    assert driver.run(queue, 'retry_failed', job_id, 1) == 1
+    lost(driver, queue, pop1(driver, queue), 'died again')
+    record = info(driver, queue, job_id)
+    assert record['exec_number'] == 1 and not record.get('phase')      # runs again
 
 
-def test_delete_failed(driver, queue):
+def test_delete_failed(driver, queue, store):
     job_id = make_failed(driver, queue)
     waiting = push1(driver, queue)
-    assert driver.delete_failed(queue, waiting) == 0   # only failed jobs
-    assert driver.delete_failed(queue, job_id) == 1
-    assert driver.job_meta(queue, job_id) is None
-    assert driver.delete_failed(queue, job_id) == 0
-    assert driver.failed(queue) == []
-    assert counts(driver, queue)['failed'] == 0
-    assert driver.job_meta(queue, waiting) is not None
-    assert ids_of(driver.reserve(queue, 1)) == [waiting]
+    assert driver.run(queue, 'delete_failed', waiting) is False    # only failed jobs
+    assert driver.run(queue, 'delete_failed', job_id) is True
+    assert info(driver, queue, job_id) is None
+    assert store.traces(queue, job_id) == []
+    assert driver.run(queue, 'delete_failed', job_id) is False
+    assert failed(driver, queue) == []
+    assert counts(driver, queue) == zero_counts(waiting=1, pushed=2, failed_total=1)
+    assert ids_of(reserve(driver, queue)) == [waiting]
 
 
-# -- clean and status -----------------------------------------------------------------
+# -- attempts fence every outcome ------------------------------------------------------------
+
+OUTCOMES = {
+    'start': lambda driver, queue, job: start(driver, queue, job),
+    'renew': lambda driver, queue, job: renew(driver, queue, job),
+    'done': lambda driver, queue, job: done(driver, queue, job, b'r', "'r'", ''),
+    'retry': lambda driver, queue, job: retry(driver, queue, job, 0, 'late error'),
+    'fail': lambda driver, queue, job: fail(driver, queue, job, errors=['late failure']),
+    'lost': lambda driver, queue, job: lost(driver, queue, job, 'late death'),
+    'lost at timeout': lambda driver, queue, job: lost(driver, queue, job, 'late', True),
+    'requeue': lambda driver, queue, job: requeue(driver, queue, job),
+}
+
+
+@pytest.mark.parametrize('again', ['reserve', 'pop'])
+@pytest.mark.parametrize('step', list(OUTCOMES))
+def test_an_outcome_of_a_stale_attempt_changes_nothing(driver, queue, store, monkeypatch,
+                                                       step, again):
+    job_id = push1(driver, queue, fail_number=3, result_ttl=60)
+    other = push1(driver, queue)
+    # The first attempt is taken back by tick (a start fences a reservation,
+    # the other outcomes a started attempt); the job is handed out again.
+    stale = taken_back(driver, queue, job_id, monkeypatch, 'reserve' if step == 'start' else 'pop')
+    [current] = reserve(driver, queue) if again == 'reserve' else pop(driver, queue)
+    assert current['id'] == job_id and current['attempt'] == stale['attempt'] + 1
+    record, before = info(driver, queue, job_id), counts(driver, queue)
+
+    assert OUTCOMES[step](driver, queue, stale) is (None if step == 'renew' else False)
+    assert info(driver, queue, job_id) == record
+    assert counts(driver, queue) == before
+    assert ids_of(reserve(driver, queue, 5)) == [other]        # nothing was put back
+
+    # The current attempt still works.
+    if again == 'reserve':
+        assert start(driver, queue, current) is True
+    assert renew(driver, queue, current) == 'ok'
+    assert done(driver, queue, current, b'r', "'r'", '') is True
+    assert state(driver, queue, job_id) == 'done'
+    assert OUTCOMES[step](driver, queue, stale) is (None if step == 'renew' else False)
+    assert_depth(driver, queue, [job_id, other], store, pushed=2, done=1)
+
+
+# -- job records and waiters ---------------------------------------------------------------
+
+def test_info_reports_the_state_of_a_job_in_every_state(driver, queue, store):
+    reserved_id, working_id = push(driver, queue, 2)
+    reserve(driver, queue)
+    pop(driver, queue)
+    done_id = push1(driver, queue, result_ttl=60)
+    done(driver, queue, pop1(driver, queue))
+    failed_id = make_failed(driver, queue)
+    cancelled_id = push1(driver, queue, result_ttl=60)
+    assert cancel(driver, queue, cancelled_id) == 'waiting'
+    waiting_id = push1(driver, queue)
+    delayed_id = push1(driver, queue, delay=60)
+    expected = {waiting_id: 'waiting', delayed_id: 'delayed', reserved_id: 'reserved',
+                working_id: 'working', done_id: 'done', failed_id: 'failed',
+                cancelled_id: 'cancelled'}
+    for job_id, wanted in expected.items():
+        record = info(driver, queue, job_id)
+        assert record['state'] == wanted, (job_id, record)
+        assert 'payload' not in record and record['job'] == NAME
+    assert info(driver, queue, mpqueue._new_id()) is None
+    assert_depth(driver, queue, list(expected), store, pushed=7, done=1, failed_total=1,
+                 cancelled=1)
+
+
+def _end(driver, queue, job_id, how):
+    """End a job that waits, after a first attempt that does not end it."""
+    assert retry(driver, queue, pop1(driver, queue), 0, 'not the end') is True
+    if how == 'done':
+        assert done(driver, queue, pop1(driver, queue)) is True
+    elif how == 'fail':
+        assert fail(driver, queue, pop1(driver, queue)) is True
+    elif how == 'cancel':
+        assert cancel(driver, queue, job_id) == 'waiting'
+    else:                                    # cancelled while it works
+        job = pop1(driver, queue)
+        assert cancel(driver, queue, job_id) == 'working'
+        assert lost(driver, queue, job, 'killed: cancelled') is True
+
+
+ENDS = ['done', 'fail', 'cancel', 'cancel while working']
+
+
+@pytest.mark.parametrize('how', ENDS)
+def test_info_with_a_watch_is_notified_once_when_the_job_ends(driver, queue, store, how):
+    watcher = store.watcher(queue)
+    try:
+        job_id = push1(driver, queue)
+        assert info(driver, queue, job_id, watcher.address)['state'] == 'waiting'
+        assert info(driver, queue, job_id)['waiter'].split('\n') == [watcher.address]
+        _end(driver, queue, job_id, how)
+        assert watcher.wait(job_id) == [job_id]
+    finally:
+        watcher.close()
+
+
+def test_two_waiters_of_one_job_are_both_notified(driver, queue, store):
+    watchers = [store.watcher(queue), store.watcher(queue)]
+    try:
+        job_id = push1(driver, queue)
+        for watcher in watchers:
+            info(driver, queue, job_id, watcher.address)
+        done(driver, queue, pop1(driver, queue))
+        for watcher in watchers:
+            assert watcher.wait(job_id) == [job_id]
+    finally:
+        for watcher in watchers:
+            watcher.close()
+
+
+def test_a_watch_on_a_job_that_ended_is_not_stored(driver, queue, store):
+    watcher = store.watcher(queue)
+    try:
+        job_id = push1(driver, queue, result_ttl=60)
+        done(driver, queue, pop1(driver, queue))
+        record = info(driver, queue, job_id, watcher.address)
+        assert record['state'] == 'done'
+        assert 'waiter' not in info(driver, queue, job_id)
+    finally:
+        watcher.close()
+
+
+# -- result_ttl ------------------------------------------------------------------------
+
+def test_done_with_result_ttl_keeps_the_outcome_until_it_expires(driver, queue, store):
+    ttl = 1.0
+    job_id = push1(driver, queue, result_ttl=ttl)
+    job = pop1(driver, queue)
+    assert done(driver, queue, job, b'\x00\xffresult', "'result'", 'a note') is True
+    ended = time.monotonic()
+    record = info(driver, queue, job_id)
+    assert record['state'] == 'done'
+    assert record['result'] == b'\x00\xffresult'
+    assert (record['result_repr'], record['result_note']) == ("'result'", 'a note')
+    assert record['end_time'] >= record['start_time']
+    assert not store.payload_kept(queue, job_id)
+    expires = store.expires_in(queue, job_id)      # Redis: the record's key expires
+    assert expires is None or 0 < expires <= ttl
+    tick(driver, queue)
+    assert state(driver, queue, job_id) == 'done'
+    assert counts(driver, queue) == zero_counts(pushed=1, done=1)
+    tick_until(driver, queue, lambda: info(driver, queue, job_id) is None,
+               'the outcome to expire')
+    assert time.monotonic() - ended >= ttl - 0.1
+    assert store.traces(queue, job_id) == []
+    assert counts(driver, queue) == zero_counts(pushed=1, done=1)
+
+
+def test_done_without_result_ttl_leaves_nothing(driver, queue, store):
+    job_id = push1(driver, queue)
+    assert done(driver, queue, pop1(driver, queue), b'result', "'result'", '') is True
+    assert info(driver, queue, job_id) is None
+    assert store.traces(queue, job_id) == []
+
+
+def test_a_cancelled_job_is_kept_for_its_result_ttl(driver, queue, store):
+    job_id = push1(driver, queue, result_ttl=0.5)
+    assert cancel(driver, queue, job_id) == 'waiting'
+    assert state(driver, queue, job_id) == 'cancelled'
+    tick_until(driver, queue, lambda: info(driver, queue, job_id) is None,
+               'the cancelled record to expire')
+    assert store.traces(queue, job_id) == []
+    assert counts(driver, queue) == zero_counts(pushed=1, cancelled=1)
+
+
+# -- cancel ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('was', ['waiting', 'delayed', 'reserved'])
+def test_cancel_of_a_job_not_started_ends_it_at_once(driver, queue, store, was):
+    job_id = push1(driver, queue, result_ttl=60, delay=60 if was == 'delayed' else 0)
+    other = push1(driver, queue)
+    if was == 'reserved':
+        [handed] = reserve(driver, queue)
+    assert state(driver, queue, job_id) == was
+    before = time.time()
+    assert cancel(driver, queue, job_id, 'admin') == was
+    record = info(driver, queue, job_id)
+    assert record['state'] == 'cancelled' and record['cancelled_by'] == 'admin'
+    assert before - 1 <= record['cancel_time'] <= record['end_time'] <= time.time() + 1
+    assert_depth(driver, queue, [job_id, other], store, pushed=2, cancelled=1)
+    assert counts(driver, queue) == zero_counts(waiting=1, pushed=2, cancelled=1)
+    assert ids_of(reserve(driver, queue, 5)) == [other]
+    if was == 'reserved':
+        assert start(driver, queue, handed) is False        # its master was too late
+    assert state(driver, queue, job_id) == 'cancelled'
+
+
+def test_cancel_of_a_reserved_job_tells_the_masters(driver, queue):
+    waker = subscribed_waker(driver, queue)
+    try:
+        [job] = reserve(driver, queue)
+        job_id = job['id']
+        assert cancel(driver, queue, job_id) == 'reserved'
+        assert drain_until(waker, job_id) == [job_id]
+    finally:
+        waker.close()
+
+
+def test_cancel_of_a_working_job_flags_it_and_tells_the_masters(driver, queue):
+    waker = subscribed_waker(driver, queue)
+    try:
+        job = pop1(driver, queue)
+        job_id = job['id']
+        before = time.time()
+        assert cancel(driver, queue, job_id, 'admin') == 'working'
+        record = info(driver, queue, job_id)
+        assert record['state'] == 'working' and record['cancelled_by'] == 'admin'
+        assert before - 1 <= record['cancel_time'] <= time.time() + 1
+        assert renew(driver, queue, job) == 'cancel'
+        assert drain_until(waker, job_id) == [job_id]
+        assert counts(driver, queue) == zero_counts(working=1, pushed=1)
+        # A second cancel changes nothing.
+        assert cancel(driver, queue, job_id, 'someone else') == 'working'
+        assert info(driver, queue, job_id) == record
+    finally:
+        waker.close()
+
+
+@pytest.mark.parametrize('outcome', ['lost', 'lost at timeout', 'retry', 'fail', 'requeue',
+                                     'lease expired', 'recover'])
+def test_a_cancelled_working_job_ends_cancelled_never_retried(driver, queue, store,
+                                                              monkeypatch, outcome):
+    if outcome == 'lease expired':
+        monkeypatch.setattr(mpqueue, 'LEASE_SECONDS', 0.2)
+    job_id = push1(driver, queue, fail_number=3, result_ttl=60)
+    other = push1(driver, queue)
+    job = pop1(driver, queue, owner='owner-1')
+    assert cancel(driver, queue, job_id) == 'working'
+    if outcome == 'lease expired':
+        tick_until_state(driver, queue, job_id, 'cancelled')
+    elif outcome == 'recover':
+        assert driver.run(queue, 'recover', 'owner-1', 'its master died') == 1
+    else:
+        assert OUTCOMES[outcome](driver, queue, job) is True
+    record = info(driver, queue, job_id)
+    assert record['state'] == 'cancelled'
+    assert not record.get('phase')                  # no fail handlers either
+    assert_depth(driver, queue, [job_id, other], store, pushed=2, cancelled=1, done=0,
+                 failed_total=0)
+    assert ids_of(reserve(driver, queue, 5)) == [other]
+    assert failed(driver, queue) == []
+
+
+@pytest.mark.parametrize('end', ['done', 'failed', 'cancelled'])
+def test_cancel_of_a_finished_job_changes_nothing(driver, queue, store, end):
+    if end == 'failed':
+        job_id = make_failed(driver, queue)
+    else:
+        job_id = push1(driver, queue, result_ttl=60)
+        if end == 'done':
+            done(driver, queue, pop1(driver, queue))
+        else:
+            cancel(driver, queue, job_id)
+    record, before = info(driver, queue, job_id), counts(driver, queue)
+    assert cancel(driver, queue, job_id) == end
+    assert info(driver, queue, job_id) == record
+    assert counts(driver, queue) == before
+    assert ids_of(failed(driver, queue)) == ([job_id] if end == 'failed' else [])
+
+
+def test_cancel_of_an_unknown_job_is_none_and_writes_nothing(driver, queue, store):
+    assert cancel(driver, queue, mpqueue._new_id()) is None
+    assert store.leftovers(queue) == []
+    assert counts(driver, queue) == zero_counts()
+
+
+# -- priorities -------------------------------------------------------------------------
+
+@pytest.mark.parametrize('take', ['reserve', 'pop'])
+def test_higher_priorities_first_fifo_within_a_level(driver, queue, take):
+    levels = [0, 5, 9, 5, 0, 9, 1, 0]
+    ids = [push1(driver, queue, priority=level) for level in levels]
+    by_level = {}
+    for level, job_id in zip(levels, ids):
+        by_level.setdefault(level, []).append(job_id)
+    expected = [job_id for level in sorted(by_level, reverse=True) for job_id in by_level[level]]
+    hand = reserve if take == 'reserve' else pop
+    got = hand(driver, queue, 3) + hand(driver, queue, 10)
+    assert ids_of(got) == expected
+    assert [job['priority'] for job in got] == sorted(levels, reverse=True)
+    assert info(driver, queue, ids[2])['priority'] == 9
+
+
+def test_depth_oldest_created_is_the_oldest_waiting_job_of_any_level(driver, queue):
+    old = push1(driver, queue)
+    push1(driver, queue, priority=5)
+    oldest = info(driver, queue, old)['create_time']
+    assert depth(driver, queue)['oldest_created'] == oldest
+    assert ids_of(reserve(driver, queue)) != [old]              # the level 5 job goes first
+    assert depth(driver, queue)['oldest_created'] == oldest
+    reserve(driver, queue)
+    assert depth(driver, queue)['oldest_created'] is None
+
+
+def test_a_delayed_job_goes_to_its_priority_when_due(driver, queue):
+    low = push1(driver, queue)
+    high = push1(driver, queue, priority=3, delay=0.1)
+    tick_until_state(driver, queue, high, 'waiting')
+    assert ids_of(reserve(driver, queue, 2)) == [high, low]
+
+
+COME_BACK = ['retry', 'retry delayed', 'retry_failed', 'requeue', 'lost', 'lost at timeout',
+             'reservation expired', 'lease expired']
+
+
+@pytest.mark.parametrize('how', COME_BACK)
+def test_a_job_that_comes_back_keeps_its_priority(driver, queue, monkeypatch, how):
+    high = push1(driver, queue, priority=5, fail_number=3)
+    same = push1(driver, queue, priority=5)
+    low = push1(driver, queue, priority=0)
+    if how in ('reservation expired', 'lease expired'):
+        taken_back(driver, queue, high, monkeypatch, 'reserve' if how.startswith('res') else 'pop')
+    else:
+        job = pop1(driver, queue)
+        assert job['id'] == high
+        if how == 'retry':
+            retry(driver, queue, job, 0)
+        elif how == 'retry delayed':
+            retry(driver, queue, job, 0.1)
+            tick_until_state(driver, queue, high, 'waiting')
+        elif how == 'retry_failed':
+            fail(driver, queue, job)
+            assert driver.run(queue, 'retry_failed', high, 1) == 1
+        else:
+            assert OUTCOMES[how](driver, queue, job) is True
+    assert info(driver, queue, high)['priority'] == 5
+    # A retry goes to the tail of its level, the others back to its head.
+    first = [same, high] if how.startswith('retry') else [high, same]     # retry_failed too
+    assert ids_of(reserve(driver, queue, 3)) == first + [low]
+
+
+# -- unique holds -----------------------------------------------------------------------
+
+MODES = ['queued', 'active', '30']
+
+
+@pytest.mark.parametrize('mode', MODES)
+def test_a_conflicting_push_returns_the_holder_and_stores_nothing(driver, queue, store, mode):
+    holder = push1(driver, queue, key='k', unique=mode)
+    refused = mpqueue._new_id()
+    assert driver.execute(queue, [push_step(refused, key='k', unique=mode)]) == [holder]
+    assert info(driver, queue, refused) is None
+    assert store.traces(queue, refused) == []
+    assert counts(driver, queue) == zero_counts(waiting=1, pushed=1)
+    assert store.holds(queue) == {'k': holder}
+    # Another key, or the same key without a unique mode, is no conflict.
+    other = push1(driver, queue, key='other', unique=mode)
+    free = push1(driver, queue, key='k')
+    assert len({holder, other, free}) == 3
+    assert info(driver, queue, free)['key'] == 'k'
+    assert counts(driver, queue) == zero_counts(waiting=3, pushed=3)
+    assert store.holds(queue) == {'k': holder, 'other': other}
+
+
+@pytest.mark.parametrize('mode', ['queued', 'active'])
+def test_a_job_holds_its_key_while_it_waits_is_delayed_or_reserved(driver, queue, mode):
+    delayed = push1(driver, queue, key='d', unique=mode, delay=60)
+    assert push1(driver, queue, key='d', unique=mode) == delayed
+    holder = push1(driver, queue, key='k', unique=mode)
+    assert push1(driver, queue, key='k', unique=mode) == holder
+    [job] = reserve(driver, queue)
+    assert job['id'] == holder
+    assert push1(driver, queue, key='k', unique=mode) == holder
+    assert counts(driver, queue)['pushed'] == 2
+
+
+def test_a_queued_hold_is_released_when_the_job_starts(driver, queue, store):
+    holder = push1(driver, queue, key='k', unique='queued')
+    [job] = reserve(driver, queue)
+    assert start(driver, queue, job) is True
+    second = push1(driver, queue, key='k', unique='queued')
+    assert second != holder
+    assert state(driver, queue, second) == 'waiting'
+    assert store.holds(queue) == {'k': second}
+    # popped: started at once
+    assert ids_of(pop(driver, queue)) == [second]
+    third = push1(driver, queue, key='k', unique='queued')
+    assert third not in (holder, second)
+
+
+@pytest.mark.parametrize('end', ['done', 'final fail', 'cancel', 'cancel while working',
+                                 'clean'])
+def test_an_active_hold_lasts_until_the_job_ends(driver, queue, store, end):
+    holder = push1(driver, queue, key='k', unique='active', fail_number=0)
+    if end == 'cancel':
+        assert cancel(driver, queue, holder) == 'waiting'
+    else:
+        job = pop1(driver, queue)
+        assert push1(driver, queue, key='k', unique='active') == holder     # while working
+        assert retry(driver, queue, job, 0.05) is True
+        assert push1(driver, queue, key='k', unique='active') == holder     # retry delayed
+        tick_until_state(driver, queue, holder, 'waiting')
+        job = pop1(driver, queue)
+        assert push1(driver, queue, key='k', unique='active') == holder
+        if end == 'done':
+            assert done(driver, queue, job) is True
+        elif end == 'final fail':
+            assert fail(driver, queue, job) is True
+        elif end == 'cancel while working':
+            assert cancel(driver, queue, holder) == 'working'
+            assert push1(driver, queue, key='k', unique='active') == holder   # not ended yet
+            assert lost(driver, queue, job) is True
+        else:
+            empty(driver, queue)
+            assert store.holds(queue) == {}
+    second = push1(driver, queue, key='k', unique='active')
+    assert second != holder
+    assert state(driver, queue, second) == 'waiting'
+    assert store.holds(queue) == {'k': second}
+
+
+def test_a_hold_of_seconds_expires_on_the_broker_clock(driver, queue, store):
+    holder = push1(driver, queue, key='k', unique='1')
+    created = info(driver, queue, holder)['create_time']
+    assert done(driver, queue, pop1(driver, queue)) is True
+    assert push1(driver, queue, key='k', unique='1') == holder     # ended: the hold lasts
+    wait_broker_time(driver, queue, created + 1)
+    second = push1(driver, queue, key='k', unique='1')
+    assert second != holder
+    assert store.holds(queue) == {'k': second}
+    # A tick drops the holds that expired.
+    wait_broker_time(driver, queue, info(driver, queue, second)['create_time'] + 1)
+    tick(driver, queue)
+    assert store.holds(queue) == {}
+    assert counts(driver, queue) == zero_counts(waiting=1, pushed=2, done=1)
+
+
+@pytest.mark.parametrize('mode', MODES)
+def test_two_pushes_of_one_key_in_one_batch(driver, queue, mode):
+    first, second = push_step(key='k', unique=mode), push_step(key='k', unique=mode)
+    assert driver.execute(queue, [first, second]) == [first[1], first[1]]
+    assert info(driver, queue, second[1]) is None
+    assert counts(driver, queue) == zero_counts(waiting=1, pushed=1)
+
+
+# -- depth -----------------------------------------------------------------------------
 
 def _every_state(driver, queue):
-    """One job in each state; returns their ids and the expected status."""
+    """One job in each live state, one done and one cancelled; their ids."""
     done_id, failed_id, working_id, reserved_id, waiting_id = push(driver, queue, 5)
     delayed_id = push1(driver, queue, delay=60)
-    driver.pop(queue, 'w', 'o')
-    driver.done(queue, done_id)
-    driver.pop(queue, 'w', 'o')
-    driver.fail(queue, failed_id, mpqueue.TYPE_NORMAL, ['x'])
-    driver.pop(queue, 'w', 'o')
-    driver.reserve(queue, 1)
-    ids = [done_id, failed_id, working_id, reserved_id, waiting_id, delayed_id]
-    return ids, {'all': 6, 'waiting': 2, 'working': 2, 'failed': 1, 'over': 1}
+    cancelled_id = push1(driver, queue, delay=60)
+    done(driver, queue, pop1(driver, queue))
+    fail(driver, queue, pop1(driver, queue))
+    pop1(driver, queue)
+    reserve(driver, queue)
+    cancel(driver, queue, cancelled_id)
+    return [done_id, failed_id, working_id, reserved_id, waiting_id, delayed_id, cancelled_id]
 
 
-def test_status_counts_every_state(driver, queue):
-    _, expected = _every_state(driver, queue)
-    assert counts(driver, queue) == expected
+def test_depth_counts_every_state(driver, queue, store):
+    ids = _every_state(driver, queue)
+    assert counts(driver, queue) == dict(
+        waiting=1, delayed=1, reserved=1, working=1, failed=1, pushed=7, done=1,
+        failed_total=1, cancelled=1)
+    assert_depth(driver, queue, ids, store)
 
 
-def test_status_of_unknown_queue_is_zero(driver, queue):
-    assert counts(driver, queue) == {'all': 0, 'waiting': 0, 'working': 0, 'failed': 0,
-                                     'over': 0}
+def test_depth_of_an_unknown_queue_is_zero(driver, queue, store):
+    assert depth(driver, queue) == dict(zero_counts(), oldest_created=None)
+    assert store.leftovers(queue) == []
 
 
-def test_clean_empties_every_state(driver, queue):
-    ids, _ = _every_state(driver, queue)
-    other = 'drv-other-%s' % uuid.uuid4().hex[:8]
+def test_depth_stays_exact_through_every_path(driver, queue, store, monkeypatch):
+    ids = push(driver, queue, 6, fail_number=1) + push(driver, queue, 2, delay=60)
+    ids.append(push1(driver, queue, priority=7))
+    n = dict(pushed=9, done=0, failed_total=0, cancelled=0)
+
+    def check():
+        assert_depth(driver, queue, ids, store, **n)
+
+    check()
+    top, a = reserve(driver, queue, 2)
+    check()
+    assert start(driver, queue, top) is True
+    check()
+    b = pop1(driver, queue)
+    assert done(driver, queue, b) is True
+    n['done'] += 1
+    check()
+    assert retry(driver, queue, top, 0, 'err') is True             # to waiting
+    check()
+    assert start(driver, queue, a) is True
+    assert retry(driver, queue, a, 30, 'err') is True              # to delayed
+    check()
+    c = pop1(driver, queue)
+    assert fail(driver, queue, c) is True
+    n['failed_total'] += 1
+    check()
+    d = pop1(driver, queue)
+    assert lost(driver, queue, d) is True                          # runs again
+    check()
+    d = pop1(driver, queue)
+    assert requeue(driver, queue, d) is True
+    check()
+    # taken back by tick: a reservation, then a lease
+    monkeypatch.setattr(mpqueue, 'RESERVE_SECONDS', 0.1)
+    monkeypatch.setattr(mpqueue, 'LEASE_SECONDS', 0.1)
+    [r] = reserve(driver, queue)
+    check()
+    tick_until_state(driver, queue, r['id'], 'waiting')
+    check()
+    p = pop1(driver, queue)
+    check()
+    tick_until_state(driver, queue, p['id'], 'waiting')
+    check()
+    monkeypatch.setattr(mpqueue, 'RESERVE_SECONDS', 0.5)
+    monkeypatch.setattr(mpqueue, 'LEASE_SECONDS', 10.0)
+    # a dead master's jobs
+    pop(driver, queue, 2, owner='dead')
+    check()
+    assert driver.run(queue, 'recover', 'dead', 'its master died') == 2
+    check()
+    # cancel in every state it can happen in
+    waiting = [i for i in ids if state(driver, queue, i) == 'waiting']
+    delayed = [i for i in ids if state(driver, queue, i) == 'delayed']
+    assert cancel(driver, queue, waiting[-1]) == 'waiting'
+    assert cancel(driver, queue, delayed[0]) == 'delayed'
+    n['cancelled'] += 2
+    check()
+    [r] = reserve(driver, queue)
+    assert cancel(driver, queue, r['id']) == 'reserved'
+    n['cancelled'] += 1
+    check()
+    w = pop1(driver, queue)
+    assert cancel(driver, queue, w['id']) == 'working'
+    check()
+    assert lost(driver, queue, w) is True
+    n['cancelled'] += 1
+    check()
+    # the failed list
+    assert driver.run(queue, 'retry_failed', c['id'], 1) == 1
+    check()
+    f = pop1(driver, queue)
+    assert fail(driver, queue, f) is True
+    n['failed_total'] += 1
+    check()
+    assert driver.run(queue, 'delete_failed', f['id']) is True
+    check()
+    assert driver.run(queue, 'clean', 2) == 2
+    check()
+
+
+# -- clean, and bulk steps in chunks ----------------------------------------------------------
+
+def test_clean_empties_every_state_of_one_queue(driver, queue, store):
+    ids = _every_state(driver, queue)
+    other = queue + '-other'
     kept = push1(driver, other)
     try:
-        driver.clean(queue)
-        assert counts(driver, queue) == {'all': 0, 'waiting': 0, 'working': 0, 'failed': 0,
-                                         'over': 0}
+        assert driver.run(queue, 'clean', 100) == 5     # the done and cancelled ones are gone
+        assert counts(driver, queue) == zero_counts()
         for job_id in ids:
-            assert driver.job_meta(queue, job_id) is None
-        assert driver.reserve(queue, 10) == []
-        assert driver.failed(queue) == []
-        assert driver.tick(queue) is None
+            assert info(driver, queue, job_id) is None
+        assert reserve(driver, queue, 10) == []
+        assert failed(driver, queue) == []
+        assert tick(driver, queue)[0] is None
+        assert store.leftovers(queue) == []
         # Other queues are untouched.
-        assert driver.job_meta(other, kept) is not None
-        assert counts(driver, other)['waiting'] == 1
+        assert state(driver, other, kept) == 'waiting'
+        assert counts(driver, other) == zero_counts(waiting=1, pushed=1)
     finally:
-        driver.clean(other)
+        empty(driver, other)
+    assert store.leftovers(other) == []
+
+
+def test_clean_in_chunks_keeps_the_counters_until_the_last(driver, queue, store):
+    ids = [make_failed(driver, queue) for _ in range(2)] + push(driver, queue, 3, result_ttl=60)
+    for job in pop(driver, queue, 3):
+        done(driver, queue, job)
+    ids += push(driver, queue, 4)
+    counters = dict(pushed=9, done=3, failed_total=2, cancelled=0)
+    assert_depth(driver, queue, ids, store, **counters)
+    left = len(ids)
+    for expected in (4, 4):
+        assert driver.run(queue, 'clean', 4) == expected
+        left -= expected
+        assert sum(info(driver, queue, job_id) is not None for job_id in ids) == left
+        assert_depth(driver, queue, ids, store, **counters)
+    assert driver.run(queue, 'clean', 4) == 1
+    assert counts(driver, queue) == zero_counts()
+    assert store.leftovers(queue) == []
+
+
+def test_retry_failed_in_chunks_oldest_first(driver, queue):
+    ids = [make_failed(driver, queue) for _ in range(7)]
+    for n, left in ((3, 4), (3, 1), (1, 0)):
+        assert driver.run(queue, 'retry_failed', '', 3) == n
+        assert ids_of(failed(driver, queue)) == ids[len(ids) - left:]
+        assert counts(driver, queue) == zero_counts(waiting=7 - left, failed=left, pushed=7,
+                                                    failed_total=7)
+    assert driver.run(queue, 'retry_failed', '', 3) == 0
+    assert ids_of(reserve(driver, queue, 10)) == ids
 
 
 # -- many processes at once ----------------------------------------------------------------
@@ -791,37 +1339,28 @@ N_PROCS = 4
 def _drain(driver, queue, mode, path, go):
     go.wait(30)
     ids = []
-    worker = 'w%d' % os.getpid()
     while True:
         if mode == 'pop':
-            got = driver.pop(queue, worker, 'owner')
-            if got is None:
-                break
-            ids.append(got[0])
+            got = pop(driver, queue, 3, 'w%d' % os.getpid(), 'owner')
         else:
-            got = driver.reserve(queue, 7)
-            if not got:
-                break
-            ids.extend(ids_of(got))
+            got = reserve(driver, queue, 7)
+        if not got:
+            break
+        ids.extend(ids_of(got))
     with open(path, 'w') as f:
         f.write('\n'.join(ids))
 
 
-def _push_many(driver, queue, n):
-    ids = []
-    for start in range(0, n, 500):
-        ids += push(driver, queue, min(500, n - start))
-    return ids
-
-
 @pytest.mark.parametrize('mode', ['pop', 'reserve'])
 def test_concurrent_consumers_get_every_job_once(driver, queue, tmp_path, proc_reaper, mode):
-    pushed = _push_many(driver, queue, N_JOBS)
+    import multiprocessing
+    pushed = []
+    for _ in range(0, N_JOBS, 500):
+        pushed += push(driver, queue, 500)
     ctx = multiprocessing.get_context('fork')
     go = ctx.Event()
     paths = [tmp_path / ('%s-%d.ids' % (mode, i)) for i in range(N_PROCS)]
-    procs = [ctx.Process(target=_drain, args=(driver, queue, mode, str(p), go))
-             for p in paths]
+    procs = [ctx.Process(target=_drain, args=(driver, queue, mode, str(p), go)) for p in paths]
     for proc in procs:
         proc.start()
         proc_reaper.add(proc)
@@ -829,23 +1368,20 @@ def test_concurrent_consumers_get_every_job_once(driver, queue, tmp_path, proc_r
     for proc in procs:
         proc.join(60)
         assert proc.exitcode == 0, 'consumer %d exited with %r' % (proc.pid, proc.exitcode)
-    seen = []
     per_proc = []
     for path in paths:
         text = path.read_text()
-        got = text.split('\n') if text else []
-        per_proc.append(len(got))
-        seen += got
-    counter = collections.Counter(seen)
-    dupes = [i for i, n in counter.items() if n > 1]
-    assert dupes == [], '%d jobs delivered more than once' % len(dupes)
+        per_proc.append(text.split('\n') if text else [])
+    seen = [job_id for got in per_proc for job_id in got]
+    dupes = [i for i, n in collections.Counter(seen).items() if n > 1]
+    assert dupes == [], '%d jobs handed out more than once' % len(dupes)
     assert set(seen) == set(pushed) and len(seen) == N_JOBS
-    assert counts(driver, queue) == {'all': N_JOBS, 'waiting': 0, 'working': N_JOBS,
-                                     'failed': 0, 'over': 0}
-    assert sum(1 for n in per_proc if n) >= 2, 'no concurrency happened: %r' % per_proc
+    held = 'working' if mode == 'pop' else 'reserved'
+    assert counts(driver, queue) == zero_counts(pushed=N_JOBS, **{held: N_JOBS})
+    assert sum(1 for got in per_proc if got) >= 2, 'no concurrency happened: %r' % [
+        len(got) for got in per_proc]
     # Each process saw its own share, in push order.
     order = {job_id: i for i, job_id in enumerate(pushed)}
-    for path in paths:
-        text = path.read_text()
-        got = [order[i] for i in text.split('\n')] if text else []
-        assert got == sorted(got)
+    for got in per_proc:
+        positions = [order[i] for i in got]
+        assert positions == sorted(positions)

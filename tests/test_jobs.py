@@ -15,8 +15,8 @@ import pytest
 
 import mpqueue
 from redis_server import RedisServer, free_port
+from steps import PREFIX, RedisStore, counts, info, reserve, zero_counts
 
-PREFIX = 'mpqtest'
 MAX_PAYLOAD = 64 * 1024
 
 
@@ -95,7 +95,13 @@ def driver(redis_db_url):
 
 
 @pytest.fixture
-def queues(driver, monkeypatch):
+def store(redis_client):
+    """The keys on the test database (emptied before and after the test)."""
+    return RedisStore(redis_client)
+
+
+@pytest.fixture
+def queues(driver, store, monkeypatch):
     """Configure two queues with distinct settings; clean them afterwards."""
     monkeypatch.setattr(mpqueue, '_config', None)
     main, other = _queue_name('main'), _queue_name('other')
@@ -106,8 +112,8 @@ def queues(driver, monkeypatch):
     yield main, other
     for name in (main, other):
         mpqueue.clean(name)
-    assert driver.status(main) == {'all': 0, 'waiting': 0, 'working': 0, 'failed': 0,
-                                   'over': 0}
+        assert counts(driver, name) == zero_counts()
+        assert store.leftovers(name) == []
 
 
 @pytest.fixture
@@ -127,12 +133,12 @@ def test_push_returns_an_id_and_status_counts_it(queue, driver):
     assert isinstance(job_id, str) and job_id
     assert mpqueue.status(queue) == {'all': 1, 'waiting': 1, 'working': 0, 'failed': 0,
                                      'over': 0}
-    meta = driver.job_meta(queue, job_id)
-    assert meta['x'] == 0
-    assert meta['n'].endswith('add')
-    [(got_id, got_meta, payload)] = driver.reserve(queue, 10)
-    assert got_id == job_id
-    job, args, kwargs = mpqueue._decode(payload, None)
+    record = info(driver, queue, job_id)
+    assert record['state'] == 'waiting' and record['exec_number'] == 0
+    assert record['job'].endswith('add')
+    [got] = reserve(driver, queue, 10)
+    assert got['id'] == job_id
+    job, args, kwargs = mpqueue._decode(got['payload'], None)
     assert job(*args, **kwargs) == 3
 
 
@@ -143,9 +149,10 @@ def test_push_ids_are_unique(queue):
 
 
 def test_push_with_delay_counts_as_waiting_but_is_not_ready(queue, driver):
-    mpqueue.push(queue, add, delay=30, args=(1, 1))
+    job_id = mpqueue.push(queue, add, delay=30, args=(1, 1))
     assert mpqueue.status(queue)['waiting'] == 1
-    assert driver.reserve(queue, 1) == []
+    assert info(driver, queue, job_id)['state'] == 'delayed'
+    assert reserve(driver, queue, 1) == []
 
 
 def test_push_many_returns_ids_in_order(queue, driver):
@@ -153,11 +160,11 @@ def test_push_many_returns_ids_in_order(queue, driver):
     ids = mpqueue.push_many(queue, jobs)
     assert len(ids) == 20 and len(set(ids)) == 20
     assert mpqueue.status(queue)['all'] == 20
-    reserved = driver.reserve(queue, 100)
-    assert [r[0] for r in reserved] == ids
+    reserved = reserve(driver, queue, 100)
+    assert [got['id'] for got in reserved] == ids
     results = []
-    for _, _, payload in reserved:
-        job, args, kwargs = mpqueue._decode(payload, None)
+    for got in reserved:
+        job, args, kwargs = mpqueue._decode(got['payload'], None)
         results.append(job(*args, **kwargs))
     assert results == [2 * i for i in range(20)]
 
@@ -207,8 +214,8 @@ def test_push_many_is_one_round_trip(monkeypatch):
 # -- per-job settings ----------------------------------------------------------------
 
 def _settings(driver, queue, job_id):
-    meta = driver.job_meta(queue, job_id)
-    return meta['t'], meta['f'], meta['e']
+    record = info(driver, queue, job_id)
+    return record['timeout'], record['fail_number'], json.loads(record['fail_expire'])
 
 
 def test_settings_default_to_the_queue_config(queue, driver):
@@ -252,13 +259,13 @@ def test_push_many_settings_apply_per_job(queue, driver):
                                                           (0, 2, 2.5)]
 
 
-def test_meta_has_create_time_and_name(queue, driver):
+def test_the_record_has_create_time_and_name(queue, driver):
     before = time.time()
     job_id = mpqueue.push(queue, SendMail())
-    meta = driver.job_meta(queue, job_id)
-    assert before - 1 <= meta['c'] <= time.time() + 1
-    assert meta['n'].endswith('SendMail')
-    assert meta['x'] == 0
+    record = info(driver, queue, job_id)
+    assert before - 1 <= record['create_time'] <= time.time() + 1
+    assert record['job'].endswith('SendMail')
+    assert record['exec_number'] == 0
 
 
 @pytest.mark.parametrize('kwargs', [
@@ -298,9 +305,9 @@ def test_non_callable_in_push_many_writes_nothing(queue):
 
 def test_import_path_is_accepted(queue, driver):
     job_id = mpqueue.push(queue, 'os.path:join', args=('a', 'b'))
-    [(got, _, payload)] = driver.reserve(queue, 1)
-    assert got == job_id
-    job, args, _ = mpqueue._decode(payload, None)
+    [got] = reserve(driver, queue, 1)
+    assert got['id'] == job_id
+    job, args, _ = mpqueue._decode(got['payload'], None)
     assert job == 'os.path:join'
     func, obj = mpqueue._resolve(job)
     assert func(*args) == os.path.join('a', 'b') and obj is None
@@ -486,10 +493,10 @@ def test_pushed_payload_is_signed_when_secret_set(driver, monkeypatch):
     _configure(driver, [{'name': name}], secret='s3cret')
     try:
         mpqueue.push(name, add, args=(20, 22))
-        [(_, _, payload)] = driver.reserve(name, 1)
+        [got] = reserve(driver, name, 1)
         with pytest.raises(mpqueue.SerializationError):
-            mpqueue._decode(payload, b'another')
-        job, args, _ = mpqueue._decode(payload, b's3cret')
+            mpqueue._decode(got['payload'], b'another')
+        job, args, _ = mpqueue._decode(got['payload'], b's3cret')
         assert job(*args) == 42
     finally:
         mpqueue.clean(name)
@@ -526,8 +533,10 @@ def test_push_before_configure_is_an_error(monkeypatch):
         mpqueue.push('anything', add)
 
 
-def test_meta_is_compact_json(queue, driver):
+def test_the_record_holds_fields_of_the_table_only(queue, driver):
     job_id = mpqueue.push(queue, add, args=(1, 2))
-    meta = driver.job_meta(queue, job_id)
-    assert json.loads(json.dumps(meta)) == meta
-    assert set(meta) >= {'c', 'n', 'x', 't', 'f', 'e'}
+    record = info(driver, queue, job_id)
+    assert set(record) <= set(mpqueue._FIELDS) - {'payload'}
+    assert set(record) >= {'job', 'state', 'create_time', 'exec_number', 'timeout',
+                           'fail_number', 'fail_expire', 'priority'}
+    assert json.loads(json.dumps(record)) == record

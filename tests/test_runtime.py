@@ -7,7 +7,6 @@ queue counters and on ``worker:status --json``.  Every wait polls with a
 deadline; every process is stopped at teardown even when a test fails.
 """
 
-import json
 import os
 import pickle
 import signal
@@ -18,6 +17,7 @@ import pytest
 
 import mpqueue
 from pool_harness import (REPO, Src, alive, percentile, queue_conf, wait_for)
+from steps import push_step
 
 MODELS = [mpqueue.MODEL_DISTRIBUTE, mpqueue.MODEL_GRAB]
 
@@ -583,9 +583,8 @@ def test_job_kinds_async_class_instance_import_path_lambda_closure(e2e):
 
 def _store_raw(queue, payload):
     """Put a job with this exact payload in the broker, as a foreign writer could."""
-    meta = json.dumps({'c': time.time(), 'n': 'raw', 'x': 0, 't': 0, 'f': 2, 'e': 0})
-    job_id = mpqueue._new_id()
-    mpqueue._get_config()['basics']['driver'].push(queue, [(job_id, meta, payload, 0)])
+    driver = mpqueue._get_config()['basics']['driver']
+    [job_id] = driver.execute(queue, [push_step(payload=payload, job='raw', fail_number=2)])
     return job_id
 
 
@@ -601,7 +600,7 @@ def test_corrupt_payload_goes_to_failed_and_worker_keeps_going(e2e):
     failed = {info['id']: info for info in mpqueue.failed_jobs('q')}
     assert set(failed) == {bad, foreign}
     assert 'cannot be unpickled' in failed[bad]['error_info'][0]
-    assert 'not an mpqueue job' in failed[foreign]['error_info'][0]
+    assert 'not mpqueue data' in failed[foreign]['error_info'][0]
     assert failed[bad]['exec_number'] == 1          # not retried: it can never decode
     assert len(e2e.records('end', tag='after')) == 1
     assert set(pool.worker_pids('q')) == workers     # no worker died over it
