@@ -673,7 +673,7 @@ def test_recover_requeues_only_the_jobs_of_that_owner(driver, queue):
     assert pop1(driver, queue, 'w2', 'owner-2')['id'] == b
     [job_c] = reserve(driver, queue)
     assert start(driver, queue, job_c, 'w3', 'owner-1') is True
-    assert driver.run(queue, 'recover', 'owner-1', 'its master died') == 2
+    assert driver.run(queue, 'recover', 'owner-1') == 2
     assert counts(driver, queue) == zero_counts(waiting=3, working=1, pushed=4)
     got = ids_of(reserve(driver, queue, 3))
     assert set(got[:2]) == {a, c} and got[2] == d
@@ -681,7 +681,7 @@ def test_recover_requeues_only_the_jobs_of_that_owner(driver, queue):
     assert info(driver, queue, c)['exec_number'] == 0
     record = info(driver, queue, b)
     assert (record['owner'], record['exec_number'], record['state']) == ('owner-2', 1, 'working')
-    assert driver.run(queue, 'recover', 'nobody', 'x') == 0
+    assert driver.run(queue, 'recover', 'nobody') == 0
 
 
 # -- the failed list ------------------------------------------------------------------
@@ -966,7 +966,7 @@ def test_a_cancelled_working_job_ends_cancelled_never_retried(driver, queue, sto
     if outcome == 'lease expired':
         tick_until_state(driver, queue, job_id, 'cancelled')
     elif outcome == 'recover':
-        assert driver.run(queue, 'recover', 'owner-1', 'its master died') == 1
+        assert driver.run(queue, 'recover', 'owner-1') == 1
     else:
         assert OUTCOMES[outcome](driver, queue, job) is True
     record = info(driver, queue, job_id)
@@ -1246,7 +1246,7 @@ def test_depth_stays_exact_through_every_path(driver, queue, store, monkeypatch)
     # a dead master's jobs
     pop(driver, queue, 2, owner='dead')
     check()
-    assert driver.run(queue, 'recover', 'dead', 'its master died') == 2
+    assert driver.run(queue, 'recover', 'dead') == 2
     check()
     # cancel in every state it can happen in
     waiting = [i for i in ids if state(driver, queue, i) == 'waiting']
