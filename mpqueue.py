@@ -363,6 +363,34 @@ def _check_callable(path, value):
     return value
 
 
+def _absolute_hint(path):
+    """Source that makes ``path`` absolute the same way wherever it runs."""
+    if path.startswith('~'):
+        return 'os.path.expanduser(%r)' % path
+    return 'os.path.join(os.path.dirname(os.path.abspath(__file__)), %r)' % path
+
+
+def _check_dir(path, value):
+    """A directory of the config: an absolute path, the same one for the pool
+    (a daemon runs in ``/``) and for a pusher started from any directory."""
+    if not isinstance(value, str) or not value:
+        raise ConfigError('%s must be a directory path, got %r' % (path, value))
+    if not os.path.isabs(value):
+        raise ConfigError('%s must be an absolute path, got %r (a relative one means another '
+                          'directory for a daemon or a pusher started elsewhere); use e.g. %s'
+                          % (path, value, _absolute_hint(value)))
+    return value
+
+
+def _check_name(path, value, pattern, chars):
+    if value is None:
+        raise ConfigError('%s is required: a unique name of letters, digits, %s' % (path, chars))
+    if not isinstance(value, str) or not pattern.match(value):
+        raise ConfigError('%s must be a non-empty string of letters, digits, %s, got %r'
+                          % (path, chars, value))
+    return value
+
+
 def _check_keys(path, given, defaults):
     if not isinstance(given, dict):
         raise ConfigError('%s must be a dict, got %r' % (path, given))
@@ -386,12 +414,8 @@ def _validate(config):
     if 'basics' not in config:
         raise ConfigError('config.basics is required')
     basics = _check_keys('basics', config['basics'], _BASICS_DEFAULTS)
-    name = basics['name']
-    if not isinstance(name, str) or not _POOL_NAME_RE.match(name):
-        raise ConfigError('basics.name must be a non-empty string of letters, digits, '
-                          '"_", "." or "-", got %r' % (name,))
-    if not isinstance(basics['pid_path'], str) or not basics['pid_path']:
-        raise ConfigError('basics.pid_path must be a directory path, got %r' % (basics['pid_path'],))
+    name = _check_name('basics.name', basics['name'], _POOL_NAME_RE, '"_", "." or "-"')
+    _check_dir('basics.pid_path', basics['pid_path'])
     _check_callable('basics.worker_start_handle', basics['worker_start_handle'])
     secret = basics['secret']
     if secret is not None:
@@ -407,10 +431,15 @@ def _validate(config):
     elif not isinstance(basics['driver'], _Driver):
         raise ConfigError('basics.driver must be a mpqueue.RedisDriver or mpqueue.SqliteDriver, '
                           'got %r' % (basics['driver'],))
+    elif isinstance(basics['driver'], SqliteDriver) and not os.path.isabs(basics['driver'].path):
+        file = basics['driver'].path
+        raise ConfigError('basics.driver: the SqliteDriver path must be absolute, got %r (a '
+                          'relative one means another file for a daemon or a pusher started '
+                          'elsewhere); use e.g. mpqueue.SqliteDriver(%s)'
+                          % (file, _absolute_hint(file)))
 
     log = _check_keys('log', config.get('log', {}), _LOG_DEFAULTS)
-    if not isinstance(log['path'], str) or not log['path']:
-        raise ConfigError('log.path must be a directory path, got %r' % (log['path'],))
+    _check_dir('log.path', log['path'])
     level = log['level']
     if isinstance(level, str) and isinstance(logging.getLevelName(level.upper()), int):
         log['level'] = logging.getLevelName(level.upper())
@@ -429,9 +458,7 @@ def _validate(config):
     for i, given in enumerate(queues):
         path = 'queue[%d]' % i
         q = _check_keys(path, given, _QUEUE_DEFAULTS)
-        if not isinstance(q['name'], str) or not _QUEUE_NAME_RE.match(q['name']):
-            raise ConfigError('%s.name must be a non-empty string of letters, digits, "_", ".", '
-                              '":" or "-", got %r' % (path, q['name']))
+        _check_name(path + '.name', q['name'], _QUEUE_NAME_RE, '"_", ".", ":" or "-"')
         if q['name'] in seen:
             raise ConfigError('%s.name %r is used by an earlier queue; queue names must be unique'
                               % (path, q['name']))
