@@ -35,6 +35,11 @@ at-least-once.
 Sections, in order:  Imports and constants -- Exceptions -- Helpers --
 Configuration -- Jobs and serialization -- Drivers (Redis, SQLite) --
 Runtime (worker, master, manage) -- Public functions.
+
+For the command line and other tools (public, not in ``__all__``):
+``queue_config(name)``, ``pid_file(config=None)``, ``pool_pid(config=None)``,
+``start_pool(config=None, daemon=False)``, ``pool_status(config=None,
+timeout=10)``, ``depth(queue)`` and ``fleet()``, at the end of the file.
 """
 
 ###############################################################################
@@ -4207,3 +4212,113 @@ def clean(queue):
     """Empty a queue: waiting, delayed, running records, failed jobs, counters."""
     _queue_config(queue)
     _get_config()['basics']['driver'].clean(queue)
+
+
+# -- for the command line and other tools ----------------------------------------
+# Not in __all__: the CLI (mpqueue_cli.py) and tools such as a dashboard use
+# these, and they keep their names and contracts when the inside changes.
+
+
+def _given_or_configured(config):
+    return _get_config() if config is None else _validate(config)
+
+
+def queue_config(name):
+    """The validated config dict of one configured queue, defaults filled in.
+
+    :raises ConfigError: no queue of that name is configured.
+    """
+    return dict(_queue_config(name))
+
+
+def pid_file(config=None):
+    """The path of the pid file of ``config``'s pool (default: the configured one)."""
+    return _pid_path(_given_or_configured(config))
+
+
+def pool_pid(config=None):
+    """The pid of the running manage process of ``config``'s pool (default:
+    the configured one), or None when it does not run."""
+    return _PidFile(pid_file(config)).read()
+
+
+def start_pool(config=None, daemon=False):
+    """Run the pool of ``config`` (default: the configured one).
+
+    :param daemon: False: run it in this process until it stops and return its
+        exit code.  True: detach it and return the manage process's pid once
+        every queue's workers are up.
+    :raises MPQueueError: it runs already, or (daemon) it did not start; one
+        line saying why.
+    """
+    return _run_pool(_given_or_configured(config), daemon=daemon)
+
+
+def pool_status(config=None, timeout=10):
+    """The processes of the running pool of ``config`` (default: the
+    configured one): one dict per process with ``queue``, ``type``
+    (``manage``/``master``/``worker``), ``pid``, ``state`` (``idle``/``busy``
+    for workers), ``job_id``, ``done``, ``rss_mb``, ``started``, ``uptime``,
+    and ``coroutines`` (``busy/all``) for coroutine workers.
+
+    :raises MPQueueError: the pool is not running, or it did not answer
+        within ``timeout`` seconds.
+    """
+    config = _given_or_configured(config)
+    name, path = config['basics']['name'], _status_path(config)
+    pid = pool_pid(config)
+    asked = time.time()
+    try:
+        if not pid:
+            raise ProcessLookupError
+        os.kill(pid, signal.SIGUSR2)
+    except ProcessLookupError:
+        raise MPQueueError('pool %r is not running (no live pid in %s)'
+                           % (name, _pid_path(config))) from None
+    except PermissionError:
+        raise MPQueueError('pool %r (pid %d) runs as another user: ask as that user'
+                           % (name, pid)) from None
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with open(path) as f:
+                snapshot = json.load(f)
+            if snapshot.get('time', 0) >= asked - 0.001:
+                return snapshot['processes']
+        except (OSError, ValueError):
+            pass
+        if time.monotonic() >= deadline:
+            raise MPQueueError('pool %r (pid %d) did not answer the status request within %ss'
+                               % (name, pid, timeout))
+        time.sleep(0.02)
+
+
+def depth(queue):
+    """Jobs of one queue per state now (``waiting``, ``delayed``, ``reserved``,
+    ``working``, ``failed``), its counters since it was last cleaned
+    (``pushed``, ``done``, ``failed_total``), ``oldest_created`` (create time
+    of the job at the head of the queue, None when none waits) and
+    ``oldest_waiting_seconds`` (how long that job has waited; 0 when none waits).
+    """
+    _queue_config(queue)
+    out = _get_config()['basics']['driver'].depth(queue)
+    oldest = out.get('oldest_created')
+    out['oldest_waiting_seconds'] = max(0.0, time.time() - oldest) if oldest else 0
+    return out
+
+
+def fleet():
+    """Every pool whose heartbeat the configured broker holds: a dict per pool
+    with ``id``, ``name``, ``host``, ``pid``, ``started``, ``state``, ``age``
+    (seconds since its last heartbeat), ``last_seen`` and ``queues`` (per
+    queue: ``master``, ``workers``, ``busy``, ``idle``, ``done``)."""
+    return _get_config()['basics']['driver'].fleet()
+
+
+if __name__ == '__main__':
+    # The command line lives in mpqueue_cli.py: running it from here would load
+    # this file twice (as __main__ and as mpqueue), with two of every class.
+    import shlex
+    _args = shlex.join(sys.argv[1:]) or 'list'
+    sys.exit('mpqueue: error: "python -m mpqueue" is the library, not the command line; '
+             'run "mpqueue %s" or "python -m mpqueue_cli %s"' % (_args, _args))
