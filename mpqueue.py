@@ -2532,9 +2532,14 @@ class _Worker:
                          self.qconf['worker_start_handle']):
                 if hook is not None:
                     hook()
-        except BaseException:
+        except BaseException as exc:
             logger.exception('worker %s of queue %r: a worker_start_handle raised; exiting',
                              self.id, self.queue)
+            try:        # the master passes it on to a `worker:start -d` that waits
+                _send(self.conn, ('boot_error', ' '.join(''.join(
+                    traceback.format_exception_only(type(exc), exc)).split())))
+            except OSError:
+                pass
             return EXIT_BOOT_ERROR
         logger.info('worker %s of queue %r started', self.id, self.queue)
         try:
@@ -2974,6 +2979,7 @@ class _Master:
         self.waker = None
         self.waker_retry = 0.0
         self.boot_failures = 0
+        self.boot_error = None          # what the start hook of the last worker raised
         self.spawn_after = 0.0
         self.ready_sent = False
         self.owner = None
@@ -3246,6 +3252,8 @@ class _Master:
             self._job_finished(slot, msg[1], exiting=msg[2] is not None)
             if slot.state == 'idle':
                 slot.state = 'busy-grab'
+        elif kind == 'boot_error':         # its start hook raised; it exits next
+            self.boot_error = msg[1]
         elif kind == 'idle':               # grab model: the worker found the queue empty
             slot.state = 'idle'
             if self.stopping or slot.pid in self.reloading:
@@ -3374,6 +3382,11 @@ class _Master:
             logger.error('worker of queue %r could not boot or died at once (%s); backing off '
                          '%.1fs before forking again (failure %d in a row)', self.queue, how,
                          delay, self.boot_failures)
+            try:        # a manage process still starting as a daemon gives up on it
+                _send(self.control, ('boot_failed', self.queue, self.boot_error or how))
+            except OSError:
+                pass
+            self.boot_error = None
         else:
             reason = {'timeout': 'was killed at its job\'s timeout',
                       'stop': 'was killed at the end of the stop grace period'}.get(
@@ -3843,6 +3856,17 @@ class _Manager:
         elif msg[0] == 'status':
             info['status'] = msg[1]
             info['status_time'] = time.monotonic()
+        elif msg[0] == 'boot_failed' and self.ready_fd is not None:
+            # started with -d and not up yet: no pool rather than one retrying unseen
+            why = 'workers of queue %r fail to boot: %s' % (msg[1], msg[2])
+            logger.error('%s; stopping the pool', why)
+            try:
+                os.write(self.ready_fd, b'0' + why.encode(errors='replace')[:1000])
+                os.close(self.ready_fd)
+            except OSError:
+                pass
+            self.ready_fd = None
+            self._stop('fast')
 
     def _on_signal(self, signum):
         if signum in (signal.SIGTERM, signal.SIGINT):
@@ -4064,38 +4088,39 @@ def _run_pool(config, daemon=False, to_stderr=True):
     return _daemonize(config)
 
 
+#: How long ``worker:start -d`` waits for every queue's workers to be up (seconds).
+_DAEMON_START_WAIT = 60
+#: How long it then waits for a pool that could not start to be gone (seconds).
+_DAEMON_STOP_WAIT = 15
+
+
 def _daemonize(config):
-    """Double fork and setsid; the caller returns once the pool is up."""
+    """Double fork and setsid; return the manage process's pid once every
+    queue's workers are up.  A pool that cannot start (a start hook raises,
+    or its workers are not up in time) is stopped, and ``MPQueueError`` says
+    why: the caller never leaves a pool behind that it reports as not started.
+
+    The daemon tells the caller through a pipe: its pid and a newline, then
+    ``1`` (up) or ``0`` and the reason."""
     r, w = os.pipe()
     pid = os.fork()
     if pid:
         os.close(w)
         os.waitpid(pid, 0)
-        deadline = time.monotonic() + 60
-        got = b''
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([r], [], [], max(0.0, deadline - time.monotonic()))
-            if not ready:
-                break
-            chunk = os.read(r, 64)
-            if not chunk:
-                break
-            got += chunk
-            if got.startswith(b'1'):
-                break
-        os.close(r)
-        pid = _PidFile(_pid_path(config)).read()
-        if not got.startswith(b'1') or not pid:
-            detail = got[1:].decode(errors='replace').strip() if got[:1] == b'0' else ''
-            raise MPQueueError('the pool did not start%s; see the log in %s' % (
-                ': ' + detail if detail else '', config['log']['path']))
-        return pid
+        try:
+            return _await_daemon(config, r)
+        finally:
+            os.close(r)
     os.close(r)
     os.setsid()
     if os.fork():
         os._exit(0)
-    code = 1
+    code, manager = 1, None
     try:
+        os.write(w, b'%d\n' % os.getpid())
+        # Nothing may depend on the caller's directory once in '/': '' and
+        # relative entries of sys.path (PYTHONPATH=.) meant that directory.
+        sys.path[:] = [os.path.abspath(entry) for entry in sys.path]
         os.chdir('/')
         log_dir = config['log']['path']
         os.makedirs(log_dir, exist_ok=True)
@@ -4106,16 +4131,86 @@ def _daemonize(config):
         os.dup2(out, 1)
         os.dup2(out, 2)
         _setup_logging(config, to_stderr=False)
-        code = _Manager(config, ready_fd=w).run()
+        manager = _Manager(config, ready_fd=w)
+        code = manager.run()
     except BaseException as exc:
-        try:
-            os.write(w, b'0' + str(exc).encode()[:500])
-        except OSError:
-            pass
+        if manager is None or manager.ready_fd is not None:    # w is still open: say why
+            try:
+                os.write(w, b'0' + ' '.join(str(exc).split()).encode(errors='replace')[:1000])
+            except OSError:
+                pass
         logger.exception('the manage process failed')
     finally:
         logging.shutdown()
         os._exit(code)
+
+
+def _await_daemon(config, r):
+    """The caller's side of ``_daemonize``: the daemon's pid once it is up."""
+    deadline = time.monotonic() + _DAEMON_START_WAIT
+    got = b''
+    while b'\n' not in got or got.partition(b'\n')[2][:1] not in (b'1', b'0'):
+        wait = deadline - time.monotonic()
+        if wait <= 0 or not select.select([r], [], [], wait)[0]:
+            break
+        chunk = os.read(r, 1024)
+        if not chunk:
+            break
+        got += chunk
+    while got.partition(b'\n')[2][:1] == b'0' and select.select([r], [], [], 1)[0]:
+        chunk = os.read(r, 1024)        # the rest of the reason, up to EOF
+        if not chunk:
+            break
+        got += chunk
+    head, _, answer = got.partition(b'\n')
+    pid = int(head) if head.isdigit() else None
+    if answer[:1] == b'1' and pid and _PidFile(_pid_path(config)).read() == pid:
+        return pid
+    if answer[:1] == b'0':
+        why = answer[1:].decode(errors='replace').strip() or 'its manage process failed'
+    elif pid and _alive(pid):
+        why = 'its workers were not up within %ss (does a start hook hang?)' % _DAEMON_START_WAIT
+    else:
+        why = 'its manage process exited at once'
+    left = pid if pid and not _stop_daemon(pid) else None
+    where = (os.path.join(config['log']['path'], config['basics']['name'] + '.log')
+             if config['log']['driver'] is None else 'its log')
+    raise MPQueueError('the pool did not start: %s%s; see %s' % (
+        why, '; it is still stopping (manage pid %d)' % left if left else '', where))
+
+
+def _alive(pid):
+    """True while ``pid`` runs (a zombie that nobody reaped yet counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open('/proc/%d/stat' % pid, 'rb') as f:
+            return f.read().rsplit(b')', 1)[1].split()[0] != b'Z'
+    except (OSError, IndexError):
+        return True
+
+
+def _stop_daemon(pid):
+    """Stop a daemon that could not start (SIGTERM again each second, the
+    second one makes it fast); True once it is gone."""
+    deadline = time.monotonic() + _DAEMON_STOP_WAIT
+    next_signal = 0.0
+    while _alive(pid):
+        now = time.monotonic()
+        if now >= deadline:
+            return False
+        if now >= next_signal:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                return True
+            next_signal = now + 1.0
+        time.sleep(0.02)
+    return True
 
 
 ###############################################################################
