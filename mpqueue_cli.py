@@ -173,9 +173,9 @@ def cmd_stop(cfg, args, quiet=False):
         running = 0
     grace = cfg['basics']['stop_grace']
     if running is None:
-        what = 'waiting up to %ss for the jobs still running' % grace
+        what = 'waiting up to %s s for the jobs still running' % grace
     elif running:
-        what = '%d job%s still running (up to %ss)' % (running, 's' * (running != 1), grace)
+        what = '%d job%s still running (up to %s s)' % (running, 's' * (running != 1), grace)
     else:
         what = 'no job running'
     print('stopping pool %r (pid %d): %s' % (name, pid, what), flush=True)
@@ -606,7 +606,7 @@ def main(argv=None, config=None):
 
 def _run(parser, args, config):
     if args.help or args.command in ('list', 'help'):
-        parser.print_help()
+        sys.stdout.write(parser.format_help())      # print_help() hides a broken pipe
         return 0
     for name, handler, takes, _ in COMMANDS:
         if name == args.command and handler is not None:
