@@ -66,7 +66,8 @@ CONFIG_FORMS = 'FILE.py, FILE.py:NAME, module or module:NAME'
 
 
 def _load_config(spec):
-    """Find and load the config dict: --config, $MPQUEUE_CONFIG, ./mpqueue_config.py."""
+    """Find and load the config: --config, $MPQUEUE_CONFIG, ./mpqueue_config.py.
+    Returns the config and where it came from."""
     where = 'from --config'
     if not spec:
         spec, where = os.environ.get('MPQUEUE_CONFIG'), 'from $MPQUEUE_CONFIG'
@@ -79,14 +80,15 @@ def _load_config(spec):
     if not colon or os.path.isfile(spec):
         source, attr = spec, ''
     if source.endswith('.py') or os.path.sep in source:
-        return _load_config_file(spec, source, attr or 'config', where)
-    return _load_config_module(spec, source, attr or 'config')
+        return _load_config_file(spec, source, attr or 'config', where), spec
+    return _load_config_module(spec, source, attr or 'config'), spec
 
 
 def _load_config_file(spec, path, attr, where):
     if not os.path.isfile(path):
-        raise UserError('config file %r (%s) does not exist; --config takes %s'
-                        % (path, where, CONFIG_FORMS))
+        raise UserError('config file %r (%s) %s; --config takes %s' % (
+            path, where, 'is a directory' if os.path.isdir(path) else 'does not exist',
+            CONFIG_FORMS))
     sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
     try:
         namespace = runpy.run_path(path, run_name='mpqueue_config')
@@ -614,7 +616,14 @@ def _run(parser, args, config):
     else:
         raise UsageError('unknown command %r (try "%s list")' % (args.command, parser.prog))
     _check_options(name, takes, args)
-    cfg = mpqueue.configure(config if config is not None else _load_config(args.config))
+    if config is not None:
+        cfg = mpqueue.configure(config)
+    else:
+        config, spec = _load_config(args.config)
+        try:
+            cfg = mpqueue.configure(config)
+        except mpqueue.ConfigError as exc:      # say which file holds the mistake
+            raise UserError('in config %r: %s' % (spec, _one_line(exc))) from exc
     return handler(cfg, args) or 0
 
 

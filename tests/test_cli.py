@@ -107,7 +107,10 @@ def test_invalid_config_names_the_key(e2e, tmp_path):
                     'config = {"basics": {"name": "x", "pid_path": %r},\n'
                     '          "queue": [{"name": "q", "worker_numbr": 2}]}\n'
                     % str(tmp_path))
-    one_line_error(e2e.cli('worker:start', '--config', str(path), timeout=20), 'worker_numbr')
+    one_line_error(e2e.cli('worker:start', '--config', str(path), timeout=20), 'worker_numbr',
+                   str(path))
+    one_line_error(e2e.cli('queue:status', '--config', str(tmp_path)), str(tmp_path),
+                   'is a directory')
 
 
 # -- start -d / status / stop --------------------------------------------------------
