@@ -3654,6 +3654,21 @@ def _setup_logging(config, to_stderr):
     return handler
 
 
+def _alive(pid):
+    """True while ``pid`` runs (a zombie that nobody reaped yet counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open('/proc/%d/stat' % pid, 'rb') as f:
+            return f.read().rsplit(b')', 1)[1].split()[0] != b'Z'
+    except (OSError, IndexError):
+        return True
+
+
 class _PidFile:
     """``{pid_path}/{name}.pid`` holding the manage process's pid, written
     atomically (temp file + rename) and removed only by its owner."""
@@ -3668,15 +3683,7 @@ class _PidFile:
                 pid = int(f.read().strip() or 0)
         except (OSError, ValueError):
             return None
-        if pid <= 0:
-            return None
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            return pid
-        return pid
+        return pid if pid > 0 and _alive(pid) else None
 
     def create(self, pid):
         alive = self.read()
@@ -4118,8 +4125,8 @@ def _daemonize(config):
     code, manager = 1, None
     try:
         os.write(w, b'%d\n' % os.getpid())
-        # Nothing may depend on the caller's directory once in '/': '' and
-        # relative entries of sys.path (PYTHONPATH=.) meant that directory.
+        # Nothing may depend on the caller's directory once in '/': '' (python
+        # -c) and relative entries (sys.path.append('.') in a config) meant it.
         sys.path[:] = [os.path.abspath(entry) for entry in sys.path]
         os.chdir('/')
         log_dir = config['log']['path']
@@ -4177,21 +4184,6 @@ def _await_daemon(config, r):
              if config['log']['driver'] is None else 'its log')
     raise MPQueueError('the pool did not start: %s%s; see %s' % (
         why, '; it is still stopping (manage pid %d)' % left if left else '', where))
-
-
-def _alive(pid):
-    """True while ``pid`` runs (a zombie that nobody reaped yet counts as gone)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open('/proc/%d/stat' % pid, 'rb') as f:
-            return f.read().rsplit(b')', 1)[1].split()[0] != b'Z'
-    except (OSError, IndexError):
-        return True
 
 
 def _stop_daemon(pid):
@@ -4361,15 +4353,16 @@ def pool_status(config=None, timeout=10):
     """
     config = _given_or_configured(config)
     name, path = config['basics']['name'], _status_path(config)
+    not_running = MPQueueError('pool %r is not running (no live pid in %s)'
+                               % (name, _pid_path(config)))
     pid = pool_pid(config)
+    if not pid:
+        raise not_running
     asked = time.time()
     try:
-        if not pid:
-            raise ProcessLookupError
         os.kill(pid, signal.SIGUSR2)
     except ProcessLookupError:
-        raise MPQueueError('pool %r is not running (no live pid in %s)'
-                           % (name, _pid_path(config))) from None
+        raise not_running from None
     except PermissionError:
         raise MPQueueError('pool %r (pid %d) runs as another user: ask as that user'
                            % (name, pid)) from None

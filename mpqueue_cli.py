@@ -182,7 +182,7 @@ def cmd_stop(cfg, args, quiet=False):
         what = 'no job running'
     print('stopping pool %r (pid %d): %s' % (name, pid, what), flush=True)
     deadline = time.monotonic() + grace + STOP_EXTRA_WAIT
-    while _alive(pid):
+    while mpqueue.pool_pid(cfg) == pid:
         if time.monotonic() >= deadline:
             raise UserError('pool %r (pid %d) did not stop within %ss' % (
                 name, pid, grace + STOP_EXTRA_WAIT))
@@ -203,20 +203,6 @@ def _running_jobs(rows):
         elif row.get('state') == 'busy':
             count += 1
     return count
-
-
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:   # a zombie child of ours counts as gone
-        with open('/proc/%d/stat' % pid, 'rb') as f:
-            return f.read().rsplit(b')', 1)[1].split()[0] != b'Z'
-    except OSError:
-        return True
 
 
 def cmd_restart(cfg, args):
