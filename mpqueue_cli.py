@@ -46,7 +46,7 @@ class UsageError(UserError):
     code = EXIT_USAGE
 
 
-def program():
+def _program():
     """The command as the user typed it: ``mpqueue``, ``python -m mpqueue_cli``
     or ``python path/to/mpqueue_cli.py`` (or a script of their own)."""
     spec = getattr(sys.modules.get('__main__'), '__spec__', None)
@@ -541,7 +541,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser():
     p = _Parser(
-        prog=program(), add_help=False,
+        prog=_program(), add_help=False,
         description='mpqueue: a multi-process job queue.',
         epilog='commands:\n' + '\n'.join('  %-16s %s' % (name, text)
                                          for name, _, _, text in COMMANDS),
