@@ -343,25 +343,38 @@ def run(e2e, argv, cwd, env=None, timeout=CLI_TIMEOUT, **kwargs):
     return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
 
-def marked_env(e2e):
-    """e2e.env() plus a variable of the test's own, inherited by every process
-    the CLI starts (daemons included): ``marked()`` finds them."""
-    env = e2e.env()
-    env['MPQTEST_MARK'] = e2e.prefix
-    return env
-
-
-def marked(e2e):
-    """Running processes started with ``marked_env(e2e)``, registered with the reaper."""
-    found = []
-    for proc in psutil.process_iter():
+def processes_of(e2e, pool):
+    """The running processes of ``pool``, wherever they are (a daemon is no
+    child of ours), registered with the reaper: its manage process, found by
+    its title (``mpq:NAME:manage``) or, without setproctitle, by its command
+    line (which names the config file, named after the pool), and all below it."""
+    found = {}
+    for proc in psutil.process_iter(['cmdline']):
         try:
-            if proc.environ().get('MPQTEST_MARK') == e2e.prefix \
-                    and proc.status() != psutil.STATUS_ZOMBIE:
-                found.append(e2e.reaper.add(proc))
-        except (psutil.Error, OSError):
+            if proc.pid != os.getpid() and pool.name in ' '.join(proc.info['cmdline'] or ()):
+                found[proc.pid] = proc
+                found.update((child.pid, child) for child in proc.children(recursive=True))
+        except psutil.Error:
             pass
-    return found
+    running = []
+    for proc in found.values():
+        try:
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                running.append(e2e.reaper.add(proc))
+        except psutil.Error:
+            pass
+    return running
+
+
+@pytest.fixture
+def daemon_pools(e2e):
+    """Pools the test starts with -d: at teardown, whatever still runs of them
+    (found by name, wherever it is) goes to the reaper, even when the test
+    failed before it could look."""
+    pools = []
+    yield pools
+    for pool in pools:
+        processes_of(e2e, pool)
 
 
 def elsewhere(tmp_path):
@@ -371,10 +384,11 @@ def elsewhere(tmp_path):
     return path
 
 
-def test_daemon_with_relative_paths_is_refused_and_leaves_no_pool(e2e, tmp_path):
+def test_daemon_with_relative_paths_is_refused_and_leaves_no_pool(e2e, daemon_pools, tmp_path):
     """-d changes to /: a relative pid_path or log.path would put the pid
     file and the log somewhere the other commands never look."""
     pool = e2e.pool(configure=False)
+    daemon_pools.append(pool)
     relative = 'mpqtest-%s' % e2e.prefix[-10:]
     text = pool.config_path.read_text()
     pool.config_path.write_text(text.replace(repr(str(pool.pid_path)), repr(relative + '/run'))
@@ -382,13 +396,13 @@ def test_daemon_with_relative_paths_is_refused_and_leaves_no_pool(e2e, tmp_path)
     cwd = elsewhere(tmp_path)
     try:
         res = run(e2e, [sys.executable, str(CLI), 'worker:start', '-d', '--config',
-                        str(pool.config_path)], cwd, env=marked_env(e2e), timeout=30)
+                        str(pool.config_path)], cwd, env=e2e.env(), timeout=30)
         line = one_line_error(res, 'basics.pid_path', 'absolute', repr(relative + '/run'))
         assert 'os.path.join(os.path.dirname(os.path.abspath(__file__))' in line, line
-        assert marked(e2e) == []            # no pool anywhere
+        assert processes_of(e2e, pool) == []            # no pool anywhere
         assert not (cwd / relative).exists()
     finally:
-        for left in (marked(e2e), cwd / relative, Path('/') / relative):
+        for left in (processes_of(e2e, pool), cwd / relative, Path('/') / relative):
             if isinstance(left, list):
                 for proc in left:
                     proc.kill()
@@ -396,7 +410,8 @@ def test_daemon_with_relative_paths_is_refused_and_leaves_no_pool(e2e, tmp_path)
                 shutil.rmtree(str(left))
 
 
-def test_daemon_started_elsewhere_does_not_depend_on_the_working_directory(e2e, tmp_path):
+def test_daemon_started_elsewhere_does_not_depend_on_the_working_directory(e2e, daemon_pools,
+                                                                           tmp_path):
     """Started from a project directory by a config that puts '.' on
     sys.path, the daemon still imports the project's modules after it changed
     to /, also after a reload (which drops the import caches), and the other
@@ -408,9 +423,10 @@ def test_daemon_started_elsewhere_does_not_depend_on_the_working_directory(e2e, 
         'import %s as jobs\n\ndef job(tag):\n    jobs.record("start", tag=tag, cwd=__import__("os")'
         '.getcwd())\n' % e2e.jobs_name)
     pool = e2e.pool()
+    daemon_pools.append(pool)
     pool.config_path.write_text('import sys\nsys.path.append(".")\n' + pool.config_path.read_text())
     res = run(e2e, [sys.executable, str(CLI), 'worker:start', '-d', '--config',
-                    str(pool.config_path)], project, env=marked_env(e2e), timeout=30)
+                    str(pool.config_path)], project, env=e2e.env(), timeout=30)
     e2e.pools.append(pool)
     assert res.returncode == 0, res.stderr
     manage = pool.pid_in_file()
@@ -435,7 +451,7 @@ def test_daemon_started_elsewhere_does_not_depend_on_the_working_directory(e2e, 
     res = run(e2e, [sys.executable, str(CLI), 'worker:stop', '--config', str(pool.config_path)],
               elsewhere(tmp_path))
     assert res.returncode == 0 and 'stopped' in res.stdout, res.stderr
-    wait_for(lambda: not marked(e2e), 5, 'every process of the pool to be gone')
+    wait_for(lambda: not processes_of(e2e, pool), 5, 'every process of the pool to be gone')
 
 
 FAIL_BOOT = '''
@@ -444,13 +460,15 @@ def fail_boot():
 '''
 
 
-def test_daemon_with_a_failing_start_hook_says_why_and_leaves_no_pool(e2e, tmp_path):
+def test_daemon_with_a_failing_start_hook_says_why_and_leaves_no_pool(e2e, daemon_pools,
+                                                                      tmp_path):
     e2e.write_jobs(FAIL_BOOT)
     pool = e2e.pool(queue_conf('fine', worker_number=1),
                     queue_conf('q', worker_start_handle=Src('jobs.fail_boot')))
+    daemon_pools.append(pool)
     started = time.monotonic()
     res = run(e2e, [sys.executable, str(CLI), 'worker:start', '-d', '--config',
-                    str(pool.config_path)], elsewhere(tmp_path), env=marked_env(e2e), timeout=20)
+                    str(pool.config_path)], elsewhere(tmp_path), env=e2e.env(), timeout=20)
     took = time.monotonic() - started
     e2e.pools.append(pool)
     line = one_line_error(res, 'did not start', "workers of queue 'q' fail to boot",
@@ -458,20 +476,21 @@ def test_daemon_with_a_failing_start_hook_says_why_and_leaves_no_pool(e2e, tmp_p
     assert took < 10, (took, line)
     # No pool at all: nothing to stop, and the CLI agrees.
     assert not pool.pid_file.exists()
-    wait_for(lambda: not marked(e2e), 5, 'no process of the pool to be left')
+    wait_for(lambda: not processes_of(e2e, pool), 5, 'no process of the pool to be left')
     one_line_error(pool.cli('worker:status'), 'not running')
     assert 'fail to boot' in pool.log_file.read_text()
 
 
-def test_daemon_start_with_the_broker_down_says_so(e2e, tmp_path):
+def test_daemon_start_with_the_broker_down_says_so(e2e, daemon_pools, tmp_path):
     """The pool waits for its broker (and logs it); the terminal hears it too."""
     port = free_port()
     pool = e2e.pool(configure=False)
+    daemon_pools.append(pool)
     pool.config_path.write_text(pool.config_path.read_text().replace(
         e2e.driver_source(), 'mpqueue.RedisDriver(url="redis://127.0.0.1:%d/0", prefix=%r)'
         % (port, e2e.prefix)))
     res = run(e2e, [sys.executable, str(CLI), 'worker:start', '-d', '--config',
-                    str(pool.config_path)], elsewhere(tmp_path), env=marked_env(e2e), timeout=30)
+                    str(pool.config_path)], elsewhere(tmp_path), env=e2e.env(), timeout=30)
     e2e.pools.append(pool)
     manage = pool.pid_in_file()
     if manage:
@@ -483,7 +502,7 @@ def test_daemon_start_with_the_broker_down_says_so(e2e, tmp_path):
     assert '127.0.0.1:%d' % port in lines[0] and 'keeps trying' in lines[0], lines
     res = pool.cli('worker:stop')
     assert res.returncode == 0, res.stderr
-    wait_for(lambda: not marked(e2e), 10, 'every process of the pool to be gone')
+    wait_for(lambda: not processes_of(e2e, pool), 10, 'every process of the pool to be gone')
 
 
 def read_line(stream, timeout):
