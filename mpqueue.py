@@ -40,9 +40,10 @@ Sections, in order:  Imports and constants -- Exceptions -- Helpers --
 Configuration -- Jobs and serialization -- Drivers (the step table, Redis,
 SQLite) -- Runtime (worker, master, manage) -- Public functions.
 
-Besides the names in ``__all__``, the command line (``mpqueue_cli.py``) and
-other tools use these: ``queue_config``, ``start_pool``, ``pool_pid``,
-``pid_file``, ``pool_status``, ``depth`` and ``fleet``.
+For the command line and other tools (public, not in ``__all__``):
+``queue_config(name)``, ``pid_file(config=None)``, ``pool_pid(config=None)``,
+``start_pool(config=None, daemon=False)``, ``pool_status(config=None,
+timeout=10)``, ``depth(queue)`` and ``fleet()``, at the end of the file.
 """
 
 ###############################################################################
@@ -414,6 +415,34 @@ def _check_callable(path, value):
     return value
 
 
+def _absolute_hint(path):
+    """Source that makes ``path`` absolute the same way wherever it runs."""
+    if path.startswith('~'):
+        return 'os.path.expanduser(%r)' % path
+    return 'os.path.join(os.path.dirname(os.path.abspath(__file__)), %r)' % path
+
+
+def _check_dir(path, value):
+    """A directory of the config: an absolute path, the same one for the pool
+    (a daemon runs in ``/``) and for a pusher started from any directory."""
+    if not isinstance(value, str) or not value:
+        raise ConfigError('%s must be a directory path, got %r' % (path, value))
+    if not os.path.isabs(value):
+        raise ConfigError('%s must be an absolute path, got %r (a relative one means another '
+                          'directory for a daemon or a pusher started elsewhere); use e.g. %s'
+                          % (path, value, _absolute_hint(value)))
+    return value
+
+
+def _check_name(path, value, pattern, chars):
+    if value is None:
+        raise ConfigError('%s is required: a unique name of letters, digits, %s' % (path, chars))
+    if not isinstance(value, str) or not pattern.match(value):
+        raise ConfigError('%s must be a non-empty string of letters, digits, %s, got %r'
+                          % (path, chars, value))
+    return value
+
+
 def _check_keys(path, given, defaults):
     if not isinstance(given, dict):
         raise ConfigError('%s must be a dict, got %r' % (path, given))
@@ -437,12 +466,8 @@ def _validate(config):
     if 'basics' not in config:
         raise ConfigError('config.basics is required')
     basics = _check_keys('basics', config['basics'], _BASICS_DEFAULTS)
-    name = basics['name']
-    if not isinstance(name, str) or not _POOL_NAME_RE.match(name):
-        raise ConfigError('basics.name must be a non-empty string of letters, digits, '
-                          '"_", "." or "-", got %r' % (name,))
-    if not isinstance(basics['pid_path'], str) or not basics['pid_path']:
-        raise ConfigError('basics.pid_path must be a directory path, got %r' % (basics['pid_path'],))
+    name = _check_name('basics.name', basics['name'], _POOL_NAME_RE, '"_", "." or "-"')
+    _check_dir('basics.pid_path', basics['pid_path'])
     _check_callable('basics.worker_start_handle', basics['worker_start_handle'])
     secret = basics['secret']
     if secret is not None:
@@ -458,10 +483,15 @@ def _validate(config):
     elif not isinstance(basics['driver'], _Driver):
         raise ConfigError('basics.driver must be a mpqueue.RedisDriver or mpqueue.SqliteDriver, '
                           'got %r' % (basics['driver'],))
+    elif isinstance(basics['driver'], SqliteDriver) and not os.path.isabs(basics['driver'].path):
+        file = basics['driver'].path
+        raise ConfigError('basics.driver: the SqliteDriver path must be absolute, got %r (a '
+                          'relative one means another file for a daemon or a pusher started '
+                          'elsewhere); use e.g. mpqueue.SqliteDriver(%s)'
+                          % (file, _absolute_hint(file)))
 
     log = _check_keys('log', config.get('log', {}), _LOG_DEFAULTS)
-    if not isinstance(log['path'], str) or not log['path']:
-        raise ConfigError('log.path must be a directory path, got %r' % (log['path'],))
+    _check_dir('log.path', log['path'])
     level = log['level']
     if isinstance(level, str) and isinstance(logging.getLevelName(level.upper()), int):
         log['level'] = logging.getLevelName(level.upper())
@@ -480,9 +510,7 @@ def _validate(config):
     for i, given in enumerate(queues):
         path = 'queue[%d]' % i
         q = _check_keys(path, given, _QUEUE_DEFAULTS)
-        if not isinstance(q['name'], str) or not _QUEUE_NAME_RE.match(q['name']):
-            raise ConfigError('%s.name must be a non-empty string of letters, digits, "_", ".", '
-                              '":" or "-", got %r' % (path, q['name']))
+        _check_name(path + '.name', q['name'], _QUEUE_NAME_RE, '"_", ".", ":" or "-"')
         if q['name'] in seen:
             raise ConfigError('%s.name %r is used by an earlier queue; queue names must be unique'
                               % (path, q['name']))
@@ -1680,7 +1708,7 @@ class RedisDriver(_Driver):
         if isinstance(exc, (redis.exceptions.AuthenticationError,
                             redis.exceptions.AuthorizationError)) or \
                 text.startswith(('NOAUTH', 'WRONGPASS', 'NOPERM')) or 'HELLO must be called' in text:
-            return DriverError('%s refused the credentials (check the password, the ACL user and '
+            return DriverError('%s: authentication failed (check the password, the ACL user and '
                                'its permissions): %s' % (self._where(queue), text))
         if isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
                             redis.exceptions.RedisClusterException, OSError)):
@@ -2539,17 +2567,19 @@ class _SqliteWaker:
 #                     ('wake',)                 grab model: look for jobs again
 #                     ('stop',)                 exit when idle
 #   worker -> master  ('ready',)                booted (its start hooks returned)
+#                     ('boot_error', text)      its start hook raised: it exits next
 #                     ('begun', job_id)         it started the job queued in its pipe
 #                     ('skipped', job_id)       it did not: the job waited too long
 #                     ('outcome', step, exit_code, begun)  a job ended: the step that
 #                                               records it; exit_code when it exits
 #                                               next; begun: 'begun'/'skipped' of
 #                                               the job queued behind it, or None
-#                     ('run', job_id, attempt, timeout)  grab model: it runs a job
+#                     ('run', job_id, attempt, timeout, handlers)  grab model: it runs a
+#                                               job (or its fail handlers)
 #                     ('ran', job_id, exit_code)    grab model: its outcome is stored
 #                     ('idle',)                 grab model: it found nothing to do
 #   manage -> master  ('stop', how), ('reload',), ('status',)
-#   master -> manage  ('ready',), ('status', rows)
+#   master -> manage  ('ready',), ('status', rows), ('boot_failed', queue, why)
 
 _LENGTH = struct.Struct('!I')
 
@@ -2663,9 +2693,14 @@ class _Worker:
                          self.qconf['worker_start_handle']):
                 if hook is not None:
                     hook()
-        except BaseException:
+        except BaseException as exc:
             logger.exception('worker %s of queue %r: a worker_start_handle raised; exiting',
                              self.id, self.queue)
+            try:        # the master passes it on to a `worker:start -d` that waits
+                self.conn.send('boot_error', ' '.join(''.join(
+                    traceback.format_exception_only(type(exc), exc)).split()))
+            except OSError:
+                pass
             return EXIT_BOOT_ERROR
         logger.info('worker %s of queue %r started', self.id, self.queue)
         try:
@@ -2774,7 +2809,8 @@ class _Worker:
             else:
                 logger.error('job %s of queue %r ran past its timeout of %ss; cancelled',
                              job_id, self.queue, timeout)
-                step = ('lost', job_id, job['attempt'], _timeout_error(timeout, job), 1)
+                step = ('lost', job_id, job['attempt'],
+                        _timeout_error(timeout, job.get('phase') == _PHASE_HANDLERS), 1)
         finally:
             if timer is not None:
                 timer.cancel()
@@ -2821,7 +2857,8 @@ class _Worker:
                     return EXIT_OK
                 continue
             job = got[0]
-            self.conn.send('run', job['id'], job['attempt'], job.get('timeout') or 0)
+            self.conn.send('run', job['id'], job['attempt'], job.get('timeout') or 0,
+                           job.get('phase') == _PHASE_HANDLERS)
             step = self._run(job)
             code = self._after_job()
             if code is not None:
@@ -3051,8 +3088,8 @@ def _resume(steps, value=None, error=None):
         return True, stop.value
 
 
-def _timeout_error(timeout, job=None):
-    if job is not None and job.get('phase') == _PHASE_HANDLERS:
+def _timeout_error(timeout, handlers=False):
+    if handlers:
         return 'its fail handlers ran past the timeout of %gs and were stopped' % timeout
     return 'job ran past its timeout of %gs and was stopped' % timeout
 
@@ -3099,7 +3136,7 @@ IDLE = 'idle'            # ready for a job (grab model: found no job, waits for 
 BUSY = 'busy'            # runs jobs (grab model: pops and runs them by itself)
 STOPPING = 'stopping'    # told to stop, or exits by itself after its job
 
-_Run = collections.namedtuple('_Run', 'attempt timeout began deadline')
+_Run = collections.namedtuple('_Run', 'attempt timeout handlers began deadline')
 
 
 class _Slot:
@@ -3112,7 +3149,7 @@ class _Slot:
         self.pid, self.conn, self.capacity = pid, conn, capacity   # capacity: coroutine_number
         self.state = BOOTING
         self.jobs = {}              # job id -> _Run, for the jobs it runs now
-        self.queued = None          # (job id, attempt, timeout) queued in its pipe
+        self.queued = None          # (job id, attempt, timeout, handlers) queued in its pipe
         self.started, self.done = time.time(), 0
         self.killed_for = None      # why the master killed it: 'timeout', 'cancel', 'stop'
         self.killed_job = None      # the job whose timeout or cancel got it killed
@@ -3132,6 +3169,7 @@ class _Master:
         self.generation = 0             # bumped by each reload
         self.reloading = set()          # pids to replace once idle
         self.boot_failures, self.spawn_after, self.ready_sent = 0, 0.0, False
+        self.boot_error = None          # what the start hook of the last worker raised
         # broker steps waiting for the next round trip: a dead master's jobs first
         self.pending = [('recover', owner) for owner in recover]
         self.pending_since = 0.0
@@ -3388,6 +3426,9 @@ class _Master:
                 pass
         self._dispatch()
 
+    def _on_boot_error(self, slot, text):   # its start hook raised; it exits next
+        self.boot_error = text
+
     def _on_outcome(self, slot, step, exit_code, begun):
         self.pending.append(step)
         self._finished(slot, step[1], exit_code)
@@ -3401,9 +3442,9 @@ class _Master:
             self._idle(slot)
 
     def _on_begun(self, slot, job_id):
-        job_id, attempt, timeout = slot.queued
+        job_id, attempt, timeout, handlers = slot.queued
         slot.queued = None
-        self._running(slot, job_id, attempt, timeout)
+        self._running(slot, job_id, attempt, timeout, handlers)
         self.pending.append(('start', job_id, attempt, '%s:%d' % (_HOST, slot.pid), self.owner))
 
     def _on_skipped(self, slot, job_id):     # it waited too long: the broker takes it back
@@ -3412,8 +3453,8 @@ class _Master:
             slot.state = IDLE
         self._idle(slot)
 
-    def _on_run(self, slot, job_id, attempt, timeout):     # grab model: it popped a job
-        self._running(slot, job_id, attempt, timeout)
+    def _on_run(self, slot, job_id, attempt, timeout, handlers):    # grab: it popped a job
+        self._running(slot, job_id, attempt, timeout, handlers)
 
     def _on_ran(self, slot, job_id, exit_code):     # grab model: it goes on by itself
         self._finished(slot, job_id, exit_code)
@@ -3455,7 +3496,7 @@ class _Master:
             pass
 
     def _requeue_queued(self, slot):
-        job_id, attempt, _ = slot.queued
+        job_id, attempt = slot.queued[:2]
         slot.queued = None
         self.pending.append(('requeue', job_id, attempt))
 
@@ -3482,7 +3523,7 @@ class _Master:
                                else 'for job %s' % slot.killed_job, job_id)
                 continue
             if slot.killed_for == 'timeout':
-                error = _timeout_error(run.timeout)
+                error = _timeout_error(run.timeout, run.handlers)
             elif slot.killed_for == 'cancel':
                 error = 'cancelled while running: worker %s:%d stopped' % (_HOST, pid)
             else:
@@ -3501,6 +3542,11 @@ class _Master:
             logger.error('worker of queue %r could not boot (%s); backing off %.1fs before '
                          'forking again (failure %d in a row)', self.queue, how, delay,
                          self.boot_failures)
+            try:        # a manage process still starting as a daemon gives up on it
+                self.control.send('boot_failed', self.queue, self.boot_error or how)
+            except OSError:
+                pass
+            self.boot_error = None
             return
         if slot.state != BOOTING:
             self.boot_failures = 0
@@ -3690,13 +3736,14 @@ class _Master:
     def _hand(self, slot, queued):
         job, reserved_at = self.buffer.popleft()
         job_id, attempt, timeout = job['id'], job['attempt'], job.get('timeout') or 0
-        if job.get('phase') != _PHASE_HANDLERS:
+        handlers = job.get('phase') == _PHASE_HANDLERS
+        if not handlers:
             job['exec_number'] = job.get('exec_number', 0) + 1
             job['start_time'], job['worker_id'] = time.time(), '%s:%d' % (_HOST, slot.pid)
         if queued:
-            slot.queued = (job_id, attempt, timeout)
+            slot.queued = (job_id, attempt, timeout, handlers)
         else:
-            self._running(slot, job_id, attempt, timeout)
+            self._running(slot, job_id, attempt, timeout, handlers)
             self.pending.append(('start', job_id, attempt, '%s:%d' % (_HOST, slot.pid),
                                  self.owner))
         try:
@@ -3704,7 +3751,7 @@ class _Master:
         except OSError:
             pass    # the worker is dying: its exit recovers the job
 
-    def _running(self, slot, job_id, attempt, timeout):
+    def _running(self, slot, job_id, attempt, timeout, handlers):
         """Track a job its worker runs; it is killed at the job's timeout (a
         coroutine worker cancels the job itself then; the kill, a moment
         later, is for a job that blocks its loop)."""
@@ -3712,7 +3759,7 @@ class _Master:
         if timeout:
             deadline = now + timeout + (COROUTINE_KILL_GRACE if slot.capacity > 1 else 0)
         slot.state = BUSY
-        slot.jobs[job_id] = _Run(attempt, timeout, now, deadline)
+        slot.jobs[job_id] = _Run(attempt, timeout, handlers, now, deadline)
 
 
 def _master_main(config, qconf, control, close_fds, pool, recover):
@@ -3796,6 +3843,21 @@ def _setup_logging(config, to_stderr):
     return handler
 
 
+def _alive(pid):
+    """True while ``pid`` runs (a zombie that nobody reaped yet counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open('/proc/%d/stat' % pid, 'rb') as f:
+            return f.read().rsplit(b')', 1)[1].split()[0] != b'Z'
+    except (OSError, IndexError):
+        return True
+
+
 class _PidFile:
     """``{pid_path}/{name}.pid`` holding the manage process's pid, written
     atomically (temp file + rename) and removed only by its owner."""
@@ -3810,15 +3872,7 @@ class _PidFile:
                 pid = int(f.read().strip() or 0)
         except (OSError, ValueError):
             return None
-        if pid <= 0:
-            return None
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            return pid
-        return pid
+        return pid if pid > 0 and _alive(pid) else None
 
     def create(self, pid):
         alive = self.read()
@@ -3956,6 +4010,19 @@ class _Manager:
     def _on_status(self, info, rows):
         info['status'] = rows
 
+    def _on_boot_failed(self, info, queue, why):
+        if self.ready_fd is None:
+            return      # up already: its master backs off and forks again
+        why = 'workers of queue %r fail to boot: %s' % (queue, why)
+        logger.error('%s; stopping the pool', why)     # -d gets no pool rather than a broken one
+        try:
+            os.write(self.ready_fd, b'0' + why.encode(errors='replace')[:1000])
+            os.close(self.ready_fd)
+        except OSError:
+            pass
+        self.ready_fd = None
+        self._stop('fast')
+
     def _on_signal(self, signum):
         if signum in (signal.SIGTERM, signal.SIGINT):
             self._stop('fast' if self.stopping else 'graceful')
@@ -4086,38 +4153,39 @@ def _children_of(pid):
     return out
 
 
+#: How long ``worker:start -d`` waits for every queue's workers to be up (seconds).
+_DAEMON_START_WAIT = 60
+#: How long it then waits for a pool that could not start to be gone (seconds).
+_DAEMON_STOP_WAIT = 15
+
+
 def _daemonize(config):
-    """Double fork and setsid; the caller returns once the pool is up."""
+    """Double fork and setsid; return the manage process's pid once every
+    queue's workers are up.  A pool that cannot start (a start hook raises,
+    or its workers are not up in time) is stopped, and ``MPQueueError`` says
+    why: the caller never leaves a pool behind that it reports as not started.
+
+    The daemon tells the caller through a pipe: its pid and a newline, then
+    ``1`` (up) or ``0`` and the reason."""
     r, w = os.pipe()
     pid = os.fork()
     if pid:
         os.close(w)
         os.waitpid(pid, 0)
-        deadline = time.monotonic() + 60
-        got = b''
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([r], [], [], max(0.0, deadline - time.monotonic()))
-            if not ready:
-                break
-            chunk = os.read(r, 64)
-            if not chunk:
-                break
-            got += chunk
-            if got.startswith(b'1'):
-                break
-        os.close(r)
-        pid = pool_pid(config)
-        if not got.startswith(b'1') or not pid:
-            detail = got[1:].decode(errors='replace').strip() if got[:1] == b'0' else ''
-            raise MPQueueError('the pool did not start%s; see the log in %s' % (
-                ': ' + detail if detail else '', config['log']['path']))
-        return pid
+        try:
+            return _await_daemon(config, r)
+        finally:
+            os.close(r)
     os.close(r)
     os.setsid()
     if os.fork():
         os._exit(0)
-    code = 1
+    code, manager = 1, None
     try:
+        os.write(w, b'%d\n' % os.getpid())
+        # Nothing may depend on the caller's directory once in '/': '' (python
+        # -c) and relative entries (sys.path.append('.') in a config) meant it.
+        sys.path[:] = [os.path.abspath(entry) for entry in sys.path]
         os.chdir('/')
         log_dir = config['log']['path']
         os.makedirs(log_dir, exist_ok=True)
@@ -4128,16 +4196,71 @@ def _daemonize(config):
         os.dup2(out, 1)
         os.dup2(out, 2)
         _setup_logging(config, to_stderr=False)
-        code = _Manager(config, ready_fd=w).run()
+        manager = _Manager(config, ready_fd=w)
+        code = manager.run()
     except BaseException as exc:
-        try:
-            os.write(w, b'0' + str(exc).encode()[:500])
-        except OSError:
-            pass
+        if manager is None or manager.ready_fd is not None:    # w is still open: say why
+            try:
+                os.write(w, b'0' + ' '.join(str(exc).split()).encode(errors='replace')[:1000])
+            except OSError:
+                pass
         logger.exception('the manage process failed')
     finally:
         logging.shutdown()
         os._exit(code)
+
+
+def _await_daemon(config, r):
+    """The caller's side of ``_daemonize``: the daemon's pid once it is up."""
+    deadline = time.monotonic() + _DAEMON_START_WAIT
+    got = b''
+    while b'\n' not in got or got.partition(b'\n')[2][:1] not in (b'1', b'0'):
+        wait = deadline - time.monotonic()
+        if wait <= 0 or not select.select([r], [], [], wait)[0]:
+            break
+        chunk = os.read(r, 1024)
+        if not chunk:
+            break
+        got += chunk
+    while got.partition(b'\n')[2][:1] == b'0' and select.select([r], [], [], 1)[0]:
+        chunk = os.read(r, 1024)        # the rest of the reason, up to EOF
+        if not chunk:
+            break
+        got += chunk
+    head, _, answer = got.partition(b'\n')
+    pid = int(head) if head.isdigit() else None
+    if answer[:1] == b'1' and pid and pool_pid(config) == pid:
+        return pid
+    if answer[:1] == b'0':
+        why = answer[1:].decode(errors='replace').strip() or 'its manage process failed'
+    elif pid and _alive(pid):
+        why = 'its workers were not up within %ss (does a start hook hang?)' % _DAEMON_START_WAIT
+    else:
+        why = 'its manage process exited at once'
+    left = pid if pid and not _stop_daemon(pid) else None
+    where = (os.path.join(config['log']['path'], config['basics']['name'] + '.log')
+             if config['log']['driver'] is None else 'its log')
+    raise MPQueueError('the pool did not start: %s%s; see %s' % (
+        why, '; it is still stopping (manage pid %d)' % left if left else '', where))
+
+
+def _stop_daemon(pid):
+    """Stop a daemon that could not start (SIGTERM again each second, the
+    second one makes it fast); True once it is gone."""
+    deadline = time.monotonic() + _DAEMON_STOP_WAIT
+    next_signal = 0.0
+    while _alive(pid):
+        now = time.monotonic()
+        if now >= deadline:
+            return False
+        if now >= next_signal:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                return True
+            next_signal = now + 1.0
+        time.sleep(0.02)
+    return True
 
 
 ###############################################################################
@@ -4306,7 +4429,13 @@ def pool_status(config=None, timeout=10):
         raise MPQueueError('pool %r is not running (no live pid in %s)'
                            % (name, pid_file(config)))
     path, asked = _pool_file(config, '.status.json'), time.time()
-    os.kill(pid, signal.SIGUSR2)
+    try:
+        os.kill(pid, signal.SIGUSR2)
+    except ProcessLookupError:
+        raise MPQueueError('pool %r is not running' % name) from None
+    except PermissionError:
+        raise MPQueueError('pool %r (pid %d) runs as another user: ask as that user'
+                           % (name, pid)) from None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -4317,4 +4446,14 @@ def pool_status(config=None, timeout=10):
         except (OSError, ValueError):
             pass
         time.sleep(0.02)
-    raise MPQueueError('pool %r (pid %d) did not answer the status request' % (name, pid))
+    raise MPQueueError('pool %r (pid %d) did not answer the status request within %ss'
+                       % (name, pid, timeout))
+
+
+if __name__ == '__main__':
+    # The command line lives in mpqueue_cli.py: running it from here would load
+    # this file twice (as __main__ and as mpqueue), with two of every class.
+    import shlex
+    _args = shlex.join(sys.argv[1:]) or 'list'
+    sys.exit('mpqueue: error: "python -m mpqueue" is the library, not the command line; '
+             'run "mpqueue %s" or "python -m mpqueue_cli %s"' % (_args, _args))

@@ -5,17 +5,23 @@ Errors a user can cause must print exactly one line on stderr (no traceback)
 and exit non-zero.
 """
 
+import ast
 import json
 import os
+import select
+import shutil
 import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import psutil
 import pytest
 
 import mpqueue
-from pool_harness import E2E, alive, queue_conf, wait_for
+from pool_harness import CLI, CLI_TIMEOUT, REPO, STOP_GRACE, E2E, Src, alive, queue_conf, wait_for
+from redis_server import free_port
 
 COMMANDS = ('list', 'worker:start', 'worker:stop', 'worker:restart', 'worker:reload',
             'worker:status', 'queue:status', 'queue:failed', 'queue:retry', 'queue:clean')
@@ -101,7 +107,10 @@ def test_invalid_config_names_the_key(e2e, tmp_path):
                     'config = {"basics": {"name": "x", "pid_path": %r},\n'
                     '          "queue": [{"name": "q", "worker_numbr": 2}]}\n'
                     % str(tmp_path))
-    one_line_error(e2e.cli('worker:start', '--config', str(path), timeout=20), 'worker_numbr')
+    one_line_error(e2e.cli('worker:start', '--config', str(path), timeout=20), 'worker_numbr',
+                   str(path))
+    one_line_error(e2e.cli('queue:status', '--config', str(tmp_path)), str(tmp_path),
+                   'is a directory')
 
 
 # -- start -d / status / stop --------------------------------------------------------
@@ -317,3 +326,374 @@ def test_queue_failed_retry_and_clean(e2e):
     res = pool.cli('queue:status', '--json')
     assert json.loads(res.stdout) == {'q': {'all': 0, 'waiting': 0, 'working': 0, 'failed': 0,
                                             'over': 0}}
+
+
+# -- as a new user meets it --------------------------------------------------------------
+
+def run(e2e, argv, cwd, env=None, timeout=CLI_TIMEOUT, **kwargs):
+    """Run ``argv`` (a real process, registered with the reaper); a CompletedProcess."""
+    kwargs.setdefault('stdout', subprocess.PIPE)
+    kwargs.setdefault('stderr', subprocess.PIPE)
+    proc = e2e.reaper.popen(argv, cwd=str(cwd), env=env or e2e.env(), text=True, **kwargs)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise AssertionError('%s did not end within %ss' % (' '.join(map(str, argv)), timeout)) \
+            from None
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
+def processes_of(e2e, pool):
+    """The running processes of ``pool``, wherever they are (a daemon is no
+    child of ours), registered with the reaper: its manage process, found by
+    its title (``mpq:NAME:manage``) or, without setproctitle, by its command
+    line (which names the config file, named after the pool), and all below it."""
+    found = {}
+    for proc in psutil.process_iter(['cmdline']):
+        try:
+            if proc.pid != os.getpid() and pool.name in ' '.join(proc.info['cmdline'] or ()):
+                found[proc.pid] = proc
+                found.update((child.pid, child) for child in proc.children(recursive=True))
+        except psutil.Error:
+            pass
+    running = []
+    for proc in found.values():
+        try:
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                running.append(e2e.reaper.add(proc))
+        except psutil.Error:
+            pass
+    return running
+
+
+@pytest.fixture
+def daemon_pools(e2e):
+    """Pools the test starts with -d: at teardown, whatever still runs of them
+    (found by name, wherever it is) goes to the reaper, even when the test
+    failed before it could look."""
+    pools = []
+    yield pools
+    for pool in pools:
+        processes_of(e2e, pool)
+
+
+def elsewhere(tmp_path):
+    """A working directory that is neither the config's nor the CLI's."""
+    path = tmp_path / 'elsewhere'
+    path.mkdir(exist_ok=True)
+    return path
+
+
+def test_daemon_with_relative_paths_is_refused_and_leaves_no_pool(e2e, daemon_pools, tmp_path):
+    """-d changes to /: a relative pid_path or log.path would put the pid
+    file and the log somewhere the other commands never look."""
+    pool = e2e.pool(configure=False)
+    daemon_pools.append(pool)
+    relative = 'mpqtest-%s' % e2e.prefix[-10:]
+    text = pool.config_path.read_text()
+    pool.config_path.write_text(text.replace(repr(str(pool.pid_path)), repr(relative + '/run'))
+                                .replace(repr(str(pool.log_path)), repr(relative + '/log')))
+    cwd = elsewhere(tmp_path)
+    try:
+        res = run(e2e, [sys.executable, str(CLI), 'worker:start', '-d', '--config',
+                        str(pool.config_path)], cwd, env=e2e.env(), timeout=30)
+        line = one_line_error(res, 'basics.pid_path', 'absolute', repr(relative + '/run'))
+        assert 'os.path.join(os.path.dirname(os.path.abspath(__file__))' in line, line
+        assert processes_of(e2e, pool) == []            # no pool anywhere
+        assert not (cwd / relative).exists()
+    finally:
+        for left in (processes_of(e2e, pool), cwd / relative, Path('/') / relative):
+            if isinstance(left, list):
+                for proc in left:
+                    proc.kill()
+            elif left.exists():
+                shutil.rmtree(str(left))
+
+
+def test_daemon_started_elsewhere_does_not_depend_on_the_working_directory(e2e, daemon_pools,
+                                                                           tmp_path):
+    """Started from a project directory by a config that puts '.' on
+    sys.path, the daemon still imports the project's modules after it changed
+    to /, also after a reload (which drops the import caches), and the other
+    commands find it from any directory."""
+    project = tmp_path / 'project'
+    project.mkdir()
+    module = 'relmod_%s' % e2e.prefix[-10:].replace('-', '_')
+    (project / (module + '.py')).write_text(
+        'import %s as jobs\n\ndef job(tag):\n    jobs.record("start", tag=tag, cwd=__import__("os")'
+        '.getcwd())\n' % e2e.jobs_name)
+    pool = e2e.pool()
+    daemon_pools.append(pool)
+    pool.config_path.write_text('import sys\nsys.path.append(".")\n' + pool.config_path.read_text())
+    res = run(e2e, [sys.executable, str(CLI), 'worker:start', '-d', '--config',
+                    str(pool.config_path)], project, env=e2e.env(), timeout=30)
+    e2e.pools.append(pool)
+    assert res.returncode == 0, res.stderr
+    manage = pool.pid_in_file()
+    assert manage and alive(manage) and str(manage) in res.stdout
+    e2e.reaper.add(manage)
+    mpqueue.push('q', '%s:job' % module, args=('relative-import',))
+    pool.wait(lambda: e2e.records('start', tag='relative-import'), 10,
+              'the job imported through the relative sys.path entry to run')
+    assert e2e.records('start', tag='relative-import')[0]['cwd'] == '/'
+    before = pool.worker_pids('q')
+    res = run(e2e, [sys.executable, str(CLI), 'worker:reload', '--config',
+                    str(pool.config_path)], elsewhere(tmp_path))
+    assert res.returncode == 0, res.stderr
+    pool.wait(lambda: len(pool.worker_pids('q') - before) == 2, 10, 'the workers to be replaced')
+    mpqueue.push('q', '%s:job' % module, args=('after-reload',))
+    pool.wait(lambda: e2e.records('start', tag='after-reload') or mpqueue.failed_jobs('q'), 10,
+              'the job to run after the reload')
+    assert mpqueue.failed_jobs('q') == []
+    res = run(e2e, [sys.executable, str(CLI), 'worker:status', '--config',
+                    str(pool.config_path)], elsewhere(tmp_path))
+    assert res.returncode == 0 and str(manage) in res.stdout, res.stderr
+    res = run(e2e, [sys.executable, str(CLI), 'worker:stop', '--config', str(pool.config_path)],
+              elsewhere(tmp_path))
+    assert res.returncode == 0 and 'stopped' in res.stdout, res.stderr
+    wait_for(lambda: not processes_of(e2e, pool), 5, 'every process of the pool to be gone')
+
+
+FAIL_BOOT = '''
+def fail_boot():
+    raise RuntimeError('no database at db.invalid:5432')
+'''
+
+
+def test_daemon_with_a_failing_start_hook_says_why_and_leaves_no_pool(e2e, daemon_pools,
+                                                                      tmp_path):
+    e2e.write_jobs(FAIL_BOOT)
+    pool = e2e.pool(queue_conf('fine', worker_number=1),
+                    queue_conf('q', worker_start_handle=Src('jobs.fail_boot')))
+    daemon_pools.append(pool)
+    started = time.monotonic()
+    res = run(e2e, [sys.executable, str(CLI), 'worker:start', '-d', '--config',
+                    str(pool.config_path)], elsewhere(tmp_path), env=e2e.env(), timeout=20)
+    took = time.monotonic() - started
+    e2e.pools.append(pool)
+    line = one_line_error(res, 'did not start', "workers of queue 'q' fail to boot",
+                          'RuntimeError: no database at db.invalid:5432', str(pool.log_file))
+    assert took < 10, (took, line)
+    # No pool at all: nothing to stop, and the CLI agrees.
+    assert not pool.pid_file.exists()
+    wait_for(lambda: not processes_of(e2e, pool), 5, 'no process of the pool to be left')
+    one_line_error(pool.cli('worker:status'), 'not running')
+    assert 'fail to boot' in pool.log_file.read_text()
+
+
+def test_daemon_start_with_the_broker_down_says_so(e2e, daemon_pools, tmp_path):
+    """The pool waits for its broker (and logs it); the terminal hears it too."""
+    port = free_port()
+    pool = e2e.pool(configure=False)
+    daemon_pools.append(pool)
+    pool.config_path.write_text(pool.config_path.read_text().replace(
+        e2e.driver_source(), 'mpqueue.RedisDriver(url="redis://127.0.0.1:%d/0", prefix=%r)'
+        % (port, e2e.prefix)))
+    res = run(e2e, [sys.executable, str(CLI), 'worker:start', '-d', '--config',
+                    str(pool.config_path)], elsewhere(tmp_path), env=e2e.env(), timeout=30)
+    e2e.pools.append(pool)
+    manage = pool.pid_in_file()
+    if manage:
+        e2e.reaper.add(manage)
+    assert res.returncode == 0, res.stderr      # it runs, and reconnects by itself later
+    assert 'started' in res.stdout
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and 'warning' in lines[0], res.stderr
+    assert '127.0.0.1:%d' % port in lines[0] and 'keeps trying' in lines[0], lines
+    res = pool.cli('worker:stop')
+    assert res.returncode == 0, res.stderr
+    wait_for(lambda: not processes_of(e2e, pool), 10, 'every process of the pool to be gone')
+
+
+def read_line(stream, timeout):
+    """The next line of a pipe, waiting at most ``timeout`` seconds ('' at EOF)."""
+    ready, _, _ = select.select([stream], [], [], timeout)
+    assert ready, 'no line within %ss' % timeout
+    return stream.readline()
+
+
+def test_stop_says_what_it_waits_for(e2e):
+    pool = e2e.pool().start()
+    jobs = e2e.import_jobs()
+    mpqueue.push('q', jobs.sleeper, args=('draining', 4))
+    pool.wait(lambda: e2e.records('start', tag='draining'), 10, 'the job to start')
+    proc = e2e.reaper.popen([sys.executable, str(CLI), 'worker:stop', '--config',
+                             str(pool.config_path)], env=e2e.env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    first = read_line(proc.stdout, 10)
+    assert proc.poll() is None, 'it said nothing until it had stopped: %r' % first
+    assert '1 job still running (up to %s s)' % STOP_GRACE in first, first
+    assert str(pool.proc.pid) in first and pool.name in first, first
+    assert proc.wait(timeout=30) == 0, proc.stderr.read()
+    assert 'stopped' in proc.stdout.read()
+    assert e2e.records('end', tag='draining')       # it drained the job
+
+
+def closed_pipe():
+    """The write end of a pipe whose read end is already closed."""
+    r, w = os.pipe()
+    os.close(r)
+    return w
+
+
+def test_closed_stdout_is_a_quiet_exit(e2e):
+    """`mpqueue worker:status | head -1`: like other Unix tools, no error."""
+    pool = e2e.pool().start()
+    for args in (['list'], ['worker:status'], ['queue:status'], ['queue:failed', '--queue', 'q'],
+                 ['metrics'], ['queue:status', '--watch', '--count', '2', '--interval', '0.1']):
+        w = closed_pipe()
+        try:
+            res = run(e2e, [sys.executable, str(CLI)] + args + ['--config', str(pool.config_path)],
+                      REPO, stdout=w)
+        finally:
+            os.close(w)
+        assert res.stderr == '', (args, res.stderr)
+        assert res.returncode == 141, (args, res.returncode)
+
+
+def test_output_to_a_full_disk_is_one_line(e2e):
+    pool = e2e.pool()
+    with open('/dev/full', 'w') as full:
+        res = run(e2e, [sys.executable, str(CLI), 'queue:status', '--config',
+                        str(pool.config_path)], REPO, stdout=full)
+    one_line_error(res, 'No space left')
+
+
+def cli_argvs(tmp_path):
+    """The ways to run the command line, and the name each should give itself."""
+    vendored = tmp_path / 'vendor'
+    vendored.mkdir(exist_ok=True)
+    for name in ('mpqueue.py', 'mpqueue_cli.py'):
+        shutil.copy(str(REPO / name), str(vendored / name))
+    ways = [([sys.executable, 'vendor/mpqueue_cli.py'], 'python vendor/mpqueue_cli.py'),
+            ([sys.executable, '-m', 'mpqueue_cli'], 'python -m mpqueue_cli')]
+    script = Path(sys.executable).parent / 'mpqueue'
+    if script.exists():
+        ways.append(([str(script)], 'mpqueue'))
+    return ways
+
+
+def test_the_program_is_named_as_it_was_invoked(e2e, tmp_path):
+    for argv, name in cli_argvs(tmp_path):
+        res = run(e2e, argv + ['foo'], tmp_path)
+        assert res.returncode == 2
+        one_line_error(res, "unknown command 'foo'", '(try "%s list")' % name)
+        res = run(e2e, argv + ['-h'], tmp_path)
+        assert res.returncode == 0 and res.stdout.startswith('usage: %s ' % name), res.stdout
+
+
+def test_python_m_mpqueue_says_how_to_run_the_command_line(e2e, tmp_path):
+    res = run(e2e, [sys.executable, '-m', 'mpqueue', 'queue:status'], tmp_path)
+    line = one_line_error(res, '"mpqueue queue:status"', '"python -m mpqueue_cli queue:status"')
+    assert res.returncode != 0 and res.stdout == '', line
+
+
+def test_config_file_with_an_attribute_name(e2e, tmp_path):
+    pool = e2e.pool()
+    settings = tmp_path / 'settings_file.py'
+    settings.write_text(pool.config_path.read_text().replace('config = {', 'CONF = {'))
+    res = e2e.cli('queue:status', '--json', '--config', '%s:CONF' % settings,
+                  cwd=elsewhere(tmp_path))
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)['q']['all'] == 0
+    one_line_error(e2e.cli('queue:status', '--config', '%s:NOPE' % settings),
+                   'does not define `NOPE`')
+    one_line_error(e2e.cli('queue:status', '--config', str(tmp_path / 'nope.py:CONF')),
+                   'nope.py', 'FILE.py, FILE.py:NAME, module or module:NAME')
+
+
+def test_config_module_not_found_hints_at_a_file_path(e2e, tmp_path):
+    line = one_line_error(e2e.cli('queue:status', '--config', 'mpqueue_config:config',
+                                  cwd=elsewhere(tmp_path)),
+                          "No module named 'mpqueue_config'")
+    assert 'a file path works from any directory' in line, line
+
+
+def test_relative_sqlite_file_pushed_from_another_directory_is_refused(e2e, tmp_path):
+    """A pusher run by cron in / must not write to /jobs.db unseen."""
+    name = 'mpqtest-%s.db' % e2e.prefix[-10:]
+    pusher = tmp_path / 'push_from_cron.py'
+    pusher.write_text('import mpqueue\n'
+                      'mpqueue.configure({"basics": {"name": "cron", "pid_path": %r, '
+                      '"driver": mpqueue.SqliteDriver(%r)}, "queue": [{"name": "q"}]})\n'
+                      'mpqueue.push("q", "time:sleep", args=(0,))\n' % (str(tmp_path), name))
+    try:
+        res = run(e2e, [sys.executable, str(pusher)], '/')
+        assert res.returncode != 0
+        assert 'ConfigError: basics.driver: the SqliteDriver path must be absolute' in res.stderr
+        assert not Path('/', name).exists()
+    finally:
+        for suffix in ('', '-wal', '-shm'):
+            if Path('/', name + suffix).exists():
+                os.unlink('/' + name + suffix)
+
+
+@pytest.mark.parametrize('args, words', [
+    (['queue:status', '--bogus'], ['unrecognized arguments: --bogus']),
+    (['queue:status', '--watch', '--interval', 'soon'], ['--interval', "'soon'"]),
+    (['queue:clean', '--id', 'x'], ['queue:clean does not take --id']),
+    (['worker:stop', '-d'], ['worker:stop does not take --daemon']),
+    (['queue:status', '--count', '3'], ['--count', '--watch']),
+    (['queue:status', '--queue', 'nope'], ["queue 'nope' is not in the config"]),
+    (['queue:clean', '--queue', 'nope'], ["queue 'nope' is not in the config"]),
+    (['queue:retry', '--queue', 'nope'], ["queue 'nope' is not in the config"]),
+    (['metrics', '--queue', 'nope'], ["queue 'nope' is not in the config"]),
+    (['queue:status', '--watch', '--queue', 'nope'], ["queue 'nope' is not in the config"]),
+    (['queue:retry'], ['needs --queue']),
+    (['worker:reload'], ['not running']),
+    (['worker:status'], ['not running']),
+])
+def test_mistakes_are_one_line_and_change_nothing(e2e, args, words):
+    pool = e2e.pool()
+    mpqueue.push('q', 'time:sleep', delay=60, args=(0,))
+    res = pool.cli(*args, timeout=20)
+    one_line_error(res, *words)
+    assert res.stdout == ''
+    assert mpqueue.status('q')['waiting'] == 1
+
+
+def test_missing_queue_name_in_a_config_file_says_it_is_required(e2e, tmp_path):
+    path = tmp_path / 'config_noname.py'
+    path.write_text('config = {"basics": {"name": "x", "pid_path": %r}, '
+                    '"queue": [{"worker_number": 2}]}\n' % str(tmp_path))
+    one_line_error(e2e.cli('queue:status', '--config', str(path)), 'queue[0].name is required')
+
+
+def test_public_functions_for_tools(e2e):
+    pool = e2e.pool()
+    assert mpqueue.pid_file() == str(pool.pid_file)
+    assert mpqueue.pool_pid() is None
+    with pytest.raises(mpqueue.MPQueueError, match='is not running'):
+        mpqueue.pool_status()
+    assert mpqueue.queue_config('q')['worker_number'] == 2
+    with pytest.raises(mpqueue.ConfigError, match='nope'):
+        mpqueue.queue_config('nope')
+    mpqueue.push('q', 'time:sleep', args=(0,))
+    time.sleep(0.05)        # let the job wait a little: its age is measured below
+    depth = mpqueue.depth('q')
+    assert depth['waiting'] == 1 and depth['oldest_waiting_seconds'] >= 0.05, depth
+    pool.start()
+    assert mpqueue.pool_pid() == pool.proc.pid
+    rows = mpqueue.pool_status()
+    assert {r['type'] for r in rows} == {'manage', 'master', 'worker'}
+    wait_for(lambda: mpqueue.depth('q')['done'] == 1, 10, 'the job to run')
+    assert mpqueue.depth('q')['oldest_waiting_seconds'] == 0
+    wait_for(lambda: [p for p in mpqueue.fleet() if p['pid'] == pool.proc.pid], 10,
+             'the pool to send a heartbeat')
+
+
+def test_the_command_line_uses_only_public_names():
+    """mpqueue_cli.py reads mpqueue through __all__, the functions listed for
+    tools in its docstring and its constants: nothing with an underscore."""
+    tree = ast.parse((REPO / 'mpqueue_cli.py').read_text())
+    used = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name) and node.value.id == 'mpqueue'}
+    tools = {'queue_config', 'pid_file', 'pool_pid', 'start_pool', 'pool_status', 'depth',
+             'fleet'}
+    assert tools <= set(dir(mpqueue)) and not tools & set(mpqueue.__all__)
+    for name in tools:
+        assert '``%s(' % name in mpqueue.__doc__, name
+    private = sorted(n for n in used if n.startswith('_'))
+    assert private == [], private
+    assert used <= set(mpqueue.__all__) | tools | {n for n in used if n.isupper()}, \
+        used - set(mpqueue.__all__) - tools

@@ -149,12 +149,20 @@ def test_missing_basics():
     assert_config_error(config, 'basics', check_value=False)
 
 
-def test_missing_name():
+def test_missing_pool_name_says_it_is_required():
     config = make_config(basics={'driver': mpqueue.RedisDriver(prefix='mpqtest')})
-    assert_config_error(config, 'basics.name', None)
+    message = assert_config_error(config, 'basics.name', check_value=False)
+    assert 'is required' in message and 'got None' not in message, message
 
 
-@pytest.mark.parametrize('name', ['', 'has space', 'slash/es', 5, b'bytes', None])
+@pytest.mark.parametrize('given', [{'worker_number': 2}, {'name': None}])
+def test_missing_queue_name_says_it_is_required(given):
+    config = make_config(queue=[given])
+    message = assert_config_error(config, 'queue[0].name', check_value=False)
+    assert 'queue[0].name is required' in message and 'got None' not in message, message
+
+
+@pytest.mark.parametrize('name', ['', 'has space', 'slash/es', 5, b'bytes'])
 def test_bad_pool_name(name):
     config = make_config()
     config['basics']['name'] = name
@@ -215,7 +223,7 @@ def test_non_string_unknown_key():
 
 # -- queue names -----------------------------------------------------------------
 
-@pytest.mark.parametrize('name', [None, '', 'with space', 'br{ace}', 12, 'x' * 101])
+@pytest.mark.parametrize('name', ['', 'with space', 'br{ace}', 12, 'x' * 101])
 def test_bad_queue_name(name):
     config = make_config()
     if name is None:
@@ -331,6 +339,43 @@ def test_bad_pid_path(path):
     config = make_config()
     config['basics']['pid_path'] = path
     assert_config_error(config, 'basics.pid_path', path)
+
+
+@pytest.mark.parametrize('key, value', [
+    ('basics.pid_path', 'run'), ('basics.pid_path', './run'), ('log.path', 'logs'),
+    ('log.path', '~/logs'),
+])
+def test_relative_directories_are_refused_with_the_fix(key, value):
+    """A daemon runs in / and a pusher from cron or a web server runs in a
+    directory of its own: a relative path would name different files for
+    each, so it is refused, and the message shows how to build the path."""
+    config = make_config()
+    section, name = key.split('.')
+    config.setdefault(section, {})[name] = value
+    message = assert_config_error(config, key, value)
+    assert 'absolute' in message, message
+    fix = ('os.path.expanduser(%r)' if value.startswith('~') else
+           'os.path.join(os.path.dirname(os.path.abspath(__file__)), %r)') % value
+    assert fix in message, message
+
+
+def test_relative_sqlite_file_is_refused_with_the_fix():
+    config = make_config()
+    config['basics']['driver'] = mpqueue.SqliteDriver('jobs.db')
+    message = assert_config_error(config, 'basics.driver', 'jobs.db')
+    assert 'absolute' in message, message
+    assert "mpqueue.SqliteDriver(os.path.join(os.path.dirname(os.path.abspath(__file__)), " \
+        "'jobs.db'))" in message, message
+
+
+def test_absolute_paths_do_not_depend_on_the_working_directory(tmp_path, monkeypatch):
+    config = {'basics': {'name': 'abs', 'pid_path': str(tmp_path / 'run')},
+              'log': {'path': str(tmp_path / 'log')}, 'queue': [{'name': 'q'}]}
+    monkeypatch.chdir(tmp_path)
+    here = mpqueue.configure(config)['basics']['driver']
+    monkeypatch.chdir('/')
+    there = mpqueue.configure(config)['basics']['driver']
+    assert here.path == there.path == str(tmp_path / 'run' / 'abs.db')
 
 
 @pytest.mark.parametrize('secret', ['', b'', 123, ['k']])

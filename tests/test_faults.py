@@ -925,6 +925,28 @@ def test_redis_requirepass(servers, e2e):
     assert broker.client().dbsize() > 0     # the jobs really went through this server
 
 
+def test_redis_authentication_failure_says_so(servers):
+    """A server that was reached but refused the password (or its absence)
+    is an authentication failure, not "cannot reach"."""
+    broker = servers('--requirepass', 'pass-word-9')
+    address = '127.0.0.1:%d' % broker.port
+    for what, driver in (
+            ('no password', mpqueue.RedisDriver(url='redis://%s/0' % address)),
+            ('wrong password', mpqueue.RedisDriver(url='redis://:wrong-pass@%s/0' % address)),
+            ('wrong password (host/port)', mpqueue.RedisDriver('127.0.0.1', broker.port,
+                                                               password='wrong-pass'))):
+        mpqueue.configure({'basics': {'name': 'probe', 'driver': driver},
+                           'queue': [{'name': 'q'}]})
+        with pytest.raises(mpqueue.DriverError) as err:
+            mpqueue.push('q', 'time:sleep', args=(0,))
+        message = str(err.value)
+        assert address in message, (what, message)
+        assert 'cannot reach' not in message, (what, message)
+        assert 'authentication' in message.lower(), (what, message)
+        assert 'wrong-pass' not in message and 'pass-word-9' not in message, (what, message)
+    assert broker.client().dbsize() == 0
+
+
 def test_redis_acl_user_with_the_minimal_rules(servers, e2e):
     broker = servers('--requirepass', 'admin-pass')
     admin = broker.client()

@@ -321,10 +321,11 @@ def test_metrics_match_the_queues_and_the_pools(e2e):
 
 
 def test_metrics_labels_are_escaped():
-    depths = {'q': dict(dict.fromkeys(mpqueue._DEPTH_FIELDS, 0), oldest_waiting_seconds=0)}
-    fleet = [{'host': 'odd "host"\\n\n', 'name': 'p', 'age': 0.5,
+    depth = dict.fromkeys(('waiting', 'delayed', 'reserved', 'working', 'failed', 'pushed',
+                           'done', 'failed_total', 'oldest_waiting_seconds'), 0)
+    pools = [{'host': 'odd "host"\\n\n', 'name': 'p', 'age': 0.5,
               'queues': {'q': {'busy': 1, 'idle': 2, 'done': 7}}}]
-    families = parse_exposition(mpqueue_cli._exposition(depths, fleet))
+    families = parse_exposition(mpqueue_cli.render_metrics({'q': depth}, pools))
     assert sample(families, 'mpqueue_workers', server='odd "host"\\n\n', pool='p', queue='q',
                   state='idle') == 2
     assert sample(families, 'mpqueue_pool_jobs_finished_total', server='odd "host"\\n\n',

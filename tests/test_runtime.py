@@ -7,9 +7,12 @@ queue counters and on ``worker:status --json``.  Every wait polls with a
 deadline; every process is stopped at teardown even when a test fails.
 """
 
+import importlib
+import json
 import os
 import pickle
 import signal
+import sys
 import time
 
 import psutil
@@ -198,6 +201,37 @@ def test_timeout_fail_handler_is_bounded_too(e2e):
     assert 1 <= len(handler_runs) <= mpqueue.HANDLER_ATTEMPTS
     assert took < 1 + len(handler_runs) * 1 + 5
     assert len(e2e.records('start', tag='hang')) == 1
+
+
+def test_timed_out_job_keeps_its_own_start_time(e2e):
+    """job_info['start_time'] of a job stopped at its timeout is when the job
+    started, not when its fail handler started in another worker."""
+    pool = e2e.pool(queue_conf(worker_number=2)).start()
+    jobs = e2e.import_jobs()
+    mpqueue.push('q', jobs.SlowJob('own-start', 30), timeout=1)
+    wait_counts(pool, 15, failed=1, working=0, waiting=0)
+    (started,) = e2e.records('start', tag='own-start')
+    (handler,) = e2e.records('job_fail', tag='own-start')
+    assert handler['time'] - started['time'] >= 0.8        # the handler ran at the timeout
+    (info,) = mpqueue.failed_jobs('q')
+    assert abs(info['start_time'] - started['time']) < 0.3, (info['start_time'], started, handler)
+
+
+def test_fail_handler_timeout_says_the_fail_handler_ran_past_it(e2e):
+    """The job's own timeout is one error; each time its fail handler is
+    stopped at the timeout, the error says it was the fail handler."""
+    e2e.write_jobs(HANGING_HANDLER)
+    pool = e2e.pool(queue_conf(worker_number=2)).start()
+    jobs = e2e.import_jobs()
+    mpqueue.push('q', jobs.HangingHandler('hang'), timeout=1)
+    wait_counts(pool, 20, failed=1, working=0, waiting=0)
+    (info,) = mpqueue.failed_jobs('q')
+    assert len(e2e.records('job_fail', tag='hang')) >= 1
+    first, *handlers = info['error_info']
+    assert 'fail handler' not in first.lower(), info['error_info']
+    assert handlers, info['error_info']
+    for error in handlers:
+        assert 'fail handler' in error.lower(), info['error_info']
 
 
 # -- stop ---------------------------------------------------------------------------
@@ -604,6 +638,49 @@ def test_corrupt_payload_goes_to_failed_and_worker_keeps_going(e2e):
     assert failed[bad]['exec_number'] == 1          # not retried: it can never decode
     assert len(e2e.records('end', tag='after')) == 1
     assert set(pool.worker_pids('q')) == workers     # no worker died over it
+
+
+BAD_INIT = '''
+class BadInit(mpqueue.Job):
+    def __init__(self):
+        raise LookupError('settings missing for BadInit')
+
+    def handle(self):
+        pass
+'''
+
+
+def test_undecodable_job_keeps_its_name_and_reason(e2e, tmp_path):
+    """A job the worker cannot import, or a Job class whose __init__ raises
+    in the worker, shows in queue:failed under the name pushed with it and
+    with the real reason, not as '<undecodable job>'."""
+    e2e.write_jobs(BAD_INIT)
+    pool = e2e.pool(queue_conf()).start()
+    jobs = e2e.import_jobs()
+    pusher_only = tmp_path / 'pusher_only'          # on this process's path, not the pool's
+    pusher_only.mkdir()
+    module = 'other_%s' % e2e.prefix[-10:].replace('-', '_')
+    (pusher_only / (module + '.py')).write_text('def func(tag):\n    return tag\n')
+    sys.path.insert(0, str(pusher_only))
+    try:
+        other = importlib.import_module(module)
+        not_importable = mpqueue.push('q', other.func, args=('x',))
+    finally:
+        sys.path.remove(str(pusher_only))
+        sys.modules.pop(module, None)
+    bad_init = mpqueue.push('q', jobs.BadInit)
+    wait_counts(pool, 10, failed=2, working=0, waiting=0)
+    res = pool.cli('queue:failed', '--queue', 'q', '--json')
+    assert res.returncode == 0, res.stderr
+    failed = {info['id']: info for info in json.loads(res.stdout)}
+    for job_id, name, reason in (
+            (not_importable, '%s.func' % module, "No module named '%s'" % module),
+            (bad_init, '%s.BadInit' % e2e.jobs_name, 'settings missing for BadInit')):
+        info = failed[job_id]
+        assert info['job'] != '<undecodable job>' and name in info['job'], info
+        assert any(reason in error for error in info['error_info']), info
+    text = pool.cli('queue:failed', '--queue', 'q').stdout
+    assert '<undecodable job>' not in text, text
 
 
 def test_with_a_secret_unsigned_and_tampered_payloads_are_never_unpickled(e2e, tmp_path):

@@ -1,0 +1,82 @@
+"""The README's Python snippets run as written.
+
+Every ```python block of README.md runs in a Python process of its own, with
+the package's own dependencies (and Flask for the Flask section, which says
+so).  A block whose first line names a file (``# mpqueue_config.py``) is also
+saved under that name, and the blocks after it run beside those files, so
+that ``from mpqueue_config import config`` finds the config shown above it.
+A block right after ``<!-- snippet not run: REASON -->`` is skipped; there
+are few, each with its reason.
+
+The snippets run unchanged; only the library's default directory (``/tmp``:
+pid file, log, SQLite broker) points at the test's own directory, so that a
+snippet never writes into a pool of this machine.
+"""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parent.parent / 'README.md'
+MAX_NOT_RUN = 3
+
+FENCE = re.compile(r'^```python\n(.*?)^```', re.S | re.M)
+NOT_RUN = re.compile(r'<!-- snippet not run: (.+?) -->\n$')
+FILE_LINE = re.compile(r'^# ([\w/]+\.py)\b')
+
+RUNNER = '''\
+import runpy
+import sys
+
+import mpqueue
+
+mpqueue._BASICS_DEFAULTS['pid_path'] = mpqueue._LOG_DEFAULTS['path'] = sys.argv[2]
+sys.path.insert(0, sys.argv[2])
+runpy.run_path(sys.argv[1], run_name='__main__')
+'''
+
+
+def snippets():
+    """(line, code, file name or None, reason not to run or None) per block."""
+    text = README.read_text()
+    out = []
+    for match in FENCE.finditer(text):
+        line = text.count('\n', 0, match.start()) + 1
+        before = text[:match.start()]
+        skip = NOT_RUN.search(before[before.rfind('\n', 0, len(before) - 1) + 1:])
+        name = FILE_LINE.match(match.group(1))
+        out.append((line, match.group(1), name.group(1) if name else None,
+                    skip.group(1) if skip else None))
+    return out
+
+
+SNIPPETS = snippets()
+
+
+def test_the_readme_has_snippets_and_few_are_not_run():
+    assert len(SNIPPETS) >= 8
+    not_run = [(line, why) for line, _, _, why in SNIPPETS if why]
+    assert len(not_run) <= MAX_NOT_RUN, not_run
+    for line, why in not_run:
+        assert len(why.split()) >= 3, 'README.md:%d: give the reason it is not run' % line
+
+
+@pytest.mark.parametrize('index', [i for i, s in enumerate(SNIPPETS) if not s[3]],
+                         ids=lambda i: 'README.md:%d' % SNIPPETS[i][0])
+def test_snippet_runs_as_written(index, tmp_path):
+    files = {}
+    for _, code, name, why in SNIPPETS[:index]:
+        if name and not why and '/' not in name:
+            files[name] = code
+    for name, code in files.items():
+        (tmp_path / name).write_text(code)
+    line, code, _, _ = SNIPPETS[index]
+    block = tmp_path / ('readme_line_%d.py' % line)
+    block.write_text(code)
+    res = subprocess.run([sys.executable, '-c', RUNNER, str(block), str(tmp_path)],
+                         cwd=str(tmp_path), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, timeout=60)
+    assert res.returncode == 0, 'README.md:%d does not run:\n%s' % (line, res.stderr)
