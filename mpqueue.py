@@ -207,7 +207,12 @@ except (ValueError, OSError, AttributeError):  # pragma: no cover
 
 
 def _describe_exit(status):
-    """A wait status as words, e.g. ``'killed by SIGKILL (perhaps out of memory?)'``."""
+    """A wait status as words, e.g. ``'killed by SIGTERM'``.
+
+    A SIGKILL comes from another process or from the kernel's out-of-memory
+    killer; which one is not told here: the kernel log that records OOM kills
+    is not readable without privileges in most containers, and its counters
+    (``/proc/vmstat``, the memory cgroup) do not name the process killed."""
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         try:
@@ -215,7 +220,8 @@ def _describe_exit(status):
         except ValueError:
             name = 'signal %d' % sig
         if sig == signal.SIGKILL:
-            return 'killed by SIGKILL (perhaps out of memory?)'
+            return 'killed by SIGKILL (sent by another process, or by the kernel when out ' \
+                'of memory)'
         return 'killed by %s' % name
     code = os.WEXITSTATUS(status)
     return {EXIT_OK: 'exited normally',
@@ -3331,17 +3337,18 @@ class _Master:
                 logger.error('worker %d of queue %r %s while running job %s; job recovered',
                              slot.pid, self.queue, 'was killed at the timeout' if timed_out
                              else how, job_id)
+        # A boot failure: a start hook raised, or the worker died before it
+        # said 'ready'.  One that booted and was then killed, however young,
+        # is replaced at once.
         code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
-        short_lived = time.time() - slot.started < 2 and slot.killed_for is None and \
-            code not in (EXIT_OK, EXIT_MEMORY) and not slot.jobs
-        if code == EXIT_BOOT_ERROR or short_lived or (slot.state == 'booting'
-                                                       and not slot.stop_sent):
+        if code == EXIT_BOOT_ERROR or (slot.state == 'booting' and not slot.stop_sent):
             self.boot_failures += 1
             delay = min(60.0, 0.5 * 2 ** (self.boot_failures - 1))
             self.spawn_after = time.monotonic() + delay
-            logger.error('worker of queue %r could not boot or died at once (%s); backing off '
-                         '%.1fs before forking again (failure %d in a row)', self.queue, how,
-                         delay, self.boot_failures)
+            logger.error('worker %d of queue %r did not boot (%s%s); backing off %.1fs before '
+                         'forking again (failure %d in a row)', slot.pid, self.queue, how,
+                         '' if code == EXIT_BOOT_ERROR else ', before it was ready', delay,
+                         self.boot_failures)
         else:
             reason = {'timeout': 'was killed at its job\'s timeout',
                       'stop': 'was killed at the end of the stop grace period'}.get(
