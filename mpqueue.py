@@ -122,6 +122,8 @@ HEARTBEAT_TTL = 10.0
 #: broker that does not answer cannot stall a manage process.
 FLEET_TIMEOUT = 1.0
 _BEAT_ANSWER_WAIT = 0.5     # how long a heartbeat waits for the masters' status
+_RECOVER_RETRY = 0.25       # s between tries to put back a dead master's jobs while the
+                            # broker does not answer: they come back this soon after it does
 
 # Exit codes of mpqueue's own processes, read by their parents.
 EXIT_OK = 0
@@ -3716,6 +3718,7 @@ class _Manager:
         self.next_beat = 0.0        # monotonic time to ask the masters for their status
         self.beat_asked = None      # monotonic time they were asked, until published
         self.beat_failing = False
+        self.orphans = {}           # (queue, dead master's owner id) -> next try to recover
 
     def run(self):
         pid = os.getpid()
@@ -3758,6 +3761,7 @@ class _Manager:
                 else:
                     self._read_master(key.data)
             self._reap()
+            self._retry_orphans()
             self._respawn()
             self._heartbeat()
             if self.stopping and not self.masters:
@@ -3770,6 +3774,7 @@ class _Manager:
 
     def _timeout(self):
         when = [after for _, after in self.backoff.values()]
+        when += self.orphans.values()
         if self.stop_deadline is not None:
             when.append(self.stop_deadline)
         when.append(self.next_beat if self.beat_asked is None
@@ -3952,22 +3957,39 @@ class _Manager:
 
     def _recover_orphans(self, queue, master_pid):
         """A master died: kill its workers (they would run on unsupervised) and
-        put their jobs back at the head of the queue."""
+        put their jobs back at the head of the queue, now or, if the broker
+        does not answer, as soon as it does (``_retry_orphans``)."""
         for pid in _children_of(master_pid):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        owner = '%s:%d' % (_HOST, master_pid)
         try:
-            n = self.config['basics']['driver'].recover_owner(
-                queue, '%s:%d' % (_HOST, master_pid), 'its master died')
-            if n:
-                logger.warning('%d job(s) of the dead master of queue %r went back to the queue',
-                               n, queue)
+            self._requeue_orphans(queue, owner)
         except DriverError as exc:
             logger.error('could not recover the jobs of the dead master of queue %r now (%s); '
-                         'their leases expire within %ss and any master recovers them then',
-                         queue, exc, LEASE_SECONDS)
+                         'trying again every %ss until the broker answers', queue, exc,
+                         _RECOVER_RETRY)
+            self.orphans[(queue, owner)] = time.monotonic() + _RECOVER_RETRY
+
+    def _retry_orphans(self):
+        now = time.monotonic()
+        for (queue, owner), when in list(self.orphans.items()):
+            if now < when:
+                continue
+            try:
+                self._requeue_orphans(queue, owner)
+            except DriverError:
+                self.orphans[(queue, owner)] = now + _RECOVER_RETRY
+            else:
+                del self.orphans[(queue, owner)]
+
+    def _requeue_orphans(self, queue, owner):
+        n = self.config['basics']['driver'].recover_owner(queue, owner, 'its master died')
+        if n:
+            logger.warning('%d job(s) of the dead master %s of queue %r went back to the queue',
+                           n, owner, queue)
 
     def _respawn(self):
         if self.stopping:

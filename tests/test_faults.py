@@ -1079,3 +1079,48 @@ def test_worker_that_does_not_boot_backs_off(e2e, how):
         'killed by SIGKILL (sent by another process, or by the kernel when out of memory), ' \
         'before it was ready'
     assert all(why in line for line in backoffs), backoffs
+
+
+# -- 7. a master killed while the broker is down ---------------------------------------
+
+@pytest.mark.parametrize('model', MODELS)
+def test_master_killed_while_broker_down_jobs_back_when_it_answers(e2e, servers, model):
+    # The manage process cannot put the dead master's jobs back while the
+    # broker is down; it tries again until the broker answers, so the jobs run
+    # again at once rather than when their leases expire (LEASE_SECONDS).
+    # fail_number=0: a recovery by lease expiry counts as an attempt and would
+    # send the jobs to the failed list; putting them back does not.
+    broker = servers('--appendonly', 'yes', '--appendfsync', 'always')
+    e2e.broker_url = broker.url
+    pool = e2e.pool(queue_conf(model=model, worker_number=2, fail_number=0)).start()
+    jobs = e2e.import_jobs()
+    (master,) = pool.masters('q')
+    tags = ['busy-0', 'busy-1']
+    for tag in tags:
+        mpqueue.push('q', jobs.long_once, args=(tag, 30))
+    first = started(e2e, pool, tags)
+
+    broker.kill()
+    os.kill(master['pid'], signal.SIGKILL)
+    pool.wait(lambda: log_lines(pool, r'could not recover the jobs of the dead master'), 10,
+              'the manage process to fail to recover the jobs while the broker is down')
+    broker.start()
+    answers = time.time()
+    reruns = started(e2e, pool, tags, attempts=2, timeout=mpqueue.LEASE_SECONDS + 5)
+    recovery = max(runs[1]['time'] for runs in reruns.values()) - answers
+    lease_left = min(runs[0]['time'] for runs in first.values()) + mpqueue.LEASE_SECONDS \
+        - answers
+    wait_all_ran(e2e, pool, tags, 10)
+    final = wait_drained(pool, failed=0)
+    figures = tally(e2e, tags)
+    report('master SIGKILL, broker down (%s)' % model, figures, recovery,
+           lease_left_at_return_s=round(lease_left, 3), status=final)
+
+    assert figures['lost'] == 0 and figures['duplicated'] == 0, figures
+    assert final['failed'] == 0, mpqueue.failed_jobs('q')
+    assert lease_left > 3, 'the broker came back too late to tell: %.1fs of lease left' % (
+        lease_left)
+    assert recovery < 1.5, 'the jobs of the dead master ran again %.2fs after the broker ' \
+        'answered' % recovery
+    assert log_lines(pool, r'2 job\(s\) of the dead master \S+:%d of queue .q. went back'
+                     % master['pid']), pool.log_tail()
