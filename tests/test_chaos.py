@@ -481,3 +481,23 @@ def test_chaos_soak(e2e, variant, record_property):
     assert figures['unexplained_open_runs'] == 0, figures
     if broker_kind == 'redis':
         assert chaos.counts['broker_restarts'] >= 1
+
+
+def test_analysis_finds_runs_at_the_same_time():
+    # The soak's check on its own: a run without an end lasts until its
+    # process was killed, or (not known) for ever; touching is not overlapping.
+    runs = {
+        'apart': [{'start': 1.0, 'end': 2.0, 'pid': 10}, {'start': 2.0, 'end': 3.0, 'pid': 11}],
+        'killed-then-rerun': [{'start': 1.0, 'end': None, 'pid': 12},
+                              {'start': 1.6, 'end': 1.7, 'pid': 13}],
+        'rerun-while-on': [{'start': 1.0, 'end': None, 'pid': 14},
+                           {'start': 1.2, 'end': 1.3, 'pid': 15}],
+        'nested': [{'start': 1.0, 'end': 5.0, 'pid': 16}, {'start': 2.0, 'end': 3.0, 'pid': 17},
+                   {'start': 6.0, 'end': 7.0, 'pid': 16}],
+        'unexplained': [{'start': 1.0, 'end': None, 'pid': 18},
+                        {'start': 9.0, 'end': 9.5, 'pid': 19}],
+    }
+    figures, concurrent = analyse(runs, {12: 1.5, 14: 1.5})
+    assert sorted(concurrent) == ['nested', 'rerun-while-on', 'unexplained']
+    assert (figures['runs'], figures['killed_runs'], figures['unexplained_open_runs'],
+            figures['sequential_duplicates'], figures['concurrent_duplicates']) == (11, 2, 1, 1, 3)
