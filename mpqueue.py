@@ -239,14 +239,21 @@ def _backoff(failures, first, cap):
 
 
 def _describe_exit(status):
-    """A wait status as words, e.g. ``'killed by SIGKILL'``."""
+    """A wait status as words, e.g. ``'killed by SIGTERM'``.
+
+    A SIGKILL comes from another process or from the kernel's out-of-memory
+    killer; which one is not told here: the kernel log that records OOM kills
+    is not readable without privileges in most containers, and its counters
+    (``/proc/vmstat``, the memory cgroup) do not name the process killed."""
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
+        if sig == signal.SIGKILL:
+            return 'killed by SIGKILL (sent by another process, or by the kernel when out of ' \
+                'memory)'
         try:
-            name = signal.Signals(sig).name
+            return 'killed by %s' % signal.Signals(sig).name
         except ValueError:
-            name = 'signal %d' % sig
-        return 'killed by %s' % name
+            return 'killed by signal %d' % sig
     code = os.WEXITSTATUS(status)
     return {EXIT_OK: 'exited normally',
             EXIT_BOOT_ERROR: 'exited: could not boot (a start hook raised)',
@@ -3539,8 +3546,9 @@ class _Master:
             self.boot_failures += 1
             delay = _backoff(self.boot_failures, BOOT_RETRY_FIRST, BOOT_RETRY_MAX)
             self.spawn_after = time.monotonic() + delay
-            logger.error('worker of queue %r could not boot (%s); backing off %.1fs before '
-                         'forking again (failure %d in a row)', self.queue, how, delay,
+            logger.error('worker %d of queue %r did not boot (%s%s); backing off %.1fs before '
+                         'forking again (failure %d in a row)', pid, self.queue, how,
+                         '' if slot.state != BOOTING else ', before it was ready', delay,
                          self.boot_failures)
             try:        # a manage process still starting as a daemon gives up on it
                 self.control.send('boot_failed', self.queue, self.boot_error or how)

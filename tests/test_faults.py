@@ -1013,3 +1013,137 @@ def test_redis_tls(servers, e2e):
     check_secured_run(e2e, pool, tags, 'redis TLS (rediss://)', took, latency, refusals,
                       address)
     assert 'certificate' in refusals['TLS without the CA'][0].lower()
+
+
+# -- 6. a worker's boot: only a worker that did not boot backs off -----------------------
+
+BOOT_JOBS = '''
+BOOT_FAULTS = %r        # how boot n fails: {n: 'raise' | 'sigkill'}; others boot fine
+
+
+def boot_hook():
+    """The queue's worker_start_handle: records each boot, and fails as told."""
+    n = attempt('boot')
+    record('boot', n=n)
+    how = BOOT_FAULTS.get(n)
+    if how == 'raise':
+        raise RuntimeError('boot %%d fails' %% n)
+    if how == 'sigkill':
+        os.kill(os.getpid(), signal.SIGKILL)
+'''
+
+
+def boots(e2e):
+    """The ``boot`` records of the workers, first boot first."""
+    return sorted(e2e.records('boot'), key=lambda r: r['n'])
+
+
+def test_young_worker_killed_after_it_booted_is_replaced_at_once(e2e):
+    # A worker that booted (its start hooks returned; it ran a job) and is
+    # SIGKILLed while young is not a boot failure: no back-off, and the log
+    # says what happened without calling it a boot failure.
+    e2e.write_jobs(FAULT_JOBS + BOOT_JOBS % {})
+    pool = e2e.pool(queue_conf(worker_number=1,
+                               worker_start_handle=Src('jobs.boot_hook'))).start()
+    jobs = e2e.import_jobs()
+    gaps, ages, victims = [], [], []
+    for i in range(3):
+        boot = pool.wait(lambda: len(boots(e2e)) > i and boots(e2e)[i], 10,
+                         'boot %d' % (i + 1))
+        tag = 'probe-%d' % i
+        push_tagged(jobs, [tag])
+        wait_all_ran(e2e, pool, [tag], 10)
+        (ran,) = [pid for t, _, pid in e2e.executions() if t == tag]
+        assert ran == boot['pid']
+        ages.append(time.time() - boot['time'])
+        killed_at = time.time()
+        os.kill(ran, signal.SIGKILL)
+        victims.append(ran)
+        nxt = pool.wait(lambda: len(boots(e2e)) > i + 1 and boots(e2e)[i + 1], 10,
+                        'the replacement of worker %d' % ran)
+        gaps.append(nxt['time'] - killed_at)
+    back_to_full_strength(pool, gone=victims)
+    print('\n[fault] young booted worker SIGKILLed x3: age at the kill %s s, replacement '
+          'booted after %s s' % ([round(a, 3) for a in ages], [round(g, 3) for g in gaps]))
+
+    assert max(ages) < 2.0, 'the workers were not young when killed: %r' % ages
+    # a boot failure backs off at least 0.5 s before forking again
+    assert max(gaps) < 0.5, 'replacements came %r s after the kills' % gaps
+    assert not log_lines(pool, r'boot|back'), log_lines(pool, r'boot|back')
+    for pid in victims:
+        assert log_lines(pool, r'worker %d of queue .q. killed by SIGKILL \(sent by another '
+                         r'process, or by the kernel when out of memory\); starting a new one'
+                         % pid, levels=('INFO',)), pool.log_tail()
+    assert not log_lines(pool, r'perhaps', levels=('INFO', 'WARNING', 'ERROR'))
+
+
+@pytest.mark.parametrize('how', ['raise', 'sigkill'])
+def test_worker_that_does_not_boot_backs_off(e2e, how):
+    # A start hook that raises (EXIT_BOOT_ERROR) or a worker that dies before
+    # it is ready: its replacement is forked after a back-off that doubles,
+    # 0.5 s, 1 s, 2 s, and the log says so.
+    e2e.write_jobs(FAULT_JOBS + BOOT_JOBS % {1: how, 2: how, 3: how})
+    pool = e2e.pool(queue_conf(worker_number=1,
+                               worker_start_handle=Src('jobs.boot_hook'))).start()
+    jobs = e2e.import_jobs()
+    push_tagged(jobs, ['after-boot'])
+    wait_all_ran(e2e, pool, ['after-boot'], 10)
+    times = [r['time'] for r in boots(e2e)]
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    print('\n[fault] start hook %s x3: boots %.3f s apart' % (how, gaps[0]),
+          [round(g, 3) for g in gaps])
+
+    assert len(times) == 4, boots(e2e)
+    for gap, delay in zip(gaps, (0.5, 1.0, 2.0)):
+        assert delay - 0.05 <= gap < delay + 1.0, 'boots %r s apart, expected ~0.5, 1, 2' % gaps
+    backoffs = log_lines(pool, r'worker \d+ of queue .q. did not boot \(.*\); backing off')
+    assert len(backoffs) == 3, backoffs
+    why = 'could not boot (a start hook raised)' if how == 'raise' else \
+        'killed by SIGKILL (sent by another process, or by the kernel when out of memory), ' \
+        'before it was ready'
+    assert all(why in line for line in backoffs), backoffs
+
+
+# -- 7. a master killed while the broker is down ---------------------------------------
+
+@pytest.mark.parametrize('model', MODELS)
+def test_master_killed_while_broker_down_jobs_back_when_it_answers(e2e, servers, model):
+    # The manage process cannot put the dead master's jobs back while the
+    # broker is down; it tries again until the broker answers, so the jobs run
+    # again at once rather than when their leases expire (LEASE_SECONDS).
+    # fail_number=0: a recovery by lease expiry counts as an attempt and would
+    # send the jobs to the failed list; putting them back does not.
+    broker = servers('--appendonly', 'yes', '--appendfsync', 'always')
+    e2e.broker_url = broker.url
+    pool = e2e.pool(queue_conf(model=model, worker_number=2, fail_number=0)).start()
+    jobs = e2e.import_jobs()
+    (master,) = pool.masters('q')
+    tags = ['busy-0', 'busy-1']
+    for tag in tags:
+        mpqueue.push('q', jobs.long_once, args=(tag, 30))
+    first = started(e2e, pool, tags)
+
+    broker.kill()
+    os.kill(master['pid'], signal.SIGKILL)
+    pool.wait(lambda: log_lines(pool, r'could not recover the jobs of the dead master'), 10,
+              'the manage process to fail to recover the jobs while the broker is down')
+    broker.start()
+    answers = time.time()
+    reruns = started(e2e, pool, tags, attempts=2, timeout=mpqueue.LEASE_SECONDS + 5)
+    recovery = max(runs[1]['time'] for runs in reruns.values()) - answers
+    lease_left = min(runs[0]['time'] for runs in first.values()) + mpqueue.LEASE_SECONDS \
+        - answers
+    wait_all_ran(e2e, pool, tags, 10)
+    final = wait_drained(pool, failed=0)
+    figures = tally(e2e, tags)
+    report('master SIGKILL, broker down (%s)' % model, figures, recovery,
+           lease_left_at_return_s=round(lease_left, 3), status=final)
+
+    assert figures['lost'] == 0 and figures['duplicated'] == 0, figures
+    assert final['failed'] == 0, mpqueue.failed_jobs('q')
+    assert lease_left > 3, 'the broker came back too late to tell: %.1fs of lease left' % (
+        lease_left)
+    assert recovery < 1.5, 'the jobs of the dead master ran again %.2fs after the broker ' \
+        'answered' % recovery
+    assert log_lines(pool, r'2 job\(s\) of the dead master \S+:%d of queue .q. went back'
+                     % master['pid']), pool.log_tail()

@@ -1,0 +1,504 @@
+"""The chaos soak: two pools on one queue, processes killed and stopped at
+random under load, the broker killed and restarted; afterwards nothing is
+lost, no job ran twice at the same time, and both pools serve again.
+
+Per variant (Redis or SQLite broker, distribute or grab model): two pools of
+three workers share queue ``q`` on a broker of the test's own (a private
+``redis-server`` with ``appendonly yes`` and ``appendfsync always``, or one
+SQLite file).  A thread pushes ``JOBS`` short jobs (2-8 ms) spread over the
+chaos time while the test, for ``MPQ_CHAOS_SECONDS`` (default 20, at most
+60), picks an action every 0.3-1.2 s:
+
+- SIGKILL a worker (half the actions) or a master (a fifth);
+- SIGSTOP a worker for 1.5-2.5 s, then SIGCONT it (the rest);
+- a worker to kill or stop is, seven times out of ten, one in a job (the
+  jobs are short and the workers mostly idle, so a blind pick would mostly
+  hit idle ones);
+- Redis: SIGKILL the broker at 30 % and 70 % of the chaos time and start it
+  again 0.5-2 s later on the same port and data directory;
+- SQLite (no broker to restart): each kill goes first to a process of the
+  kind chosen that holds the database's write lock (the WAL write lock, as
+  ``/proc/locks`` shows it), watched for up to 0.25 s, while single-job
+  pushes keep that lock busy.  Masters write in both models, workers only
+  in the grab model.
+
+Each run of a job records its start and its end (time, pid) on its own
+connection to the test Redis, which the chaos never touches.  A run without
+an end (its process was killed) ends when that process was killed, or with
+its master.  Once the chaos is over and every stopped process resumed, the
+test waits for the queue to drain, then checks:
+
+- lost == 0: every job pushed ran to its end at least once;
+- no job ran twice *at the same time* (its runs' [start, end] intervals
+  never overlap); running twice one after the other is at-least-once
+  delivery and only counted;
+- both pools are back to full strength and each runs a new job.
+
+One line of figures per run is printed (``pytest -s``), kept as test
+properties (``record_property``, in the JUnit XML) and appended as JSON to
+``$MPQ_CHAOS_REPORT`` if set.  ``MPQ_CHAOS_SEED`` replays a run's choices
+(the timing of the processes still differs).
+"""
+
+import collections
+import functools
+import json
+import math
+import os
+import random
+import signal
+import threading
+import time
+
+import psutil
+import pytest
+
+import mpqueue
+from pool_harness import E2E, queue_conf, wait_for
+from redis_server import RedisServer, free_port
+
+CHAOS_SECONDS = min(60.0, float(os.environ.get('MPQ_CHAOS_SECONDS') or 20))
+JOBS = 2000
+WORKERS = 3
+#: chaos actions: (weight, name)
+ACTIONS = ((0.5, 'kill_worker'), (0.2, 'kill_master'), (0.3, 'stop_worker'))
+PREFER_BUSY = 0.7       # how often a worker to kill or stop is picked among those in a job
+BROKER_KILLS_AT = (0.3, 0.7)        # fractions of the chaos time
+DRAIN_TIMEOUT = 90
+
+CHAOS_JOBS = '''
+RUNS_KEY = KEY + ':runs'
+
+
+def chaos_job(tag, seconds):
+    """Records its start, works ``seconds``, records its end: "s|e tag time pid"."""
+    c = client()
+    c.rpush(RUNS_KEY, 's %s %r %d' % (tag, time.time(), os.getpid()))
+    time.sleep(seconds)
+    c.rpush(RUNS_KEY, 'e %s %r %d' % (tag, time.time(), os.getpid()))
+'''
+
+VARIANTS = ['redis-distribute', 'redis-grab', 'sqlite-distribute', 'sqlite-grab']
+
+
+class ChaosE2E(E2E):
+    """The harness with the pools' broker on a private Redis (``broker``) or on
+    SQLite; the jobs record their runs on the test Redis either way."""
+
+    broker = None
+
+    def driver_source(self):
+        if self.broker is None:
+            return super().driver_source()
+        return 'mpqueue.RedisDriver(url=%r, prefix=%r)' % (self.broker.url, self.prefix)
+
+    @property
+    def runs_key(self):
+        return self.key + ':runs'
+
+    def runs(self):
+        """``{tag: [{'start', 'end', 'pid'}, ...]}`` of every run begun."""
+        runs, running = collections.defaultdict(list), {}
+        for raw in self.redis.lrange(self.runs_key, 0, -1):
+            kind, tag, when, pid = raw.decode().split()
+            if kind == 's':
+                run = {'start': float(when), 'end': None, 'pid': int(pid)}
+                runs[tag].append(run)
+                running[tag, int(pid)] = run
+            else:
+                running.pop((tag, int(pid)))['end'] = float(when)
+        return runs
+
+
+@pytest.fixture
+def e2e(tmp_path, redis_url, redis_db, proc_reaper, request):
+    broker_kind = request.node.callspec.params['variant'].split('-')[0]
+    server = None
+    if broker_kind == 'redis':
+        server = RedisServer(free_port(), '--appendonly', 'yes', '--appendfsync', 'always')
+        server.start()
+    try:
+        harness = ChaosE2E(tmp_path, redis_url, redis_db, proc_reaper, request.node.name,
+                           broker_kind)
+        harness.broker = server
+        harness.write_jobs(CHAOS_JOBS)
+        try:
+            yield harness
+        finally:
+            if server is not None and not server.running:
+                server.start()      # the pools stop faster with their broker there
+            harness.close()
+    finally:
+        if server is not None:
+            server.stop()
+
+
+# -- the processes of a pool ------------------------------------------------------------
+
+def live(proc):
+    try:
+        return proc.status() not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+    except psutil.NoSuchProcess:
+        return False
+
+
+def tree(pool):
+    """``{master pid: [worker pids]}`` of a pool, live processes only."""
+    out = {}
+    try:
+        masters = psutil.Process(pool.proc.pid).children()
+    except psutil.NoSuchProcess:
+        return out
+    for master in masters:
+        if not live(master):
+            continue
+        try:
+            out[master.pid] = [w.pid for w in master.children() if live(w)]
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def write_lock_holder(db_file, candidates, window):
+    """A pid of ``candidates`` that holds the SQLite WAL write lock of
+    ``db_file`` (byte 120 of its ``-shm`` file), watched for ``window`` s."""
+    deadline = time.monotonic() + window
+    while time.monotonic() < deadline:
+        try:
+            suffix = ':%d' % os.stat(db_file + '-shm').st_ino
+            with open('/proc/locks') as fh:
+                lines = fh.read().splitlines()
+        except OSError:
+            return None
+        for line in lines:
+            # "17: POSIX  ADVISORY  WRITE 32538 fe:00:2148447 120 120"; "->": a waiter
+            parts = line.split()
+            if len(parts) == 8 and parts[3] == 'WRITE' and parts[6] == '120' \
+                    and parts[5].endswith(suffix) and int(parts[4]) in candidates:
+                return int(parts[4])
+        time.sleep(0.0005)
+    return None
+
+
+# -- pushing --------------------------------------------------------------------------
+
+class Pusher(threading.Thread):
+    """Pushes ``n`` jobs ``chaos_job(tag, 2-8 ms)`` evenly over ``seconds``, in
+    batches of ``batch``.  A push that raises DriverError may or may not have
+    been stored: its tags are kept apart (``uncertain``), and the batch is
+    pushed again under new tags."""
+
+    def __init__(self, jobs, n, seconds, batch, rnd):
+        super().__init__(daemon=True)
+        self.jobs, self.n, self.seconds, self.batch = jobs, n, seconds, batch
+        self.durations = [rnd.uniform(0.002, 0.008) for _ in range(n)]
+        self.pushed, self.uncertain, self.ids = [], [], {}
+        self.refused = 0
+        self.error = None
+
+    def run(self):
+        try:
+            t0 = time.monotonic()
+            for i in range(0, self.n, self.batch):
+                due = t0 + self.seconds * i / self.n
+                if time.monotonic() < due:
+                    time.sleep(due - time.monotonic())
+                self._push([('job-%04d' % j, self.durations[j])
+                            for j in range(i, min(self.n, i + self.batch))])
+        except BaseException as exc:    # reported by the test
+            self.error = exc
+
+    def _push(self, batch):
+        deadline = time.monotonic() + 60
+        for again in range(1000):
+            tags = [tag if not again else '%s.r%d' % (tag, again) for tag, _ in batch]
+            try:
+                ids = mpqueue.push_many('q', [functools.partial(self.jobs.chaos_job, tag, sec)
+                                              for tag, (_, sec) in zip(tags, batch)])
+            except mpqueue.DriverError:
+                self.refused += 1
+                self.uncertain.extend(tags)
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+                continue
+            self.pushed.extend(tags)
+            self.ids.update(zip(tags, ids))
+            return
+
+
+# -- the chaos ----------------------------------------------------------------------------
+
+class Chaos:
+    """Kills and stops the pools' processes (and the Redis broker) at random;
+    remembers when each process it killed died (a master's workers die with it)."""
+
+    def __init__(self, e2e, pools, rnd, sqlite_file=None):
+        self.e2e, self.pools, self.rnd = e2e, pools, rnd
+        self.broker = e2e.broker
+        self.sqlite_file = sqlite_file
+        self.died = {}              # pid -> time.time() it was killed
+        self.stopped = {}           # pid -> monotonic time to resume it
+        self.counts = collections.Counter()
+
+    def _kill(self, pid, kind, workers=()):
+        self.e2e.reaper.add(pid)
+        now = time.time()
+        for p in (pid,) + tuple(workers):
+            self.died.setdefault(p, now)
+            self.stopped.pop(p, None)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        self.counts[kind] += 1
+
+    def act(self):
+        trees = [tree(pool) for pool in self.pools]
+        masters = {m: ws for t in trees for m, ws in t.items()}
+        workers = {w: m for m, ws in masters.items() for w in ws if w not in self.died}
+        roll, name = self.rnd.random(), ACTIONS[-1][1]
+        for weight, action in ACTIONS:
+            if roll < weight:
+                name = action
+                break
+            roll -= weight
+        if self.sqlite_file and name.startswith('kill'):
+            # a process of the kind chosen that holds the write lock, if any
+            # does within the window (distribute-model workers never write)
+            holder = write_lock_holder(
+                self.sqlite_file, set(masters if name == 'kill_master' else workers), 0.25)
+            if holder in masters:
+                return self._kill(holder, 'master_kills_holding_lock', masters[holder])
+            if holder is not None:
+                return self._kill(holder, 'worker_kills_holding_lock')
+        if name != 'kill_master' and self.rnd.random() < PREFER_BUSY:
+            busy = {run['pid'] for rs in self.e2e.runs().values() for run in rs
+                    if run['end'] is None} & set(workers)
+            workers = {pid: workers[pid] for pid in busy} or workers
+        if name == 'kill_master' and masters:
+            pid = self.rnd.choice(sorted(masters))
+            self._kill(pid, 'master_kills', masters[pid])
+        elif name == 'kill_worker' and workers:
+            self._kill(self.rnd.choice(sorted(workers)), 'worker_kills')
+        elif name == 'stop_worker':
+            running = sorted(set(workers) - set(self.stopped))
+            if running:
+                pid = self.rnd.choice(running)
+                self.e2e.reaper.add(pid)
+                os.kill(pid, signal.SIGSTOP)
+                self.stopped[pid] = time.monotonic() + self.rnd.uniform(1.5, 2.5)
+                self.counts['stops'] += 1
+
+    def resume(self, everyone=False):
+        now = time.monotonic()
+        for pid, when in list(self.stopped.items()):
+            if everyone or now >= when:
+                del self.stopped[pid]
+                try:
+                    os.kill(pid, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
+
+    def run(self, seconds):
+        """The chaos, for ``seconds``; returns when it is over, every stopped
+        process resumed and the broker up."""
+        t0 = time.monotonic()
+        end = t0 + seconds
+        broker_kills = [t0 + f * seconds for f in BROKER_KILLS_AT] if self.broker else []
+        broker_back = None
+        next_act = t0 + self.rnd.uniform(0.3, 1.2)
+        while True:
+            now = time.monotonic()
+            self.resume()
+            if broker_kills and now >= broker_kills[0]:
+                broker_kills.pop(0)
+                self.broker.kill()
+                self.counts['broker_restarts'] += 1
+                broker_back = now + self.rnd.uniform(0.5, 2.0)
+            if broker_back is not None and now >= broker_back:
+                self.broker.start()
+                broker_back = None
+            if now >= end:
+                break
+            if now >= next_act:
+                self.act()
+                next_act = time.monotonic() + self.rnd.uniform(0.3, 1.2)
+            time.sleep(0.02)
+        self.resume(everyone=True)
+        if broker_back is not None:
+            self.broker.start()
+
+
+# -- what happened -------------------------------------------------------------------------
+
+def analyse(runs, died):
+    """Per job: its runs as [start, end] intervals (a run without an end ends
+    when its process was killed; if that is not known, it is taken as still
+    running).  Returns the figures and the jobs whose runs overlap."""
+    figures = collections.Counter()
+    concurrent = {}
+    for tag, rs in runs.items():
+        spans = []
+        for run in rs:
+            end = run['end']
+            if end is None:
+                end = died.get(run['pid'])
+                figures['killed_runs' if end is not None else 'unexplained_open_runs'] += 1
+                if end is None:
+                    end = math.inf
+            spans.append((run['start'], end, run['pid']))
+        spans.sort()
+        figures['runs'] += len(rs)
+        latest = -math.inf
+        for start, end, _ in spans:
+            if start < latest:
+                concurrent[tag] = spans
+            latest = max(latest, end)
+        if tag not in concurrent and sum(1 for r in rs if r['end'] is not None) > 1:
+            figures['sequential_duplicates'] += 1
+    figures['concurrent_duplicates'] = len(concurrent)
+    return figures, concurrent
+
+
+def pool_of(pid, pools):
+    for pool in pools:
+        try:
+            family = {p.pid for p in psutil.Process(pool.proc.pid).children(recursive=True)}
+        except psutil.NoSuchProcess:
+            continue
+        if pid in family:
+            return pool.name
+    return None
+
+
+def report(line):
+    text = ' '.join('%s=%s' % kv for kv in line.items())
+    print('\n[chaos] ' + text)
+    path = os.environ.get('MPQ_CHAOS_REPORT')
+    if path:
+        with open(path, 'a') as fh:
+            fh.write(json.dumps(line) + '\n')
+
+
+# -- the soak -------------------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.timeout(CHAOS_SECONDS + 240)
+@pytest.mark.parametrize('variant', VARIANTS)
+def test_chaos_soak(e2e, variant, record_property):
+    broker_kind, model = variant.split('-')
+    seed = int(os.environ.get('MPQ_CHAOS_SEED') or random.SystemRandom().randrange(10 ** 6))
+    rnd = random.Random(seed)
+    # fail_number: the kills count as attempts; a job is not meant to fail here
+    q = queue_conf(model=model, worker_number=WORKERS, fail_number=50, fail_expire=0.05)
+    pools = [e2e.pool(q, name='chaos-a').start(), e2e.pool(q, name='chaos-b').start()]
+    jobs = e2e.import_jobs()
+    sqlite_file = str(e2e.tmp_path / 'broker.db') if broker_kind == 'sqlite' else None
+    # SQLite: one job per push, many small transactions on the write lock
+    pusher = Pusher(jobs, JOBS, CHAOS_SECONDS * 0.9, batch=1 if sqlite_file else 10, rnd=rnd)
+    chaos = Chaos(e2e, pools, rnd, sqlite_file)
+    pusher.start()
+    try:
+        chaos.run(CHAOS_SECONDS)
+    finally:
+        chaos.resume(everyone=True)
+    over_at = time.monotonic()
+    pusher.join(60)
+    assert not pusher.is_alive(), 'the pusher did not finish'
+    assert pusher.error is None, pusher.error
+
+    pushed = set(pusher.pushed)
+    last = {}
+
+    def drained():
+        try:
+            last.update(mpqueue.status('q'))
+        except mpqueue.DriverError as exc:
+            last['error'] = str(exc)
+            return False
+        if last['waiting'] or last['working']:
+            return False
+        ended = {tag for tag, rs in e2e.runs().items() if any(r['end'] for r in rs)}
+        failed = {info['id'] for info in mpqueue.failed_jobs('q', count=10 ** 6)}
+        last['missing'] = len([t for t in pushed if t not in ended
+                               and pusher.ids[t] not in failed])
+        return not last['missing']
+    pools[0].wait(drained, DRAIN_TIMEOUT, lambda: 'the queue to drain (last %r)' % last)
+    drain_s = time.monotonic() - over_at
+    runs = e2e.runs()
+    figures, concurrent = analyse(runs, chaos.died)
+    final = mpqueue.status('q')
+    failed = mpqueue.failed_jobs('q', count=10 ** 6)
+
+    # both pools serve again: full strength, and each runs a new job
+    for pool in pools:
+        pool.wait_ready(WORKERS, timeout=30)
+    full_s = time.monotonic() - over_at
+    served = {}
+    probes = 0
+
+    def both_served():
+        nonlocal probes
+        if probes < 60:
+            mpqueue.push_many('q', [functools.partial(jobs.chaos_job, 'probe-%d' % (probes + i),
+                                                      0.05) for i in range(6)])
+            probes += 6
+        for tag, rs in e2e.runs().items():
+            if tag.startswith('probe-'):
+                for run in rs:
+                    if run['end'] and run['pid'] not in served:
+                        served[run['pid']] = pool_of(run['pid'], pools)
+        return {p.name for p in pools} <= set(served.values())
+    wait_for(both_served, 30, lambda: 'both pools to run a probe (ran on %r)' % served)
+
+    line = {
+        'variant': variant, 'seed': seed, 'chaos_s': CHAOS_SECONDS, 'jobs': len(pushed),
+        'push_refused': pusher.refused,
+        'uncertain_ran': sum(1 for tag in pusher.uncertain if tag in runs),
+        'runs': figures['runs'], 'reruns': figures['runs'] - len(runs),
+        'killed_runs': figures['killed_runs'],
+        'sequential_duplicates': figures['sequential_duplicates'],
+        'concurrent_duplicates': figures['concurrent_duplicates'],
+        'unexplained_open_runs': figures['unexplained_open_runs'],
+        'worker_kills': chaos.counts['worker_kills'],
+        'master_kills': chaos.counts['master_kills'],
+        'worker_kills_holding_lock': chaos.counts['worker_kills_holding_lock'],
+        'master_kills_holding_lock': chaos.counts['master_kills_holding_lock'],
+        'stops': chaos.counts['stops'], 'broker_restarts': chaos.counts['broker_restarts'],
+        'drain_s': round(drain_s, 2), 'full_strength_s': round(full_s, 2),
+        'lost': last['missing'], 'failed': final['failed'],
+    }
+    report(line)
+    for key, value in line.items():
+        record_property(key, value)
+
+    assert line['lost'] == 0, line
+    assert not concurrent, 'jobs ran twice at the same time: %s' % '; '.join(
+        '%s (id %s): %s' % (tag, pusher.ids.get(tag), [
+            (round(s, 3), round(e, 3), pid) for s, e, pid in spans])
+        for tag, spans in sorted(concurrent.items())[:5])
+    assert final['failed'] == 0, [(f['id'], f['error_info'][-1:]) for f in failed[:5]]
+    assert figures['unexplained_open_runs'] == 0, figures
+    if broker_kind == 'redis':
+        assert chaos.counts['broker_restarts'] >= 1
+
+
+def test_analysis_finds_runs_at_the_same_time():
+    # The soak's check on its own: a run without an end lasts until its
+    # process was killed, or (not known) for ever; touching is not overlapping.
+    runs = {
+        'apart': [{'start': 1.0, 'end': 2.0, 'pid': 10}, {'start': 2.0, 'end': 3.0, 'pid': 11}],
+        'killed-then-rerun': [{'start': 1.0, 'end': None, 'pid': 12},
+                              {'start': 1.6, 'end': 1.7, 'pid': 13}],
+        'rerun-while-on': [{'start': 1.0, 'end': None, 'pid': 14},
+                           {'start': 1.2, 'end': 1.3, 'pid': 15}],
+        'nested': [{'start': 1.0, 'end': 5.0, 'pid': 16}, {'start': 2.0, 'end': 3.0, 'pid': 17},
+                   {'start': 6.0, 'end': 7.0, 'pid': 16}],
+        'unexplained': [{'start': 1.0, 'end': None, 'pid': 18},
+                        {'start': 9.0, 'end': 9.5, 'pid': 19}],
+    }
+    figures, concurrent = analyse(runs, {12: 1.5, 14: 1.5})
+    assert sorted(concurrent) == ['nested', 'rerun-while-on', 'unexplained']
+    assert (figures['runs'], figures['killed_runs'], figures['unexplained_open_runs']) == (11, 2, 1)
+    assert (figures['sequential_duplicates'], figures['concurrent_duplicates']) == (1, 3)
