@@ -3643,6 +3643,10 @@ class _Master:
             logger.info('master of queue %r: the broker answers again after %.1fs', self.queue,
                         now - self.down_since)
         self.failures, self.down_since = 0, None
+        for step, n in zip(steps, results):
+            if step[0] == 'recover' and n:
+                logger.warning('%d job(s) of the dead master %s of queue %r went back to the '
+                               'queue', n, step[1], self.queue)
         stale = [s for s, ok in zip(steps[:n_outcomes], results) if ok is False]
         if stale and logger.isEnabledFor(logging.DEBUG):
             logger.debug('master of queue %r: %d step(s) for attempts that are no longer '

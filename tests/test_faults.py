@@ -1108,7 +1108,7 @@ def test_worker_that_does_not_boot_backs_off(e2e, how):
 
 @pytest.mark.parametrize('model', MODELS)
 def test_master_killed_while_broker_down_jobs_back_when_it_answers(e2e, servers, model):
-    # The manage process cannot put the dead master's jobs back while the
+    # The master that replaces the dead one cannot put its jobs back while the
     # broker is down; it tries again until the broker answers, so the jobs run
     # again at once rather than when their leases expire (LEASE_SECONDS).
     # fail_number=0: a recovery by lease expiry counts as an attempt and would
@@ -1125,8 +1125,9 @@ def test_master_killed_while_broker_down_jobs_back_when_it_answers(e2e, servers,
 
     broker.kill()
     os.kill(master['pid'], signal.SIGKILL)
-    pool.wait(lambda: log_lines(pool, r'could not recover the jobs of the dead master'), 10,
-              'the manage process to fail to recover the jobs while the broker is down')
+    pool.wait(lambda: log_lines(pool, r"\[(?!%d\])\d+\] master of queue 'q': cannot reach"
+                                % master['pid']), 10,
+              'the new master to fail to reach the broker while it is down')
     broker.start()
     answers = time.time()
     reruns = started(e2e, pool, tags, attempts=2, timeout=mpqueue.LEASE_SECONDS + 5)
