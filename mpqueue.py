@@ -340,6 +340,7 @@ _QUEUE_DEFAULTS = {
     'name': None, 'worker_number': 3, 'memory_limit': 128, 'sleep_seconds': 1,
     'timeout': 120, 'fail_number': 3, 'fail_expire': 3, 'fail_handle': None,
     'worker_start_handle': None, 'model': MODEL_DISTRIBUTE, 'coroutine_number': 1,
+    'schedule': [],
 }
 
 _config = None   # the configuration given to configure(), validated
@@ -451,6 +452,7 @@ def _validate(config):
         if q['model'] == MODEL_GRAB and q['coroutine_number'] > 1:
             raise ConfigError('%s.coroutine_number > 1 needs the distribute model; queue %r '
                               'has model %r' % (path, q['name'], q['model']))
+        q['schedule'] = _check_schedules(path + '.schedule', q['name'], q['schedule'])
         checked.append(q)
     return {'basics': basics, 'log': log, 'queue': checked}
 
@@ -709,6 +711,11 @@ _CRON_NAMES = {
 _CRON_ALIASES = {'@hourly': '0 * * * *', '@daily': '0 0 * * *', '@midnight': '0 0 * * *',
                  '@weekly': '0 0 * * 0', '@monthly': '0 0 1 * *', '@yearly': '0 0 1 1 *',
                  '@annually': '0 0 1 1 *'}
+_SCHEDULE_DEFAULTS = {
+    'name': None, 'cron': None, 'every': None, 'job': None, 'args': (), 'kwargs': None,
+    'timezone': 'UTC', 'catch_up': 'latest', 'overlap': True, 'timeout': None,
+    'fail_number': None, 'fail_expire': None, 'result_ttl': None, 'priority': None,
+}
 
 
 def _cron_field(text, name, low, high):
@@ -907,6 +914,65 @@ def _schedule_job_id(queue, name, tick):
     server.  Shaped like _new_id(): 12 hex digits of the tick's milliseconds
     (ids sort by tick), then 10 of a hash of queue and schedule name."""
     return '%012x%s' % (_tick_ms(tick), _sha1_hex('%s/%s' % (queue, name))[:10])
+
+
+def _check_schedules(path, queue, schedules):
+    """Validate the ``schedule`` list of queue ``queue``; return a copy with
+    every default filled in, plus ``expression`` (for display) and ``when``
+    (its _Schedule) in each entry."""
+    if not isinstance(schedules, (list, tuple)):
+        raise ConfigError('%s must be a list of schedule dicts, got %r' % (path, schedules))
+    checked, seen = [], set()
+    for i, given in enumerate(schedules):
+        here = '%s[%d]' % (path, i)
+        s = _check_keys(here, given, _SCHEDULE_DEFAULTS)
+        if not isinstance(s['name'], str) or not _QUEUE_NAME_RE.match(s['name']):
+            raise ConfigError('%s.name must be a non-empty string of letters, digits, "_", ".", '
+                              '":" or "-", got %r' % (here, s['name']))
+        if s['name'] in seen:
+            raise ConfigError('%s.name %r is used by an earlier schedule of queue %r; schedule '
+                              'names must be unique in their queue' % (here, s['name'], queue))
+        seen.add(s['name'])
+        if (s['cron'] is None) == (s['every'] is None):
+            raise ConfigError('%s needs exactly one of cron (an expression such as "0 3 * * *") '
+                              'or every (seconds)' % (here,))
+        if s['cron'] is not None and not isinstance(s['cron'], str):
+            raise ConfigError('%s.cron must be a string such as "0 3 * * *", got %r'
+                              % (here, s['cron']))
+        if s['every'] is not None:
+            _check_number(here + '.every', s['every'], 1)
+        try:
+            _check_job(queue, s['job'])
+        except TypeError as exc:
+            raise ConfigError('%s.job: %s' % (here, exc)) from None
+        if not isinstance(s['args'], (tuple, list)):
+            raise ConfigError('%s.args must be a tuple or list, got %r' % (here, s['args']))
+        if s['kwargs'] is not None and not isinstance(s['kwargs'], dict):
+            raise ConfigError('%s.kwargs must be a dict, got %r' % (here, s['kwargs']))
+        s['args'], s['kwargs'] = tuple(s['args']), dict(s['kwargs'] or {})
+        if s['catch_up'] not in ('latest', 'all', 'none'):
+            raise ConfigError('%s.catch_up must be "latest", "all" or "none", got %r'
+                              % (here, s['catch_up']))
+        if not isinstance(s['overlap'], bool):
+            raise ConfigError('%s.overlap must be True or False, got %r' % (here, s['overlap']))
+        for key, integer in (('timeout', False), ('fail_number', True),
+                             ('fail_expire', False), ('result_ttl', False)):
+            if s[key] is not None:
+                _check_number('%s.%s' % (here, key), s[key], 0, integer)
+        priority = s['priority']
+        if priority is not None and (type(priority) is not int or not 0 <= priority <= 9):
+            raise ConfigError('%s.priority must be an int from 0 to 9, got %r' % (here, priority))
+        try:
+            _time_zone(s['timezone'])
+        except ValueError as exc:
+            raise ConfigError('%s.timezone: %s' % (here, exc)) from None
+        try:
+            s['when'] = _Schedule(s['cron'], s['every'], s['timezone'], s['catch_up'])
+        except ValueError as exc:
+            raise ConfigError('%s.cron: %s' % (here, exc)) from None
+        s['expression'] = s['when'].expression
+        checked.append(s)
+    return checked
 
 
 ###############################################################################
