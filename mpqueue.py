@@ -399,6 +399,7 @@ _QUEUE_DEFAULTS = {
     'name': None, 'worker_number': 3, 'memory_limit': 128, 'sleep_seconds': 1,
     'timeout': 120, 'fail_number': 3, 'fail_expire': 3, 'fail_handle': None,
     'worker_start_handle': None, 'model': MODEL_DISTRIBUTE, 'coroutine_number': 1,
+    'schedule': [],
 }
 
 _config = None   # the configuration given to configure(), validated
@@ -537,6 +538,7 @@ def _validate(config):
         if q['model'] == MODEL_GRAB and q['coroutine_number'] > 1:
             raise ConfigError('%s.coroutine_number > 1 needs the distribute model; queue %r '
                               'has model %r' % (path, q['name'], q['model']))
+        q['schedule'] = _check_schedules(path + '.schedule', q['name'], q['schedule'])
         checked.append(q)
     return {'basics': basics, 'log': log, 'queue': checked}
 
@@ -766,6 +768,310 @@ def _new_id():
     milliseconds, 4 of a per-process counter, then 6 random ones."""
     return '%012x%04x%06x' % (int(time.time() * 1000), next(_id_counter) & 0xffff,
                               random.getrandbits(24))
+
+
+###############################################################################
+# Schedules
+###############################################################################
+
+# A queue's ``schedule`` entries push one job per tick.  This section is the
+# pure part: when the ticks fall, which ones a check pushes, the id of a tick's
+# job, and the checks of the config.  The broker step that moves a schedule's
+# last tick and pushes the job in one atomic step calls _Schedule.due().
+#
+# Ticks are epoch seconds.  ``every: N`` ticks at the multiples of N seconds
+# since the epoch (counted in whole milliseconds), so every server computes the
+# same ticks.  ``cron`` reads 5 fields as Vixie cron and cronie do: lists,
+# ranges and steps (``1,5``, ``1-5``, ``*/15``, ``1-30/5``; ``5/15`` means
+# ``5-59/15``), names ``jan``-``dec`` and ``sun``-``sat`` in any case, and 7 for
+# Sunday too.  When day-of-month and day-of-week are both restricted (neither
+# field starts with ``*``), a day matches if either does.  The fields are read
+# in the schedule's time zone.  When clocks spring forward, a local time that
+# does not exist runs once, at the first minute after the gap; when they fall
+# back, a local time that happens twice runs once, at its first occurrence.
+# So ``0 * * * *`` ticks every real hour on the spring day (02:00 and 03:00
+# are one instant) and skips the repeated hour in autumn; what must tick every
+# real hour uses ``every: 3600``.  datetime and zoneinfo are imported when
+# first needed, like hashlib above.
+
+#: ``catch_up='all'`` pushes at most this many missed ticks, the newest ones.
+SCHEDULE_CATCH_UP_MAX = 100
+#: ``catch_up='none'`` still pushes a tick this many seconds late, so that a
+#: pool restarting across a tick (a deploy) does not lose it.
+SCHEDULE_GRACE = 60.0
+
+_CRON_FIELDS = (('minute', 0, 59), ('hour', 0, 23), ('day-of-month', 1, 31),
+                ('month', 1, 12), ('day-of-week', 0, 7))
+_CRON_NAMES = {
+    'month': {n: i for i, n in enumerate(
+        'jan feb mar apr may jun jul aug sep oct nov dec'.split(), 1)},
+    'day-of-week': {n: i for i, n in enumerate('sun mon tue wed thu fri sat'.split())},
+}
+_CRON_ALIASES = {'@hourly': '0 * * * *', '@daily': '0 0 * * *', '@midnight': '0 0 * * *',
+                 '@weekly': '0 0 * * 0', '@monthly': '0 0 1 * *', '@yearly': '0 0 1 1 *',
+                 '@annually': '0 0 1 1 *'}
+_SCHEDULE_DEFAULTS = {
+    'name': None, 'cron': None, 'every': None, 'job': None, 'args': (), 'kwargs': None,
+    'timezone': 'UTC', 'catch_up': 'latest', 'overlap': True, 'timeout': None,
+    'fail_number': None, 'fail_expire': None, 'result_ttl': None, 'priority': None,
+}
+
+
+def _cron_field(text, name, low, high):
+    """The set of values one cron field allows; ValueError names the bad part."""
+    names = _CRON_NAMES.get(name, {})
+    values = set()
+    for part in text.split(','):
+        span, slash, step = part.partition('/')
+        first, dash, last = span.partition('-')
+        bounds = [low, high] if span == '*' else [
+            int(v) if v.isdecimal() else names.get(v.lower()) for v in (first, last or first)]
+        if None in bounds or (dash and not last):
+            raise ValueError('%s field %r is not valid: use *, N or N-M%s, each with an optional '
+                             '/STEP, separated by commas'
+                             % (name, part, ' or names' if names else ''))
+        if slash and (not step.isdecimal() or int(step) < 1):
+            raise ValueError('%s field %r has a bad step: use /N with N >= 1' % (name, part))
+        if slash and not dash:
+            bounds[1] = high                    # 5/15 means 5-59/15
+        if not low <= bounds[0] <= high or not low <= bounds[1] <= high:
+            raise ValueError('%s field %r out of range %d-%d' % (name, part, low, high))
+        if bounds[0] > bounds[1]:
+            raise ValueError('%s field %r runs backwards: write the lower end first'
+                             % (name, part))
+        values.update(range(bounds[0], bounds[1] + 1, int(step) if slash else 1))
+    return values
+
+
+def _month_days(year, month):
+    if month == 2:
+        return 29 if year % 4 == 0 and (year % 100 != 0 or year % 400 == 0) else 28
+    return 30 if month in (4, 6, 9, 11) else 31
+
+
+def _tick_ms(ts):
+    return int(round(ts * 1000))
+
+
+def _time_zone(name):
+    """The tzinfo of an IANA time zone name; 'UTC' needs no tz database."""
+    import datetime
+    if name == 'UTC':
+        return datetime.timezone.utc
+    try:
+        import zoneinfo
+    except ImportError:
+        raise ValueError('time zone %r needs Python 3.9 or later (zoneinfo); on this Python '
+                         'only "UTC" works' % (name,)) from None
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (TypeError, ValueError, LookupError, OSError):
+        raise ValueError('unknown time zone %r: use an IANA name such as "Europe/Berlin" '
+                         '(pip install tzdata where the system has no tz database)'
+                         % (name,)) from None
+
+
+class _Schedule:
+    """When one schedule ticks, and which ticks a check pushes.
+
+    :param cron: a 5-field cron expression or an alias such as ``'@daily'``;
+        None when ``every`` is given.
+    :param every: the period in seconds (>= 1), when ``cron`` is None.
+    :param timezone: the IANA time zone that ``cron`` is read in.
+    :param catch_up: ``'latest'``, ``'all'`` or ``'none'``; see :meth:`due`.
+    :raises ValueError: a bad expression or time zone, or a cron expression
+        that matches no date at all (``0 0 30 2 *``).
+    """
+
+    def __init__(self, cron=None, every=None, timezone='UTC', catch_up='latest'):
+        self.timezone, self.catch_up = timezone, catch_up
+        self.tz = _time_zone(timezone)
+        if cron is None:
+            self.period_ms = _tick_ms(every)
+            self.expression = 'every %ss' % (int(every) if every == int(every) else every)
+            return
+        self.period_ms, self.expression = None, cron
+        fields = _CRON_ALIASES.get(cron.strip().lower(), cron).split()
+        if len(fields) != 5:
+            raise ValueError('%r is not a cron expression: it needs 5 fields (minute hour '
+                             'day-of-month month day-of-week) or is one of %s'
+                             % (cron, ', '.join(_CRON_ALIASES)))
+        minutes, hours, self.days, self.months, weekdays = (
+            _cron_field(text, *spec) for text, spec in zip(fields, _CRON_FIELDS))
+        self.weekdays = {d % 7 for d in weekdays}
+        self.times = tuple(h * 60 + m for h in sorted(hours) for m in sorted(minutes))
+        self.either = not fields[2].startswith('*') and not fields[4].startswith('*')
+        if self._match(2000, 1, 1, 0, 1) is None:
+            raise ValueError('%r never matches: none of its months has such a day' % (cron,))
+
+    @property
+    def fingerprint(self):
+        """A short hash of what decides the ticks: expression and time zone."""
+        return _sha1_hex('%s|%s' % (self.expression, self.timezone))[:12]
+
+    def next_after(self, ts):
+        """The first tick strictly after ``ts`` (epoch seconds)."""
+        return self._seek(ts, 1)
+
+    def latest(self, now):
+        """The last tick at or before ``now`` (epoch seconds)."""
+        return self._seek(now, -1)
+
+    def due(self, last, now):
+        """The ticks that a check at ``now`` (broker clock) pushes, given the
+        schedule's last recorded tick ``last`` (None: it never ticked).
+
+        A schedule seen for the first time pushes nothing for the past.
+        Otherwise, of the ticks after ``last`` and at or before ``now``,
+        ``'latest'`` pushes the newest; ``'none'`` pushes the newest only if it
+        is at most SCHEDULE_GRACE seconds old; ``'all'`` pushes every one,
+        oldest first, but at most the newest SCHEDULE_CATCH_UP_MAX (counting
+        the rest of a cron schedule takes time in proportion to their number).
+
+        :returns: ``(ticks, new_last, dropped)``: the ticks to push, the tick
+            to record as the last (the latest at or before ``now``, never
+            earlier than ``last``), and how many ticks ``'all'`` left out.
+        """
+        newest = self.latest(now)
+        if last is None:
+            return [], newest, 0
+        if newest <= last:
+            return [], last, 0
+        if self.catch_up == 'latest':
+            return [newest], newest, 0
+        if self.catch_up == 'none':
+            return [newest] if now - newest <= SCHEDULE_GRACE else [], newest, 0
+        ticks, tick = [], newest
+        while tick > last and len(ticks) < SCHEDULE_CATCH_UP_MAX:
+            ticks.append(tick)
+            tick = self.latest(tick - 0.001)
+        if self.period_ms:
+            dropped = max(0, _tick_ms(tick) // self.period_ms - _tick_ms(last) // self.period_ms)
+        else:
+            dropped = 0
+            while tick > last:
+                dropped, tick = dropped + 1, self.latest(tick - 0.001)
+        return ticks[::-1], newest, dropped
+
+    def _seek(self, ts, step):
+        if self.period_ms:
+            return (_tick_ms(ts) // self.period_ms + (step > 0)) * self.period_ms / 1000.0
+        import datetime
+        local = datetime.datetime.fromtimestamp(ts, self.tz)
+        if step < 0:    # in the second pass through a repeated hour, all of the first is past
+            local = local.replace(tzinfo=None) + (local.replace(fold=0).utcoffset()
+                                                  - local.utcoffset())
+        wall = (local.year, local.month, local.day, local.hour * 60 + local.minute)
+        while True:
+            wall = self._match(*wall, step)
+            tick = self._instant(wall)
+            if (tick > ts) if step > 0 else (tick <= ts):
+                return tick
+            wall = wall[:3] + (wall[3] + step,)
+
+    def _day_matches(self, year, month, day):
+        in_month = day in self.days
+        if in_month == self.either:     # OR: a matching day decides; AND: a failing one does
+            return in_month
+        import datetime
+        return (datetime.date(year, month, day).weekday() + 1) % 7 in self.weekdays
+
+    def _match(self, year, month, day, minute, step):
+        """The first local wall time ``(year, month, day, minute of the day)``
+        that the fields match at or after the given one (``step=1``), or at or
+        before it (``step=-1``).  None when there is none within 400 years: the
+        Gregorian calendar repeats every 400 years, so then there is none."""
+        import bisect
+        for _ in range(400 * 12 + 1):
+            if month in self.months:
+                size = _month_days(year, month)
+                for d in range(day, size + 1) if step > 0 else range(min(day, size), 0, -1):
+                    if self._day_matches(year, month, d):
+                        i = (bisect.bisect_left(self.times, minute) if step > 0
+                             else bisect.bisect_right(self.times, minute) - 1)
+                        if 0 <= i < len(self.times):
+                            return year, month, d, self.times[i]
+                    minute = 0 if step > 0 else 1439
+            year, month = divmod(year * 12 + month - 1 + step, 12)
+            month, day, minute = month + 1, (1 if step > 0 else 31), (0 if step > 0 else 1439)
+        return None
+
+    def _instant(self, wall):
+        """The epoch time of a local wall time: its first occurrence when it
+        happens twice, the first minute after the gap when it does not exist."""
+        import datetime
+        local = datetime.datetime(wall[0], wall[1], wall[2], wall[3] // 60, wall[3] % 60)
+        while True:
+            ts = local.replace(tzinfo=self.tz).timestamp()    # fold=0: the first occurrence
+            if datetime.datetime.fromtimestamp(ts, self.tz).replace(tzinfo=None) == local:
+                return ts
+            local += datetime.timedelta(minutes=1)
+
+
+def _schedule_job_id(queue, name, tick):
+    """The id of the job a schedule pushes for one tick, the same on every
+    server.  Shaped like _new_id(): 12 hex digits of the tick's milliseconds
+    (ids sort by tick), then 10 of a hash of queue and schedule name."""
+    return '%012x%s' % (_tick_ms(tick), _sha1_hex('%s/%s' % (queue, name))[:10])
+
+
+def _check_schedules(path, queue, schedules):
+    """Validate the ``schedule`` list of queue ``queue``; return a copy with
+    every default filled in, plus ``expression`` (for display) and ``when``
+    (its _Schedule) in each entry."""
+    if not isinstance(schedules, (list, tuple)):
+        raise ConfigError('%s must be a list of schedule dicts, got %r' % (path, schedules))
+    checked, seen = [], set()
+    for i, given in enumerate(schedules):
+        here = '%s[%d]' % (path, i)
+        s = _check_keys(here, given, _SCHEDULE_DEFAULTS)
+        if not isinstance(s['name'], str) or not _QUEUE_NAME_RE.match(s['name']):
+            raise ConfigError('%s.name must be a non-empty string of letters, digits, "_", ".", '
+                              '":" or "-", got %r' % (here, s['name']))
+        if s['name'] in seen:
+            raise ConfigError('%s.name %r is used by an earlier schedule of queue %r; schedule '
+                              'names must be unique in their queue' % (here, s['name'], queue))
+        seen.add(s['name'])
+        if (s['cron'] is None) == (s['every'] is None):
+            raise ConfigError('%s needs exactly one of cron (an expression such as "0 3 * * *") '
+                              'or every (seconds)' % (here,))
+        if s['cron'] is not None and not isinstance(s['cron'], str):
+            raise ConfigError('%s.cron must be a string such as "0 3 * * *", got %r'
+                              % (here, s['cron']))
+        if s['every'] is not None:
+            _check_number(here + '.every', s['every'], 1)
+        try:
+            _check_job(queue, s['job'])
+        except TypeError as exc:
+            raise ConfigError('%s.job: %s' % (here, exc)) from None
+        if not isinstance(s['args'], (tuple, list)):
+            raise ConfigError('%s.args must be a tuple or list, got %r' % (here, s['args']))
+        if s['kwargs'] is not None and not isinstance(s['kwargs'], dict):
+            raise ConfigError('%s.kwargs must be a dict, got %r' % (here, s['kwargs']))
+        s['args'], s['kwargs'] = tuple(s['args']), dict(s['kwargs'] or {})
+        if s['catch_up'] not in ('latest', 'all', 'none'):
+            raise ConfigError('%s.catch_up must be "latest", "all" or "none", got %r'
+                              % (here, s['catch_up']))
+        if not isinstance(s['overlap'], bool):
+            raise ConfigError('%s.overlap must be True or False, got %r' % (here, s['overlap']))
+        for key, integer in (('timeout', False), ('fail_number', True),
+                             ('fail_expire', False), ('result_ttl', False)):
+            if s[key] is not None:
+                _check_number('%s.%s' % (here, key), s[key], 0, integer)
+        priority = s['priority']
+        if priority is not None and (type(priority) is not int or not 0 <= priority <= 9):
+            raise ConfigError('%s.priority must be an int from 0 to 9, got %r' % (here, priority))
+        try:
+            _time_zone(s['timezone'])
+        except ValueError as exc:
+            raise ConfigError('%s.timezone: %s' % (here, exc)) from None
+        try:
+            s['when'] = _Schedule(s['cron'], s['every'], s['timezone'], s['catch_up'])
+        except ValueError as exc:
+            raise ConfigError('%s.cron: %s' % (here, exc)) from None
+        s['expression'] = s['when'].expression
+        checked.append(s)
+    return checked
 
 
 ###############################################################################
