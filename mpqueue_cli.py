@@ -726,6 +726,8 @@ class _WebHandler(http.server.BaseHTTPRequestHandler):
         self._send(status, json.dumps(value, default=str), 'application/json', method)
 
     def _redirect(self, location, headers=()):
+        """303 to ``location``, relative to this path, so that the dashboard also
+        works behind a proxy that serves it under a path of its own."""
         self._send(303, '', 'text/plain', headers=(('Location', location),) + tuple(headers))
 
     def _body(self):
@@ -760,17 +762,16 @@ class _WebHandler(http.server.BaseHTTPRequestHandler):
         if path == '/logout' and method == 'POST':
             self._check_csrf(urllib.parse.parse_qs(body.decode('utf-8', 'replace')).get(
                 'csrf_token', [''])[0])
-            return self._redirect('/login' if self.server.token else '/', headers=(
-                ('Set-Cookie', '%s=; Max-Age=0; Path=/; HttpOnly; SameSite=Strict'
-                 % _WEB_COOKIE),))
+            return self._redirect('login' if self.server.token else './', headers=(
+                ('Set-Cookie', '%s=; Max-Age=0; HttpOnly; SameSite=Strict' % _WEB_COOKIE),))
         if not self._authorized():
-            if path.startswith('/api/'):
-                self._send(401, json.dumps({'error': 'this dashboard needs its token: log in, '
-                                                     'or send "Authorization: Bearer TOKEN"'}),
-                           'application/json', method, headers=(('WWW-Authenticate',
-                                                                 'Bearer realm="mpqueue"'),))
-                return None
-            return self._redirect('/login')
+            if path == '/':
+                return self._redirect('login')
+            return self._send(401, json.dumps({'error': 'this dashboard needs its token: log '
+                                                        'in, or send "Authorization: Bearer '
+                                                        'TOKEN"'}),
+                              'application/json', method,
+                              headers=(('WWW-Authenticate', 'Bearer realm="mpqueue"'),))
         if path == '/':
             if method == 'POST':
                 raise _WebError(405, 'method not allowed')
@@ -844,7 +845,7 @@ class _WebHandler(http.server.BaseHTTPRequestHandler):
     def _login(self, method, body):
         server = self.server
         if not server.token:
-            return self._redirect('/')
+            return self._redirect('./')
         if method != 'POST':
             return self._send(200, _web_render('login.html', csrf_token=server.csrf, error=''),
                               'text/html; charset=utf-8', method)
@@ -852,9 +853,9 @@ class _WebHandler(http.server.BaseHTTPRequestHandler):
         self._check_csrf(form.get('csrf_token', [''])[0])
         if hmac.compare_digest(form.get('token', [''])[0].encode(), server.token.encode()):
             secure = '; Secure' if self.headers.get('X-Forwarded-Proto') == 'https' else ''
-            return self._redirect('/', headers=(('Set-Cookie', '%s=%s; Path=/; HttpOnly; '
-                                                 'SameSite=Strict%s' % (
-                                                     _WEB_COOKIE, server.session, secure)),))
+            return self._redirect('./', headers=(('Set-Cookie', '%s=%s; HttpOnly; SameSite='
+                                                  'Strict%s' % (_WEB_COOKIE, server.session,
+                                                                secure)),))
         time.sleep(_WEB_LOGIN_DELAY)
         return self._send(401, _web_render('login.html', csrf_token=server.csrf,
                                            error='Wrong token.'), 'text/html; charset=utf-8')
@@ -1010,20 +1011,20 @@ _WEB_ASSETS = {
 <meta name="mpq-signed-in" content="{{signed_in}}">
 <meta name="mpq-stale-seconds" content="{{stale_seconds}}">
 <title>mpqueue</title>
-<link rel="icon" href="/favicon.svg" type="image/svg+xml">
-<link rel="stylesheet" href="/app.css">
-<script src="/app.js" defer></script>
+<link rel="icon" href="favicon.svg" type="image/svg+xml">
+<link rel="stylesheet" href="app.css">
+<script src="app.js" defer></script>
 </head>
 <body>
 <header class="top">
   <div class="bar">
-    <a class="brand" href="#queues"><img class="logo" src="/favicon.svg" alt="">mpqueue</a>
+    <a class="brand" href="#queues"><img class="logo" src="favicon.svg" alt="">mpqueue</a>
     <span class="broker" title="The broker this dashboard reads">{{broker}}</span>
     <span id="read-only" class="badge muted" hidden>read-only</span>
     <span class="spacer"></span>
     <span id="summary" class="summary"></span>
     <span id="live" class="live">connecting&hellip;</span>
-    <form id="logout" method="post" action="/logout" hidden>
+    <form id="logout" method="post" action="logout" hidden>
       <input type="hidden" name="csrf_token" value="{{csrf_token}}">
       <button type="submit" class="link">Sign out</button>
     </form>
@@ -1176,13 +1177,13 @@ _WEB_ASSETS = {
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>Sign in &middot; mpqueue</title>
-<link rel="icon" href="/favicon.svg" type="image/svg+xml">
-<link rel="stylesheet" href="/app.css">
+<link rel="icon" href="favicon.svg" type="image/svg+xml">
+<link rel="stylesheet" href="app.css">
 </head>
 <body class="login-page">
 <main>
-  <form class="card login" method="post" action="/login">
-    <h1><img class="logo" src="/favicon.svg" alt="">mpqueue</h1>
+  <form class="card login" method="post" action="login">
+    <h1><img class="logo" src="favicon.svg" alt="">mpqueue</h1>
     <p class="sub">This dashboard needs its token.</p>
     <p id="login-error" class="error" role="alert">{{error}}</p>
     <label for="token">Token</label>
@@ -1575,7 +1576,7 @@ form.login .btn { margin-top: 8px; padding: 9px; }
       clearTimeout(timer);
     }
     if (response.status === 401) {
-      window.location.assign('/login');
+      window.location.assign('login');
       throw new ApiError(401, 'signed out');
     }
     if (!response.ok) {
@@ -1715,7 +1716,7 @@ form.login .btn { margin-top: 8px; padding: 9px; }
   // -- queues ----------------------------------------------------------------------------
 
   async function loadQueues() {
-    const queues = await api('/api/queues');
+    const queues = await api('api/queues');
     const now = Date.now() / 1000;
     state.queues = queues;
     for (const q of queues) {
@@ -1739,7 +1740,7 @@ form.login .btn { margin-top: 8px; padding: 9px; }
   async function loadHistory() {
     if (state.history === 'local' || !state.chartQueue) return;
     try {
-      const data = await api('/api/queues/' + enc(state.chartQueue) + '/history');
+      const data = await api('api/queues/' + enc(state.chartQueue) + '/history');
       state.history = 'broker';
       state.historyData.set(state.chartQueue, data);
     } catch (err) {
@@ -1895,7 +1896,7 @@ form.login .btn { margin-top: 8px; padding: 9px; }
   // -- fleet ----------------------------------------------------------------------------------
 
   async function loadFleet() {
-    const pools = await api('/api/fleet');
+    const pools = await api('api/fleet');
     state.fleet = pools;
     let workers = 0, busy = 0;
     const rows = [];
@@ -1989,7 +1990,7 @@ form.login .btn { margin-top: 8px; padding: 9px; }
       box.replaceChildren(el('p', {class: 'empty'}, 'No queue in the config.'));
       return;
     }
-    const base = '/api/queues/' + enc(queue) + '/failed';
+    const base = 'api/queues/' + enc(queue) + '/failed';
     const data = await api(base + '?offset=' + state.failed.offset + '&count=' + PAGE_SIZE);
     if (state.failed.offset && state.failed.offset >= data.total) {
       // the page emptied (jobs retried or deleted): show the last one that has jobs
@@ -2015,7 +2016,7 @@ form.login .btn { margin-top: 8px; padding: 9px; }
       return;
     }
     const rows = data.jobs.map((job) => {
-      const jobPath = '/api/queues/' + enc(queue) + '/failed/' + enc(job.id);
+      const jobPath = 'api/queues/' + enc(queue) + '/failed/' + enc(job.id);
       const name = job.job || '(unnamed)';
       const cells = [
         el('td', {class: 'job'}, [
@@ -2075,7 +2076,7 @@ form.login .btn { margin-top: 8px; padding: 9px; }
     if (!queue || !id) return;
     let info;
     try {
-      info = await api('/api/queues/' + enc(queue) + '/jobs/' + enc(id));
+      info = await api('api/queues/' + enc(queue) + '/jobs/' + enc(id));
     } catch (err) {
       state.job.key = '';
       if (err.status === 501) return unavailable(box, err);
@@ -2095,7 +2096,7 @@ form.login .btn { margin-top: 8px; padding: 9px; }
         el('h2', {}, info.job || '(unnamed)'),
         el('span', {class: 'badge ' + info.state, 'data-col': 'state'}, info.state),
         cancellable ? actionButton('Cancel', 'cancel', 'Cancel job ' + info.id, (e) => act(
-          e.currentTarget, '/api/queues/' + enc(queue) + '/jobs/' + enc(info.id) + '/cancel',
+          e.currentTarget, 'api/queues/' + enc(queue) + '/jobs/' + enc(info.id) + '/cancel',
           'Cancel job ' + info.id + ' (' + (info.job || '') + ')?',
           (r) => 'Job ' + info.id + ' cancelled (it was ' + r.state + ')'), true) : null]),
       el('dl', {class: 'facts'}, [
@@ -2135,7 +2136,7 @@ form.login .btn { margin-top: 8px; padding: 9px; }
     const box = $('schedules-box');
     let data;
     try {
-      data = await api('/api/schedules');
+      data = await api('api/schedules');
     } catch (err) {
       state.schedulesKey = '';
       if (err.status === 501) return unavailable(box, err);
