@@ -1306,6 +1306,7 @@ table.data { width: 100%; border-collapse: collapse; font-variant-numeric: tabul
 .data td.num { font-size: 14.5px; }
 .zero { color: var(--faint); }
 .bad { color: var(--failed); font-weight: 600; }
+.bad a { color: inherit; }
 .warn { color: var(--warn); font-weight: 600; }
 .good { color: var(--done); }
 tr.stale > * { background: #fffaeb; }
@@ -1814,7 +1815,8 @@ form.login .btn { margin-top: 8px; padding: 9px; }
   function niceCeil(value) {
     if (!(value > 0)) return 1;
     const e = Math.pow(10, Math.floor(Math.log10(value)));
-    for (const f of [1, 2, 2.5, 5, 10]) if (f * e >= value) return f * e;
+    // tops whose quarters are round numbers: the chart has four grid lines
+    for (const f of [1, 1.2, 1.6, 2, 2.4, 3.2, 4, 6, 8, 10]) if (f * e >= value) return f * e;
     return 10 * e;
   }
 
@@ -1837,7 +1839,8 @@ form.login .btn { margin-top: 8px; padding: 9px; }
       const v = top * k / 4, y = Y(v);
       parts.push(svg('line', {class: k ? 'grid' : 'baseline', x1: m.left, x2: width - m.right,
                               y1: y, y2: y}));
-      const label = (top < 4 && v % 1 ? v.toFixed(v * 10 % 1 ? 2 : 1) : NUMBER.format(v)) + '/s';
+      const label = (v >= 100 ? NUMBER.format(Math.round(v)) : String(Number(v.toFixed(2)))) +
+        '/s';
       parts.push(svg('text', {class: 'axis', x: m.left - 8, y: Number(y) + 4,
                               'text-anchor': 'end'}, label));
     }
@@ -2005,7 +2008,7 @@ form.login .btn { margin-top: 8px; padding: 9px; }
     const tools = [];
     if (!READ_ONLY && data.total) {
       tools.push(actionButton('Retry all', 'retry-all',
-        'Put all ' + data.total + ' failed jobs of queue ' + queue + ' back', (e) => act(
+        'Retry all ' + data.total + ' failed jobs of queue ' + queue, (e) => act(
           e.currentTarget, base + '/retry',
           'Put all ' + fmtInt(data.total) + ' failed jobs of queue ' + queue + ' back?',
           (r) => r.retried + ' job(s) of queue ' + queue + ' put back')));
