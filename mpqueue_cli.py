@@ -1751,8 +1751,13 @@ form.login .btn { margin-top: 8px; padding: 9px; }
   }
 
   function samplesOf(queue) {
-    return (state.history === 'broker' ? state.historyData.get(queue)
-      : state.samples.get(queue)) || [];
+    // The broker's history (when this version keeps one), then this page's
+    // own samples taken since its last point: the chart's right edge moves
+    // every 2 s either way.
+    const local = state.samples.get(queue) || [];
+    const broker = state.history === 'broker' ? state.historyData.get(queue) || [] : [];
+    const last = broker.length ? broker[broker.length - 1].t : -Infinity;
+    return broker.concat(local.filter((s) => s.t > last));
   }
 
   function rates(samples) {
@@ -1880,8 +1885,7 @@ form.login .btn { margin-top: 8px; padding: 9px; }
     if (!count) {
       parts.push(svg('text', {class: 'waiting', x: m.left + pw / 2, y: m.top + ph / 2,
                               'text-anchor': 'middle'},
-                     state.history === 'broker' ? 'No samples yet'
-                       : 'Collecting: the first rate needs two samples, 2 s apart'));
+                     'Collecting: the first rate needs two samples, 2 s apart'));
     }
     box.replaceChildren(svg('svg', {viewBox: '0 0 ' + width + ' ' + height, width: width,
                                     height: height, role: 'img',
@@ -1891,7 +1895,8 @@ form.login .btn { margin-top: 8px; padding: 9px; }
     $('legend-done').textContent = fmtRate(rate && rate.done);
     $('legend-failed').textContent = fmtRate(rate && rate.failed);
     $('chart-note').textContent = state.history === 'broker'
-      ? 'Rates from the counters the broker samples about every 10 s.'
+      ? 'Rates from the counters the broker samples about every 10 s, and from this page\'s ' +
+        'own samples since the last of them.'
       : 'Rates computed by this page from its own samples, every 2 s since ' +
         fmtClock(state.since) + ': this version of mpqueue keeps no history in the broker.';
   }
