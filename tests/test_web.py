@@ -174,6 +174,12 @@ def banner(driver):
                         "return b.hidden ? null : b.textContent;")
 
 
+def assert_fits(driver, what):
+    """The page is no wider than the window: wide tables scroll in their card."""
+    width, inner = look(driver, 'return [document.documentElement.scrollWidth, innerWidth];')
+    assert width <= inner, '%s: the page is %dpx wide in a %dpx window' % (what, width, inner)
+
+
 def number(text):
     return int(text.replace(',', ''))
 
@@ -328,7 +334,20 @@ def test_queues_and_fleet_match_the_cli_and_the_chart_has_points(e2e, browser, t
     assert drawn['queue'] == 'q' and drawn['legend'] != '\u2014'
     if not hasattr(mpqueue, 'history'):
         assert 'computed by this page' in drawn['note'], drawn
+    assert_fits(browser, 'queues at 1280x800')
     screenshot(browser, tmp_path, 'queues')
+    # A narrow window: everything is still there, the tables scroll sideways.
+    browser.set_window_size(480, 900)
+    try:
+        wait_page(browser, lambda: look(browser, """return innerWidth <= 480 &&
+            document.querySelector('#chart svg').width.baseVal.value <= innerWidth;"""),
+            'a narrow window, and the chart drawn for it')
+        assert_fits(browser, 'queues in a narrow window')
+        assert look(browser, """const s = document.querySelector('#view-queues .scroll');
+                                return s.scrollWidth > s.clientWidth;"""), 'the table scrolls'
+        screenshot(browser, tmp_path, 'queues-narrow')
+    finally:
+        browser.set_window_size(1280, 800)
 
     # The fleet view: the pool, its workers per queue, one busy with the sleeper.
     click(browser, 'nav a[data-view=fleet]', 'the Fleet tab')
@@ -345,6 +364,7 @@ def test_queues_and_fleet_match_the_cli_and_the_chart_has_points(e2e, browser, t
         timeout=mpqueue.HEARTBEAT_SECONDS + PAGE_TIMEOUT)
     assert (fleet['queue'], fleet['workers'], fleet['state'], fleet['stale']) == \
         ('q', '2', 'running', 'false'), fleet
+    assert_fits(browser, 'fleet at 1280x800')
     screenshot(browser, tmp_path, 'fleet')
     web.stop()
 
@@ -380,6 +400,10 @@ def test_failed_jobs_show_tracebacks_as_text_and_retry_delete_work(e2e, browser,
     assert look(browser, "return [document.querySelectorAll('script').length,"
                          " document.querySelectorAll('#failed-box img, #failed-box b').length];"
                 ) == [1, 0]
+    assert_fits(browser, 'failed jobs at 1280x800')
+    assert look(browser, """const b = document.querySelector('button[data-action=retry]');
+        const r = b.getBoundingClientRect();
+        return r.right <= innerWidth && r.width > 0;"""), 'Retry is visible without scrolling'
     screenshot(browser, tmp_path, 'failed')
 
     # Retry one: it runs again (and succeeds), and leaves the list.
