@@ -339,9 +339,10 @@ def test_queues_and_fleet_match_the_cli_and_the_chart_has_points(e2e, browser, t
     # A narrow window: everything is still there, the tables scroll sideways.
     browser.set_window_size(480, 900)
     try:
-        wait_page(browser, lambda: look(browser, """return innerWidth <= 480 &&
-            document.querySelector('#chart svg').width.baseVal.value <= innerWidth;"""),
-            'a narrow window, and the chart drawn for it')
+        def narrow():
+            return look(browser, """return innerWidth <= 480 &&
+                document.querySelector('#chart svg').width.baseVal.value <= innerWidth;""")
+        wait_page(browser, narrow, 'a narrow window, and the chart drawn for it')
         assert_fits(browser, 'queues in a narrow window')
         assert look(browser, """const s = document.querySelector('#view-queues .scroll');
                                 return s.scrollWidth > s.clientWidth;"""), 'the table scrolls'
