@@ -489,6 +489,491 @@ def _serve_metrics(queues, port):
     return 0
 
 
+# -- dashboard: mpqueue web ----------------------------------------------------
+#
+# A standard-library HTTP server (ThreadingHTTPServer) for one page and the
+# JSON API the page reads.  The page (HTML, CSS, JS) is the constant
+# _WEB_ASSETS at the end of this file.  The server keeps no state of its own:
+# every answer comes from the broker, through calls that wait at most
+# WEB_BROKER_TIMEOUT.  Nothing is ever unpickled here: job_info carries the
+# result's repr, computed by the worker.
+#
+#   GET  /  /app.js  /app.css  /favicon.svg   the page and its files
+#   GET  /login   POST /login   POST /logout  with --token: the cookie
+#   GET  /api/...  POST /api/...              the API (_WEB_ROUTES)
+
+# The dashboard's own imports, kept with it.
+import hashlib  # noqa: E402
+import hmac  # noqa: E402
+import html  # noqa: E402
+import http.cookies  # noqa: E402
+import http.server  # noqa: E402
+import ipaddress  # noqa: E402
+import queue as queue_module  # noqa: E402
+import re  # noqa: E402
+import secrets  # noqa: E402
+import socket  # noqa: E402
+import threading  # noqa: E402
+import urllib.parse  # noqa: E402
+
+#: Longest a request waits for the broker (seconds); then it answers 503.
+WEB_BROKER_TIMEOUT = 3.0
+_WEB_BROKER_THREADS = 4       # broker calls in flight at once; more wait their turn
+_WEB_REQUEST_TIMEOUT = 10     # s: a client that sends nothing for this long is dropped
+_WEB_BODY_MAX = 8192          # bytes: no request here needs a bigger body
+_WEB_FAILED_PAGE_MAX = 500    # most failed jobs one API call returns
+_WEB_TOKEN_MIN = 16           # characters: a token is a password that cannot be typed wrong
+_WEB_LOGIN_DELAY = 0.5        # s: a wrong token waits this long, which slows guessing
+_WEB_COOKIE = 'mpqueue_session'
+_WEB_LOOPBACK_NAMES = ('localhost', '127.0.0.1', '::1')
+
+_WEB_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+            "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+_WEB_HEADERS = (('Content-Security-Policy', _WEB_CSP), ('X-Frame-Options', 'DENY'),
+                ('X-Content-Type-Options', 'nosniff'), ('Referrer-Policy', 'no-referrer'),
+                ('Cross-Origin-Opener-Policy', 'same-origin'),
+                ('Cross-Origin-Resource-Policy', 'same-origin'))
+_WEB_STATIC = {'/app.js': ('app.js', 'text/javascript; charset=utf-8'),
+               '/app.css': ('app.css', 'text/css; charset=utf-8'),
+               '/favicon.svg': ('favicon.svg', 'image/svg+xml')}
+
+# (method, path pattern, handler method of _WebHandler); path parts are
+# percent-decoded after matching, so an id may contain an encoded '/'.
+_WEB_ROUTES = [(method, re.compile('^%s$' % pattern), name) for method, pattern, name in (
+    ('GET', r'/api/queues', 'api_queues'),
+    ('GET', r'/api/queues/(?P<queue>[^/]+)/history', 'api_history'),
+    ('GET', r'/api/queues/(?P<queue>[^/]+)/failed', 'api_failed'),
+    ('GET', r'/api/queues/(?P<queue>[^/]+)/jobs/(?P<job_id>[^/]+)', 'api_job'),
+    ('GET', r'/api/fleet', 'api_fleet'),
+    ('GET', r'/api/schedules', 'api_schedules'),
+    ('POST', r'/api/queues/(?P<queue>[^/]+)/failed/retry', 'api_retry_all'),
+    ('POST', r'/api/queues/(?P<queue>[^/]+)/failed/(?P<job_id>[^/]+)/retry', 'api_retry'),
+    ('POST', r'/api/queues/(?P<queue>[^/]+)/failed/(?P<job_id>[^/]+)/delete', 'api_delete'),
+    ('POST', r'/api/queues/(?P<queue>[^/]+)/jobs/(?P<job_id>[^/]+)/cancel', 'api_cancel'),
+)]
+
+
+class _WebError(Exception):
+    """An API answer other than 200: an HTTP status and one line for the user."""
+
+    def __init__(self, status, message, **extra):
+        super().__init__(message)
+        self.status, self.extra = status, extra
+
+
+def _library(name):
+    """``mpqueue.<name>``, or a 501 answer while this version of mpqueue lacks it
+    (the page then shows that view as not available)."""
+    func = getattr(mpqueue, name, None)
+    if func is None:
+        raise _WebError(501, 'mpqueue.%s() is not available in this version of mpqueue (%s)'
+                        % (name, mpqueue.__version__), missing=name)
+    return func
+
+
+def _is_loopback(host):
+    if host.lower() == 'localhost':
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _BoundedCalls:
+    """Runs broker calls on a few threads of its own and waits ``timeout``
+    seconds for each at most, so that a broker that does not answer cannot
+    hang a request.  A call that is still waiting for a thread when its
+    request gives up is dropped, never run later."""
+
+    class _Call:
+        def __init__(self, func, args):
+            self.func, self.args = func, args
+            self.lock, self.done = threading.Lock(), threading.Event()
+            self.started = self.abandoned = False
+            self.value = self.error = None
+
+    def __init__(self, threads, timeout, address):
+        self.timeout, self.address = timeout, address
+        self.calls = queue_module.SimpleQueue()
+        for n in range(threads):
+            threading.Thread(target=self._serve, name='mpqueue-web-broker-%d' % n,
+                             daemon=True).start()
+
+    def _serve(self):
+        while True:
+            call = self.calls.get()
+            with call.lock:
+                if call.abandoned:
+                    continue
+                call.started = True
+            try:
+                call.value = call.func(*call.args)
+            except BaseException as exc:    # handed to the request's thread
+                call.error = exc
+            call.done.set()
+
+    def __call__(self, func, *args, action=False):
+        """``func(*args)``; ``action``: it changes something (said in a timeout's message)."""
+        call = self._Call(func, args)
+        self.calls.put(call)
+        if not call.done.wait(self.timeout):
+            with call.lock:
+                call.abandoned = True
+                started = call.started
+            raise _WebError(503, 'the broker %s did not answer within %gs%s' % (
+                self.address, self.timeout,
+                ' (the action may still take effect)' if started and action else ''))
+        if isinstance(call.error, mpqueue.DriverError):
+            raise _WebError(503, _one_line(call.error))
+        if isinstance(call.error, mpqueue.ConfigError):
+            raise _WebError(404, _one_line(call.error))
+        if call.error is not None:
+            raise call.error
+        return call.value
+
+
+class _WebServer(http.server.ThreadingHTTPServer):
+    """The dashboard's server: its settings, the secrets and the broker calls."""
+
+    daemon_threads = True
+
+    def __init__(self, address, cfg, token, read_only):
+        if ':' in address[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, _WebHandler)
+        self.driver = cfg['basics']['driver']
+        self.queues = [q['name'] for q in cfg['queue']]
+        self.token, self.read_only = token, read_only
+        self.bind_host = address[0].strip('[]').lower()
+        # The session cookie holds a value derived from the token, not the token.
+        self.session = hmac.new(token.encode(), b'mpqueue web session',
+                                hashlib.sha256).hexdigest() if token else None
+        # One CSRF token per server process: a page loaded before a restart
+        # must be reloaded before it can act again.
+        self.csrf = secrets.token_urlsafe(32)
+        self.broker = _BoundedCalls(_WEB_BROKER_THREADS, WEB_BROKER_TIMEOUT,
+                                    self.driver.address)
+
+    def handle_error(self, request, client_address):
+        print('mpqueue web: error serving %s: %s' % (
+            client_address[0], _one_line(sys.exc_info()[1])), file=sys.stderr)
+
+
+class _WebHandler(http.server.BaseHTTPRequestHandler):
+    """One request: authentication, CSRF, routing, and the answer."""
+
+    protocol_version = 'HTTP/1.1'
+    server_version = 'mpqueue-web'
+    timeout = _WEB_REQUEST_TIMEOUT
+
+    def version_string(self):
+        return self.server_version
+
+    def log_message(self, format, *args):
+        pass            # quiet: errors are printed by _serve_request
+
+    def end_headers(self):
+        for name, value in _WEB_HEADERS:
+            self.send_header(name, value)
+        super().end_headers()
+
+    def do_GET(self):
+        self._serve_request('GET')
+
+    def do_HEAD(self):
+        self._serve_request('HEAD')
+
+    def do_POST(self):
+        self._serve_request('POST')
+
+    # -- plumbing --------------------------------------------------------------
+
+    def _serve_request(self, method):
+        try:
+            self._dispatch(method)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True    # the client went away
+        except _WebError as exc:
+            self._json(exc.status, dict(exc.extra, error=str(exc)), method)
+        except Exception as exc:
+            print('mpqueue web: %s %s failed: %s: %s' % (
+                method, self.path, type(exc).__name__, _one_line(exc)), file=sys.stderr)
+            self._json(500, {'error': 'internal error: %s' % _one_line(exc)}, method)
+
+    def _send(self, status, body, content_type, method='GET', headers=()):
+        body = body.encode() if isinstance(body, str) else body
+        self.send_response(status)
+        self.send_header('Content-Type', content_type)
+        self.send_header('Content-Length', str(len(body)))
+        self.send_header('Cache-Control', 'no-store')
+        for name, value in headers:
+            self.send_header(name, value)
+        self.end_headers()
+        if method != 'HEAD':
+            self.wfile.write(body)
+
+    def _json(self, status, value, method='GET'):
+        self._send(status, json.dumps(value, default=str), 'application/json', method)
+
+    def _redirect(self, location, headers=()):
+        """303 to ``location``, relative to this path, so that the dashboard also
+        works behind a proxy that serves it under a path of its own."""
+        self._send(303, '', 'text/plain', headers=(('Location', location),) + tuple(headers))
+
+    def _body(self):
+        """The request body (bytes); every request's body is read, so that the
+        connection stays usable."""
+        if 'Transfer-Encoding' in self.headers:
+            self.close_connection = True
+            raise _WebError(400, 'chunked request bodies are not accepted')
+        length = self.headers.get('Content-Length', '0').strip() or '0'
+        if not length.isdigit():
+            self.close_connection = True
+            raise _WebError(400, 'bad Content-Length: %r' % length)
+        if int(length) > _WEB_BODY_MAX:
+            self.close_connection = True
+            raise _WebError(413, 'request body over %d bytes' % _WEB_BODY_MAX)
+        return self.rfile.read(int(length))
+
+    def _dispatch(self, method):
+        parts = urllib.parse.urlsplit(self.path)
+        path = parts.path
+        body = self._body()
+        if not self._host_allowed():
+            raise _WebError(403, 'Host %r is not allowed: without a token the dashboard '
+                                 'answers to loopback names only' % self.headers.get('Host'))
+        if path in _WEB_STATIC:
+            if method == 'POST':
+                raise _WebError(405, 'method not allowed')
+            name, content_type = _WEB_STATIC[path]
+            return self._send(200, _WEB_ASSETS[name], content_type, method)
+        if path == '/login':
+            return self._login(method, body)
+        if path == '/logout' and method == 'POST':
+            self._check_csrf(urllib.parse.parse_qs(body.decode('utf-8', 'replace')).get(
+                'csrf_token', [''])[0])
+            return self._redirect('login' if self.server.token else './', headers=(
+                ('Set-Cookie', '%s=; Max-Age=0; HttpOnly; SameSite=Strict' % _WEB_COOKIE),))
+        if not self._authorized():
+            if path == '/':
+                return self._redirect('login')
+            return self._send(401, json.dumps({'error': 'this dashboard needs its token: log '
+                                                        'in, or send "Authorization: Bearer '
+                                                        'TOKEN"'}),
+                              'application/json', method,
+                              headers=(('WWW-Authenticate', 'Bearer realm="mpqueue"'),))
+        if path == '/':
+            if method == 'POST':
+                raise _WebError(405, 'method not allowed')
+            return self._send(200, self._page(), 'text/html; charset=utf-8', method)
+        if not path.startswith('/api/'):
+            return self._send(404, 'not found\n', 'text/plain; charset=utf-8', method)
+        allowed = []
+        for route_method, pattern, name in _WEB_ROUTES:
+            match = pattern.match(path)
+            if match is None:
+                continue
+            if route_method != ('GET' if method == 'HEAD' else method):
+                allowed.append(route_method)
+                continue
+            params = {k: urllib.parse.unquote(v, errors='replace')
+                      for k, v in match.groupdict().items()}
+            if 'queue' in params and params['queue'] not in self.server.queues:
+                raise _WebError(404, 'queue %r is not in the config (configured queues: %s)'
+                                % (params['queue'], ', '.join(self.server.queues)))
+            if method == 'POST':
+                if self.server.read_only:
+                    raise _WebError(403, 'the dashboard is read-only (started with --read-only)')
+                self._check_csrf(self.headers.get('X-CSRF-Token', ''))
+            query = urllib.parse.parse_qs(parts.query)
+            return self._json(200, getattr(self, name)(query=query, **params), method)
+        if allowed:
+            raise _WebError(405, 'method not allowed (use %s)' % ', '.join(allowed))
+        raise _WebError(404, 'no such API path: %s' % path)
+
+    def _host_allowed(self):
+        """Without a token, only loopback names (or the address bound) are
+        answered: a web page that points its own host name at 127.0.0.1 (DNS
+        rebinding) gets nothing."""
+        host = (self.headers.get('Host') or '').strip().lower()
+        if self.server.token or not host:
+            return True
+        name = host[1:host.find(']')] if host.startswith('[') else host.rsplit(':', 1)[0]
+        return name in _WEB_LOOPBACK_NAMES or name == self.server.bind_host
+
+    def _authorized(self):
+        server = self.server
+        if not server.token:
+            return True
+        header = self.headers.get('Authorization', '')
+        if header[:7].lower() == 'bearer ':
+            return hmac.compare_digest(header[7:].strip().encode(), server.token.encode())
+        cookies = http.cookies.SimpleCookie()
+        try:
+            cookies.load(self.headers.get('Cookie', ''))
+        except http.cookies.CookieError:
+            return False
+        morsel = cookies.get(_WEB_COOKIE)
+        return morsel is not None and hmac.compare_digest(morsel.value.encode(),
+                                                          server.session.encode())
+
+    def _check_csrf(self, given):
+        if not hmac.compare_digest(given.encode(), self.server.csrf.encode()):
+            raise _WebError(403, 'missing or wrong CSRF token: reload the page (the dashboard '
+                                 'may have restarted)')
+
+    # -- pages -------------------------------------------------------------------
+
+    def _page(self):
+        server = self.server
+        return _web_render('index.html', csrf_token=server.csrf, queues=json.dumps(server.queues),
+                           broker=server.driver.address,
+                           version=mpqueue.__version__, read_only='1' if server.read_only else '0',
+                           stale_seconds='%g' % (3 * mpqueue.HEARTBEAT_SECONDS),
+                           signed_in='1' if server.token else '0')
+
+    def _login(self, method, body):
+        server = self.server
+        if not server.token:
+            return self._redirect('./')
+        if method != 'POST':
+            return self._send(200, _web_render('login.html', csrf_token=server.csrf, error=''),
+                              'text/html; charset=utf-8', method)
+        form = urllib.parse.parse_qs(body.decode('utf-8', 'replace'))
+        self._check_csrf(form.get('csrf_token', [''])[0])
+        if hmac.compare_digest(form.get('token', [''])[0].encode(), server.token.encode()):
+            secure = '; Secure' if self.headers.get('X-Forwarded-Proto') == 'https' else ''
+            return self._redirect('./', headers=(('Set-Cookie', '%s=%s; HttpOnly; SameSite='
+                                                  'Strict%s' % (_WEB_COOKIE, server.session,
+                                                                secure)),))
+        time.sleep(_WEB_LOGIN_DELAY)
+        return self._send(401, _web_render('login.html', csrf_token=server.csrf,
+                                           error='Wrong token.'), 'text/html; charset=utf-8')
+
+    # -- the API -------------------------------------------------------------------
+
+    def api_queues(self, query):
+        driver, names = self.server.driver, self.server.queues
+
+        def depths():
+            return [dict(_web_depth(driver, q), name=q) for q in names]
+        return self.server.broker(depths)
+
+    def api_history(self, query, queue):
+        return self.server.broker(_library('history'), queue)
+
+    def api_failed(self, query, queue):
+        offset = _int_param(query, 'offset', 0, 0, None)
+        count = _int_param(query, 'count', 50, 1, _WEB_FAILED_PAGE_MAX)
+        driver = self.server.driver
+
+        def page():
+            return {'total': _web_depth(driver, queue)['failed'],
+                    'jobs': mpqueue.failed_jobs(queue, offset, count)}
+        return self.server.broker(page)
+
+    def api_job(self, query, queue, job_id):
+        info = self.server.broker(_library('job_info'), queue, job_id)
+        if info is None:
+            raise _WebError(404, 'no job %r in queue %r (unknown, or its record expired)'
+                            % (job_id, queue))
+        return info
+
+    def api_fleet(self, query):
+        return self.server.broker(_web_fleet, self.server.driver)
+
+    def api_schedules(self, query):
+        return self.server.broker(_library('schedules'))
+
+    def api_retry(self, query, queue, job_id):
+        if not self.server.broker(mpqueue.retry_failed, queue, job_id, action=True):
+            raise _WebError(404, 'job %r is not in the failed list of queue %r' % (job_id, queue))
+        return {'ok': True, 'retried': 1}
+
+    def api_retry_all(self, query, queue):
+        return {'ok': True, 'retried': self.server.broker(mpqueue.retry_failed, queue,
+                                                          action=True)}
+
+    def api_delete(self, query, queue, job_id):
+        if not self.server.broker(mpqueue.delete_failed, queue, job_id, action=True):
+            raise _WebError(404, 'job %r is not in the failed list of queue %r' % (job_id, queue))
+        return {'ok': True, 'deleted': 1}
+
+    def api_cancel(self, query, queue, job_id):
+        state = self.server.broker(_library('cancel'), queue, job_id, action=True)
+        if state is None:
+            raise _WebError(404, 'no job %r in queue %r' % (job_id, queue))
+        return {'ok': True, 'state': state}
+
+
+def _int_param(query, name, default, low, high):
+    text = query.get(name, [str(default)])[0]
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < low or (high is not None and value > high):
+        raise _WebError(400, '%s must be an integer %s, got %r' % (
+            name, 'from %d to %d' % (low, high) if high is not None else '>= %d' % low, text))
+    return value
+
+
+def _web_render(name, **values):
+    """A page of _WEB_ASSETS with its ``{{name}}`` fields filled in, escaped."""
+    page = _WEB_ASSETS[name]
+    for key, value in values.items():
+        page = page.replace('{{%s}}' % key, html.escape(str(value)))
+    return page
+
+
+def _bound_broker_waits(driver, seconds):
+    """Make this process's Redis clients give up on a reply after ``seconds``,
+    so that the threads of a broker that stopped answering come back (a
+    socket_timeout of the user's own is kept)."""
+    kwargs = getattr(driver, 'redis_kwargs', None)
+    if isinstance(kwargs, dict):
+        kwargs.setdefault('socket_timeout', seconds)
+
+
+def cmd_web(cfg, args):
+    """Serve the dashboard until SIGINT or SIGTERM."""
+    token = args.token or os.environ.get('MPQUEUE_WEB_TOKEN') or None
+    host = args.host or '127.0.0.1'
+    args.port = 8080 if args.port is None else args.port
+    if token is not None and len(token) < _WEB_TOKEN_MIN:
+        raise UserError('the dashboard token must be at least %d characters long, got %d: '
+                        'make one with python3 -c "import secrets; print(secrets.token_urlsafe'
+                        '(32))"' % (_WEB_TOKEN_MIN, len(token)))
+    if not token and not _is_loopback(host):
+        raise UserError('refusing to serve the dashboard on %s without a token: pass --token '
+                        '(or set $MPQUEUE_WEB_TOKEN), or keep --host 127.0.0.1' % host)
+    if not 0 <= args.port <= 65535:
+        raise UserError('--port must be from 0 to 65535, got %r' % args.port)
+    _bound_broker_waits(cfg['basics']['driver'], WEB_BROKER_TIMEOUT)
+    try:
+        server = _WebServer((host, args.port), cfg, token, args.read_only)
+    except (OSError, OverflowError) as exc:
+        raise UserError('cannot serve the dashboard on %s:%s: %s' % (
+            host, args.port, getattr(exc, 'strerror', None) or exc)) from exc
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, stop)
+    shown = server.server_address[0]
+    print('mpqueue dashboard on http://%s:%d/ (broker %s%s%s); Ctrl-C to stop' % (
+        '[%s]' % shown if ':' in shown else shown, server.server_address[1],
+        server.driver.address, ', read-only' if args.read_only else '',
+        ', token required' if token else ''), flush=True)
+    try:
+        server.serve_forever(poll_interval=0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
 # -- the commands and their options ---------------------------------------------
 
 #: The options a command may take, by name: their flags and argparse settings.
@@ -508,6 +993,14 @@ OPTIONS = {
                              'help': 'with --watch: stop after N frames'}),
     'serve': (('--serve',), {'type': int, 'metavar': 'PORT',
                              'help': 'serve on http://127.0.0.1:PORT/metrics (0: any free port)'}),
+    'host': (('--host',), {'help': 'web: the address to listen on (default 127.0.0.1; '
+                                   'others need a token)'}),
+    'port': (('--port',), {'type': int, 'help': 'web: the port to listen on (default 8080; '
+                                                '0: any free port)'}),
+    'read_only': (('--read-only',), {'action': 'store_true',
+                                     'help': 'web: show everything, allow no action'}),
+    'token': (('--token',), {'help': 'web: every request needs this token '
+                                     '(default $MPQUEUE_WEB_TOKEN)'}),
 }
 
 #: Every command: its name, the function that runs it (with the validated
@@ -531,6 +1024,8 @@ COMMANDS = [
      'empty a queue [--queue Q] (all queues without --queue)'),
     ('metrics', cmd_metrics, ('queue', 'serve'),
      'Prometheus metrics of the queues and pools (--serve PORT: over HTTP)'),
+    ('web', cmd_web, ('host', 'port', 'read_only', 'token'),
+     'the dashboard in a browser [--host H] [--port P] [--read-only] [--token T]'),
 ]
 
 
@@ -632,6 +1127,1230 @@ def _discard_stdout():
         os.close(devnull)
     except (OSError, ValueError, AttributeError):
         pass
+
+
+###############################################################################
+# The dashboard's page, served by `mpqueue web`: its HTML, CSS and JS, and the
+# login form.  Fields in {{double braces}} are filled in, escaped, by
+# _web_render.  The script puts every string that comes from the broker into
+# the page as text (text nodes and attributes, never innerHTML), and the
+# Content-Security-Policy allows no inline script.
+###############################################################################
+
+_WEB_ASSETS = {
+    'index.html': r'''<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="csrf-token" content="{{csrf_token}}">
+<meta name="mpq-queues" content="{{queues}}">
+<meta name="mpq-read-only" content="{{read_only}}">
+<meta name="mpq-signed-in" content="{{signed_in}}">
+<meta name="mpq-stale-seconds" content="{{stale_seconds}}">
+<title>mpqueue</title>
+<link rel="icon" href="favicon.svg" type="image/svg+xml">
+<link rel="stylesheet" href="app.css">
+<script src="app.js" defer></script>
+</head>
+<body>
+<header class="top">
+  <div class="bar">
+    <a class="brand" href="#queues"><img class="logo" src="favicon.svg" alt="">mpqueue</a>
+    <span class="broker" title="The broker this dashboard reads">{{broker}}</span>
+    <span id="read-only" class="badge muted" hidden>read-only</span>
+    <span class="spacer"></span>
+    <span id="summary" class="summary"></span>
+    <span id="live" class="live">connecting&hellip;</span>
+    <form id="logout" method="post" action="logout" hidden>
+      <input type="hidden" name="csrf_token" value="{{csrf_token}}">
+      <button type="submit" class="link">Sign out</button>
+    </form>
+  </div>
+  <nav aria-label="Views">
+    <ul>
+      <li><a href="#queues" data-view="queues">Queues</a></li>
+      <li><a href="#fleet" data-view="fleet">Fleet</a></li>
+      <li><a href="#failed" data-view="failed">Failed
+        <span id="failed-count" class="count"></span></a></li>
+      <li><a href="#job" data-view="job">Job</a></li>
+      <li><a href="#schedules" data-view="schedules">Schedules</a></li>
+    </ul>
+  </nav>
+</header>
+
+<div id="banner" class="banner" role="alert" hidden></div>
+
+<main id="main">
+  <noscript><p class="unavailable">This dashboard needs JavaScript.</p></noscript>
+
+  <section id="view-queues" class="view" aria-labelledby="h-queues" hidden>
+    <div class="head">
+      <h1 id="h-queues">Queues</h1>
+      <p class="sub">Jobs in each state now; totals since the queue was last cleaned.</p>
+    </div>
+    <div class="card">
+      <div class="scroll">
+        <table id="queues-table" class="data">
+          <caption class="sr-only">Jobs per queue and state</caption>
+          <thead>
+            <tr class="groups">
+              <td></td>
+              <th scope="colgroup" colspan="6">Now</th>
+              <td></td>
+              <th scope="colgroup" colspan="2">Total</th>
+              <th scope="colgroup" colspan="2">Rate</th>
+            </tr>
+            <tr>
+              <th scope="col">Queue</th>
+              <th scope="col" class="num">Waiting</th>
+              <th scope="col" class="num">Delayed</th>
+              <th scope="col" class="num">Reserved</th>
+              <th scope="col" class="num">Working</th>
+              <th scope="col" class="num">Failed</th>
+              <th scope="col" class="num">Cancelled</th>
+              <th scope="col" class="num">Oldest waiting</th>
+              <th scope="col" class="num">Pushed</th>
+              <th scope="col" class="num">Done</th>
+              <th scope="col" class="num">Done/s</th>
+              <th scope="col" class="num">Failed/s</th>
+            </tr>
+          </thead>
+          <tbody id="queues-body"></tbody>
+        </table>
+      </div>
+    </div>
+
+    <div class="card chart-card">
+      <div class="card-head">
+        <h2 id="h-chart">Throughput, last 15 minutes</h2>
+        <label class="field">Queue <select id="chart-queue"></select></label>
+        <ul class="legend" aria-label="Latest rates">
+          <li class="done"><span class="swatch" aria-hidden="true"></span>done/s
+            <b id="legend-done">&mdash;</b></li>
+          <li class="failed"><span class="swatch" aria-hidden="true"></span>failed/s
+            <b id="legend-failed">&mdash;</b></li>
+        </ul>
+      </div>
+      <div id="chart" class="chart"></div>
+      <p id="chart-note" class="note"></p>
+    </div>
+  </section>
+
+  <section id="view-fleet" class="view" aria-labelledby="h-fleet" hidden>
+    <div class="head">
+      <h1 id="h-fleet">Fleet</h1>
+      <p class="sub">Every pool whose heartbeat the broker holds. A pool that missed its last
+        heartbeats is marked stale; it drops off once its heartbeat expires.</p>
+    </div>
+    <div class="card">
+      <div class="scroll">
+        <table id="fleet-table" class="data">
+          <caption class="sr-only">Pools and their workers per queue</caption>
+          <thead>
+            <tr>
+              <th scope="col">Pool</th>
+              <th scope="col">Host</th>
+              <th scope="col" class="num">PID</th>
+              <th scope="col">State</th>
+              <th scope="col">Started</th>
+              <th scope="col" class="num">Last seen</th>
+              <th scope="col">Queue</th>
+              <th scope="col" class="num">Workers</th>
+              <th scope="col" class="num">Busy</th>
+              <th scope="col" class="num">Idle</th>
+              <th scope="col" class="num">Done</th>
+            </tr>
+          </thead>
+          <tbody id="fleet-body"></tbody>
+        </table>
+      </div>
+      <p id="fleet-empty" class="empty" hidden>No pool has sent a heartbeat to this broker
+        lately.</p>
+    </div>
+  </section>
+
+  <section id="view-failed" class="view" aria-labelledby="h-failed" hidden>
+    <div class="head">
+      <h1 id="h-failed">Failed jobs</h1>
+      <div class="tools">
+        <label class="field">Queue <select id="failed-queue"></select></label>
+        <span id="failed-tools"></span>
+      </div>
+    </div>
+    <div id="failed-box" class="card"></div>
+  </section>
+
+  <section id="view-job" class="view" aria-labelledby="h-job" hidden>
+    <div class="head">
+      <h1 id="h-job">Job</h1>
+      <p class="sub">Look a job up by its id: the id <code>push()</code> returned.</p>
+    </div>
+    <form id="job-form" class="card lookup">
+      <label class="field">Queue <select id="job-queue" name="queue"></select></label>
+      <label class="field grow">Job id
+        <input id="job-id" name="id" autocomplete="off" spellcheck="false" required></label>
+      <button type="submit" class="btn primary">Look up</button>
+    </form>
+    <div id="job-box"></div>
+  </section>
+
+  <section id="view-schedules" class="view" aria-labelledby="h-schedules" hidden>
+    <div class="head">
+      <h1 id="h-schedules">Schedules</h1>
+      <p class="sub">Periodic jobs: each tick pushes exactly one job.</p>
+    </div>
+    <div id="schedules-box" class="card"></div>
+  </section>
+</main>
+
+<div id="toast" class="toast" role="status" aria-live="polite" hidden></div>
+<footer>mpqueue {{version}} &middot; refreshes every 2 s</footer>
+</body>
+</html>
+''',
+    'login.html': r'''<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Sign in &middot; mpqueue</title>
+<link rel="icon" href="favicon.svg" type="image/svg+xml">
+<link rel="stylesheet" href="app.css">
+</head>
+<body class="login-page">
+<main>
+  <form class="card login" method="post" action="login">
+    <h1><img class="logo" src="favicon.svg" alt="">mpqueue</h1>
+    <p class="sub">This dashboard needs its token.</p>
+    <p id="login-error" class="error" role="alert">{{error}}</p>
+    <label for="token">Token</label>
+    <input id="token" name="token" type="password" autocomplete="current-password" required
+           autofocus>
+    <input type="hidden" name="csrf_token" value="{{csrf_token}}">
+    <button type="submit" class="btn primary">Sign in</button>
+  </form>
+</main>
+</body>
+</html>
+''',
+    'app.css': r''':root {
+  --bg: #f4f6f9;
+  --card: #ffffff;
+  --ink: #18212f;
+  --muted: #667085;
+  --faint: #98a2b3;
+  --line: #e4e7ec;
+  --head: #101828;
+  --head-ink: #e4e7ec;
+  --accent: #2563eb;
+  --done: #0e9f6e;
+  --failed: #d92d20;
+  --warn: #b54708;
+  --radius: 10px;
+  color-scheme: light;
+  font-family: system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial,
+    "Liberation Sans", sans-serif;
+  font-size: 14px;
+  line-height: 1.45;
+  color: var(--ink);
+  background: var(--bg);
+}
+* { box-sizing: border-box; }
+body { margin: 0; min-height: 100vh; display: flex; flex-direction: column; }
+[hidden] { display: none !important; }
+a { color: var(--accent); text-decoration: none; }
+a:hover { text-decoration: underline; }
+code, pre, .mono { font-family: ui-monospace, "SFMono-Regular", Menlo, Consolas,
+  "Liberation Mono", "DejaVu Sans Mono", monospace; font-size: 12.5px; }
+.sr-only { position: absolute; width: 1px; height: 1px; overflow: hidden;
+  clip: rect(0 0 0 0); white-space: nowrap; }
+:focus-visible { outline: 2px solid var(--accent); outline-offset: 2px; }
+
+/* -- header ---------------------------------------------------------------- */
+.top { background: var(--head); color: var(--head-ink); }
+.bar, .top nav ul, main, footer { max-width: 1240px; margin: 0 auto; padding-left: 24px;
+  padding-right: 24px; }
+.bar { display: flex; align-items: center; gap: 14px; flex-wrap: wrap; padding-top: 12px;
+  padding-bottom: 6px; }
+.brand { display: flex; align-items: center; gap: 8px; color: #fff; font-weight: 700;
+  font-size: 17px; letter-spacing: -.01em; }
+.brand:hover { text-decoration: none; }
+.logo { width: 22px; height: 22px; display: inline-block; }
+.broker { color: #98a2b3; font-family: ui-monospace, Menlo, Consolas, "Liberation Mono",
+  monospace; font-size: 12.5px; overflow-wrap: anywhere; }
+.spacer { flex: 1; }
+.summary { color: #cbd5e1; font-size: 13px; }
+.live { font-size: 13px; color: #cbd5e1; display: inline-flex; align-items: center; gap: 6px;
+  font-variant-numeric: tabular-nums; }
+.live::before { content: ""; width: 8px; height: 8px; border-radius: 50%;
+  background: var(--faint); }
+.live.ok::before { background: #32d583; box-shadow: 0 0 0 3px rgba(50, 213, 131, .2); }
+.live.bad::before { background: #f97066; box-shadow: 0 0 0 3px rgba(249, 112, 102, .25); }
+.top .link { color: #cbd5e1; }
+.top nav ul { list-style: none; display: flex; gap: 4px; margin: 0 auto; padding-top: 4px;
+  padding-bottom: 0; overflow-x: auto; }
+.top nav a { display: block; padding: 9px 14px 10px; color: #cbd5e1; font-weight: 500;
+  border-bottom: 3px solid transparent; white-space: nowrap; }
+.top nav a:hover { color: #fff; text-decoration: none; }
+.top nav a[aria-current="page"] { color: #fff; border-bottom-color: #60a5fa; }
+.count { display: inline-block; min-width: 20px; padding: 0 6px; border-radius: 10px;
+  background: var(--failed); color: #fff; font-size: 11.5px; font-weight: 600;
+  text-align: center; line-height: 18px; }
+.count:empty { display: none; }
+
+/* -- banner, toast --------------------------------------------------------- */
+.banner { max-width: 1240px; margin: 16px auto 0; width: calc(100% - 48px); padding: 12px 16px;
+  border-radius: var(--radius); background: #fef3f2; border: 1px solid #fecdca;
+  color: #912018; display: flex; gap: 10px; flex-wrap: wrap; align-items: baseline; }
+.banner strong { font-weight: 700; }
+.banner .when { color: #b42318; opacity: .8; }
+.toast { position: fixed; right: 20px; bottom: 20px; max-width: min(460px, calc(100% - 40px));
+  padding: 11px 16px; border-radius: 8px; background: var(--head); color: #fff;
+  box-shadow: 0 8px 24px rgba(16, 24, 40, .25); overflow-wrap: anywhere; }
+.toast.error { background: #912018; }
+
+/* -- layout ------------------------------------------------------------------ */
+main { flex: 1; width: 100%; padding-top: 20px; padding-bottom: 32px; }
+main.stale-data .card { opacity: .55; }
+.head { display: flex; align-items: baseline; gap: 6px 18px; flex-wrap: wrap; margin: 4px 0 14px; }
+h1 { font-size: 22px; margin: 0; letter-spacing: -.015em; }
+h2 { font-size: 15px; margin: 0; }
+.sub { margin: 0; color: var(--muted); }
+.tools { display: flex; align-items: center; gap: 12px; flex-wrap: wrap; margin-left: auto; }
+.card { background: var(--card); border: 1px solid var(--line); border-radius: var(--radius);
+  box-shadow: 0 1px 2px rgba(16, 24, 40, .05); margin-bottom: 18px; }
+.card-head { display: flex; align-items: center; gap: 10px 20px; flex-wrap: wrap;
+  padding: 14px 18px 4px; }
+.scroll { overflow-x: auto; }
+footer { width: 100%; color: var(--faint); font-size: 12px; padding-bottom: 18px; }
+.empty, .unavailable { margin: 0; padding: 28px 18px; text-align: center; color: var(--muted); }
+.unavailable strong { display: block; color: var(--ink); margin-bottom: 4px; }
+.unavailable p { margin: 0; }
+
+/* -- tables ------------------------------------------------------------------ */
+table.data { width: 100%; border-collapse: collapse; font-variant-numeric: tabular-nums; }
+.data th, .data td { padding: 10px 14px; border-bottom: 1px solid var(--line);
+  text-align: left; vertical-align: top; }
+.data tbody tr:last-child > * { border-bottom: 0; }
+.data thead th { font-size: 11.5px; font-weight: 600; letter-spacing: .04em;
+  text-transform: uppercase; color: var(--muted); background: #f9fafb; white-space: nowrap; }
+.data thead tr.groups th, .data thead tr.groups td { background: var(--card); color: var(--faint);
+  font-size: 10.5px; padding-top: 8px; padding-bottom: 2px; border-bottom: 0; text-align: center; }
+.data thead tr.groups th { border-bottom: 2px solid var(--line); }
+.data tbody th { font-weight: 600; }
+.data tbody tr:hover > * { background: #fafbfc; }
+.data .num { text-align: right; white-space: nowrap; }
+.data td.num { font-size: 14.5px; }
+.zero { color: var(--faint); }
+.bad { color: var(--failed); font-weight: 600; }
+.bad a { color: inherit; }
+.warn { color: var(--warn); font-weight: 600; }
+.good { color: var(--done); }
+tr.stale > * { background: #fffaeb; }
+#queues-table tbody th, #queues-table thead tr:last-child th:first-child {
+  position: sticky; left: 0; background: var(--card); z-index: 1; }
+#queues-table thead tr:last-child th:first-child { background: #f9fafb; }
+.group-start > * { border-top: 1px solid var(--line); }
+
+/* -- badges, buttons, fields --------------------------------------------------- */
+.badge { display: inline-block; padding: 1px 8px; border-radius: 999px; font-size: 12px;
+  font-weight: 600; line-height: 20px; white-space: nowrap; background: #f2f4f7; color: #344054; }
+.badge.muted { background: #344054; color: #e4e7ec; }
+.badge.running, .badge.done { background: #ecfdf3; color: #067647; }
+.badge.stopping, .badge.delayed, .badge.reserved { background: #fffaeb; color: #b54708; }
+.badge.stale, .badge.failed, .badge.timeout { background: #fef3f2; color: #b42318; }
+.badge.waiting { background: #eff8ff; color: #175cd3; }
+.badge.working { background: #f4f3ff; color: #5925dc; }
+.badge.cancelled { background: #f2f4f7; color: #475467; }
+.btn { font: inherit; font-weight: 600; font-size: 13px; padding: 6px 12px; border-radius: 7px;
+  border: 1px solid #d0d5dd; background: #fff; color: #344054; cursor: pointer;
+  white-space: nowrap; }
+.btn:hover { background: #f9fafb; }
+.btn:disabled { opacity: .5; cursor: default; }
+.btn.primary { background: var(--accent); border-color: var(--accent); color: #fff; }
+.btn.primary:hover { background: #1d4ed8; }
+.btn.danger { color: #b42318; border-color: #fda29b; }
+.btn.danger:hover { background: #fef3f2; }
+.link { font: inherit; background: none; border: 0; padding: 0; color: var(--accent);
+  cursor: pointer; }
+.field { display: inline-flex; align-items: center; gap: 8px; color: var(--muted);
+  font-weight: 500; }
+.field.grow { flex: 1; min-width: 220px; }
+.field.grow input { flex: 1; }
+select, input { font: inherit; color: var(--ink); padding: 6px 10px; border: 1px solid #d0d5dd;
+  border-radius: 7px; background: #fff; min-width: 0; }
+input { font-family: ui-monospace, Menlo, Consolas, "Liberation Mono", monospace; }
+
+/* -- chart --------------------------------------------------------------------- */
+.legend { list-style: none; display: flex; gap: 18px; margin: 0 0 0 auto; padding: 0;
+  color: var(--muted); font-variant-numeric: tabular-nums; }
+.legend b { color: var(--ink); margin-left: 4px; }
+.swatch { display: inline-block; width: 12px; height: 3px; border-radius: 2px;
+  vertical-align: middle; margin-right: 6px; }
+.legend .done .swatch { background: var(--done); }
+.legend .failed .swatch { background: var(--failed); }
+.chart { padding: 4px 8px 0 4px; min-height: 230px; }
+.chart svg { display: block; width: 100%; height: auto; overflow: visible; }
+.chart .grid { stroke: #eef0f3; stroke-width: 1; }
+.chart .baseline { stroke: #d0d5dd; stroke-width: 1; }
+.chart .axis { fill: var(--faint); font-size: 11px; font-variant-numeric: tabular-nums; }
+.chart .line { fill: none; stroke-width: 2; stroke-linejoin: round; stroke-linecap: round; }
+.chart .series-done { stroke: var(--done); }
+.chart .series-failed { stroke: var(--failed); }
+.chart .area-done { fill: var(--done); opacity: .09; stroke: none; }
+.chart .dot-done { fill: var(--done); }
+.chart .dot-failed { fill: var(--failed); }
+.chart .waiting { fill: var(--muted); font-size: 13px; }
+.note { margin: 0; padding: 2px 18px 14px; color: var(--muted); font-size: 12.5px; }
+
+/* -- failed jobs, job -------------------------------------------------------------- */
+table.failed-jobs { table-layout: fixed; min-width: 760px; }
+.failed-jobs col.c-job { width: 26%; }
+.failed-jobs col.c-attempts { width: 104px; }
+.failed-jobs col.c-failed { width: 112px; }
+.failed-jobs col.c-actions { width: 172px; }
+.failed-jobs .name { font-weight: 600; overflow-wrap: anywhere; }
+.failed-jobs .id { color: var(--muted); overflow-wrap: anywhere; }
+.failed-jobs td.actions { white-space: nowrap; }
+.failed-jobs td.actions .btn + .btn { margin-left: 6px; }
+details { border: 1px solid var(--line); border-radius: 7px; background: #fcfcfd; }
+details + details { margin-top: 6px; }
+summary { cursor: pointer; padding: 6px 10px; overflow-wrap: anywhere; color: #912018;
+  font-family: ui-monospace, Menlo, Consolas, "Liberation Mono", monospace; font-size: 12.5px; }
+summary .n { color: var(--faint); margin-right: 6px; }
+details pre { margin: 0; padding: 10px 12px; border-top: 1px solid var(--line); overflow-x: auto;
+  white-space: pre; max-height: 420px; color: #344054; background: #fff;
+  border-radius: 0 0 7px 7px; }
+.pager { display: flex; align-items: center; gap: 14px; padding: 10px 16px;
+  border-top: 1px solid var(--line); color: var(--muted); }
+.pager .spacer { flex: 1; }
+.lookup { display: flex; align-items: center; gap: 12px; padding: 14px 18px; flex-wrap: wrap; }
+.job-card { padding: 18px; }
+.job-title { display: flex; align-items: center; gap: 12px; flex-wrap: wrap; margin-bottom: 14px; }
+.job-title h2 { font-size: 17px; overflow-wrap: anywhere; }
+.job-title .btn { margin-left: auto; }
+dl.facts { display: grid; grid-template-columns: repeat(auto-fill, minmax(200px, 1fr));
+  gap: 14px 24px; margin: 0 0 16px; }
+dl.facts div { min-width: 0; }
+dl.facts dt { font-size: 11.5px; text-transform: uppercase; letter-spacing: .04em;
+  color: var(--muted); font-weight: 600; }
+dl.facts dd { margin: 2px 0 0; font-variant-numeric: tabular-nums; overflow-wrap: anywhere; }
+.job-card h3 { font-size: 13px; margin: 16px 0 8px; color: var(--muted); text-transform: uppercase;
+  letter-spacing: .04em; }
+pre.result { margin: 0; padding: 10px 12px; border: 1px solid var(--line); border-radius: 7px;
+  background: #fcfcfd; overflow-x: auto; white-space: pre-wrap; overflow-wrap: anywhere; }
+
+/* -- login ------------------------------------------------------------------------- */
+.login-page main { display: flex; align-items: center; justify-content: center; }
+form.login { width: 100%; max-width: 360px; padding: 28px; display: flex; flex-direction: column;
+  gap: 10px; }
+form.login h1 { display: flex; align-items: center; gap: 10px; }
+form.login label { font-weight: 600; margin-top: 6px; }
+form.login .btn { margin-top: 8px; padding: 9px; }
+.error { margin: 0; color: var(--failed); font-weight: 600; }
+.error:empty { display: none; }
+
+/* -- narrow windows ------------------------------------------------------------------ */
+@media (max-width: 720px) {
+  .bar, .top nav ul, main, footer { padding-left: 12px; padding-right: 12px; }
+  .banner { width: calc(100% - 24px); }
+  .summary { display: none; }
+  .data th, .data td { padding: 8px 10px; }
+  .legend { margin-left: 0; }
+  .tools { margin-left: 0; }
+}
+''',
+    'app.js': r'''// The mpqueue dashboard.  Everything that comes from the broker is put into
+// the page as text (text nodes, attributes), never parsed as HTML.
+'use strict';
+
+(function () {
+  const REFRESH_MS = 2000;          // one round of API calls every 2 s
+  const FETCH_TIMEOUT_MS = 8000;    // the server gives up on the broker after 3 s
+  const WINDOW_S = 15 * 60;         // the chart's time span
+  const RATE_SPAN_S = 10;           // a rate is taken over about this many seconds
+  const GAP_S = 60;                 // samples further apart than this leave a gap
+  const PAGE_SIZE = 50;             // failed jobs per page
+  const VIEWS = ['queues', 'fleet', 'failed', 'job', 'schedules'];
+  const TITLES = {queues: 'Queues', fleet: 'Fleet', failed: 'Failed jobs', job: 'Job',
+                  schedules: 'Schedules'};
+  const UNFINISHED = ['waiting', 'delayed', 'reserved', 'working'];
+
+  const $ = (id) => document.getElementById(id);
+  const meta = (name) => {
+    const node = document.querySelector('meta[name="' + name + '"]');
+    return node ? node.getAttribute('content') : '';
+  };
+  const enc = encodeURIComponent;
+  const CSRF = meta('csrf-token');
+  const READ_ONLY = meta('mpq-read-only') === '1';
+  const SIGNED_IN = meta('mpq-signed-in') === '1';
+  const STALE_S = Number(meta('mpq-stale-seconds')) || 6;
+  const QUEUES = JSON.parse(meta('mpq-queues') || '[]');
+
+  const state = {
+    view: 'queues',
+    queues: null,                 // the last /api/queues
+    fleet: null,
+    samples: new Map(),           // queue -> [{t, done, failed}] taken by this page
+    since: Date.now() / 1000,
+    history: 'unknown',           // 'broker': mpqueue.history(); 'local': our samples
+    historyData: new Map(),
+    chartQueue: QUEUES[0] || null,
+    failed: {queue: QUEUES[0] || null, offset: 0, key: ''},
+    open: new Set(),              // error <details> the user opened: 'id:index'
+    job: {queue: QUEUES[0] || null, id: '', key: ''},
+    schedulesKey: '',
+    lastUpdate: null,
+  };
+
+  // -- DOM: elements and text nodes only -------------------------------------
+
+  function el(tag, attrs, children) {
+    return fill(document.createElement(tag), attrs, children);
+  }
+
+  function svg(tag, attrs, children) {
+    return fill(document.createElementNS('http://www.w3.org/2000/svg', tag), attrs, children);
+  }
+
+  function fill(node, attrs, children) {
+    for (const [key, value] of Object.entries(attrs || {})) {
+      if (value === null || value === undefined || value === false) continue;
+      if (key.startsWith('on')) node.addEventListener(key.slice(2), value);
+      else node.setAttribute(key, value === true ? '' : String(value));
+    }
+    append(node, children);
+    return node;
+  }
+
+  function append(node, children) {
+    if (children === null || children === undefined || children === false) return;
+    if (!Array.isArray(children)) children = [children];
+    for (const child of children) {
+      if (Array.isArray(child)) append(node, child);
+      else if (child !== null && child !== undefined && child !== false) {
+        node.appendChild(child instanceof Node ? child : document.createTextNode(String(child)));
+      }
+    }
+  }
+
+  // -- formatting ----------------------------------------------------------------
+
+  const NUMBER = new Intl.NumberFormat('en-US');
+  const pad = (n) => String(n).padStart(2, '0');
+
+  function fmtInt(n) {
+    return n === null || n === undefined ? '\u2014' : NUMBER.format(n);
+  }
+
+  function fmtRate(r) {
+    if (r === null || r === undefined || !isFinite(r)) return '\u2014';
+    return r >= 100 ? NUMBER.format(Math.round(r)) : r.toFixed(1);
+  }
+
+  function fmtAge(s) {
+    if (s === null || s === undefined || !isFinite(s)) return '\u2014';
+    if (s < 10) return s.toFixed(1) + ' s';
+    s = Math.round(s);
+    if (s < 60) return s + ' s';
+    const m = Math.floor(s / 60);
+    if (m < 60) return m + ' min ' + pad(s % 60) + ' s';
+    const h = Math.floor(m / 60);
+    if (h < 48) return h + ' h ' + pad(m % 60) + ' min';
+    return Math.floor(h / 24) + ' d ' + (h % 24) + ' h';
+  }
+
+  function fmtClock(t) {
+    const d = new Date(t * 1000);
+    return pad(d.getHours()) + ':' + pad(d.getMinutes()) + ':' + pad(d.getSeconds());
+  }
+
+  function fmtTime(t) {
+    if (!t) return '\u2014';
+    const d = new Date(t * 1000), now = new Date();
+    if (d.toDateString() === now.toDateString()) return fmtClock(t);
+    return d.getFullYear() + '-' + pad(d.getMonth() + 1) + '-' + pad(d.getDate()) + ' ' +
+      fmtClock(t);
+  }
+
+  function timeCell(t) {
+    if (!t) return '\u2014';
+    const d = new Date(t * 1000);
+    return el('time', {datetime: d.toISOString(), title: d.toString()}, fmtTime(t));
+  }
+
+  function numCell(value, name, extra) {
+    const cls = 'num' + (value === 0 ? ' zero' : '') + (extra ? ' ' + extra : '');
+    return el('td', {class: cls, 'data-col': name}, fmtInt(value));
+  }
+
+  // -- the API -----------------------------------------------------------------------
+
+  class ApiError extends Error {
+    constructor(status, message, body) {
+      super(message);
+      this.status = status;          // 0: the dashboard server itself did not answer
+      this.body = body || {};
+    }
+  }
+
+  async function api(path, method) {
+    const controller = new AbortController();
+    const timer = setTimeout(() => controller.abort(), FETCH_TIMEOUT_MS);
+    const headers = {'Accept': 'application/json'};
+    if (method === 'POST') headers['X-CSRF-Token'] = CSRF;
+    let response, body = null;
+    try {
+      response = await fetch(path, {method: method || 'GET', headers: headers,
+                                    credentials: 'same-origin', cache: 'no-store',
+                                    signal: controller.signal});
+      try { body = await response.json(); } catch (err) { body = null; }
+    } catch (err) {
+      throw new ApiError(0, controller.signal.aborted
+        ? 'the dashboard server did not answer within ' + FETCH_TIMEOUT_MS / 1000 + ' s'
+        : 'the dashboard server cannot be reached');
+    } finally {
+      clearTimeout(timer);
+    }
+    if (response.status === 401) {
+      window.location.assign('login');
+      throw new ApiError(401, 'signed out');
+    }
+    if (!response.ok) {
+      throw new ApiError(response.status, (body && body.error) || 'HTTP ' + response.status, body);
+    }
+    return body;
+  }
+
+  function unavailable(box, err) {
+    box.replaceChildren(el('div', {class: 'unavailable', 'data-unavailable': 'true'}, [
+      el('strong', {}, 'Not available in this version'), el('p', {}, err.message)]));
+  }
+
+  // -- refreshing ----------------------------------------------------------------------
+
+  let timer = null, running = false, again = false;
+
+  async function tick() {
+    if (running) { again = true; return; }
+    running = true;
+    clearTimeout(timer);
+    const results = [];
+    try {
+      results.push(...await Promise.allSettled([loadQueues(), loadFleet()]));
+      results.push(...await Promise.allSettled([loadView()]));
+    } finally {
+      running = false;
+      showHealth(results.filter((r) => r.status === 'rejected').map((r) => r.reason));
+      if (again) { again = false; tick(); } else timer = setTimeout(tick, REFRESH_MS);
+    }
+  }
+
+  function showHealth(errors) {
+    const server = errors.find((e) => e.status === 0);
+    const broker = errors.find((e) => e.status === 503);
+    const other = errors.find((e) => e.status !== 401 && e !== server && e !== broker);
+    const problem = server || broker || other;
+    const live = $('live');
+    if (!problem) {
+      state.lastUpdate = Date.now() / 1000;
+      $('banner').hidden = true;
+      $('main').classList.remove('stale-data');
+      live.className = 'live ok';
+      live.textContent = 'Live \u00b7 ' + fmtClock(state.lastUpdate);
+      return;
+    }
+    const title = server ? 'Dashboard server unreachable'
+      : broker ? 'Broker unreachable' : 'Error';
+    showBanner(title, problem.message);
+    $('main').classList.toggle('stale-data', Boolean(server || broker));
+    live.className = 'live bad';
+    live.textContent = server || broker ? 'Offline' : 'Error';
+    if (!(problem instanceof ApiError)) console.error(problem);
+  }
+
+  function showBanner(title, message) {
+    const when = state.lastUpdate
+      ? 'Showing data from ' + fmtClock(state.lastUpdate) + '; trying again every 2 s.'
+      : 'Trying again every 2 s.';
+    const banner = $('banner');
+    banner.replaceChildren(el('strong', {}, title), el('span', {}, message),
+                           el('span', {class: 'when'}, when));
+    banner.hidden = false;
+  }
+
+  let toastTimer = null;
+
+  function toast(text, error) {
+    const box = $('toast');
+    box.textContent = text;
+    box.className = 'toast' + (error ? ' error' : '');
+    box.hidden = false;
+    clearTimeout(toastTimer);
+    toastTimer = setTimeout(() => { box.hidden = true; }, error ? 8000 : 4000);
+  }
+
+  function loadView() {
+    switch (state.view) {
+      case 'failed': return loadFailed();
+      case 'job': return loadJob();
+      case 'schedules': return loadSchedules();
+      default: return null;
+    }
+  }
+
+  // -- routing: #queues, #fleet, #failed/Q/OFFSET, #job/Q/ID, #schedules -------------------
+
+  function route() {
+    let parts;
+    try {
+      parts = window.location.hash.replace(/^#/, '').split('/').map(decodeURIComponent);
+    } catch (err) {
+      parts = [];
+    }
+    state.view = VIEWS.includes(parts[0]) ? parts[0] : 'queues';
+    if (state.view === 'failed' && parts[1]) {
+      state.failed.queue = parts[1];
+      state.failed.offset = Math.max(0, parseInt(parts[2], 10) || 0);
+      state.failed.key = '';
+    }
+    if (state.view === 'job') {
+      if (parts[1]) state.job.queue = parts[1];
+      state.job.id = parts[2] || '';
+      state.job.key = '';
+      $('job-id').value = state.job.id;
+      if (!state.job.id) $('job-box').replaceChildren();
+    }
+    for (const view of VIEWS) $('view-' + view).hidden = view !== state.view;
+    for (const link of document.querySelectorAll('.top nav a')) {
+      if (link.dataset.view === state.view) link.setAttribute('aria-current', 'page');
+      else link.removeAttribute('aria-current');
+    }
+    document.title = TITLES[state.view] + ' \u00b7 mpqueue';
+    fillSelects();
+    tick();
+  }
+
+  function go(hash) {
+    if (window.location.hash === hash) route();
+    else window.location.hash = hash;
+  }
+
+  function fillSelects() {
+    const names = state.queues ? state.queues.map((q) => q.name) : QUEUES;
+    for (const [id, current] of [['chart-queue', state.chartQueue],
+                                 ['failed-queue', state.failed.queue],
+                                 ['job-queue', state.job.queue]]) {
+      const select = $(id);
+      const have = Array.from(select.options).map((o) => o.value);
+      if (have.join('\n') !== names.join('\n')) {
+        select.replaceChildren(...names.map((name) => el('option', {value: name}, name)));
+      }
+      if (current !== null && names.includes(current)) select.value = current;
+    }
+  }
+
+  // -- queues ----------------------------------------------------------------------------
+
+  async function loadQueues() {
+    const queues = await api('api/queues');
+    const now = Date.now() / 1000;
+    state.queues = queues;
+    for (const q of queues) {
+      const list = state.samples.get(q.name) || [];
+      list.push({t: now, done: q.done, failed: q.failed_total});
+      while (list.length && list[0].t < now - WINDOW_S - RATE_SPAN_S) list.shift();
+      state.samples.set(q.name, list);
+    }
+    if (!state.chartQueue && queues.length) state.chartQueue = queues[0].name;
+    try {
+      await loadHistory();
+    } finally {
+      renderQueues();
+      renderChart();
+      fillSelects();
+      const failed = queues.reduce((sum, q) => sum + q.failed, 0);
+      $('failed-count').textContent = failed ? fmtInt(failed) : '';
+    }
+  }
+
+  async function loadHistory() {
+    if (state.history === 'local' || !state.chartQueue) return;
+    try {
+      const data = await api('api/queues/' + enc(state.chartQueue) + '/history');
+      state.history = 'broker';
+      state.historyData.set(state.chartQueue, data);
+    } catch (err) {
+      if (err.status !== 501) throw err;
+      state.history = 'local';
+    }
+  }
+
+  function samplesOf(queue) {
+    // The broker's history (when this version keeps one), then this page's
+    // own samples taken since its last point: the chart's right edge moves
+    // every 2 s either way.
+    const local = state.samples.get(queue) || [];
+    const broker = state.history === 'broker' ? state.historyData.get(queue) || [] : [];
+    const last = broker.length ? broker[broker.length - 1].t : -Infinity;
+    return broker.concat(local.filter((s) => s.t > last));
+  }
+
+  function rates(samples) {
+    // Per-second rates of the counters over a trailing span of about
+    // RATE_SPAN_S; {gap: true} where samples are far apart or a counter
+    // went back (the queue was cleaned).
+    const out = [];
+    let j = 0;
+    for (let i = 1; i < samples.length; i++) {
+      const s = samples[i], prev = samples[i - 1];
+      if (s.t - prev.t > GAP_S || s.done < prev.done || s.failed < prev.failed) {
+        out.push({gap: true});
+        j = i;
+        continue;
+      }
+      while (j + 1 < i && s.t - samples[j + 1].t >= RATE_SPAN_S) j++;
+      const p = samples[j], dt = s.t - p.t;
+      if (dt > 0) {
+        out.push({t: s.t, done: (s.done - p.done) / dt, failed: (s.failed - p.failed) / dt});
+      }
+    }
+    return out;
+  }
+
+  function latestRate(queue) {
+    const list = rates(samplesOf(queue));
+    const last = list[list.length - 1];
+    return last && !last.gap ? last : null;
+  }
+
+  function renderQueues() {
+    const rows = state.queues.map((q) => {
+      const rate = latestRate(q.name);
+      const failedCell = q.failed
+        ? el('td', {class: 'num bad', 'data-col': 'failed'},
+             el('a', {href: '#failed/' + enc(q.name), title: 'Show the failed jobs of ' + q.name},
+                fmtInt(q.failed)))
+        : numCell(q.failed, 'failed');
+      const age = q.waiting ? q.oldest_waiting_seconds : null;
+      return el('tr', {'data-queue': q.name}, [
+        el('th', {scope: 'row'}, q.name),
+        numCell(q.waiting, 'waiting'), numCell(q.delayed, 'delayed'),
+        numCell(q.reserved, 'reserved'), numCell(q.working, 'working'), failedCell,
+        numCell(q.cancelled, 'cancelled'),
+        el('td', {class: 'num' + (age === null || age === undefined ? ' zero'
+                                  : age > 60 ? ' warn' : ''),
+                  'data-col': 'oldest_waiting_seconds'}, fmtAge(age)),
+        numCell(q.pushed, 'pushed'), numCell(q.done, 'done'),
+        el('td', {class: 'num', 'data-col': 'done_rate'}, fmtRate(rate && rate.done)),
+        el('td', {class: 'num' + (rate && rate.failed > 0 ? ' bad' : ''),
+                  'data-col': 'failed_rate'}, fmtRate(rate && rate.failed)),
+      ]);
+    });
+    if (!rows.length) {
+      rows.push(el('tr', {}, el('td', {colspan: 12, class: 'empty'}, 'No queue in the config.')));
+    }
+    $('queues-body').replaceChildren(...rows);
+  }
+
+  function niceCeil(value) {
+    if (!(value > 0)) return 1;
+    const e = Math.pow(10, Math.floor(Math.log10(value)));
+    // tops whose quarters are round numbers: the chart has four grid lines
+    for (const f of [1, 1.2, 1.6, 2, 2.4, 3.2, 4, 6, 8, 10]) if (f * e >= value) return f * e;
+    return 10 * e;
+  }
+
+  function renderChart() {
+    const box = $('chart');
+    const queue = state.chartQueue;
+    const now = Date.now() / 1000, start = now - WINDOW_S;
+    const points = rates(samplesOf(queue)).filter((p) => p.gap || p.t >= start);
+    const width = Math.max(300, Math.round(box.clientWidth || 900) - 12), height = 230;
+    const m = {left: 52, right: 18, top: 12, bottom: 26};
+    const pw = width - m.left - m.right, ph = height - m.top - m.bottom;
+    let max = 0;
+    for (const p of points) if (!p.gap) max = Math.max(max, p.done, p.failed);
+    const top = niceCeil(max * 1.1);
+    const X = (t) => (m.left + (t - start) / WINDOW_S * pw).toFixed(1);
+    const Y = (v) => (m.top + ph - v / top * ph).toFixed(1);
+    const parts = [svg('title', {id: 'chart-title'},
+      'done/s and failed/s of queue ' + queue + ' over the last 15 minutes')];
+    for (let k = 0; k <= 4; k++) {
+      const v = top * k / 4, y = Y(v);
+      parts.push(svg('line', {class: k ? 'grid' : 'baseline', x1: m.left, x2: width - m.right,
+                              y1: y, y2: y}));
+      const label = (v >= 100 ? NUMBER.format(Math.round(v)) : String(Number(v.toFixed(2)))) +
+        '/s';
+      parts.push(svg('text', {class: 'axis', x: m.left - 8, y: Number(y) + 4,
+                              'text-anchor': 'end'}, label));
+    }
+    const step = pw < 500 ? 300 : 180;
+    for (let t = Math.ceil(start / step) * step; t <= now; t += step) {
+      const d = new Date(t * 1000);
+      parts.push(svg('text', {class: 'axis', x: X(t), y: height - 6, 'text-anchor': 'middle'},
+                     pad(d.getHours()) + ':' + pad(d.getMinutes())));
+    }
+    let count = 0;
+    for (const [key, cls] of [['done', 'done'], ['failed', 'failed']]) {
+      const segments = [[]];
+      for (const p of points) {
+        if (p.gap) segments.push([]);
+        else segments[segments.length - 1].push(p);
+      }
+      const drawn = segments.filter((s) => s.length);
+      const line = drawn.map((s) => 'M' + s.map((p) => X(p.t) + ',' + Y(p[key])).join('L'))
+        .join('');
+      const n = drawn.reduce((sum, s) => sum + s.length, 0);
+      count = Math.max(count, n);
+      if (key === 'done' && n) {
+        const base = Y(0);
+        parts.push(svg('path', {class: 'area-done', d: drawn.map((s) =>
+          'M' + X(s[0].t) + ',' + base + 'L' + s.map((p) => X(p.t) + ',' + Y(p[key])).join('L') +
+          'L' + X(s[s.length - 1].t) + ',' + base + 'Z').join('')}));
+      }
+      parts.push(svg('path', {class: 'line series-' + cls, d: line || 'M0,0',
+                              'data-points': n}));
+      const last = drawn.length ? drawn[drawn.length - 1] : null;
+      if (last) {
+        const p = last[last.length - 1];
+        parts.push(svg('circle', {class: 'dot-' + cls, cx: X(p.t), cy: Y(p[key]), r: 3.5},
+                       svg('title', {}, key + '/s ' + fmtRate(p[key]) + ' at ' + fmtClock(p.t))));
+      }
+    }
+    if (!count) {
+      parts.push(svg('text', {class: 'waiting', x: m.left + pw / 2, y: m.top + ph / 2,
+                              'text-anchor': 'middle'},
+                     'Collecting: the first rate needs two samples, 2 s apart'));
+    }
+    box.replaceChildren(svg('svg', {viewBox: '0 0 ' + width + ' ' + height, width: width,
+                                    height: height, role: 'img',
+                                    'aria-labelledby': 'chart-title',
+                                    'data-queue': queue || ''}, parts));
+    const rate = latestRate(queue);
+    $('legend-done').textContent = fmtRate(rate && rate.done);
+    $('legend-failed').textContent = fmtRate(rate && rate.failed);
+    $('chart-note').textContent = state.history === 'broker'
+      ? 'Rates from the counters the broker samples about every 10 s, and from this page\'s ' +
+        'own samples since the last of them.'
+      : 'Rates computed by this page from its own samples, every 2 s since ' +
+        fmtClock(state.since) + ': this version of mpqueue keeps no history in the broker.';
+  }
+
+  // -- fleet ----------------------------------------------------------------------------------
+
+  async function loadFleet() {
+    const pools = await api('api/fleet');
+    state.fleet = pools;
+    let workers = 0, busy = 0;
+    const rows = [];
+    for (const pool of pools) {
+      const queues = Object.entries(pool.queues || {}).sort((a, b) => a[0] < b[0] ? -1 : 1);
+      const stale = pool.age > STALE_S;
+      const span = Math.max(1, queues.length);
+      const status = stale
+        ? el('span', {class: 'badge stale', title: 'no heartbeat for ' + fmtAge(pool.age)}, 'stale')
+        : el('span', {class: 'badge ' + (pool.state === 'running' ? 'running' : 'stopping')},
+             pool.state || '?');
+      const head = [
+        el('th', {scope: 'row', rowspan: span}, pool.name),
+        el('td', {rowspan: span}, pool.host),
+        el('td', {rowspan: span, class: 'num'}, pool.pid),
+        el('td', {rowspan: span, 'data-col': 'state'}, status),
+        el('td', {rowspan: span}, timeCell(pool.started)),
+        el('td', {rowspan: span, class: 'num' + (stale ? ' bad' : '')}, fmtAge(pool.age) + ' ago'),
+      ];
+      const cells = (q) => [
+        el('td', {'data-col': 'queue'}, q[0]), numCell(q[1].workers, 'workers'),
+        numCell(q[1].busy, 'busy'), numCell(q[1].idle, 'idle'), numCell(q[1].done, 'done')];
+      const attrs = (i) => ({class: (stale ? 'stale' : '') + (i === 0 ? ' group-start' : ''),
+                             'data-pool': pool.name, 'data-stale': stale ? 'true' : 'false'});
+      if (!queues.length) rows.push(el('tr', attrs(0), [head, el('td', {colspan: 5}, '\u2014')]));
+      queues.forEach((q, i) => {
+        rows.push(el('tr', attrs(i), i === 0 ? [head, cells(q)] : cells(q)));
+      });
+      for (const [, q] of queues) { workers += q.workers || 0; busy += q.busy || 0; }
+    }
+    $('fleet-body').replaceChildren(...rows);
+    $('fleet-empty').hidden = pools.length > 0;
+    $('summary').textContent = pools.length
+      ? pools.length + (pools.length === 1 ? ' pool' : ' pools') + ' \u00b7 ' + busy + ' of ' +
+        workers + ' workers busy'
+      : 'no pool running';
+  }
+
+  // -- failed jobs -------------------------------------------------------------------------------
+
+  function lastLine(text) {
+    const lines = String(text).split('\n').map((s) => s.trim()).filter(Boolean);
+    const line = lines.length ? lines[lines.length - 1] : '(empty)';
+    return line.length > 200 ? line.slice(0, 199) + '\u2026' : line;
+  }
+
+  function errorList(job) {
+    const errors = job.error_info || [];
+    if (!errors.length) return el('span', {class: 'zero'}, 'no error recorded');
+    return errors.map((text, i) => {
+      const key = job.id + ':' + i;
+      const details = el('details', {open: state.open.has(key), 'data-error': i}, [
+        el('summary', {}, [el('span', {class: 'n'}, '#' + (i + 1)), lastLine(text)]),
+        el('pre', {}, text)]);
+      details.addEventListener('toggle', () => {
+        if (details.open) state.open.add(key); else state.open.delete(key);
+      });
+      return details;
+    });
+  }
+
+  function actionButton(label, action, description, onclick, danger) {
+    return el('button', {type: 'button', class: 'btn' + (danger ? ' danger' : ''),
+                         'data-action': action, 'aria-label': description, title: description,
+                         onclick: onclick}, label);
+  }
+
+  async function act(button, path, question, done) {
+    if (READ_ONLY) return;
+    if (question && !window.confirm(question)) return;
+    if (button) button.disabled = true;
+    try {
+      toast(done(await api(path, 'POST')));
+    } catch (err) {
+      toast(err.message, true);
+      if (err.status === 0 || err.status === 503) {
+        showBanner(err.status ? 'Broker unreachable' : 'Dashboard server unreachable',
+                   err.message);
+      }
+    } finally {
+      if (button) button.disabled = false;
+      state.failed.key = state.job.key = '';
+      tick();
+    }
+  }
+
+  async function loadFailed() {
+    const queue = state.failed.queue;
+    const box = $('failed-box');
+    if (!queue) {
+      box.replaceChildren(el('p', {class: 'empty'}, 'No queue in the config.'));
+      return;
+    }
+    const base = 'api/queues/' + enc(queue) + '/failed';
+    const data = await api(base + '?offset=' + state.failed.offset + '&count=' + PAGE_SIZE);
+    if (state.failed.offset && state.failed.offset >= data.total) {
+      // the page emptied (jobs retried or deleted): show the last one that has jobs
+      const last = Math.max(0, Math.floor((data.total - 1) / PAGE_SIZE) * PAGE_SIZE);
+      go('#failed/' + enc(queue) + (last ? '/' + last : ''));
+      return;
+    }
+    const key = queue + '\n' + JSON.stringify(data);
+    if (key === state.failed.key) return;
+    state.failed.key = key;
+
+    const tools = [];
+    if (!READ_ONLY && data.total) {
+      tools.push(actionButton('Retry all', 'retry-all',
+        'Retry all ' + data.total + ' failed jobs of queue ' + queue, (e) => act(
+          e.currentTarget, base + '/retry',
+          'Put all ' + fmtInt(data.total) + ' failed jobs of queue ' + queue + ' back?',
+          (r) => r.retried + ' job(s) of queue ' + queue + ' put back')));
+    }
+    $('failed-tools').replaceChildren(...tools);
+    if (!data.jobs.length) {
+      box.replaceChildren(el('p', {class: 'empty'}, 'No failed jobs in queue ' + queue + '.'));
+      return;
+    }
+    const rows = data.jobs.map((job) => {
+      const jobPath = 'api/queues/' + enc(queue) + '/failed/' + enc(job.id);
+      const name = job.job || '(unnamed)';
+      const cells = [
+        el('td', {class: 'job'}, [
+          el('div', {class: 'name', 'data-col': 'name'}, name),
+          el('a', {class: 'id mono', href: '#job/' + enc(queue) + '/' + enc(job.id),
+                   title: 'Look this job up'}, job.id)]),
+        el('td', {class: 'num', 'data-col': 'attempts',
+                  title: 'attempts made; the job allowed ' + ((job.fail_number || 0) + 1)},
+           fmtInt(job.exec_number)),
+        el('td', {}, [
+          el('span', {class: 'badge ' + (job.type === 2 ? 'timeout' : 'failed')},
+             job.type === 2 ? 'timeout' : 'error'), el('br'), timeCell(job.fail_time)]),
+        el('td', {class: 'errors'}, errorList(job)),
+      ];
+      if (!READ_ONLY) {
+        cells.push(el('td', {class: 'actions'}, [
+          actionButton('Retry', 'retry', 'Retry job ' + job.id + ' (' + name + ')',
+            (e) => act(e.currentTarget, jobPath + '/retry', null,
+                       () => 'Job ' + job.id + ' put back in queue ' + queue)),
+          actionButton('Delete', 'delete', 'Delete job ' + job.id + ' (' + name + ')',
+            (e) => act(e.currentTarget, jobPath + '/delete',
+                       'Delete failed job ' + job.id + ' (' + name + ')? This cannot be undone.',
+                       () => 'Job ' + job.id + ' deleted'), true)]));
+      }
+      return el('tr', {'data-job-id': job.id}, cells);
+    });
+    const head = ['Job', 'Attempts', 'Failed', 'Errors'].concat(READ_ONLY ? [] : ['Actions']);
+    const first = state.failed.offset + 1, last = state.failed.offset + data.jobs.length;
+    const prev = state.failed.offset > 0, next = last < data.total;
+    const pageLink = (offset, label, rel) => el('a', {
+      href: '#failed/' + enc(queue) + (offset ? '/' + offset : ''), rel: rel}, label);
+    box.replaceChildren(
+      el('div', {class: 'scroll'}, el('table', {class: 'data failed-jobs', id: 'failed-table'}, [
+        el('caption', {class: 'sr-only'}, 'Failed jobs of queue ' + queue),
+        el('colgroup', {}, head.map((h) => el('col', {class: 'c-' + h.toLowerCase()}))),
+        el('thead', {}, el('tr', {}, head.map((h) => el('th', {
+          scope: 'col', class: h === 'Attempts' ? 'num' : null}, h)))),
+        el('tbody', {}, rows)])),
+      el('nav', {class: 'pager', 'aria-label': 'Pages of failed jobs'}, [
+        el('span', {}, fmtInt(first) + '\u2013' + fmtInt(last) + ' of ' + fmtInt(data.total)),
+        el('span', {class: 'spacer'}),
+        prev ? pageLink(Math.max(0, state.failed.offset - PAGE_SIZE), '\u2190 Previous', 'prev')
+          : null,
+        next ? pageLink(state.failed.offset + PAGE_SIZE, 'Next \u2192', 'next') : null]));
+  }
+
+  // -- a job by id ---------------------------------------------------------------------
+
+  function fact(label, value, col) {
+    return el('div', {}, [el('dt', {}, label), el('dd', {'data-col': col || null},
+      value === null || value === undefined || value === '' ? '\u2014' : value)]);
+  }
+
+  async function loadJob() {
+    const {queue, id} = state.job;
+    const box = $('job-box');
+    if (!queue || !id) return;
+    let info;
+    try {
+      info = await api('api/queues/' + enc(queue) + '/jobs/' + enc(id));
+    } catch (err) {
+      state.job.key = '';
+      if (err.status === 501) return unavailable(box, err);
+      if (err.status === 404) {
+        return box.replaceChildren(el('div', {class: 'card'}, el('p', {class: 'empty'},
+          'No job ' + id + ' in queue ' + queue + ': the id is unknown, or its record expired.')));
+      }
+      throw err;
+    }
+    const key = JSON.stringify(info);
+    if (key === state.job.key) return;
+    state.job.key = key;
+    const cancellable = !READ_ONLY && UNFINISHED.includes(info.state);
+    const attempts = fmtInt(info.exec_number) + ' of ' + fmtInt((info.fail_number || 0) + 1);
+    const children = [
+      el('div', {class: 'job-title'}, [
+        el('h2', {}, info.job || '(unnamed)'),
+        el('span', {class: 'badge ' + info.state, 'data-col': 'state'}, info.state),
+        cancellable ? actionButton('Cancel', 'cancel', 'Cancel job ' + info.id, (e) => act(
+          e.currentTarget, 'api/queues/' + enc(queue) + '/jobs/' + enc(info.id) + '/cancel',
+          'Cancel job ' + info.id + ' (' + (info.job || '') + ')?',
+          (r) => 'Job ' + info.id + ' cancelled (it was ' + r.state + ')'), true) : null]),
+      el('dl', {class: 'facts'}, [
+        fact('Id', el('span', {class: 'mono'}, info.id), 'id'),
+        fact('Queue', info.queue),
+        fact('Created', timeCell(info.create_time)),
+        fact('Started', timeCell(info.start_time)),
+        fact('Ended', timeCell(info.end_time)),
+        fact('Attempts', attempts, 'attempts'),
+        fact('Worker', info.worker_id),
+        fact('Timeout', info.timeout ? info.timeout + ' s' : 'none'),
+        fact('Retry delay', Array.isArray(info.fail_expire) ? info.fail_expire.join(', ') + ' s'
+          : info.fail_expire !== undefined && info.fail_expire !== null
+            ? info.fail_expire + ' s' : null),
+        fact('Failure type', info.state === 'failed'
+          ? (info.type === 2 ? 'timeout' : 'error') : null),
+        fact('Priority', info.priority),
+        fact('Key', info.key),
+        info.cancel_time ? fact('Cancelled', [
+          timeCell(info.cancel_time), info.cancelled_by ? ' by ' + info.cancelled_by : '']) : null,
+      ]),
+      el('h3', {}, 'Result'),
+      info.result_repr !== null && info.result_repr !== undefined
+        ? el('pre', {class: 'result', 'data-col': 'result'}, info.result_repr)
+        : el('p', {class: 'sub'}, info.state === 'done' ? 'Not kept (the job has no result_ttl).'
+          : 'None yet.'),
+    ];
+    if ((info.error_info || []).length) {
+      children.push(el('h3', {}, 'Errors'), errorList(info));
+    }
+    box.replaceChildren(el('div', {class: 'card job-card', 'data-job-id': info.id}, children));
+  }
+
+  // -- schedules -----------------------------------------------------------------------
+
+  async function loadSchedules() {
+    const box = $('schedules-box');
+    let data;
+    try {
+      data = await api('api/schedules');
+    } catch (err) {
+      state.schedulesKey = '';
+      if (err.status === 501) return unavailable(box, err);
+      throw err;
+    }
+    const key = JSON.stringify(data);
+    if (key === state.schedulesKey) return;
+    state.schedulesKey = key;
+    if (!data.length) {
+      return box.replaceChildren(el('p', {class: 'empty'}, 'No schedule in the config.'));
+    }
+    const head = ['Queue', 'Name', 'Expression', 'Timezone', 'Last tick', 'Next tick',
+                  'Last job', 'State', 'Skipped'];
+    const table = el('table', {class: 'data', id: 'schedules-table'}, [
+      el('caption', {class: 'sr-only'}, 'Schedules'),
+      el('thead', {}, el('tr', {}, head.map((h) => el('th', {scope: 'col',
+        class: h === 'Skipped' ? 'num' : null}, h)))),
+      el('tbody', {}, data.map((s) => el('tr', {'data-schedule': s.queue + '/' + s.name}, [
+        el('td', {}, s.queue), el('th', {scope: 'row'}, s.name),
+        el('td', {class: 'mono'}, s.expression), el('td', {}, s.timezone || 'UTC'),
+        el('td', {}, timeCell(s.last_tick)), el('td', {}, timeCell(s.next_tick)),
+        el('td', {}, s.last_job_id ? el('a', {class: 'mono', href: '#job/' + enc(s.queue) + '/' +
+                                             enc(s.last_job_id)}, s.last_job_id) : '\u2014'),
+        el('td', {}, s.last_job_state ? el('span', {class: 'badge ' + s.last_job_state},
+                                           s.last_job_state) : '\u2014'),
+        numCell(s.skipped, 'skipped')])))]);
+    box.replaceChildren(el('div', {class: 'scroll'}, table));
+  }
+
+  // -- start ---------------------------------------------------------------------------
+
+  function debounce(fn, ms) {
+    let t = null;
+    return () => { clearTimeout(t); t = setTimeout(fn, ms); };
+  }
+
+  function init() {
+    $('read-only').hidden = !READ_ONLY;
+    $('logout').hidden = !SIGNED_IN;
+    $('chart-queue').addEventListener('change', (e) => {
+      state.chartQueue = e.target.value;
+      if (state.history === 'broker') state.history = 'unknown';
+      renderChart();
+      tick();
+    });
+    $('failed-queue').addEventListener('change', (e) => go('#failed/' + enc(e.target.value)));
+    $('job-queue').addEventListener('change', (e) => { state.job.queue = e.target.value; });
+    $('job-form').addEventListener('submit', (e) => {
+      e.preventDefault();
+      const id = $('job-id').value.trim();
+      if (id) go('#job/' + enc($('job-queue').value) + '/' + enc(id));
+    });
+    window.addEventListener('hashchange', route);
+    window.addEventListener('resize', debounce(() => { if (state.queues) renderChart(); }, 150));
+    route();
+  }
+
+  init();
+}());
+''',
+    'favicon.svg': r'''<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 32 32">
+<rect width="32" height="32" rx="7" fill="#2563eb"/>
+<rect x="7" y="8" width="18" height="4" rx="2" fill="#fff"/>
+<rect x="7" y="14" width="13" height="4" rx="2" fill="#fff" opacity=".85"/>
+<rect x="7" y="20" width="8" height="4" rx="2" fill="#fff" opacity=".7"/>
+</svg>
+''',
+}
 
 
 if __name__ == '__main__':

@@ -1,0 +1,691 @@
+"""The dashboard, ``mpqueue web``, end to end in a real browser.
+
+Each test starts real pools (``mpqueue_cli.py worker:start``) and a real
+``python mpqueue_cli.py web --config FILE --port 0`` process, and looks at
+the page in headless Chromium driven by selenium: one browser for the whole
+module.  Chromium and its driver are Debian's (``apt-get install chromium
+chromium-driver``; ``.ci/run`` installs them on a clean machine); selenium is
+given the driver's path, so it never looks for one to download.  Without
+them the tests fail, they do not skip.
+
+Every wait polls with a deadline; the page refreshes itself every 2 s.
+Screenshots go under each test's ``tmp_path``.
+"""
+
+import http.client
+import json
+import os
+import queue as queue_module
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from selenium import webdriver
+from selenium.common.exceptions import NoAlertPresentException, WebDriverException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+
+import mpqueue
+import mpqueue_cli
+from pool_harness import CLI, E2E, Src, queue_conf, wait_for
+from redis_server import RedisServer, free_port
+
+CHROMIUM = '/usr/bin/chromium'
+CHROMEDRIVER = '/usr/bin/chromedriver'
+CHROMIUM_ARGS = ('--headless=new', '--no-sandbox', '--disable-dev-shm-usage', '--disable-gpu',
+                 '--no-first-run', '--disable-background-networking',
+                 '--disable-component-update', '--disable-sync', '--window-size=1280,800')
+START_TIMEOUT = 20      # s: the web process prints its address
+PAGE_TIMEOUT = 20       # s: the page shows a value (it refreshes every 2 s)
+POLL = 0.2              # s between two looks at the page
+
+XSS_NAME = '<script>alert(1)</script>'
+XSS_ERROR = '<img src=x onerror=alert(2)><b>bold</b>'
+
+#: Jobs added to each test's jobs module: one whose name and error are markup.
+WEB_JOBS = '''
+def markup_job(tag):
+    n = attempt(tag)
+    record('start', tag=tag, n=n)
+    raise ValueError(%r)
+
+
+markup_job.__qualname__ = %r
+markup_job.__module__ = None     # its name is exactly the markup above
+''' % (XSS_ERROR, XSS_NAME)
+
+
+# -- the browser ------------------------------------------------------------------------
+
+@pytest.fixture(scope='module')
+def browser(tmp_path_factory):
+    """Headless Chromium (one per module), with a fresh profile."""
+    missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not os.access(path, os.X_OK)]
+    if missing:
+        pytest.fail('%s not found: the dashboard tests need Chromium and its driver '
+                    '("apt-get install chromium chromium-driver"; .ci/run installs them)'
+                    % ' and '.join(missing), pytrace=False)
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in CHROMIUM_ARGS:
+        options.add_argument(arg)
+    options.add_argument('--user-data-dir=%s' % tmp_path_factory.mktemp('chromium-profile'))
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    driver.set_script_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def look(driver, script, *args):
+    """Run ``script`` (the body of a function) in the page; its return value."""
+    return driver.execute_script(script, *args)
+
+
+def wait_page(driver, cond, what, timeout=PAGE_TIMEOUT):
+    """Poll ``cond()`` against the page until it is truthy; the page's
+    banner and the last value are added to a failure."""
+    last = []
+
+    def check():
+        last[:] = [cond()]
+        return last[0]
+    try:
+        return wait_for(check, timeout, what, interval=POLL)
+    except AssertionError as exc:
+        banner = look(driver, "const b = document.getElementById('banner');"
+                              "return b && !b.hidden ? b.textContent : null;")
+        raise AssertionError('%s\nlast value: %r\nbanner: %r' % (exc, last and last[0], banner)) \
+            from None
+
+
+def click(driver, css, what):
+    """Click the element ``css`` once it is there (the page redraws itself)."""
+    def attempt():
+        try:
+            driver.find_element(By.CSS_SELECTOR, css).click()
+            return True
+        except WebDriverException:
+            return False
+    wait_for(attempt, PAGE_TIMEOUT, what, interval=POLL)
+
+
+def accept_confirm(driver, *words):
+    """Accept the confirm() dialog the last click opened; return its text."""
+    def dialog():
+        try:
+            return driver.switch_to.alert
+        except NoAlertPresentException:
+            return None
+    alert = wait_for(dialog, 10, 'a confirm dialog', interval=POLL)
+    text = alert.text
+    for word in words:
+        assert word in text, (word, text)
+    alert.accept()
+    return text
+
+
+def assert_no_alert(driver):
+    try:
+        text = driver.switch_to.alert.text
+    except NoAlertPresentException:
+        return
+    raise AssertionError('a dialog opened: %r' % text)
+
+
+def queue_table(driver):
+    """The queues view as {queue: {column: text}}."""
+    return look(driver, """
+        const out = {};
+        for (const tr of document.querySelectorAll('#queues-body tr[data-queue]')) {
+          const row = {};
+          for (const td of tr.querySelectorAll('td[data-col]')) {
+            row[td.dataset.col] = td.textContent;
+          }
+          out[tr.dataset.queue] = row;
+        }
+        return out;""")
+
+
+def failed_rows(driver):
+    """The failed jobs shown, as {id: {'name', 'attempts', 'errors': [summary]}}."""
+    return look(driver, """
+        const out = {};
+        for (const tr of document.querySelectorAll('#failed-table tbody tr[data-job-id]')) {
+          const name = tr.querySelector('[data-col=name]');
+          out[tr.dataset.jobId] = {
+            name: name.textContent, name_elements: name.children.length,
+            attempts: tr.querySelector('[data-col=attempts]').textContent,
+            errors: Array.from(tr.querySelectorAll('summary'), (s) => s.textContent),
+          };
+        }
+        return out;""")
+
+
+def banner(driver):
+    return look(driver, "const b = document.getElementById('banner');"
+                        "return b.hidden ? null : b.textContent;")
+
+
+def assert_fits(driver, what):
+    """The page is no wider than the window: wide tables scroll in their card."""
+    width, inner = look(driver, 'return [document.documentElement.scrollWidth, innerWidth];')
+    assert width <= inner, '%s: the page is %dpx wide in a %dpx window' % (what, width, inner)
+
+
+def number(text):
+    return int(text.replace(',', ''))
+
+
+def screenshot(driver, tmp_path, name):
+    path = tmp_path / ('%s.png' % name)
+    driver.save_screenshot(str(path))
+    print('screenshot: %s' % path)
+    return path
+
+
+# -- the web process ------------------------------------------------------------------------
+
+class Web:
+    """``python mpqueue_cli.py web --config FILE --port 0 ARGS`` as a child
+    process (registered with the reaper); ``url`` is the address it printed."""
+
+    def __init__(self, e2e, config_path, *args, env=None):
+        self.err_path = e2e.tmp_path / ('web-%d.err' % time.monotonic_ns())
+        with open(self.err_path, 'wb') as err:
+            self.proc = e2e.reaper.popen(
+                [sys.executable, str(CLI), 'web', '--config', str(config_path), '--port', '0']
+                + list(args), cwd=str(CLI.parent), env=env or e2e.env(),
+                stdout=subprocess.PIPE, stderr=err, text=True)
+        lines = queue_module.Queue()
+
+        def pump():
+            for line in self.proc.stdout:
+                lines.put(line)
+        threading.Thread(target=pump, daemon=True).start()
+        try:
+            line = lines.get(timeout=START_TIMEOUT)
+        except queue_module.Empty:
+            raise AssertionError('mpqueue web printed nothing within %ss: %s' % (
+                START_TIMEOUT, self.stderr())) from None
+        match = re.search(r'http://127\.0\.0\.1:(\d+)/', line)
+        assert match, (line, self.stderr())
+        self.url, self.port = match.group(0), int(match.group(1))
+
+    def stderr(self):
+        return self.err_path.read_text(errors='replace')
+
+    def request(self, method, path, headers=None, body=None):
+        """One HTTP request; returns (status, headers, body bytes)."""
+        conn = http.client.HTTPConnection('127.0.0.1', self.port, timeout=15)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            resp = conn.getresponse()
+            return resp.status, resp.headers, resp.read()
+        finally:
+            conn.close()
+
+    def json(self, method, path, headers=None):
+        status, _, body = self.request(method, path, headers)
+        return status, json.loads(body)
+
+    def csrf_token(self, headers=None):
+        status, _, body = self.request('GET', '/', headers)
+        assert status == 200, status
+        return re.search(rb'<meta name="csrf-token" content="([^"]+)">', body).group(1).decode()
+
+    def stop(self):
+        """SIGTERM: the server stops at once, with exit code 0 and no traceback."""
+        self.proc.send_signal(signal.SIGTERM)
+        assert self.proc.wait(timeout=10) == 0, self.stderr()
+        assert 'Traceback' not in self.stderr(), self.stderr()
+
+
+@pytest.fixture
+def one_broker(tmp_path, redis_url, redis_db, proc_reaper, request):
+    """The e2e harness on SQLite only, for tests whose point does not depend
+    on the broker (security, read-only)."""
+    harness = E2E(tmp_path, redis_url, redis_db, proc_reaper, request.node.name, 'sqlite')
+    try:
+        yield harness
+    finally:
+        harness.close()
+
+
+def settle(pool, queue, what, **expected):
+    """Wait until ``mpqueue.status(queue)`` has the ``expected`` counts."""
+    last = {}
+    pool.wait(lambda: last.update(mpqueue.status(queue)) or all(
+        last[k] == v for k, v in expected.items()), 20, lambda: '%s (%r)' % (what, last))
+
+
+def failed_pool(e2e, **options):
+    """A running pool on queue 'q' that does not retry, and the jobs module
+    (with ``markup_job``)."""
+    e2e.write_jobs(WEB_JOBS)
+    pool = e2e.pool(queue_conf('q', worker_number=2, fail_number=0, **options)).start()
+    return pool, e2e.import_jobs()
+
+
+# -- what the page shows -----------------------------------------------------------------------
+
+def test_queues_and_fleet_match_the_cli_and_the_chart_has_points(e2e, browser, tmp_path):
+    pool = e2e.pool(queue_conf('q', worker_number=2, fail_number=0), name='server-a').start()
+    # The dashboard reads a config with a queue that no pool serves: its jobs wait.
+    viewer = e2e.pool(queue_conf('q'), queue_conf('parked'), name='viewer')
+    jobs = e2e.import_jobs()
+    mpqueue.push_many('parked', [jobs.ok] * 2, args=('parked',))
+    mpqueue.push_many('q', [jobs.ok] * 3, args=('ok',))
+    mpqueue.push_many('q', [jobs.ok] * 2, delay=300, args=('later',))
+    mpqueue.push('q', jobs.sleeper, args=('busy', 120))
+    mpqueue.push('q', jobs.boom, args=('fails',))
+    settle(pool, 'q', 'the jobs to settle', over=3, failed=1, working=1)
+
+    web = Web(e2e, viewer.config_path)
+    browser.get(web.url)
+    res = viewer.cli('queue:status', '--json')
+    assert res.returncode == 0, res.stderr
+    expected = json.loads(res.stdout)
+
+    def matches():
+        table = queue_table(browser)
+        if set(table) != {'q', 'parked'}:
+            return False
+        for name, counts in expected.items():
+            row = {k: number(v) for k, v in table[name].items()
+                   if k not in ('oldest_waiting_seconds', 'done_rate', 'failed_rate')}
+            shown = {'all': row['pushed'], 'waiting': row['waiting'] + row['delayed'],
+                     'working': row['reserved'] + row['working'], 'failed': row['failed'],
+                     'over': row['done']}
+            if shown != counts:
+                return False
+        return table
+    table = wait_page(browser, matches, 'the page to show what queue:status says (%r)' % expected)
+    assert expected['q'] == {'all': 7, 'waiting': 2, 'working': 1, 'failed': 1, 'over': 3}
+    assert (table['q']['delayed'], table['q']['working'], table['q']['cancelled']) == \
+        ('2', '1', '0')
+    assert table['parked']['waiting'] == '2'
+    assert re.fullmatch(r'\d+\.\d s|\d+ s', table['parked']['oldest_waiting_seconds']), table
+    assert table['q']['oldest_waiting_seconds'] == '\u2014', 'nothing waits in q'
+    assert banner(browser) is None
+
+    # Jobs done while the page is open: the chart draws their rate.
+    mpqueue.push_many('q', [jobs.ok] * 6, args=('more',))
+    settle(pool, 'q', 'the new jobs to run', over=9)
+
+    def chart():
+        return look(browser, """
+            const done = document.querySelector('#chart path.series-done');
+            if (!done) return null;
+            return {points: Number(done.dataset.points), height: done.getBBox().height,
+                    queue: document.querySelector('#chart svg').dataset.queue,
+                    legend: document.getElementById('legend-done').textContent,
+                    note: document.getElementById('chart-note').textContent};""")
+    drawn = wait_page(browser, lambda: (lambda c: c if c and c['points'] >= 2 and
+                                        c['height'] > 0 else None)(chart()),
+                      'the chart to draw a done/s line above zero')
+    assert drawn['queue'] == 'q' and drawn['legend'] != '\u2014'
+    if not hasattr(mpqueue, 'history'):
+        assert 'computed by this page' in drawn['note'], drawn
+    assert_fits(browser, 'queues at 1280x800')
+    screenshot(browser, tmp_path, 'queues')
+    # A narrow window: everything is still there, the tables scroll sideways.
+    browser.set_window_size(480, 900)
+    try:
+        def narrow():
+            return look(browser, """return innerWidth <= 480 &&
+                document.querySelector('#chart svg').width.baseVal.value <= innerWidth;""")
+        wait_page(browser, narrow, 'a narrow window, and the chart drawn for it')
+        assert_fits(browser, 'queues in a narrow window')
+        assert look(browser, """const s = document.querySelector('#view-queues .scroll');
+                                return s.scrollWidth > s.clientWidth;"""), 'the table scrolls'
+        screenshot(browser, tmp_path, 'queues-narrow')
+    finally:
+        browser.set_window_size(1280, 800)
+
+    # The fleet view: the pool, its workers per queue, one busy with the sleeper.
+    click(browser, 'nav a[data-view=fleet]', 'the Fleet tab')
+
+    def pool_row():
+        return look(browser, """
+            const tr = document.querySelector('#fleet-body tr[data-pool="server-a"]');
+            if (!tr) return null;
+            const cell = (c) => tr.querySelector('[data-col=' + c + ']').textContent;
+            return {queue: cell('queue'), workers: cell('workers'), busy: cell('busy'),
+                    idle: cell('idle'), state: cell('state'), stale: tr.dataset.stale};""")
+    fleet = wait_page(browser, lambda: (lambda row: row and row['busy'] == '1' and row)(
+        pool_row()), 'the pool with its busy worker in the fleet view',
+        timeout=mpqueue.HEARTBEAT_SECONDS + PAGE_TIMEOUT)
+    assert (fleet['queue'], fleet['workers'], fleet['state'], fleet['stale']) == \
+        ('q', '2', 'running', 'false'), fleet
+    assert_fits(browser, 'fleet at 1280x800')
+    screenshot(browser, tmp_path, 'fleet')
+    web.stop()
+
+
+def test_failed_jobs_show_tracebacks_as_text_and_retry_delete_work(e2e, browser, tmp_path):
+    pool, jobs = failed_pool(e2e)
+    flaky_a, flaky_b = (mpqueue.push('q', jobs.flaky, args=(tag, 1)) for tag in ('A', 'B'))
+    boom = mpqueue.push('q', jobs.boom, args=('C',))
+    markup = mpqueue.push('q', jobs.markup_job, args=('D',))
+    settle(pool, 'q', 'four failed jobs', failed=4)
+
+    web = Web(e2e, pool.config_path)
+    browser.get(web.url + '#failed/q')
+    rows = wait_page(browser, lambda: (lambda r: len(r) == 4 and r)(failed_rows(browser)),
+                     'four failed jobs on the page')
+    assert rows[flaky_a]['name'].startswith(e2e.jobs_name + '.flaky'), rows[flaky_a]
+    assert rows[flaky_a]['attempts'] == '1'
+    assert rows[flaky_a]['errors'] == ['#1ValueError: flaky A attempt 1']
+
+    # The traceback is collapsed; opened, it shows in full.
+    pre = '#failed-table tr[data-job-id="%s"] details pre' % flaky_a
+    assert not browser.find_element(By.CSS_SELECTOR, pre).is_displayed()
+    click(browser, '#failed-table tr[data-job-id="%s"] summary' % flaky_a, 'the error summary')
+    text = wait_page(browser, lambda: browser.find_element(By.CSS_SELECTOR, pre).text,
+                     'the traceback to show')
+    assert text.startswith('Traceback (most recent call last):'), text
+    assert 'ValueError: flaky A attempt 1' in text and 'in flaky' in text, text
+
+    # Markup in a job's name and in its error is shown as text, never run.
+    assert rows[markup]['name'].startswith(XSS_NAME) and rows[markup]['name_elements'] == 0
+    assert rows[markup]['errors'] == ['#1ValueError: ' + XSS_ERROR]
+    assert_no_alert(browser)
+    assert look(browser, "return [document.querySelectorAll('script').length,"
+                         " document.querySelectorAll('#failed-box img, #failed-box b').length];"
+                ) == [1, 0]
+    assert_fits(browser, 'failed jobs at 1280x800')
+    assert look(browser, """const b = document.querySelector('button[data-action=retry]');
+        const r = b.getBoundingClientRect();
+        return r.right <= innerWidth && r.width > 0;"""), 'Retry is visible without scrolling'
+    screenshot(browser, tmp_path, 'failed')
+
+    # Retry one: it runs again (and succeeds), and leaves the list.
+    click(browser, 'tr[data-job-id="%s"] button[data-action=retry]' % flaky_a, 'Retry of A')
+    pool.wait(lambda: e2e.records('end', tag='A', n=2), 15, 'job A to run again')
+    wait_page(browser, lambda: flaky_a not in failed_rows(browser), 'A to leave the page')
+
+    # Delete one, after a confirmation.
+    click(browser, 'tr[data-job-id="%s"] button[data-action=delete]' % boom, 'Delete of C')
+    accept_confirm(browser, boom)
+    wait_page(browser, lambda: set(failed_rows(browser)) == {flaky_b, markup},
+              'C to leave the page')
+    assert {job['id'] for job in mpqueue.failed_jobs('q')} == {flaky_b, markup}
+
+    # Retry all: B runs and succeeds, the markup job fails again.
+    click(browser, 'button[data-action=retry-all]', 'Retry all')
+    accept_confirm(browser, '2 failed jobs', 'queue q')
+    pool.wait(lambda: e2e.records('end', tag='B', n=2), 15, 'job B to run again')
+    pool.wait(lambda: e2e.records('start', tag='D', n=2), 15, 'job D to run again')
+    settle(pool, 'q', 'D to fail again', failed=1, working=0, waiting=0)
+    wait_page(browser, lambda: list(failed_rows(browser)) == [markup], 'only D on the page')
+    assert_no_alert(browser)
+    web.stop()
+
+
+@pytest.mark.skipif(not hasattr(mpqueue, 'job_info'),
+                    reason='mpqueue.job_info() does not exist in this version yet')
+def test_a_job_is_looked_up_by_id_and_cancelled(e2e, browser, tmp_path):
+    pool = e2e.pool(queue_conf('q', worker_number=1, fail_number=0)).start()
+    jobs = e2e.import_jobs()
+    done = mpqueue.push('q', jobs.ok, args=('looked-up',), result_ttl=60)
+    settle(pool, 'q', 'the job to be done', over=1)
+    running = mpqueue.push('q', jobs.sleeper, args=('long', 120))
+    pool.wait(lambda: e2e.records('start', tag='long'), 15, 'the sleeper to start')
+
+    web = Web(e2e, pool.config_path)
+    browser.get(web.url + '#job')
+    field = browser.find_element(By.ID, 'job-id')
+    field.send_keys(done)
+    field.submit()
+
+    def shown():
+        return look(browser, """
+            const card = document.querySelector('#job-box [data-job-id]');
+            if (!card) return null;
+            const col = (c) => { const e = card.querySelector('[data-col=' + c + ']');
+                                 return e ? e.textContent : null; };
+            return {id: card.dataset.jobId, state: col('state'), result: col('result'),
+                    cancel: Boolean(card.querySelector('button[data-action=cancel]'))};""")
+    job = wait_page(browser, lambda: (lambda j: j and j['id'] == done and j)(shown()),
+                    'the done job')
+    assert job == {'id': done, 'state': 'done', 'result': "'looked-up'", 'cancel': False}
+
+    browser.get(web.url + '#job/q/' + running)
+    job = wait_page(browser, lambda: (lambda j: j and j['id'] == running and j)(shown()),
+                    'the running job')
+    assert job['state'] == 'working' and job['cancel'], job
+    screenshot(browser, tmp_path, 'job')
+    click(browser, '#job-box button[data-action=cancel]', 'Cancel')
+    accept_confirm(browser, running)
+    wait_page(browser, lambda: (shown() or {}).get('state') == 'cancelled', 'the job cancelled')
+
+    browser.get(web.url + '#job/q/no-such-job')
+    wait_page(browser, lambda: 'No job no-such-job' in browser.find_element(
+        By.ID, 'job-box').text, 'the unknown id to be reported')
+    web.stop()
+
+
+@pytest.mark.skipif(all(hasattr(mpqueue, name) for name in ('job_info', 'schedules', 'history')),
+                    reason='every function the dashboard uses exists in this version')
+def test_views_this_version_lacks_say_so(one_broker, browser):
+    pool = one_broker.pool(queue_conf('q'))
+    web = Web(one_broker, pool.config_path)
+    for path, name in (('/api/queues/q/jobs/abc', 'job_info'), ('/api/schedules', 'schedules'),
+                       ('/api/queues/q/history', 'history')):
+        status, body = web.json('GET', path)
+        if not hasattr(mpqueue, name):
+            assert status == 501 and body['missing'] == name, (path, status, body)
+            assert 'mpqueue.%s() is not available' % name in body['error']
+    for view, name in (('#job/q/abc', 'job_info'), ('#schedules', 'schedules')):
+        if hasattr(mpqueue, name):
+            continue
+        browser.get(web.url + view)
+        box = '#view-%s [data-unavailable]' % view[1:].split('/')[0]
+        text = wait_page(browser, lambda: look(
+            browser, 'const e = document.querySelector(arguments[0]); return e && e.textContent;',
+            box), 'the %s view to say it is not available' % view)
+        assert 'Not available in this version' in text and name in text, text
+    web.stop()
+
+
+# -- security -----------------------------------------------------------------------------
+
+def test_read_only_shows_no_actions_and_refuses_posts(one_broker, browser):
+    pool, jobs = failed_pool(one_broker)
+    failed = mpqueue.push('q', jobs.boom, args=('ro',))
+    settle(pool, 'q', 'the job to fail', failed=1)
+    web = Web(one_broker, pool.config_path, '--read-only')
+    browser.get(web.url + '#failed/q')
+    wait_page(browser, lambda: set(failed_rows(browser)) == {failed}, 'the failed job')
+    assert look(browser, "return document.getElementById('read-only').hidden") is False
+    actions = look(browser, """return Array.from(document.querySelectorAll('button'))
+        .filter((b) => b.offsetParent !== null).map((b) => b.textContent);""")
+    assert actions == [], 'read-only pages show no buttons but %r' % actions
+    assert look(browser, "return document.querySelectorAll('[data-action]').length") == 0
+
+    token = web.csrf_token()
+    for path in ('/api/queues/q/failed/%s/retry' % failed, '/api/queues/q/failed/retry',
+                 '/api/queues/q/failed/%s/delete' % failed,
+                 '/api/queues/q/jobs/%s/cancel' % failed):
+        status, body = web.json('POST', path, {'X-CSRF-Token': token})
+        assert status == 403 and 'read-only' in body['error'], (path, status, body)
+    assert [job['id'] for job in mpqueue.failed_jobs('q')] == [failed]
+    web.stop()
+
+
+def test_token_login_and_bearer(one_broker, browser, tmp_path):
+    token = 'correct-horse-battery-staple-%d' % os.getpid()
+    pool = one_broker.pool(queue_conf('q'))
+    env = dict(one_broker.env(), MPQUEUE_WEB_TOKEN=token)
+    web = Web(one_broker, pool.config_path, env=env)
+
+    # The API: 401 without the token or with a wrong one, 200 with it.
+    assert web.json('GET', '/api/queues')[0] == 401
+    assert web.json('GET', '/api/queues', {'Authorization': 'Bearer wrong-' + token})[0] == 401
+    status, body = web.json('GET', '/api/queues', {'Authorization': 'Bearer ' + token})
+    assert status == 200 and [q['name'] for q in body] == ['q']
+    status, headers, _ = web.request('GET', '/')
+    # to the login form, by a relative address (the dashboard may sit under a proxy's path)
+    assert (status, headers['Location']) == (303, 'login')
+
+    browser.get(web.url)
+    browser.delete_all_cookies()
+    browser.get(web.url)
+    wait_page(browser, lambda: browser.current_url.endswith('/login'), 'the login form')
+    field = browser.find_element(By.ID, 'token')
+    field.send_keys('wrong-' + token)
+    field.submit()
+    wait_page(browser, lambda: browser.find_element(By.ID, 'login-error').text == 'Wrong token.',
+              'the wrong token to be refused')
+    assert not browser.get_cookies()
+    screenshot(browser, tmp_path, 'login')
+
+    field = browser.find_element(By.ID, 'token')
+    field.send_keys(token)
+    field.submit()
+    wait_page(browser, lambda: 'q' in queue_table(browser), 'the dashboard after login')
+    (cookie,) = browser.get_cookies()
+    assert cookie['httpOnly'] and cookie['sameSite'] == 'Strict', cookie
+    assert token not in cookie['value']
+    # the cookie works for the API too; a forged one does not
+    session = '%s=%s' % (cookie['name'], cookie['value'])
+    assert web.json('GET', '/api/fleet', {'Cookie': session})[0] == 200
+    assert web.json('GET', '/api/fleet', {'Cookie': session[:-1] + 'x'})[0] == 401
+
+    click(browser, '#logout button', 'Sign out')
+    wait_page(browser, lambda: browser.current_url.endswith('/login'), 'the login form again')
+    assert not browser.get_cookies()
+    web.stop()
+
+
+def test_posts_need_the_csrf_token_and_every_answer_has_the_headers(one_broker):
+    pool, jobs = failed_pool(one_broker)
+    failed = mpqueue.push('q', jobs.boom, args=('csrf',))
+    settle(pool, 'q', 'the job to fail', failed=1)
+    web = Web(one_broker, pool.config_path)
+    delete = '/api/queues/q/failed/%s/delete' % failed
+    for headers in ({}, {'X-CSRF-Token': 'forged'}):
+        status, body = web.json('POST', delete, headers)
+        assert status == 403 and 'CSRF' in body['error'], (headers, status, body)
+    assert [job['id'] for job in mpqueue.failed_jobs('q')] == [failed]
+    status, body = web.json('POST', delete, {'X-CSRF-Token': web.csrf_token()})
+    assert (status, body) == (200, {'ok': True, 'deleted': 1})
+    assert mpqueue.failed_jobs('q') == []
+    status, body = web.json('POST', delete, {'X-CSRF-Token': web.csrf_token()})
+    assert status == 404 and failed in body['error']
+
+    for path in ('/', '/app.js', '/app.css', '/api/queues', '/nope'):
+        status, headers, _ = web.request('GET', path)
+        csp = headers['Content-Security-Policy']
+        assert "script-src 'self'" in csp and 'unsafe-inline' not in csp, csp
+        assert headers['X-Frame-Options'] == 'DENY' and \
+            headers['X-Content-Type-Options'] == 'nosniff', (path, headers)
+    status, headers, page = web.request('GET', '/')
+    assert re.findall(rb'<script[^>]*>', page) == [b'<script src="app.js" defer>'], \
+        'no inline script'
+    assert not re.findall(rb'(?:src|href|action)="/', page), 'relative addresses only'
+
+    # Unknown paths are 404, whatever they look like; wrong input is 4xx.
+    for path in ('/nope', '/tests/', '/app.js/..', '/../mpqueue.py', '/%2e%2e/etc/passwd',
+                 '/api/nope', '/api/queues/q/nope', '/api/queues/nope/failed'):
+        assert web.request('GET', path)[0] == 404, path
+    assert web.json('GET', '/api/queues/q/failed?count=many')[0] == 400
+    assert web.json('GET', '/api/queues/q/failed?offset=-1')[0] == 400
+    assert web.json('GET', '/api/queues/q/failed/retry')[0] == 405
+    # Without a token only loopback host names are answered (DNS rebinding).
+    assert web.request('GET', '/api/queues', {'Host': 'evil.example:%d' % web.port})[0] == 403
+    assert web.request('GET', '/api/queues', {'Host': 'localhost:%d' % web.port})[0] == 200
+
+    # Malformed requests get an error and the server goes on.
+    for raw in (b'GARBAGE\r\n\r\n', b'GET /api/queues HTTP/1.1\r\nHost: 127.0.0.1\r\n'
+                b'Content-Length: x\r\n\r\n', b'POST /api/queues/q/failed/retry HTTP/1.1\r\n'
+                b'Host: 127.0.0.1\r\nContent-Length: 99999999\r\n\r\n', b'\x00\xff' * 100 +
+                b'\r\n\r\n', b'GET /' + b'a' * 70000 + b' HTTP/1.1\r\n\r\n'):
+        with socket.create_connection(('127.0.0.1', web.port), timeout=15) as sock:
+            sock.sendall(raw)
+            sock.shutdown(socket.SHUT_WR)
+            answer = sock.recv(100)
+        # an error status (or, to a request line without a version, HTTP/0.9's bare error page)
+        assert answer == b'' or re.match(rb'HTTP/1\.[01] [45]\d\d |<!DOCTYPE HTML>', answer), \
+            (raw[:40], answer)
+    with socket.create_connection(('127.0.0.1', web.port), timeout=15) as sock:
+        sock.sendall(b'GET /api/queues HTTP/1.1\r\nHost: 127.0.0.1\r\n')   # and nothing more
+    assert web.json('GET', '/api/queues')[0] == 200
+    web.stop()
+
+
+def test_a_token_is_needed_beyond_loopback(one_broker):
+    pool = one_broker.pool(queue_conf('q'))
+    config = str(pool.config_path)
+    for args, words in ((('--host', '0.0.0.0'), ('refusing', '0.0.0.0', '--token')),
+                        (('--host', '::'), ('refusing', '--token')),
+                        (('--host', '0.0.0.0', '--token', 'short'), ('at least 16',)),
+                        (('--port', '70000'), ('--port',))):
+        res = one_broker.cli('web', '--config', config, *args, timeout=30)
+        assert res.returncode == 1, (args, res.stdout, res.stderr)
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and 'Traceback' not in res.stderr, res.stderr
+        for word in words:
+            assert word in lines[0], (word, lines[0])
+    web = Web(one_broker, pool.config_path)
+    res = one_broker.cli('web', '--config', config, '--port', str(web.port), timeout=30)
+    assert res.returncode == 1 and 'cannot serve the dashboard' in res.stderr, res.stderr
+    web.stop()
+
+
+# -- a broker that stops answering --------------------------------------------------------
+
+def test_a_slow_or_dead_broker_shows_a_banner_not_a_hung_page(one_broker, browser, tmp_path):
+    server = RedisServer(free_port())
+    server.start()
+    stopped = False
+    try:
+        config = tmp_path / 'outage_config.py'
+        config.write_text('import mpqueue\nconfig = %r\n' % {
+            'basics': {'name': 'outage', 'pid_path': str(tmp_path),
+                       'driver': Src('mpqueue.RedisDriver(url=%r, prefix="mpqtest-web")'
+                                     % (server.url + '/0'))},
+            'queue': [{'name': 'q'}]}, encoding='utf-8')
+        web = Web(one_broker, config)
+        browser.get(web.url)
+        wait_page(browser, lambda: 'q' in queue_table(browser) and banner(browser) is None,
+                  'the queues with the broker up')
+
+        os.kill(server.pid, signal.SIGSTOP)          # a broker that does not answer
+        stopped = True
+        began = time.monotonic()
+        status, body = web.json('GET', '/api/queues')
+        took = time.monotonic() - began
+        assert status == 503, (status, body)
+        assert 'did not answer' in body['error'] or 'cannot reach' in body['error'], body
+        assert took < mpqueue_cli.WEB_BROKER_TIMEOUT + 1.5, took
+        text = wait_page(browser, lambda: banner(browser), 'the broker-unreachable banner')
+        assert text.startswith('Broker unreachable'), text
+        # the page itself still answers: another view opens at once
+        click(browser, 'nav a[data-view=fleet]', 'the Fleet tab')
+        wait_page(browser, lambda: look(browser, "return !document.getElementById('view-fleet')"
+                                                 ".hidden"), 'the fleet view', timeout=2)
+        screenshot(browser, tmp_path, 'broker-unreachable')
+
+        os.kill(server.pid, signal.SIGCONT)
+        stopped = False
+        wait_page(browser, lambda: banner(browser) is None, 'the banner to go away')
+
+        server.kill()                                 # a broker that is gone
+        text = wait_page(browser, lambda: banner(browser), 'the banner for a dead broker')
+        assert text.startswith('Broker unreachable') and 'cannot reach' in text, text
+        status, body = web.json('GET', '/api/fleet')
+        assert status == 503 and body['error'], (status, body)
+        web.stop()
+    finally:
+        if stopped:
+            os.kill(server.pid, signal.SIGCONT)
+        server.stop()
