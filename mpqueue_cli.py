@@ -854,10 +854,10 @@ class _WebHandler(http.server.BaseHTTPRequestHandler):
     # -- the API -------------------------------------------------------------------
 
     def api_queues(self, query):
-        driver, names = self.server.driver, self.server.queues
+        names = self.server.queues
 
         def depths():
-            return [dict(_web_depth(driver, q), name=q) for q in names]
+            return [dict(mpqueue.depth(q), name=q) for q in names]
         return self.server.broker(depths)
 
     def api_history(self, query, queue):
@@ -866,10 +866,9 @@ class _WebHandler(http.server.BaseHTTPRequestHandler):
     def api_failed(self, query, queue):
         offset = _int_param(query, 'offset', 0, 0, None)
         count = _int_param(query, 'count', 50, 1, _WEB_FAILED_PAGE_MAX)
-        driver = self.server.driver
 
         def page():
-            return {'total': _web_depth(driver, queue)['failed'],
+            return {'total': mpqueue.depth(queue)['failed'],
                     'jobs': mpqueue.failed_jobs(queue, offset, count)}
         return self.server.broker(page)
 
@@ -881,7 +880,7 @@ class _WebHandler(http.server.BaseHTTPRequestHandler):
         return info
 
     def api_fleet(self, query):
-        return self.server.broker(_web_fleet, self.server.driver)
+        return self.server.broker(mpqueue.fleet)
 
     def api_schedules(self, query):
         return self.server.broker(_library('schedules'))
