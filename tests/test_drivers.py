@@ -13,6 +13,7 @@ deadline, on the broker's clock where a due time matters.
 import collections
 import os
 import select
+import socket
 import time
 
 import pytest
@@ -1385,3 +1386,24 @@ def test_concurrent_consumers_get_every_job_once(driver, queue, tmp_path, proc_r
     for got in per_proc:
         positions = [order[i] for i in got]
         assert positions == sorted(positions)
+
+
+def test_redis_waker_finds_the_socket_of_its_subscription(redis_db_url):
+    """redis-py has no public call for a connection's socket: the Redis waker
+    reads ``PubSub.connection._sock`` (setup.cfg bounds redis-py for it).  If a
+    redis-py release renames it, this fails here, not as a master that never
+    wakes."""
+    driver = mpqueue.RedisDriver(url=redis_db_url, prefix='mpqtest-sock')
+    waker = driver.waker('q')
+    try:
+        fd = waker.fileno()
+        assert fd >= 0, 'PubSub.connection._sock is gone from this redis-py'
+        probe = socket.socket(fileno=os.dup(fd))
+        try:
+            port = probe.getpeername()[1]
+        finally:
+            probe.close()
+        assert port == int(redis_db_url.rsplit(':', 1)[1].split('/')[0])
+    finally:
+        waker.close()
+        driver.close()
