@@ -89,10 +89,11 @@ except ImportError:  # pragma: no cover - depends on the environment
 __version__ = '0.2.0'
 
 __all__ = [
-    'ConfigError', 'DriverError', 'Job', 'MODEL_DISTRIBUTE', 'MODEL_GRAB',
-    'MPQueueError', 'RedisDriver', 'SerializationError', 'SqliteDriver',
-    'TYPE_NORMAL', 'TYPE_TIMEOUT', 'clean', 'configure', 'delete_failed',
-    'failed_jobs', 'push', 'push_many', 'retry_failed', 'status',
+    'ConfigError', 'DriverError', 'Fail', 'Job', 'JobCancelled', 'JobFailed', 'JobNotFound',
+    'MODEL_DISTRIBUTE', 'MODEL_GRAB', 'MPQueueError', 'RedisDriver', 'Retry',
+    'SerializationError', 'SqliteDriver', 'TYPE_NORMAL', 'TYPE_TIMEOUT', 'backoff', 'cancel',
+    'clean', 'configure', 'delete_failed', 'failed_jobs', 'job_info', 'push', 'push_many',
+    'result', 'retry_failed', 'status',
 ]
 
 logger = logging.getLogger('mpqueue')
@@ -149,6 +150,8 @@ BOOT_RETRY_FIRST, BOOT_RETRY_MAX = 0.5, 60.0
 #: Jobs that one bulk call (retry_failed, clean) moves per broker step, so
 #: that no step holds the broker for long.
 BULK_CHUNK = 1000
+#: A kept result's repr (shown where nothing may be unpickled) is cut here.
+RESULT_REPR_MAX = 1000
 
 # Exit codes of mpqueue's own processes, read by their parents.
 EXIT_OK = 0
@@ -202,6 +205,39 @@ class DriverError(MPQueueError):
 class SerializationError(MPQueueError):
     """A job could not be pickled, or a stored payload could not be trusted or
     decoded."""
+
+
+class JobFailed(MPQueueError):
+    """``result()`` of a job that failed for good; ``.job_info`` says how."""
+
+    def __init__(self, message, job_info):
+        super().__init__(message)
+        self.job_info = job_info
+
+
+class JobCancelled(MPQueueError):
+    """``result()`` of a job that was cancelled."""
+
+
+class JobNotFound(MPQueueError):
+    """``result()`` of an id the broker does not know, or whose outcome it no
+    longer keeps (``result_ttl``)."""
+
+
+class Retry(Exception):
+    """Raised by a job: run it again, now or after ``delay`` seconds (default:
+    its ``fail_expire``).  It counts as an attempt: once ``fail_number``
+    retries are used up, the job fails for good."""
+
+    def __init__(self, delay=None):
+        super().__init__('the job asked to be retried' + (
+            ' in %gs' % delay if delay is not None else ''))
+        self.delay = delay
+
+
+class Fail(Exception):
+    """Raised by a job: fail for good now, whatever retries are left; its fail
+    handlers run."""
 
 
 class _StopWorker(BaseException):
@@ -399,6 +435,7 @@ _QUEUE_DEFAULTS = {
     'name': None, 'worker_number': 3, 'memory_limit': 128, 'sleep_seconds': 1,
     'timeout': 120, 'fail_number': 3, 'fail_expire': 3, 'fail_handle': None,
     'worker_start_handle': None, 'model': MODEL_DISTRIBUTE, 'coroutine_number': 1,
+    'result_ttl': 0,
     'schedule': [],
 }
 
@@ -415,6 +452,21 @@ def _check_number(path, value, minimum, integer=False):
     if not ok or value < minimum or value != value or value == float('inf'):
         raise ConfigError('%s must be %s >= %s, got %r' % (path, kind, minimum, value))
     return value
+
+
+def _check_fail_expire(path, value):
+    """A retry policy: seconds, a list of seconds (the delay before retry 1, 2,
+    ...; the last one repeats) or ``mpqueue.backoff(...)``."""
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise ConfigError('%s must not be an empty list' % path)
+        return [_check_number('%s[%d]' % (path, i), v, 0) for i, v in enumerate(value)]
+    if isinstance(value, _Backoff):
+        return value
+    if not _is_number(value):
+        raise ConfigError('%s must be seconds, a list of seconds or mpqueue.backoff(...), got %r'
+                          % (path, value))
+    return _check_number(path, value, 0)
 
 
 def _check_callable(path, value):
@@ -528,7 +580,8 @@ def _validate(config):
         _check_number(path + '.sleep_seconds', q['sleep_seconds'], 0.001)
         _check_number(path + '.timeout', q['timeout'], 0)
         _check_number(path + '.fail_number', q['fail_number'], 0, integer=True)
-        _check_number(path + '.fail_expire', q['fail_expire'], 0)
+        q['fail_expire'] = _check_fail_expire(path + '.fail_expire', q['fail_expire'])
+        _check_number(path + '.result_ttl', q['result_ttl'], 0)
         _check_number(path + '.coroutine_number', q['coroutine_number'], 1, integer=True)
         _check_callable(path + '.fail_handle', q['fail_handle'])
         _check_callable(path + '.worker_start_handle', q['worker_start_handle'])
@@ -595,12 +648,17 @@ class Job:
 
     Push an instance (pickled with its attributes) or the class itself
     (instantiated with no arguments in the worker).  ``handle`` may be a
-    coroutine function.
+    coroutine function.  ``retry_on`` and ``dont_retry_on`` choose which
+    exceptions are retried; one that is not fails the job at once.
     """
 
     timeout = None
     fail_number = None
     fail_expire = None
+    result_ttl = None       # seconds its outcome stays readable (None: the queue's)
+    priority = None         # 0-9, higher first (None: 0)
+    retry_on = None         # exception classes that are retried (None: all)
+    dont_retry_on = ()      # exception classes that fail the job at once
 
     def handle(self):
         raise NotImplementedError('%s.handle() is not written' % type(self).__name__)
@@ -749,15 +807,75 @@ def _resolve(job):
     return job, None
 
 
-def _job_setting(name, given, job, qconf):
-    """Per-job setting: push argument, else Job attribute, else queue config."""
+def _job_setting(name, given, job, default):
+    """Per-job setting: push argument, else Job attribute, else ``default``."""
     if given is not None:
         return given
     if isinstance(job, Job) or (isinstance(job, type) and issubclass(job, Job)):
         value = getattr(job, name, None)
         if value is not None:
             return value
-    return qconf[name]
+    return default
+
+
+class _Backoff(collections.namedtuple('_Backoff', 'first factor max jitter')):
+    """An exponential retry policy, made by :func:`backoff`."""
+
+
+def backoff(first, factor=2.0, max=3600, jitter=0.1):   # noqa: A002 (the name the user writes)
+    """A retry policy for ``fail_expire``: ``first`` seconds before retry 1,
+    ``factor`` times longer before each next one, at most ``max`` seconds,
+    each give or take ``jitter`` (a fraction) of itself.
+
+    :raises ConfigError: a value out of range, named.
+    """
+    _check_number('backoff first', first, 0)
+    _check_number('backoff factor', factor, 1)
+    _check_number('backoff max', max, first)
+    _check_number('backoff jitter', jitter, 0)
+    if jitter > 1:
+        raise ConfigError('backoff jitter must be a fraction from 0 to 1, got %r' % (jitter,))
+    return _Backoff(first, factor, max, jitter)
+
+
+def _policy_text(policy):
+    """A retry policy as its record keeps it: JSON."""
+    if isinstance(policy, _Backoff):
+        return json.dumps(policy._asdict())
+    return json.dumps(policy)
+
+
+def _retry_delay(text, retry):
+    """Seconds to wait before retry number ``retry`` (1, 2, ...) under a
+    policy as a record keeps it."""
+    policy = _fail_expire(text)
+    if isinstance(policy, list):
+        return policy[min(retry, len(policy)) - 1]
+    if isinstance(policy, dict):
+        base = min(policy['max'], policy['first'] * policy['factor'] ** (retry - 1))
+        return max(0.0, base * (1 + random.uniform(-policy['jitter'], policy['jitter'])))
+    return policy if _is_number(policy) else 0
+
+
+def _fail_expire(text):
+    """A stored fail_expire as it was given: seconds, a list, or a backoff
+    (as a dict)."""
+    try:
+        return json.loads(text) if isinstance(text, str) else (text or 0)
+    except ValueError:
+        return 0
+
+
+def _retried(job_obj, exc):
+    """Whether ``exc`` may be retried at all (``Fail``, ``Job.retry_on`` and
+    ``Job.dont_retry_on`` say no)."""
+    if isinstance(exc, Fail):
+        return False
+    if job_obj is None or isinstance(exc, Retry):
+        return True
+    if job_obj.dont_retry_on and isinstance(exc, tuple(job_obj.dont_retry_on)):
+        return False
+    return job_obj.retry_on is None or isinstance(exc, tuple(job_obj.retry_on))
 
 
 _id_counter = iter(range(1 << 62))
@@ -1156,7 +1274,7 @@ _PRIVATE_FIELDS = ('payload', 'result', 'attempt', 'owner', 'deadline', 'phase',
 # What a worker needs of a job it runs (reserve and pop return these).
 _WORK_FIELDS = ('payload', 'attempt', 'exec_number', 'phase', 'job', 'create_time',
                 'start_time', 'worker_id', 'timeout', 'fail_number', 'fail_expire',
-                'error_info', 'type', 'priority', 'key')
+                'error_info', 'type', 'priority', 'key', 'result_ttl')
 _DEPTH_FIELDS = ('waiting', 'delayed', 'reserved', 'working', 'failed', 'pushed', 'done',
                  'failed_total', 'cancelled')
 _ENDED = ('done', 'failed', 'cancelled')
@@ -1209,6 +1327,12 @@ class _Driver:
         """An object with ``fileno()``, ``drain()`` and ``close()`` that becomes
         readable when a step makes work for the queue's masters; ``drain()``
         returns the ids of started jobs that were cancelled since."""
+        raise NotImplementedError
+
+    def watch(self, queue):
+        """A waiter on the end of jobs of ``queue``: its ``address`` goes with
+        the ``info`` step (``watch``), then ``wait(timeout)`` returns when a
+        watched job ends (or the time is up); ``close()`` when done."""
         raise NotImplementedError
 
     def close(self):
@@ -1310,15 +1434,6 @@ local function enqueue(id, delay, level)
   if redis.call('RPUSH', waiting(level), id) == 1 then wake = true end
   return 'waiting'
 end
-local function ready(id, delay)
-  redis.call('HSET', rec(id), 'state', enqueue(id, delay))
-end
-local function to_head(id)
-  if redis.call('LPUSH', waiting(redis.call('HGET', rec(id), 'priority')), id) == 1 then
-    wake = true
-  end
-  redis.call('HSET', rec(id), 'state', 'waiting')
-end
 
 -- true while `holder` holds unique key `key`: a hold of <seconds> until it
 -- ends, 'queued' while the job waits, 'active' until the job ends
@@ -1328,6 +1443,28 @@ local function holds(holder, key)
   local f = redis.call('HMGET', rec(holder), 'state', 'unique_mode')
   if f[1] == 'waiting' or f[1] == 'delayed' or f[1] == 'reserved' then return true end
   return f[1] == 'working' and f[2] == 'active'
+end
+-- a job queued again (a retry, a recovery, retry_failed) holds its unique key
+-- again, unless another job took it meanwhile
+local function hold_again(id)
+  local f = redis.call('HMGET', rec(id), 'key', 'unique_mode')
+  if f[1] and (f[2] == 'queued' or f[2] == 'active') then
+    local holder = redis.call('HGET', UNIQUE, f[1])
+    if not holder or (holder ~= id and not holds(holder, f[1])) then
+      redis.call('HSET', UNIQUE, f[1], id)
+    end
+  end
+end
+local function ready(id, delay)
+  redis.call('HSET', rec(id), 'state', enqueue(id, delay))
+  hold_again(id)
+end
+local function to_head(id)
+  if redis.call('LPUSH', waiting(redis.call('HGET', rec(id), 'priority')), id) == 1 then
+    wake = true
+  end
+  redis.call('HSET', rec(id), 'state', 'waiting')
+  hold_again(id)
 end
 -- a job lets go of its unique key: at its start ('queued') or at its end
 local function let_go(id, key, mode, at_start)
@@ -2050,6 +2187,9 @@ class RedisDriver(_Driver):
     def waker(self, queue):
         return _RedisWaker(self, '%s:{%s}:notify' % (self.prefix, queue), queue)
 
+    def watch(self, queue):
+        return _RedisWatch(self, '%s:{%s}:ended' % (self.prefix, queue), queue)
+
     def close(self):
         if self._pid == os.getpid():
             for conn, _ in getattr(self._local, 'conns', {}).values():
@@ -2077,6 +2217,28 @@ def _pack_command(args):
         out.append(arg)
         out.append(b'\r\n')
     return b''.join(out)
+
+
+class _RedisWatch:
+    """A subscription to a queue's ``ended`` channel, confirmed before the
+    caller looks at the job, so that no end slips between the two."""
+
+    address = '1'
+
+    def __init__(self, driver, channel, queue):
+        import redis
+        try:
+            self._pubsub = driver._redis().pubsub()
+            self._pubsub.subscribe(channel)
+            self._pubsub.get_message(timeout=5)     # the confirmation
+        except (redis.exceptions.RedisError, OSError) as exc:
+            raise driver._error(queue, exc) from exc
+
+    def wait(self, timeout):
+        self._pubsub.get_message(timeout=timeout if timeout is not None else 3600)
+
+    def close(self):
+        self._pubsub.close()
 
 
 class _RedisWaker:
@@ -2211,20 +2373,21 @@ class _SqliteSteps:
         return row[2:]
 
     def position(self, level, head=False):
-        """A place in waiting: before every job of its priority, or after."""
-        ends = self.ends.get(level)
-        if ends is None:
-            ends = self.ends[level] = list(self.conn.execute(
-                "SELECT MIN(score), MAX(score) FROM mpq_job WHERE queue = ? AND "
-                "state = 'waiting' AND level = ?", (self.queue, level)).fetchone())
-        if ends[0] is None:           # that level was empty: a master may be asleep
-            self.wake = True
-            ends[0] = ends[1] = 0.0
-        elif head:
-            ends[0] -= 1
-        else:
-            ends[1] += 1
-        return ends[0] if head else ends[1]
+        """A place in waiting: before every job of its priority, or after.
+        (One end at a time: SQLite finds MIN or MAX in the index at once, but
+        scans the whole range for both in one query.)"""
+        ends = self.ends.setdefault(level, {})
+        if head not in ends:
+            end = self.conn.execute("SELECT %s(score) FROM mpq_job WHERE queue = ? AND state = "
+                                    "'waiting' AND level = ?" % ('MIN' if head else 'MAX'),
+                                    (self.queue, level)).fetchone()[0]
+            if end is None:       # that level was empty: a master may be asleep
+                self.wake = True
+                ends[True] = ends[False] = 0.0
+                return 0.0
+            ends[head] = end
+        ends[head] += -1 if head else 1
+        return ends[head]
 
     def delayed_until(self, due):
         """Score of a job delayed until ``due``; wakes a master that sleeps longer."""
@@ -2239,14 +2402,24 @@ class _SqliteSteps:
     def ready(self, job_id, old, delay=0, priority=None, **fields):
         if delay and delay > 0:
             self.move(job_id, old, 'delayed', self.delayed_until(self.now + delay), **fields)
-            return
-        if priority is None:
-            priority = self.get(job_id, 'priority')[0] or 0
-        self.move(job_id, old, 'waiting', self.position(priority), priority, **fields)
+        else:
+            if priority is None:
+                priority = self.get(job_id, 'priority')[0] or 0
+            self.move(job_id, old, 'waiting', self.position(priority), priority, **fields)
+        self.hold_again(job_id)
 
     def to_head(self, job_id, old, **fields):
         priority = self.get(job_id, 'priority')[0] or 0
         self.move(job_id, old, 'waiting', self.position(priority, head=True), priority, **fields)
+        self.hold_again(job_id)
+
+    def hold_again(self, job_id):
+        """A job queued again holds its unique key again, unless another job
+        took it meanwhile."""
+        key, mode = self.get(job_id, 'key', 'unique_mode')
+        if key and mode in ('queued', 'active') and self.holder(key) in (None, job_id):
+            self.conn.execute('INSERT OR REPLACE INTO mpq_unique (queue, key, id, ends) VALUES '
+                              '(?, ?, ?, NULL)', (self.queue, key, job_id))
 
     def holder(self, key):
         """The id of the job that holds unique ``key`` now, or None."""
@@ -2527,9 +2700,10 @@ class _SqliteSteps:
         row = self.conn.execute('SELECT %s FROM mpq_queue WHERE queue = ?' % ', '.join(
             _DEPTH_FIELDS), (self.queue,)).fetchone() or (0,) * len(_DEPTH_FIELDS)
         row = [n + self.delta[name] for name, n in zip(_DEPTH_FIELDS, row)]   # this batch's too
-        heads = [c for _, c in self.conn.execute(
-            "SELECT MIN(score), create_time FROM mpq_job WHERE queue = ? AND state = 'waiting' "
-            'GROUP BY level', (self.queue,)) if c is not None]
+        heads = [row[0] for row in (self.conn.execute(
+            "SELECT create_time FROM mpq_job WHERE queue = ? AND state = 'waiting' AND "
+            'level = ? ORDER BY level DESC, score LIMIT 1', (self.queue, level)).fetchone()
+            for level in range(10)) if row is not None]
         return dict(zip(_DEPTH_FIELDS, row), oldest_created=min(heads) if heads else None)
 
     def failed(self, offset, count):
@@ -2768,6 +2942,9 @@ class SqliteDriver(_Driver):
     def waker(self, queue):
         return _SqliteWaker(self._paths(queue), self.path, queue)
 
+    def watch(self, queue):
+        return _SqliteWatch()
+
     def close(self):
         if self._pid == os.getpid():
             if self._conn is not None:
@@ -2777,6 +2954,29 @@ class SqliteDriver(_Driver):
         elif self._conn is not None:
             SqliteDriver._inherited.append(self._conn)
         self._conn = self._sender = self._pid = None
+
+
+class _SqliteWatch:
+    """A Unix datagram socket of its own, whose path the ``info`` step stores
+    with the job; the step that ends the job sends it a byte."""
+
+    def __init__(self):
+        import tempfile
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.address = os.path.join(tempfile.gettempdir(), 'mpq-wait-%d-%06x' % (
+            os.getpid(), random.getrandbits(24)))
+        self._sock.bind(self.address)
+
+    def wait(self, timeout):
+        if select.select([self._sock], [], [], timeout)[0]:
+            self._sock.recv(64)
+
+    def close(self):
+        self._sock.close()
+        try:
+            os.unlink(self.address)
+        except OSError:
+            pass
 
 
 class _SqliteWaker:
@@ -3277,11 +3477,14 @@ class _Worker:
             text = _format_exc(exc)
             name = _describe_call(func, args, kwargs)
             tried, fail_number = job.get('exec_number') or 1, job.get('fail_number') or 0
-            if tried <= fail_number:
-                delay = _retry_delay(job.get('fail_expire'), tried)
+            if tried <= fail_number and _retried(job_obj, exc):
+                delay = exc.delay if isinstance(exc, Retry) and exc.delay is not None else \
+                    _retry_delay(job.get('fail_expire'), tried)
                 logger.warning('job %s (%s) of queue %r failed (attempt %s of %s); retrying in '
-                               '%ss:\n%s', job_id, name, self.queue, tried, fail_number + 1,
+                               '%.3gs:\n%s', job_id, name, self.queue, tried, fail_number + 1,
                                delay, text)
+                text += '\n(attempt %d of %d; retried after %.3gs)' % (tried, fail_number + 1,
+                                                                     delay)
                 return ('retry', job_id, attempt, delay, text)
             logger.error('job %s (%s) of queue %r failed for good after %s attempts:\n%s',
                          job_id, name, self.queue, tried, text)
@@ -3360,26 +3563,25 @@ def _load(job, secret):
     return func, args, kwargs, job_obj
 
 
-def _fail_expire(text):
-    """A stored fail_expire as the value it was given: seconds (a number)."""
-    try:
-        return json.loads(text) if isinstance(text, str) else (text or 0)
-    except ValueError:
-        return 0
-
-
-def _retry_delay(text, tried):
-    """Seconds to wait before the retry after attempt ``tried``."""
-    value = _fail_expire(text)
-    return value if _is_number(value) else 0
-
-
 def _keep_result(job, value, basics):
     """``(result, result_repr, result_note)`` of a done step: nothing unless
-    the job keeps its outcome (result_ttl)."""
+    the job keeps its outcome (result_ttl); else its value pickled and signed
+    like a payload, and its repr, for those who must not unpickle it."""
     if not job.get('result_ttl'):
         return '', '', ''
-    return '', '', ''
+    try:
+        text = repr(value)
+    except Exception as exc:
+        text = '<repr() raised %s>' % type(exc).__name__
+    text = text if len(text) <= RESULT_REPR_MAX else text[:RESULT_REPR_MAX - 3] + '...'
+    try:
+        data = cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        return '', text, 'its result cannot be pickled: %s: %s' % (type(exc).__name__, exc)
+    if len(data) > basics['max_payload']:
+        return '', text, 'its result is %d bytes, over basics.max_payload (%d)' % (
+            len(data), basics['max_payload'])
+    return _seal(data, basics['secret']), text, ''
 
 
 def _cancel_requested():
@@ -4587,8 +4789,9 @@ def _stop_daemon(pid):
 
 
 def push(queue, job, delay=0, *, args=(), kwargs=None, timeout=None, fail_number=None,
-         fail_expire=None):
-    """Push one job; returns its id.
+         fail_expire=None, result_ttl=None, key=None, unique=None, priority=None):
+    """Push one job; returns its id (or, when ``unique`` refuses it, the id of
+    the job that holds ``key``).
 
     :param queue: a queue name from the config.
     :param job: a callable (function, lambda, closure, bound method,
@@ -4599,47 +4802,167 @@ def push(queue, job, delay=0, *, args=(), kwargs=None, timeout=None, fail_number
     :param kwargs: keyword arguments for the callable.
     :param timeout: seconds (0: none); default the Job's, else the queue's.
     :param fail_number: retries before final failure; default likewise.
-    :param fail_expire: seconds between retries; default likewise.
-    :raises ConfigError: the queue is not configured.
+    :param fail_expire: the wait before a retry: seconds, a list of seconds (the
+        wait before retry 1, 2, ...; the last repeats) or ``backoff(...)``;
+        default likewise.
+    :param result_ttl: seconds its outcome (state, result) stays readable after
+        it ended; default likewise (the queue's: 0, nothing kept after success).
+    :param key: a name for de-duplication (shown in ``job_info``).
+    :param unique: ``'queued'`` (at most one job with this key waiting or
+        delayed), ``'active'`` (... waiting, delayed or running) or seconds (at
+        most one push of the key per that many seconds).
+    :param priority: 0-9, higher first; default the Job's, else 0.
+    :raises ConfigError: the queue is not configured, or an option is wrong.
     :raises TypeError: ``job`` is not something a worker can run.
     :raises SerializationError: the job cannot be pickled (nothing is written).
     :raises DriverError: the broker cannot be reached.
     """
     return push_many(queue, [job], delay, args=args, kwargs=kwargs, timeout=timeout,
-                     fail_number=fail_number, fail_expire=fail_expire)[0]
+                     fail_number=fail_number, fail_expire=fail_expire, result_ttl=result_ttl,
+                     key=key, unique=unique, priority=priority)[0]
 
 
 def push_many(queue, jobs, delay=0, *, args=(), kwargs=None, timeout=None, fail_number=None,
-              fail_expire=None):
+              fail_expire=None, result_ttl=None, key=None, unique=None, priority=None):
     """Push several jobs in one broker round trip; returns their ids in order.
 
     Every job is checked and pickled before anything is written, so a bad one
-    leaves the broker untouched.  Parameters as for :func:`push`.
+    leaves the broker untouched.  Jobs that share a unique ``key`` are
+    de-duplicated within the batch too.  Parameters as for :func:`push`.
     """
     config = _get_config()
     qconf = queue_config(queue)
     _check_number('delay', delay, 0)
+    mode = _check_unique(key, unique)
     basics = config['basics']
     steps = []
     for job in jobs:
         _check_job(queue, job)
-        settings = [_job_setting(name, given, job, qconf) for name, given in (
-            ('timeout', timeout), ('fail_number', fail_number), ('fail_expire', fail_expire))]
-        if settings != [qconf['timeout'], qconf['fail_number'], qconf['fail_expire']]:
-            _check_number('timeout', settings[0], 0)
-            _check_number('fail_number', settings[1], 0, integer=True)
-            _check_number('fail_expire', settings[2], 0)
+        options = _push_options(job, qconf, timeout=timeout, fail_number=fail_number,
+                                fail_expire=fail_expire, result_ttl=result_ttl,
+                                priority=priority)
         payload = _encode(queue, job, args, kwargs, basics['secret'], basics['max_payload'])
-        steps.append(('push', _new_id(), payload, delay, _job_name(job), settings[0],
-                      settings[1], json.dumps(settings[2]), 0, '', '', 0))
+        steps.append(('push', _new_id(), payload, delay, _job_name(job), options['timeout'],
+                      options['fail_number'], _policy_text(options['fail_expire']),
+                      options['priority'], key or '', mode, options['result_ttl']))
     return basics['driver'].execute(queue, steps)
 
 
+def _push_options(job, qconf, **given):
+    """Per-job settings: push argument, else Job attribute, else the queue's
+    (priority: 0); each checked when it is not the queue's own."""
+    out = {name: _job_setting(name, value, job, qconf.get(name, 0))
+           for name, value in given.items()}
+    for name, minimum in (('timeout', 0), ('fail_number', 0), ('result_ttl', 0)):
+        if out[name] != qconf[name]:
+            _check_number(name, out[name], minimum, integer=name == 'fail_number')
+    if out['fail_expire'] is not qconf['fail_expire']:
+        out['fail_expire'] = _check_fail_expire('fail_expire', out['fail_expire'])
+    priority = out['priority']
+    if not isinstance(priority, int) or isinstance(priority, bool) or not 0 <= priority <= 9:
+        raise ConfigError('priority must be an int from 0 (lowest) to 9, got %r'
+                          % (out['priority'],))
+    return out
+
+
+def _check_unique(key, unique):
+    """The unique mode a push stores: '', 'queued', 'active' or seconds."""
+    if key is not None and (not isinstance(key, str) or not key or len(key) > 200):
+        raise ConfigError('key must be a non-empty string of at most 200 characters, got %r'
+                          % (key,))
+    if unique is None:
+        return ''
+    if key is None:
+        raise ConfigError('unique=%r needs a key: push(..., key=..., unique=%r)'
+                          % (unique, unique))
+    if unique in ('queued', 'active'):
+        return unique
+    if _is_number(unique) and unique > 0 and unique != float('inf'):
+        return repr(unique)
+    raise ConfigError("unique must be 'queued', 'active' or a number of seconds > 0, got %r"
+                      % (unique,))
+
+
+def job_info(queue, job_id):
+    """What the broker knows of one job: the ``job_info`` of the fail handlers,
+    plus ``state`` (waiting, delayed, reserved, working, done, failed,
+    cancelled), ``end_time``, ``priority``, ``key``, ``result_repr`` and,
+    for a cancelled job, ``cancelled_by`` and ``cancel_time``.  None when the
+    id is unknown, or its outcome was not kept (``result_ttl``) or expired."""
+    queue_config(queue)
+    record = _get_config()['basics']['driver'].run(queue, 'info', job_id, '')
+    return None if record is None else _public_info(queue, dict(record, id=job_id))
+
+
+def cancel(queue, job_id):
+    """Cancel a job.  A waiting, delayed or reserved one is removed at once; a
+    running one's worker is stopped (a coroutine job's task is cancelled).
+    The job ends ``cancelled``: no retry, no fail handlers.  The flag is in
+    the broker, so a recovery after a crash does not run the job again.
+
+    :returns: the state it had, or None for an unknown id (nothing is written).
+        A finished job is left as it is.
+    """
+    queue_config(queue)
+    return _get_config()['basics']['driver'].run(queue, 'cancel', job_id,
+                                                 '%s:%d' % (_HOST, os.getpid()))
+
+
+def result(queue, job_id, timeout=None):
+    """The return value of a job, waiting up to ``timeout`` seconds (None: as
+    long as it takes; 0: not at all) for it to end.  Waiting listens on the
+    broker for the job's end: it does not poll.
+
+    :raises JobFailed: the job failed for good (``.job_info`` says how).
+    :raises JobCancelled: it was cancelled.
+    :raises JobNotFound: the id is unknown, or its outcome was not kept
+        (``result_ttl``) or expired.
+    :raises TimeoutError: ``timeout`` passed first.
+    :raises SerializationError: its result could not be kept, or does not
+        pass the signature check (it is never unpickled then).
+    """
+    queue_config(queue)
+    driver, secret = _get_config()['basics']['driver'], _get_config()['basics']['secret']
+    deadline = None if timeout is None else time.monotonic() + timeout
+    watch = driver.watch(queue) if timeout != 0 else None
+    try:
+        while True:
+            record = driver.run(queue, 'info', job_id, watch.address if watch else '')
+            state = record and record['state']
+            if state is None:
+                raise JobNotFound('job %s of queue %r is unknown, or it ended and its outcome '
+                                  'was not kept (result_ttl) or has expired' % (job_id, queue))
+            if state == 'done':
+                if record.get('result_note'):
+                    raise SerializationError('job %s of queue %r is done, but %s' % (
+                        job_id, queue, record['result_note']))
+                if 'result' not in record:
+                    return None
+                return _unseal(record['result'], secret, 'result of job %s' % job_id)
+            if state == 'failed':
+                info = _public_info(queue, dict(record, id=job_id))
+                raise JobFailed('job %s of queue %r failed: %s' % (job_id, queue, (
+                    info['error_info'] or ['?'])[-1].strip().splitlines()[-1]), info)
+            if state == 'cancelled':
+                raise JobCancelled('job %s of queue %r was cancelled by %s' % (
+                    job_id, queue, record.get('cancelled_by', '?')))
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise TimeoutError('job %s of queue %r has not ended within %gs (it is %s)'
+                                   % (job_id, queue, timeout, state))
+            watch.wait(left)
+    finally:
+        if watch is not None:
+            watch.close()
+
+
 def status(queue):
-    """Counts of one queue: ``{'all', 'waiting', 'working', 'failed', 'over'}``."""
+    """Counts of one queue: ``{'all', 'waiting', 'working', 'failed', 'over',
+    'cancelled'}``."""
     d = depth(queue)
     return {'all': d['pushed'], 'waiting': d['waiting'] + d['delayed'],
-            'working': d['reserved'] + d['working'], 'failed': d['failed'], 'over': d['done']}
+            'working': d['reserved'] + d['working'], 'failed': d['failed'], 'over': d['done'],
+            'cancelled': d['cancelled']}
 
 
 def depth(queue):

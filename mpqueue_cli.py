@@ -290,7 +290,7 @@ def cmd_queue_status(cfg, args):
     if args.json:
         print(json.dumps(stats, indent=1))
         return 0
-    cols = ('all', 'waiting', 'working', 'failed', 'over')
+    cols = ('all', 'waiting', 'working', 'failed', 'over', 'cancelled')
     print('%-20s' % 'queue' + ''.join('%10s' % c for c in cols))
     for q, s in stats.items():
         print('%-20s' % q + ''.join('%10d' % s[c] for c in cols))
@@ -365,6 +365,49 @@ def cmd_queue_failed(cfg, args):
     return 0
 
 
+def cmd_job_status(cfg, args):
+    (queue,) = _queues(cfg, args, required=True)
+    if not args.id:
+        raise UsageError('job:status needs --id ID')
+    info = mpqueue.job_info(queue, args.id)
+    if info is None:
+        raise UserError('job %r of queue %r is unknown (or its outcome was not kept, or '
+                        'expired)' % (args.id, queue))
+    if args.json:
+        print(json.dumps(info, indent=1, default=str))
+        return 0
+    for name in ('id', 'queue', 'job', 'state', 'priority', 'key', 'exec_number', 'worker_id',
+                 'create_time', 'start_time', 'end_time', 'cancelled_by', 'cancel_time',
+                 'result_repr', 'result_note'):
+        value = info.get(name)
+        if value is not None:
+            if name.endswith('_time'):
+                value = time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(value)) + \
+                    '.%03d' % (value % 1 * 1000)
+            print('%-12s %s' % (name, value))
+    for i, err in enumerate(info['error_info'], 1):
+        print('-- error %d:\n%s' % (i, err))
+    return 0
+
+
+def cmd_job_cancel(cfg, args):
+    (queue,) = _queues(cfg, args, required=True)
+    if not args.id:
+        raise UsageError('job:cancel needs --id ID')
+    before = mpqueue.cancel(queue, args.id)
+    if before is None:
+        raise UserError('job %r of queue %r is unknown: nothing cancelled' % (args.id, queue))
+    if before in ('done', 'failed', 'cancelled'):
+        print('job %s of queue %r had ended already (%s): nothing changed' % (
+            args.id, queue, before))
+    elif before == 'working':
+        print('job %s of queue %r is running: its worker is stopped and the job ends '
+              'cancelled' % (args.id, queue))
+    else:
+        print('job %s of queue %r cancelled (it was %s)' % (args.id, queue, before))
+    return 0
+
+
 def cmd_queue_retry(cfg, args):
     (queue,) = _queues(cfg, args, required=True)
     n = mpqueue.retry_failed(queue, args.id)
@@ -412,9 +455,10 @@ def render_metrics(depths, pools):
         ('mpqueue_queue_jobs', 'gauge', 'Jobs in the queue now, by state.',
          [({'queue': q, 'state': s}, d[s]) for q, d in depths.items() for s in _DEPTH_COLUMNS]),
         ('mpqueue_jobs_total', 'counter',
-         'Jobs pushed, done and finally failed since the queue was last cleaned.',
+         'Jobs pushed, done, finally failed and cancelled since the queue was last cleaned.',
          [({'queue': q, 'state': s}, d[key]) for q, d in depths.items()
-          for s, key in (('pushed', 'pushed'), ('done', 'done'), ('failed', 'failed_total'))]),
+          for s, key in (('pushed', 'pushed'), ('done', 'done'), ('failed', 'failed_total'),
+                         ('cancelled', 'cancelled'))]),
         ('mpqueue_oldest_waiting_seconds', 'gauge',
          'Age of the job at the head of the queue since it was pushed (0: none waits).',
          [({'queue': q}, d['oldest_waiting_seconds']) for q, d in depths.items()]),
@@ -1021,6 +1065,10 @@ COMMANDS = [
     ('queue:retry', cmd_queue_retry, ('queue', 'id'), 'put failed jobs back --queue Q [--id ID]'),
     ('queue:clean', cmd_queue_clean, ('queue',),
      'empty a queue [--queue Q] (all queues without --queue)'),
+    ('job:status', cmd_job_status, ('queue', 'id', 'json'),
+     'state, times, attempts, errors and result of one job --queue Q --id ID'),
+    ('job:cancel', cmd_job_cancel, ('queue', 'id'),
+     'cancel one job (a running one is stopped) --queue Q --id ID'),
     ('metrics', cmd_metrics, ('queue', 'serve'),
      'Prometheus metrics of the queues and pools (--serve PORT: over HTTP)'),
     ('web', cmd_web, ('host', 'port', 'read_only', 'token'),
