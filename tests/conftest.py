@@ -34,7 +34,8 @@ import steps  # noqa: E402
 from redis_cluster import LocalCluster  # noqa: E402
 from redis_server import RedisServer, free_port, no_retry, port_in_use  # noqa: E402
 
-SHARED_REDIS_URL = 'redis://127.0.0.1:6379'
+# $MPQTEST_REDIS_URL: another Redis for the whole run (two runs side by side)
+SHARED_REDIS_URL = os.environ.get('MPQTEST_REDIS_URL', 'redis://127.0.0.1:6379')
 PRIVATE_REDIS_PORT = 6390
 TEST_DB = int(os.environ.get('MPQTEST_DB', 14))   # two test runs side by side: set it apart
 PREFIX = steps.PREFIX
