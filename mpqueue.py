@@ -43,7 +43,8 @@ SQLite) -- Runtime (worker, master, manage) -- Public functions.
 For the command line and other tools (public, not in ``__all__``):
 ``queue_config(name)``, ``pid_file(config=None)``, ``pool_pid(config=None)``,
 ``start_pool(config=None, daemon=False)``, ``pool_status(config=None,
-timeout=10)``, ``depth(queue)`` and ``fleet()``, at the end of the file.
+timeout=10)``, ``depth(queue)``, ``fleet()``, ``schedules(queue=None)`` and
+``history(queue)``, at the end of the file.
 """
 
 ###############################################################################
@@ -152,6 +153,9 @@ BOOT_RETRY_FIRST, BOOT_RETRY_MAX = 0.5, 60.0
 BULK_CHUNK = 1000
 #: A kept result's repr (shown where nothing may be unpickled) is cut here.
 RESULT_REPR_MAX = 1000
+#: Masters sample a queue's counters this often (seconds), keeping the last
+#: HISTORY_KEEP samples in the broker: the dashboard's chart.
+HISTORY_SECONDS, HISTORY_KEEP = 10, 90
 
 # Exit codes of mpqueue's own processes, read by their parents.
 EXIT_OK = 0
@@ -1251,10 +1255,22 @@ _STEPS = (
     ('clean', 'limit', 'int'),
     # forget up to `limit` jobs of the queue, and its counters once none is
     # left; how many jobs (call it again until it returns less than limit)
+    ('schedule', 'name fingerprint last tick owner id payload delay job timeout fail_number '
+                 'fail_expire priority key unique_mode result_ttl', 'schedule'),
+    # a schedule ticks: if its last tick (ms, '' for never) is still `last`
+    # and `tick` has come (broker clock), the last tick becomes `tick` and
+    # job `id` is pushed (none when id is ''); (what happened: 'pushed',
+    # 'moved', 'skipped' (its unique key is held: overlap), 'stale' or
+    # 'early'; and the schedule's record before the step)
+    ('schedules', '', 'schedules'),
+    # every schedule record of the queue: name, last, fingerprint, owner, job,
+    # skipped
+    ('history', '', 'history'),
+    # the counters sampled every HISTORY_SECONDS by tick, oldest first
 )
 _STEP_ARGS = {name: len(args.split()) for name, args, _ in _STEPS}
 _STEP_KIND = {name: kind for name, _, kind in _STEPS}
-_READ_STEPS = ('depth', 'failed')       # steps that change nothing
+_READ_STEPS = ('depth', 'failed', 'schedules', 'history')      # steps that change nothing
 
 # A job's record: these fields, the same in every driver.  job_info() shows
 # the public ones; the others are the lifecycle's own.
@@ -1277,6 +1293,7 @@ _WORK_FIELDS = ('payload', 'attempt', 'exec_number', 'phase', 'job', 'create_tim
                 'error_info', 'type', 'priority', 'key', 'result_ttl')
 _DEPTH_FIELDS = ('waiting', 'delayed', 'reserved', 'working', 'failed', 'pushed', 'done',
                  'failed_total', 'cancelled')
+_SCHEDULE_FIELDS = ('last', 'fingerprint', 'owner', 'job', 'skipped')
 _ENDED = ('done', 'failed', 'cancelled')
 _PHASE_HANDLERS = 'handlers'    # phase of a job whose fail handlers are still to run
 
@@ -1389,6 +1406,8 @@ class _Driver:
 #   stats     hash  pushed, done, failed, cancelled: counters since `clean`
 #   unique    hash  unique key -> id of the job holding it
 #   unique:ttl zset unique key -> time a hold of <seconds> ends
+#   schedules hash  <name>:last (ms), :fingerprint, :owner, :job, :skipped
+#   history   list  'time done failed': the counters every HISTORY_SECONDS
 # Channels: notify ('1': work to do; 'c:<id>': a started job was cancelled)
 # and ended (the id of an ended job somebody waits for).
 # ARGV: lease seconds, reservation seconds, fail handler attempts, then the
@@ -1402,6 +1421,7 @@ local LEASE, HOLD, HANDLER_ATTEMPTS = tonumber(ARGV[1]), tonumber(ARGV[2]), tonu
 local DELAYED, RESERVED, WORKING, FAILED, KEPT = P .. 'delayed', P .. 'reserved',
   P .. 'working', P .. 'failed', P .. 'kept'
 local STATS, UNIQUE, UNIQUE_TTL = P .. 'stats', P .. 'unique', P .. 'unique:ttl'
+local SCHEDULES, HISTORY = P .. 'schedules', P .. 'history'
 local NARGS = {%(nargs)s}
 local WORK_FIELDS = {%(work_fields)s}
 local LEVELS = {}
@@ -1730,6 +1750,13 @@ OPS.tick = function(limit)
          ' or its server stopped while running the job', false)
   end
   redis.call('ZREMRANGEBYSCORE', KEPT, '-inf', now)
+  local s = redis.call('HMGET', STATS, 'sampled', 'done', 'failed')
+  if now - (tonumber(s[1]) or 0) >= %(HISTORY_SECONDS)d then
+    redis.call('HSET', STATS, 'sampled', now)
+    redis.call('RPUSH', HISTORY, string.format('%%.3f %%d %%d', now, tonumber(s[2]) or 0,
+                                               tonumber(s[3]) or 0))
+    redis.call('LTRIM', HISTORY, -%(HISTORY_KEEP)d, -1)
+  end
   for _, key in ipairs(redis.call('ZRANGEBYSCORE', UNIQUE_TTL, '-inf', now, 'LIMIT', 0, limit)) do
     redis.call('ZREM', UNIQUE_TTL, key)
     redis.call('HDEL', UNIQUE, key)
@@ -1841,8 +1868,31 @@ OPS.clean = function(limit)
       n = n + #ids
     end
   end
-  if n < limit then redis.call('DEL', STATS, UNIQUE, UNIQUE_TTL) end
+  if n < limit then redis.call('DEL', STATS, UNIQUE, UNIQUE_TTL, HISTORY) end
   return n
+end
+
+OPS.schedule = function(name, fp, last, tick, owner, id, ...)
+  local f = redis.call('HMGET', SCHEDULES, name .. ':last', name .. ':fingerprint',
+                       name .. ':owner')
+  local before = {f[1] or '', f[2] or '', f[3] or ''}
+  if before[1] ~= last then return {'stale', unpack(before)} end
+  if tonumber(tick) > now * 1000 then return {'early', unpack(before)} end
+  redis.call('HSET', SCHEDULES, name .. ':last', tick, name .. ':fingerprint', fp,
+             name .. ':owner', owner)
+  if id == '' then return {'moved', unpack(before)} end
+  if OPS.push(id, ...) ~= id then       -- its previous job holds the key: overlap=False
+    redis.call('HINCRBY', SCHEDULES, name .. ':skipped', 1)
+    return {'skipped', unpack(before)}
+  end
+  redis.call('HSET', SCHEDULES, name .. ':job', id)
+  return {'pushed', unpack(before)}
+end
+OPS.schedules = function()
+  return redis.call('HGETALL', SCHEDULES)
+end
+OPS.history = function()
+  return redis.call('LRANGE', HISTORY, 0, -1)
 end
 
 local out = {}
@@ -1862,7 +1912,8 @@ for _, id in ipairs(ended) do redis.call('PUBLISH', P .. 'ended', id) end
 return out
 """ % {'nargs': ', '.join('%s = %d' % (name, n) for name, n in _STEP_ARGS.items()),
        'work_fields': ', '.join("'%s'" % f for f in _WORK_FIELDS),
-       'TYPE_TIMEOUT': TYPE_TIMEOUT, 'TYPE_NORMAL': TYPE_NORMAL}
+       'TYPE_TIMEOUT': TYPE_TIMEOUT, 'TYPE_NORMAL': TYPE_NORMAL,
+       'HISTORY_SECONDS': HISTORY_SECONDS, 'HISTORY_KEEP': HISTORY_KEEP}
 
 # The fleet: a heartbeat per (pool, queue).  KEYS (one hash tag, {fleet}, so
 # the script is Redis Cluster safe): 1 beats hash (entry -> JSON info), 2
@@ -1913,7 +1964,28 @@ _REDIS_REPLY = {
     'records': lambda r: [dict(_record(_pairs(fields)), id=_text(i)) for i, fields in r],
     'depth': lambda r: dict(zip(_DEPTH_FIELDS, map(int, r[:-1])),
                             oldest_created=float(r[-1]) if r[-1] else None),
+    'schedule': lambda r: (_text(r[0]),) + tuple(_text(v) for v in r[1:]),
+    'schedules': lambda r: _schedule_records(
+        (_text(k).rpartition(':')[::2], _text(v)) for k, v in _pairs(r)),
+    'history': lambda r: [_sample(*_text(x).split()) for x in r],
 }
+
+
+def _sample(t, done, failed):
+    return {'t': float(t), 'done': int(done), 'failed': int(failed)}
+
+
+def _schedule_records(fields):
+    """``[{name, last, fingerprint, owner, job, skipped}, ...]`` from
+    ``((name, field), value)`` pairs."""
+    out = {}
+    for (name, field), value in fields:
+        out.setdefault(name, dict(dict.fromkeys(_SCHEDULE_FIELDS), name=name, skipped=0))
+        out[name][field] = value
+    for record in out.values():
+        record['last'] = int(record['last']) if record['last'] else None
+        record['skipped'] = int(record['skipped'] or 0)
+    return sorted(out.values(), key=lambda r: r['name'])
 
 
 class RedisDriver(_Driver):
@@ -2311,6 +2383,12 @@ CREATE TABLE IF NOT EXISTS mpq_unique (
     PRIMARY KEY (queue, key));
 CREATE TABLE IF NOT EXISTS mpq_fleet (id TEXT PRIMARY KEY, info TEXT NOT NULL,
                                       expires REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS mpq_schedule (
+    queue TEXT NOT NULL, name TEXT NOT NULL, last INTEGER, fingerprint TEXT, owner TEXT,
+    job TEXT, skipped INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (queue, name));
+CREATE TABLE IF NOT EXISTS mpq_history (queue TEXT NOT NULL, t REAL NOT NULL,
+                                        done INTEGER NOT NULL, failed INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS mpq_history_t ON mpq_history (queue, t);
 """ % (', '.join(name for name in _FIELDS if name != 'state'),
        ', '.join('%s INTEGER NOT NULL DEFAULT 0' % name for name in _DEPTH_FIELDS))
 
@@ -2665,6 +2743,14 @@ class _SqliteSteps:
             self.conn.execute('DELETE FROM mpq_job WHERE queue = ? AND state = ? AND level = 0 '
                               'AND score <= ?', (queue, state, now))
         self.conn.execute('DELETE FROM mpq_unique WHERE queue = ? AND ends <= ?', (queue, now))
+        sampled = self.conn.execute('SELECT MAX(t) FROM mpq_history WHERE queue = ?',
+                                    (queue,)).fetchone()[0]
+        if sampled is None or now - sampled >= HISTORY_SECONDS:
+            counts = self.depth()
+            self.conn.execute('INSERT INTO mpq_history (queue, t, done, failed) VALUES '
+                              '(?, ?, ?, ?)', (queue, now, counts['done'], counts['failed_total']))
+            self.conn.execute('DELETE FROM mpq_history WHERE queue = ? AND t < ?',
+                              (queue, now - HISTORY_SECONDS * (HISTORY_KEEP - 0.5)))
         nxt = None
         for state in ('delayed', 'reserved', 'working'):
             first = self.conn.execute('SELECT MIN(score) FROM mpq_job WHERE queue = ? AND '
@@ -2743,9 +2829,40 @@ class _SqliteSteps:
         self.ends.clear()
         if len(rows) < limit:
             self.delta.clear()
-            for table in ('mpq_queue', 'mpq_unique'):
+            for table in ('mpq_queue', 'mpq_unique', 'mpq_history'):
                 self.conn.execute('DELETE FROM %s WHERE queue = ?' % table, (self.queue,))
         return len(rows)
+
+    def schedule(self, name, fp, last, tick, owner, job_id, *push):
+        row = self.conn.execute('SELECT last, fingerprint, owner FROM mpq_schedule WHERE '
+                                'queue = ? AND name = ?', (self.queue, name)).fetchone()
+        before = tuple('' if v is None else str(v) for v in (row or (None,) * 3))
+        if before[0] != str(last):
+            return ('stale',) + before
+        if int(tick) > self.now * 1000:
+            return ('early',) + before
+        self.conn.execute('INSERT INTO mpq_schedule (queue, name, last, fingerprint, owner) '
+                          'VALUES (?, ?, ?, ?, ?) ON CONFLICT (queue, name) DO UPDATE SET '
+                          'last = excluded.last, fingerprint = excluded.fingerprint, '
+                          'owner = excluded.owner', (self.queue, name, int(tick), fp, owner))
+        if not job_id:
+            return ('moved',) + before
+        if self.push(job_id, *push) != job_id:      # its previous job holds the key
+            self.conn.execute('UPDATE mpq_schedule SET skipped = skipped + 1 WHERE queue = ? '
+                              'AND name = ?', (self.queue, name))
+            return ('skipped',) + before
+        self.conn.execute('UPDATE mpq_schedule SET job = ? WHERE queue = ? AND name = ?',
+                          (job_id, self.queue, name))
+        return ('pushed',) + before
+
+    def schedules(self):
+        return [dict(zip(('name',) + _SCHEDULE_FIELDS, row)) for row in self.conn.execute(
+            'SELECT name, %s FROM mpq_schedule WHERE queue = ? ORDER BY name'
+            % ', '.join(_SCHEDULE_FIELDS), (self.queue,))]
+
+    def history(self):
+        return [_sample(*row) for row in self.conn.execute(
+            'SELECT t, done, failed FROM mpq_history WHERE queue = ? ORDER BY t', (self.queue,))]
 
     # -- a batch ---------------------------------------------------------------
 
@@ -3696,6 +3813,7 @@ class _Master:
         self.failures, self.down_since, self.beat_failing = 0, None, False
         self.stopping = self.stop_deadline = None   # stopping: 'graceful' or 'fast'
         self.owner, self.started, self.done = None, time.time(), 0
+        self.ticker = _Ticker(config, qconf, pool['id'])
 
     # -- process life --------------------------------------------------------
 
@@ -3749,6 +3867,9 @@ class _Master:
                 self.pending_since = now
             return max(0.0, self.pending_since + FLUSH_DELAY - now)
         when = [self.next_tick, self.next_beat]
+        scheduled = self.ticker.due_in()
+        if scheduled is not None and not self.stopping:
+            when.append(now + scheduled)
         if len(self.slots) < self._target():
             when.append(self.spawn_after)
         if any(s.jobs for s in self.slots.values()):
@@ -4130,13 +4251,15 @@ class _Master:
             else:
                 want = max(0, self._room() + self._prefetch() - len(self.buffer))
         renew = now >= self.next_renew and any(s.jobs for s in self.slots.values())
-        if not (tick or renew or self._flush_due(now, want)):
+        scheduled = self.ticker.steps() if not self.stopping and self.ticker.due_in() == 0 \
+            else []
+        if not (tick or renew or scheduled or self._flush_due(now, want)):
             return
         steps, self.pending, self.pending_since = self.pending, [], 0.0
         renewed = [(job_id, run.attempt) for s in self.slots.values()
                    for job_id, run in s.jobs.items()] if renew else []
         n_outcomes = len(steps)
-        steps += [('renew', job_id, attempt) for job_id, attempt in renewed]
+        steps += [('renew', job_id, attempt) for job_id, attempt in renewed] + scheduled
         steps.append(('tick', TICK_LIMIT))
         if want:
             steps.append(('reserve', want))
@@ -4165,7 +4288,9 @@ class _Master:
                 self._cancel(job_id)
         if renew:
             self.next_renew = now + LEASE_SECONDS / 3
-        due = results[n_outcomes + len(renewed)][0]
+        due, broker_now = results[n_outcomes + len(renewed) + len(scheduled)]
+        if scheduled:
+            self.ticker.results(scheduled, results[n_outcomes + len(renewed):], broker_now)
         self.next_tick = now + min(self.qconf['sleep_seconds'], due if due is not None else 1e9)
         if due == 0:
             self.maybe_work = True
@@ -4280,6 +4405,100 @@ class _Master:
             deadline = now + timeout + (COROUTINE_KILL_GRACE if slot.capacity > 1 else 0)
         slot.state = BUSY
         slot.jobs[job_id] = _Run(attempt, timeout, handlers, now, deadline)
+
+
+class _Ticker:
+    """A master's schedules: when each is due, the steps that tick it, and
+    what their results say.  Every master of the queue, on every server,
+    ticks them: the schedule step moves a schedule's last tick and pushes its
+    job atomically, so one of them pushes each tick and the others find their
+    idea of the last tick stale and take the broker's."""
+
+    def __init__(self, config, qconf, pool_id):
+        self.queue, self.pool_id = qconf['name'], pool_id
+        self.entries = {s['name']: s for s in qconf['schedule']}
+        self.last = None            # name -> last tick (ms) or None; None: not read yet
+        self.clock = 0.0            # the broker's clock minus this server's
+        self.pushes, self.warned = {}, set()
+        basics = config['basics']
+        for name, s in list(self.entries.items()):
+            try:        # the push arguments after id, the same for every tick
+                options = _push_options(s['job'], qconf, **{k: s[k] for k in (
+                    'timeout', 'fail_number', 'fail_expire', 'result_ttl', 'priority')})
+                self.pushes[name] = (
+                    _encode(self.queue, s['job'], s['args'], s['kwargs'], basics['secret'],
+                            basics['max_payload']), 0, _job_name(s['job']),
+                    options['timeout'], options['fail_number'],
+                    _policy_text(options['fail_expire']), options['priority'],
+                    'schedule:' + name, '' if s['overlap'] else 'active', options['result_ttl'])
+            except MPQueueError as exc:
+                logger.error('schedule %r of queue %r cannot push its job: %s', name,
+                             self.queue, exc)
+                del self.entries[name]
+
+    def due_in(self):
+        """Seconds (this server's clock) until the next schedule is due, or None."""
+        if not self.entries:
+            return None
+        if self.last is None:
+            return 0.0
+        now = time.time() + self.clock
+        return max(0.0, min(self._next(name) - now for name in self.entries))
+
+    def _next(self, name):
+        last = self.last.get(name)
+        return 0.0 if last is None else self.entries[name]['when'].next_after(last / 1000.0)
+
+    def steps(self):
+        """The steps that tick every schedule now due."""
+        if self.last is None:
+            return [('schedules',)] if self.entries else []
+        now, out = time.time() + self.clock, []
+        for name, s in self.entries.items():
+            last = self.last.get(name)
+            if now < self._next(name):
+                continue
+            ticks, new_last, dropped = s['when'].due(None if last is None else last / 1000.0,
+                                                      now)
+            if dropped:
+                logger.warning('schedule %r of queue %r missed %d ticks more than catch_up '
+                               '"all" pushes (%d): they are skipped', name, self.queue, dropped,
+                               SCHEDULE_CATCH_UP_MAX)
+            expected = '' if last is None else str(last)
+            for tick in ticks:
+                out.append(('schedule', name, s['when'].fingerprint, expected, _tick_ms(tick),
+                            self.pool_id, _schedule_job_id(self.queue, name, tick))
+                           + self.pushes[name])
+                expected = str(_tick_ms(tick))
+            if not ticks and _tick_ms(new_last) != last:
+                out.append(('schedule', name, s['when'].fingerprint, expected,
+                            _tick_ms(new_last), self.pool_id, '') + ('',) * 10)
+        return out
+
+    def results(self, steps, results, broker_now):
+        self.clock = broker_now - time.time()
+        for step, answer in zip(steps, results):
+            if step[0] == 'schedules':
+                self.last = {r['name']: r['last'] for r in answer}
+                continue
+            name, fp, tick = step[1], step[2], step[4]
+            what, before_last, before_fp, before_owner = answer
+            if what == 'stale':
+                self.last[name] = int(before_last) if before_last else None
+                continue
+            if what == 'early':
+                continue
+            self.last[name] = tick
+            if what == 'skipped':
+                logger.info('schedule %r of queue %r skipped a tick: its previous job is still '
+                            'waiting or running (overlap=False)', name, self.queue)
+            if before_fp and before_fp != fp and before_owner != self.pool_id and \
+                    name not in self.warned:
+                self.warned.add(name)
+                logger.warning('schedule %r of queue %r is defined otherwise by pool %s '
+                               '(fingerprint %s, this pool %s): the pools take turns with two '
+                               'definitions; give them one config', name, self.queue,
+                               before_owner, before_fp, fp)
 
 
 def _master_main(config, qconf, control, close_fds, pool, recover):
@@ -5022,6 +5241,38 @@ def delete_failed(queue, job_id):
 def clean(queue):
     """Empty a queue: waiting, delayed, running records, failed jobs, counters."""
     _bulk(queue, 'clean')
+
+
+def schedules(queue=None):
+    """The schedules of one configured queue (or of all): per schedule its
+    queue, name, expression, timezone, last_tick and next_tick (epoch
+    seconds; None before its first tick), last_job_id and that job's state
+    (None when the job is unknown or its outcome expired), and skipped (ticks
+    skipped for overlap=False)."""
+    driver, out = _get_config()['basics']['driver'], []
+    for qconf in [queue_config(queue)] if queue else _get_config()['queue']:
+        if not qconf['schedule']:
+            continue
+        stored = {r['name']: r for r in driver.run(qconf['name'], 'schedules')}
+        for s in qconf['schedule']:
+            record = stored.get(s['name'], {})
+            last = record.get('last') and record['last'] / 1000.0
+            job_id = record.get('job')
+            info = job_id and job_info(qconf['name'], job_id)
+            out.append({'queue': qconf['name'], 'name': s['name'],
+                        'expression': s['expression'], 'timezone': s['timezone'],
+                        'last_tick': last, 'next_tick': last and s['when'].next_after(last),
+                        'last_job_id': job_id, 'last_job_state': info and info['state'],
+                        'skipped': record.get('skipped', 0)})
+    return out
+
+
+def history(queue):
+    """A queue's counters sampled every HISTORY_SECONDS over the last
+    HISTORY_KEEP samples: ``[{'t', 'done', 'failed'}, ...]``, oldest first
+    (``done``, ``failed``: totals since the queue was last cleaned)."""
+    queue_config(queue)
+    return _get_config()['basics']['driver'].run(queue, 'history')
 
 
 def fleet():

@@ -408,6 +408,27 @@ def cmd_job_cancel(cfg, args):
     return 0
 
 
+def cmd_schedule_list(cfg, args):
+    rows = mpqueue.schedules(_queues(cfg, args)[0] if args.queue else None)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    if not rows:
+        print('no schedules in the config')
+        return 0
+    line = '%-14s %-14s %-16s %-14s %-19s %-19s %-22s %s'
+    print(line % ('queue', 'name', 'expression', 'timezone', 'last tick', 'next tick',
+                  'last job', 'state'))
+    for r in rows:
+        print(line % (r['queue'], r['name'], r['expression'], r['timezone'], _when(r['last_tick']),
+                      _when(r['next_tick']), r['last_job_id'] or '-', r['last_job_state'] or '-'))
+    return 0
+
+
+def _when(ts):
+    return time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(ts)) if ts else '-'
+
+
 def cmd_queue_retry(cfg, args):
     (queue,) = _queues(cfg, args, required=True)
     n = mpqueue.retry_failed(queue, args.id)
@@ -439,12 +460,13 @@ def metrics_text(queues):
     """The Prometheus text exposition (format 0.0.4) of ``queues`` (names of
     configured queues) and of the pools whose heartbeats the broker holds, on
     the configured broker (call ``mpqueue.configure(config)`` first)."""
-    return render_metrics({q: mpqueue.depth(q) for q in queues}, mpqueue.fleet())
+    return render_metrics({q: mpqueue.depth(q) for q in queues}, mpqueue.fleet(),
+                          [s for s in mpqueue.schedules() if s['queue'] in queues])
 
 
-def render_metrics(depths, pools):
-    """The exposition text of ``depths`` (queue name -> ``mpqueue.depth()``)
-    and ``pools`` (``mpqueue.fleet()``)."""
+def render_metrics(depths, pools, schedules=()):
+    """The exposition text of ``depths`` (queue name -> ``mpqueue.depth()``),
+    ``pools`` (``mpqueue.fleet()``) and ``schedules`` (``mpqueue.schedules()``)."""
     latest = {}     # a pool restarted within the TTL: its newest heartbeat only
     for pool in pools:
         key = (pool['host'], pool['name'])
@@ -473,6 +495,13 @@ def render_metrics(depths, pools):
         ('mpqueue_pool_heartbeat_age_seconds', 'gauge',
          'Seconds since each running pool last published its heartbeat.',
          [({'server': p['host'], 'pool': p['name']}, p['age']) for p in pools]),
+        ('mpqueue_schedule_last_tick_timestamp', 'gauge',
+         'When each schedule last ticked (Unix time; 0: never).',
+         [({'queue': s['queue'], 'schedule': s['name']}, s['last_tick'] or 0)
+          for s in schedules]),
+        ('mpqueue_schedule_skipped_total', 'counter',
+         'Ticks each schedule skipped because its previous job still ran (overlap=False).',
+         [({'queue': s['queue'], 'schedule': s['name']}, s['skipped']) for s in schedules]),
     ]
     out = []
     for name, kind, text, samples in families:
@@ -1069,6 +1098,8 @@ COMMANDS = [
      'state, times, attempts, errors and result of one job --queue Q --id ID'),
     ('job:cancel', cmd_job_cancel, ('queue', 'id'),
      'cancel one job (a running one is stopped) --queue Q --id ID'),
+    ('schedule:list', cmd_schedule_list, ('queue', 'json'),
+     'the schedules: expression, last and next tick, last job and its state [--queue Q]'),
     ('metrics', cmd_metrics, ('queue', 'serve'),
      'Prometheus metrics of the queues and pools (--serve PORT: over HTTP)'),
     ('web', cmd_web, ('host', 'port', 'read_only', 'token'),

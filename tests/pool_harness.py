@@ -239,7 +239,7 @@ config = {
         'name': %(name)r,
         'pid_path': %(pid_path)r,
         'driver': %(driver)s,
-        'stop_grace': %(stop_grace)r,
+        'stop_grace': %(stop_grace)r,%(basics)s
     },
     'log': {'path': %(log_path)r, 'level': logging.DEBUG},
     'queue': %(queues)r,
@@ -258,7 +258,7 @@ def queue_conf(name='q', **options):
 class Pool:
     """One pool: a config file, and (once started) its manage process."""
 
-    def __init__(self, e2e, name, queues, stop_grace=STOP_GRACE, cli_path=CLI):
+    def __init__(self, e2e, name, queues, stop_grace=STOP_GRACE, cli_path=CLI, basics=None):
         self.e2e = e2e
         self.cli_path = Path(cli_path)
         self.name = name
@@ -269,7 +269,8 @@ class Pool:
         self.config_path.write_text(CONFIG_TEMPLATE % {
             'jobs': e2e.jobs_name, 'name': name, 'pid_path': str(self.pid_path),
             'driver': e2e.driver_source(), 'stop_grace': stop_grace,
-            'log_path': str(self.log_path), 'queues': queues})
+            'log_path': str(self.log_path), 'queues': queues,
+            'basics': ''.join('\n        %r: %r,' % kv for kv in sorted((basics or {}).items()))})
         self.proc = None
         self.pids_seen = set()
         self.procs_seen = []     # psutil.Process: the create time pins identity
