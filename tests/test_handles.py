@@ -9,20 +9,18 @@ the broker for the job's end, and a cancel is a flag in the record that any
 recovery reads.
 """
 
+import json
 import os
 import pickle
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 
 import psutil
 import pytest
-import redis
 
 import mpqueue
-from pool_harness import REPO, Src, alive, queue_conf, wait_for
+from pool_harness import Src, alive, queue_conf, wait_for
 
 
 HANDLE_JOBS = '''
@@ -39,6 +37,10 @@ def blocked(tag, seconds):
     record('start', tag=tag, n=n)
     time.sleep(seconds)
     record('end', tag=tag, n=n)
+
+
+def big(n):
+    return b'x' * n
 
 
 def lock_result(tag):
@@ -177,7 +179,8 @@ def test_result_timeouts(e2e, model):
 
 
 def test_result_that_cannot_be_kept_says_why(e2e):
-    pool, jobs = start(e2e, queue_conf(worker_number=1, result_ttl=30))
+    pool, jobs = start(e2e, queue_conf(worker_number=1, result_ttl=30),
+                       basics={'max_payload': 4096})
     pool.start()
     job_id = mpqueue.push('q', jobs.lock_result, args=('l',))
     with pytest.raises(mpqueue.SerializationError) as err:
@@ -187,7 +190,7 @@ def test_result_that_cannot_be_kept_says_why(e2e):
     assert info['state'] == 'done' and 'cannot be pickled' in info['result_note']
     assert info['result_repr'].startswith('<unlocked _thread.lock')
 
-    big = mpqueue.push('q', jobs.answer, args=('big', b'x' * 2048))
+    big = mpqueue.push('q', jobs.big, args=(10000,))
     with pytest.raises(mpqueue.SerializationError) as err:
         mpqueue.result('q', big, timeout=10)
     assert 'over basics.max_payload' in str(err.value)
@@ -363,7 +366,6 @@ def test_job_status_and_cancel_on_the_command_line(e2e):
                           key='report:7')
     res = pool.cli('job:status', '--queue', 'q', '--id', job_id, '--json')
     assert res.returncode == 0, res.stderr
-    import json
     info = json.loads(res.stdout)
     assert (info['id'], info['state'], info['priority'], info['key']) == \
         (job_id, 'delayed', 7, 'report:7')
