@@ -918,8 +918,9 @@ def _new_id():
 
 #: ``catch_up='all'`` pushes at most this many missed ticks, the newest ones.
 SCHEDULE_CATCH_UP_MAX = 100
-#: ``catch_up='none'`` still pushes a tick this many seconds late, so that a
-#: pool restarting across a tick (a deploy) does not lose it.
+#: ``catch_up='none'`` still pushes a tick this many seconds late (or half its
+#: period, if that is less), so that a pool restarting across a tick (a
+#: deploy) does not lose it.
 SCHEDULE_GRACE = 60.0
 
 _CRON_FIELDS = (('minute', 0, 59), ('hour', 0, 23), ('day-of-month', 1, 31),
@@ -1061,8 +1062,9 @@ class _Schedule:
             return [], last, 0
         if self.catch_up == 'latest':
             return [newest], newest, 0
-        if self.catch_up == 'none':
-            return [newest] if now - newest <= SCHEDULE_GRACE else [], newest, 0
+        if self.catch_up == 'none':     # only a tick that is not late: a restart's own
+            grace = min(SCHEDULE_GRACE, (self.next_after(newest) - newest) / 2)
+            return [newest] if now - newest <= grace else [], newest, 0
         ticks, tick = [], newest
         while tick > last and len(ticks) < SCHEDULE_CATCH_UP_MAX:
             ticks.append(tick)

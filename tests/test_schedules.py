@@ -275,6 +275,10 @@ def test_catch_up_none():
     assert hourly.due(0, 3600 + 61) == ([], 3600, 0)
     # down over two ticks, back 5 s after the second: only that one
     assert hourly.due(0, 7205) == ([7200], 7200, 0)
+    # the grace is at most half the period: a tick half a period old is missed
+    short = every(10, 'none')
+    assert short.due(0, 15) == ([10], 10, 0)
+    assert short.due(0, 15.1) == ([], 10, 0)
     nightly = cron('0 3 * * *', catch_up='none')
     assert nightly.due(utc('2026-01-01 03:00'), utc('2026-01-05 12:00')) == \
         ([], utc('2026-01-05 03:00'), 0)
@@ -442,3 +446,144 @@ def test_utc_needs_no_zoneinfo(monkeypatch):
                             'timezone': 'Europe/Berlin'})
     assert message.startswith('queue[0].schedule[0].timezone: ')
     assert 'Python 3.9' in message
+
+
+# -- end to end: pools ticking schedules ------------------------------------------------
+
+SCHEDULE_JOBS = '''
+def ticked(name, seconds=0):
+    """Records when it ran: its tick is the period's multiple just before."""
+    record('start', name=name, started=time.time())
+    if seconds:
+        time.sleep(seconds)
+    record('end', name=name, ended=time.time())
+'''
+
+
+def _pools(e2e, schedules, n=1, **queue):
+    from pool_harness import queue_conf
+    e2e.write_jobs(SCHEDULE_JOBS)
+    conf = queue_conf(worker_number=2, schedule=schedules, **queue)
+    pools = [e2e.pool(conf) for _ in range(n)]
+    return pools, e2e.import_jobs()
+
+
+def _sched(name, seconds, **options):
+    from pool_harness import Src
+    return dict({'name': name, 'every': seconds, 'job': Src('jobs.ticked'), 'args': (name,)},
+                **options)
+
+
+def _ticks(e2e, name, period):
+    """{tick: runs} of schedule ``name`` from the jobs' own records."""
+    out = {}
+    for rec in e2e.records('start', name=name):
+        tick = int(rec['started'] // period * period)
+        out[tick] = out.get(tick, 0) + 1
+    return out
+
+
+def _wait_until(when):
+    from pool_harness import wait_for
+    wait_for(lambda: time.time() >= when, when - time.time() + 5, 'the clock to reach %.2f' % when)
+
+
+def test_each_tick_runs_once_whatever_pools_run_or_die(e2e):
+    """Three pools tick one schedule; one pool's whole tree is SIGKILLed half
+    way and another starts: every tick from the first to the last ran once."""
+    import psutil
+    pools, _ = _pools(e2e, [_sched('each', 1)], n=3)
+    for pool in pools:
+        pool.start()
+    t0 = time.time()
+    pools[0].wait(lambda: len(_ticks(e2e, 'each', 1)) >= 4, 10, 'four ticks to run')
+    victim = psutil.Process(pools[1].manage_pid())
+    tree = [victim] + victim.children(recursive=True)
+    for proc in tree:
+        proc.kill()
+    late = e2e.pool(pools[0].queues[0]).start()
+    _wait_until(t0 + 10.5)
+    for pool in pools[::2] + [late]:
+        pool.stop()
+    ticks = _ticks(e2e, 'each', 1)
+    first, last = min(ticks), max(ticks)
+    assert last - first >= 9, ticks
+    assert ticks == {t: 1 for t in range(first, last + 1)}, ticks
+    (row,) = mpqueue.schedules('q')
+    assert row['last_tick'] == last and row['expression'] == 'every 1s'
+    assert row['last_job_id'] == mpqueue._schedule_job_id('q', 'each', last)
+
+
+def test_catch_up_after_every_pool_was_down(e2e):
+    """One pool, three schedules of 3 s: one per catch_up mode.  It stops for
+    three ticks and starts again 1.7 s after the last one it missed."""
+    period = 3
+    scheds = [_sched(mode, period, catch_up=mode) for mode in ('latest', 'all', 'none')]
+    (first,), _ = _pools(e2e, scheds)
+    first.start()
+    first.wait(lambda: all(_ticks(e2e, m, period) for m in ('latest', 'all', 'none')), 10,
+               'every schedule to tick')
+    first.stop()
+    stopped = time.time()
+    before = {m: max(_ticks(e2e, m, period)) for m in ('latest', 'all', 'none')}
+    restart = (stopped // period + 3) * period + 1.7
+    _wait_until(restart)
+    missed = [t for t in range(int(max(before.values())) + period, int(restart), period)]
+    assert len(missed) >= 2, missed
+    (second,), _ = _pools(e2e, scheds)
+    second.start()
+    _wait_until(restart + 2 * period)
+    second.stop()
+    runs = {m: _ticks(e2e, m, period) for m in ('latest', 'all', 'none')}
+    for mode in runs:       # after the restart every tick ran, once
+        after = [t for t in runs[mode] if t > restart]
+        assert after and all(runs[mode][t] == 1 for t in after), (mode, runs[mode])
+    caught = {m: sorted(t for t in runs[m] if before[m] < t < restart) for m in runs}
+    assert caught['all'] == [t for t in missed if t > before['all']], caught
+    assert caught['latest'] == [max(missed)], caught
+    assert caught['none'] == [], caught
+
+
+def test_overlap_false_skips_ticks_while_the_last_job_runs(e2e):
+    (pool,), _ = _pools(e2e, [_sched('slow', 1, overlap=False, args=('slow', 2.5))])
+    pool.start()
+    pool.wait(lambda: len(e2e.records('end', name='slow')) >= 2, 15, 'two runs to end')
+    pool.stop()
+    starts = sorted(r['started'] for r in e2e.records('start', name='slow'))
+    ends = sorted(r['ended'] for r in e2e.records('end', name='slow'))
+    for begin, end in zip(starts[1:], ends):
+        assert begin >= end, 'runs overlapped: %r %r' % (starts, ends)
+    (row,) = mpqueue.schedules('q')
+    assert row['skipped'] >= 2, row
+
+
+def test_changed_or_removed_schedules_and_pools_that_disagree(e2e):
+    import re as _re
+    (pool,), _ = _pools(e2e, [_sched('when', 2), _sched('gone', 1)])
+    pool.start()
+    pool.wait(lambda: _ticks(e2e, 'when', 2) and _ticks(e2e, 'gone', 1), 10, 'both to tick')
+    pool.stop()
+    stopped = time.time()
+    # the same name with another period, in two pools at once: it still ticks
+    # once per tick of whichever pool ticks, and the pools say they disagree
+    (three,), _ = _pools(e2e, [_sched('when', 3)])
+    (other,), _ = _pools(e2e, [_sched('when', 5)])
+    three.start()
+    other.start()
+    t0 = time.time()
+    _wait_until(t0 + 7)
+    res = three.cli('schedule:list', '--json')
+    assert res.returncode == 0, res.stderr
+    (row,) = [r for r in __import__('json').loads(res.stdout) if r['name'] == 'when']
+    assert row['expression'] == 'every 3s' and row['last_tick'] is not None
+    three.stop()
+    other.stop()
+    assert not [r for r in e2e.records('start', name='gone') if r['started'] > stopped], \
+        'a schedule removed from the config still ticked'
+    warned = [line for pool in (three, other)
+              for line in pool.log_tail(400).splitlines()
+              if _re.search(r"schedule 'when' of queue 'q' is defined otherwise by pool", line)]
+    assert warned, 'no pool warned that the pools disagree'
+    later = [r['started'] for r in e2e.records('start', name='when') if r['started'] > t0]
+    assert later and all(round(s % 3, 1) in (0.0, 3.0) or round(s % 5, 1) in (0.0, 5.0)
+                         for s in later), later
