@@ -1305,19 +1305,25 @@ def _record(pairs):
     values converted to their Python types, empty ones left out."""
     out = {}
     for name, value in pairs:
-        name = _text(name)
-        convert = _FIELDS.get(name)
-        if convert is None or value is None or value == '' or value == b'':
-            continue
-        if convert is bytes:
-            out[name] = bytes(value)
-        elif convert is json.loads:
-            out[name] = json.loads(value) or []
-        else:
-            out[name] = convert(_text(value))
+        name, convert = _DECODE.get(name, (None, None))
+        if convert is not None and value is not None and value != b'' and value != '':
+            out[name] = convert(value)
     if not isinstance(out.get('error_info'), list):
         out['error_info'] = []
     return out
+
+
+def _decoder(kind):          # int() and float() take bytes as they are
+    if kind is str:
+        return _text
+    if kind is json.loads:
+        return lambda value: json.loads(value) or []
+    return kind
+
+
+# field name as a broker gives it (bytes from Redis, str from SQLite) -> (name, decoder)
+_DECODE = {key: (name, _decoder(kind)) for name, kind in _FIELDS.items()
+           for key in (name, name.encode())}
 
 
 class _Driver:
@@ -1396,9 +1402,10 @@ class _Driver:
 # Drivers: Redis
 ###############################################################################
 
-# The job lifecycle for Redis: every step of _STEPS, applied in order.
-# KEYS[1] is the queue's key prefix, '{prefix}:{queue}:'; its hash tag puts
-# every key of the queue in one Redis Cluster slot.  Below it:
+# The job lifecycle for Redis: a library of Redis functions (Redis 7), loaded
+# once per server.  Its function steps(keys, args) applies steps of _STEPS in
+# order.  keys[1] is the queue's key prefix, '{prefix}:{queue}:'; its hash tag
+# puts every key of the queue in one Redis Cluster slot.  Below it:
 #   waiting, waiting:1 .. waiting:9  lists: ids ready to run, of priority 0, 1..9
 #   delayed   zset  id -> due time        working  zset  id -> lease expiry
 #   reserved  zset  id -> time it goes    failed   zset  id -> time it failed
@@ -1412,23 +1419,19 @@ class _Driver:
 #   history   list  'time done failed': the counters every HISTORY_SECONDS
 # Channels: notify ('1': work to do; 'c:<id>': a started job was cancelled)
 # and ended (the id of an ended job somebody waits for).
-# ARGV: lease seconds, reservation seconds, fail handler attempts, then the
+# args: lease seconds, reservation seconds, fail handler attempts, then the
 # steps, each its name and its arguments.  Times are the server's (TIME), so
-# the servers of a pool need not agree on the clock.
-_LUA_STEPS = r"""
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local P = KEYS[1]
-local LEASE, HOLD, HANDLER_ATTEMPTS = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local DELAYED, RESERVED, WORKING, FAILED, KEPT = P .. 'delayed', P .. 'reserved',
-  P .. 'working', P .. 'failed', P .. 'kept'
-local STATS, UNIQUE, UNIQUE_TTL = P .. 'stats', P .. 'unique', P .. 'unique:ttl'
-local SCHEDULES, HISTORY = P .. 'schedules', P .. 'history'
+# the servers of a pool need not agree on the clock.  A library (not a script
+# run with EVALSHA) because a script defines its dozens of local functions
+# again at every call: that cost 12 µs of the server's time per call.
+_LUA_LIBRARY = r"""
+-- Loaded once per server (FUNCTION LOAD): these locals live as long as the
+-- library; a call sets the ones that describe it (steps(), below).
 local NARGS = {%(nargs)s}
-local WORK_FIELDS = {%(work_fields)s}
-local LEVELS = {}
-for level = 9, 1, -1 do table.insert(LEVELS, P .. 'waiting:' .. level) end
-local wake, cancels, ended = false, {}, {}
+local KEYSETS = {}          -- queue prefix -> the names of its keys
+local now, P, LEASE, HOLD, HANDLER_ATTEMPTS
+local DELAYED, RESERVED, WORKING, FAILED, KEPT, STATS, UNIQUE, UNIQUE_TTL, SCHEDULES, HISTORY
+local LEVELS, wake, cancels, ended
 
 local function rec(id) return P .. 'job:' .. id end
 local function waiting(level)
@@ -1601,7 +1604,9 @@ end
 local function current(id, attempt, state, names)
   local f = redis.call('HMGET', rec(id), 'state', 'attempt', unpack(names or {}))
   if f[1] ~= state or f[2] ~= attempt then return nil end
-  return {select(3, unpack(f))}
+  table.remove(f, 1)
+  table.remove(f, 1)
+  return f
 end
 local function record(id, skip)
   local all = redis.call('HGETALL', rec(id))
@@ -1628,29 +1633,35 @@ OPS.push = function(id, payload, delay, job, timeout, fail_number, fail_expire, 
       redis.call('ZREM', UNIQUE_TTL, key)
     end
   end
-  redis.call('HSET', rec(id), 'payload', payload, 'job', job, 'create_time', now,
-             'timeout', timeout, 'fail_number', fail_number, 'fail_expire', fail_expire,
-             'priority', priority, 'key', key, 'unique_mode', mode, 'result_ttl', result_ttl,
-             'attempt', 0, 'exec_number', 0, 'state', enqueue(id, tonumber(delay), priority))
+  local state = enqueue(id, tonumber(delay), priority)
+  if key == '' and priority == '0' and result_ttl == '0' then     -- the common case
+    redis.call('HSET', rec(id), 'payload', payload, 'job', job, 'create_time', now,
+               'timeout', timeout, 'fail_number', fail_number, 'fail_expire', fail_expire,
+               'state', state)
+  else
+    redis.call('HSET', rec(id), 'payload', payload, 'job', job, 'create_time', now,
+               'timeout', timeout, 'fail_number', fail_number, 'fail_expire', fail_expire,
+               'state', state, 'priority', priority, 'key', key, 'unique_mode', mode,
+               'result_ttl', result_ttl)
+  end
   redis.call('HINCRBY', STATS, 'pushed', 1)
   return id
-end
--- a job handed out: its id and WORK_FIELDS, appended to `out`
-local function hand(out, id)
-  table.insert(out, id)
-  for _, v in ipairs(redis.call('HMGET', rec(id), unpack(WORK_FIELDS))) do
-    table.insert(out, v)
-  end
 end
 OPS.reserve = function(n)
   local out = {}
   for i, id in ipairs(take(tonumber(n))) do
-    if redis.call('EXISTS', rec(id)) == 1 then      -- not cleaned meanwhile
-      redis.call('HINCRBY', rec(id), 'attempt', 1)
-      redis.call('HSET', rec(id), 'state', 'reserved')
+    local f = redis.call('HGETALL', rec(id))       -- (empty: cleaned meanwhile)
+    if #f > 0 then
+      local attempt = 1
+      for j = 1, #f, 2 do
+        if f[j] == 'attempt' then attempt = tonumber(f[j + 1]) + 1 f[j + 1] = attempt end
+      end
+      if attempt == 1 then table.insert(f, 'attempt') table.insert(f, 1) end
+      redis.call('HSET', rec(id), 'state', 'reserved', 'attempt', attempt)
       -- distinct scores keep queue order when they come back by tick
       redis.call('ZADD', RESERVED, now + HOLD + i * 0.000001, id)
-      hand(out, id)
+      table.insert(out, id)
+      table.insert(out, f)
     end
   end
   return out
@@ -1669,7 +1680,8 @@ OPS.pop = function(n, worker, owner)
     if f[1] then
       redis.call('HINCRBY', rec(id), 'attempt', 1)
       start(id, {select(2, unpack(f))}, worker, owner)
-      hand(out, id)
+      table.insert(out, id)
+      table.insert(out, redis.call('HGETALL', rec(id)))
     end
   end
   return out
@@ -1897,62 +1909,82 @@ OPS.history = function()
   return redis.call('LRANGE', HISTORY, 0, -1)
 end
 
-local out = {}
-local i = 4
-while i <= #ARGV do
-  local name = ARGV[i]
-  local n = NARGS[name]
-  if not n then return redis.error_reply('mpqueue: unknown step ' .. tostring(name)) end
-  local result = OPS[name](unpack(ARGV, i + 1, i + n))
-  if result == nil then result = false end
-  table.insert(out, result)
-  i = i + n + 1
+local function steps(keys, args)
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+  P = keys[1]
+  local k = KEYSETS[P]
+  if not k then
+    k = {}
+    for _, name in ipairs({'delayed', 'reserved', 'working', 'failed', 'kept', 'stats',
+                           'unique', 'unique:ttl', 'schedules', 'history'}) do
+      table.insert(k, P .. name)
+    end
+    k.levels = {}
+    for level = 9, 1, -1 do table.insert(k.levels, P .. 'waiting:' .. level) end
+    KEYSETS[P] = k
+  end
+  DELAYED, RESERVED, WORKING, FAILED, KEPT, STATS, UNIQUE, UNIQUE_TTL, SCHEDULES, HISTORY =
+    unpack(k)
+  LEVELS = k.levels
+  LEASE, HOLD, HANDLER_ATTEMPTS = tonumber(args[1]), tonumber(args[2]), tonumber(args[3])
+  wake, cancels, ended = false, {}, {}
+  local out = {}
+  local i = 4
+  while i <= #args do
+    local name = args[i]
+    local n = NARGS[name]
+    if not n then return redis.error_reply('mpqueue: unknown step ' .. tostring(name)) end
+    local result = OPS[name](unpack(args, i + 1, i + n))
+    if result == nil then result = false end
+    table.insert(out, result)
+    i = i + n + 1
+  end
+  if wake then redis.call('PUBLISH', P .. 'notify', '1') end
+  for _, id in ipairs(cancels) do redis.call('PUBLISH', P .. 'notify', 'c:' .. id) end
+  for _, id in ipairs(ended) do redis.call('PUBLISH', P .. 'ended', id) end
+  return out
 end
-if wake then redis.call('PUBLISH', P .. 'notify', '1') end
-for _, id in ipairs(cancels) do redis.call('PUBLISH', P .. 'notify', 'c:' .. id) end
-for _, id in ipairs(ended) do redis.call('PUBLISH', P .. 'ended', id) end
-return out
+
+-- The fleet: a heartbeat per (pool, queue).  keys (one hash tag, {fleet}, so
+-- it works on a cluster): 1 beats hash (entry -> JSON info), 2 expiry zset
+-- (entry -> time its heartbeat expires).  args: 'beat' | 'forget' | 'read',
+-- entry, info, ttl.  Expired heartbeats are dropped first; 'read' returns the
+-- server time and every live (entry, info, expiry).
+local function fleet(keys, args)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', keys[2], '-inf', now)) do
+    redis.call('HDEL', keys[1], id)
+    redis.call('ZREM', keys[2], id)
+  end
+  if args[1] == 'beat' then
+    redis.call('HSET', keys[1], args[2], args[3])
+    return redis.call('ZADD', keys[2], now + tonumber(args[4]), args[2])
+  elseif args[1] == 'forget' then
+    redis.call('HDEL', keys[1], args[2])
+    return redis.call('ZREM', keys[2], args[2])
+  end
+  local out = {}
+  local live = redis.call('ZRANGE', keys[2], 0, -1, 'WITHSCORES')
+  for i = 1, #live, 2 do
+    table.insert(out, {live[i], redis.call('HGET', keys[1], live[i]) or '{}', live[i + 1]})
+  end
+  return {tostring(now), out}
+end
+
+redis.register_function('NAME_steps', steps)
+redis.register_function('NAME_fleet', fleet)
 """ % {'nargs': ', '.join('%s = %d' % (name, n) for name, n in _STEP_ARGS.items()),
-       'work_fields': ', '.join("'%s'" % f for f in _WORK_FIELDS),
        'TYPE_TIMEOUT': TYPE_TIMEOUT, 'TYPE_NORMAL': TYPE_NORMAL,
        'HISTORY_SECONDS': HISTORY_SECONDS, 'HISTORY_KEEP': HISTORY_KEEP}
-
-# The fleet: a heartbeat per (pool, queue).  KEYS (one hash tag, {fleet}, so
-# the script is Redis Cluster safe): 1 beats hash (entry -> JSON info), 2
-# expiry zset (entry -> time its heartbeat expires).  ARGV: 'beat' | 'forget'
-# | 'read', entry, info, ttl.  Expired heartbeats are dropped first; 'read'
-# returns the server time and every live (entry, info, expiry).
-_LUA_FLEET = r"""
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)) do
-  redis.call('HDEL', KEYS[1], id)
-  redis.call('ZREM', KEYS[2], id)
-end
-if ARGV[1] == 'beat' then
-  redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
-  return redis.call('ZADD', KEYS[2], now + tonumber(ARGV[4]), ARGV[2])
-elseif ARGV[1] == 'forget' then
-  redis.call('HDEL', KEYS[1], ARGV[2])
-  return redis.call('ZREM', KEYS[2], ARGV[2])
-end
-local out = {}
-local live = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
-for i = 1, #live, 2 do
-  table.insert(out, {live[i], redis.call('HGET', KEYS[1], live[i]) or '{}', live[i + 1]})
-end
-return {tostring(now), out}
-"""
-
 
 def _pairs(flat):
     return zip(flat[::2], flat[1::2])
 
 
 def _work_items(flat):
-    width = len(_WORK_FIELDS) + 1
-    return [dict(_record(zip(_WORK_FIELDS, flat[i + 1:i + width])), id=_text(flat[i]))
-            for i in range(0, len(flat), width)]
+    return [dict(_record(_pairs(fields)), id=_text(job_id)) for job_id, fields in _pairs(flat)]
 
 
 # Redis replies to Python values, by the kind of the step (_STEPS)
@@ -2016,8 +2048,8 @@ class RedisDriver(_Driver):
     :param redis_kwargs: passed on to the redis-py client.
 
     Connections open lazily in each process and are never carried across a
-    ``fork()``.  Each call is one EVALSHA of a script (``_LUA_STEPS`` for the
-    queues, ``_LUA_FLEET`` for the heartbeats), loaded on NOSCRIPT.  On a
+    ``fork()``.  Each call is one FCALL of a function of mpqueue's library
+    (``_LUA_LIBRARY``: Redis 7.0 or later), loaded where it is missing.  On a
     cluster, all keys of a queue are in one slot, so a queue lives on one
     master; when its slot moves (a failover: MOVED, or a lost connection) the
     slot map is read again.  During a failover the queue's calls raise
@@ -2141,17 +2173,19 @@ class RedisDriver(_Driver):
         local.conns[name] = (conn, time.monotonic())
         return conn
 
-    def _script(self, script, keys, args, queue=None, wait=0):
-        """EVALSHA ``script`` on ``keys``/``args`` (loading it on NOSCRIPT),
-        then ``WAIT`` for ``wait`` replicas; the script's reply.
+    def _call(self, function, keys, args, queue=None, wait=0):
+        """FCALL ``function`` of mpqueue's library on ``keys``/``args`` (loading
+        the library where the server lacks it), then ``WAIT`` for ``wait``
+        replicas; the function's reply.
 
         The commands go through redis-py's public ``Connection`` calls on a
         connection of this thread's own, skipping the client's pool and retry
         layers: a round trip then costs ~11 µs of Python against ~30 µs
-        through ``Redis.evalsha`` (measured with hiredis, redis-py 8.1)."""
+        through ``Redis.fcall`` (measured with hiredis, redis-py 8.1)."""
         import redis
-        sha = _SHAS.get(script) or _SHAS.setdefault(script, _sha1_hex(script))
-        packed = [_pack_command(('EVALSHA', sha, len(keys)) + tuple(keys) + tuple(args))]
+        library, name = _lua_library()
+        packed = [_pack_command(('FCALL', '%s_%s' % (name, function), len(keys)) +
+                                tuple(keys) + tuple(args))]
         if wait:
             packed.append(_pack_command(('WAIT', wait, int(self.wait_timeout * 1000))))
         conn = None
@@ -2168,9 +2202,11 @@ class RedisDriver(_Driver):
                     continue
                 try:
                     replies = self._read(conn, len(packed))
-                except redis.exceptions.NoScriptError:
-                    conn.send_packed_command([_pack_command(('SCRIPT', 'LOAD', script))] + packed)
-                    self._read(conn, 1)
+                except redis.exceptions.ResponseError as exc:
+                    if 'Function not found' not in str(exc):
+                        raise
+                    self._load(conn, library, queue)    # a new server, or one restarted empty
+                    conn.send_packed_command(packed)
                     replies = self._read(conn, len(packed))
                 except (redis.exceptions.MovedError, redis.exceptions.AskError):
                     self._refresh_slots()       # it did not run: try on the new master
@@ -2192,6 +2228,20 @@ class RedisDriver(_Driver):
                                   self._where(queue), queue, replies[1], wait,
                                   self.wait_timeout))
         return replies[0]
+
+    def _load(self, conn, library, queue):
+        """FUNCTION LOAD mpqueue's library on ``conn``'s server (Redis >= 7)."""
+        import redis
+        conn.send_packed_command([_pack_command(('FUNCTION', 'LOAD', library))])
+        try:
+            self._read(conn, 1)
+        except redis.exceptions.ResponseError as exc:
+            text = str(exc)
+            if 'unknown command' in text.lower() or 'unknown subcommand' in text.lower():
+                raise DriverError('%s: mpqueue needs Redis 7.0 or later (Redis functions: '
+                                  'FUNCTION LOAD): %s' % (self._where(queue), text)) from None
+            if 'already exists' not in text:     # loaded meanwhile by another process
+                raise
 
     @staticmethod
     def _read(conn, n):
@@ -2248,12 +2298,12 @@ class RedisDriver(_Driver):
         wait = 0
         if self.wait_replicas and any(step[0] == 'push' for step in steps):
             wait = self.wait_replicas   # a lost push loses jobs; other steps only repeat
-        replies = self._script(_LUA_STEPS, ['%s:{%s}:' % (self.prefix, queue)], args, queue, wait)
+        replies = self._call('steps', ['%s:{%s}:' % (self.prefix, queue)], args, queue, wait)
         return [_REDIS_REPLY[_STEP_KIND[step[0]]](reply) for step, reply in zip(steps, replies)]
 
     def _fleet(self, op, entry, info, ttl):
         keys = ['%s:{fleet}:%s' % (self.prefix, k) for k in ('beats', 'expiry')]
-        reply = self._script(_LUA_FLEET, keys, [op, entry, info, ttl])
+        reply = self._call('fleet', keys, [op, entry, info, ttl])
         if op == 'read':
             return float(reply[0]), [(_text(e), _text(i), float(x)) for e, i, x in reply[1]]
         return reply
@@ -2274,7 +2324,18 @@ class RedisDriver(_Driver):
         self._client = self._pid = None
 
 
-_SHAS = {}      # script -> its SHA1, computed on first use
+def _lua_library():
+    """``(source, name)`` of mpqueue's Redis library; its name carries a hash
+    of its code, so that pools of two mpqueue versions can share a server."""
+    global _LIBRARY
+    if _LIBRARY is None:
+        name = 'mpqueue_' + _sha1_hex(_LUA_LIBRARY)[:12]
+        _LIBRARY = ('#!lua name=%s\n%s' % (name, _LUA_LIBRARY.replace('NAME_', name + '_')),
+                    name)
+    return _LIBRARY
+
+
+_LIBRARY = None
 
 
 def _pack_command(args):
@@ -2412,7 +2473,7 @@ _SQ_SUN_PATH_MAX = 107     # AF_UNIX path bytes, leaving room for the final NUL
 
 class _SqliteSteps:
     """The steps of ``_STEPS`` as SQL, inside the one transaction of an
-    ``execute()``.  The same lifecycle as ``_LUA_STEPS``, written as plain
+    ``execute()``.  The same lifecycle as ``_LUA_LIBRARY``, written as plain
     Python over rows; tests/test_drivers.py holds both to one contract."""
 
     def __init__(self, conn, queue, now):
@@ -3776,11 +3837,12 @@ _Run = collections.namedtuple('_Run', 'attempt timeout handlers began deadline')
 class _Slot:
     """What a master knows about one of its workers."""
 
-    __slots__ = ('pid', 'conn', 'capacity', 'state', 'jobs', 'queued', 'started', 'done',
+    __slots__ = ('pid', 'id', 'conn', 'capacity', 'state', 'jobs', 'queued', 'started', 'done',
                  'killed_for', 'killed_job', 'woken_at')
 
     def __init__(self, pid, conn, capacity):
         self.pid, self.conn, self.capacity = pid, conn, capacity   # capacity: coroutine_number
+        self.id = '%s:%d' % (_HOST, pid)          # its worker id
         self.state = BOOTING
         self.jobs = {}              # job id -> _Run, for the jobs it runs now
         self.queued = None          # (job id, attempt, timeout, handlers) queued in its pipe
@@ -4083,7 +4145,7 @@ class _Master:
         job_id, attempt, timeout, handlers = slot.queued
         slot.queued = None
         self._running(slot, job_id, attempt, timeout, handlers)
-        self.pending.append(('start', job_id, attempt, '%s:%d' % (_HOST, slot.pid), self.owner))
+        self.pending.append(('start', job_id, attempt, slot.id, self.owner))
 
     def _on_skipped(self, slot, job_id):     # it waited too long: the broker takes it back
         slot.queued = None
@@ -4386,13 +4448,12 @@ class _Master:
         handlers = job.get('phase') == _PHASE_HANDLERS
         if not handlers:
             job['exec_number'] = job.get('exec_number', 0) + 1
-            job['start_time'], job['worker_id'] = time.time(), '%s:%d' % (_HOST, slot.pid)
+            job['start_time'], job['worker_id'] = time.time(), slot.id
         if queued:
             slot.queued = (job_id, attempt, timeout, handlers)
         else:
             self._running(slot, job_id, attempt, timeout, handlers)
-            self.pending.append(('start', job_id, attempt, '%s:%d' % (_HOST, slot.pid),
-                                 self.owner))
+            self.pending.append(('start', job_id, attempt, slot.id, self.owner))
         try:
             slot.conn.send('job', job, reserved_at if queued else None)
         except OSError:

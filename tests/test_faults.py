@@ -841,13 +841,13 @@ def test_server_lost_other_pool_recovers_in_flight_jobs(e2e, model):
 # -- 5. a secured Redis: password, ACL user, TLS ----------------------------------------
 
 #: The smallest ACL rule set mpqueue works with (prefix 'mpq'): its keys and
-#: notify channels, EVALSHA / SCRIPT LOAD of its one script, SUBSCRIBE for the
-#: wake-ups, and the commands that script calls (Redis checks those too).
+#: channels, FCALL / FUNCTION LOAD of its library, SUBSCRIBE for the wake-ups
+#: and result waits, and the commands the library calls (Redis checks those too).
 MPQ_ACL_RULES = ('resetkeys resetchannels -@all ~mpq:* &mpq:* '
-                 '+evalsha +script|load +subscribe '
+                 '+fcall +function|load +subscribe '
                  '+time +hset +hget +hdel +hmget +hgetall +hincrby +rpush +lpush +lpop +lrem '
-                 '+llen +lindex +exists +del +pexpire +zadd +zrem +zrange +zrangebyscore '
-                 '+zremrangebyscore +zscore +zcard +publish')
+                 '+lrange +ltrim +llen +lindex +exists +del +pexpire +zadd +zrem +zrange '
+                 '+zrangebyscore +zremrangebyscore +zscore +zcard +publish')
 
 
 def push_refused(jobs, driver):
