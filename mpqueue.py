@@ -1216,7 +1216,8 @@ _STEPS = (
     # job holds its unique `key`, that job's id (and nothing is stored)
     ('reserve', 'n', 'jobs'),
     # up to n waiting jobs, highest priority first, reserved for
-    # RESERVE_SECONDS; each gets a new attempt number
+    # RESERVE_SECONDS; each gets a new attempt number.  A job is its id and
+    # at least _WORK_FIELDS (those never set may be left out: 0 or none)
     ('start', 'id attempt worker owner', 'bool'),
     # a reserved attempt starts: working, under a lease
     ('pop', 'n worker owner', 'jobs'),
@@ -1310,6 +1311,8 @@ def _record(pairs):
             out[name] = convert(value)
     if not isinstance(out.get('error_info'), list):
         out['error_info'] = []
+    for name in ('attempt', 'exec_number', 'priority'):     # not stored while 0
+        out.setdefault(name, 0)
     return out
 
 
@@ -1765,7 +1768,7 @@ OPS.tick = function(limit)
   end
   redis.call('ZREMRANGEBYSCORE', KEPT, '-inf', now)
   local s = redis.call('HMGET', STATS, 'sampled', 'done', 'failed')
-  if now - (tonumber(s[1]) or 0) >= %(HISTORY_SECONDS)d then
+  if (s[2] or s[3]) and now - (tonumber(s[1]) or 0) >= %(HISTORY_SECONDS)d then
     redis.call('HSET', STATS, 'sampled', now)
     redis.call('RPUSH', HISTORY, string.format('%%.3f %%d %%d', now, tonumber(s[2]) or 0,
                                                tonumber(s[3]) or 0))
@@ -2808,10 +2811,12 @@ class _SqliteSteps:
         self.conn.execute('DELETE FROM mpq_unique WHERE queue = ? AND ends <= ?', (queue, now))
         sampled = self.conn.execute('SELECT MAX(t) FROM mpq_history WHERE queue = ?',
                                     (queue,)).fetchone()[0]
-        if sampled is None or now - sampled >= HISTORY_SECONDS:
-            counts = self.depth()
+        counts = self.conn.execute('SELECT done, failed_total FROM mpq_queue WHERE queue = ?',
+                                   (queue,)).fetchone()
+        if counts and any(counts) and (sampled is None or now - sampled >= HISTORY_SECONDS):
             self.conn.execute('INSERT INTO mpq_history (queue, t, done, failed) VALUES '
-                              '(?, ?, ?, ?)', (queue, now, counts['done'], counts['failed_total']))
+                              '(?, ?, ?, ?)', (queue, now, counts[0] + self.delta['done'],
+                                               counts[1] + self.delta['failed_total']))
             self.conn.execute('DELETE FROM mpq_history WHERE queue = ? AND t < ?',
                               (queue, now - HISTORY_SECONDS * (HISTORY_KEEP - 0.5)))
         nxt = None
@@ -5239,12 +5244,11 @@ def result(queue, job_id, timeout=None):
 
 
 def status(queue):
-    """Counts of one queue: ``{'all', 'waiting', 'working', 'failed', 'over',
-    'cancelled'}``."""
+    """Counts of one queue: ``{'all', 'waiting', 'working', 'failed', 'over'}``
+    (``depth()`` has them per state, and the cancelled jobs)."""
     d = depth(queue)
     return {'all': d['pushed'], 'waiting': d['waiting'] + d['delayed'],
-            'working': d['reserved'] + d['working'], 'failed': d['failed'], 'over': d['done'],
-            'cancelled': d['cancelled']}
+            'working': d['reserved'] + d['working'], 'failed': d['failed'], 'over': d['done']}
 
 
 def depth(queue):

@@ -286,7 +286,8 @@ def _queues(cfg, args, required=False):
 def cmd_queue_status(cfg, args):
     if args.watch:
         return cmd_queue_watch(cfg, args)
-    stats = {q: mpqueue.status(q) for q in _queues(cfg, args)}
+    stats = {q: dict(mpqueue.status(q), cancelled=mpqueue.depth(q)['cancelled'])
+             for q in _queues(cfg, args)}
     if args.json:
         print(json.dumps(stats, indent=1))
         return 0

@@ -68,9 +68,11 @@ def test_push_is_fifo_and_reserve_hands_out_the_work_fields(driver, queue):
     got = reserve(driver, queue, 10)
     assert ids_of(got) == first + second
     job = got[0]
-    assert set(job) <= {'id'} | set(mpqueue._WORK_FIELDS)
-    assert (job['attempt'], job['exec_number'], job['timeout'], job['fail_number'],
-            job['fail_expire'], job['priority']) == (1, 0, 7.0, 2, '0.5', 0)
+    # the fields a worker needs (an option never set may be left out: 0 / none)
+    assert {'id', 'payload', 'attempt', 'job', 'create_time', 'timeout', 'fail_number',
+            'fail_expire'} <= set(job) <= {'id'} | set(mpqueue._FIELDS)
+    assert (job['attempt'], job.get('exec_number', 0), job['timeout'], job['fail_number'],
+            job['fail_expire'], job.get('priority', 0)) == (1, 0, 7.0, 2, '0.5', 0)
     assert job['job'] == NAME and job['error_info'] == []
     assert job['payload'] == PAYLOAD
     func, args, kwargs = mpqueue._decode(job['payload'], None)

@@ -180,7 +180,7 @@ def _commandstats(client):
 
 # The evalsha itself, INFO of the spy, and what the lifecycle script calls.
 _SCRIPT_COMMANDS = {'cmdstat_' + c for c in (
-    'evalsha', 'info', 'time', 'hset', 'hget', 'hincrby', 'rpush', 'lpush', 'zadd',
+    'fcall', 'info', 'time', 'hset', 'hget', 'hincrby', 'rpush', 'lpush', 'zadd',
     'zrange', 'publish')}
 
 
@@ -198,9 +198,9 @@ def test_push_many_is_one_round_trip(monkeypatch):
                                 delay=0)
         after = _commandstats(spy)
         assert len(ids) == 200
-        assert after.get('cmdstat_evalsha', 0) - before.get('cmdstat_evalsha', 0) == 1
+        assert after.get('cmdstat_fcall', 0) - before.get('cmdstat_fcall', 0) == 1
         # Commands run inside the script are counted too: one RPUSH per job
-        # from a single EVALSHA. Nothing else reached the server.
+        # from a single FCALL. Nothing else reached the server.
         assert after['cmdstat_rpush'] - before.get('cmdstat_rpush', 0) == 200
         others = {k: after[k] - before.get(k, 0) for k in after
                   if k not in _SCRIPT_COMMANDS and after[k] != before.get(k, 0)}
