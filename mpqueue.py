@@ -153,6 +153,9 @@ BOOT_RETRY_FIRST, BOOT_RETRY_MAX = 0.5, 60.0
 BULK_CHUNK = 1000
 #: A kept result's repr (shown where nothing may be unpickled) is cut here.
 RESULT_REPR_MAX = 1000
+#: A cancelled job's record stays readable at least this long (seconds),
+#: whatever its result_ttl: a cancel is news its caller looks for.
+CANCELLED_KEEP = 86400
 #: Masters sample a queue's counters this often (seconds), keeping the last
 #: HISTORY_KEEP samples in the broker: the dashboard's chart.
 HISTORY_SECONDS, HISTORY_KEEP = 10, 90
@@ -1503,11 +1506,13 @@ local function let_go(id, key, mode, at_start)
 end
 
 -- the job ended (done, cancelled): its outcome is kept for result_ttl
--- seconds, or forgotten at once.  f: its result_ttl, waiter, key, unique_mode
+-- seconds (a cancel for CANCELLED_KEEP at least), or forgotten at once.
+-- f: its result_ttl, waiter, key, unique_mode
 local function finish(id, state, f, ...)
   f = f or redis.call('HMGET', rec(id), 'result_ttl', 'waiter', 'key', 'unique_mode')
   let_go(id, f[3], f[4], false)
   local ttl = tonumber(f[1]) or 0
+  if state == 'cancelled' and ttl < %(CANCELLED_KEEP)d then ttl = %(CANCELLED_KEEP)d end
   if ttl > 0 then
     redis.call('HDEL', rec(id), 'payload')
     redis.call('HSET', rec(id), 'state', state, 'end_time', now, ...)
@@ -1980,7 +1985,8 @@ redis.register_function('NAME_steps', steps)
 redis.register_function('NAME_fleet', fleet)
 """ % {'nargs': ', '.join('%s = %d' % (name, n) for name, n in _STEP_ARGS.items()),
        'TYPE_TIMEOUT': TYPE_TIMEOUT, 'TYPE_NORMAL': TYPE_NORMAL,
-       'HISTORY_SECONDS': HISTORY_SECONDS, 'HISTORY_KEEP': HISTORY_KEEP}
+       'HISTORY_SECONDS': HISTORY_SECONDS, 'HISTORY_KEEP': HISTORY_KEEP,
+       'CANCELLED_KEEP': CANCELLED_KEEP}
 
 def _pairs(flat):
     return zip(flat[::2], flat[1::2])
@@ -2589,6 +2595,8 @@ class _SqliteSteps:
         result_ttl, or forgotten at once."""
         ttl, waiter, key, mode = self.get(job_id, 'result_ttl', 'waiter', 'key', 'unique_mode')
         self.let_go(job_id, key, mode, False)
+        if state == 'cancelled':
+            ttl = max(ttl or 0, CANCELLED_KEEP)
         if ttl:
             self.move(job_id, old, state, self.now + ttl, payload=None, end_time=self.now,
                       **fields)

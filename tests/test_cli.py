@@ -161,12 +161,13 @@ def test_start_daemon_status_and_stop(e2e):
     res = pool.cli('queue:status')
     assert res.returncode == 0, res.stderr
     header, *body = res.stdout.strip().splitlines()
-    assert header.split() == ['queue', 'all', 'waiting', 'working', 'failed', 'over']
+    assert header.split() == ['queue', 'all', 'waiting', 'working', 'failed', 'over',
+                              'cancelled']
     table = {line.split()[0]: [int(x) for x in line.split()[1:]] for line in body}
-    assert table == {'q': [1, 0, 1, 0, 0], 'other': [0, 0, 0, 0, 0]}
+    assert table == {'q': [1, 0, 1, 0, 0, 0], 'other': [0, 0, 0, 0, 0, 0]}
     res = pool.cli('queue:status', '--queue', 'other', '--json')
     assert json.loads(res.stdout) == {'other': {'all': 0, 'waiting': 0, 'working': 0,
-                                                'failed': 0, 'over': 0}}
+                                                'failed': 0, 'over': 0, 'cancelled': 0}}
 
     # worker:stop: the busy job goes back to its queue, everything stops.
     everyone = [psutil.Process(r['pid']) for r in rows]
@@ -325,7 +326,7 @@ def test_queue_failed_retry_and_clean(e2e):
     assert mpqueue.status('q') == {'all': 0, 'waiting': 0, 'working': 0, 'failed': 0, 'over': 0}
     res = pool.cli('queue:status', '--json')
     assert json.loads(res.stdout) == {'q': {'all': 0, 'waiting': 0, 'working': 0, 'failed': 0,
-                                            'over': 0}}
+                                            'over': 0, 'cancelled': 0}}
 
 
 # -- as a new user meets it --------------------------------------------------------------
@@ -689,7 +690,7 @@ def test_the_command_line_uses_only_public_names():
     used = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)
             and isinstance(node.value, ast.Name) and node.value.id == 'mpqueue'}
     tools = {'queue_config', 'pid_file', 'pool_pid', 'start_pool', 'pool_status', 'depth',
-             'fleet'}
+             'fleet', 'schedules', 'history'}
     assert tools <= set(dir(mpqueue)) and not tools & set(mpqueue.__all__)
     for name in tools:
         assert '``%s(' % name in mpqueue.__doc__, name

@@ -295,7 +295,9 @@ def test_metrics_match_the_queues_and_the_pools(e2e):
     assert set(families) == {'mpqueue_queue_jobs', 'mpqueue_jobs_total',
                              'mpqueue_oldest_waiting_seconds', 'mpqueue_workers',
                              'mpqueue_pool_jobs_finished_total',
-                             'mpqueue_pool_heartbeat_age_seconds'}
+                             'mpqueue_pool_heartbeat_age_seconds',
+                             'mpqueue_schedule_last_tick_timestamp',
+                             'mpqueue_schedule_skipped_total'}
     assert families['mpqueue_jobs_total']['type'] == 'counter'
     assert families['mpqueue_queue_jobs']['type'] == 'gauge'
     depth = {(dict(k)['queue'], dict(k)['state']): v
@@ -321,8 +323,7 @@ def test_metrics_match_the_queues_and_the_pools(e2e):
 
 
 def test_metrics_labels_are_escaped():
-    depth = dict.fromkeys(('waiting', 'delayed', 'reserved', 'working', 'failed', 'pushed',
-                           'done', 'failed_total', 'oldest_waiting_seconds'), 0)
+    depth = dict.fromkeys(mpqueue._DEPTH_FIELDS + ('oldest_waiting_seconds',), 0)
     pools = [{'host': 'odd "host"\\n\n', 'name': 'p', 'age': 0.5,
               'queues': {'q': {'busy': 1, 'idle': 2, 'done': 7}}}]
     families = parse_exposition(mpqueue_cli.render_metrics({'q': depth}, pools))

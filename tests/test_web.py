@@ -303,7 +303,7 @@ def test_queues_and_fleet_match_the_cli_and_the_chart_has_points(e2e, browser, t
                    if k not in ('oldest_waiting_seconds', 'done_rate', 'failed_rate')}
             shown = {'all': row['pushed'], 'waiting': row['waiting'] + row['delayed'],
                      'working': row['reserved'] + row['working'], 'failed': row['failed'],
-                     'over': row['done']}
+                     'over': row['done'], 'cancelled': row['cancelled']}
             if shown != counts:
                 return False
         return table
