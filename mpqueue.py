@@ -465,9 +465,10 @@ def _check_fail_expire(path, value):
     """A retry policy: seconds, a list of seconds (the delay before retry 1, 2,
     ...; the last one repeats) or ``mpqueue.backoff(...)``."""
     if isinstance(value, (list, tuple)):
-        if not value:
-            raise ConfigError('%s must not be an empty list' % path)
-        return [_check_number('%s[%d]' % (path, i), v, 0) for i, v in enumerate(value)]
+        if not value or not all(_is_number(v) and 0 <= v < float('inf') for v in value):
+            raise ConfigError('%s must be a non-empty list of seconds >= 0, got %r'
+                              % (path, value))
+        return list(value)
     if isinstance(value, _Backoff):
         return value
     if not _is_number(value):

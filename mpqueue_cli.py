@@ -635,16 +635,6 @@ class _WebError(Exception):
         self.status, self.extra = status, extra
 
 
-def _library(name):
-    """``mpqueue.<name>``, or a 501 answer while this version of mpqueue lacks it
-    (the page then shows that view as not available)."""
-    func = getattr(mpqueue, name, None)
-    if func is None:
-        raise _WebError(501, 'mpqueue.%s() is not available in this version of mpqueue (%s)'
-                        % (name, mpqueue.__version__), missing=name)
-    return func
-
-
 def _is_loopback(host):
     if host.lower() == 'localhost':
         return True
@@ -935,7 +925,7 @@ class _WebHandler(http.server.BaseHTTPRequestHandler):
         return self.server.broker(depths)
 
     def api_history(self, query, queue):
-        return self.server.broker(_library('history'), queue)
+        return self.server.broker(mpqueue.history, queue)
 
     def api_failed(self, query, queue):
         offset = _int_param(query, 'offset', 0, 0, None)
@@ -947,7 +937,7 @@ class _WebHandler(http.server.BaseHTTPRequestHandler):
         return self.server.broker(page)
 
     def api_job(self, query, queue, job_id):
-        info = self.server.broker(_library('job_info'), queue, job_id)
+        info = self.server.broker(mpqueue.job_info, queue, job_id)
         if info is None:
             raise _WebError(404, 'no job %r in queue %r (unknown, or its record expired)'
                             % (job_id, queue))
@@ -957,7 +947,7 @@ class _WebHandler(http.server.BaseHTTPRequestHandler):
         return self.server.broker(mpqueue.fleet)
 
     def api_schedules(self, query):
-        return self.server.broker(_library('schedules'))
+        return self.server.broker(mpqueue.schedules)
 
     def api_retry(self, query, queue, job_id):
         if not self.server.broker(mpqueue.retry_failed, queue, job_id, action=True):
@@ -974,7 +964,7 @@ class _WebHandler(http.server.BaseHTTPRequestHandler):
         return {'ok': True, 'deleted': 1}
 
     def api_cancel(self, query, queue, job_id):
-        state = self.server.broker(_library('cancel'), queue, job_id, action=True)
+        state = self.server.broker(mpqueue.cancel, queue, job_id, action=True)
         if state is None:
             raise _WebError(404, 'no job %r in queue %r' % (job_id, queue))
         return {'ok': True, 'state': state}
@@ -1803,11 +1793,6 @@ form.login .btn { margin-top: 8px; padding: 9px; }
     return body;
   }
 
-  function unavailable(box, err) {
-    box.replaceChildren(el('div', {class: 'unavailable', 'data-unavailable': 'true'}, [
-      el('strong', {}, 'Not available in this version'), el('p', {}, err.message)]));
-  }
-
   // -- refreshing ----------------------------------------------------------------------
 
   let timer = null, running = false, again = false;
@@ -1956,15 +1941,10 @@ form.login .btn { margin-top: 8px; padding: 9px; }
   }
 
   async function loadHistory() {
-    if (state.history === 'local' || !state.chartQueue) return;
-    try {
-      const data = await api('api/queues/' + enc(state.chartQueue) + '/history');
-      state.history = 'broker';
-      state.historyData.set(state.chartQueue, data);
-    } catch (err) {
-      if (err.status !== 501) throw err;
-      state.history = 'local';
-    }
+    if (!state.chartQueue) return;
+    const data = await api('api/queues/' + enc(state.chartQueue) + '/history');
+    state.history = 'broker';
+    state.historyData.set(state.chartQueue, data);
   }
 
   function samplesOf(queue) {
@@ -2304,7 +2284,6 @@ form.login .btn { margin-top: 8px; padding: 9px; }
       info = await api('api/queues/' + enc(queue) + '/jobs/' + enc(id));
     } catch (err) {
       state.job.key = '';
-      if (err.status === 501) return unavailable(box, err);
       if (err.status === 404) {
         return box.replaceChildren(el('div', {class: 'card'}, el('p', {class: 'empty'},
           'No job ' + id + ' in queue ' + queue + ': the id is unknown, or its record expired.')));
@@ -2364,7 +2343,6 @@ form.login .btn { margin-top: 8px; padding: 9px; }
       data = await api('api/schedules');
     } catch (err) {
       state.schedulesKey = '';
-      if (err.status === 501) return unavailable(box, err);
       throw err;
     }
     const key = JSON.stringify(data);

@@ -309,7 +309,8 @@ def test_metrics_match_the_queues_and_the_pools(e2e):
     totals = {(dict(k)['queue'], dict(k)['state']): v
               for k, v in families['mpqueue_jobs_total']['samples'].items()}
     assert totals == {('q', 'pushed'): 7, ('q', 'done'): 3, ('q', 'failed'): 1,
-                      ('parked', 'pushed'): 2, ('parked', 'done'): 0, ('parked', 'failed'): 0}
+                      ('q', 'cancelled'): 0, ('parked', 'pushed'): 2, ('parked', 'done'): 0,
+                      ('parked', 'failed'): 0, ('parked', 'cancelled'): 0}
     assert sample(families, 'mpqueue_oldest_waiting_seconds', queue='q') == 0
     age = sample(families, 'mpqueue_oldest_waiting_seconds', queue='parked')
     assert asked - pushed - 0.01 <= age <= read - first_push

@@ -308,7 +308,8 @@ def test_queues_and_fleet_match_the_cli_and_the_chart_has_points(e2e, browser, t
                 return False
         return table
     table = wait_page(browser, matches, 'the page to show what queue:status says (%r)' % expected)
-    assert expected['q'] == {'all': 7, 'waiting': 2, 'working': 1, 'failed': 1, 'over': 3}
+    assert expected['q'] == {'all': 7, 'waiting': 2, 'working': 1, 'failed': 1, 'over': 3,
+                             'cancelled': 0}
     assert (table['q']['delayed'], table['q']['working'], table['q']['cancelled']) == \
         ('2', '1', '0')
     assert table['parked']['waiting'] == '2'
@@ -332,8 +333,6 @@ def test_queues_and_fleet_match_the_cli_and_the_chart_has_points(e2e, browser, t
                                         c['height'] > 0 else None)(chart()),
                       'the chart to draw a done/s line above zero')
     assert drawn['queue'] == 'q' and drawn['legend'] != '\u2014'
-    if not hasattr(mpqueue, 'history'):
-        assert 'computed by this page' in drawn['note'], drawn
     assert_fits(browser, 'queues at 1280x800')
     screenshot(browser, tmp_path, 'queues')
     # A narrow window: everything is still there, the tables scroll sideways.
@@ -430,14 +429,12 @@ def test_failed_jobs_show_tracebacks_as_text_and_retry_delete_work(e2e, browser,
     web.stop()
 
 
-@pytest.mark.skipif(not hasattr(mpqueue, 'job_info'),
-                    reason='mpqueue.job_info() does not exist in this version yet')
 def test_a_job_is_looked_up_by_id_and_cancelled(e2e, browser, tmp_path):
     pool = e2e.pool(queue_conf('q', worker_number=1, fail_number=0)).start()
     jobs = e2e.import_jobs()
     done = mpqueue.push('q', jobs.ok, args=('looked-up',), result_ttl=60)
     settle(pool, 'q', 'the job to be done', over=1)
-    running = mpqueue.push('q', jobs.sleeper, args=('long', 120))
+    running = mpqueue.push('q', jobs.sleeper, args=('long', 120), result_ttl=60)
     pool.wait(lambda: e2e.records('start', tag='long'), 15, 'the sleeper to start')
 
     web = Web(e2e, pool.config_path)
@@ -470,29 +467,6 @@ def test_a_job_is_looked_up_by_id_and_cancelled(e2e, browser, tmp_path):
     browser.get(web.url + '#job/q/no-such-job')
     wait_page(browser, lambda: 'No job no-such-job' in browser.find_element(
         By.ID, 'job-box').text, 'the unknown id to be reported')
-    web.stop()
-
-
-@pytest.mark.skipif(all(hasattr(mpqueue, name) for name in ('job_info', 'schedules', 'history')),
-                    reason='every function the dashboard uses exists in this version')
-def test_views_this_version_lacks_say_so(one_broker, browser):
-    pool = one_broker.pool(queue_conf('q'))
-    web = Web(one_broker, pool.config_path)
-    for path, name in (('/api/queues/q/jobs/abc', 'job_info'), ('/api/schedules', 'schedules'),
-                       ('/api/queues/q/history', 'history')):
-        status, body = web.json('GET', path)
-        if not hasattr(mpqueue, name):
-            assert status == 501 and body['missing'] == name, (path, status, body)
-            assert 'mpqueue.%s() is not available' % name in body['error']
-    for view, name in (('#job/q/abc', 'job_info'), ('#schedules', 'schedules')):
-        if hasattr(mpqueue, name):
-            continue
-        browser.get(web.url + view)
-        box = '#view-%s [data-unavailable]' % view[1:].split('/')[0]
-        text = wait_page(browser, lambda: look(
-            browser, 'const e = document.querySelector(arguments[0]); return e && e.textContent;',
-            box), 'the %s view to say it is not available' % view)
-        assert 'Not available in this version' in text and name in text, text
     web.stop()
 
 
