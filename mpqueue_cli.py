@@ -421,8 +421,9 @@ def cmd_schedule_list(cfg, args):
     print(line % ('queue', 'name', 'expression', 'timezone', 'last tick', 'next tick',
                   'last job', 'state'))
     for r in rows:
+        state = r['last_job_state'] or ('ended' if r['last_job_id'] else '-')   # not kept
         print(line % (r['queue'], r['name'], r['expression'], r['timezone'], _when(r['last_tick']),
-                      _when(r['next_tick']), r['last_job_id'] or '-', r['last_job_state'] or '-'))
+                      _when(r['next_tick']), r['last_job_id'] or '-', state))
     return 0
 
 
