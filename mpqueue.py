@@ -126,9 +126,10 @@ FLUSH_DELAY = 0.002
 FLUSH_STEPS = 256
 #: The most jobs one tick promotes, takes back or recovers.
 TICK_LIMIT = 1000
-#: Jobs shorter than this (seconds, on average) get one more job queued in
-#: their worker's pipe, so the worker never waits for its master.
-SHORT_JOB = 0.01
+#: While jobs are shorter than this (seconds, on average), a busy worker gets
+#: jobs queued in its pipe, as many as fit in this much time (at most
+#: QUEUED_MAX), so that it never waits for its master.
+SHORT_JOB, QUEUED_MAX = 0.01, 8
 #: How many times the fail handlers of one job are tried when the worker
 #: running them dies, before the job goes to the failed list regardless.
 HANDLER_ATTEMPTS = 3
@@ -3426,9 +3427,9 @@ class _Worker:
             raise _StopWorker()
 
     def _distribute_loop(self):
-        ahead = None            # the next message, read before reporting the last job
+        ahead = collections.deque()     # messages read before reporting the last job
         while True:
-            msg, ahead = (ahead or self.conn.recv()), None
+            msg = ahead.popleft() if ahead else self.conn.recv()
             if msg[0] == 'stop':
                 return EXIT_OK
             _, job, queued_at = msg
@@ -3441,13 +3442,16 @@ class _Worker:
             step = self._run(job)
             code = self._after_job()
             begun = None
-            if code is None and not self.stopping and self.conn.poll(0):
-                ahead = self.conn.recv()
-                if ahead[0] == 'job' and ahead[2] is not None:
-                    if time.monotonic() - ahead[2] > RESERVE_SECONDS * RESERVE_USE:
-                        begun, ahead = 'skipped', None
+            if code is None and not self.stopping:
+                if not ahead and self.conn.poll(0):
+                    ahead.extend(self.conn.recv_ready())
+                if ahead and ahead[0][0] == 'job' and ahead[0][2] is not None:
+                    _, job, queued_at = ahead.popleft()
+                    if time.monotonic() - queued_at > RESERVE_SECONDS * RESERVE_USE:
+                        begun = 'skipped'
                     else:
-                        begun, ahead = 'begun', ('job', ahead[1], None)
+                        begun = 'begun'
+                        ahead.appendleft(('job', job, None))
             self._report(step, code, begun)
             self.busy = False
             if code is not None:
@@ -3595,9 +3599,10 @@ class _Worker:
 
     def _after_job(self):
         limit = self.qconf['memory_limit']
-        if limit:
-            rss = _rss_mb()
-            if rss is not None and rss > limit:
+        if limit:       # the peak RSS: one system call, not a file to read per job
+            import resource
+            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+            if rss > limit:
                 logger.info('worker %s of queue %r is over memory_limit (%.0f MB > %s MB); '
                             'exiting to be replaced', self.id, self.queue, rss, limit)
                 return EXIT_MEMORY
@@ -3859,7 +3864,7 @@ class _Slot:
         self.id = '%s:%d' % (_HOST, pid)          # its worker id
         self.state = BOOTING
         self.jobs = {}              # job id -> _Run, for the jobs it runs now
-        self.queued = None          # (job id, attempt, timeout, handlers) queued in its pipe
+        self.queued = collections.deque()   # (job id, attempt, timeout, handlers) in its pipe
         self.started, self.done = time.time(), 0
         self.killed_for = None      # why the master killed it: 'timeout', 'cancel', 'stop'
         self.killed_job = None      # the job whose timeout or cancel got it killed
@@ -4092,7 +4097,7 @@ class _Master:
         once, killed, when stopping fast)."""
         if slot.state == STOPPING:
             return
-        if slot.jobs or slot.queued is not None:
+        if slot.jobs or slot.queued:
             if self.stopping == 'fast':
                 self._kill(slot, 'stop')
                 return
@@ -4148,22 +4153,21 @@ class _Master:
         self._finished(slot, step[1], exit_code)
         if exit_code is not None:           # over memory_limit: it exits by itself
             slot.state = STOPPING
-            if slot.queued is not None:     # it will never read that one
-                self._requeue_queued(slot)
+            self._requeue_queued(slot)      # it will never read those
         elif begun is not None:
-            getattr(self, '_on_' + begun)(slot, slot.queued[0])
-        elif slot.queued is None:
+            getattr(self, '_on_' + begun)(slot, slot.queued[0][0])
+        else:
             self._idle(slot)
 
     def _on_begun(self, slot, job_id):
-        job_id, attempt, timeout, handlers = slot.queued
-        slot.queued = None
+        job_id, attempt, timeout, handlers = slot.queued.popleft()
         self._running(slot, job_id, attempt, timeout, handlers)
         self.pending.append(('start', job_id, attempt, slot.id, self.owner))
+        self._dispatch()
 
     def _on_skipped(self, slot, job_id):     # it waited too long: the broker takes it back
-        slot.queued = None
-        if slot.state == BUSY and not slot.jobs:
+        slot.queued.popleft()
+        if slot.state == BUSY and not slot.jobs and not slot.queued:
             slot.state = IDLE
         self._idle(slot)
 
@@ -4193,7 +4197,7 @@ class _Master:
             self.avg_job = took if self.avg_job is None else 0.8 * self.avg_job + 0.2 * took
         slot.done += 1
         self.done += 1
-        if slot.state == BUSY and not slot.jobs and slot.queued is None and not self.grab:
+        if slot.state == BUSY and not slot.jobs and not slot.queued and not self.grab:
             slot.state = IDLE
 
     def _idle(self, slot):
@@ -4210,9 +4214,9 @@ class _Master:
             pass
 
     def _requeue_queued(self, slot):
-        job_id, attempt = slot.queued[:2]
-        slot.queued = None
-        self.pending.append(('requeue', job_id, attempt))
+        while slot.queued:
+            job_id, attempt = slot.queued.popleft()[:2]
+            self.pending.append(('requeue', job_id, attempt))
 
     def _worker_exited(self, pid, status):
         slot = self.slots.pop(pid, None)
@@ -4227,8 +4231,7 @@ class _Master:
         slot.conn.close()
         self.reloading.discard(pid)
         how = _describe_exit(status)
-        if slot.queued is not None:     # handed but never started: back to the head
-            self._requeue_queued(slot)
+        self._requeue_queued(slot)      # handed but never started: back to the head
         for job_id, run in slot.jobs.items():
             if slot.killed_for == 'stop' or (slot.killed_for and job_id != slot.killed_job):
                 self.pending.append(('requeue', job_id, run.attempt))
@@ -4294,7 +4297,7 @@ class _Master:
         for slot in self.slots.values():
             if job_id in slot.jobs and slot.capacity > 1:
                 slot.conn.send('cancel', job_id)
-            elif job_id in slot.jobs or (slot.queued and slot.queued[0] == job_id):
+            elif job_id in slot.jobs or any(queued[0] == job_id for queued in slot.queued):
                 logger.info('job %s of queue %r was cancelled; killing worker %d', job_id,
                             self.queue, slot.pid)
                 self._kill(slot, 'cancel', job_id)
@@ -4419,19 +4422,25 @@ class _Master:
         """How many more jobs a worker (or all of them) can start right now."""
         if slot is None:
             return sum(self._room(s) for s in self.slots.values())
-        if slot.state not in (IDLE, BUSY) or slot.queued is not None or self.stopping \
+        if slot.state not in (IDLE, BUSY) or slot.queued or self.stopping \
                 or slot.pid in self.reloading:
             return 0
         return slot.capacity - len(slot.jobs)
 
-    def _prefetch(self):
-        """How many jobs to hold beyond the idle workers' needs: one per busy
-        worker while jobs are short, so a worker that finishes gets its next
-        job from the master at once instead of after a broker round trip."""
-        if self.avg_job is None or self.avg_job > 5 * SHORT_JOB:
+    def _depth(self):
+        """How many jobs a busy worker holds in its pipe: as many as it runs in
+        SHORT_JOB, while jobs are short; none otherwise."""
+        if self.avg_job is None or self.avg_job > SHORT_JOB:
             return 0
-        per_worker = min(8, max(1, int(SHORT_JOB / max(self.avg_job, 1e-6))))
-        return per_worker * sum(1 for s in self.slots.values() if s.state == BUSY)
+        return min(QUEUED_MAX, max(1, int(SHORT_JOB / max(self.avg_job, 1e-6))))
+
+    def _prefetch(self):
+        """How many jobs to hold beyond the idle workers' needs: what the busy
+        workers' pipes lack, so a worker that finishes gets its next job from
+        its pipe at once instead of after a broker round trip."""
+        depth = self._depth()
+        return sum(max(0, depth - len(s.queued)) for s in self.slots.values()
+                   if s.state == BUSY and s.capacity == 1)
 
     def _dispatch(self):
         """Hand buffered jobs to idle workers (their start steps go to the
@@ -4447,10 +4456,9 @@ class _Master:
                 self._hand(slot, queued=False)
                 if not self.buffer:
                     return
-        if self.avg_job is None or self.avg_job > SHORT_JOB:
-            return
+        depth = self._depth()
         for slot in self.slots.values():
-            if slot.state == BUSY and slot.capacity == 1 and slot.queued is None \
+            while slot.state == BUSY and slot.capacity == 1 and len(slot.queued) < depth \
                     and slot.pid not in self.reloading:
                 self._hand(slot, queued=True)
                 if not self.buffer:
@@ -4464,7 +4472,7 @@ class _Master:
             job['exec_number'] = job.get('exec_number', 0) + 1
             job['start_time'], job['worker_id'] = time.time(), slot.id
         if queued:
-            slot.queued = (job_id, attempt, timeout, handlers)
+            slot.queued.append((job_id, attempt, timeout, handlers))
         else:
             self._running(slot, job_id, attempt, timeout, handlers)
             self.pending.append(('start', job_id, attempt, slot.id, self.owner))
