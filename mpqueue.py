@@ -1445,10 +1445,11 @@ local function holds(holder, key)
   return f[1] == 'working' and f[2] == 'active'
 end
 -- a job queued again (a retry, a recovery, retry_failed) holds its unique key
--- again, unless another job took it meanwhile
+-- again, unless another job took it meanwhile; not one queued to run its fail
+-- handlers only: it will not run again
 local function hold_again(id)
-  local f = redis.call('HMGET', rec(id), 'key', 'unique_mode')
-  if f[1] and (f[2] == 'queued' or f[2] == 'active') then
+  local f = redis.call('HMGET', rec(id), 'key', 'unique_mode', 'phase')
+  if f[1] and (f[2] == 'queued' or f[2] == 'active') and f[3] ~= 'handlers' then
     local holder = redis.call('HGET', UNIQUE, f[1])
     if not holder or (holder ~= id and not holds(holder, f[1])) then
       redis.call('HSET', UNIQUE, f[1], id)
@@ -2415,9 +2416,10 @@ class _SqliteSteps:
 
     def hold_again(self, job_id):
         """A job queued again holds its unique key again, unless another job
-        took it meanwhile."""
-        key, mode = self.get(job_id, 'key', 'unique_mode')
-        if key and mode in ('queued', 'active') and self.holder(key) in (None, job_id):
+        took it meanwhile; not one queued to run its fail handlers only."""
+        key, mode, phase = self.get(job_id, 'key', 'unique_mode', 'phase')
+        if key and mode in ('queued', 'active') and phase != _PHASE_HANDLERS and \
+                self.holder(key) in (None, job_id):
             self.conn.execute('INSERT OR REPLACE INTO mpq_unique (queue, key, id, ends) VALUES '
                               '(?, ?, ?, NULL)', (self.queue, key, job_id))
 
