@@ -263,7 +263,7 @@ def test_duplicate_queue_names():
     ('fail_number', True),
     ('fail_number', None),
     ('fail_expire', -0.001),
-    ('fail_expire', [3]),
+    ('fail_expire', '3'),
     ('fail_expire', False),
 ])
 def test_bad_queue_numbers(key, value):
