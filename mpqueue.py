@@ -460,13 +460,14 @@ def _check_number(path, value, minimum, integer=False):
 
 def _check_fail_expire(path, value):
     """A retry policy: seconds, a list of seconds (the delay before retry 1, 2,
-    ...; the last one repeats) or ``mpqueue.backoff(...)``."""
+    ...; the last one repeats) or ``mpqueue.backoff(...)`` (a tuple too: it
+    is checked first)."""
+    if isinstance(value, _Backoff):
+        return value
     if isinstance(value, (list, tuple)):
         if not value:
             raise ConfigError('%s must not be an empty list' % path)
         return [_check_number('%s[%d]' % (path, i), v, 0) for i, v in enumerate(value)]
-    if isinstance(value, _Backoff):
-        return value
     if not _is_number(value):
         raise ConfigError('%s must be seconds, a list of seconds or mpqueue.backoff(...), got %r'
                           % (path, value))
