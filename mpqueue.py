@@ -238,8 +238,12 @@ class Retry(Exception):
     retries are used up, the job fails for good."""
 
     def __init__(self, delay=None):
+        if delay is not None and (not isinstance(delay, (int, float)) or isinstance(delay, bool)
+                                  or not 0 <= delay < float('inf')):
+            raise ValueError('Retry(delay): delay must be seconds >= 0 or None, got %r'
+                             % (delay,))
         super().__init__('the job asked to be retried' + (
-            ' in %gs' % delay if delay is not None else ''))
+            ' in %ss' % _seconds_text(delay) if delay is not None else ''))
         self.delay = delay
 
 
@@ -464,14 +468,15 @@ def _check_number(path, value, minimum, integer=False):
 
 def _check_fail_expire(path, value):
     """A retry policy: seconds, a list of seconds (the delay before retry 1, 2,
-    ...; the last one repeats) or ``mpqueue.backoff(...)``."""
+    ...; the last one repeats) or ``mpqueue.backoff(...)`` (a tuple too: it
+    is checked first)."""
+    if isinstance(value, _Backoff):
+        return value
     if isinstance(value, (list, tuple)):
         if not value or not all(_is_number(v) and 0 <= v < float('inf') for v in value):
             raise ConfigError('%s must be a non-empty list of seconds >= 0, got %r'
                               % (path, value))
         return list(value)
-    if isinstance(value, _Backoff):
-        return value
     if not _is_number(value):
         raise ConfigError('%s must be seconds, a list of seconds or mpqueue.backoff(...), got %r'
                           % (path, value))
@@ -866,6 +871,11 @@ def _retry_delay(text, retry):
     return policy if _is_number(policy) else 0
 
 
+def _seconds_text(seconds):
+    """Seconds as a record shows them: to the millisecond, no trailing zeros."""
+    return ('%.3f' % seconds).rstrip('0').rstrip('.')
+
+
 def _fail_expire(text):
     """A stored fail_expire as it was given: seconds, a list, or a backoff
     (as a dict)."""
@@ -877,14 +887,36 @@ def _fail_expire(text):
 
 def _retried(job_obj, exc):
     """Whether ``exc`` may be retried at all (``Fail``, ``Job.retry_on`` and
-    ``Job.dont_retry_on`` say no)."""
+    ``Job.dont_retry_on`` say no).  ``push`` checks both attributes of a Job
+    it is given; one it could not check (a Job named by an import path) that
+    is not an exception class or a tuple of them counts as not set."""
     if isinstance(exc, Fail):
         return False
     if job_obj is None or isinstance(exc, Retry):
         return True
-    if job_obj.dont_retry_on and isinstance(exc, tuple(job_obj.dont_retry_on)):
-        return False
-    return job_obj.retry_on is None or isinstance(exc, tuple(job_obj.retry_on))
+    try:
+        if job_obj.dont_retry_on and isinstance(exc, _classes(job_obj.dont_retry_on)):
+            return False
+        return job_obj.retry_on is None or isinstance(exc, _classes(job_obj.retry_on))
+    except TypeError:
+        return True
+
+
+def _classes(value):
+    """``retry_on`` / ``dont_retry_on`` as ``isinstance`` takes them: one class
+    or a tuple."""
+    return value if isinstance(value, type) else tuple(value)
+
+
+def _check_classes(path, value):
+    """A ``retry_on`` / ``dont_retry_on``: None, an exception class or a tuple
+    (or list) of them."""
+    if value is None:
+        return
+    items = value if isinstance(value, (tuple, list)) else (value,)
+    if not all(isinstance(c, type) and issubclass(c, BaseException) for c in items):
+        raise TypeError('%s must be an exception class, a tuple of them or None, got %r'
+                        % (path, value))
 
 
 _id_counter = iter(range(1 << 62))
@@ -1478,10 +1510,11 @@ local function holds(holder, key)
   return f[1] == 'working' and f[2] == 'active'
 end
 -- a job queued again (a retry, a recovery, retry_failed) holds its unique key
--- again, unless another job took it meanwhile
+-- again, unless another job took it meanwhile; not one queued to run its fail
+-- handlers only: it will not run again
 local function hold_again(id)
-  local f = redis.call('HMGET', rec(id), 'key', 'unique_mode')
-  if f[1] and (f[2] == 'queued' or f[2] == 'active') then
+  local f = redis.call('HMGET', rec(id), 'key', 'unique_mode', 'phase')
+  if f[1] and (f[2] == 'queued' or f[2] == 'active') and f[3] ~= 'handlers' then
     local holder = redis.call('HGET', UNIQUE, f[1])
     if not holder or (holder ~= id and not holds(holder, f[1])) then
       redis.call('HSET', UNIQUE, f[1], id)
@@ -2567,9 +2600,10 @@ class _SqliteSteps:
 
     def hold_again(self, job_id):
         """A job queued again holds its unique key again, unless another job
-        took it meanwhile."""
-        key, mode = self.get(job_id, 'key', 'unique_mode')
-        if key and mode in ('queued', 'active') and self.holder(key) in (None, job_id):
+        took it meanwhile; not one queued to run its fail handlers only."""
+        key, mode, phase = self.get(job_id, 'key', 'unique_mode', 'phase')
+        if key and mode in ('queued', 'active') and phase != _PHASE_HANDLERS and \
+                self.holder(key) in (None, job_id):
             self.conn.execute('INSERT OR REPLACE INTO mpq_unique (queue, key, id, ends) VALUES '
                               '(?, ?, ?, NULL)', (self.queue, key, job_id))
 
@@ -3680,10 +3714,10 @@ class _Worker:
                 delay = exc.delay if isinstance(exc, Retry) and exc.delay is not None else \
                     _retry_delay(job.get('fail_expire'), tried)
                 logger.warning('job %s (%s) of queue %r failed (attempt %s of %s); retrying in '
-                               '%.3gs:\n%s', job_id, name, self.queue, tried, fail_number + 1,
-                               delay, text)
-                text += '\n(attempt %d of %d; retried after %.3gs)' % (tried, fail_number + 1,
-                                                                     delay)
+                               '%ss:\n%s', job_id, name, self.queue, tried, fail_number + 1,
+                               _seconds_text(delay), text)
+                text += '\n(attempt %d of %d; retried after %ss)' % (
+                    tried, fail_number + 1, _seconds_text(delay))
                 return ('retry', job_id, attempt, delay, text)
             logger.error('job %s (%s) of queue %r failed for good after %s attempts:\n%s',
                          job_id, name, self.queue, tried, text)
@@ -5111,7 +5145,9 @@ def push(queue, job, delay=0, *, args=(), kwargs=None, timeout=None, fail_number
         default likewise.
     :param result_ttl: seconds its outcome (state, result) stays readable after
         it ended; default likewise (the queue's: 0, nothing kept after success).
-    :param key: a name for de-duplication (shown in ``job_info``).
+    :param key: a name for de-duplication (shown in ``job_info``); for
+        ``push_many``, one key for every job or a list of keys, one per job
+        (None: that job has none).
     :param unique: ``'queued'`` (at most one job with this key waiting or
         delayed), ``'active'`` (... waiting, delayed or running) or seconds (at
         most one push of the key per that many seconds).
@@ -5121,6 +5157,9 @@ def push(queue, job, delay=0, *, args=(), kwargs=None, timeout=None, fail_number
     :raises SerializationError: the job cannot be pickled (nothing is written).
     :raises DriverError: the broker cannot be reached.
     """
+    if isinstance(key, (list, tuple)):
+        raise ConfigError('key must be a string, got %r (a list of keys is for push_many)'
+                          % (key,))
     return push_many(queue, [job], delay, args=args, kwargs=kwargs, timeout=timeout,
                      fail_number=fail_number, fail_expire=fail_expire, result_ttl=result_ttl,
                      key=key, unique=unique, priority=priority)[0]
@@ -5131,16 +5170,28 @@ def push_many(queue, jobs, delay=0, *, args=(), kwargs=None, timeout=None, fail_
     """Push several jobs in one broker round trip; returns their ids in order.
 
     Every job is checked and pickled before anything is written, so a bad one
-    leaves the broker untouched.  Jobs that share a unique ``key`` are
-    de-duplicated within the batch too.  Parameters as for :func:`push`.
+    leaves the broker untouched.  ``key`` is one key for every job or a list
+    of keys, one per job; with ``unique``, jobs that share a key are
+    de-duplicated within the batch too (each gets the id of the first, or of
+    the job in the broker that holds the key).  Parameters as for :func:`push`.
     """
     config = _get_config()
     qconf = queue_config(queue)
     _check_number('delay', delay, 0)
-    mode = _check_unique(key, unique)
+    jobs = list(jobs)
+    if isinstance(key, (list, tuple)):
+        if len(key) != len(jobs):
+            raise ConfigError('key: %d keys for %d jobs; give one key per job, or one key for '
+                              'all of them' % (len(key), len(jobs)))
+        keys = list(key)
+        modes = [_check_unique(k, None if k is None else unique, 'key[%d]' % i)
+                 for i, k in enumerate(keys)]
+    else:
+        keys = [key] * len(jobs)
+        modes = [_check_unique(key, unique)] * len(jobs)
     basics = config['basics']
     steps = []
-    for job in jobs:
+    for job, job_key, mode in zip(jobs, keys, modes):
         _check_job(queue, job)
         options = _push_options(job, qconf, timeout=timeout, fail_number=fail_number,
                                 fail_expire=fail_expire, result_ttl=result_ttl,
@@ -5148,32 +5199,41 @@ def push_many(queue, jobs, delay=0, *, args=(), kwargs=None, timeout=None, fail_
         payload = _encode(queue, job, args, kwargs, basics['secret'], basics['max_payload'])
         steps.append(('push', _new_id(), payload, delay, _job_name(job), options['timeout'],
                       options['fail_number'], _policy_text(options['fail_expire']),
-                      options['priority'], key or '', mode, options['result_ttl']))
+                      options['priority'], job_key or '', mode, options['result_ttl']))
     return basics['driver'].execute(queue, steps)
 
 
 def _push_options(job, qconf, **given):
     """Per-job settings: push argument, else Job attribute, else the queue's
-    (priority: 0); each checked when it is not the queue's own."""
-    out = {name: _job_setting(name, value, job, qconf.get(name, 0))
-           for name, value in given.items()}
+    (priority: 0); each checked when it is not the queue's own, and named in
+    an error as the push argument (``fail_expire``) or the Job attribute
+    (``SendMail.fail_expire``) it came from."""
+    job_class = job if isinstance(job, type) else type(job)
+    is_job = issubclass(job_class, Job)
+    out, path = {}, {}
+    for name, value in given.items():
+        out[name] = _job_setting(name, value, job, qconf.get(name, 0))
+        path[name] = '%s.%s' % (job_class.__name__, name) if value is None and is_job else name
     for name, minimum in (('timeout', 0), ('fail_number', 0), ('result_ttl', 0)):
         if out[name] != qconf[name]:
-            _check_number(name, out[name], minimum, integer=name == 'fail_number')
+            _check_number(path[name], out[name], minimum, integer=name == 'fail_number')
     if out['fail_expire'] is not qconf['fail_expire']:
-        out['fail_expire'] = _check_fail_expire('fail_expire', out['fail_expire'])
+        out['fail_expire'] = _check_fail_expire(path['fail_expire'], out['fail_expire'])
     priority = out['priority']
     if not isinstance(priority, int) or isinstance(priority, bool) or not 0 <= priority <= 9:
-        raise ConfigError('priority must be an int from 0 (lowest) to 9, got %r'
-                          % (out['priority'],))
+        raise ConfigError('%s must be an int from 0 (lowest) to 9, got %r'
+                          % (path['priority'], out['priority']))
+    if is_job:
+        _check_classes('%s.retry_on' % job_class.__name__, job.retry_on)
+        _check_classes('%s.dont_retry_on' % job_class.__name__, job.dont_retry_on)
     return out
 
 
-def _check_unique(key, unique):
+def _check_unique(key, unique, path='key'):
     """The unique mode a push stores: '', 'queued', 'active' or seconds."""
     if key is not None and (not isinstance(key, str) or not key or len(key) > 200):
-        raise ConfigError('key must be a non-empty string of at most 200 characters, got %r'
-                          % (key,))
+        raise ConfigError('%s must be a non-empty string of at most 200 characters, got %r'
+                          % (path, key))
     if unique is None:
         return ''
     if key is None:

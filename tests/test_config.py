@@ -265,6 +265,7 @@ def test_duplicate_queue_names():
     ('fail_expire', -0.001),
     ('fail_expire', []),
     ('fail_expire', [3, -1]),
+    ('fail_expire', '3'),
     ('fail_expire', False),
 ])
 def test_bad_queue_numbers(key, value):

@@ -1149,6 +1149,26 @@ def test_an_active_hold_lasts_until_the_job_ends(driver, queue, store, end):
     assert store.holds(queue) == {'k': second}
 
 
+@pytest.mark.parametrize('how', ['lost', 'lost at timeout'])
+def test_a_job_queued_for_its_fail_handlers_does_not_take_its_key_again(driver, queue, store,
+                                                                        how):
+    # It will not run again: a push that got its id would be a push lost.
+    holder = push1(driver, queue, key='k', unique='queued', fail_number=0)
+    job = pop1(driver, queue)
+    assert store.holds(queue) == {}
+    assert OUTCOMES[how](driver, queue, job) is True
+    assert state(driver, queue, holder) == 'waiting'
+    assert store.holds(queue) == {}
+    second = push1(driver, queue, key='k', unique='queued')
+    assert second != holder
+    assert store.holds(queue) == {'k': second}
+    [handlers] = reserve(driver, queue)
+    assert handlers['id'] == holder and handlers['phase'] == mpqueue._PHASE_HANDLERS
+    assert start(driver, queue, handlers) is True
+    assert fail(driver, queue, handlers) is True
+    assert store.holds(queue) == {'k': second}
+
+
 def test_a_hold_of_seconds_expires_on_the_broker_clock(driver, queue, store):
     holder = push1(driver, queue, key='k', unique='1')
     created = info(driver, queue, holder)['create_time']
