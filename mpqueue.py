@@ -473,9 +473,13 @@ def _check_fail_expire(path, value):
     if isinstance(value, _Backoff):
         return value
     if isinstance(value, (list, tuple)):
-        if not value or not all(_is_number(v) and 0 <= v < float('inf') for v in value):
-            raise ConfigError('%s must be a non-empty list of seconds >= 0, got %r'
-                              % (path, value))
+        if not value:
+            raise ConfigError('%s must be seconds, a list of seconds or mpqueue.backoff(...), '
+                              'not an empty list: %r' % (path, value))
+        for i, seconds in enumerate(value):
+            if not (_is_number(seconds) and 0 <= seconds < float('inf')):
+                raise ConfigError('%s[%d] must be a number >= 0, got %r (in %r)'
+                                  % (path, i, seconds, value))
         return list(value)
     if not _is_number(value):
         raise ConfigError('%s must be seconds, a list of seconds or mpqueue.backoff(...), got %r'
@@ -1215,10 +1219,11 @@ def _check_schedules(path, queue, schedules):
                               % (here, s['catch_up']))
         if not isinstance(s['overlap'], bool):
             raise ConfigError('%s.overlap must be True or False, got %r' % (here, s['overlap']))
-        for key, integer in (('timeout', False), ('fail_number', True),
-                             ('fail_expire', False), ('result_ttl', False)):
+        for key, integer in (('timeout', False), ('fail_number', True), ('result_ttl', False)):
             if s[key] is not None:
                 _check_number('%s.%s' % (here, key), s[key], 0, integer)
+        if s['fail_expire'] is not None:
+            s['fail_expire'] = _check_fail_expire(here + '.fail_expire', s['fail_expire'])
         priority = s['priority']
         if priority is not None and (type(priority) is not int or not 0 <= priority <= 9):
             raise ConfigError('%s.priority must be an int from 0 to 9, got %r' % (here, priority))
@@ -1459,8 +1464,8 @@ class _Driver:
 #   history   list  'time done failed': the counters every HISTORY_SECONDS
 # Channels: notify ('1': work to do; 'c:<id>': a started job was cancelled)
 # and ended (the id of an ended job somebody waits for).
-# args: lease seconds, reservation seconds, fail handler attempts, then the
-# steps, each its name and its arguments.  Times are the server's (TIME), so
+# args: lease seconds, reservation seconds, fail handler attempts, how long a
+# cancelled job is kept, then the steps, each its name and its arguments.  Times are the server's (TIME), so
 # the servers of a pool need not agree on the clock.  A library (not a script
 # run with EVALSHA) because a script defines its dozens of local functions
 # again at every call: that cost 12 µs of the server's time per call.
@@ -1469,7 +1474,7 @@ _LUA_LIBRARY = r"""
 -- library; a call sets the ones that describe it (steps(), below).
 local NARGS = {%(nargs)s}
 local KEYSETS = {}          -- queue prefix -> the names of its keys
-local now, P, LEASE, HOLD, HANDLER_ATTEMPTS
+local now, P, LEASE, HOLD, HANDLER_ATTEMPTS, CANCELLED_KEEP
 local DELAYED, RESERVED, WORKING, FAILED, KEPT, STATS, UNIQUE, UNIQUE_TTL, SCHEDULES, HISTORY
 local LEVELS, wake, cancels, ended
 
@@ -1547,7 +1552,7 @@ local function finish(id, state, f, ...)
   f = f or redis.call('HMGET', rec(id), 'result_ttl', 'waiter', 'key', 'unique_mode')
   let_go(id, f[3], f[4], false)
   local ttl = tonumber(f[1]) or 0
-  if state == 'cancelled' and ttl < %(CANCELLED_KEEP)d then ttl = %(CANCELLED_KEEP)d end
+  if state == 'cancelled' and ttl < CANCELLED_KEEP then ttl = CANCELLED_KEEP end
   if ttl > 0 then
     redis.call('HDEL', rec(id), 'payload')
     redis.call('HSET', rec(id), 'state', state, 'end_time', now, ...)
@@ -1970,10 +1975,11 @@ local function steps(keys, args)
   DELAYED, RESERVED, WORKING, FAILED, KEPT, STATS, UNIQUE, UNIQUE_TTL, SCHEDULES, HISTORY =
     unpack(k)
   LEVELS = k.levels
-  LEASE, HOLD, HANDLER_ATTEMPTS = tonumber(args[1]), tonumber(args[2]), tonumber(args[3])
+  LEASE, HOLD, HANDLER_ATTEMPTS, CANCELLED_KEEP = tonumber(args[1]), tonumber(args[2]),
+    tonumber(args[3]), tonumber(args[4])
   wake, cancels, ended = false, {}, {}
   local out = {}
-  local i = 4
+  local i = 5
   while i <= #args do
     local name = args[i]
     local n = NARGS[name]
@@ -2020,8 +2026,7 @@ redis.register_function('NAME_steps', steps)
 redis.register_function('NAME_fleet', fleet)
 """ % {'nargs': ', '.join('%s = %d' % (name, n) for name, n in _STEP_ARGS.items()),
        'TYPE_TIMEOUT': TYPE_TIMEOUT, 'TYPE_NORMAL': TYPE_NORMAL,
-       'HISTORY_SECONDS': HISTORY_SECONDS, 'HISTORY_KEEP': HISTORY_KEEP,
-       'CANCELLED_KEEP': CANCELLED_KEEP}
+       'HISTORY_SECONDS': HISTORY_SECONDS, 'HISTORY_KEEP': HISTORY_KEEP}
 
 def _pairs(flat):
     return zip(flat[::2], flat[1::2])
@@ -2336,7 +2341,7 @@ class RedisDriver(_Driver):
     # -- the steps -------------------------------------------------------------
 
     def _execute(self, queue, steps):
-        args = [LEASE_SECONDS, RESERVE_SECONDS, HANDLER_ATTEMPTS]
+        args = [LEASE_SECONDS, RESERVE_SECONDS, HANDLER_ATTEMPTS, CANCELLED_KEEP]
         for step in steps:
             args.extend(step)
         wait = 0

@@ -1715,6 +1715,17 @@ form.login .btn { margin-top: 8px; padding: 9px; }
     return n === null || n === undefined ? '\u2014' : NUMBER.format(n);
   }
 
+  function retryPolicy(policy) {
+    // seconds, a list of seconds, or a backoff: {first, factor, max, jitter}
+    if (policy === undefined || policy === null) return null;
+    if (Array.isArray(policy)) return policy.join(', ') + ' s';
+    if (typeof policy === 'object') {
+      return 'backoff: ' + policy.first + ' s \u00d7 ' + policy.factor + ', at most ' +
+        policy.max + ' s, \u00b1' + Math.round(policy.jitter * 100) + '%';
+    }
+    return policy + ' s';
+  }
+
   function fmtRate(r) {
     if (r === null || r === undefined || !isFinite(r)) return '\u2014';
     return r >= 100 ? NUMBER.format(Math.round(r)) : r.toFixed(1);
@@ -2313,9 +2324,7 @@ form.login .btn { margin-top: 8px; padding: 9px; }
         fact('Attempts', attempts, 'attempts'),
         fact('Worker', info.worker_id),
         fact('Timeout', info.timeout ? info.timeout + ' s' : 'none'),
-        fact('Retry delay', Array.isArray(info.fail_expire) ? info.fail_expire.join(', ') + ' s'
-          : info.fail_expire !== undefined && info.fail_expire !== null
-            ? info.fail_expire + ' s' : null),
+        fact('Retry delay', retryPolicy(info.fail_expire)),
         fact('Failure type', info.state === 'failed'
           ? (info.type === 2 ? 'timeout' : 'error') : null),
         fact('Priority', info.priority),

@@ -893,8 +893,10 @@ def test_done_without_result_ttl_leaves_nothing(driver, queue, store):
     assert store.traces(queue, job_id) == []
 
 
-def test_a_cancelled_job_is_kept_for_its_result_ttl(driver, queue, store):
-    job_id = push1(driver, queue, result_ttl=0.5)
+def test_a_cancelled_job_is_kept_for_cancelled_keep_at_least(driver, queue, store,
+                                                             monkeypatch):
+    monkeypatch.setattr(mpqueue, 'CANCELLED_KEEP', 0.5)     # (a day, really)
+    job_id = push1(driver, queue, result_ttl=0.1)
     assert cancel(driver, queue, job_id) == 'waiting'
     assert state(driver, queue, job_id) == 'cancelled'
     tick_until(driver, queue, lambda: info(driver, queue, job_id) is None,
@@ -1308,7 +1310,7 @@ def test_clean_empties_every_state_of_one_queue(driver, queue, store):
     other = queue + '-other'
     kept = push1(driver, other)
     try:
-        assert driver.run(queue, 'clean', 100) == 5     # the done and cancelled ones are gone
+        assert driver.run(queue, 'clean', 100) == 6     # the kept cancelled one too
         assert counts(driver, queue) == zero_counts()
         for job_id in ids:
             assert info(driver, queue, job_id) is None
