@@ -43,7 +43,8 @@ SQLite) -- Runtime (worker, master, manage) -- Public functions.
 For the command line and other tools (public, not in ``__all__``):
 ``queue_config(name)``, ``pid_file(config=None)``, ``pool_pid(config=None)``,
 ``start_pool(config=None, daemon=False)``, ``pool_status(config=None,
-timeout=10)``, ``depth(queue)`` and ``fleet()``, at the end of the file.
+timeout=10)``, ``depth(queue)``, ``fleet()`` and ``foreign_pools(config=None)``,
+at the end of the file.
 """
 
 ###############################################################################
@@ -429,6 +430,7 @@ _POOL_NAME_RE = re.compile(r'^[A-Za-z0-9_.-]{1,100}$')
 _BASICS_DEFAULTS = {
     'name': None, 'pid_path': '/tmp', 'driver': None, 'worker_start_handle': None,
     'secret': None, 'max_payload': 16 * 1024 * 1024, 'stop_grace': 30,
+    'app': None, 'immediate': False,
 }
 _LOG_DEFAULTS = {'path': '/tmp', 'level': logging.INFO, 'driver': None}
 _QUEUE_DEFAULTS = {
@@ -515,6 +517,20 @@ def _check_keys(path, given, defaults):
     return merged
 
 
+def _default_app():
+    """What names the application when ``basics.app`` is not set: the
+    directory of the script that runs (``manage.py``, a script of the user's
+    that starts the pool), else the current directory.  The command line sets
+    it to the directory of the config file it loaded."""
+    script = sys.argv[0] if sys.argv else ''
+    if script and not script.startswith('-') and os.path.exists(script):
+        return os.path.dirname(os.path.abspath(script))
+    try:
+        return os.getcwd()
+    except OSError:         # the directory was removed under us
+        return '?'
+
+
 def _validate(config):
     """Return a validated copy of ``config`` with every default filled in."""
     if not isinstance(config, dict):
@@ -538,6 +554,14 @@ def _validate(config):
         basics['secret'] = secret
     _check_number('basics.max_payload', basics['max_payload'], 1, integer=True)
     _check_number('basics.stop_grace', basics['stop_grace'], 0)
+    if basics['app'] is None:
+        basics['app'] = _default_app()
+    elif not isinstance(basics['app'], str) or not basics['app']:
+        raise ConfigError('basics.app must be a non-empty string that names the application, '
+                          'got %r' % (basics['app'],))
+    if not isinstance(basics['immediate'], bool):
+        raise ConfigError('basics.immediate must be True or False, got %r'
+                          % (basics['immediate'],))
     if basics['driver'] is None:
         basics['driver'] = SqliteDriver(os.path.join(basics['pid_path'], name + '.db'))
     elif not isinstance(basics['driver'], _Driver):
@@ -3694,6 +3718,7 @@ class _Master:
         self.next_tick = self.next_renew = self.next_beat = 0.0
         self.waker, self.waker_retry = None, 0.0
         self.failures, self.down_since, self.beat_failing = 0, None, False
+        self.neighbours_checked = False     # other applications' pools on this queue: looked
         self.stopping = self.stop_deadline = None   # stopping: 'graceful' or 'fast'
         self.owner, self.started, self.done = None, time.time(), 0
 
@@ -4211,6 +4236,22 @@ class _Master:
             self.beat_failing = True
             return
         self.beat_failing = False
+        if not self.neighbours_checked:
+            self._check_neighbours()
+
+    def _check_neighbours(self):
+        """Once, after this master's first heartbeat: warn when a pool of
+        another application serves this queue on the same broker (each pool
+        would run the other's jobs, with the wrong code and database).  Of
+        two such pools starting together, at least the later one sees the
+        other: each publishes before it reads."""
+        try:
+            pools = self.driver.fleet()
+        except DriverError:
+            return          # the next beat reports the broker
+        self.neighbours_checked = True
+        for pool in _foreign(pools, self.pool['app'], [self.queue]):
+            logger.warning('%s', _foreign_warning(pool, self.driver))
 
     def _room(self, slot=None):
         """How many more jobs a worker (or all of them) can start right now."""
@@ -4446,7 +4487,7 @@ class _Manager:
         self.pidfile.create(pid)
         self.pool = {'id': '%s@%s:%d' % (self.config['basics']['name'], _HOST, pid),
                      'name': self.config['basics']['name'], 'host': _HOST, 'pid': pid,
-                     'started': self.started}
+                     'started': self.started, 'app': self.config['basics']['app']}
         try:
             return self._run()
         finally:
@@ -5029,6 +5070,49 @@ def fleet():
     return _get_config()['basics']['driver'].fleet()
 
 
+def foreign_pools(config=None):
+    """The pools of *other applications* (another ``basics.app``) that serve
+    queues of ``config`` (default: the configured one) on its broker: a pool
+    of this application would run their jobs, and they its jobs.  Each is a
+    ``fleet()`` dict plus ``shared`` (those queue names) and ``warning`` (one
+    line that names the pool and says what to do)."""
+    config = config or _get_config()
+    driver = config['basics']['driver']
+    return [dict(pool, warning=_foreign_warning(pool, driver))
+            for pool in _foreign(driver.fleet(), config['basics']['app'],
+                                 [q['name'] for q in config['queue']])]
+
+
+def _foreign(pools, app, queues):
+    """The pools of ``pools`` (``fleet()`` dicts) whose application is not
+    ``app`` and that serve one of ``queues``, each with ``shared``.  Pools
+    of a version that published no application are left out."""
+    out = []
+    for pool in pools:
+        shared = sorted(set(pool.get('queues') or ()) & set(queues))
+        if shared and pool.get('app') and pool['app'] != app:
+            out.append(dict(pool, shared=shared))
+    return out
+
+
+def _foreign_warning(pool, driver):
+    if isinstance(driver, RedisDriver):
+        where = '%s, prefix %r' % (driver.address, driver.prefix)
+        fix = "a key prefix of its own: RedisDriver(..., prefix='myapp')"
+    else:
+        where = driver.address
+        fix = 'a SQLite file of its own: its own basics.pid_path, or SqliteDriver(path)'
+    return ('queue%s %s also served by pool %r of another application on this broker (%s): '
+            'host %s, pid %s, app %s (basics.app: by default the directory of its config); '
+            'each pool may run the other\'s jobs. Give each application %s; if both are one '
+            'application, give them the same basics.app' % (
+                's' if len(pool['shared']) > 1 else '',
+                ', '.join(repr(q) for q in pool['shared']) + (
+                    ' are' if len(pool['shared']) > 1 else ' is'),
+                pool.get('name'), where, pool.get('host'), pool.get('pid'), pool.get('app'),
+                fix))
+
+
 def pid_file(config=None):
     """The path of the pid file of ``config``'s pool (default: the configured one)."""
     return _pool_file(config, '.pid')
@@ -5049,13 +5133,34 @@ def start_pool(config=None, daemon=False):
     config = config or _get_config()
     alive = pool_pid(config)
     if alive:
-        raise MPQueueError('already running on pid %d (or pid file %r is stale)'
-                           % (alive, pid_file(config)))
+        raise MPQueueError(_already_running(config, alive))
     os.makedirs(config['basics']['pid_path'], exist_ok=True)
     if daemon:
         return _daemonize(config)
     _setup_logging(config, to_stderr=True)
     return _Manager(config).run()
+
+
+def _already_running(config, pid):
+    """Why a pool cannot start while ``pid`` holds its pid file: the same
+    pool runs, or (its heartbeat says) a pool of another application that
+    has the same basics.name and pid_path, and so the same pid file (and
+    the same SQLite file, by default)."""
+    basics = config['basics']
+    try:
+        running = [p for p in basics['driver'].fleet()
+                   if p.get('host') == _HOST and p.get('pid') == pid]
+    except MPQueueError:
+        running = []
+    other = running[0].get('app') if running else None
+    if other and other != basics['app']:
+        return ('pool %r of another application (app %s) already runs on pid %d with the pid '
+                'file %s: two applications have basics.name %r and basics.pid_path %r%s; give '
+                'this one a basics.pid_path of its own, e.g. os.path.join(HERE, \'run\') beside '
+                'its config' % (basics['name'], other, pid, pid_file(config), basics['name'],
+                                basics['pid_path'], ' (and so one SQLite broker)'
+                                if isinstance(basics['driver'], SqliteDriver) else ''))
+    return 'already running on pid %d (or pid file %r is stale)' % (pid, pid_file(config))
 
 
 def pool_status(config=None, timeout=10):
