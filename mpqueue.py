@@ -52,6 +52,7 @@ at the end of the file.
 ###############################################################################
 
 import collections
+import contextlib
 import errno
 import fcntl
 import functools
@@ -93,7 +94,8 @@ __all__ = [
     'ConfigError', 'DriverError', 'Fail', 'Job', 'JobCancelled', 'JobFailed', 'JobNotFound',
     'MODEL_DISTRIBUTE', 'MODEL_GRAB', 'MPQueueError', 'RedisDriver', 'Retry',
     'SerializationError', 'SqliteDriver', 'TYPE_NORMAL', 'TYPE_TIMEOUT', 'backoff', 'cancel',
-    'clean', 'configure', 'delete_failed', 'failed_jobs', 'job_info', 'push', 'push_many',
+    'clean', 'configure', 'delete_failed', 'failed_jobs', 'immediate', 'job_info', 'push',
+    'push_many',
     'result', 'retry_failed', 'status',
 ]
 
@@ -153,6 +155,9 @@ BOOT_RETRY_FIRST, BOOT_RETRY_MAX = 0.5, 60.0
 BULK_CHUNK = 1000
 #: A kept result's repr (shown where nothing may be unpickled) is cut here.
 RESULT_REPR_MAX = 1000
+#: Immediate mode keeps the outcomes of at most this many jobs in process
+#: memory, oldest forgotten first: a long test suite does not grow without end.
+IMMEDIATE_KEEP = 10000
 
 # Exit codes of mpqueue's own processes, read by their parents.
 EXIT_OK = 0
@@ -4886,6 +4891,8 @@ def push_many(queue, jobs, delay=0, *, args=(), kwargs=None, timeout=None, fail_
         steps.append(('push', _new_id(), payload, delay, _job_name(job), options['timeout'],
                       options['fail_number'], _policy_text(options['fail_expire']),
                       options['priority'], key or '', mode, options['result_ttl']))
+    if _is_immediate(basics):
+        return _run_here(config, qconf, steps)
     return basics['driver'].execute(queue, steps)
 
 
@@ -4924,6 +4931,156 @@ def _check_unique(key, unique):
                       % (unique,))
 
 
+# -- immediate mode ------------------------------------------------------------
+#
+# With basics.immediate, or inside ``with immediate():``, push and push_many
+# run each job in the calling process before they return, with the worker's
+# own code (_Worker._attempt): the payload was pickled and signed as for the
+# broker, and is checked and unpickled as a worker does.  Retries follow one
+# another at once, fail handlers run.  No broker is touched: the outcomes stay
+# in this process's memory, where job_info(), result() and cancel() find them.
+
+_immediate_block = None     # inside immediate(): True or False; else basics.immediate decides
+_immediate_jobs = collections.OrderedDict()    # (queue, id) -> (record, expiry or None)
+_immediate_holds = {}       # (queue, key) -> (id, until): holds of unique=<seconds>
+_ASK_BROKER = object()      # _job_here(): not a job of immediate mode
+
+
+@contextlib.contextmanager
+def immediate(enabled=True):
+    """Run the jobs pushed inside the block at once, in this process, before
+    ``push`` returns (for tests); ``immediate(False)`` sends them to the broker
+    again inside a block, or with ``basics.immediate = True``.  It applies to
+    the whole process (every thread) while the block runs, and also decorates
+    a function: ``@mpqueue.immediate()``.
+    """
+    global _immediate_block
+    before, _immediate_block = _immediate_block, bool(enabled)
+    try:
+        yield
+    finally:
+        _immediate_block = before
+
+
+def _is_immediate(basics):
+    return basics['immediate'] if _immediate_block is None else _immediate_block
+
+
+def _step_fields(step):
+    """A step as a dict of its arguments, named as ``_STEPS`` names them."""
+    names = next(args for name, args, _ in _STEPS if name == step[0]).split()
+    return dict(zip(names, step[1:]))
+
+
+def _run_here(config, qconf, steps):
+    """``push_many`` in immediate mode: run the job of each push step here and
+    now, keep its outcome in memory, return the ids as the broker would
+    (unique keys de-duplicate as there)."""
+    queue, now = qconf['name'], time.time()
+    worker = _Worker(config, qconf, None, None, 0)
+    worker.id = '%s:%d' % (_HOST, os.getpid())
+    ids, batch = [], {}
+    for step in steps:
+        push = _step_fields(step)
+        key, mode = push['key'], push['unique_mode']
+        holder = batch.get(key) if mode else None       # de-duplicated within the batch
+        if holder is None and mode not in ('', 'queued', 'active'):
+            held = _immediate_holds.get((queue, key))   # 'queued', 'active': the job ended
+            holder = held[0] if held and held[1] > now else None
+        if holder is not None:
+            ids.append(holder)
+            continue
+        if mode:
+            batch[key] = push['id']
+            if mode not in ('queued', 'active'):
+                _immediate_holds[(queue, key)] = (push['id'], now + float(mode))
+        ids.append(push['id'])
+        record = _run_job_here(worker, push)
+        _immediate_jobs.pop((queue, push['id']), None)
+        if record['state'] == 'done' and not push['result_ttl']:
+            continue        # as a broker: nothing kept after success without result_ttl
+        expiry = record['end_time'] + push['result_ttl'] if record['state'] == 'done' else None
+        _immediate_jobs[(queue, push['id'])] = (record, expiry)
+        while len(_immediate_jobs) > IMMEDIATE_KEEP:
+            _immediate_jobs.popitem(last=False)
+    return ids
+
+
+def _run_job_here(worker, push):
+    """Run one pushed job to its end: attempts back to back (a delay, a
+    retry's wait: none), then, if it failed for good, its fail handlers.
+    Returns its record, as a broker's ``info`` step would."""
+    record = {'state': 'working', 'job': push['job'], 'create_time': time.time(),
+              'timeout': push['timeout'], 'fail_number': push['fail_number'],
+              'fail_expire': push['fail_expire'], 'priority': push['priority'],
+              'key': push['key'], 'result_ttl': push['result_ttl'], 'attempt': 0,
+              'exec_number': 0, 'error_info': [], 'type': TYPE_NORMAL}
+    while True:
+        record.update(attempt=record['attempt'] + 1, exec_number=record['exec_number'] + 1,
+                      start_time=time.time(), worker_id=worker.id)
+        step = _attempt_here(worker, dict(record, id=push['id'], payload=push['payload']))
+        outcome = _step_fields(step)
+        if step[0] != 'retry':
+            break
+        record['error_info'].append(outcome['error'])
+    record['end_time'] = time.time()
+    if step[0] == 'done':
+        record.update(state='done', result=outcome['result'],
+                      result_repr=outcome['result_repr'], result_note=outcome['result_note'])
+    else:
+        record.update(state='failed', fail_time=record['end_time'], type=int(outcome['type']),
+                      job=outcome['job'] or record['job'],
+                      error_info=record['error_info'] + json.loads(outcome['errors']))
+    return {name: value for name, value in record.items() if value not in (None, '', b'')}
+
+
+def _attempt_here(worker, job):
+    """One attempt of ``job`` in this process; the step recording its outcome.
+    A coroutine job runs on an event loop of its own, in a thread of its own
+    when this thread's loop is running (it was pushed from a coroutine)."""
+    steps = worker._attempt(job)
+    finished, got = _resume(steps)
+    if finished:
+        return got
+
+    def run(out):
+        import asyncio
+        loop = asyncio.new_event_loop()
+        try:
+            out.append(loop.run_until_complete(worker._drive(steps, (finished, got))))
+        except BaseException as exc:
+            out.append(exc)
+        finally:
+            loop.close()
+
+    out = []
+    try:
+        import asyncio
+        asyncio.get_running_loop()
+    except RuntimeError:
+        run(out)
+    else:
+        thread = threading.Thread(target=run, args=(out,), name='mpqueue-immediate')
+        thread.start()
+        thread.join()
+    if isinstance(out[0], BaseException):
+        raise out[0]
+    return out[0]
+
+
+def _job_here(queue, job_id):
+    """The record of a job that ran in immediate mode; None for an unknown or
+    expired one while immediate mode is on; else ``_ASK_BROKER``."""
+    found = _immediate_jobs.get((queue, job_id))
+    if found is not None:
+        record, expiry = found
+        if expiry is None or expiry > time.time():
+            return record
+        del _immediate_jobs[(queue, job_id)]
+        return None
+    return None if _is_immediate(_get_config()['basics']) else _ASK_BROKER
+
+
 def job_info(queue, job_id):
     """What the broker knows of one job: the ``job_info`` of the fail handlers,
     plus ``state`` (waiting, delayed, reserved, working, done, failed,
@@ -4931,7 +5088,9 @@ def job_info(queue, job_id):
     for a cancelled job, ``cancelled_by`` and ``cancel_time``.  None when the
     id is unknown, or its outcome was not kept (``result_ttl``) or expired."""
     queue_config(queue)
-    record = _get_config()['basics']['driver'].run(queue, 'info', job_id, '')
+    record = _job_here(queue, job_id)
+    if record is _ASK_BROKER:
+        record = _get_config()['basics']['driver'].run(queue, 'info', job_id, '')
     return None if record is None else _public_info(queue, dict(record, id=job_id))
 
 
@@ -4945,6 +5104,9 @@ def cancel(queue, job_id):
         A finished job is left as it is.
     """
     queue_config(queue)
+    record = _job_here(queue, job_id)
+    if record is not _ASK_BROKER:       # immediate mode: it has ended already
+        return record and record['state']
     return _get_config()['basics']['driver'].run(queue, 'cancel', job_id,
                                                  '%s:%d' % (_HOST, os.getpid()))
 
@@ -4964,29 +5126,17 @@ def result(queue, job_id, timeout=None):
     """
     queue_config(queue)
     driver, secret = _get_config()['basics']['driver'], _get_config()['basics']['secret']
+    record = _job_here(queue, job_id)
+    if record is not _ASK_BROKER:       # immediate mode: it has ended already
+        return _outcome(queue, job_id, record, secret)
     deadline = None if timeout is None else time.monotonic() + timeout
     watch = driver.watch(queue) if timeout != 0 else None
     try:
         while True:
             record = driver.run(queue, 'info', job_id, watch.address if watch else '')
             state = record and record['state']
-            if state is None:
-                raise JobNotFound('job %s of queue %r is unknown, or it ended and its outcome '
-                                  'was not kept (result_ttl) or has expired' % (job_id, queue))
-            if state == 'done':
-                if record.get('result_note'):
-                    raise SerializationError('job %s of queue %r is done, but %s' % (
-                        job_id, queue, record['result_note']))
-                if 'result' not in record:
-                    return None
-                return _unseal(record['result'], secret, 'result of job %s' % job_id)
-            if state == 'failed':
-                info = _public_info(queue, dict(record, id=job_id))
-                raise JobFailed('job %s of queue %r failed: %s' % (job_id, queue, (
-                    info['error_info'] or ['?'])[-1].strip().splitlines()[-1]), info)
-            if state == 'cancelled':
-                raise JobCancelled('job %s of queue %r was cancelled by %s' % (
-                    job_id, queue, record.get('cancelled_by', '?')))
+            if state is None or state in _ENDED:
+                return _outcome(queue, job_id, record, secret)
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise TimeoutError('job %s of queue %r has not ended within %gs (it is %s)'
@@ -4995,6 +5145,27 @@ def result(queue, job_id, timeout=None):
     finally:
         if watch is not None:
             watch.close()
+
+
+def _outcome(queue, job_id, record, secret):
+    """``result()`` of a job that ended (or of None: an unknown job)."""
+    state = record and record['state']
+    if state is None:
+        raise JobNotFound('job %s of queue %r is unknown, or it ended and its outcome '
+                          'was not kept (result_ttl) or has expired' % (job_id, queue))
+    if state == 'done':
+        if record.get('result_note'):
+            raise SerializationError('job %s of queue %r is done, but %s' % (
+                job_id, queue, record['result_note']))
+        if 'result' not in record:
+            return None
+        return _unseal(record['result'], secret, 'result of job %s' % job_id)
+    if state == 'failed':
+        info = _public_info(queue, dict(record, id=job_id))
+        raise JobFailed('job %s of queue %r failed: %s' % (job_id, queue, (
+            info['error_info'] or ['?'])[-1].strip().splitlines()[-1]), info)
+    raise JobCancelled('job %s of queue %r was cancelled by %s' % (
+        job_id, queue, record.get('cancelled_by', '?')))
 
 
 def status(queue):
