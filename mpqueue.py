@@ -3230,6 +3230,7 @@ class _Worker:
         signal.signal(signal.SIGTERM, self._on_sigterm)
         if self.generation:
             _forget_user_modules()
+        _drop_inherited_connections()
         try:
             for hook in (self.config['basics']['worker_start_handle'],
                          self.qconf['worker_start_handle']):
@@ -3489,7 +3490,7 @@ class _Worker:
         try:
             func, args, kwargs, job_obj = _load(job, secret)
         except BaseException as exc:
-            text = _format_exc(exc)
+            text = _format_exc(exc) + _hint(exc)
             logger.error('job %s (%s) of queue %r cannot be loaded; it goes to the failed '
                          'list:\n%s', job_id, job.get('job'), self.queue, text)
             errors = [text] + (yield from self._fail_handlers(None, self._job_info(job), exc,
@@ -3503,7 +3504,7 @@ class _Worker:
             if _isawaitable(value):
                 value = yield value
         except BaseException as exc:
-            text = _format_exc(exc)
+            text = _format_exc(exc) + _hint(exc)
             name = _describe_call(func, args, kwargs)
             tried, fail_number = job.get('exec_number') or 1, job.get('fail_number') or 0
             if tried <= fail_number and _retried(job_obj, exc):
@@ -3536,7 +3537,7 @@ class _Worker:
             func, args, kwargs, job_obj = _load(job, self.config['basics']['secret'])
             name = _describe_call(func, args, kwargs)
         except BaseException as load_exc:
-            errors.append(_format_exc(load_exc))
+            errors.append(_format_exc(load_exc) + _hint(load_exc))
         logger.error('job %s (%s) of queue %r failed for good: %s', job['id'], name, self.queue,
                      last)
         info = self._job_info(job, name)
@@ -3643,6 +3644,29 @@ def _format_exc(exc, chain=True):
                                               chain=chain)).rstrip()
 
 
+def _hint(exc):
+    """A last line for an error that a web framework raises when a job runs
+    without what it needs in a worker, saying what to do ('' for others)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        name, text = type(exc).__name__, str(exc)
+        if name == 'AppRegistryNotReady' or (name == 'ImproperlyConfigured'
+                                             and 'settings are not configured' in text):
+            return ('\nhint: %s: Django is not set up in this worker; set '
+                    'basics.worker_start_handle to a function that sets DJANGO_SETTINGS_MODULE '
+                    'and calls django.setup()' % name)
+        if 'outside of application context' in text:
+            return ('\nhint: the job uses Flask outside an app context; build the app once per '
+                    'worker in basics.worker_start_handle and run the job\'s code inside '
+                    '"with app.app_context():"')
+        if 'outside of request context' in text:
+            return ('\nhint: a job runs outside any request; read what it needs from the '
+                    'request in the view and pass it to the job as arguments')
+        exc = exc.__cause__ or exc.__context__
+    return ''
+
+
 def _describe_call(job, args, kwargs):
     parts = [repr(a) for a in args] + ['%s=%r' % kv for kv in kwargs.items()]
     if isinstance(job, functools.partial):
@@ -3662,6 +3686,34 @@ def _die_with_parent(parent_pid):
         return
     if os.getppid() != parent_pid:      # it died before we asked
         os._exit(EXIT_ORPHANED)
+
+
+_inherited_connections = []     # database connections of the process that forked: kept, unused
+
+
+def _drop_inherited_connections():
+    """A worker forked from a process that used Django's database (a
+    management command that ran a query, then started the pool) shares that
+    connection's socket with it and with every other worker, and processes
+    talking on one connection break it for all of them.  Make Django forget
+    such connections without a word to the server (closing one would end its
+    session for every process that shares it): the worker opens its own at
+    its first query.  Nothing to do where Django was not imported."""
+    handler = getattr(sys.modules.get('django.db'), 'connections', None)
+    if handler is None:
+        return
+    try:
+        try:
+            wrappers = handler.all(initialized_only=True)
+        except TypeError:               # Django before 4.1
+            wrappers = handler.all()
+        for wrapper in wrappers:
+            if getattr(wrapper, 'connection', None) is not None:
+                _inherited_connections.append(wrapper.connection)   # never closed here
+                wrapper.connection = None
+    except Exception:       # a Django we do not know: the start hook is the user's
+        logger.exception('worker %d: could not drop the Django connections inherited from the '
+                         'process that started the pool', os.getpid())
 
 
 def _worker_main(config, qconf, conn, close_fds, owner, generation, parent_pid):
