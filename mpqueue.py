@@ -95,8 +95,7 @@ __all__ = [
     'MODEL_DISTRIBUTE', 'MODEL_GRAB', 'MPQueueError', 'RedisDriver', 'Retry',
     'SerializationError', 'SqliteDriver', 'TYPE_NORMAL', 'TYPE_TIMEOUT', 'backoff', 'cancel',
     'clean', 'configure', 'delete_failed', 'failed_jobs', 'immediate', 'job_info', 'push',
-    'push_many',
-    'result', 'retry_failed', 'status',
+    'push_many', 'result', 'retry_failed', 'status',
 ]
 
 logger = logging.getLogger('mpqueue')
@@ -4307,7 +4306,7 @@ class _Master:
         except DriverError:
             return          # the next beat reports the broker
         self.neighbours_checked = True
-        for pool in _foreign(pools, self.pool['app'], [self.queue]):
+        for pool in _foreign(pools, self.pool.get('app'), [self.queue]):
             logger.warning('%s', _foreign_warning(pool, self.driver))
 
     def _room(self, slot=None):
@@ -5047,6 +5046,10 @@ def _run_here(config, qconf, steps):
             if mode not in ('queued', 'active'):
                 _immediate_holds[(queue, key)] = (push['id'], now + float(mode))
         ids.append(push['id'])
+        if len(_immediate_holds) > IMMEDIATE_KEEP:      # forget the holds that ended
+            for held_key, (_, until) in list(_immediate_holds.items()):
+                if until <= now:
+                    del _immediate_holds[held_key]
         record = _run_job_here(worker, push)
         _immediate_jobs.pop((queue, push['id']), None)
         if record['state'] == 'done' and not push['result_ttl']:
@@ -5313,7 +5316,7 @@ def _foreign(pools, app, queues):
     out = []
     for pool in pools:
         shared = sorted(set(pool.get('queues') or ()) & set(queues))
-        if shared and pool.get('app') and pool['app'] != app:
+        if shared and app and pool.get('app') and pool['app'] != app:
             out.append(dict(pool, shared=shared))
     return out
 

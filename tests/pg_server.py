@@ -12,7 +12,8 @@ socket in that directory::
 
 PostgreSQL refuses to run as root: as root, ``initdb`` and ``postgres`` run as
 the system user ``postgres`` (Debian's package creates it), which gets the
-directory.  The binaries are found on PATH, else in Debian's
+directory, made under ``/tmp``.  Without the programs (or that user, as
+root), ``available`` is False.  The binaries are found on PATH, else in Debian's
 ``/usr/lib/postgresql/<version>/bin``.
 """
 
@@ -56,7 +57,14 @@ class PostgresServer:
 
     @property
     def available(self):
-        return bool(self.initdb and self.postgres)
+        if not (self.initdb and self.postgres):
+            return False
+        if os.geteuid() == 0:
+            try:
+                pwd.getpwnam(SYSTEM_USER)
+            except KeyError:
+                return False
+        return True
 
     @property
     def data(self):
@@ -82,7 +90,9 @@ class PostgresServer:
         if not self.available:
             raise RuntimeError('initdb and postgres are not installed (Debian: apt-get install '
                                'postgresql)')
-        self.dir = tempfile.mkdtemp(prefix='mpqtest-postgres-%d-' % self.port)
+        # as root, in /tmp: the user postgres must reach it ($TMPDIR may be root's own)
+        self.dir = tempfile.mkdtemp(prefix='mpqtest-postgres-%d-' % self.port,
+                                    dir='/tmp' if os.geteuid() == 0 else None)
         if os.geteuid() == 0:
             entry = pwd.getpwnam(SYSTEM_USER)
             os.chown(self.dir, entry.pw_uid, entry.pw_gid)

@@ -206,3 +206,36 @@ def test_django_setup_at_the_top_of_the_config_is_named_a_circular_import(tmp_pa
     assert res.stdout == '' and len(res.stderr.splitlines()) == 1, res.stderr
     assert 'circular import' in res.stderr
     assert 'call django.setup() in basics.worker_start_handle instead' in res.stderr
+
+
+def rename(note):
+    """A job that changes the model instance it was given."""
+    note.text = 'renamed by the job'
+    return note.text
+
+
+def test_a_pushed_instance_or_queryset_is_a_snapshot(django_site):
+    """The README's checklist: a model instance travels as a copy, and a
+    QuerySet is fetched when it is pushed (pickling evaluates it)."""
+    import mpqueue
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+    from notes.models import Note
+
+    note = Note.objects.create(text='original')
+    job_id = None
+    try:
+        with mpqueue.immediate():
+            renamed = mpqueue.push(QUEUE, rename, args=(note,), result_ttl=60)
+        assert mpqueue.result(QUEUE, renamed) == 'renamed by the job'
+        assert note.text == 'original' and Note.objects.get(id=note.id).text == 'original'
+
+        with CaptureQueriesContext(connection) as queries:
+            job_id = mpqueue.push(QUEUE, len, args=(Note.objects.all(),), delay=3600)
+        selects = [q['sql'] for q in queries.captured_queries if 'notes_note' in q['sql']]
+        assert len(selects) == 1 and selects[0].startswith('SELECT'), queries.captured_queries
+    finally:
+        if job_id:
+            mpqueue.cancel(QUEUE, job_id)
+        mpqueue.clean(QUEUE)
+        Note.objects.all().delete()

@@ -46,6 +46,7 @@ PROJECT = os.path.basename(os.path.dirname(os.path.abspath(__file__)))
 
 def where(pushed_by, results):
     """Record which project's code ran the job that ``pushed_by`` pushed."""
+    print('printed by a job of', PROJECT, flush=True)    # the pool's stdout
     with open(results, 'a') as f:
         f.write('%s ran %s\\n' % (PROJECT, pushed_by))
 '''
@@ -188,6 +189,9 @@ def test_two_projects_with_the_quick_start_config_stay_apart(projects, tmp_path)
     for project in (alpha, beta):
         assert (project.dir / 'run' / 'myapp.db').exists()
         assert 'another application' not in project.log()
+        # what a job prints goes to {log.path}/{name}.out with -d (the README's checklist)
+        out = (project.dir / 'run' / 'myapp.out').read_text()
+        assert out.count('printed by a job of %s\n' % project.name) == JOBS_PER_PROJECT, out
 
 
 def test_two_projects_sharing_a_pid_path_collide_loudly(projects, tmp_path):
