@@ -135,6 +135,13 @@ class Project:
         path = Path(cfg['log']['path']) / (cfg['basics']['name'] + '.log')
         return path.read_text(errors='replace') if path.exists() else ''
 
+    def diagnostics(self):
+        cfg = self.loaded()
+        base = Path(cfg['log']['path']) / cfg['basics']['name']
+        return '\n'.join('--- %s: %s ---\n%s' % (self.name, path, path.read_text(
+            errors='replace')[-3000:]) for path in (Path(str(base) + '.log'),
+                                                     Path(str(base) + '.out')) if path.exists())
+
     def stop(self):
         if self.foreground is not None and self.foreground.poll() is None:
             self.foreground.send_signal(signal.SIGTERM)
@@ -162,14 +169,15 @@ def projects(tmp_path, proc_reaper):
             pass
 
 
-def ran(results, n):
+def ran(results, n, *projects):
     def lines():
         try:
             got = results.read_text().splitlines()
         except FileNotFoundError:
             return None
         return len(got) >= n and sorted(got)
-    return wait_for(lines, DEADLINE, lambda: '%d jobs to run' % n)
+    return wait_for(lines, DEADLINE, lambda: '%d jobs to run\n%s' % (
+        n, '\n'.join(p.diagnostics() for p in projects)))
 
 
 # -- SQLite: the Quick start config --------------------------------------------
@@ -184,14 +192,15 @@ def test_two_projects_with_the_quick_start_config_stay_apart(projects, tmp_path)
         assert 'warning' not in res.stderr, res.stderr
     alpha.push()
     beta.push()
-    assert ran(alpha.results, 2 * JOBS_PER_PROJECT) == sorted(
+    assert ran(alpha.results, 2 * JOBS_PER_PROJECT, alpha, beta) == sorted(
         ['alpha ran alpha'] * JOBS_PER_PROJECT + ['beta ran beta'] * JOBS_PER_PROJECT)
     for project in (alpha, beta):
         assert (project.dir / 'run' / 'myapp.db').exists()
-        assert 'another application' not in project.log()
+        assert 'another application' not in project.log(), project.diagnostics()
         # what a job prints goes to {log.path}/{name}.out with -d (the README's checklist)
         out = (project.dir / 'run' / 'myapp.out').read_text()
-        assert out.count('printed by a job of %s\n' % project.name) == JOBS_PER_PROJECT, out
+        assert out.count('printed by a job of %s\n' % project.name) == JOBS_PER_PROJECT, \
+            project.diagnostics()
 
 
 def test_two_projects_sharing_a_pid_path_collide_loudly(projects, tmp_path):
@@ -288,7 +297,7 @@ def test_a_prefix_each_or_one_app_keeps_them_quiet(projects, tmp_path, redis_url
         assert res.returncode == 0 and 'warning' not in res.stderr, res.stderr
     alpha.push()
     beta.push()
-    assert ran(alpha.results, 2 * JOBS_PER_PROJECT) == sorted(
+    assert ran(alpha.results, 2 * JOBS_PER_PROJECT, alpha, beta) == sorted(
         ['alpha ran alpha'] * JOBS_PER_PROJECT + ['beta ran beta'] * JOBS_PER_PROJECT)
 
     # one application on two "servers" (two names, one prefix, one basics.app): no warning
