@@ -43,8 +43,8 @@ SQLite) -- Runtime (worker, master, manage) -- Public functions.
 For the command line and other tools (public, not in ``__all__``):
 ``queue_config(name)``, ``pid_file(config=None)``, ``pool_pid(config=None)``,
 ``start_pool(config=None, daemon=False)``, ``pool_status(config=None,
-timeout=10)``, ``depth(queue)``, ``fleet()``, ``schedules(queue=None)`` and
-``history(queue)``, at the end of the file.
+timeout=10)``, ``depth(queue)``, ``fleet()``, ``foreign_pools(config=None)``,
+``schedules(queue=None)`` and ``history(queue)``, at the end of the file.
 """
 
 ###############################################################################
@@ -52,6 +52,7 @@ timeout=10)``, ``depth(queue)``, ``fleet()``, ``schedules(queue=None)`` and
 ###############################################################################
 
 import collections
+import contextlib
 import errno
 import fcntl
 import functools
@@ -93,8 +94,8 @@ __all__ = [
     'ConfigError', 'DriverError', 'Fail', 'Job', 'JobCancelled', 'JobFailed', 'JobNotFound',
     'MODEL_DISTRIBUTE', 'MODEL_GRAB', 'MPQueueError', 'RedisDriver', 'Retry',
     'SerializationError', 'SqliteDriver', 'TYPE_NORMAL', 'TYPE_TIMEOUT', 'backoff', 'cancel',
-    'clean', 'configure', 'delete_failed', 'failed_jobs', 'job_info', 'push', 'push_many',
-    'result', 'retry_failed', 'status',
+    'clean', 'configure', 'delete_failed', 'failed_jobs', 'immediate', 'job_info', 'push',
+    'push_many', 'result', 'retry_failed', 'status',
 ]
 
 logger = logging.getLogger('mpqueue')
@@ -160,6 +161,9 @@ CANCELLED_KEEP = 86400
 #: Masters sample a queue's counters this often (seconds), keeping the last
 #: HISTORY_KEEP samples in the broker: the dashboard's chart.
 HISTORY_SECONDS, HISTORY_KEEP = 10, 90
+#: Immediate mode keeps the outcomes of at most this many jobs in process
+#: memory, oldest forgotten first: a long test suite does not grow without end.
+IMMEDIATE_KEEP = 10000
 
 # Exit codes of mpqueue's own processes, read by their parents.
 EXIT_OK = 0
@@ -441,6 +445,7 @@ _POOL_NAME_RE = re.compile(r'^[A-Za-z0-9_.-]{1,100}$')
 _BASICS_DEFAULTS = {
     'name': None, 'pid_path': '/tmp', 'driver': None, 'worker_start_handle': None,
     'secret': None, 'max_payload': 16 * 1024 * 1024, 'stop_grace': 30,
+    'app': None, 'immediate': False,
 }
 _LOG_DEFAULTS = {'path': '/tmp', 'level': logging.INFO, 'driver': None}
 _QUEUE_DEFAULTS = {
@@ -533,6 +538,20 @@ def _check_keys(path, given, defaults):
     return merged
 
 
+def _default_app():
+    """What names the application when ``basics.app`` is not set: the
+    directory of the script that runs (``manage.py``, a script of the user's
+    that starts the pool), else the current directory.  The command line sets
+    it to the directory of the config file it loaded."""
+    script = sys.argv[0] if sys.argv else ''
+    if script and not script.startswith('-') and os.path.exists(script):
+        return os.path.dirname(os.path.abspath(script))
+    try:
+        return os.getcwd()
+    except OSError:         # the directory was removed under us
+        return '?'
+
+
 def _validate(config):
     """Return a validated copy of ``config`` with every default filled in."""
     if not isinstance(config, dict):
@@ -556,6 +575,14 @@ def _validate(config):
         basics['secret'] = secret
     _check_number('basics.max_payload', basics['max_payload'], 1, integer=True)
     _check_number('basics.stop_grace', basics['stop_grace'], 0)
+    if basics['app'] is None:
+        basics['app'] = _default_app()
+    elif not isinstance(basics['app'], str) or not basics['app']:
+        raise ConfigError('basics.app must be a non-empty string that names the application, '
+                          'got %r' % (basics['app'],))
+    if not isinstance(basics['immediate'], bool):
+        raise ConfigError('basics.immediate must be True or False, got %r'
+                          % (basics['immediate'],))
     if basics['driver'] is None:
         basics['driver'] = SqliteDriver(os.path.join(basics['pid_path'], name + '.db'))
     elif not isinstance(basics['driver'], _Driver):
@@ -3435,6 +3462,7 @@ class _Worker:
         signal.signal(signal.SIGTERM, self._on_sigterm)
         if self.generation:
             _forget_user_modules()
+        _drop_inherited_connections()
         try:
             for hook in (self.config['basics']['worker_start_handle'],
                          self.qconf['worker_start_handle']):
@@ -3698,7 +3726,7 @@ class _Worker:
         try:
             func, args, kwargs, job_obj = _load(job, secret)
         except BaseException as exc:
-            text = _format_exc(exc)
+            text = _format_exc(exc) + _hint(exc)
             logger.error('job %s (%s) of queue %r cannot be loaded; it goes to the failed '
                          'list:\n%s', job_id, job.get('job'), self.queue, text)
             errors = [text] + (yield from self._fail_handlers(None, self._job_info(job), exc,
@@ -3712,7 +3740,7 @@ class _Worker:
             if _isawaitable(value):
                 value = yield value
         except BaseException as exc:
-            text = _format_exc(exc)
+            text = _format_exc(exc) + _hint(exc)
             name = _describe_call(func, args, kwargs)
             tried, fail_number = job.get('exec_number') or 1, job.get('fail_number') or 0
             if tried <= fail_number and _retried(job_obj, exc):
@@ -3745,7 +3773,7 @@ class _Worker:
             func, args, kwargs, job_obj = _load(job, self.config['basics']['secret'])
             name = _describe_call(func, args, kwargs)
         except BaseException as load_exc:
-            errors.append(_format_exc(load_exc))
+            errors.append(_format_exc(load_exc) + _hint(load_exc))
         logger.error('job %s (%s) of queue %r failed for good: %s', job['id'], name, self.queue,
                      last)
         info = self._job_info(job, name)
@@ -3852,6 +3880,29 @@ def _format_exc(exc, chain=True):
                                               chain=chain)).rstrip()
 
 
+def _hint(exc):
+    """A last line for an error that a web framework raises when a job runs
+    without what it needs in a worker, saying what to do ('' for others)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        name, text = type(exc).__name__, str(exc)
+        if name == 'AppRegistryNotReady' or (name == 'ImproperlyConfigured'
+                                             and 'settings are not configured' in text):
+            return ('\nhint: %s: Django is not set up in this worker; set '
+                    'basics.worker_start_handle to a function that sets DJANGO_SETTINGS_MODULE '
+                    'and calls django.setup()' % name)
+        if 'outside of application context' in text:
+            return ('\nhint: the job uses Flask outside an app context; build the app once per '
+                    'worker in basics.worker_start_handle and run the job\'s code inside '
+                    '"with app.app_context():"')
+        if 'outside of request context' in text:
+            return ('\nhint: a job runs outside any request; read what it needs from the '
+                    'request in the view and pass it to the job as arguments')
+        exc = exc.__cause__ or exc.__context__
+    return ''
+
+
 def _describe_call(job, args, kwargs):
     parts = [repr(a) for a in args] + ['%s=%r' % kv for kv in kwargs.items()]
     if isinstance(job, functools.partial):
@@ -3871,6 +3922,34 @@ def _die_with_parent(parent_pid):
         return
     if os.getppid() != parent_pid:      # it died before we asked
         os._exit(EXIT_ORPHANED)
+
+
+_inherited_connections = []     # database connections of the process that forked: kept, unused
+
+
+def _drop_inherited_connections():
+    """A worker forked from a process that used Django's database (a
+    management command that ran a query, then started the pool) shares that
+    connection's socket with it and with every other worker, and processes
+    talking on one connection break it for all of them.  Make Django forget
+    such connections without a word to the server (closing one would end its
+    session for every process that shares it): the worker opens its own at
+    its first query.  Nothing to do where Django was not imported."""
+    handler = getattr(sys.modules.get('django.db'), 'connections', None)
+    if handler is None:
+        return
+    try:
+        try:
+            wrappers = handler.all(initialized_only=True)
+        except TypeError:               # Django before 4.1
+            wrappers = handler.all()
+        for wrapper in wrappers:
+            if getattr(wrapper, 'connection', None) is not None:
+                _inherited_connections.append(wrapper.connection)   # never closed here
+                wrapper.connection = None
+    except Exception:       # a Django we do not know: the start hook is the user's
+        logger.exception('worker %d: could not drop the Django connections inherited from the '
+                         'process that started the pool', os.getpid())
 
 
 def _worker_main(config, qconf, conn, close_fds, owner, generation, parent_pid):
@@ -3933,6 +4012,7 @@ class _Master:
         self.next_tick = self.next_renew = self.next_beat = 0.0
         self.waker, self.waker_retry = None, 0.0
         self.failures, self.down_since, self.beat_failing = 0, None, False
+        self.neighbours_checked = False     # other applications' pools on this queue: looked
         self.stopping = self.stop_deadline = None   # stopping: 'graceful' or 'fast'
         self.owner, self.started, self.done = None, time.time(), 0
         self.ticker = _Ticker(config, qconf, pool['id'])
@@ -4456,6 +4536,22 @@ class _Master:
             self.beat_failing = True
             return
         self.beat_failing = False
+        if not self.neighbours_checked:
+            self._check_neighbours()
+
+    def _check_neighbours(self):
+        """Once, after this master's first heartbeat: warn when a pool of
+        another application serves this queue on the same broker (each pool
+        would run the other's jobs, with the wrong code and database).  Of
+        two such pools starting together, at least the later one sees the
+        other: each publishes before it reads."""
+        try:
+            pools = self.driver.fleet()
+        except DriverError:
+            return          # the next beat reports the broker
+        self.neighbours_checked = True
+        for pool in _foreign(pools, self.pool.get('app'), [self.queue]):
+            logger.warning('%s', _foreign_warning(pool, self.driver))
 
     def _room(self, slot=None):
         """How many more jobs a worker (or all of them) can start right now."""
@@ -4789,7 +4885,7 @@ class _Manager:
         self.pidfile.create(pid)
         self.pool = {'id': '%s@%s:%d' % (self.config['basics']['name'], _HOST, pid),
                      'name': self.config['basics']['name'], 'host': _HOST, 'pid': pid,
-                     'started': self.started}
+                     'started': self.started, 'app': self.config['basics']['app']}
         try:
             return self._run()
         finally:
@@ -5205,6 +5301,8 @@ def push_many(queue, jobs, delay=0, *, args=(), kwargs=None, timeout=None, fail_
         steps.append(('push', _new_id(), payload, delay, _job_name(job), options['timeout'],
                       options['fail_number'], _policy_text(options['fail_expire']),
                       options['priority'], job_key or '', mode, options['result_ttl']))
+    if _is_immediate(basics):
+        return _run_here(config, qconf, steps)
     return basics['driver'].execute(queue, steps)
 
 
@@ -5252,6 +5350,160 @@ def _check_unique(key, unique, path='key'):
                       % (unique,))
 
 
+# -- immediate mode ------------------------------------------------------------
+#
+# With basics.immediate, or inside ``with immediate():``, push and push_many
+# run each job in the calling process before they return, with the worker's
+# own code (_Worker._attempt): the payload was pickled and signed as for the
+# broker, and is checked and unpickled as a worker does.  Retries follow one
+# another at once, fail handlers run.  No broker is touched: the outcomes stay
+# in this process's memory, where job_info(), result() and cancel() find them.
+
+_immediate_block = None     # inside immediate(): True or False; else basics.immediate decides
+_immediate_jobs = collections.OrderedDict()    # (queue, id) -> (record, expiry or None)
+_immediate_holds = {}       # (queue, key) -> (id, until): holds of unique=<seconds>
+_ASK_BROKER = object()      # _job_here(): not a job of immediate mode
+
+
+@contextlib.contextmanager
+def immediate(enabled=True):
+    """Run the jobs pushed inside the block at once, in this process, before
+    ``push`` returns (for tests); ``immediate(False)`` sends them to the broker
+    again inside a block, or with ``basics.immediate = True``.  It applies to
+    the whole process (every thread) while the block runs, and also decorates
+    a function: ``@mpqueue.immediate()``.
+    """
+    global _immediate_block
+    before, _immediate_block = _immediate_block, bool(enabled)
+    try:
+        yield
+    finally:
+        _immediate_block = before
+
+
+def _is_immediate(basics):
+    return basics['immediate'] if _immediate_block is None else _immediate_block
+
+
+def _step_fields(step):
+    """A step as a dict of its arguments, named as ``_STEPS`` names them."""
+    names = next(args for name, args, _ in _STEPS if name == step[0]).split()
+    return dict(zip(names, step[1:]))
+
+
+def _run_here(config, qconf, steps):
+    """``push_many`` in immediate mode: run the job of each push step here and
+    now, keep its outcome in memory, return the ids as the broker would
+    (unique keys de-duplicate as there)."""
+    queue, now = qconf['name'], time.time()
+    worker = _Worker(config, qconf, None, None, 0)
+    worker.id = '%s:%d' % (_HOST, os.getpid())
+    ids, batch = [], {}
+    for step in steps:
+        push = _step_fields(step)
+        key, mode = push['key'], push['unique_mode']
+        holder = batch.get(key) if mode else None       # de-duplicated within the batch
+        if holder is None and mode not in ('', 'queued', 'active'):
+            held = _immediate_holds.get((queue, key))   # 'queued', 'active': the job ended
+            holder = held[0] if held and held[1] > now else None
+        if holder is not None:
+            ids.append(holder)
+            continue
+        if mode:
+            batch[key] = push['id']
+            if mode not in ('queued', 'active'):
+                _immediate_holds[(queue, key)] = (push['id'], now + float(mode))
+        ids.append(push['id'])
+        if len(_immediate_holds) > IMMEDIATE_KEEP:      # forget the holds that ended
+            for held_key, (_, until) in list(_immediate_holds.items()):
+                if until <= now:
+                    del _immediate_holds[held_key]
+        record = _run_job_here(worker, push)
+        _immediate_jobs.pop((queue, push['id']), None)
+        if record['state'] == 'done' and not push['result_ttl']:
+            continue        # as a broker: nothing kept after success without result_ttl
+        expiry = record['end_time'] + push['result_ttl'] if record['state'] == 'done' else None
+        _immediate_jobs[(queue, push['id'])] = (record, expiry)
+        while len(_immediate_jobs) > IMMEDIATE_KEEP:
+            _immediate_jobs.popitem(last=False)
+    return ids
+
+
+def _run_job_here(worker, push):
+    """Run one pushed job to its end: attempts back to back (a delay, a
+    retry's wait: none), then, if it failed for good, its fail handlers.
+    Returns its record, as a broker's ``info`` step would."""
+    record = {'state': 'working', 'job': push['job'], 'create_time': time.time(),
+              'timeout': push['timeout'], 'fail_number': push['fail_number'],
+              'fail_expire': push['fail_expire'], 'priority': push['priority'],
+              'key': push['key'], 'result_ttl': push['result_ttl'], 'attempt': 0,
+              'exec_number': 0, 'error_info': [], 'type': TYPE_NORMAL}
+    while True:
+        record.update(attempt=record['attempt'] + 1, exec_number=record['exec_number'] + 1,
+                      start_time=time.time(), worker_id=worker.id)
+        step = _attempt_here(worker, dict(record, id=push['id'], payload=push['payload']))
+        outcome = _step_fields(step)
+        if step[0] != 'retry':
+            break
+        record['error_info'].append(outcome['error'])
+    record['end_time'] = time.time()
+    if step[0] == 'done':
+        record.update(state='done', result=outcome['result'],
+                      result_repr=outcome['result_repr'], result_note=outcome['result_note'])
+    else:
+        record.update(state='failed', fail_time=record['end_time'], type=int(outcome['type']),
+                      job=outcome['job'] or record['job'],
+                      error_info=record['error_info'] + json.loads(outcome['errors']))
+    return {name: value for name, value in record.items() if value not in (None, '', b'')}
+
+
+def _attempt_here(worker, job):
+    """One attempt of ``job`` in this process; the step recording its outcome.
+    A coroutine job runs on an event loop of its own, in a thread of its own
+    when this thread's loop is running (it was pushed from a coroutine)."""
+    steps = worker._attempt(job)
+    finished, got = _resume(steps)
+    if finished:
+        return got
+
+    def run(out):
+        import asyncio
+        loop = asyncio.new_event_loop()
+        try:
+            out.append(loop.run_until_complete(worker._drive(steps, (finished, got))))
+        except BaseException as exc:
+            out.append(exc)
+        finally:
+            loop.close()
+
+    out = []
+    try:
+        import asyncio
+        asyncio.get_running_loop()
+    except RuntimeError:
+        run(out)
+    else:
+        thread = threading.Thread(target=run, args=(out,), name='mpqueue-immediate')
+        thread.start()
+        thread.join()
+    if isinstance(out[0], BaseException):
+        raise out[0]
+    return out[0]
+
+
+def _job_here(queue, job_id):
+    """The record of a job that ran in immediate mode; None for an unknown or
+    expired one while immediate mode is on; else ``_ASK_BROKER``."""
+    found = _immediate_jobs.get((queue, job_id))
+    if found is not None:
+        record, expiry = found
+        if expiry is None or expiry > time.time():
+            return record
+        del _immediate_jobs[(queue, job_id)]
+        return None
+    return None if _is_immediate(_get_config()['basics']) else _ASK_BROKER
+
+
 def job_info(queue, job_id):
     """What the broker knows of one job: the ``job_info`` of the fail handlers,
     plus ``state`` (waiting, delayed, reserved, working, done, failed,
@@ -5259,7 +5511,9 @@ def job_info(queue, job_id):
     for a cancelled job, ``cancelled_by`` and ``cancel_time``.  None when the
     id is unknown, or its outcome was not kept (``result_ttl``) or expired."""
     queue_config(queue)
-    record = _get_config()['basics']['driver'].run(queue, 'info', job_id, '')
+    record = _job_here(queue, job_id)
+    if record is _ASK_BROKER:
+        record = _get_config()['basics']['driver'].run(queue, 'info', job_id, '')
     return None if record is None else _public_info(queue, dict(record, id=job_id))
 
 
@@ -5273,6 +5527,9 @@ def cancel(queue, job_id):
         A finished job is left as it is.
     """
     queue_config(queue)
+    record = _job_here(queue, job_id)
+    if record is not _ASK_BROKER:       # immediate mode: it has ended already
+        return record and record['state']
     return _get_config()['basics']['driver'].run(queue, 'cancel', job_id,
                                                  '%s:%d' % (_HOST, os.getpid()))
 
@@ -5292,29 +5549,17 @@ def result(queue, job_id, timeout=None):
     """
     queue_config(queue)
     driver, secret = _get_config()['basics']['driver'], _get_config()['basics']['secret']
+    record = _job_here(queue, job_id)
+    if record is not _ASK_BROKER:       # immediate mode: it has ended already
+        return _outcome(queue, job_id, record, secret)
     deadline = None if timeout is None else time.monotonic() + timeout
     watch = driver.watch(queue) if timeout != 0 else None
     try:
         while True:
             record = driver.run(queue, 'info', job_id, watch.address if watch else '')
             state = record and record['state']
-            if state is None:
-                raise JobNotFound('job %s of queue %r is unknown, or it ended and its outcome '
-                                  'was not kept (result_ttl) or has expired' % (job_id, queue))
-            if state == 'done':
-                if record.get('result_note'):
-                    raise SerializationError('job %s of queue %r is done, but %s' % (
-                        job_id, queue, record['result_note']))
-                if 'result' not in record:
-                    return None
-                return _unseal(record['result'], secret, 'result of job %s' % job_id)
-            if state == 'failed':
-                info = _public_info(queue, dict(record, id=job_id))
-                raise JobFailed('job %s of queue %r failed: %s' % (job_id, queue, (
-                    info['error_info'] or ['?'])[-1].strip().splitlines()[-1]), info)
-            if state == 'cancelled':
-                raise JobCancelled('job %s of queue %r was cancelled by %s' % (
-                    job_id, queue, record.get('cancelled_by', '?')))
+            if state is None or state in _ENDED:
+                return _outcome(queue, job_id, record, secret)
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise TimeoutError('job %s of queue %r has not ended within %gs (it is %s)'
@@ -5323,6 +5568,27 @@ def result(queue, job_id, timeout=None):
     finally:
         if watch is not None:
             watch.close()
+
+
+def _outcome(queue, job_id, record, secret):
+    """``result()`` of a job that ended (or of None: an unknown job)."""
+    state = record and record['state']
+    if state is None:
+        raise JobNotFound('job %s of queue %r is unknown, or it ended and its outcome '
+                          'was not kept (result_ttl) or has expired' % (job_id, queue))
+    if state == 'done':
+        if record.get('result_note'):
+            raise SerializationError('job %s of queue %r is done, but %s' % (
+                job_id, queue, record['result_note']))
+        if 'result' not in record:
+            return None
+        return _unseal(record['result'], secret, 'result of job %s' % job_id)
+    if state == 'failed':
+        info = _public_info(queue, dict(record, id=job_id))
+        raise JobFailed('job %s of queue %r failed: %s' % (job_id, queue, (
+            info['error_info'] or ['?'])[-1].strip().splitlines()[-1]), info)
+    raise JobCancelled('job %s of queue %r was cancelled by %s' % (
+        job_id, queue, record.get('cancelled_by', '?')))
 
 
 def status(queue):
@@ -5429,6 +5695,49 @@ def fleet():
     return _get_config()['basics']['driver'].fleet()
 
 
+def foreign_pools(config=None):
+    """The pools of *other applications* (another ``basics.app``) that serve
+    queues of ``config`` (default: the configured one) on its broker: a pool
+    of this application would run their jobs, and they its jobs.  Each is a
+    ``fleet()`` dict plus ``shared`` (those queue names) and ``warning`` (one
+    line that names the pool and says what to do)."""
+    config = config or _get_config()
+    driver = config['basics']['driver']
+    return [dict(pool, warning=_foreign_warning(pool, driver))
+            for pool in _foreign(driver.fleet(), config['basics']['app'],
+                                 [q['name'] for q in config['queue']])]
+
+
+def _foreign(pools, app, queues):
+    """The pools of ``pools`` (``fleet()`` dicts) whose application is not
+    ``app`` and that serve one of ``queues``, each with ``shared``.  Pools
+    of a version that published no application are left out."""
+    out = []
+    for pool in pools:
+        shared = sorted(set(pool.get('queues') or ()) & set(queues))
+        if shared and app and pool.get('app') and pool['app'] != app:
+            out.append(dict(pool, shared=shared))
+    return out
+
+
+def _foreign_warning(pool, driver):
+    if isinstance(driver, RedisDriver):
+        where = '%s, prefix %r' % (driver.address, driver.prefix)
+        fix = "a key prefix of its own: RedisDriver(..., prefix='myapp')"
+    else:
+        where = driver.address
+        fix = 'a SQLite file of its own: its own basics.pid_path, or SqliteDriver(path)'
+    return ('queue%s %s also served by pool %r of another application on this broker (%s): '
+            'host %s, pid %s, app %s (basics.app: by default the directory of its config); '
+            'each pool may run the other\'s jobs. Give each application %s; if both are one '
+            'application, give them the same basics.app' % (
+                's' if len(pool['shared']) > 1 else '',
+                ', '.join(repr(q) for q in pool['shared']) + (
+                    ' are' if len(pool['shared']) > 1 else ' is'),
+                pool.get('name'), where, pool.get('host'), pool.get('pid'), pool.get('app'),
+                fix))
+
+
 def pid_file(config=None):
     """The path of the pid file of ``config``'s pool (default: the configured one)."""
     return _pool_file(config, '.pid')
@@ -5449,13 +5758,34 @@ def start_pool(config=None, daemon=False):
     config = config or _get_config()
     alive = pool_pid(config)
     if alive:
-        raise MPQueueError('already running on pid %d (or pid file %r is stale)'
-                           % (alive, pid_file(config)))
+        raise MPQueueError(_already_running(config, alive))
     os.makedirs(config['basics']['pid_path'], exist_ok=True)
     if daemon:
         return _daemonize(config)
     _setup_logging(config, to_stderr=True)
     return _Manager(config).run()
+
+
+def _already_running(config, pid):
+    """Why a pool cannot start while ``pid`` holds its pid file: the same
+    pool runs, or (its heartbeat says) a pool of another application that
+    has the same basics.name and pid_path, and so the same pid file (and
+    the same SQLite file, by default)."""
+    basics = config['basics']
+    try:
+        running = [p for p in basics['driver'].fleet()
+                   if p.get('host') == _HOST and p.get('pid') == pid]
+    except MPQueueError:
+        running = []
+    other = running[0].get('app') if running else None
+    if other and other != basics['app']:
+        return ('pool %r of another application (app %s) already runs on pid %d with the pid '
+                'file %s: two applications have basics.name %r and basics.pid_path %r%s; give '
+                'this one a basics.pid_path of its own, e.g. os.path.join(HERE, \'run\') beside '
+                'its config' % (basics['name'], other, pid, pid_file(config), basics['name'],
+                                basics['pid_path'], ' (and so one SQLite broker)'
+                                if isinstance(basics['driver'], SqliteDriver) else ''))
+    return 'already running on pid %d (or pid file %r is stale)' % (pid, pid_file(config))
 
 
 def pool_status(config=None, timeout=10):

@@ -19,6 +19,7 @@ import runpy
 import signal
 import sys
 import time
+import traceback
 
 import mpqueue
 
@@ -67,7 +68,7 @@ CONFIG_FORMS = 'FILE.py, FILE.py:NAME, module or module:NAME'
 
 def _load_config(spec):
     """Find and load the config: --config, $MPQUEUE_CONFIG, ./mpqueue_config.py.
-    Returns the config and where it came from."""
+    Returns the config, where it came from, and the file that defines it."""
     where = 'from --config'
     if not spec:
         spec, where = os.environ.get('MPQUEUE_CONFIG'), 'from $MPQUEUE_CONFIG'
@@ -80,8 +81,8 @@ def _load_config(spec):
     if not colon or os.path.isfile(spec):
         source, attr = spec, ''
     if source.endswith('.py') or os.path.sep in source:
-        return _load_config_file(spec, source, attr or 'config', where), spec
-    return _load_config_module(spec, source, attr or 'config'), spec
+        return _load_config_file(spec, source, attr or 'config', where), spec, source
+    return _load_config_module(spec, source, attr or 'config')
 
 
 def _load_config_file(spec, path, attr, where):
@@ -93,8 +94,9 @@ def _load_config_file(spec, path, attr, where):
     try:
         namespace = runpy.run_path(path, run_name='mpqueue_config')
     except Exception as exc:
-        raise UserError('config file %r failed to load: %s: %s' % (
-            path, type(exc).__name__, _one_line(exc))) from exc
+        raise UserError('config file %r failed to load: %s%s: %s' % (
+            path, _circular(exc, path, ('mpqueue_config', _stem(path))), type(exc).__name__,
+            _one_line(exc))) from exc
     head, _, rest = attr.partition('.')
     if head not in namespace:
         raise UserError('config file %r does not define `%s`' % (path, head))
@@ -113,9 +115,38 @@ def _load_config_module(spec, module_name, attr):
         raise UserError('config %r failed to load: %s: %s%s' % (
             spec, type(exc).__name__, _one_line(exc), hint)) from exc
     except Exception as exc:
-        raise UserError('config %r failed to load: %s: %s' % (
-            spec, type(exc).__name__, _one_line(exc))) from exc
-    return _attribute(spec, module, attr)
+        raise UserError('config %r failed to load: %s%s: %s' % (
+            spec, _circular(exc, None, (module_name,)), type(exc).__name__,
+            _one_line(exc))) from exc
+    return _attribute(spec, module, attr), spec, getattr(module, '__file__', None)
+
+
+def _stem(path):
+    return os.path.splitext(os.path.basename(path))[0]
+
+
+def _circular(exc, path, names):
+    """'circular import: ...' when loading the config failed because code
+    that ran while it loaded imported it again, and so found it without its
+    ``config`` (or ran it a second time); else ''.  The classic case:
+    ``django.setup()`` at the top of the config runs ``AppConfig.ready()``,
+    which imports the config."""
+    seen, real = set(), path and os.path.realpath(path)
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        again = isinstance(exc, (AttributeError, ImportError)) and any(
+            "module '%s'" % name in str(exc) or "from '%s'" % name in str(exc)
+            for name in names)
+        if real and not again:
+            frames = traceback.extract_tb(exc.__traceback__)
+            again = sum(1 for f in frames if os.path.realpath(f.filename) == real) > 1
+        if again:
+            return ('circular import: code that runs while the config loads imports it again, '
+                    'before it defines `config` (such as django.setup() at its top, which runs '
+                    'AppConfig.ready(); call django.setup() in basics.worker_start_handle '
+                    'instead): ')
+        exc = exc.__cause__ or exc.__context__
+    return ''
 
 
 def _attribute(spec, obj, dotted):
@@ -146,18 +177,32 @@ def cmd_start(cfg, args):
     pid = mpqueue.start_pool(cfg, daemon=True)
     print('mpqueue pool %r started in the background (manage pid %d); log in %s' % (
         cfg['basics']['name'], pid, cfg['log']['path']), flush=True)
-    _warn_if_broker_down(cfg)
+    if not _warn_if_broker_down(cfg):
+        _warn_if_shared(cfg)
     return 0
+
+
+def _warn_if_shared(cfg):
+    """Pools of other applications on our queues and broker: the pool logs
+    it, and says it here too, since the log is not on the terminal."""
+    try:
+        pools = mpqueue.foreign_pools(cfg)
+    except mpqueue.MPQueueError:
+        return
+    for pool in pools:
+        print('mpqueue: warning: %s' % pool['warning'], file=sys.stderr)
 
 
 def _warn_if_broker_down(cfg):
     """The pool waits for a broker that does not answer (and logs it): say it
-    here too, since the log is not on the terminal."""
+    here too, since the log is not on the terminal.  True when it did."""
     try:
         mpqueue.depth(cfg['queue'][0]['name'])
     except mpqueue.DriverError as exc:
         print('mpqueue: warning: %s; the pool keeps trying to reach it (see the log in %s)'
               % (_one_line(exc).rstrip('.'), cfg['log']['path']), file=sys.stderr)
+        return True
+    return False
 
 
 def cmd_stop(cfg, args, quiet=False):
@@ -1170,11 +1215,14 @@ def _run(parser, args, config):
     if config is not None:
         cfg = mpqueue.configure(config)
     else:
-        config, spec = _load_config(args.config)
+        config, spec, origin = _load_config(args.config)
         try:
             cfg = mpqueue.configure(config)
         except mpqueue.ConfigError as exc:      # say which file holds the mistake
             raise UserError('in config %r: %s' % (spec, _one_line(exc))) from exc
+        if origin and not (config.get('basics') or {}).get('app'):
+            # what names the application: the directory of its config
+            cfg['basics']['app'] = os.path.dirname(os.path.abspath(origin))
     return handler(cfg, args) or 0
 
 

@@ -6,8 +6,16 @@ in their ``worker_start_handle``.  This process plays the web side: it
 migrates a fresh SQLite database, POSTs to the view through Django's test
 client, and waits until the row the job wrote through the ORM is there.
 Broker: the test Redis, under a key prefix of the test's own.
+
+Also: the example's own tests (``manage.py test``, jobs in immediate mode),
+the hint in the error of a worker that lacks ``django.setup()``, and the
+command line naming a config that sets Django up at its top a circular
+import.  PostgreSQL: test_django_postgres.py.
 """
 
+import os
+import shutil
+import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -108,3 +116,126 @@ def test_view_rejects_a_post_without_text(django_site):
     response = Client().post('/notes/')
     assert response.status_code == 400
     assert 'error' in response.json()
+
+
+def _clean_env(**extra):
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(('MPQ', 'NOTES_', 'DJANGO_'))}
+    env['PYTHONPATH'] = str(REPO)
+    env.update(extra)
+    return env
+
+
+def test_the_examples_own_tests_run_the_jobs_in_immediate_mode(tmp_path):
+    """``python manage.py test`` in the example: its TestCases push through
+    the view inside ``mpqueue.immediate()`` and find the notes the jobs
+    wrote, with no pool and no broker (no SQLite broker file appears)."""
+    run_dir = tmp_path / 'run'
+    res = subprocess.run([sys.executable, 'manage.py', 'test', '--verbosity', '2'],
+                         cwd=str(PROJECT), env=_clean_env(MPQ_RUN_DIR=str(run_dir)),
+                         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert 'test_a_post_writes_the_note_through_its_job' in res.stderr
+    assert 'Ran 3 tests' in res.stderr and '\nOK' in res.stderr, res.stderr
+    assert not run_dir.exists()
+
+
+NO_SETUP_CONFIG = """\
+import runpy
+import sys
+
+sys.path.insert(0, %(project)r)         # the workers import notes.jobs
+config = runpy.run_path(%(config)r)['config']
+config['basics']['worker_start_handle'] = None      # the mistake: no django.setup()
+"""
+
+
+def test_a_worker_without_django_setup_says_to_call_it(django_site, proc_reaper):
+    import mpqueue
+    from notes.jobs import WriteNote
+
+    config = django_site['tmp'] / 'no_setup_config.py'
+    config.write_text(NO_SETUP_CONFIG % {'project': str(PROJECT), 'config': str(CONFIG)})
+    pool = ExamplePool(proc_reaper, config, POOL_NAME, django_site['tmp'],
+                       django_site['env']).start()
+    try:
+        job_id = mpqueue.push(QUEUE, WriteNote('never written'))
+
+        def failed():
+            pool.check_running()
+            return mpqueue.failed_jobs(QUEUE)
+
+        try:
+            jobs = wait_for(failed, JOB_DEADLINE, 'the job to fail')
+        except AssertionError as exc:
+            raise AssertionError('%s\n%s' % (exc, pool.diagnostics())) from None
+        assert [job['id'] for job in jobs] == [job_id]
+        error = jobs[0]['error_info'][-1]
+        assert 'AppRegistryNotReady' in error
+        assert error.splitlines()[-1] == (
+            'hint: AppRegistryNotReady: Django is not set up in this worker; set '
+            'basics.worker_start_handle to a function that sets DJANGO_SETTINGS_MODULE and '
+            'calls django.setup()')
+        with pytest.raises(mpqueue.JobFailed, match='hint: AppRegistryNotReady'):
+            mpqueue.result(QUEUE, job_id, timeout=0)
+        assert 'hint: AppRegistryNotReady' in pool.diagnostics()        # and in the log
+    finally:
+        pool.stop()
+        mpqueue.clean(QUEUE)
+    assert not alive(pool.proc.pid)
+
+
+@pytest.mark.parametrize('spec', [None, 'mpqueue_config:config', 'FILE'])
+def test_django_setup_at_the_top_of_the_config_is_named_a_circular_import(tmp_path, spec):
+    """django.setup() at the top of mpqueue_config.py runs NotesConfig.ready(),
+    which imports mpqueue_config before it defines ``config``."""
+    project = tmp_path / 'project'
+    shutil.copytree(str(PROJECT), str(project),
+                    ignore=shutil.ignore_patterns('__pycache__', '*.sqlite3'))
+    config = project / 'mpqueue_config.py'
+    line = "os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'mysite.settings')\n"
+    source = config.read_text()
+    assert line in source
+    config.write_text(source.replace(line, line + 'import django\ndjango.setup()\n'))
+    args = [sys.executable, '-m', 'mpqueue_cli', 'queue:status']
+    if spec:
+        args += ['--config', str(config) if spec == 'FILE' else spec]
+    res = subprocess.run(args, cwd=str(project), env=_clean_env(MPQ_RUN_DIR=str(tmp_path / 'run')),
+                         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1, res
+    assert res.stdout == '' and len(res.stderr.splitlines()) == 1, res.stderr
+    assert 'circular import' in res.stderr
+    assert 'call django.setup() in basics.worker_start_handle instead' in res.stderr
+
+
+def rename(note):
+    """A job that changes the model instance it was given."""
+    note.text = 'renamed by the job'
+    return note.text
+
+
+def test_a_pushed_instance_or_queryset_is_a_snapshot(django_site):
+    """The README's checklist: a model instance travels as a copy, and a
+    QuerySet is fetched when it is pushed (pickling evaluates it)."""
+    import mpqueue
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+    from notes.models import Note
+
+    note = Note.objects.create(text='original')
+    job_id = None
+    try:
+        with mpqueue.immediate():
+            renamed = mpqueue.push(QUEUE, rename, args=(note,), result_ttl=60)
+        assert mpqueue.result(QUEUE, renamed) == 'renamed by the job'
+        assert note.text == 'original' and Note.objects.get(id=note.id).text == 'original'
+
+        with CaptureQueriesContext(connection) as queries:
+            job_id = mpqueue.push(QUEUE, len, args=(Note.objects.all(),), delay=3600)
+        selects = [q['sql'] for q in queries.captured_queries if 'notes_note' in q['sql']]
+        assert len(selects) == 1 and selects[0].startswith('SELECT'), queries.captured_queries
+    finally:
+        if job_id:
+            mpqueue.cancel(QUEUE, job_id)
+        mpqueue.clean(QUEUE)
+        Note.objects.all().delete()

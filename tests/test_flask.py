@@ -8,8 +8,14 @@ process builds the app with the same factory and environment, POSTs through
 the app's configured GREETING, which only the job's app config can supply
 (the job itself carries just the name).  Broker: the test Redis, under a key
 prefix of the test's own.
+
+Also: the example's own tests (``pytest`` in examples/flask_app, jobs in
+immediate mode) and the hint in the error of a job that uses Flask outside
+an app context.
 """
 
+import os
+import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -100,3 +106,50 @@ def test_route_rejects_a_post_without_name(site):
     response = site['app'].test_client().post('/greet')
     assert response.status_code == 400
     assert 'error' in response.get_json()
+
+
+def test_the_examples_own_tests_run_the_jobs_in_immediate_mode(tmp_path):
+    """``pytest`` in examples/flask_app, as its developers run it: the
+    fixture pushes inside ``mpqueue.immediate()``, so the greeting is in
+    the file when the route returns, with no pool and no broker."""
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(('MPQ', 'FLASK_', 'PYTEST_'))}
+    env['PYTHONPATH'] = str(REPO)
+    res = subprocess.run([sys.executable, '-m', 'pytest', '-v', '-p', 'no:cacheprovider'],
+                         cwd=str(APP_DIR), env=env, stdin=subprocess.DEVNULL,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert 'test_greet_runs_its_job_in_the_apps_context PASSED' in res.stdout, res.stdout
+    assert '2 passed' in res.stdout
+
+
+def test_a_job_outside_an_app_context_says_what_to_do(site, proc_reaper):
+    import mpqueue
+
+    def greeting():         # the mistake: current_app with no app context around it
+        from flask import current_app
+        return current_app.config['GREETING']
+
+    pool = ExamplePool(proc_reaper, CONFIG, POOL_NAME, site['tmp'], site['env']).start()
+    try:
+        job_id = mpqueue.push(QUEUE, greeting, fail_number=0)
+
+        def failed():
+            pool.check_running()
+            return mpqueue.failed_jobs(QUEUE)
+
+        try:
+            jobs = wait_for(failed, JOB_DEADLINE, 'the job to fail')
+        except AssertionError as exc:
+            raise AssertionError('%s\n%s' % (exc, pool.diagnostics())) from None
+        assert [job['id'] for job in jobs] == [job_id]
+        error = jobs[0]['error_info'][-1]
+        assert 'Working outside of application context' in error
+        assert error.splitlines()[-1] == (
+            'hint: the job uses Flask outside an app context; build the app once per worker '
+            'in basics.worker_start_handle and run the job\'s code inside '
+            '"with app.app_context():"')
+    finally:
+        pool.stop()
+        mpqueue.clean(QUEUE)
+    assert not alive(pool.proc.pid)

@@ -4,11 +4,15 @@ Environment variables:
 
 - ``NOTES_DB_PATH``: the SQLite database file (default ``db.sqlite3`` beside
   ``manage.py``).  The web side and the workers must see the same value.
+- ``NOTES_DB_URL``: ``postgresql://user@host:port/name`` to use PostgreSQL
+  instead (needs ``pip install psycopg``); ``DJANGO_CONN_MAX_AGE``: seconds a
+  connection is kept, or ``none`` for ever (default 0).
 - ``DJANGO_SECRET_KEY``, ``DJANGO_DEBUG`` (``1``/``0``), ``DJANGO_ALLOWED_HOSTS``
   (comma-separated).
 """
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -39,6 +43,16 @@ DATABASES = {
         'OPTIONS': {'timeout': 20},
     },
 }
+if os.environ.get('NOTES_DB_URL'):         # postgresql://user@host:port/name
+    _url = urlsplit(os.environ['NOTES_DB_URL'])
+    DATABASES['default'] = {
+        'ENGINE': 'django.db.backends.postgresql',
+        'NAME': _url.path.lstrip('/'), 'USER': _url.username or '',
+        'PASSWORD': _url.password or '', 'HOST': _url.hostname or '', 'PORT': _url.port or '',
+    }
+# seconds a connection is kept between requests (and jobs); 'none': for ever
+_max_age = os.environ.get('DJANGO_CONN_MAX_AGE', '0')
+DATABASES['default']['CONN_MAX_AGE'] = None if _max_age == 'none' else int(_max_age)
 
 DEFAULT_AUTO_FIELD = 'django.db.models.BigAutoField'
 USE_TZ = True

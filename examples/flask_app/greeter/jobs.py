@@ -1,7 +1,7 @@
 """Jobs of the greeter app, and the app each worker keeps for them."""
 import os
 
-from flask import current_app
+from flask import current_app, has_app_context
 
 import mpqueue
 
@@ -17,7 +17,12 @@ def init_worker():
 
 
 def _app():
-    if app is None:        # run outside a pool (a test calling handle() directly)
+    """The app a job runs in: the one of the code that runs it, if any (a
+    request whose push ran the job in immediate mode, in a test), else this
+    worker's own."""
+    if has_app_context():
+        return current_app._get_current_object()
+    if app is None:        # run outside a pool without an app (handle() called directly)
         init_worker()
     return app
 

@@ -1,0 +1,258 @@
+"""Immediate mode: ``basics.immediate = True`` or ``with mpqueue.immediate():``.
+
+push and push_many run each job in this process before they return, through
+the worker's own code: the payload is pickled and signed as for a broker,
+then checked and unpickled as a worker does.  No broker is touched: the
+config's SQLite broker file must never appear, and the outcomes are read
+back from process memory by job_info(), result() and cancel().
+"""
+
+import asyncio
+import os
+import threading
+import time
+
+import pytest
+
+import mpqueue
+
+#: What the jobs of this module did, in order (they run in this process).
+RAN = []
+
+
+@pytest.fixture(autouse=True)
+def forget():
+    RAN.clear()
+    yield
+    RAN.clear()
+
+
+def make_config(tmp_path, immediate=False, secret=None, **queue):
+    queue.setdefault('name', 'q')
+    basics = {'name': 'immediate-test', 'pid_path': str(tmp_path), 'immediate': immediate}
+    if secret:
+        basics['secret'] = secret
+    return mpqueue.configure({'basics': basics, 'log': {'path': str(tmp_path)}, 'queue': [queue]})
+
+
+def broker_file(tmp_path):
+    return tmp_path / 'immediate-test.db'
+
+
+def record(tag, value=None):
+    RAN.append(tag)
+    return value
+
+
+def flaky(tag, failures):
+    """Fails ``failures`` times, then returns the number of its attempt."""
+    RAN.append(tag)
+    if len(RAN) <= failures:
+        raise ValueError('attempt %d of %s fails' % (len(RAN), tag))
+    return len(RAN)
+
+
+def queue_fail_handle(job_info, exc):
+    RAN.append(('queue fail_handle', job_info['exec_number'], type(exc).__name__))
+
+
+class Failing(mpqueue.Job):
+    fail_number = 1
+
+    def handle(self):
+        RAN.append('handle')
+        raise RuntimeError('always')
+
+    def fail_handle(self, job_info, exc):
+        RAN.append(('job fail_handle', len(job_info['error_info'])))
+        return False        # the queue's runs too
+
+
+class Exploding:
+    """Pickles fine, cannot be unpickled: what a worker without the job's
+    dependencies meets."""
+
+    def __reduce__(self):
+        return (_refuse, ())
+
+    def __call__(self):
+        RAN.append('never')
+
+
+def _refuse():
+    raise ImportError('no module named nowhere')
+
+
+def once_more():
+    RAN.append('try')
+    if len(RAN) == 1:
+        raise mpqueue.Retry(delay=3600)
+    raise mpqueue.Fail('giving up')
+
+
+async def doubled(x):
+    await asyncio.sleep(0.01)
+    RAN.append('async')
+    return 2 * x
+
+
+def test_push_runs_the_job_before_it_returns_and_touches_no_broker(tmp_path):
+    make_config(tmp_path, immediate=True)
+    job_id = mpqueue.push('q', record, args=('one',))
+    assert RAN == ['one']
+    assert isinstance(job_id, str) and len(job_id) == 22
+    ids = mpqueue.push_many('q', [record, record], args=('many',))
+    assert RAN == ['one', 'many', 'many'] and len(set(ids)) == 2
+    assert not broker_file(tmp_path).exists()
+
+
+def test_the_block_scopes_it_and_false_sends_to_the_broker_again(tmp_path):
+    make_config(tmp_path)
+    with mpqueue.immediate():
+        mpqueue.push('q', record, args=('inside',))
+        with mpqueue.immediate(False):
+            job_id = mpqueue.push('q', record, args=('queued',))
+        mpqueue.push('q', record, args=('inside again',))
+    assert RAN == ['inside', 'inside again']
+    assert broker_file(tmp_path).exists()
+    assert mpqueue.job_info('q', job_id)['state'] == 'waiting'      # from the broker
+    mpqueue.push('q', record, args=('after',))
+    assert RAN == ['inside', 'inside again']
+    assert mpqueue.status('q')['waiting'] == 2
+    mpqueue.clean('q')
+
+
+def test_it_decorates_a_function(tmp_path):
+    make_config(tmp_path)
+
+    @mpqueue.immediate()
+    def view():
+        return mpqueue.push('q', record, args=('decorated',), result_ttl=10)
+
+    job_id = view()
+    assert RAN == ['decorated']
+    assert mpqueue.job_info('q', job_id)['state'] == 'done'     # outside the block, still known
+    assert not broker_file(tmp_path).exists()
+
+
+def test_a_job_that_cannot_be_pickled_fails_at_push_as_in_production(tmp_path):
+    make_config(tmp_path, immediate=True)
+    lock = threading.Lock()
+    with pytest.raises(mpqueue.SerializationError, match="for queue 'q' cannot be pickled"):
+        mpqueue.push('q', lambda: lock)
+    with pytest.raises(mpqueue.SerializationError, match='max_payload'):
+        mpqueue.push('q', record, args=('x' * (17 * 1024 * 1024),))
+    assert RAN == []
+
+
+def test_the_job_is_unpickled_as_a_worker_would(tmp_path):
+    """A lambda's closure travels by value: the job changes a copy of the
+    list, as it would in a worker; and a payload that cannot be unpickled
+    fails the job with the reason, fail handlers run."""
+    make_config(tmp_path, immediate=True, secret='s3cret', fail_handle=queue_fail_handle)
+    mine = []
+    mpqueue.push('q', lambda: mine.append(1))
+    assert mine == []
+    job_id = mpqueue.push('q', Exploding())
+    info = mpqueue.job_info('q', job_id)
+    assert info['state'] == 'failed' and info['exec_number'] == 1
+    assert 'cannot be unpickled: ImportError: no module named nowhere' in info['error_info'][0]
+    assert RAN == [('queue fail_handle', 1, 'SerializationError')]
+
+
+def test_retries_run_back_to_back_then_the_fail_handlers(tmp_path):
+    make_config(tmp_path, immediate=True, fail_number=2, fail_expire=60,
+                fail_handle=queue_fail_handle, result_ttl=60)
+    began = time.monotonic()
+    job_id = mpqueue.push('q', flaky, args=('f', 2))
+    assert time.monotonic() - began < 5          # not 2 x 60 s
+    assert RAN == ['f', 'f', 'f']
+    assert mpqueue.result('q', job_id) == 3
+    info = mpqueue.job_info('q', job_id)
+    assert info['state'] == 'done' and info['exec_number'] == 3
+    assert [e.splitlines()[-2] for e in info['error_info']] == [
+        'ValueError: attempt 1 of f fails', 'ValueError: attempt 2 of f fails']
+
+    RAN.clear()
+    job_id = mpqueue.push('q', Failing())
+    assert RAN == ['handle', 'handle', ('job fail_handle', 2),
+                   ('queue fail_handle', 2, 'RuntimeError')]
+    with pytest.raises(mpqueue.JobFailed, match='RuntimeError: always') as failed:
+        mpqueue.result('q', job_id)
+    assert failed.value.job_info['state'] == 'failed'
+    assert len(failed.value.job_info['error_info']) == 2
+    assert failed.value.job_info['type'] == mpqueue.TYPE_NORMAL
+
+
+def test_retry_and_fail_raised_by_the_job(tmp_path):
+    make_config(tmp_path, immediate=True, fail_number=1)
+    job_id = mpqueue.push('q', once_more)
+    assert RAN == ['try', 'try']
+    info = mpqueue.job_info('q', job_id)
+    assert info['state'] == 'failed' and info['exec_number'] == 2
+    assert 'giving up' in info['error_info'][-1]
+
+
+def test_a_delayed_job_runs_at_once(tmp_path):
+    make_config(tmp_path, immediate=True)
+    began = time.monotonic()
+    mpqueue.push('q', record, 3600, args=('later',))
+    mpqueue.push_many('q', [record], delay=3600, args=('later too',))
+    assert RAN == ['later', 'later too'] and time.monotonic() - began < 5
+
+
+def test_outcomes_are_kept_as_a_broker_keeps_them(tmp_path):
+    """A done job is known for its result_ttl (0: not at all), a failed one
+    stays failed; result() returns, raises JobFailed or JobNotFound."""
+    make_config(tmp_path, immediate=True, fail_number=0)
+    kept = mpqueue.push('q', record, args=('kept', {'answer': 42}), result_ttl=30)
+    assert mpqueue.result('q', kept, timeout=0) == {'answer': 42}
+    info = mpqueue.job_info('q', kept)
+    assert info['state'] == 'done' and info['result_repr'] == "{'answer': 42}"
+    assert info['end_time'] >= info['start_time'] >= info['create_time']
+    assert info['worker_id'] == '%s:%d' % (os.uname().nodename, os.getpid())
+
+    gone = mpqueue.push('q', record, args=('not kept', 1))          # the queue's result_ttl: 0
+    assert mpqueue.job_info('q', gone) is None
+    with pytest.raises(mpqueue.JobNotFound):
+        mpqueue.result('q', gone)
+
+    short = mpqueue.push('q', record, args=('short', 1), result_ttl=0.2)
+    assert mpqueue.job_info('q', short)['state'] == 'done'
+    time.sleep(0.3)
+    assert mpqueue.job_info('q', short) is None
+
+    assert mpqueue.cancel('q', kept) == 'done'          # ended: nothing changes
+    assert mpqueue.cancel('q', 'no-such-job') is None
+    assert mpqueue.job_info('q', 'no-such-job') is None
+    assert not broker_file(tmp_path).exists()
+
+
+def test_unique_keys_deduplicate_as_a_broker_does(tmp_path):
+    make_config(tmp_path, immediate=True)
+    ids = mpqueue.push_many('q', [record, record], args=('batch',), key='k', unique='queued')
+    assert ids[0] == ids[1] and RAN == ['batch']         # within one batch
+    again = mpqueue.push('q', record, args=('again',), key='k', unique='queued')
+    assert again != ids[0] and RAN == ['batch', 'again']  # the first one has ended
+    first = mpqueue.push('q', record, args=('window',), key='w', unique=60)
+    assert mpqueue.push('q', record, args=('refused',), key='w', unique=60) == first
+    assert RAN == ['batch', 'again', 'window']
+
+
+def test_async_jobs_run_here_too_even_when_pushed_from_a_coroutine(tmp_path):
+    make_config(tmp_path, immediate=True, result_ttl=60)
+    job_id = mpqueue.push('q', doubled, args=(21,))
+    assert mpqueue.result('q', job_id) == 42
+
+    async def view():
+        return mpqueue.push('q', doubled, args=(5,))
+
+    job_id = asyncio.run(view())
+    assert mpqueue.result('q', job_id) == 10
+    assert RAN == ['async', 'async']
+
+
+def test_the_config_key_is_checked(tmp_path):
+    with pytest.raises(mpqueue.ConfigError, match="basics.immediate must be True or False, "
+                                                  "got 'yes'"):
+        make_config(tmp_path, immediate='yes')
