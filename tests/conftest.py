@@ -37,13 +37,24 @@ from redis_server import RedisServer, free_port, no_retry, port_in_use  # noqa: 
 # $MPQTEST_REDIS_URL: another Redis for the whole run (two runs side by side)
 SHARED_REDIS_URL = os.environ.get('MPQTEST_REDIS_URL', 'redis://127.0.0.1:6379')
 PRIVATE_REDIS_PORT = 6390
-TEST_DB = int(os.environ.get('MPQTEST_DB', 14))   # two test runs side by side: set it apart
+# The Redis database the tests may empty (two runs side by side: set MPQTEST_DB
+# apart); each pytest-xdist worker (gw0, gw1, ...) takes the next one down.
+_XDIST_WORKER = os.environ.get('PYTEST_XDIST_WORKER', '')
+TEST_DB = int(os.environ.get('MPQTEST_DB', 14)) - int(_XDIST_WORKER[2:] or 0)
 PREFIX = steps.PREFIX
 REAP_TIMEOUT = 5.0
 
 
 def pytest_configure(config):
     config.addinivalue_line('markers', 'cluster: needs the Redis Cluster on 127.0.0.1:7000-7005')
+
+
+def pytest_collection_modifyitems(config, items):
+    """With pytest-xdist (``-n``, ``--dist loadgroup``) the tests that need the
+    Redis Cluster on its fixed ports all run in one worker."""
+    for item in items:
+        if item.get_closest_marker('cluster'):
+            item.add_marker(pytest.mark.xdist_group('redis-cluster'))
 
 
 def _answers(url, timeout=0.5):
