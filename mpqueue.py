@@ -2278,17 +2278,17 @@ class RedisDriver(_Driver):
                     continue
                 try:
                     replies = self._read(conn, len(packed))
+                except (redis.exceptions.MovedError, redis.exceptions.AskError):
+                    self._refresh_slots()       # it did not run: try on the new master
+                    if attempt == 2:
+                        raise
+                    continue
                 except redis.exceptions.ResponseError as exc:
                     if 'Function not found' not in str(exc):
                         raise
                     self._load(conn, library, queue)    # a new server, or one restarted empty
                     conn.send_packed_command(packed)
                     replies = self._read(conn, len(packed))
-                except (redis.exceptions.MovedError, redis.exceptions.AskError):
-                    self._refresh_slots()       # it did not run: try on the new master
-                    if attempt == 2:
-                        raise
-                    continue
                 break
         except redis.exceptions.RedisError as exc:
             if conn is not None and not isinstance(exc, redis.exceptions.ResponseError):
