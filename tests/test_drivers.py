@@ -3,8 +3,9 @@ on every broker.
 
 Every test talks to a driver only through ``execute`` / ``run`` (and its
 ``waker``), so each broker must pass all of it unchanged: the fixture
-``driver`` (conftest.py) gives Redis, SQLite and a Redis Cluster (marked
-``cluster``: ``-m 'not cluster'`` leaves it out).  ``store`` reads what the
+``driver`` (conftest.py) gives Redis, SQLite, a Redis Cluster (marked
+``cluster``: ``-m 'not cluster'`` leaves it out) and Redis through Sentinel
+(marked ``sentinel``).  ``store`` reads what the
 driver stored, to check counts against the jobs and that nothing is left
 behind.  Times are never slept on blindly: tests tick and poll with a
 deadline, on the broker's clock where a due time matters.
