@@ -2157,7 +2157,6 @@ class RedisDriver(_Driver):
         import redis
         from redis.backoff import NoBackoff
         from redis.retry import Retry
-        from redis.sentinel import Sentinel
         if self.url:    # user, password, database and ?options, parsed by redis-py
             options = redis.connection.parse_url('%s://%s%s/%d%s' % (
                 'rediss' if self.ssl else 'redis', self._url_auth + '@' if self._url_auth else '',
@@ -2175,8 +2174,42 @@ class RedisDriver(_Driver):
         if self.ssl:
             to_sentinels.update((k, v) for k, v in kwargs.items() if k.startswith('ssl'))
         to_sentinels.update(self.sentinel_kwargs or {})
-        self._sentinel = Sentinel(self.sentinels, sentinel_kwargs=to_sentinels)
+        self._sentinel = self._sentinel_type()(self.sentinels, sentinel_kwargs=to_sentinels)
         return self._sentinel.master_for(self.service_name, **kwargs)
+
+    _Sentinel = None
+
+    @classmethod
+    def _sentinel_type(cls):
+        """redis-py's ``Sentinel``, with a ``discover_master`` that says what
+        each sentinel answered when none names a master that is up (redis-py's
+        own names each one by its client's repr and the error by its class)."""
+        if cls._Sentinel is None:
+            from redis.exceptions import AuthenticationError, ConnectionError, TimeoutError
+            from redis.sentinel import MasterNotFoundError, Sentinel
+
+            class _Sentinel(Sentinel):
+                def discover_master(self, service_name):
+                    answers = []
+                    for i, sentinel in enumerate(self.sentinels):
+                        kwargs = sentinel.connection_pool.connection_kwargs
+                        where = '%s:%s' % (kwargs.get('host'), kwargs.get('port'))
+                        try:
+                            state = sentinel.sentinel_masters().get(service_name)
+                        except (ConnectionError, TimeoutError) as exc:
+                            answers.append('%s %s%s' % (
+                                where, 'authentication failed: '
+                                if isinstance(exc, AuthenticationError) else '',
+                                ' '.join(str(exc).split()) or type(exc).__name__))
+                            continue
+                        if state and self.check_master_state(state, service_name):
+                            self.sentinels[0], self.sentinels[i] = sentinel, self.sentinels[0]
+                            return state['ip'], state['port']
+                        answers.append('%s %s' % (where, 'says master %s:%s is down' % (
+                            state['ip'], state['port']) if state else 'knows no such service'))
+                    raise MasterNotFoundError('; '.join(answers))
+            cls._Sentinel = _Sentinel
+        return cls._Sentinel
 
     def _connection(self, key):
         """This thread's connection to the server of ``key`` (on a cluster: the
@@ -2318,9 +2351,11 @@ class RedisDriver(_Driver):
             self._client = None
 
     def _where(self, queue):
-        if self.service_name is not None:
-            return 'Redis at %s%s' % (self.address, ' (master %s:%s)' % self._master
-                                      if self._master else '')
+        if self.service_name is not None:   # the master the sentinels named last
+            named = getattr(getattr(self._client, 'connection_pool', None), 'master_address',
+                            None) or self._master
+            return 'Redis at %s%s' % (self.address, ' (master %s:%s)' % tuple(named)
+                                      if named else '')
         if not self.cluster or queue is None:
             return 'Redis%s at %s' % (' Cluster' if self.cluster else '', self.address)
         return 'Redis Cluster %s (queue %r)' % (self.address, queue)
@@ -2347,16 +2382,13 @@ class RedisDriver(_Driver):
         """The DriverError for what only Sentinel causes, or None."""
         from redis.sentinel import MasterNotFoundError
         if isinstance(exc, MasterNotFoundError):
-            # redis-py names each sentinel by its client's repr: keep host:port
-            text = re.sub(r'Redis<\w+<\w+<host=([^,>]+),port=(\d+)[^>]*>>>', r'\1:\2', text)
-            if re.search(r'Authentication|NOAUTH|WRONGPASS|NOPERM|invalid username', text):
+            if 'authentication failed' in text:
                 return DriverError(
-                    'Redis at %s: the sentinels refused to answer without their own password '
-                    '(give it as sentinel_kwargs={"password": ...}): %s' % (self.address, text))
-            return DriverError(
-                'cannot reach Redis at %s: no sentinel names a master of service %r that is '
-                'up (a failover under way, a wrong service name, or no sentinel answers): %s'
-                % (self.address, self.service_name, text))
+                    'Redis at %s: the sentinels refused the connection (give them their own '
+                    'password or user as sentinel_kwargs={"password": ...}): %s'
+                    % (self.address, text))
+            return DriverError('cannot reach Redis at %s: no sentinel names a master of service '
+                               '%r that is up: %s' % (self.address, self.service_name, text))
         if self._demoted(exc):
             return DriverError('%s: the master was demoted to a replica, and the sentinels '
                                'name no other master yet (a failover under way): %s'
