@@ -2236,8 +2236,9 @@ class RedisDriver(_Driver):
             if stale:
                 conn.disconnect()
         local.conns[name] = (conn, time.monotonic())
-        if self.service_name is not None and getattr(conn, '_sock', None) is None:
-            conn.connect()      # asks the sentinels for the master's address first
+        if self.service_name is not None:
+            if getattr(conn, '_sock', None) is None:
+                conn.connect()      # asks the sentinels for the master's address first
             self._note_master(conn)
         return conn
 

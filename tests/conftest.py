@@ -13,7 +13,8 @@ private ``redis-server`` started for the test run. Tests use database
 ``driver`` is a broker driver, once per broker: Redis, SQLite, a Redis
 Cluster and Redis through Sentinel.  The cluster runs are marked ``cluster``
 (as are the tests of test_cluster.py): ``-m 'not cluster'`` leaves the
-cluster out, ``-m cluster`` runs only what needs it; likewise ``sentinel``.  ``store`` reads what the driver stored (see
+cluster out, ``-m cluster`` runs only what needs it; likewise ``sentinel``
+(test_sentinel.py).  ``store`` reads what the driver stored (see
 ``steps.py``), ``queue`` is a queue name of the test alone, emptied and
 checked for leftovers afterwards.
 """

@@ -288,9 +288,9 @@ def test_master_killed_mid_drain_the_pools_go_on_with_the_promoted_replica(
     stats_key = '%s:{q}:stats' % e2e.prefix
     # sleep_seconds=30: only a wake-up makes an idle master look soon
     pools = [e2e.pool(queue_conf(model=model, worker_number=2, fail_number=3,
-                                 fail_expire=0.2, sleep_seconds=30)) for _ in range(2)]
-    for pool in pools:
-        pool.start()
+                                 fail_expire=0.2, sleep_seconds=30),
+                      name='pool-%s-%s' % (side, e2e.prefix[-6:])).start() for side in 'ab']
+    assert len({pool.manage_pid() for pool in pools}) == 2
     jobs = e2e.import_jobs()
     before = [process_rows(pool) for pool in pools]
     tags = ['job-%04d' % i for i in range(FAILOVER_JOBS)]
@@ -350,7 +350,8 @@ def test_master_killed_mid_drain_the_pools_go_on_with_the_promoted_replica(
     logged = [new_master_lines(pool) for pool in pools]
     report('sentinel master SIGKILL (%s, wait_replicas=%d)' % (model, wait_replicas),
            figures, resumed_at - killed_at, promotion_s=round(promoted_at - killed_at, 3),
-           refused_pushes=pusher.refused, status=final,
+           refused_pushes=pusher.refused, pushed_twice=final['all'] - figures['pushed'],
+           status=final,
            processes_unchanged=after == before, woken_after_s=round(woken_in, 3),
            processes_logging_failover=sum(len(by_pid) for by_pid in logged))
 
