@@ -1,5 +1,5 @@
-"""Shared fixtures: a real Redis server, a Redis Cluster and a reaper for the
-processes tests start.
+"""Shared fixtures: a real Redis server, a Redis Cluster, a Redis Sentinel
+setup and a reaper for the processes tests start.
 
 ``redis_url`` is the Redis on 127.0.0.1:6379 when one answers, otherwise a
 private ``redis-server`` started for the test run. Tests use database

@@ -12,6 +12,7 @@ directories::
     setup.url                        # redis+sentinel://127.0.0.1:P1,...:P3/mpqtest
     client = setup.master_client()   # a redis.Redis on the current master
     old, new = setup.kill_master()   # SIGKILL the master; ports (old, replica)
+                                     # (or freeze_master(): SIGSTOP)
     setup.wait_promoted(new)         # every sentinel names the replica now
     setup.restore(old)               # the old master back, as the new one's replica
     setup.stop()
@@ -245,6 +246,15 @@ class LocalSentinel:
         self.data[old].kill()
         return old, replica
 
+    def freeze_master(self):
+        """SIGSTOP the master (a host that vanished: connections stay open but
+        nothing answers); return ``(its port, the replica's port)``.
+        ``restore`` kills it first."""
+        old = self.master_port
+        [replica] = self.replica_ports()
+        os.kill(self.data[old].pid, signal.SIGSTOP)
+        return old, replica
+
     def wait_promoted(self, replica, timeout=FAILOVER_TIMEOUT):
         """Until every sentinel names ``replica`` and it says it is a master."""
         def promoted():
@@ -259,6 +269,7 @@ class LocalSentinel:
         master, and wait until the setup is whole (a next failover can
         promote it)."""
         server = self.data[port]
+        server.kill()           # if it is still there (frozen)
         server.extra_args = self._replica_args()
         server.start()
         self.wait_healthy(timeout)
