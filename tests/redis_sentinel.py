@@ -65,19 +65,34 @@ def _flags(state):
 
 class SentinelServer(RedisServer):
     """One ``redis-server --sentinel`` on ``port``, from a config file it
-    writes into its directory (sentinels rewrite their file as they learn)."""
+    writes into its directory (sentinels rewrite their file as they learn).
 
-    def __init__(self, port, conf_lines):
-        super().__init__(port)
+    With ``tls``, it serves TLS only and reaches the master over TLS too,
+    trusting the certificates in ``trust`` besides its own; ``ca_file`` is
+    then a bundle of all of them, for clients of the whole setup."""
+
+    def __init__(self, port, conf_lines, tls=False, trust=()):
+        super().__init__(port, tls=tls)
         self.conf_lines = list(conf_lines)
+        self.trust = list(trust)
 
     def command(self):
         conf = os.path.join(self.dir, 'sentinel.conf')
         if not os.path.exists(conf):
             with open(conf, 'w') as fh:
                 fh.write('\n'.join(self.conf_lines) + '\n')
-        return [super().command()[0], conf, '--sentinel', '--port', str(self.port),
+        args = [super().command()[0], conf, '--sentinel', '--port', str(self.port),
                 '--bind', self.host, '--daemonize', 'no', '--dir', self.dir, '--logfile', '']
+        if self.tls:
+            args += self._make_certificate()
+            bundle = os.path.join(self.dir, 'bundle.pem')
+            with open(bundle, 'w') as out:
+                for path in [self.ca_file] + self.trust:
+                    with open(path) as cert:
+                        out.write(cert.read())
+            self.ca_file = bundle
+            args += ['--tls-ca-cert-file', bundle, '--tls-replication', 'yes']
+        return args
 
 
 class LocalSentinel:
@@ -90,13 +105,17 @@ class LocalSentinel:
     :param sentinel_conf: more lines for each sentinel's config file.
     :param sentinel_password: the sentinels' own ``requirepass`` (they then
         authenticate to each other with it too).
+    :param tls: every server serves TLS only (no replicas then); the last
+        sentinel's ``ca_file`` trusts them all.
     """
 
     host = '127.0.0.1'
 
     def __init__(self, replicas=1, sentinels=3, quorum=QUORUM, data_args=(),
-                 sentinel_conf=(), sentinel_password=None, service=SERVICE):
-        self.service = service
+                 sentinel_conf=(), sentinel_password=None, service=SERVICE, tls=False):
+        if tls and replicas:
+            raise ValueError('a TLS setup has no replicas here (they would need a CA of their own)')
+        self.service, self.tls = service, tls
         self.n_replicas, self.n_sentinels, self.quorum = replicas, sentinels, quorum
         self.data_args = [str(a) for a in DATA_OPTIONS + tuple(data_args)]
         self.sentinel_conf = list(sentinel_conf)
@@ -109,8 +128,9 @@ class LocalSentinel:
 
     @property
     def url(self):
-        """``redis+sentinel://`` URL of the setup (no password, database 0)."""
-        return 'redis+sentinel://%s/%s' % (
+        """``redis+sentinel://`` URL of the setup (``rediss+sentinel://`` with
+        TLS; no password, database 0)."""
+        return '%s://%s/%s' % ('rediss+sentinel' if self.tls else 'redis+sentinel',
             ','.join('%s:%d' % (self.host, s.port) for s in self.sentinels), self.service)
 
     @property
@@ -118,9 +138,8 @@ class LocalSentinel:
         return [(self.host, s.port) for s in self.sentinels]
 
     def sentinel_client(self, sentinel, timeout=1.0):
-        return redis.Redis(self.host, sentinel.port, password=self.sentinel_password,
-                           socket_timeout=timeout, socket_connect_timeout=timeout,
-                           retry=no_retry(), decode_responses=True)
+        return redis.Redis(socket_timeout=timeout, socket_connect_timeout=timeout,
+                           retry=no_retry(), decode_responses=True, **sentinel.client_kwargs())
 
     def _ask(self, sentinel, *command):
         """One command to one sentinel; None if it does not answer."""
@@ -204,7 +223,8 @@ class LocalSentinel:
     def start(self):
         try:
             self.master_port = free_port()
-            self.data[self.master_port] = RedisServer(self.master_port, *self.data_args).start()
+            self.data[self.master_port] = RedisServer(self.master_port, *self.data_args,
+                                                      tls=self.tls).start()
             for _ in range(self.n_replicas):
                 port = free_port()
                 self.data[port] = RedisServer(port, *self._replica_args()).start()
@@ -219,8 +239,9 @@ class LocalSentinel:
             if self.sentinel_password:
                 lines += ['requirepass %s' % self.sentinel_password,
                           'sentinel sentinel-pass %s' % self.sentinel_password]
+            trust = [server.ca_file for server in self.data.values() if server.tls]
             for _ in range(self.n_sentinels):
-                server = SentinelServer(free_port(), lines)
+                server = SentinelServer(free_port(), lines, tls=self.tls, trust=trust)
                 server.password = self.sentinel_password     # for its PING when starting
                 self.sentinels.append(server)
                 server.start()

@@ -282,6 +282,44 @@ def test_passwords_acl_user_and_the_sentinels_own_password(secured_sentinel):
     assert setup.keys(PREFIX) == []
 
 
+@pytest.fixture
+def tls_sentinel():
+    """A master and a sentinel that serve TLS only; the sentinel reaches the
+    master over TLS too."""
+    setup = LocalSentinel(replicas=0, sentinels=1, quorum=1, tls=True).start()
+    try:
+        yield setup
+    finally:
+        setup.stop()
+
+
+@pytest.mark.sentinel
+def test_tls_to_the_sentinels_and_to_the_master(tls_sentinel):
+    setup = tls_sentinel
+    assert setup.url.startswith('rediss+sentinel://')
+    ca = setup.sentinels[-1].ca_file        # trusts the master's certificate and its own
+    drv = mpqueue.RedisDriver(url=setup.url, prefix=PREFIX, ssl_ca_certs=ca)
+    name = 'sq-tls'
+    try:
+        push(drv, name, 1)
+        assert counts(drv, name)['waiting'] == 1
+        empty(drv, name)
+    finally:
+        drv.close()
+    # the sentinels reached without TLS (sentinel_kwargs wins) do not answer
+    plain = mpqueue.RedisDriver(url=setup.url, prefix=PREFIX, ssl_ca_certs=ca,
+                                sentinel_kwargs={'ssl': False})
+    try:
+        with pytest.raises(mpqueue.DriverError) as err:
+            counts(plain, name)
+    finally:
+        plain.close()
+    assert 'cannot reach Redis at rediss+sentinel://127.0.0.1:%d/%s/0' % (
+        setup.sentinels[0].port, SERVICE) in str(err.value)
+    assert '\n' not in str(err.value)
+    assert setup.keys(PREFIX) == []
+
+
 # -- 3. end to end: the master killed under load ---------------------------------------
 
 @pytest.fixture
