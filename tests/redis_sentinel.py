@@ -19,9 +19,12 @@ directories::
 
 Settings, and why:
 
-- ``down-after-milliseconds 1000``: a master that does not answer for 1 s is
+- ``down-after-milliseconds 2000``: a master that does not answer for 2 s is
   down for a sentinel; with a quorum of 2 and the election that follows, the
-  replica is promoted 2-4 s after the master dies.
+  replica is promoted 3-4 s after the master dies.  Not less: a sentinel pings
+  every second, and a master just promoted (busy with the pools that rush to
+  it and with the copy for a returning replica) that missed one second would
+  be failed over again, to a replica still copying.
 - ``failover-timeout 3000``: bounds each phase of a failover, and the wait
   before a sentinel tries a failover of the same master again (twice it).
 - ``repl-diskless-sync-delay 0``, ``repl-ping-replica-period 1``: a replica
@@ -45,7 +48,7 @@ __all__ = ['LocalSentinel', 'SentinelServer', 'SERVICE']
 
 SERVICE = 'mpqtest'
 QUORUM = 2
-DOWN_AFTER_MS = 1000
+DOWN_AFTER_MS = 2000
 FAILOVER_TIMEOUT_MS = 3000
 DATA_OPTIONS = ('--repl-diskless-sync-delay', 0, '--repl-ping-replica-period', 1)
 READY_TIMEOUT = 30.0        # the setup up, or a node back, with every sentinel agreeing
@@ -166,7 +169,15 @@ class LocalSentinel:
 
     def master_client(self, **kwargs):
         """A ``redis.Redis`` on the current master (database 0 unless ``db=``)."""
+        self._follow()
         return self.data[self.master_port].client(**kwargs)
+
+    def _follow(self):
+        """Take the master the sentinels name as ours (should they have failed
+        over by themselves, on a machine too busy to answer them in time)."""
+        named = self.named_master()
+        if named in self.data:
+            self.master_port = named
 
     def replica_ports(self):
         return sorted(port for port in self.data if port != self.master_port)
@@ -214,9 +225,14 @@ class LocalSentinel:
 
     def wait_healthy(self, timeout=READY_TIMEOUT):
         wait_for(self.healthy, timeout, lambda: 'the Sentinel setup %r to be whole (master '
-                 '%s, replicas %s; the sentinels name %s)' % (
-                     self.url, self.master_port, self.replica_ports(), self.named_master()),
-                 interval=0.1)
+                 '%s, replicas %s; the sentinels name %s)\n%s' % (
+                     self.url, self.master_port, self.replica_ports(), self.named_master(),
+                     self.logs()), interval=0.1)
+
+    def logs(self, lines=25):
+        """The end of each sentinel's log, for failure messages."""
+        return '\n'.join('--- sentinel 127.0.0.1:%d ---\n%s' % (s.port, s.log_tail(lines))
+                         for s in self.sentinels)
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -262,6 +278,8 @@ class LocalSentinel:
 
     def kill_master(self):
         """SIGKILL the master; return ``(its port, the replica's port)``."""
+        self._follow()
+        self.wait_healthy()
         old = self.master_port
         [replica] = self.replica_ports()
         self.data[old].kill()
@@ -271,6 +289,8 @@ class LocalSentinel:
         """SIGSTOP the master (a host that vanished: connections stay open but
         nothing answers); return ``(its port, the replica's port)``.
         ``restore`` kills it first."""
+        self._follow()
+        self.wait_healthy()
         old = self.master_port
         [replica] = self.replica_ports()
         os.kill(self.data[old].pid, signal.SIGSTOP)
@@ -282,7 +302,8 @@ class LocalSentinel:
             role = self._role(replica)
             return role is not None and role[0] == b'master' and self.named_master() == replica
         wait_for(promoted, timeout, lambda: 'the sentinels to promote replica 127.0.0.1:%d '
-                 '(they name %s)' % (replica, self.named_master()), interval=0.05)
+                 '(they name %s)\n%s' % (replica, self.named_master(), self.logs()),
+                 interval=0.05)
         self.master_port = replica
 
     def restore(self, port, timeout=READY_TIMEOUT):

@@ -145,6 +145,8 @@ def test_a_demoted_master_answers_readonly_and_the_call_goes_to_the_new_one(lone
     old_node, new_node = setup.node(old), setup.node(new)
     try:
         push(drv, name, 1)              # the driver's connection is now open on `old`
+        waiting = '%s:{%s}:waiting' % (PREFIX, name)
+        wait_for(lambda: new_node.llen(waiting) == 1, 10, 'the replica to have the job')
         # An operator's switch that leaves the clients of the old master
         # connected (no CLIENT KILL): the replica becomes the master, the old
         # master its replica, and the sentinel is told about the new one.
@@ -162,7 +164,7 @@ def test_a_demoted_master_answers_readonly_and_the_call_goes_to_the_new_one(lone
         with caplog.at_level(logging.WARNING, logger='mpqueue'):
             push(drv, name, 1)          # no DriverError: READONLY, then the new master
         assert readonly_errors(old_node) == 1
-        assert new_node.llen('%s:{%s}:waiting' % (PREFIX, name)) == 2
+        assert new_node.llen(waiting) == 2
         lines = [r.getMessage() for r in caplog.records if 'the master is now' in r.getMessage()]
         assert lines == ["Redis Sentinel service '%s': the master is now 127.0.0.1:%d (was "
                          "127.0.0.1:%d); reconnected to it" % (SERVICE, new, old)]
