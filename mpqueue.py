@@ -2200,7 +2200,7 @@ class RedisDriver(_Driver):
                             answers.append('%s %s%s' % (
                                 where, 'authentication failed: '
                                 if isinstance(exc, AuthenticationError) else '',
-                                ' '.join(str(exc).split()) or type(exc).__name__))
+                                ' '.join(str(exc).split()).rstrip('.') or type(exc).__name__))
                             continue
                         if state and self.check_master_state(state, service_name):
                             self.sentinels[0], self.sentinels[i] = sentinel, self.sentinels[0]
