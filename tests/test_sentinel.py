@@ -21,7 +21,9 @@ test makes is deleted afterwards, and every process it starts is stopped.
 """
 
 import logging
+import os
 import re
+import socket
 import threading
 import time
 
@@ -86,8 +88,7 @@ def test_bad_sentinel_settings_are_one_clear_config_error(kwargs, says):
 # -- 2. the driver through the sentinels -----------------------------------------------
 
 def peer_port(waker):
-    import os
-    import socket
+    """The port at the other end of a waker's socket."""
     probe = socket.socket(fileno=os.dup(waker.fileno()))
     try:
         return probe.getpeername()[1]
