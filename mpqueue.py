@@ -2099,21 +2099,38 @@ def _schedule_records(fields):
 
 
 class RedisDriver(_Driver):
-    """The Redis broker, on one server or on a Redis Cluster.
+    """The Redis broker: one server, a Redis Cluster, or a master found
+    through Redis Sentinel.
 
-    :param host: server host (ignored with ``url``).
+    :param host: server host (ignored with ``url`` or ``sentinels``).
     :param port: server port.
-    :param password: AUTH password ('' for none).
+    :param password: AUTH password ('' for none); with ``sentinels``, the
+        password of the master and its replicas.
     :param database: database number (a cluster has database 0 only).
     :param prefix: first part of every key: ``{prefix}:{queue}:waiting`` ...
         (the queue name is the hash tag, so each queue's keys share a slot).
     :param url: ``redis://[[user]:password@]host:port/db`` or ``rediss://`` (TLS).
         With ``cluster=True`` it may list several nodes to discover the cluster
         from, comma-separated: ``'redis://10.0.0.1:7000,redis://10.0.0.2:7000'``
-        (user, password and TLS are taken from the first).
-    :param ssl: use TLS with host/port.
+        (user, password and TLS are taken from the first).  Through Sentinel:
+        ``redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/service[/db]``
+        (``rediss+sentinel://`` for TLS): the sentinels (port 26379 unless
+        given), then the service name of ``sentinel monitor``; user and
+        password are those of the master, as in a ``redis://`` URL.
+    :param ssl: use TLS with host/port (with ``sentinels``: to the master).
     :param cluster: talk to a Redis Cluster (``redis.cluster.RedisCluster``),
         found through ``host``/``port`` or ``url``.
+    :param sentinels: ``[(host, port), ...]`` of the sentinels that watch the
+        master (``'host:port'`` strings work too); the master of
+        ``service_name`` is asked of them whenever a connection opens.
+    :param service_name: the master's name in the sentinels' configuration
+        (``sentinel monitor <service_name> ...``); with ``url``, the URL's path.
+    :param sentinel_kwargs: redis-py keywords for the connections to the
+        sentinels only, e.g. ``{'password': ...}`` when they have one of their
+        own (``requirepass`` in sentinel.conf).  The master's password and user
+        are not sent to the sentinels; TLS settings are (``rediss+sentinel://``
+        or ``ssl=True``: the sentinels use TLS too, with the same ``ssl_*``
+        keywords), unless ``sentinel_kwargs`` says otherwise.
     :param wait_replicas: when a call stores new jobs, wait until this many
         replicas have them too (Redis ``WAIT``), for at most ``wait_timeout``
         seconds; if fewer confirm, ``push`` raises DriverError (the jobs are on
@@ -2128,24 +2145,38 @@ class RedisDriver(_Driver):
     (``_LUA_LIBRARY``: Redis 7.0 or later), loaded where it is missing.  On a
     cluster, all keys of a queue are in one slot, so a queue lives on one
     master; when its slot moves (a failover: MOVED, or a lost connection) the
-    slot map is read again.  During a failover the queue's calls raise
-    DriverError until a replica has taken over; the runtime retries them with
-    back-off.  Masters are woken by PUBLISH, which a cluster passes on to
-    every node.
+    slot map is read again.  Through Sentinel, every connection that opens
+    asks the sentinels for the master first (``redis.sentinel``); a master
+    that was demoted answers READONLY, which means the call did not run: it
+    is sent once more, to the master the sentinels name now.  Either way,
+    during a failover the calls raise DriverError until a replica has taken
+    over; the runtime retries them with back-off.  Masters are woken by
+    PUBLISH, which a cluster passes on to every node.
     """
 
+    #: Seconds to wait for a sentinel to connect or answer: sentinels answer in
+    #: milliseconds, and one that does not is passed over for the next.
+    SENTINEL_TIMEOUT = 1.0
+    #: Through Sentinel, seconds to wait for a master's reply (plus
+    #: ``wait_timeout``) unless ``socket_timeout`` is given: a master whose
+    #: host vanished (no TCP reset) must not hold a call for good, since the
+    #: sentinels will name another one.  The lifecycle steps take milliseconds.
+    SENTINEL_REPLY_TIMEOUT = 5.0
+
     def __init__(self, host='127.0.0.1', port=6379, password='', database=0, prefix='mpq', *,
-                 url=None, ssl=False, cluster=False, wait_replicas=0, wait_timeout=1.0,
-                 **redis_kwargs):
+                 url=None, ssl=False, cluster=False, sentinels=None, service_name=None,
+                 sentinel_kwargs=None, wait_replicas=0, wait_timeout=1.0, **redis_kwargs):
         if not isinstance(prefix, str) or not prefix or '{' in prefix or '}' in prefix:
             raise ConfigError('RedisDriver prefix must be a non-empty string without braces, '
                               'got %r' % (prefix,))
         if cluster and database:
             raise ConfigError('RedisDriver database must be 0 on a Redis Cluster, got %r'
                               % (database,))
-        if url and ',' in url and not cluster:
+        via_sentinel = bool(url) and url.split('://', 1)[0].lower() in self._SENTINEL_SCHEMES
+        if url and ',' in url and not cluster and not via_sentinel:
             raise ConfigError('RedisDriver url lists several servers, which needs '
-                              'cluster=True: %r' % (url,))
+                              'cluster=True (or a redis+sentinel:// URL): %r'
+                              % (re.sub(r'//[^@/,]*@', '//', url),))
         if not isinstance(wait_replicas, int) or wait_replicas < 0:
             raise ConfigError('RedisDriver wait_replicas must be an integer >= 0, got %r'
                               % (wait_replicas,))
@@ -2156,14 +2187,88 @@ class RedisDriver(_Driver):
         self.prefix, self.url, self.ssl, self.cluster = prefix, url, ssl, cluster
         self.wait_replicas, self.wait_timeout = wait_replicas, wait_timeout
         self.redis_kwargs = redis_kwargs
-        if url:
+        self.sentinels = self.service_name = self.sentinel_kwargs = None
+        self._url_auth = self._url_query = ''
+        if via_sentinel or sentinels is not None or service_name is not None \
+                or sentinel_kwargs is not None:
+            self._init_sentinel(via_sentinel, sentinels, service_name, sentinel_kwargs)
+        elif url:
             self.address = re.sub(r'//[^@/,]*@', '//', url)   # never show a password
         else:
             self.address = '%s://%s:%s' % ('rediss' if ssl else 'redis', host, port)
             if not cluster:
                 self.address += '/%s' % database
-        self._pid = self._client = None
+        self._pid = self._client = self._sentinel = self._master = None
         self._local = threading.local()
+
+    _SENTINEL_SCHEMES = ('redis+sentinel', 'rediss+sentinel')
+    _SENTINEL_PORT = 26379
+
+    def _init_sentinel(self, via_url, sentinels, service_name, sentinel_kwargs):
+        """Check and keep the Sentinel settings (from the URL or the keywords)."""
+        from urllib.parse import quote, unquote
+        if self.cluster:
+            raise ConfigError('RedisDriver: Sentinel and cluster=True exclude each other (a '
+                              'Redis Cluster fails over by itself)')
+        if via_url:
+            if sentinels is not None:
+                raise ConfigError('RedisDriver: give the sentinels either in the '
+                                  'redis+sentinel:// url or as sentinels=, not both')
+            scheme, _, rest = self.url.partition('://')
+            self.ssl = scheme.lower() == 'rediss+sentinel'
+            rest, _, self._url_query = rest.partition('#')[0].partition('?')
+            netloc, _, path = rest.partition('/')
+            self._url_auth, _, hosts = netloc.rpartition('@')
+            sentinels = [item for item in hosts.split(',')]
+            parts = [unquote(p) for p in path.split('/')] if path else []
+            if len(parts) > 2 or (len(parts) == 2 and not parts[1].isdigit()):
+                raise ConfigError('RedisDriver url: the path of a redis+sentinel:// URL is '
+                                  '/service_name or /service_name/db, got %r' % ('/' + path,))
+            if parts and parts[0]:
+                if service_name is not None and service_name != parts[0]:
+                    raise ConfigError('RedisDriver: service_name=%r and the url\'s service '
+                                      '%r differ' % (service_name, parts[0]))
+                service_name = parts[0]
+            self.database = int(parts[1]) if len(parts) == 2 else 0
+        elif self.url:
+            raise ConfigError('RedisDriver: with sentinels=, give no url (or use a '
+                              'redis+sentinel:// url alone), got %r'
+                              % (re.sub(r'//[^@/,]*@', '//', self.url),))
+        self.sentinels = self._sentinel_list(sentinels)
+        if not isinstance(service_name, str) or not service_name:
+            raise ConfigError('RedisDriver through Sentinel needs the service name of the '
+                              'master (its name in "sentinel monitor <name> ..."): '
+                              'service_name=... or redis+sentinel://host:26379/<name>')
+        if sentinel_kwargs is not None and not isinstance(sentinel_kwargs, dict):
+            raise ConfigError('RedisDriver sentinel_kwargs must be a dict of redis-py '
+                              'keywords or None, got %r' % (sentinel_kwargs,))
+        self.service_name, self.sentinel_kwargs = service_name, sentinel_kwargs
+        self.address = '%s://%s/%s/%d' % (
+            'rediss+sentinel' if self.ssl else 'redis+sentinel',
+            ','.join('[%s]:%d' % hp if ':' in hp[0] else '%s:%d' % hp for hp in self.sentinels),
+            quote(service_name, safe=''), self.database)
+
+    @classmethod
+    def _sentinel_list(cls, sentinels):
+        """``[(host, port), ...]`` from pairs or ``'host[:port]'`` strings."""
+        bad = ConfigError('RedisDriver sentinels must be a non-empty list of (host, port) '
+                          'pairs or "host:port" strings, got %r' % (sentinels,))
+        if isinstance(sentinels, (str, bytes)) or not isinstance(sentinels, (list, tuple)) \
+                or not sentinels:
+            raise bad
+        out = []
+        for item in sentinels:
+            if isinstance(item, str):
+                found = re.match(r'^\s*(\[[^\]]+\]|[^:\[\]\s]+)(?::(\d+))?\s*$', item)
+                if not found:
+                    raise bad
+                item = (found.group(1).strip('[]'), int(found.group(2) or cls._SENTINEL_PORT))
+            if not isinstance(item, (list, tuple)) or len(item) != 2 or \
+                    not isinstance(item[0], str) or not item[0] or \
+                    not isinstance(item[1], int) or not 0 < item[1] < 65536:
+                raise bad
+            out.append((item[0], item[1]))
+        return out
 
     def __repr__(self):
         cluster = ', cluster=True' if self.cluster else ''
@@ -2171,7 +2276,8 @@ class RedisDriver(_Driver):
 
     def __getstate__(self):   # drivers travel in pickled configs without their sockets
         state = dict(self.__dict__)
-        state['_client'] = state['_pid'] = state['_local'] = None
+        state['_client'] = state['_pid'] = state['_local'] = state['_sentinel'] = None
+        state['_master'] = None
         return state
 
     def __setstate__(self, state):
@@ -2186,6 +2292,8 @@ class RedisDriver(_Driver):
             import encodings.idna  # noqa: F401  (connecting by host name loads it)
             if self.cluster:
                 import redis.cluster  # noqa: F401
+            if self.service_name is not None:
+                import redis.sentinel  # noqa: F401
         except ImportError:
             pass
 
@@ -2209,6 +2317,8 @@ class RedisDriver(_Driver):
         kwargs = dict(self.redis_kwargs)
         kwargs.setdefault('socket_connect_timeout', 5)
         kwargs.setdefault('retry', Retry(NoBackoff(), 0))   # the runtime has its own back-off
+        if self.service_name is not None:
+            return self._sentinel_client(kwargs)
         if self.cluster:
             from redis.cluster import ClusterNode, RedisCluster
             if not self.url:
@@ -2223,10 +2333,71 @@ class RedisDriver(_Driver):
         return redis.Redis(host=self.host, port=self.port, db=self.database,
                            password=self.password or None, ssl=self.ssl, **kwargs)
 
+    def _sentinel_client(self, kwargs):
+        """A client of the master that the sentinels name: each connection of
+        its pool asks them when it opens (``Sentinel.master_for``)."""
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+        if self.url:    # user, password, database and ?options, parsed by redis-py
+            options = redis.connection.parse_url('%s://%s%s/%d%s' % (
+                'rediss' if self.ssl else 'redis', self._url_auth + '@' if self._url_auth else '',
+                'sentinel', self.database, '?' + self._url_query if self._url_query else ''))
+            for name in ('host', 'port', 'connection_class'):
+                options.pop(name, None)
+            kwargs.update(options)
+        else:
+            kwargs.update(db=self.database, password=self.password or None)
+        if self.ssl:
+            kwargs['ssl'] = True
+        kwargs.setdefault('socket_timeout', self.SENTINEL_REPLY_TIMEOUT + self.wait_timeout)
+        to_sentinels = {'socket_connect_timeout': self.SENTINEL_TIMEOUT,
+                        'socket_timeout': self.SENTINEL_TIMEOUT, 'retry': Retry(NoBackoff(), 0)}
+        if self.ssl:
+            to_sentinels.update((k, v) for k, v in kwargs.items() if k.startswith('ssl'))
+        to_sentinels.update(self.sentinel_kwargs or {})
+        self._sentinel = self._sentinel_type()(self.sentinels, sentinel_kwargs=to_sentinels)
+        return self._sentinel.master_for(self.service_name, **kwargs)
+
+    _Sentinel = None
+
+    @classmethod
+    def _sentinel_type(cls):
+        """redis-py's ``Sentinel``, with a ``discover_master`` that says what
+        each sentinel answered when none names a master that is up (redis-py's
+        own names each one by its client's repr and the error by its class)."""
+        if cls._Sentinel is None:
+            from redis.exceptions import AuthenticationError, ConnectionError, TimeoutError
+            from redis.sentinel import MasterNotFoundError, Sentinel
+
+            class _Sentinel(Sentinel):
+                def discover_master(self, service_name):
+                    answers = []
+                    for i, sentinel in enumerate(self.sentinels):
+                        kwargs = sentinel.connection_pool.connection_kwargs
+                        where = '%s:%s' % (kwargs.get('host'), kwargs.get('port'))
+                        try:
+                            state = sentinel.sentinel_masters().get(service_name)
+                        except (ConnectionError, TimeoutError) as exc:
+                            answers.append('%s %s%s' % (
+                                where, 'authentication failed: '
+                                if isinstance(exc, AuthenticationError) else '',
+                                ' '.join(str(exc).split()).rstrip('.') or type(exc).__name__))
+                            continue
+                        if state and self.check_master_state(state, service_name):
+                            self.sentinels[0], self.sentinels[i] = sentinel, self.sentinels[0]
+                            return state['ip'], state['port']
+                        answers.append('%s %s' % (where, 'says master %s:%s is down' % (
+                            state['ip'], state['port']) if state else 'knows no such service'))
+                    raise MasterNotFoundError('; '.join(answers))
+            cls._Sentinel = _Sentinel
+        return cls._Sentinel
+
     def _connection(self, key):
         """This thread's connection to the server of ``key`` (on a cluster: the
-        master of its slot).  One that sat idle is checked first: a server that
-        closed it would make the next call's outcome unknown."""
+        master of its slot; through Sentinel: the master it names).  One that
+        sat idle is checked first: a server that closed it would make the next
+        call's outcome unknown."""
         client = self._redis()
         if self.cluster:
             node = client.get_node_from_key(key)
@@ -2247,7 +2418,22 @@ class RedisDriver(_Driver):
             if stale:
                 conn.disconnect()
         local.conns[name] = (conn, time.monotonic())
+        if self.service_name is not None:
+            if getattr(conn, '_sock', None) is None:
+                conn.connect()      # asks the sentinels for the master's address first
+            self._note_master(conn)
         return conn
+
+    def _note_master(self, conn):
+        """Remember where the sentinels sent a connection; when that changes (a
+        failover), log it: one line per process and failover."""
+        where = (conn.host, conn.port)
+        if where != self._master:
+            if self._master is not None:
+                logger.warning('Redis Sentinel service %r: the master is now %s:%s (was '
+                               '%s:%s); reconnected to it', self.service_name, where[0],
+                               where[1], self._master[0], self._master[1])
+            self._master = where
 
     def _call(self, function, keys, args, queue=None, wait=0):
         """FCALL ``function`` of mpqueue's library on ``keys``/``args`` (loading
@@ -2257,7 +2443,11 @@ class RedisDriver(_Driver):
         The commands go through redis-py's public ``Connection`` calls on a
         connection of this thread's own, skipping the client's pool and retry
         layers: a round trip then costs ~11 µs of Python against ~30 µs
-        through ``Redis.fcall`` (measured with hiredis, redis-py 8.1)."""
+        through ``Redis.fcall`` (measured with hiredis, redis-py 8.1).
+
+        Sent once more at once, and only when it cannot have run: when it
+        could not be sent, after MOVED/ASK (a cluster's slot moved), and after
+        READONLY from a master that Sentinel demoted."""
         import redis
         library, name = _lua_library()
         packed = [_pack_command(('FCALL', '%s_%s' % (name, function), len(keys)) +
@@ -2267,11 +2457,13 @@ class RedisDriver(_Driver):
         conn = None
         try:
             for attempt in (1, 2):
-                conn = self._connection(keys[0])
+                conn = None
                 try:
+                    conn = self._connection(keys[0])
                     conn.send_packed_command(packed, check_health=False)
                 except (redis.exceptions.ConnectionError, OSError):
-                    conn.disconnect()           # nothing was sent: safe to try once more
+                    if conn is not None:
+                        conn.disconnect()       # nothing was sent: safe to try once more
                     if attempt == 2:
                         raise
                     self._refresh_slots()
@@ -2282,6 +2474,11 @@ class RedisDriver(_Driver):
                     self._refresh_slots()       # it did not run: try on the new master
                     if attempt == 2:
                         raise
+                    continue
+                except (redis.exceptions.ConnectionError, redis.exceptions.ReadOnlyError) as exc:
+                    if attempt == 2 or self.service_name is None or not self._demoted(exc):
+                        raise
+                    conn.disconnect()           # it did not run: ask the sentinels again
                     continue
                 except redis.exceptions.ResponseError as exc:
                     if 'Function not found' not in str(exc):
@@ -2320,6 +2517,14 @@ class RedisDriver(_Driver):
                 raise
 
     @staticmethod
+    def _demoted(exc):
+        """True for READONLY: the server is a replica now (redis-py's Sentinel
+        connection turns it into a ConnectionError)."""
+        import redis
+        return isinstance(exc, redis.exceptions.ReadOnlyError) or \
+            isinstance(exc.__context__, redis.exceptions.ReadOnlyError)
+
+    @staticmethod
     def _read(conn, n):
         """The next ``n`` replies; an error reply is raised once all ``n`` are
         read, so that the connection stays in step."""
@@ -2347,6 +2552,11 @@ class RedisDriver(_Driver):
             self._client = None
 
     def _where(self, queue):
+        if self.service_name is not None:   # the master the sentinels named last
+            named = getattr(getattr(self._client, 'connection_pool', None), 'master_address',
+                            None) or self._master
+            return 'Redis at %s%s' % (self.address, ' (master %s:%s)' % tuple(named)
+                                      if named else '')
         if not self.cluster or queue is None:
             return 'Redis%s at %s' % (' Cluster' if self.cluster else '', self.address)
         return 'Redis Cluster %s (queue %r)' % (self.address, queue)
@@ -2355,6 +2565,10 @@ class RedisDriver(_Driver):
         """A one-line DriverError for a redis-py exception, naming the server."""
         import redis
         text = ' '.join(str(exc).split())
+        if self.service_name is not None:
+            found = self._sentinel_error(queue, exc, text)
+            if found is not None:
+                return found
         if isinstance(exc, (redis.exceptions.AuthenticationError,
                             redis.exceptions.AuthorizationError)) or \
                 text.startswith(('NOAUTH', 'WRONGPASS', 'NOPERM')) or 'HELLO must be called' in text:
@@ -2364,6 +2578,23 @@ class RedisDriver(_Driver):
                             redis.exceptions.RedisClusterException, OSError)):
             return DriverError('cannot reach %s: %s' % (self._where(queue), text))
         return DriverError('%s refused the command: %s' % (self._where(queue), text))
+
+    def _sentinel_error(self, queue, exc, text):
+        """The DriverError for what only Sentinel causes, or None."""
+        from redis.sentinel import MasterNotFoundError
+        if isinstance(exc, MasterNotFoundError):
+            if 'authentication failed' in text:
+                return DriverError(
+                    'Redis at %s: the sentinels refused the connection (give them their own '
+                    'password or user as sentinel_kwargs={"password": ...}): %s'
+                    % (self.address, text))
+            return DriverError('cannot reach Redis at %s: no sentinel names a master of service '
+                               '%r that is up: %s' % (self.address, self.service_name, text))
+        if self._demoted(exc):
+            return DriverError('%s: the master was demoted to a replica, and the sentinels '
+                               'name no other master yet (a failover under way): %s'
+                               % (self._where(queue), text))
+        return None
 
     # -- the steps -------------------------------------------------------------
 
@@ -2396,8 +2627,11 @@ class RedisDriver(_Driver):
                 conn.disconnect()
             if self._client is not None:
                 self._client.close()
+            if self._sentinel is not None:
+                for client in self._sentinel.sentinels:
+                    client.close()
         self._local = threading.local()
-        self._client = self._pid = None
+        self._client = self._pid = self._sentinel = None
 
 
 def _lua_library():
@@ -2432,30 +2666,63 @@ def _pack_command(args):
 
 class _RedisWatch:
     """A subscription to a queue's ``ended`` channel, confirmed before the
-    caller looks at the job, so that no end slips between the two."""
+    caller looks at the job, so that no end slips between the two.  When the
+    server goes away while it waits (a restart, a Sentinel failover), it
+    subscribes again, on the master the sentinels name now, and returns: the
+    caller then looks at the job again."""
 
     address = '1'
 
     def __init__(self, driver, channel, queue):
+        self._driver, self._channel, self._queue = driver, channel, queue
+        self._pubsub = None
+        self._subscribe()
+
+    def _subscribe(self):
         import redis
         try:
-            self._pubsub = driver._redis().pubsub()
-            self._pubsub.subscribe(channel)
+            self._pubsub = self._driver._redis().pubsub()
+            self._pubsub.subscribe(self._channel)
             self._pubsub.get_message(timeout=5)     # the confirmation
+            if self._driver.service_name is not None:
+                self._driver._note_master(self._pubsub.connection)
         except (redis.exceptions.RedisError, OSError) as exc:
-            raise driver._error(queue, exc) from exc
+            self.close()
+            raise self._driver._error(self._queue, exc) from exc
 
     def wait(self, timeout):
-        self._pubsub.get_message(timeout=timeout if timeout is not None else 3600)
+        import redis
+        deadline = time.monotonic() + (timeout if timeout is not None else 3600)
+        failures = 0
+        while True:
+            try:
+                if self._pubsub is None:
+                    self._subscribe()
+                    return
+                self._pubsub.get_message(timeout=max(0.0, deadline - time.monotonic()))
+                return
+            except (DriverError, redis.exceptions.RedisError, OSError, AttributeError):
+                self.close()
+                failures += 1
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                time.sleep(min(left, _backoff(failures, 0.1, BROKER_RETRY_MAX)))
 
     def close(self):
-        self._pubsub.close()
+        if self._pubsub is not None:
+            try:
+                self._pubsub.close()
+            except Exception:
+                pass
+            self._pubsub = None
 
 
 class _RedisWaker:
     """A pub/sub subscription to the queue's notify channel; its socket goes in
     the master's selector.  On a cluster it is made on the master of the queue's
-    slot; when that node dies the socket closes and the master subscribes again.
+    slot, through Sentinel on the master the sentinels name; when that node
+    dies the socket closes and the master subscribes again.
 
     redis-py has no public call for a connection's socket, and a selector
     needs one: ``fileno`` reads ``PubSub.connection._sock``, which
@@ -2467,6 +2734,8 @@ class _RedisWaker:
             self._pubsub = driver._redis().pubsub(ignore_subscribe_messages=True)
             self._pubsub.subscribe(channel)
             self._pubsub.get_message(timeout=0)   # make sure the connection is up
+            if driver.service_name is not None:
+                driver._note_master(self._pubsub.connection)
         except (redis.exceptions.RedisError, OSError) as exc:
             raise driver._error(queue, exc) from exc
         self._address = driver.address

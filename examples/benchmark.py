@@ -4,6 +4,8 @@
     python examples/benchmark.py                          # SQLite broker, 4 workers, 20000 jobs
     python examples/benchmark.py --driver redis           # Redis at redis://127.0.0.1:6379/15
     python examples/benchmark.py --driver redis-cluster   # Redis Cluster with a node at :7000
+    python examples/benchmark.py --driver redis-sentinel --redis-url \
+        redis+sentinel://127.0.0.1:26379/mymaster/15     # Redis found through Sentinel
     python examples/benchmark.py --only drain,latency --workers 8 --model grab
     python examples/benchmark.py --scaling --jobs 5000    # 1/2/4/8 workers, both drivers and models
 
@@ -91,6 +93,7 @@ STOP_GRACE = 5              # basics.stop_grace of the generated config
 SCALING_WORKERS = (1, 2, 4, 8)
 REDIS_URL = 'redis://127.0.0.1:6379/15'
 CLUSTER_URL = 'redis://127.0.0.1:7000'
+SENTINEL_URL = 'redis+sentinel://127.0.0.1:26379/mymaster/15'
 CLK_TCK = os.sysconf('SC_CLK_TCK')
 
 
@@ -534,8 +537,11 @@ class Workdir:
         self.cluster = driver == 'redis-cluster'
         if driver != 'sqlite':
             key = '%s:{%s}:rec:' % (redis_prefix, self.queue)
-            sink = ('redis', redis_url, key, self.cluster)
-            self.records = RedisRecords(redis_url, key, self.cluster)
+            # through Sentinel, the records go straight to the master it names now
+            records_url = sentinel_master_url(redis_url) if driver == 'redis-sentinel' \
+                else redis_url
+            sink = ('redis', records_url, key, self.cluster)
+            self.records = RedisRecords(records_url, key, self.cluster)
         else:
             rec_dir = self.path('records')
             os.mkdir(rec_dir)
@@ -914,8 +920,29 @@ def print_table(report):
 
 # -- scaling ---------------------------------------------------------------------
 
+def sentinel_master_url(url):
+    """The ``redis://`` URL of the master that the sentinels of a
+    ``redis+sentinel://`` URL name now (same user, password and database)."""
+    from redis.sentinel import Sentinel
+    drv = mpqueue.RedisDriver(url=url)
+    sentinels = Sentinel(drv.sentinels, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        host, port = sentinels.discover_master(drv.service_name)
+    finally:
+        for client in sentinels.sentinels:
+            client.close()
+    auth = url.split('://', 1)[1].split('/', 1)[0].rpartition('@')[0]
+    return '%s://%s%s:%s/%d' % ('rediss' if drv.ssl else 'redis', auth + '@' if auth else '',
+                                host, port, drv.database)
+
+
 def redis_answers(url):
     import redis
+    if url.split('://', 1)[0] in ('redis+sentinel', 'rediss+sentinel'):
+        try:
+            url = sentinel_master_url(url)
+        except (redis.RedisError, OSError):
+            return False
     client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
     try:
         return bool(client.ping())
@@ -1093,10 +1120,13 @@ def scaling_svg(report):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
         description='Benchmark mpqueue on this machine (see the docstring of this file).')
-    p.add_argument('--driver', choices=('sqlite', 'redis', 'redis-cluster'), default='sqlite')
+    p.add_argument('--driver', choices=('sqlite', 'redis', 'redis-cluster', 'redis-sentinel'),
+                   default='sqlite')
     p.add_argument('--redis-url', default=None,
                    help='Redis for --driver redis (default %s); a node of the cluster for '
-                   '--driver redis-cluster (default %s)' % (REDIS_URL, CLUSTER_URL))
+                   '--driver redis-cluster (default %s); the redis+sentinel:// URL for '
+                   '--driver redis-sentinel (default %s)' % (REDIS_URL, CLUSTER_URL,
+                                                              SENTINEL_URL))
     p.add_argument('--redis-prefix', default='mpqbench',
                    help='key prefix of the Redis driver (default %(default)s)')
     p.add_argument('--workers', type=int, default=4, help='worker processes (default 4)')
@@ -1117,7 +1147,8 @@ def parse_args(argv=None):
                    help='keep the temporary directory (config, jobs, logs, SQLite file)')
     args = p.parse_args(argv)
     if args.redis_url is None:
-        args.redis_url = CLUSTER_URL if args.driver == 'redis-cluster' else REDIS_URL
+        args.redis_url = {'redis-cluster': CLUSTER_URL,
+                          'redis-sentinel': SENTINEL_URL}.get(args.driver, REDIS_URL)
     selected = {w.strip() for w in args.only.split(',') if w.strip()}
     unknown = selected - set(WORKLOADS)
     if unknown or not selected:

@@ -1,5 +1,5 @@
-"""Shared fixtures: a real Redis server, a Redis Cluster and a reaper for the
-processes tests start.
+"""Shared fixtures: a real Redis server, a Redis Cluster, a Redis Sentinel
+setup and a reaper for the processes tests start.
 
 ``redis_url`` is the Redis on 127.0.0.1:6379 when one answers, otherwise a
 private ``redis-server`` started for the test run. Tests use database
@@ -7,11 +7,14 @@ private ``redis-server`` started for the test run. Tests use database
 ``redis_client`` empties that database before and after each test.
 ``redis_cluster`` is a six-node Redis Cluster on 127.0.0.1:7000-7005 (see
 ``redis_cluster.py``), started on first use unless one already runs there.
+``redis_sentinel`` is a master, a replica and three sentinels on free ports
+(see ``redis_sentinel.py``), started on first use, stopped at the end.
 
-``driver`` is a broker driver, once per broker: Redis, SQLite and a Redis
-Cluster.  The cluster runs are marked ``cluster`` (as are the tests of
-test_cluster.py): ``-m 'not cluster'`` leaves the cluster out, ``-m cluster``
-runs only what needs it.  ``store`` reads what the driver stored (see
+``driver`` is a broker driver, once per broker: Redis, SQLite, a Redis
+Cluster and Redis through Sentinel.  The cluster runs are marked ``cluster``
+(as are the tests of test_cluster.py): ``-m 'not cluster'`` leaves the
+cluster out, ``-m cluster`` runs only what needs it; likewise ``sentinel``
+(test_sentinel.py).  ``store`` reads what the driver stored (see
 ``steps.py``), ``queue`` is a queue name of the test alone, emptied and
 checked for leftovers afterwards.
 """
@@ -32,6 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import mpqueue  # noqa: E402
 import steps  # noqa: E402
 from redis_cluster import LocalCluster  # noqa: E402
+from redis_sentinel import LocalSentinel  # noqa: E402
 from redis_server import RedisServer, free_port, no_retry, port_in_use  # noqa: E402
 
 # $MPQTEST_REDIS_URL: another Redis for the whole run (two runs side by side)
@@ -47,6 +51,7 @@ REAP_TIMEOUT = 5.0
 
 def pytest_configure(config):
     config.addinivalue_line('markers', 'cluster: needs the Redis Cluster on 127.0.0.1:7000-7005')
+    config.addinivalue_line('markers', 'sentinel: needs the Redis Sentinel setup the tests start')
 
 
 def pytest_collection_modifyitems(config, items):
@@ -125,9 +130,22 @@ def redis_cluster():
         cluster.stop()
 
 
+@pytest.fixture(scope='session')
+def redis_sentinel():
+    """A ``LocalSentinel``: a master, its replica and three sentinels on free
+    ports of 127.0.0.1, started for the run and stopped at its end.  Tests
+    that fail it over leave it whole again (``restore``)."""
+    setup = LocalSentinel().start()
+    try:
+        yield setup
+    finally:
+        setup.stop()
+
+
 # -- drivers -----------------------------------------------------------------
 
-BROKERS = ('redis', 'sqlite', pytest.param('cluster', marks=pytest.mark.cluster))
+BROKERS = ('redis', 'sqlite', pytest.param('cluster', marks=pytest.mark.cluster),
+           pytest.param('sentinel', marks=pytest.mark.sentinel))
 
 
 @pytest.fixture(params=BROKERS)
@@ -139,6 +157,9 @@ def driver(request, tmp_path):
     elif request.param == 'cluster':
         drv = mpqueue.RedisDriver(url=request.getfixturevalue('redis_cluster').url,
                                   prefix=PREFIX, cluster=True)
+    elif request.param == 'sentinel':
+        drv = mpqueue.RedisDriver(url=request.getfixturevalue('redis_sentinel').url,
+                                  prefix=PREFIX)
     else:
         drv = mpqueue.SqliteDriver(str(tmp_path / 'q.db'))
     try:
@@ -156,6 +177,9 @@ def store(request, driver):
         view = steps.SqliteStore(driver.path)
     elif driver.cluster:
         view = steps.RedisStore(request.getfixturevalue('redis_cluster').client(), PREFIX)
+    elif driver.service_name is not None:
+        view = steps.RedisStore(request.getfixturevalue('redis_sentinel').master_client(),
+                                PREFIX)
     else:
         view = steps.RedisStore(redis.Redis.from_url(request.getfixturevalue('redis_db_url')),
                                 PREFIX)

@@ -106,3 +106,18 @@ def test_benchmark_redis_cluster(proc_reaper, redis_cluster):
     assert report['driver'] == 'redis-cluster'
     check_report(report)
     assert redis_cluster.keys(prefix) == []
+
+
+@pytest.mark.sentinel
+@pytest.mark.slow
+def test_benchmark_drain_through_sentinel(proc_reaper, redis_sentinel):
+    # the drain only: the other workloads take the same path (see above)
+    prefix = 'mpqtest-bench-%s' % uuid.uuid4().hex[:8]
+    report = run_benchmark(proc_reaper, '--driver', 'redis-sentinel', '--redis-url',
+                           redis_sentinel.url, '--redis-prefix', prefix, '--only', 'drain')
+    assert report['driver'] == 'redis-sentinel'
+    drain = report['results']['drain']
+    assert (drain['jobs'], drain['done'], drain['lost'], drain['duplicated']) == \
+        (JOBS, JOBS, 0, 0), drain
+    assert drain['jobs_per_s'] > 0 and drain['status']['failed'] == 0
+    assert redis_sentinel.keys(prefix) == []

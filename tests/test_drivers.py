@@ -3,8 +3,9 @@ on every broker.
 
 Every test talks to a driver only through ``execute`` / ``run`` (and its
 ``waker``), so each broker must pass all of it unchanged: the fixture
-``driver`` (conftest.py) gives Redis, SQLite and a Redis Cluster (marked
-``cluster``: ``-m 'not cluster'`` leaves it out).  ``store`` reads what the
+``driver`` (conftest.py) gives Redis, SQLite, a Redis Cluster (marked
+``cluster``: ``-m 'not cluster'`` leaves it out) and Redis through Sentinel
+(marked ``sentinel``).  ``store`` reads what the
 driver stored, to check counts against the jobs and that nothing is left
 behind.  Times are never slept on blindly: tests tick and poll with a
 deadline, on the broker's clock where a due time matters.
@@ -1431,3 +1432,41 @@ def test_redis_waker_finds_the_socket_of_its_subscription(redis_db_url):
     finally:
         waker.close()
         driver.close()
+
+
+def test_redis_watch_outlives_a_restart_of_the_server():
+    """``result()`` waits on a watch: when the server goes away under it (a
+    restart, a Sentinel failover), ``wait`` returns by its timeout without
+    raising, and subscribes again once the server answers."""
+    import threading
+    import redis
+    from redis_server import RedisServer, free_port
+    server = RedisServer(free_port()).start()
+    driver = mpqueue.RedisDriver(url=server.url + '/0', prefix='mpqtest-watch')
+    watch = driver.watch('q')
+    publisher = None
+    try:
+        server.kill()
+        started = time.monotonic()
+        watch.wait(1.0)                     # the server is gone: no exception
+        assert 1.0 <= time.monotonic() - started < 3.0
+        server.start()
+        started = time.monotonic()
+        watch.wait(10)                      # subscribed again: returns at once
+        assert time.monotonic() - started < 2.0
+        publisher = redis.Redis.from_url(server.url)
+        woke = threading.Event()
+        waiter = threading.Thread(target=lambda: (watch.wait(10), woke.set()), daemon=True)
+        waiter.start()
+        poll(lambda: publisher.pubsub_numsub('mpqtest-watch:{q}:ended')[0][1] == 1,
+             'the watch to be subscribed again')
+        started = time.monotonic()
+        publisher.publish('mpqtest-watch:{q}:ended', 'some-id')
+        assert woke.wait(5) and time.monotonic() - started < 2.0
+        waiter.join(5)
+    finally:
+        watch.close()
+        driver.close()
+        if publisher is not None:
+            publisher.close()
+        server.stop()
