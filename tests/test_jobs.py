@@ -178,7 +178,7 @@ def _commandstats(client):
     return {name: stats['calls'] for name, stats in client.info('commandstats').items()}
 
 
-# The evalsha itself, INFO of the spy, and what the lifecycle script calls.
+# The FCALL itself, INFO of the spy, and what the lifecycle library calls.
 _SCRIPT_COMMANDS = {'cmdstat_' + c for c in (
     'fcall', 'info', 'time', 'hset', 'hget', 'hincrby', 'rpush', 'lpush', 'zadd',
     'zrange', 'publish')}

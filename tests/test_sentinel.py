@@ -34,8 +34,8 @@ from pool_harness import queue_conf, wait_for
 from redis_sentinel import SERVICE, LocalSentinel
 from redis_server import free_port
 from steps import PREFIX, counts, empty, push
-from test_faults import (FAULT_JOBS, MODELS, FaultE2E, Pusher, process_rows, push_tagged,
-                         report, tally, wait_all_ran, wait_drained)
+from test_faults import (FAULT_JOBS, MODELS, MPQ_ACL_RULES, FaultE2E, Pusher, process_rows,
+                         push_tagged, report, tally, wait_all_ran, wait_drained)
 
 FAILOVER_JOBS = 5000
 NEW_MASTER_LINE = re.compile(r"\[(\d+)\] Redis Sentinel service '%s': the master is now "
@@ -228,12 +228,8 @@ def secured_sentinel():
     admin = setup.master_client()
     try:
         admin.execute_command(
-            'ACL', 'SETUSER', 'mpq', 'on', '>' + ACL_PASSWORD, 'resetkeys', 'resetchannels',
-            '-@all', '~%s:*' % PREFIX, '&%s:*' % PREFIX, *('+' + c for c in (
-                'evalsha', 'script|load', 'subscribe', 'time', 'hset', 'hget', 'hdel', 'hmget',
-                'hgetall', 'hincrby', 'rpush', 'lpush', 'lpop', 'lrem', 'llen', 'lindex',
-                'exists', 'del', 'pexpire', 'zadd', 'zrem', 'zrange', 'zrangebyscore',
-                'zremrangebyscore', 'zscore', 'zcard', 'publish')))
+            'ACL', 'SETUSER', 'mpq', 'on', '>' + ACL_PASSWORD,
+            *MPQ_ACL_RULES.replace('mpq:*', PREFIX + ':*').split())
         yield setup
     finally:
         admin.close()
