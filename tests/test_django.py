@@ -95,6 +95,15 @@ def test_view_pushes_job_that_writes_through_the_orm(django_site, proc_reaper):
             raise AssertionError('%s\n%s' % (exc, pool.diagnostics())) from None
         assert note.created is not None
 
+        # the second view shows the job: done, and what it returned (the note's id)
+        def shown():
+            answer = Client().get('/notes/jobs/%s/' % job_id)
+            assert answer.status_code == 200, answer.content
+            return answer.json() if answer.json()['state'] == 'done' else None
+        status = wait_for(shown, 5, 'the job view to say done')
+        assert status == {'id': job_id, 'state': 'done', 'result': str(note.id), 'errors': []}
+        assert Client().get('/notes/jobs/nosuchjob/').status_code == 404
+
         # the job ended as a success: counted in 'over', nothing failed
         counts = wait_for(lambda: (lambda s: s if s['over'] >= 1 else None)(
             mpqueue.status(QUEUE)), 5, 'the job to be counted as done')

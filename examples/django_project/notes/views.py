@@ -23,3 +23,17 @@ def notes(request):
         return JsonResponse({'error': 'text is required'}, status=400)
     job_id = mpqueue.push('notes', WriteNote(text))
     return JsonResponse({'job_id': job_id}, status=202)
+
+
+@require_http_methods(['GET'])
+def job(request, job_id):
+    """``GET /notes/jobs/<id>/``: what became of a job this app pushed, for a
+    page (or a script) to poll: its state and, once done, what it returned
+    (the new note's id, as the worker's repr of it: nothing is unpickled
+    here).  404 for an id the broker does not know."""
+    info = mpqueue.job_info('notes', job_id)
+    if info is None:
+        return JsonResponse({'error': 'no job %s (unknown, or its record expired)' % job_id},
+                            status=404)
+    return JsonResponse({'id': job_id, 'state': info['state'], 'result': info.get('result_repr'),
+                         'errors': info['error_info'][-1:]})
