@@ -54,6 +54,32 @@ def alive(pid):
         return False
 
 
+def kill_tree(pool):
+    """A server lost: SIGKILL a pool's manage process and every descendant at
+    once.  The tree is frozen first, top-down and until no new child shows up,
+    so that nobody reacts to the others' death or forks a replacement; a
+    process that exits meanwhile is simply gone.  Returns the killed pids."""
+    tree, frozen = [psutil.Process(pool.manage_pid())], set()
+    while len(frozen) < len(tree):
+        for proc in tree:
+            if proc.pid not in frozen:
+                frozen.add(proc.pid)
+                try:
+                    proc.send_signal(signal.SIGSTOP)
+                    tree += [c for c in proc.children() if c.pid not in {p.pid for p in tree}]
+                except psutil.NoSuchProcess:
+                    pass
+    for proc in tree:
+        try:
+            proc.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    if pool.proc is not None:
+        pool.proc.wait(5)
+    wait_for(lambda: not any(alive(p.pid) for p in tree), 5, 'the killed tree to be gone')
+    return {p.pid for p in tree}
+
+
 class Src:
     """A piece of Python source put verbatim into a generated config file."""
 

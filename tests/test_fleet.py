@@ -18,12 +18,11 @@ import time
 import urllib.error
 import urllib.request
 
-import psutil
 import pytest
 
 import mpqueue
 import mpqueue_cli
-from pool_harness import CLI, alive, queue_conf, wait_for
+from pool_harness import CLI, alive, kill_tree, queue_conf
 
 
 def fleet(pool):
@@ -46,17 +45,6 @@ def wait_fleet(pool, timeout, what, cond):
 
 def workers_of(heartbeat):
     return {q: (c['workers'], c['busy'], c['idle']) for q, c in heartbeat['queues'].items()}
-
-
-def kill_tree(pool):
-    """SIGKILL a pool's manage process and all its children at once."""
-    manage = psutil.Process(pool.proc.pid)
-    tree = [manage] + manage.children(recursive=True)
-    for proc in tree:           # freeze first: nobody may react to the others' death
-        proc.send_signal(signal.SIGSTOP)
-    for proc in tree:
-        proc.send_signal(signal.SIGKILL)
-    wait_for(lambda: not any(alive(p.pid) for p in tree), 5, 'the killed tree to be gone')
 
 
 # -- fleet view -------------------------------------------------------------------------

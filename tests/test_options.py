@@ -15,16 +15,17 @@ import re
 import signal
 import time
 
-import psutil
 import pytest
 
 import mpqueue
-from pool_harness import Src, alive, queue_conf, wait_for
+from pool_harness import Src, kill_tree, queue_conf
 
 MODELS = [mpqueue.MODEL_DISTRIBUTE, mpqueue.MODEL_GRAB]
-#: An observed retry may start this much earlier or later than the delay the
-#: worker chose for it.
-ON_TIME = 0.1
+#: An observed retry never starts before the delay the worker chose for it
+#: (give or take the clock's EARLY), and at most LATE after it.  LATE is loose
+#: because the suite runs on loaded machines; how late retries are on a quiet
+#: one is measured, not asserted (2-10 ms, the README says).
+EARLY, LATE = 0.01, 0.5
 
 OPTION_JOBS = '''
 GATE_WAIT = 60
@@ -182,21 +183,7 @@ def assert_on_time(gaps, delays):
     off = [round(gap - delay, 3) for gap, delay in zip(gaps, delays)]
     print('chosen delays %s, observed gaps %s, off by %s' % (
         delays, [round(g, 3) for g in gaps], off))
-    assert all(abs(x) <= ON_TIME for x in off), 'retries off their delays by %s s' % off
-
-
-def kill_tree(pool):
-    """SIGKILL a pool's whole process tree (frozen first, so that nobody reacts
-    to the others' death): a server lost."""
-    manage = psutil.Process(pool.proc.pid)
-    tree = [manage] + manage.children(recursive=True)
-    for proc in tree:
-        proc.send_signal(signal.SIGSTOP)
-    for proc in tree:
-        proc.send_signal(signal.SIGKILL)
-    pool.proc.wait(5)
-    wait_for(lambda: not any(alive(p.pid) for p in tree), 5, 'the killed tree to be gone')
-    return {p.pid for p in tree}
+    assert all(-EARLY <= x <= LATE for x in off), 'retries off their delays by %s s' % off
 
 
 # -- unique keys --------------------------------------------------------------------------
@@ -288,7 +275,7 @@ def test_a_hold_of_seconds_counts_pushes_not_jobs(e2e):
         time.sleep(0.01)
     window = time.time() - before
     print('a hold of 1 s let a push in after %.3f s' % window)
-    assert 1.0 - 0.01 <= window <= 1.0 + ON_TIME + 0.1, window
+    assert 1.0 - EARLY <= window <= 1.0 + LATE, window
     wait_status(pool, 10, over=3, waiting=0, working=0, failed=0)
     assert not e2e.records('start', tag='no')
 

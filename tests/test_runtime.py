@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 import mpqueue
-from pool_harness import (REPO, Src, alive, percentile, queue_conf, wait_for)
+from pool_harness import (REPO, Src, alive, kill_tree, percentile, queue_conf, wait_for)
 from steps import push_step
 
 MODELS = [mpqueue.MODEL_DISTRIBUTE, mpqueue.MODEL_GRAB]
@@ -363,15 +363,9 @@ def test_sigkill_whole_tree_other_pool_recovers_within_lease(e2e):
     first.wait(lambda: all(e2e.records('start', tag=t) for t in tags), 5,
                'both jobs to start')
 
-    manage = psutil.Process(first.proc.pid)
-    tree = [manage] + manage.children(recursive=True)
-    assert len(tree) == 1 + 1 + 2
-    for proc in tree:           # freeze first: nobody may react to the others' death
-        proc.send_signal(signal.SIGSTOP)
     killed_at = time.time()
-    for proc in tree:
-        proc.send_signal(signal.SIGKILL)
-    wait_for(lambda: not any(alive(p.pid) for p in tree), 5, 'the killed tree to be gone')
+    tree = kill_tree(first)
+    assert len(tree) == 1 + 1 + 2
 
     second = e2e.pool(q, name='server-b').start()
     for tag in tags:
@@ -380,7 +374,7 @@ def test_sigkill_whole_tree_other_pool_recovers_within_lease(e2e):
         recovery = runs[1]['time'] - killed_at
         print('%s: recovered %.2fs after the whole tree was killed' % (tag, recovery))
         assert recovery < mpqueue.LEASE_SECONDS + 5
-        assert runs[1]['pid'] not in {p.pid for p in tree}
+        assert runs[1]['pid'] not in tree
     wait_counts(second, 10, over=2, failed=0, waiting=0, working=0)
 
 
