@@ -54,6 +54,7 @@ def pytest_configure(config):
     config.addinivalue_line('markers', 'sentinel: needs the Redis Sentinel setup the tests start')
 
 
+@pytest.hookimpl(tryfirst=True)       # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config, items):
     """With pytest-xdist (``-n``, ``--dist loadgroup``) the tests that need the
     Redis Cluster on its fixed ports all run in one worker."""

@@ -22,7 +22,9 @@ read those records back with ``E2E.records``.
 
 import importlib
 import json
+import math
 import os
+import re
 import runpy
 import signal
 import subprocess
@@ -672,3 +674,71 @@ def delete_keys(url, prefix):
             client.delete(key)
     finally:
         client.close()
+
+
+# -- the fleet and the metrics ---------------------------------------------------
+
+def fleet(pool):
+    """``worker:status --all --json`` as {pool name: heartbeat}."""
+    res = pool.cli('worker:status', '--all', '--json')
+    assert res.returncode == 0, res.stderr
+    return {p['name']: p for p in json.loads(res.stdout)}
+
+
+def wait_fleet(pool, timeout, what, cond):
+    """Poll the fleet until ``cond(fleet)`` holds; return that fleet."""
+    last = {}
+
+    def check():
+        last.clear()
+        last.update(fleet(pool))
+        return cond(last) and dict(last)
+    return pool.wait(check, timeout, lambda: '%s (fleet: %r)' % (what, last))
+
+
+_NAME = r'[a-zA-Z_:][a-zA-Z0-9_:]*'
+_SAMPLE = re.compile(r'^(%s)(?:\{(.*)\})? (\S+)$' % _NAME)
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\[\\"n])*)"(,|$)')
+
+
+def parse_exposition(text):
+    """A strict reader of the Prometheus text format (0.0.4): returns
+    ``{family: {'type', 'help', 'samples': {frozenset(labels): value}}}``."""
+    families, current = {}, None
+    assert text.endswith('\n')
+    for line in text.splitlines():
+        if line.startswith('# HELP ') or line.startswith('# TYPE '):
+            _, kind, name, rest = line.split(' ', 3)
+            assert re.fullmatch(_NAME, name), line
+            family = families.setdefault(name, {'samples': {}})
+            key = kind.lower()
+            assert key not in family, 'a second %s line for %s' % (kind, name)
+            family[key] = rest
+            if key == 'type':
+                assert rest in ('counter', 'gauge'), line
+                assert not family['samples'], 'TYPE after the samples of %s' % name
+            current = name
+            continue
+        match = _SAMPLE.match(line)
+        assert match, 'not a sample line: %r' % line
+        name, body, value = match.groups()
+        assert name == current, 'sample %s outside its family block' % name
+        labels = {}
+        while body:
+            pair = _LABEL.match(body)
+            assert pair, 'bad labels in %r' % line
+            labels[pair.group(1)] = re.sub(r'\\(.)', lambda m: {'n': '\n'}.get(
+                m.group(1), m.group(1)), pair.group(2))
+            body = body[pair.end():]
+        key = frozenset(labels.items())
+        assert key not in families[name]['samples'], 'duplicate series %r' % line
+        families[name]['samples'][key] = float(value)
+    for name, family in families.items():
+        assert 'help' in family and 'type' in family, name
+        assert (family['type'] == 'counter') == name.endswith('_total'), name
+        assert all(math.isfinite(v) and v >= 0 for v in family['samples'].values()), name
+    return families
+
+
+def sample(families, name, **labels):
+    return families[name]['samples'].get(frozenset(labels.items()))

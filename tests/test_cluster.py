@@ -22,11 +22,10 @@ import time
 import pytest
 
 import mpqueue
-from pool_harness import queue_conf
+from fault_harness import (FAULT_JOBS, MODELS, FaultE2E, process_rows, push_tagged, report,
+                           tally, wait_all_ran, wait_drained)
+from pool_harness import parse_exposition, queue_conf, sample, wait_fleet
 from steps import PREFIX, counts, empty, push
-from test_fleet import parse_exposition, sample, wait_fleet
-from test_faults import (FAULT_JOBS, MODELS, FaultE2E, process_rows, push_tagged, report,
-                         tally, wait_all_ran, wait_drained)
 
 
 pytestmark = pytest.mark.cluster

@@ -7,7 +7,6 @@ with a deadline.
 """
 
 import json
-import math
 import queue as queue_module
 import re
 import signal
@@ -22,25 +21,8 @@ import pytest
 
 import mpqueue
 import mpqueue_cli
-from pool_harness import CLI, alive, kill_tree, queue_conf
-
-
-def fleet(pool):
-    """``worker:status --all --json`` as {pool name: heartbeat}."""
-    res = pool.cli('worker:status', '--all', '--json')
-    assert res.returncode == 0, res.stderr
-    return {p['name']: p for p in json.loads(res.stdout)}
-
-
-def wait_fleet(pool, timeout, what, cond):
-    """Poll the fleet until ``cond(fleet)`` holds; return that fleet."""
-    last = {}
-
-    def check():
-        last.clear()
-        last.update(fleet(pool))
-        return cond(last) and dict(last)
-    return pool.wait(check, timeout, lambda: '%s (fleet: %r)' % (what, last))
+from pool_harness import (CLI, alive, fleet, kill_tree, parse_exposition, queue_conf, sample,
+                          wait_fleet)
 
 
 def workers_of(heartbeat):
@@ -202,54 +184,6 @@ def test_watch_stops_on_sigint_with_exit_0(e2e):
 
 
 # -- Prometheus metrics -------------------------------------------------------------------
-
-_NAME = r'[a-zA-Z_:][a-zA-Z0-9_:]*'
-_SAMPLE = re.compile(r'^(%s)(?:\{(.*)\})? (\S+)$' % _NAME)
-_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\[\\"n])*)"(,|$)')
-
-
-def parse_exposition(text):
-    """A strict reader of the Prometheus text format (0.0.4): returns
-    ``{family: {'type', 'help', 'samples': {frozenset(labels): value}}}``."""
-    families, current = {}, None
-    assert text.endswith('\n')
-    for line in text.splitlines():
-        if line.startswith('# HELP ') or line.startswith('# TYPE '):
-            _, kind, name, rest = line.split(' ', 3)
-            assert re.fullmatch(_NAME, name), line
-            family = families.setdefault(name, {'samples': {}})
-            key = kind.lower()
-            assert key not in family, 'a second %s line for %s' % (kind, name)
-            family[key] = rest
-            if key == 'type':
-                assert rest in ('counter', 'gauge'), line
-                assert not family['samples'], 'TYPE after the samples of %s' % name
-            current = name
-            continue
-        match = _SAMPLE.match(line)
-        assert match, 'not a sample line: %r' % line
-        name, body, value = match.groups()
-        assert name == current, 'sample %s outside its family block' % name
-        labels = {}
-        while body:
-            pair = _LABEL.match(body)
-            assert pair, 'bad labels in %r' % line
-            labels[pair.group(1)] = re.sub(r'\\(.)', lambda m: {'n': '\n'}.get(
-                m.group(1), m.group(1)), pair.group(2))
-            body = body[pair.end():]
-        key = frozenset(labels.items())
-        assert key not in families[name]['samples'], 'duplicate series %r' % line
-        families[name]['samples'][key] = float(value)
-    for name, family in families.items():
-        assert 'help' in family and 'type' in family, name
-        assert (family['type'] == 'counter') == name.endswith('_total'), name
-        assert all(math.isfinite(v) and v >= 0 for v in family['samples'].values()), name
-    return families
-
-
-def sample(families, name, **labels):
-    return families[name]['samples'].get(frozenset(labels.items()))
-
 
 def test_metrics_match_the_queues_and_the_pools(e2e):
     pool = e2e.pool(queue_conf('q', worker_number=2, fail_number=0), name='server-a').start()

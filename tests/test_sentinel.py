@@ -30,12 +30,12 @@ import time
 import pytest
 
 import mpqueue
+from fault_harness import (FAULT_JOBS, MODELS, MPQ_ACL_RULES, FaultE2E, Pusher, process_rows,
+                           push_tagged, report, tally, wait_all_ran, wait_drained)
 from pool_harness import queue_conf, wait_for
 from redis_sentinel import SERVICE, LocalSentinel
 from redis_server import free_port
 from steps import PREFIX, counts, empty, push
-from test_faults import (FAULT_JOBS, MODELS, MPQ_ACL_RULES, FaultE2E, Pusher, process_rows,
-                         push_tagged, report, tally, wait_all_ran, wait_drained)
 
 FAILOVER_JOBS = 5000
 NEW_MASTER_LINE = re.compile(r"\[(\d+)\] Redis Sentinel service '%s': the master is now "
