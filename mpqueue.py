@@ -4770,7 +4770,8 @@ class _Master:
 
     def _flush_due(self, now, want):
         """Under load, gather steps for up to FLUSH_DELAY while the buffer still
-        feeds every worker; otherwise go to the broker now."""
+        feeds every busy worker; otherwise (no worker busy: nothing more is
+        coming) go to the broker now."""
         if want and len(self.buffer) < self._room():
             return True
         if not self.pending:
@@ -4780,7 +4781,8 @@ class _Master:
         if self.stopping or len(self.pending) >= FLUSH_STEPS or \
                 now - self.pending_since >= FLUSH_DELAY:
             return True
-        return len(self.buffer) < sum(1 for s in self.slots.values() if s.state == BUSY)
+        busy = sum(1 for s in self.slots.values() if s.state == BUSY)
+        return not busy or len(self.buffer) < busy
 
     def _beat(self):
         """Publish this queue's part of the pool's heartbeat (the fleet), when
@@ -4909,6 +4911,7 @@ class _Ticker:
         self.last = None            # name -> last tick (ms) or None; None: not read yet
         self.clock = 0.0            # the broker's clock minus this server's
         self.pushes, self.warned = {}, set()
+        self.overwrote = set()      # schedules whose other definition this master replaced
         basics = config['basics']
         for name, s in list(self.entries.items()):
             try:        # the push arguments after id, the same for every tick
@@ -4981,13 +4984,16 @@ class _Ticker:
             if what == 'skipped':
                 logger.info('schedule %r of queue %r skipped a tick: its previous job is still '
                             'waiting or running (overlap=False)', name, self.queue)
-            if before_fp and before_fp != fp and before_owner != self.pool_id and \
-                    name not in self.warned:
+            if not before_fp or before_fp == fp or before_owner == self.pool_id:
+                continue
+            # Once is a changed config replacing what a stopped pool left; twice, turns.
+            if name in self.overwrote and name not in self.warned:
                 self.warned.add(name)
                 logger.warning('schedule %r of queue %r is defined otherwise by pool %s '
                                '(fingerprint %s, this pool %s): the pools take turns with two '
                                'definitions; give them one config', name, self.queue,
                                before_owner, before_fp, fp)
+            self.overwrote.add(name)
 
 
 def _master_main(config, qconf, control, close_fds, pool, recover):

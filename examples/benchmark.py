@@ -23,6 +23,9 @@ benchmark's own record keys deleted.
 Workloads (``--only`` selects some of them, comma-separated):
 
   push       N no-op jobs, one ``mpqueue.push`` each, no pool running
+  unique     N no-op jobs, one ``push`` each with its own ``key=`` and
+             ``unique='queued'``; then N pushes of one key (all but the first
+             conflict and write nothing); no pool running
   push_many  the same N jobs in one ``push_many`` call
   drain      N jobs queued (``push_many`` in chunks of 1000), then the pool is
              started; every job records its execution (Redis: SETBIT + INCR
@@ -35,8 +38,17 @@ Workloads (``--only`` selects some of them, comma-separated):
              time.time() minus its push time: p50 / p99 / max
   delayed    100 jobs with delay=0.5, 20 ms apart; each records how late it
              started: p50 / p99 / max, and how many started early
+  handles    200 times: push a job that returns a value (``result_ttl=60``) and
+             wait for it with ``mpqueue.result``: push to result, and the job's
+             end (as the broker recorded it) to ``result`` returning, p50 / p99;
+             then 20 times: push a job that sleeps, and once it runs,
+             ``mpqueue.cancel`` it: cancel to its worker process gone, p50 / p99
   idle       pool ready and idle for --idle-seconds: CPU (% of one core) and
              PSS of the whole process tree, and its process count
+  schedules  a pool whose queue has 20 schedules ticking every second, for
+             --idle-seconds: how late each tick's job started (p50 / p99 /
+             max) and the pool's CPU; then a pool with 20 schedules ticking
+             once a minute, idle for --idle-seconds: its CPU
 
 CPU and memory come from /proc (Linux): utime + stime of
 ``/proc/PID/stat`` (counted in clock ticks, so the idle CPU figure has a
@@ -81,12 +93,15 @@ if os.path.isfile(os.path.join(REPO, 'mpqueue.py')):   # running from a checkout
 
 import mpqueue  # noqa: E402
 
-WORKLOADS = ('push', 'push_many', 'drain', 'latency', 'delayed', 'idle')
+WORKLOADS = ('push', 'unique', 'push_many', 'drain', 'latency', 'delayed', 'handles', 'idle',
+             'schedules')
 POOL_NAME = 'mpqbench'
 JOBS_MODULE = 'mpqbench_jobs'
 PUSH_CHUNK = 1000
 LATENCY_JOBS, LATENCY_RATE = 300, 100.0
 DELAYED_JOBS, DELAYED_DELAY, DELAYED_GAP = 100, 0.5, 0.020
+RESULT_JOBS, CANCEL_JOBS = 200, 20
+SCHEDULES = 20              # schedules of the schedules workload, each ticking every second
 PROBE_SECONDS = 0.1
 STALL_SECONDS = 30          # drain gives up when no job ran for that long
 STOP_GRACE = 5              # basics.stop_grace of the generated config
@@ -373,6 +388,29 @@ def delayed(due_at):
         _sink().rpush(KEY + 'delayed', repr(value))
     else:
         _line('y %r\\n' % value)
+
+
+def value(i):
+    """handles: a job whose return value is kept."""
+    return i
+
+
+def sleeper(seconds):
+    """handles: a long job to cancel; records its process first."""
+    if REDIS:
+        _sink().rpush(KEY + 'started', os.getpid())
+    else:
+        _line('s %d\\n' % os.getpid())
+    time.sleep(seconds)
+
+
+def tick(period):
+    """schedules: how late this tick's job started (ticks fall on multiples of period)."""
+    late = time.time() % period
+    if REDIS:
+        _sink().rpush(KEY + 'tick', repr(late))
+    else:
+        _line('t %r\\n' % late)
 '''
 
 CONFIG_SOURCE = '''\
@@ -389,7 +427,8 @@ config = {
     'basics': {'name': %(name)r, 'pid_path': %(dir)r, 'driver': %(driver)s,
                'stop_grace': %(grace)r, 'worker_start_handle': mpqbench_jobs.warm_up},
     'log': {'path': %(dir)r, 'level': logging.INFO},
-    'queue': [{'name': %(queue)r, 'worker_number': %(workers)d, 'model': %(model)r}],
+    'queue': [{'name': %(queue)r, 'worker_number': %(workers)d, 'model': %(model)r,
+               'schedule': %(schedule)s}],
 }
 '''
 
@@ -407,7 +446,7 @@ class RedisRecords:
 
     def keys(self):
         return [self.key + k for k in ('seen', 'count', 'first', 'last', 'probe', 'latency',
-                                       'delayed')]
+                                       'delayed', 'started', 'tick')]
 
     def start_drain(self, n):
         self.n = n
@@ -440,6 +479,9 @@ class RedisRecords:
         self.client.delete(*self.keys())
 
 
+RECORD_LETTERS = {'latency': 'l', 'delayed': 'y', 'started': 's', 'tick': 't'}
+
+
 class FileRecords:
     """What the jobs recorded, read back from their per-worker files.  Files are
     only appended to; each ``start_*`` remembers where the new records begin."""
@@ -455,7 +497,7 @@ class FileRecords:
         self.distinct = self.executions = 0
         self.first = self.last = None
         self.pids = set()
-        self.vals = {'l': [], 'y': []}
+        self.vals = {letter: [] for letter in RECORD_LETTERS.values()}
 
     def _mark(self):
         self.poll()
@@ -492,7 +534,7 @@ class FileRecords:
             self.last = ended if self.last is None else max(self.last, ended)
         elif kind == b'p':
             self.pids.add(int(fields[1]))
-        elif kind in (b'l', b'y'):
+        elif kind.decode() in self.vals:
             self.vals[kind.decode()].append(float(fields[1]))
 
     def start_drain(self, n):
@@ -517,7 +559,7 @@ class FileRecords:
 
     def values(self, kind):
         self.poll()
-        return list(self.vals['l' if kind == 'latency' else 'y'])
+        return list(self.vals[RECORD_LETTERS[kind]])
 
     def cleanup(self):
         pass
@@ -565,7 +607,7 @@ class Workdir:
                 [REPO] + [p for p in env.get('PYTHONPATH', '').split(os.pathsep) if p])
         return env
 
-    def configure(self, workers, model):
+    def configure(self, workers, model, schedule=()):
         """Write the pool's config file and configure this process from it."""
         if self.driver != 'sqlite':
             driver = 'mpqueue.RedisDriver(url=%r, prefix=%r, cluster=%r)' % (
@@ -575,7 +617,8 @@ class Workdir:
         with open(self.config_path, 'w') as f:
             f.write(CONFIG_SOURCE % {'dir': self.dir, 'name': POOL_NAME, 'driver': driver,
                                      'grace': STOP_GRACE, 'queue': self.queue,
-                                     'workers': workers, 'model': model})
+                                     'workers': workers, 'model': model,
+                                     'schedule': repr(list(schedule))})
         mpqueue.configure(runpy.run_path(self.config_path)['config'])
         self.queues_used.add(self.queue)
 
@@ -610,6 +653,8 @@ class Workdir:
             client = self.records.client
             try:
                 for queue in self.queues_used:
+                    # clean() keeps the schedules' last ticks: they are no jobs
+                    client.delete('%s:{%s}:schedules' % (self.redis_prefix, queue))
                     pattern = '%s:{%s}:*' % (self.redis_prefix, queue)
                     left = sorted(k.decode() for k in client.scan_iter(match=pattern, count=1000))
                     if left:
@@ -653,6 +698,24 @@ def run_push(wd, n):
     queued = mpqueue.status(wd.queue)['waiting']
     mpqueue.clean(wd.queue)
     return {'jobs': n, 'seconds': seconds, 'jobs_per_s': n / seconds, 'queued': queued}
+
+
+def run_unique(wd, n):
+    """push with a key of its own per job, then n conflicting pushes of one key."""
+    mpqueue.clean(wd.queue)
+    job = wd.jobs.noop
+    t0 = time.perf_counter()
+    for i in range(n):
+        mpqueue.push(wd.queue, job, key='u%d' % i, unique='queued')
+    fresh = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(n):
+        mpqueue.push(wd.queue, job, key='same', unique='queued')
+    conflicts = time.perf_counter() - t0
+    queued = mpqueue.status(wd.queue)['waiting']
+    mpqueue.clean(wd.queue)
+    return {'jobs': n, 'jobs_per_s': n / fresh, 'conflicts_per_s': n / conflicts,
+            'queued': queued}
 
 
 def run_push_many(wd, n):
@@ -786,6 +849,62 @@ def run_delayed(wd, pool, problems):
     return result
 
 
+def run_handles(wd, pool, problems):
+    """result() after push, and cancel() of running jobs."""
+    waits, ends = [], []
+    for i in range(RESULT_JOBS):
+        t0 = time.time()
+        job_id = mpqueue.push(wd.queue, wd.jobs.value, args=(i,), result_ttl=60)
+        got = mpqueue.result(wd.queue, job_id, timeout=30)
+        t1 = time.time()
+        if got != i:
+            problems.append('handles: result() of job %d returned %r' % (i, got))
+            break
+        waits.append(t1 - t0)
+        ends.append(t1 - mpqueue.job_info(wd.queue, job_id)['end_time'])
+    wd.records.start_values('started')
+    cancels = []
+    for k in range(CANCEL_JOBS):
+        job_id = mpqueue.push(wd.queue, wd.jobs.sleeper, args=(60,))
+        deadline_wait(lambda: len(wd.records.values('started')) > k, 30,
+                      'sleeper job %d to start' % k, interval=0.002, pool=pool)
+        pid = int(wd.records.values('started')[k])
+        t0 = time.time()
+        mpqueue.cancel(wd.queue, job_id)
+        deadline_wait(lambda: (proc_stat(pid) or ProcStat('Z', 0, 0, 0, 0)).state == 'Z', 30,
+                      'worker %d of a cancelled job to exit' % pid, interval=0.001, pool=pool)
+        cancels.append(time.time() - t0)
+        deadline_wait(lambda: mpqueue.job_info(wd.queue, job_id)['state'] == 'cancelled', 30,
+                      'job %s to end cancelled' % job_id, interval=0.01, pool=pool)
+    return {'push_to_result': ms_summary(waits), 'end_to_result': ms_summary(ends),
+            'cancel_to_exit': ms_summary(cancels), 'jobs': len(waits), 'cancels': len(cancels)}
+
+
+def run_schedules(wd, args, problems):
+    """Pools with SCHEDULES schedules: every second (lateness, CPU), every minute (CPU)."""
+    result = {}
+    for every in (1, 60):
+        wd.configure(args.workers, args.model, [
+            {'name': 's%d' % k, 'every': every, 'job': '%s:tick' % JOBS_MODULE,
+             'args': (every,)} for k in range(SCHEDULES)])
+        pool = Pool(wd).start()
+        try:
+            wait_ready(wd, pool, args.workers)
+            wd.records.start_values('tick')
+            idle = run_idle(pool, args.idle_seconds)
+            ticks = wd.records.values('tick')
+        finally:
+            stop = pool.stop()
+        problems += stop_problems(stop)
+        result['every_%ds' % every] = dict(ms_summary(ticks), ticks=len(ticks),
+                                           cpu_percent=idle['cpu_percent'],
+                                           seconds=idle['seconds'])
+        if every == 1 and len(ticks) < SCHEDULES * (idle['seconds'] - 2):
+            problems.append('schedules: %d ticks ran in %.0f s, expected about %d' % (
+                len(ticks), idle['seconds'], SCHEDULES * idle['seconds']))
+    return result
+
+
 def run_idle(pool, seconds):
     time.sleep(0.5)
     before = pool.tree()
@@ -823,15 +942,20 @@ def run_benchmark(args, selected):
         mpqueue.clean(wd.queue)
         if 'push' in selected:
             results['push'] = run_push(wd, args.jobs)
+        if 'unique' in selected:
+            results['unique'] = run_unique(wd, args.jobs)
         if 'push_many' in selected:
             results['push_many'] = run_push_many(wd, args.jobs)
+        if 'unique' in results and results['unique']['queued'] != args.jobs + 1:
+            problems.append('unique: status() showed %d waiting jobs, expected %d' % (
+                results['unique']['queued'], args.jobs + 1))
         for name in ('push', 'push_many'):
             if name in results and results[name]['queued'] != args.jobs:
                 problems.append('%s: status() showed %d waiting jobs, expected %d' % (
                     name, results[name]['queued'], args.jobs))
         if 'drain' in selected:
             results['drain'] = run_drain(wd, pool, args.jobs, problems)
-        if selected & {'latency', 'delayed', 'idle'}:
+        if selected & {'latency', 'delayed', 'handles', 'idle'}:
             if pool.proc is None:
                 pool.start()
             wait_ready(wd, pool, args.workers)
@@ -839,9 +963,17 @@ def run_benchmark(args, selected):
                 results['latency'] = run_latency(wd, pool, problems)
             if 'delayed' in selected:
                 results['delayed'] = run_delayed(wd, pool, problems)
+            if 'handles' in selected:
+                results['handles'] = run_handles(wd, pool, problems)
             if 'idle' in selected:
                 wait_ready(wd, pool, args.workers)
                 results['idle'] = run_idle(pool, args.idle_seconds)
+        if 'schedules' in selected:
+            stop = pool.stop()
+            if stop is not None:
+                results['pool'] = stop
+                problems += stop_problems(stop)
+            results['schedules'] = run_schedules(wd, args, problems)
     except BenchmarkError as exc:
         problems.append(str(exc))
     finally:
@@ -872,6 +1004,10 @@ def table_rows(results):
     rows = []
     if 'push' in r:
         rows.append(('push', 'jobs/s (one push() per job)', fmt(r['push']['jobs_per_s'])))
+    if 'unique' in r:
+        rows += [('unique', 'jobs/s (one push() per job, a key each)',
+                  fmt(r['unique']['jobs_per_s'])),
+                 ('unique', 'conflicting pushes/s (one key)', fmt(r['unique']['conflicts_per_s']))]
     if 'push_many' in r:
         rows.append(('push_many', 'jobs/s (one push_many() call)',
                      fmt(r['push_many']['jobs_per_s'])))
@@ -891,6 +1027,20 @@ def table_rows(results):
         rows += [('delayed', 'lateness, %s (ms)' % k[:-3], fmt(d[k], 2))
                  for k in ('p50_ms', 'p99_ms', 'max_ms')]
         rows.append(('delayed', 'started early', '%d of %d' % (d['early'], d['done'])))
+    if 'handles' in r:
+        for name, what in (('push_to_result', 'push to result()'),
+                           ('end_to_result', 'job end to result()'),
+                           ('cancel_to_exit', 'cancel() to worker gone')):
+            rows.append(('handles', '%s, p50 / p99 (ms)' % what, '%s / %s' % (
+                fmt(r['handles'][name]['p50_ms'], 2), fmt(r['handles'][name]['p99_ms'], 2))))
+    if 'schedules' in r:
+        s = r['schedules']['every_1s']
+        rows += [('schedules', '20 every 1 s: tick lateness, p50 / p99 / max (ms)',
+                  '%s / %s / %s' % (fmt(s['p50_ms'], 2), fmt(s['p99_ms'], 2),
+                                    fmt(s['max_ms'], 2))),
+                 ('schedules', '20 every 1 s: CPU, % of one core', fmt(s['cpu_percent'], 2)),
+                 ('schedules', '20 every minute: idle CPU, % of one core',
+                  fmt(r['schedules']['every_60s']['cpu_percent'], 2))]
     if 'idle' in r:
         i = r['idle']
         rows += [('idle', 'CPU, %% of one core (over %.0f s)' % i['seconds'],

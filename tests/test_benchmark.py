@@ -45,7 +45,12 @@ def run_benchmark(proc_reaper, *extra):
 
 def check_report(report):
     results = report['results']
-    assert set(results) >= {'push', 'push_many', 'drain', 'latency', 'delayed', 'idle'}
+    assert set(results) >= {'push', 'unique', 'push_many', 'drain', 'latency', 'delayed',
+                            'handles', 'idle', 'schedules'}
+
+    unique = results['unique']
+    assert unique['queued'] == JOBS + 1         # a job per key, and one of the shared key
+    assert unique['jobs_per_s'] > 0 and unique['conflicts_per_s'] > 0
 
     for name in ('push', 'push_many'):
         assert results[name]['jobs'] == JOBS
@@ -71,6 +76,14 @@ def check_report(report):
     assert delayed['done'] == delayed['jobs'] == 100
     assert delayed['early'] == 0
     assert 0 <= delayed['p50_ms'] < 1000
+
+    handles = results['handles']
+    assert (handles['jobs'], handles['cancels']) == (200, 20)
+    for name in ('push_to_result', 'end_to_result', 'cancel_to_exit'):
+        assert 0 <= handles[name]['p50_ms'] <= handles[name]['p99_ms'] < 30000, handles
+
+    ticks = results['schedules']['every_1s']
+    assert ticks['ticks'] >= 20 and 0 <= ticks['p50_ms'] <= ticks['max_ms'] < 1000, ticks
 
     idle = results['idle']
     assert idle['cpu_percent'] >= 0
