@@ -2807,7 +2807,7 @@ _SQ_INSERT = ('INSERT OR REPLACE INTO mpq_job (queue, id, state, level, score, p
               'create_time, timeout, fail_number, fail_expire, priority, key, unique_mode, '
               'result_ttl, attempt, exec_number) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '
               '?, ?, ?, 0, 0)')
-_SQ_DUE = ('SELECT id, priority FROM mpq_job WHERE queue = ? AND state = ? AND level = 0 '
+_SQ_DUE = ('SELECT id, priority, key FROM mpq_job WHERE queue = ? AND state = ? AND level = 0 '
            'AND score <= ? ORDER BY level DESC, score LIMIT ?')
 _SQ_WAITING = ("SELECT %s FROM mpq_job WHERE queue = ? AND state = 'waiting' "
                'ORDER BY level DESC, score LIMIT ?' % _SQ_WORK)
@@ -2893,6 +2893,21 @@ class _SqliteSteps:
                 priority = self.get(job_id, 'priority')[0] or 0
             self.move(job_id, old, 'waiting', self.position(priority), priority, **fields)
         self.hold_again(job_id)
+
+    def to_tail(self, rows, old, **fields):
+        """Jobs ``(id, priority, key)`` to the tail of waiting, in order, in one
+        UPDATE: ready() a job at a time made a bulk step of 1000 jobs 25 ms."""
+        self.conn.executemany(
+            "UPDATE mpq_job SET state = 'waiting', level = ?, score = ?%s WHERE queue = ? AND "
+            'id = ?' % ''.join(', %s = ?' % name for name in fields),
+            [(level or 0, self.position(level or 0)) + tuple(fields.values()) +
+             (self.queue, job_id) for job_id, level, _ in rows])
+        self.count(old, -len(rows))
+        self.count('waiting', len(rows))
+        for job_id, _, key in rows:
+            if key:
+                self.hold_again(job_id)
+        return len(rows)
 
     def to_head(self, job_id, old, **fields):
         priority = self.get(job_id, 'priority')[0] or 0
@@ -3141,13 +3156,13 @@ class _SqliteSteps:
 
     def tick(self, limit):
         queue, now = self.queue, self.now
-        for job_id, priority in self.conn.execute(_SQ_DUE, (queue, 'delayed', now, limit)).fetchall():
-            self.ready(job_id, 'delayed', priority=priority or 0)
+        self.to_tail(self.conn.execute(_SQ_DUE, (queue, 'delayed', now, limit)).fetchall(),
+                     'delayed')
         self.first_due = ()
-        for job_id, _ in reversed(self.conn.execute(_SQ_DUE, (queue, 'reserved', now,
-                                                              limit)).fetchall()):
+        for job_id, _, _ in reversed(self.conn.execute(_SQ_DUE, (queue, 'reserved', now,
+                                                                 limit)).fetchall()):
             self.to_head(job_id, 'reserved')
-        for job_id, _ in self.conn.execute(_SQ_DUE, (queue, 'working', now, limit)).fetchall():
+        for job_id, _, _ in self.conn.execute(_SQ_DUE, (queue, 'working', now, limit)).fetchall():
             self.lost(job_id, 'lease expired: worker %s or its server stopped while running '
                       'the job' % self.get(job_id, 'worker_id')[0], False)
         for state in ('done', 'cancelled'):      # kept outcomes that expired
@@ -3213,17 +3228,12 @@ class _SqliteSteps:
         return [dict(_record(zip(_FIELDS_BUT_PAYLOAD, row[1:])), id=row[0]) for row in rows]
 
     def retry_failed(self, job_id, limit):
-        if job_id:
-            rows = self.conn.execute("SELECT id FROM mpq_job WHERE queue = ? AND id = ? AND "
-                                     "state = 'failed'", (self.queue, job_id)).fetchall()
-        else:
-            rows = self.conn.execute("SELECT id FROM mpq_job WHERE queue = ? AND state = "
-                                     "'failed' AND level = 0 ORDER BY level DESC, score "
-                                     'LIMIT ?', (self.queue, limit)).fetchall()
-        for (failed_id,) in rows:
-            self.ready(failed_id, 'failed', exec_number=0, handler_runs=None, phase=None,
-                       type=None, error_info=None, fail_time=None, end_time=None)
-        return len(rows)
+        return self.to_tail(self.conn.execute(
+            "SELECT id, priority, key FROM mpq_job WHERE queue = ? AND state = 'failed' AND "
+            'level = 0 %s ORDER BY level DESC, score LIMIT ?' % ('AND id = ?' if job_id else ''),
+            (self.queue,) + ((job_id,) if job_id else ()) + (limit,)).fetchall(), 'failed',
+            exec_number=0, handler_runs=None, phase=None, type=None, error_info=None,
+            fail_time=None, end_time=None)
 
     def delete_failed(self, job_id):
         cur = self.conn.execute("DELETE FROM mpq_job WHERE queue = ? AND id = ? AND "
