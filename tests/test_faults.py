@@ -841,7 +841,7 @@ def test_server_lost_other_pool_recovers_in_flight_jobs(e2e, model):
 MPQ_ACL_RULES = ('resetkeys resetchannels -@all ~mpq:* &mpq:* '
                  '+fcall +function|load +subscribe '
                  '+time +hset +hget +hdel +hmget +hgetall +hincrby +rpush +lpush +lpop +lrem '
-                 '+lrange +ltrim +llen +lindex +exists +del +pexpire +zadd +zrem +zrange '
+                 '+lrange +ltrim +llen +lindex +exists +del +unlink +pexpire +zadd +zrem +zrange '
                  '+zrangebyscore +zremrangebyscore +zscore +zcard +publish')
 
 
