@@ -1319,8 +1319,10 @@ _STEPS = (
     # end notifies that waiter
     ('depth', '', 'depth'),
     # jobs per state, the counters, the create time of the oldest waiting job
-    ('failed', 'offset count', 'records'),
-    # failed jobs' records, oldest first
+    ('failed', 'offset count after', 'records'),
+    # up to count failed jobs' records, oldest first: those after job `after`
+    # while it is failed (a cursor: deep pages cost what the first does), else
+    # from the offset-th
     ('retry_failed', 'id limit', 'int'),
     # put one failed job (or up to `limit`, oldest first) back; how many
     ('delete_failed', 'id', 'bool'),
@@ -1908,10 +1910,12 @@ OPS.depth = function()
           redis.call('ZCARD', WORKING), redis.call('ZCARD', FAILED), s[1] or 0, s[2] or 0,
           s[3] or 0, s[4] or 0, oldest or ''}
 end
-OPS.failed = function(offset, count)
+OPS.failed = function(offset, count, after)
   local out = {}
   if tonumber(count) <= 0 then return out end
   offset = tonumber(offset)
+  local rank = after ~= '' and redis.call('ZRANK', FAILED, after)
+  if rank then offset = rank + 1 end
   for _, id in ipairs(redis.call('ZRANGE', FAILED, offset, offset + tonumber(count) - 1)) do
     table.insert(out, {id, record(id, 'result')})
   end
@@ -3221,11 +3225,18 @@ class _SqliteSteps:
             for level in range(10)) if row is not None]
         return dict(zip(_DEPTH_FIELDS, row), oldest_created=min(heads) if heads else None)
 
-    def failed(self, offset, count):
+    def failed(self, offset, count, after):
+        # ties of score (the jobs of one batch fail at one time) go by rowid,
+        # as the index has them
+        cursor = after and self.conn.execute(
+            "SELECT score, rowid FROM mpq_job WHERE queue = ? AND id = ? AND state = 'failed'",
+            (self.queue, after)).fetchone()
         rows = self.conn.execute(
-            "SELECT id, %s FROM mpq_job WHERE queue = ? AND state = 'failed' AND level = 0 "
-            'ORDER BY level DESC, score LIMIT ? OFFSET ?' % _SQ_RECORD,
-            (self.queue, max(0, count), max(0, offset))).fetchall()
+            "SELECT id, %s FROM mpq_job WHERE queue = ? AND state = 'failed' AND level = 0 %s"
+            'ORDER BY level DESC, score, rowid LIMIT ? OFFSET ?' % (
+                _SQ_RECORD, 'AND (score, rowid) > (?, ?) ' if cursor else ''),
+            (self.queue,) + tuple(cursor or ()) + (max(0, count), 0 if cursor else max(0, offset))
+        ).fetchall()
         return [dict(_record(zip(_FIELDS_BUT_PAYLOAD, row[1:])), id=row[0]) for row in rows]
 
     def retry_failed(self, job_id, limit):
@@ -5890,11 +5901,16 @@ def depth(queue):
     return out
 
 
-def failed_jobs(queue, offset=0, count=100):
-    """The failed jobs of a queue, oldest first, as ``job_info`` dicts."""
+def failed_jobs(queue, offset=0, count=100, after=None):
+    """The failed jobs of a queue, oldest first, as ``job_info`` dicts.
+
+    :param after: the id of the last job of the page before: the page starts
+        after it, as fast at any depth; ``offset`` counts only when that job
+        is no longer in the failed list (retried or deleted meanwhile).
+    """
     queue_config(queue)
     return [_public_info(queue, record) for record in
-            _get_config()['basics']['driver'].run(queue, 'failed', offset, count)]
+            _get_config()['basics']['driver'].run(queue, 'failed', offset, count, after or '')]
 
 
 def _public_info(queue, record):
