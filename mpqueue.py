@@ -2891,12 +2891,11 @@ class _SqliteSteps:
             self.wake, self.first_due = True, due
         return due
 
-    def ready(self, job_id, old, delay=0, priority=None, **fields):
+    def ready(self, job_id, old, delay=0, **fields):
         if delay and delay > 0:
             self.move(job_id, old, 'delayed', self.delayed_until(self.now + delay), **fields)
         else:
-            if priority is None:
-                priority = self.get(job_id, 'priority')[0] or 0
+            priority = self.get(job_id, 'priority')[0] or 0
             self.move(job_id, old, 'waiting', self.position(priority), priority, **fields)
         self.hold_again(job_id)
 
@@ -3232,12 +3231,11 @@ class _SqliteSteps:
         cursor = after and self.conn.execute(
             "SELECT score, rowid FROM mpq_job WHERE queue = ? AND id = ? AND state = 'failed'",
             (self.queue, after)).fetchone()
+        where, args = ('AND (score, rowid) > (?, ?) ', tuple(cursor)) if cursor else ('', ())
         rows = self.conn.execute(
             "SELECT id, %s FROM mpq_job WHERE queue = ? AND state = 'failed' AND level = 0 %s"
-            'ORDER BY level DESC, score, rowid LIMIT ? OFFSET ?' % (
-                _SQ_RECORD, 'AND (score, rowid) > (?, ?) ' if cursor else ''),
-            (self.queue,) + tuple(cursor or ()) + (max(0, count), 0 if cursor else max(0, offset))
-        ).fetchall()
+            'ORDER BY level DESC, score, rowid LIMIT ? OFFSET ?' % (_SQ_RECORD, where),
+            (self.queue,) + args + (max(0, count), 0 if cursor else max(0, offset))).fetchall()
         return [dict(_record(zip(_FIELDS_BUT_PAYLOAD, row[1:])), id=row[0]) for row in rows]
 
     def retry_failed(self, job_id, limit):
