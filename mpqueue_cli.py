@@ -976,10 +976,11 @@ class _WebHandler(http.server.BaseHTTPRequestHandler):
     def api_failed(self, query, queue):
         offset = _int_param(query, 'offset', 0, 0, None)
         count = _int_param(query, 'count', 50, 1, _WEB_FAILED_PAGE_MAX)
+        after = query.get('after', [''])[0]     # the last job of the page before
 
         def page():
             return {'total': mpqueue.depth(queue)['failed'],
-                    'jobs': mpqueue.failed_jobs(queue, offset, count)}
+                    'jobs': mpqueue.failed_jobs(queue, offset, count, after)}
         return self.server.broker(page)
 
     def api_job(self, query, queue, job_id):
@@ -1716,7 +1717,7 @@ form.login .btn { margin-top: 8px; padding: 9px; }
     history: 'unknown',           // 'broker': mpqueue.history(); 'local': our samples
     historyData: new Map(),
     chartQueue: QUEUES[0] || null,
-    failed: {queue: QUEUES[0] || null, offset: 0, key: ''},
+    failed: {queue: QUEUES[0] || null, offset: 0, after: '', key: ''},
     open: new Set(),              // error <details> the user opened: 'id:index'
     job: {queue: QUEUES[0] || null, id: '', key: ''},
     schedulesKey: '',
@@ -1925,7 +1926,7 @@ form.login .btn { margin-top: 8px; padding: 9px; }
     }
   }
 
-  // -- routing: #queues, #fleet, #failed/Q/OFFSET, #job/Q/ID, #schedules -------------------
+  // -- routing: #queues, #fleet, #failed/Q/OFFSET/AFTER, #job/Q/ID, #schedules -------------
 
   function route() {
     let parts;
@@ -1938,6 +1939,7 @@ form.login .btn { margin-top: 8px; padding: 9px; }
     if (state.view === 'failed' && parts[1]) {
       state.failed.queue = parts[1];
       state.failed.offset = Math.max(0, parseInt(parts[2], 10) || 0);
+      state.failed.after = parts[3] || '';      // the id of the job before the page
       state.failed.key = '';
     }
     if (state.view === 'job') {
@@ -2256,7 +2258,8 @@ form.login .btn { margin-top: 8px; padding: 9px; }
       return;
     }
     const base = 'api/queues/' + enc(queue) + '/failed';
-    const data = await api(base + '?offset=' + state.failed.offset + '&count=' + PAGE_SIZE);
+    const data = await api(base + '?offset=' + state.failed.offset + '&count=' + PAGE_SIZE +
+                           (state.failed.after ? '&after=' + enc(state.failed.after) : ''));
     if (state.failed.offset && state.failed.offset >= data.total) {
       // the page emptied (jobs retried or deleted): show the last one that has jobs
       const last = Math.max(0, Math.floor((data.total - 1) / PAGE_SIZE) * PAGE_SIZE);
@@ -2311,8 +2314,8 @@ form.login .btn { margin-top: 8px; padding: 9px; }
     const head = ['Job', 'Attempts', 'Failed', 'Errors'].concat(READ_ONLY ? [] : ['Actions']);
     const first = state.failed.offset + 1, last = state.failed.offset + data.jobs.length;
     const prev = state.failed.offset > 0, next = last < data.total;
-    const pageLink = (offset, label, rel) => el('a', {
-      href: '#failed/' + enc(queue) + (offset ? '/' + offset : ''), rel: rel}, label);
+    const pageLink = (offset, label, rel, after) => el('a', {href: '#failed/' + enc(queue) +
+      (offset ? '/' + offset : '') + (after ? '/' + enc(after) : ''), rel: rel}, label);
     box.replaceChildren(
       el('div', {class: 'scroll'}, el('table', {class: 'data failed-jobs', id: 'failed-table'}, [
         el('caption', {class: 'sr-only'}, 'Failed jobs of queue ' + queue),
@@ -2325,7 +2328,8 @@ form.login .btn { margin-top: 8px; padding: 9px; }
         el('span', {class: 'spacer'}),
         prev ? pageLink(Math.max(0, state.failed.offset - PAGE_SIZE), '\u2190 Previous', 'prev')
           : null,
-        next ? pageLink(state.failed.offset + PAGE_SIZE, 'Next \u2192', 'next') : null]));
+        next ? pageLink(state.failed.offset + PAGE_SIZE, 'Next \u2192', 'next',
+                        data.jobs[data.jobs.length - 1].id) : null]));
   }
 
   // -- a job by id ---------------------------------------------------------------------

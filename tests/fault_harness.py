@@ -236,5 +236,5 @@ def push_tagged(jobs, tags, seconds=0.0, queue='q', **options):
 MPQ_ACL_RULES = ('resetkeys resetchannels -@all ~mpq:* &mpq:* '
                  '+fcall +function|load +subscribe '
                  '+time +hset +hget +hdel +hmget +hgetall +hincrby +rpush +lpush +lpop +lrem '
-                 '+lrange +ltrim +llen +lindex +exists +del +pexpire +zadd +zrem +zrange '
-                 '+zrangebyscore +zremrangebyscore +zscore +zcard +publish')
+                 '+lrange +ltrim +llen +lindex +exists +del +unlink +pexpire +zadd +zrem +zrange '
+                 '+zrangebyscore +zremrangebyscore +zscore +zcard +zrank +publish')

@@ -146,8 +146,8 @@ def zero_counts(**given):
     return dict(dict.fromkeys(LIVE + COUNTERS, 0), **given)
 
 
-def failed(driver, queue, offset=0, count=100):
-    return driver.run(queue, 'failed', offset, count)
+def failed(driver, queue, offset=0, count=100, after=''):
+    return driver.run(queue, 'failed', offset, count, after)
 
 
 def empty(driver, queue):

@@ -30,6 +30,7 @@ CLI behaviour with a missing or broken config file is covered by
 """
 
 import os
+import re
 import signal
 import time
 
@@ -714,6 +715,11 @@ def test_redis_authentication_failure_says_so(servers):
         assert 'authentication' in message.lower(), (what, message)
         assert 'wrong-pass' not in message and 'pass-word-9' not in message, (what, message)
     assert broker.client().dbsize() == 0
+
+
+def test_the_minimal_rules_allow_every_command_of_the_library():
+    called = set(re.findall(r"redis\.call\('([A-Z]+)'", mpqueue._LUA_LIBRARY))
+    assert called and not {'+' + c.lower() for c in called} - set(MPQ_ACL_RULES.split())
 
 
 def test_redis_acl_user_with_the_minimal_rules(servers, e2e):

@@ -12,6 +12,7 @@ Every wait polls with a deadline; the page refreshes itself every 2 s.
 Screenshots go under each test's ``tmp_path``.
 """
 
+import functools
 import http.client
 import json
 import os
@@ -426,6 +427,23 @@ def test_failed_jobs_show_tracebacks_as_text_and_retry_delete_work(e2e, browser,
     settle(pool, 'q', 'D to fail again', failed=1, working=0, waiting=0)
     wait_page(browser, lambda: list(failed_rows(browser)) == [markup], 'only D on the page')
     assert_no_alert(browser)
+    web.stop()
+
+
+def test_the_next_page_of_failed_jobs_reads_after_the_last_job_shown(one_broker, browser):
+    pool, jobs = failed_pool(one_broker)
+    mpqueue.push_many('q', [functools.partial(jobs.boom, 'page-%d' % i) for i in range(53)])
+    settle(pool, 'q', '53 failed jobs', failed=53)
+    order = [job['id'] for job in mpqueue.failed_jobs('q')]
+    web = Web(one_broker, pool.config_path)
+    status, body = web.json('GET', '/api/queues/q/failed?count=2&after=' + order[1])
+    assert status == 200 and [job['id'] for job in body['jobs']] == order[2:4], body
+    browser.get(web.url + '#failed/q')
+    wait_page(browser, lambda: set(failed_rows(browser)) == set(order[:50]), 'the first page')
+    link = browser.find_element(By.CSS_SELECTOR, '.pager a[rel=next]')
+    assert link.get_attribute('href').endswith('#failed/q/50/' + order[49])
+    link.click()
+    wait_page(browser, lambda: set(failed_rows(browser)) == set(order[50:]), 'the next page')
     web.stop()
 
 
