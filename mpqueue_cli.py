@@ -394,20 +394,31 @@ def _watch_frame(address, depths, interval):
     return '\n'.join(lines) + '\n'
 
 
+def _every_failed(queue, page=1000):
+    """The failed jobs of ``queue``, read a page at a time (by cursor)."""
+    after = None
+    while True:
+        jobs = mpqueue.failed_jobs(queue, 0, page, after)
+        yield from jobs
+        if len(jobs) < page:
+            return
+        after = jobs[-1]['id']
+
+
 def cmd_queue_failed(cfg, args):
     (queue,) = _queues(cfg, args, required=True)
-    jobs = mpqueue.failed_jobs(queue, 0, 1000)
     if args.json:
-        print(json.dumps(jobs, indent=1, default=str))
+        print(json.dumps(list(_every_failed(queue)), indent=1, default=str))
         return 0
-    if not jobs:
-        print('no failed jobs in queue %r' % queue)
-    for info in jobs:
+    shown = 0
+    for shown, info in enumerate(_every_failed(queue), 1):
         print('== %s  %s  type=%s  attempts=%s  worker=%s' % (
             info['id'], info['job'], 'timeout' if info['type'] == mpqueue.TYPE_TIMEOUT
             else 'normal', info['exec_number'], info['worker_id']))
         for i, err in enumerate(info['error_info'], 1):
             print('-- error %d:\n%s' % (i, err))
+    if not shown:
+        print('no failed jobs in queue %r' % queue)
     return 0
 
 

@@ -274,6 +274,20 @@ def test_config_from_env_and_module_attr(e2e):
 
 # -- queue commands ----------------------------------------------------------------------
 
+def test_queue_failed_lists_every_page(e2e):
+    import steps
+    pool = e2e.pool(queue_conf())
+    driver = mpqueue._get_config()['basics']['driver']
+    made = {steps.make_failed(driver, 'q') for _ in range(1001)}     # one more than a page
+    res = pool.cli('queue:failed', '--queue', 'q', '--json')
+    assert res.returncode == 0, res.stderr
+    assert [info['id'] for info in json.loads(res.stdout)] == \
+        [info['id'] for info in mpqueue.failed_jobs('q', 0, 2000)]
+    assert {info['id'] for info in json.loads(res.stdout)} == made
+    res = pool.cli('queue:failed', '--queue', 'q')
+    assert res.returncode == 0 and res.stdout.count('\n== ') + 1 == 1001, res.stderr
+
+
 def test_queue_failed_retry_and_clean(e2e):
     pool = e2e.pool(queue_conf(fail_number=0)).start()
     jobs = e2e.import_jobs()
