@@ -2290,6 +2290,11 @@ class RedisDriver(_Driver):
             import redis.backoff  # noqa: F401
             import redis.retry  # noqa: F401
             import encodings.idna  # noqa: F401  (connecting by host name loads it)
+            import redis.utils
+            # redis-py 8 reads its version from the package metadata (a scan of
+            # sys.path) for each client: once here, and not 1.3 MB per master
+            redis.utils.get_lib_version = functools.lru_cache(redis.utils.get_lib_version)
+            redis.utils.get_lib_version()
             if self.cluster:
                 import redis.cluster  # noqa: F401
             if self.service_name is not None:
