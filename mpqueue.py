@@ -2296,6 +2296,11 @@ class RedisDriver(_Driver):
             import redis.backoff  # noqa: F401
             import redis.retry  # noqa: F401
             import encodings.idna  # noqa: F401  (connecting by host name loads it)
+            import redis.utils
+            # redis-py 8 reads its version from the package metadata (a scan of
+            # sys.path) for each client: once here, and not 1.3 MB per master
+            redis.utils.get_lib_version = functools.lru_cache(redis.utils.get_lib_version)
+            redis.utils.get_lib_version()
             if self.cluster:
                 import redis.cluster  # noqa: F401
             if self.service_name is not None:
@@ -3352,13 +3357,19 @@ class SqliteDriver(_Driver):
 
     All queues share the file (a ``queue`` column).  Each ``execute()`` is one
     ``BEGIN IMMEDIATE`` transaction in WAL mode (reads that change nothing take
-    no write lock), so the processes of a pool serialize their steps through
-    SQLite's write lock.  Connections open lazily in each process and are
-    never used across a ``fork()``.  A step that makes work wakes the queue's
-    masters through Unix datagram sockets next to the database.
+    no write lock).  Writers queue first for a POSIX lock on a side file
+    (``<path>-lock``): they sleep in the kernel and the next one wakes as the
+    lock is let go, where SQLite's busy handler would poll in sleeps of up to
+    100 ms.  The lock dies with its process.  Each process checkpoints the WAL
+    itself, every CHECKPOINT_WRITES of its writes, after letting go of the
+    lock, so no writer waits on a checkpoint.  Connections open lazily in
+    each process and are never used across a ``fork()``.  A step that makes
+    work wakes the queue's masters through Unix datagram sockets next to the
+    database.
     """
 
     BUSY_TIMEOUT = 10.0     # seconds a step waits for another process's transaction
+    CHECKPOINT_WRITES = 100     # a process's writes between its WAL checkpoints
 
     _inherited = []         # connections of parent processes: kept, never used or closed
 
@@ -3368,7 +3379,8 @@ class SqliteDriver(_Driver):
         self.path = path
         self.address = 'sqlite:' + path
         self._file = os.path.abspath(path)    # daemons chdir('/'): fix the path now
-        self._pid = self._conn = self._lock = self._sender = None
+        self._pid = self._conn = self._lock = self._sender = self._lock_fd = None
+        self._writes = 0
         self._wake_paths = {}
 
     def __repr__(self):
@@ -3377,6 +3389,7 @@ class SqliteDriver(_Driver):
     def __getstate__(self):   # drivers travel in pickled configs without their connection
         state = dict(self.__dict__)
         state['_conn'] = state['_pid'] = state['_lock'] = state['_sender'] = None
+        state['_lock_fd'] = None
         return state
 
     def _error(self, exc):
@@ -3394,7 +3407,9 @@ class SqliteDriver(_Driver):
                 SqliteDriver._inherited.append(self._conn)
                 if self._sender is not None:
                     self._sender.close()
-                self._conn = self._sender = None
+                if self._lock_fd is not None:
+                    os.close(self._lock_fd)     # holds no lock of this process
+                self._conn = self._sender = self._lock_fd = None
             import sqlite3
             self._lock = threading.Lock()
             conn = None
@@ -3406,7 +3421,9 @@ class SqliteDriver(_Driver):
                 conn.execute('PRAGMA busy_timeout = %d' % int(self.BUSY_TIMEOUT * 1000))
                 conn.execute('PRAGMA journal_mode = WAL')
                 conn.execute('PRAGMA synchronous = NORMAL')
+                conn.execute('PRAGMA wal_autocheckpoint = 0')
                 conn.executescript(_SQLITE_SCHEMA)
+                self._lock_fd = os.open(self._file + '-lock', os.O_RDWR | os.O_CREAT, 0o644)
             except (sqlite3.Error, OSError) as exc:
                 if conn is not None:
                     conn.close()
@@ -3422,6 +3439,8 @@ class SqliteDriver(_Driver):
         if conn is None or self._pid != os.getpid():
             conn = self._connect()
         with self._lock:
+            if write:
+                fcntl.lockf(self._lock_fd, fcntl.LOCK_EX)
             try:
                 try:
                     conn.execute('BEGIN IMMEDIATE' if write else 'BEGIN')
@@ -3436,6 +3455,14 @@ class SqliteDriver(_Driver):
                     raise
             except sqlite3.Error as exc:
                 raise self._error(exc) from exc
+            finally:
+                if write:
+                    fcntl.lockf(self._lock_fd, fcntl.LOCK_UN)
+            if write:
+                self._writes += 1
+                if self._writes % self.CHECKPOINT_WRITES == 0:
+                    with contextlib.suppress(sqlite3.Error):    # the steps are committed
+                        conn.execute('PRAGMA wal_checkpoint(PASSIVE)')
         return out
 
     def _execute(self, queue, steps):
@@ -3504,7 +3531,9 @@ class SqliteDriver(_Driver):
                 self._sender.close()
         elif self._conn is not None:
             SqliteDriver._inherited.append(self._conn)
-        self._conn = self._sender = self._pid = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+        self._conn = self._sender = self._pid = self._lock_fd = None
 
 
 class _SqliteWatch:

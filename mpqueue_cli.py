@@ -787,6 +787,9 @@ class _WebHandler(http.server.BaseHTTPRequestHandler):
     protocol_version = 'HTTP/1.1'
     server_version = 'mpqueue-web'
     timeout = _WEB_REQUEST_TIMEOUT
+    # headers and body go out in two writes: with Nagle, a kept-alive client's
+    # delayed ACK held the body back 40 ms
+    disable_nagle_algorithm = True
 
     def version_string(self):
         return self.server_version

@@ -8,6 +8,8 @@
         redis+sentinel://127.0.0.1:26379/mymaster/15     # Redis found through Sentinel
     python examples/benchmark.py --only drain,latency --workers 8 --model grab
     python examples/benchmark.py --scaling --jobs 5000    # 1/2/4/8 workers, both drivers and models
+    python examples/benchmark.py --scale                  # costs that grow with the queue
+    python examples/benchmark.py --scale --code /tmp/old  # ... of the mpqueue of another checkout
 
 The benchmark uses mpqueue the way an application does: ``configure``,
 ``push``, ``push_many``, ``status`` and ``clean`` from this process, and a
@@ -61,6 +63,21 @@ through it), which is part of their PSS.
 both models, prints a markdown table and writes an SVG line chart (``--svg``).
 If Redis does not answer, the Redis half is skipped with a warning.
 
+``--scale`` measures, on SQLite and Redis (``--driver`` picks one; ``--only``
+some of ``reads,bulk,delayed,memory``):
+
+  reads    ``status()``, ``depth()``, the metrics text and the dashboard's
+           ``GET /api/queues`` (median ms of 21 calls) behind 10k, 100k and
+           500k waiting jobs plus 50k failed ones; on SQLite also ``status()``
+           while another connection holds the write lock
+  bulk     ``retry_failed()`` of 50k failed jobs, and the longest call another
+           process made meanwhile: a Redis ``PING``, an SQLite ``push()``
+  delayed  ``--delayed-jobs`` (10000) jobs pushed one by one over
+           ``--delayed-seconds`` (10), each due 0.5 s after its push: how late
+           they start while the pushes go on (p50 / p99 / max)
+  memory   PSS of ready pools of 1 and of 50 queues x 1 worker, and so PSS per
+           added queue
+
 Figures depend on the machine and on what else runs on it: run the benchmark
 on an otherwise idle machine, and more than once, before comparing numbers.
 The exit status is 0 when every check passed (no job lost or run twice, the
@@ -80,6 +97,7 @@ import platform
 import runpy
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -87,9 +105,11 @@ import time
 from xml.sax.saxutils import escape
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-if os.path.isfile(os.path.join(REPO, 'mpqueue.py')):   # running from a checkout
-    sys.path.insert(0, REPO)
+# --code DIR measures the mpqueue of another checkout: read before mpqueue is imported
+CODE = os.path.abspath(sys.argv[sys.argv.index('--code') + 1]) if '--code' in sys.argv[:-1] \
+    else os.path.dirname(HERE)
+if os.path.isfile(os.path.join(CODE, 'mpqueue.py')):   # running from a checkout
+    sys.path.insert(0, CODE)
 
 import mpqueue  # noqa: E402
 
@@ -427,8 +447,8 @@ config = {
     'basics': {'name': %(name)r, 'pid_path': %(dir)r, 'driver': %(driver)s,
                'stop_grace': %(grace)r, 'worker_start_handle': mpqbench_jobs.warm_up},
     'log': {'path': %(dir)r, 'level': logging.INFO},
-    'queue': [{'name': %(queue)r, 'worker_number': %(workers)d, 'model': %(model)r,
-               'schedule': %(schedule)s}],
+    'queue': [{'name': q, 'worker_number': %(workers)d, 'model': %(model)r,
+               'schedule': %(schedule)s} for q in %(queues)r],
 }
 '''
 
@@ -602,13 +622,16 @@ class Workdir:
 
     def env(self):
         env = dict(os.environ)
-        if os.path.isfile(os.path.join(REPO, 'mpqueue.py')):
+        if os.path.isfile(os.path.join(CODE, 'mpqueue.py')):
             env['PYTHONPATH'] = os.pathsep.join(
-                [REPO] + [p for p in env.get('PYTHONPATH', '').split(os.pathsep) if p])
+                [CODE] + [p for p in env.get('PYTHONPATH', '').split(os.pathsep) if p])
         return env
 
-    def configure(self, workers, model, schedule=()):
-        """Write the pool's config file and configure this process from it."""
+    def configure(self, workers, model, queues=1, schedule=()):
+        """Write the pool's config file (``queues`` queues, the first one
+        ``self.queue``, each with ``schedule``) and configure this process
+        from it; the config."""
+        names = [self.queue] + ['%s-%d' % (self.queue, i) for i in range(2, queues + 1)]
         if self.driver != 'sqlite':
             driver = 'mpqueue.RedisDriver(url=%r, prefix=%r, cluster=%r)' % (
                 self.redis_url, self.redis_prefix, self.cluster)
@@ -616,11 +639,13 @@ class Workdir:
             driver = 'mpqueue.SqliteDriver(%r)' % self.path('mpqbench.db')
         with open(self.config_path, 'w') as f:
             f.write(CONFIG_SOURCE % {'dir': self.dir, 'name': POOL_NAME, 'driver': driver,
-                                     'grace': STOP_GRACE, 'queue': self.queue,
+                                     'grace': STOP_GRACE, 'queues': names,
                                      'workers': workers, 'model': model,
                                      'schedule': repr(list(schedule))})
-        mpqueue.configure(runpy.run_path(self.config_path)['config'])
-        self.queues_used.add(self.queue)
+        config = runpy.run_path(self.config_path)['config']
+        mpqueue.configure(config)
+        self.queues_used.update(names)
+        return config
 
     def log_tail(self, lines=40):
         """The end of the pool's log, and what else it printed (tracebacks...)."""
@@ -884,7 +909,7 @@ def run_schedules(wd, args, problems):
     """Pools with SCHEDULES schedules: every second (lateness, CPU), every minute (CPU)."""
     result = {}
     for every in (1, 60):
-        wd.configure(args.workers, args.model, [
+        wd.configure(args.workers, args.model, schedule=[
             {'name': 's%d' % k, 'every': every, 'job': '%s:tick' % JOBS_MODULE,
              'args': (every,)} for k in range(SCHEDULES)])
         pool = Pool(wd).start()
@@ -1265,13 +1290,248 @@ def scaling_svg(report):
     return '\n'.join(out) + '\n'
 
 
+# -- at scale --------------------------------------------------------------------
+
+SCALE_PARTS = ('reads', 'bulk', 'delayed', 'memory')
+SCALE_BACKLOGS = (10000, 100000, 500000)    # waiting jobs behind the reads
+SCALE_FAILED = 50000        # failed jobs beside them, and for the bulk retry
+SCALE_CALLS = 21            # calls per read figure: the median is reported
+SCALE_QUEUES = (1, 50)      # pools of this many queues x 1 worker: PSS per added queue
+FILL_CHUNK = 5000           # jobs per round trip when filling a queue
+PSS_SETTLE = 3.0            # seconds a started pool settles before its PSS is read
+
+
+def fill(wd, waiting=0, failed=0):
+    """``failed`` jobs through their lifecycle (push, pop, fail), then
+    ``waiting`` more, a chunk per round trip."""
+    driver = mpqueue._get_config()['basics']['driver']
+    for lo in range(0, failed, FILL_CHUNK):
+        mpqueue.push_many(wd.queue, [wd.jobs.noop] * min(FILL_CHUNK, failed - lo))
+        driver.execute(wd.queue, [('fail', job['id'], job['attempt'], mpqueue.TYPE_NORMAL,
+                                   '["benchmark"]', '')
+                                  for job in driver.run(wd.queue, 'pop', FILL_CHUNK, 'b', 'b')])
+    for lo in range(0, waiting, FILL_CHUNK):
+        mpqueue.push_many(wd.queue, [wd.jobs.noop] * min(FILL_CHUNK, waiting - lo))
+
+
+def median_ms(call):
+    times = []
+    for _ in range(SCALE_CALLS):
+        t0 = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1000
+
+
+def dashboard(config):
+    """The dashboard's server on a free port, in a thread, and a call of its
+    queue API (GET /api/queues) over one kept-alive connection."""
+    import http.client
+    import threading
+    import mpqueue_cli
+    server = mpqueue_cli._WebServer(('127.0.0.1', 0), config, None, True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    conn = http.client.HTTPConnection(*server.server_address[:2])
+
+    def get():
+        conn.request('GET', '/api/queues')
+        response = conn.getresponse()
+        response.read()
+        if response.status != 200:
+            raise BenchmarkError('GET /api/queues answered %d' % response.status)
+    return server, get
+
+
+def status_while_locked(wd):
+    """status() (ms) while another connection holds SQLite's write lock."""
+    import sqlite3
+    other = sqlite3.connect(wd.path('mpqbench.db'), isolation_level=None)
+    other.execute('BEGIN IMMEDIATE')
+    try:
+        return median_ms(lambda: mpqueue.status(wd.queue))
+    finally:
+        other.execute('ROLLBACK')
+        other.close()
+
+
+def run_reads(wd, config):
+    """status(), depth(), the metrics and the dashboard's queue API (ms, the
+    median of SCALE_CALLS) behind each backlog of SCALE_BACKLOGS."""
+    import mpqueue_cli
+    server, api = dashboard(config)
+    calls = {'status': lambda: mpqueue.status(wd.queue), 'depth': lambda: mpqueue.depth(wd.queue),
+             'metrics': lambda: mpqueue_cli.metrics_text([wd.queue]), 'dashboard': api}
+    out, have = {}, 0
+    try:
+        mpqueue.clean(wd.queue)
+        fill(wd, failed=SCALE_FAILED)
+        for n in SCALE_BACKLOGS:
+            fill(wd, waiting=n - have)
+            have = n
+            out[n] = {name: median_ms(call) for name, call in calls.items()}
+            if wd.driver == 'sqlite':
+                out[n]['status_locked'] = status_while_locked(wd)
+    finally:
+        server.shutdown()
+        server.server_close()
+        mpqueue.clean(wd.queue)
+    return out
+
+
+def longest_call(make_call, work):
+    """Run ``work()`` while a forked process calls ``make_call()()`` over and
+    over: the seconds ``work`` took, the longest of those calls (ms)."""
+    import multiprocessing
+    ctx = multiprocessing.get_context('fork')
+    running, stop = ctx.Event(), ctx.Event()
+    here, there = ctx.Pipe()
+
+    def probe():
+        call, longest = make_call(), 0.0
+        call()      # connects
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            call()
+            longest = max(longest, time.perf_counter() - t0)
+            running.set()
+        there.send(longest * 1000)
+
+    proc = ctx.Process(target=probe)
+    proc.start()
+    running.wait(30)
+    t0 = time.perf_counter()
+    work()
+    seconds = time.perf_counter() - t0
+    stop.set()
+    longest = here.recv()
+    proc.join()
+    return seconds, longest
+
+
+def run_bulk(wd):
+    """retry_failed() of SCALE_FAILED jobs, and the longest PING (Redis) or
+    push() (SQLite: another writer) meanwhile."""
+    mpqueue.clean(wd.queue)
+    fill(wd, failed=SCALE_FAILED)
+    if wd.driver == 'sqlite':
+        def make_call():
+            return functools.partial(mpqueue.push, wd.queue, wd.jobs.noop)
+    else:
+        def make_call():
+            import redis
+            return redis.Redis.from_url(wd.redis_url).ping
+    seconds, longest = longest_call(make_call, lambda: mpqueue.retry_failed(wd.queue))
+    mpqueue.clean(wd.queue)
+    return {'seconds': seconds, 'longest_ms': longest}
+
+
+def run_delayed_pushing(wd, args, problems):
+    """--delayed-jobs jobs pushed one by one over --delayed-seconds, each due
+    DELAYED_DELAY after its push: how late they start, while the pushes go on."""
+    wd.configure(args.workers, args.model)
+    pool = Pool(wd).start()
+    try:
+        wait_ready(wd, pool, args.workers)
+        values, error = run_values(wd, pool, 'delayed', args.delayed_jobs, DELAYED_DELAY,
+                                   args.delayed_seconds / args.delayed_jobs, wd.jobs.delayed)
+    finally:
+        problems += stop_problems(pool.stop())
+    if error:
+        problems.append('delayed while pushing: ' + error)
+    return dict(ms_summary(values), jobs=args.delayed_jobs, done=len(values))
+
+
+def pool_pss_mb(wd, queues, problems):
+    """PSS (MB) of a ready pool of ``queues`` queues x 1 worker."""
+    wd.configure(1, mpqueue.MODEL_DISTRIBUTE, queues)
+    pool = Pool(wd).start()
+    try:
+        deadline_wait(lambda: len(pool.tree()) >= 1 + 2 * queues, 120,
+                      'a pool of %d processes' % (1 + 2 * queues), pool=pool)
+        time.sleep(PSS_SETTLE)
+        return sum(pss_kb(pid) or 0 for pid in pool.tree()) / 1024.0
+    finally:
+        problems += stop_problems(pool.stop())
+
+
+def run_scale(args, selected):
+    report = {'machine': machine_info(), 'code': CODE, 'drivers': {}, 'problems': []}
+    drivers = [args.driver] if args.driver else ['sqlite', 'redis']
+    if 'redis' in drivers and not redis_answers(args.redis_url):
+        print('warning: Redis does not answer at %s; measuring SQLite only' % args.redis_url,
+              file=sys.stderr)
+        drivers.remove('redis')
+    for driver in drivers:
+        wd = Workdir(driver, args.redis_url, args.redis_prefix, args.keep)
+        out = report['drivers'][driver] = {}
+        problems = []
+        try:
+            config = wd.configure(args.workers, args.model)
+            if 'reads' in selected:
+                out['reads'] = run_reads(wd, config)
+            if 'bulk' in selected:
+                out['bulk'] = run_bulk(wd)
+            if 'delayed' in selected:
+                out['delayed'] = run_delayed_pushing(wd, args, problems)
+            if 'memory' in selected:
+                out['pss_mb'] = {q: pool_pss_mb(wd, q, problems) for q in SCALE_QUEUES}
+        except BenchmarkError as exc:
+            problems.append(str(exc))
+        finally:
+            if problems:
+                problems.append('pool log:\n' + wd.log_tail())
+            wd.close(problems)
+            report['problems'] += ['%s: %s' % (driver, p) for p in problems]
+    return report
+
+
+def scale_rows(report):
+    """(figure, value per driver) rows of a --scale report."""
+    drivers = report['drivers']
+    rows = []
+
+    def add(label, get, digits=2):
+        values = []
+        for d in drivers.values():
+            try:
+                values.append(fmt(get(d), digits))
+            except (KeyError, TypeError):
+                values.append('n/a')
+        rows.append((label,) + tuple(values))
+    for n in SCALE_BACKLOGS:
+        for name in ('status', 'depth', 'metrics', 'dashboard'):
+            add('%s ms, %s waiting + %s failed' % (name, fmt(n), fmt(SCALE_FAILED)),
+                lambda d: d['reads'][n][name])
+        add('status ms while another process writes, %s waiting' % fmt(n),
+            lambda d: d['reads'][n]['status_locked'])
+    add('retry_failed() of %s failed jobs, s' % fmt(SCALE_FAILED), lambda d: d['bulk']['seconds'])
+    add('longest push() (sqlite) / PING (redis) meanwhile, ms',
+        lambda d: d['bulk']['longest_ms'])
+    for k in ('p50_ms', 'p99_ms', 'max_ms'):
+        add('delayed lateness while pushing, %s ms' % k[:-3], lambda d: d['delayed'][k])
+    for q in SCALE_QUEUES:
+        add('PSS of %d queue(s) x 1 worker, MB' % q, lambda d: d['pss_mb'][q], 1)
+    first, last = SCALE_QUEUES[0], SCALE_QUEUES[-1]
+    add('PSS per added queue, MB', lambda d: (d['pss_mb'][last] - d['pss_mb'][first]) /
+        (last - first))
+    return [('figure',) + tuple(drivers)] + rows
+
+
+def print_scale(report):
+    m = report['machine']
+    print('mpqueue at scale (%s); python %s, %s CPUs, load average %s at start\n' % (
+        report['code'], m['python'], m['cpus'], ' '.join('%.2f' % x for x in m['load_average'])))
+    for row in scale_rows(report):
+        print('| %s |' % ' | '.join(row))
+
+
 # -- main ----------------------------------------------------------------------
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
         description='Benchmark mpqueue on this machine (see the docstring of this file).')
     p.add_argument('--driver', choices=('sqlite', 'redis', 'redis-cluster', 'redis-sentinel'),
-                   default='sqlite')
+                   help='the broker (default sqlite; --scale: sqlite and redis)')
     p.add_argument('--redis-url', default=None,
                    help='Redis for --driver redis (default %s); a node of the cluster for '
                    '--driver redis-cluster (default %s); the redis+sentinel:// URL for '
@@ -1284,8 +1544,8 @@ def parse_args(argv=None):
                    help='jobs for push, push_many and drain (default 20000)')
     p.add_argument('--model', choices=(mpqueue.MODEL_DISTRIBUTE, mpqueue.MODEL_GRAB),
                    default=mpqueue.MODEL_DISTRIBUTE)
-    p.add_argument('--only', default=','.join(WORKLOADS),
-                   help='comma-separated workloads among %s' % ','.join(WORKLOADS))
+    p.add_argument('--only', help='comma-separated workloads among %s (--scale: among %s)'
+                   % (','.join(WORKLOADS), ','.join(SCALE_PARTS)))
     p.add_argument('--idle-seconds', type=float, default=10.0,
                    help='how long to measure the idle pool (default 10)')
     p.add_argument('--json', action='store_true', help='print JSON instead of a table')
@@ -1293,16 +1553,29 @@ def parse_args(argv=None):
                    help='drain throughput with 1, 2, 4, 8 workers, both brokers and models')
     p.add_argument('--svg', default=os.path.join(HERE, 'scaling.svg'),
                    help='where --scaling writes its chart (default examples/scaling.svg)')
+    p.add_argument('--scale', action='store_true',
+                   help='costs that grow with the queue: reads behind a backlog, bulk retry, '
+                   'delayed jobs while pushing, PSS per queue')
+    p.add_argument('--delayed-jobs', type=int, default=10000,
+                   help='--scale: delayed jobs pushed (default %(default)s)')
+    p.add_argument('--delayed-seconds', type=float, default=10.0,
+                   help='--scale: ... over this many seconds (default %(default)s)')
+    p.add_argument('--code', default=CODE,
+                   help='the checkout whose mpqueue to measure (default: this one)')
     p.add_argument('--keep', action='store_true',
                    help='keep the temporary directory (config, jobs, logs, SQLite file)')
     args = p.parse_args(argv)
     if args.redis_url is None:
         args.redis_url = {'redis-cluster': CLUSTER_URL,
                           'redis-sentinel': SENTINEL_URL}.get(args.driver, REDIS_URL)
-    selected = {w.strip() for w in args.only.split(',') if w.strip()}
-    unknown = selected - set(WORKLOADS)
-    if unknown or not selected:
-        p.error('--only takes a comma-separated list of %s' % ', '.join(WORKLOADS))
+    if args.scale and args.driver not in (None, 'sqlite', 'redis'):
+        p.error('--scale measures --driver sqlite or redis')
+    if not args.scale:
+        args.driver = args.driver or 'sqlite'
+    parts = SCALE_PARTS if args.scale else WORKLOADS
+    selected = {w.strip() for w in (args.only or ','.join(parts)).split(',') if w.strip()}
+    if selected - set(parts) or not selected:
+        p.error('--only takes a comma-separated list of %s' % ', '.join(parts))
     if args.workers < 1 or args.jobs < 1 or args.idle_seconds <= 0:
         p.error('--workers and --jobs must be >= 1 and --idle-seconds > 0')
     if not os.path.isdir('/proc/self'):
@@ -1315,7 +1588,13 @@ def main(argv=None):
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _interrupted)
     try:
-        if args.scaling:
+        if args.scale:
+            report = run_scale(args, selected)
+            if args.json:
+                print(json.dumps(report, indent=1))
+            else:
+                print_scale(report)
+        elif args.scaling:
             report = run_scaling(args)
             svg = scaling_svg(report)
             with open(args.svg, 'w') as f:

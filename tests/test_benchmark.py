@@ -103,6 +103,16 @@ def test_benchmark_sqlite(proc_reaper):
 
 
 @pytest.mark.slow
+def test_benchmark_scale_sqlite(proc_reaper):
+    report = run_benchmark(proc_reaper, '--scale', '--driver', 'sqlite', '--only', 'bulk,delayed',
+                           '--delayed-jobs', '200', '--delayed-seconds', '1')
+    sqlite = report['drivers']['sqlite']
+    assert sqlite['bulk']['seconds'] > 0 and sqlite['bulk']['longest_ms'] > 0
+    assert sqlite['delayed']['done'] == sqlite['delayed']['jobs'] == 200
+    assert 0 <= sqlite['delayed']['p50_ms'] <= sqlite['delayed']['max_ms'] < 1000
+
+
+@pytest.mark.slow
 def test_benchmark_redis(proc_reaper, redis_url, redis_db):
     prefix = 'mpqtest-bench-%s' % uuid.uuid4().hex[:8]
     report = run_benchmark(proc_reaper, '--driver', 'redis', '--redis-url',
