@@ -59,7 +59,7 @@ def pytest_collection_modifyitems(config, items):
     """With pytest-xdist (``-n``, ``--dist loadgroup``) the tests that need the
     Redis Cluster on its fixed ports all run in one worker."""
     for item in items:
-        if item.get_closest_marker('cluster'):
+        if item.get_closest_marker('cluster') or 'redis_cluster' in item.fixturenames:
             item.add_marker(pytest.mark.xdist_group('redis-cluster'))
 
 
