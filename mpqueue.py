@@ -5638,6 +5638,8 @@ def _push_options(job, qconf, **given):
     (``SendMail.fail_expire``) it came from."""
     job_class = job if isinstance(job, type) else type(job)
     is_job = issubclass(job_class, Job)
+    if not is_job and all(value is None for value in given.values()):
+        return {name: qconf.get(name, 0) for name in given}     # checked with the config
     out, path = {}, {}
     for name, value in given.items():
         out[name] = _job_setting(name, value, job, qconf.get(name, 0))
