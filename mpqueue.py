@@ -4411,7 +4411,12 @@ class _Master:
         buffer can serve them, keep going before the next broker round trip,
         so that one round trip records the outcome of many jobs."""
         self._ensure_waker()
-        events = self.sel.select(timeout)
+        # The selector sleeps whole milliseconds, rounded up: wake a millisecond
+        # early and sleep the rest, so a tick or a delayed job is not 1-2 ms late.
+        until = time.monotonic() + timeout
+        events = self.sel.select(max(0.0, timeout - 0.001))
+        if not events and timeout > 0:
+            time.sleep(max(0.0, until - time.monotonic()))
         for _ in range(32):
             if not events:
                 return
@@ -4760,7 +4765,11 @@ class _Master:
             job = self.buffer.popleft()[0]      # not handed out in time: back to the head
             self.pending.append(('requeue', job['id'], job['attempt']))
         tick = now >= self.next_tick
-        if tick:        # a periodic look: a wake-up may have been missed (broker away)
+        scheduled = self.ticker.steps() if not self.stopping and self.ticker.due_in() == 0 \
+            else []
+        # a periodic look (a wake-up may have been missed: broker away), or
+        # ticks that push jobs this round trip can reserve at once
+        if tick or (scheduled and not self.grab):
             self.maybe_work = True
         want = 0
         if not self.stopping and self.maybe_work:
@@ -4770,8 +4779,6 @@ class _Master:
             else:
                 want = max(0, self._room() + self._prefetch() - len(self.buffer))
         renew = now >= self.next_renew and any(s.jobs for s in self.slots.values())
-        scheduled = self.ticker.steps() if not self.stopping and self.ticker.due_in() == 0 \
-            else []
         if not (tick or renew or scheduled or self._flush_due(now, want)):
             return
         steps, self.pending, self.pending_since = self.pending, [], 0.0
@@ -4782,6 +4789,7 @@ class _Master:
         steps.append(('tick', TICK_LIMIT))
         if want:
             steps.append(('reserve', want))
+        sent = time.time()
         try:
             results = self.driver.execute(self.queue, steps)
         except DriverError as exc:
@@ -4809,7 +4817,8 @@ class _Master:
             self.next_renew = now + LEASE_SECONDS / 3
         due, broker_now = results[n_outcomes + len(renewed) + len(scheduled)]
         if scheduled:
-            self.ticker.results(scheduled, results[n_outcomes + len(renewed):], broker_now)
+            self.ticker.results(scheduled, results[n_outcomes + len(renewed):], broker_now,
+                                (sent + time.time()) / 2)
         self.next_tick = now + min(self.qconf['sleep_seconds'], due if due is not None else 1e9)
         if due == 0:
             self.maybe_work = True
@@ -5017,8 +5026,10 @@ class _Ticker:
                             _tick_ms(new_last), self.pool_id, '') + ('',) * 10)
         return out
 
-    def results(self, steps, results, broker_now):
-        self.clock = broker_now - time.time()
+    def results(self, steps, results, broker_now, local_now):
+        """Take what the schedule steps say; ``local_now``: this server's time
+        when the broker read ``broker_now`` (the middle of the round trip)."""
+        self.clock = broker_now - local_now
         for step, answer in zip(steps, results):
             if step[0] == 'schedules':
                 self.last = {r['name']: r['last'] for r in answer}
