@@ -1407,6 +1407,11 @@ class _Driver:
     *fleet* (``_fleet``): one heartbeat per (pool, queue), which expires
     ``ttl`` seconds (broker clock) after it was published."""
 
+    _PER_PROCESS = ()       # attributes (sockets, connections) a pickled driver leaves out
+
+    def __getstate__(self):   # drivers travel in pickled configs without their sockets
+        return dict(self.__dict__, **dict.fromkeys(self._PER_PROCESS))
+
     address = '?'
 
     def execute(self, queue, steps):
@@ -2160,6 +2165,8 @@ class RedisDriver(_Driver):
     PUBLISH, which a cluster passes on to every node.
     """
 
+    _PER_PROCESS = ('_client', '_pid', '_local', '_sentinel', '_master')
+
     #: Seconds to wait for a sentinel to connect or answer: sentinels answer in
     #: milliseconds, and one that does not is passed over for the next.
     SENTINEL_TIMEOUT = 1.0
@@ -2279,12 +2286,6 @@ class RedisDriver(_Driver):
     def __repr__(self):
         cluster = ', cluster=True' if self.cluster else ''
         return 'RedisDriver(%r, prefix=%r%s)' % (self.address, self.prefix, cluster)
-
-    def __getstate__(self):   # drivers travel in pickled configs without their sockets
-        state = dict(self.__dict__)
-        state['_client'] = state['_pid'] = state['_local'] = state['_sentinel'] = None
-        state['_master'] = None
-        return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
@@ -3368,6 +3369,7 @@ class SqliteDriver(_Driver):
     database.
     """
 
+    _PER_PROCESS = ('_conn', '_pid', '_lock', '_sender', '_lock_fd')
     BUSY_TIMEOUT = 10.0     # seconds a step waits for another process's transaction
     CHECKPOINT_WRITES = 100     # a process's writes between its WAL checkpoints
 
@@ -3385,12 +3387,6 @@ class SqliteDriver(_Driver):
 
     def __repr__(self):
         return 'SqliteDriver(%r)' % self.path
-
-    def __getstate__(self):   # drivers travel in pickled configs without their connection
-        state = dict(self.__dict__)
-        state['_conn'] = state['_pid'] = state['_lock'] = state['_sender'] = None
-        state['_lock_fd'] = None
-        return state
 
     def _error(self, exc):
         return DriverError('SQLite database %s: %s' % (self.path, exc))

@@ -422,10 +422,16 @@ def cmd_queue_failed(cfg, args):
     return 0
 
 
-def cmd_job_status(cfg, args):
+def _job_of(cfg, args, command):
+    """The queue and job id a ``job:`` command names."""
     (queue,) = _queues(cfg, args, required=True)
     if not args.id:
-        raise UsageError('job:status needs --id ID')
+        raise UsageError('%s needs --id ID' % command)
+    return queue, args.id
+
+
+def cmd_job_status(cfg, args):
+    queue, _ = _job_of(cfg, args, 'job:status')
     info = mpqueue.job_info(queue, args.id)
     if info is None:
         raise UserError('job %r of queue %r is unknown (or its outcome was not kept, or '
@@ -448,9 +454,7 @@ def cmd_job_status(cfg, args):
 
 
 def cmd_job_cancel(cfg, args):
-    (queue,) = _queues(cfg, args, required=True)
-    if not args.id:
-        raise UsageError('job:cancel needs --id ID')
+    queue, _ = _job_of(cfg, args, 'job:cancel')
     before = mpqueue.cancel(queue, args.id)
     if before is None:
         raise UserError('job %r of queue %r is unknown: nothing cancelled' % (args.id, queue))

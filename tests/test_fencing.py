@@ -146,9 +146,12 @@ def release(e2e, tag, n):
 
 
 def run_probe(e2e, pool, jobs, tag, timeout=15):
-    mpqueue.push('q', jobs.ok, args=(tag,))
-    return pool.wait(lambda: e2e.records('end', tag=tag), timeout,
-                     'probe %s to run' % tag)[0]
+    """Push a probe job and wait until the broker has it done (the job's own
+    record of its end comes before its master records the outcome)."""
+    job_id = mpqueue.push('q', jobs.ok, args=(tag,), result_ttl=60)
+    pool.wait(lambda: (mpqueue.job_info('q', job_id) or {}).get('state') == 'done', timeout,
+              'probe %s to be done' % tag)
+    return e2e.records('end', tag=tag)[0]
 
 
 def stopped(pid):
