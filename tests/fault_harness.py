@@ -75,6 +75,24 @@ class FaultE2E(E2E):
     Redis server (``broker_url``), while the jobs keep recording on the
     shared test Redis."""
 
+    @classmethod
+    def on(cls, setup, url, request, *args, **broker_kwargs):
+        """A generator for a fixture: the harness with the pools' broker on
+        ``setup`` (a ``LocalCluster`` or ``LocalSentinel``) at ``url``; at the
+        end, no key of the test may be left there."""
+        harness = cls(*args, request.node.name)
+        harness.broker_url, harness.broker_kwargs = url, broker_kwargs or None
+        harness.write_jobs(FAULT_JOBS)
+        try:
+            yield harness
+        finally:
+            try:
+                harness.close()
+            finally:
+                left = setup.keys(harness.prefix)
+                setup.delete_keys(harness.prefix)
+            assert left == [], 'keys left on %s: %r' % (url, left[:10])
+
     broker_url = None
     broker_kwargs = None
     broker_prefix = None        # the key prefix on the private broker (default: the test's)

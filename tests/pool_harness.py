@@ -639,6 +639,19 @@ class ExamplePool:
             raise AssertionError('the pool exited with %s\n%s' % (
                 self.proc.returncode, self.diagnostics()))
 
+    def failed_error(self, queue, job_id, timeout):
+        """Wait until ``job_id`` is the only failed job of ``queue``; the last
+        error of its record."""
+        def failed():
+            self.check_running()
+            return mpqueue.failed_jobs(queue)
+        try:
+            jobs = wait_for(failed, timeout, 'the job to fail')
+        except AssertionError as exc:
+            raise AssertionError('%s\n%s' % (exc, self.diagnostics())) from None
+        assert [job['id'] for job in jobs] == [job_id]
+        return jobs[0]['error_info'][-1]
+
     def diagnostics(self):
         log = Path(self.env['MPQ_RUN_DIR']) / (self.pool_name + '.log')
         parts = []

@@ -53,7 +53,7 @@ import time
 import redis
 from redis.cluster import ClusterNode, RedisCluster
 
-from redis_server import (RedisServer, ensure_redis_server_binary, no_retry,
+from redis_server import (RedisServer, ask, ensure_redis_server_binary, no_retry,
                           port_in_use, wait_for)
 
 __all__ = ['CLUSTER_PORTS', 'LocalCluster']
@@ -113,13 +113,7 @@ class LocalCluster:
 
     def _ask(self, port, *command):
         """One command to one node; None if the node does not answer."""
-        client = self.node(port)
-        try:
-            return client.execute_command(*command)
-        except (redis.RedisError, OSError):
-            return None
-        finally:
-            client.close()
+        return ask(self.node(port), *command)
 
     def read_replica(self, port, *command):
         """A read command on a replica (after READONLY: else it redirects to its master)."""

@@ -42,7 +42,7 @@ import time
 
 import redis
 
-from redis_server import RedisServer, free_port, no_retry, wait_for
+from redis_server import RedisServer, ask, free_port, no_retry, wait_for
 
 __all__ = ['LocalSentinel', 'SentinelServer', 'SERVICE']
 
@@ -146,13 +146,7 @@ class LocalSentinel:
 
     def _ask(self, sentinel, *command):
         """One command to one sentinel; None if it does not answer."""
-        client = self.sentinel_client(sentinel)
-        try:
-            return client.execute_command(*command)
-        except (redis.RedisError, OSError):
-            return None
-        finally:
-            client.close()
+        return ask(self.sentinel_client(sentinel), *command)
 
     def named_master(self):
         """The master's port as every sentinel names it, or None while they differ."""

@@ -82,6 +82,17 @@ def no_retry():
     return Retry(NoBackoff(), 0)
 
 
+def ask(client, *command):
+    """One command on ``client``, which is closed after; None if the server
+    does not answer."""
+    try:
+        return client.execute_command(*command)
+    except (redis.RedisError, OSError):
+        return None
+    finally:
+        client.close()
+
+
 def wait_for(cond, timeout, what, interval=0.02):
     """Poll ``cond()`` until it returns something truthy; return that.
 

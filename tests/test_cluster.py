@@ -22,7 +22,7 @@ import time
 import pytest
 
 import mpqueue
-from fault_harness import (FAULT_JOBS, MODELS, FaultE2E, process_rows, push_tagged, report,
+from fault_harness import (MODELS, FaultE2E, process_rows, push_tagged, report,
                            tally, wait_all_ran, wait_drained)
 from pool_harness import parse_exposition, queue_conf, sample, wait_fleet
 from steps import PREFIX, counts, empty, push
@@ -43,19 +43,8 @@ def driver(redis_cluster):
 def e2e(tmp_path, redis_url, redis_db, redis_cluster, proc_reaper, request):
     """The fault-test harness with the pools' broker on the cluster, found
     through the list of all its nodes; pushes wait for a replica."""
-    harness = FaultE2E(tmp_path, redis_url, redis_db, proc_reaper, request.node.name)
-    harness.broker_url = redis_cluster.urls
-    harness.broker_kwargs = {'cluster': True, 'wait_replicas': 1}
-    harness.write_jobs(FAULT_JOBS)
-    try:
-        yield harness
-    finally:
-        try:
-            harness.close()
-        finally:
-            left = redis_cluster.keys(harness.prefix)
-            redis_cluster.delete_keys(harness.prefix)
-        assert left == [], 'keys left on the cluster: %r' % left[:10]
+    yield from FaultE2E.on(redis_cluster, redis_cluster.urls, request, tmp_path, redis_url,
+                           redis_db, proc_reaper, cluster=True, wait_replicas=1)
 
 
 def queue_per_master(cluster):

@@ -133,17 +133,7 @@ def test_a_job_outside_an_app_context_says_what_to_do(site, proc_reaper):
     pool = ExamplePool(proc_reaper, CONFIG, POOL_NAME, site['tmp'], site['env']).start()
     try:
         job_id = mpqueue.push(QUEUE, greeting, fail_number=0)
-
-        def failed():
-            pool.check_running()
-            return mpqueue.failed_jobs(QUEUE)
-
-        try:
-            jobs = wait_for(failed, JOB_DEADLINE, 'the job to fail')
-        except AssertionError as exc:
-            raise AssertionError('%s\n%s' % (exc, pool.diagnostics())) from None
-        assert [job['id'] for job in jobs] == [job_id]
-        error = jobs[0]['error_info'][-1]
+        error = pool.failed_error(QUEUE, job_id, JOB_DEADLINE)
         assert 'Working outside of application context' in error
         assert error.splitlines()[-1] == (
             'hint: the job uses Flask outside an app context; build the app once per worker '

@@ -30,7 +30,7 @@ import time
 import pytest
 
 import mpqueue
-from fault_harness import (FAULT_JOBS, MODELS, MPQ_ACL_RULES, FaultE2E, Pusher, process_rows,
+from fault_harness import (MODELS, MPQ_ACL_RULES, FaultE2E, Pusher, process_rows,
                            push_tagged, report, tally, wait_all_ran, wait_drained)
 from pool_harness import queue_conf, wait_for
 from redis_sentinel import SERVICE, LocalSentinel
@@ -236,6 +236,16 @@ def secured_sentinel():
         setup.stop()
 
 
+def pushes_and_empties(drv, name):
+    """One job pushed through ``drv``, counted and cleaned away; ``drv`` closed."""
+    try:
+        push(drv, name, 1)
+        assert counts(drv, name)['waiting'] == 1
+        empty(drv, name)
+    finally:
+        drv.close()
+
+
 @pytest.mark.sentinel
 def test_passwords_acl_user_and_the_sentinels_own_password(secured_sentinel):
     setup = secured_sentinel
@@ -243,12 +253,7 @@ def test_passwords_acl_user_and_the_sentinels_own_password(secured_sentinel):
     good = mpqueue.RedisDriver(url='redis+sentinel://mpq:%s@%s/%s' % (ACL_PASSWORD, hosts, SERVICE),
                                prefix=PREFIX, sentinel_kwargs={'password': SENTINEL_PASSWORD})
     name = 'sq-auth'
-    try:
-        push(good, name, 1)
-        assert counts(good, name)['waiting'] == 1
-        empty(good, name)
-    finally:
-        good.close()
+    pushes_and_empties(good, name)
 
     def error_of(**kwargs):
         drv = mpqueue.RedisDriver(prefix=PREFIX, **kwargs)
@@ -299,12 +304,7 @@ def test_tls_to_the_sentinels_and_to_the_master(tls_sentinel):
     ca = setup.sentinels[-1].ca_file        # trusts the master's certificate and its own
     drv = mpqueue.RedisDriver(url=setup.url, prefix=PREFIX, ssl_ca_certs=ca)
     name = 'sq-tls'
-    try:
-        push(drv, name, 1)
-        assert counts(drv, name)['waiting'] == 1
-        empty(drv, name)
-    finally:
-        drv.close()
+    pushes_and_empties(drv, name)
     # the sentinels reached without TLS (sentinel_kwargs wins) do not answer
     plain = mpqueue.RedisDriver(url=setup.url, prefix=PREFIX, ssl_ca_certs=ca,
                                 sentinel_kwargs={'ssl': False})
@@ -325,18 +325,8 @@ def test_tls_to_the_sentinels_and_to_the_master(tls_sentinel):
 def e2e(tmp_path, redis_url, redis_db, redis_sentinel, proc_reaper, request):
     """The fault-test harness with the pools' broker found through the
     sentinels."""
-    harness = FaultE2E(tmp_path, redis_url, redis_db, proc_reaper, request.node.name)
-    harness.broker_url = redis_sentinel.url
-    harness.write_jobs(FAULT_JOBS)
-    try:
-        yield harness
-    finally:
-        try:
-            harness.close()
-        finally:
-            left = redis_sentinel.keys(harness.prefix)
-            redis_sentinel.delete_keys(harness.prefix)
-        assert left == [], 'keys left on the master: %r' % left[:10]
+    yield from FaultE2E.on(redis_sentinel, redis_sentinel.url, request, tmp_path, redis_url,
+                           redis_db, proc_reaper)
 
 
 def new_master_lines(pool):
