@@ -2917,10 +2917,9 @@ class _SqliteSteps:
     def ready(self, job_id, old, delay=0, **fields):
         if delay and delay > 0:
             self.move(job_id, old, 'delayed', self.delayed_until(self.now + delay), **fields)
+            self.hold_again(job_id)
         else:
-            priority = self.get(job_id, 'priority')[0] or 0
-            self.move(job_id, old, 'waiting', self.position(priority), priority, **fields)
-        self.hold_again(job_id)
+            self.to_tail([(job_id,) + self.get(job_id, 'priority', 'key')], old, **fields)
 
     def to_tail(self, rows, old, **fields):
         """Jobs ``(id, priority, key)`` to the tail of waiting, in order, in one
@@ -5665,8 +5664,6 @@ def _push_options(job, qconf, **given):
     (``SendMail.fail_expire``) it came from."""
     job_class = job if isinstance(job, type) else type(job)
     is_job = _is_job(job)
-    if not is_job and all(value is None for value in given.values()):
-        return {name: qconf.get(name, 0) for name in given}     # checked with the config
     out, path = {}, {}
     for name, value in given.items():
         out[name] = _job_setting(name, value, job, qconf.get(name, 0))
