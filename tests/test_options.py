@@ -151,6 +151,13 @@ def started(pool, e2e, tag, n=1, timeout=10):
     return pool.wait(found, timeout, 'attempt %d of %s to start' % (n, tag))
 
 
+def recorded_working(pool, job_id, queue='q'):
+    """Wait for the broker to record the start of ``job_id``: the master sends
+    it in its next round trip, after the job began."""
+    pool.wait(lambda: mpqueue.job_info(queue, job_id)['state'] == 'working', 10,
+              'the broker to record the start of %s' % job_id)
+
+
 def wait_status(pool, timeout, queue='q', **expected):
     last = {}
 
@@ -195,6 +202,7 @@ def test_queued_key_is_held_while_the_job_waits(e2e, model):
     jobs = e2e.import_jobs()
     first = mpqueue.push('q', jobs.gated, args=('a',), key='k', unique='queued')
     started(pool, e2e, 'a')
+    recorded_working(pool, first)
     # Started: the key is free again.  The next job waits behind it and holds it.
     second = mpqueue.push('q', jobs.gated, args=('b',), key='k', unique='queued')
     assert second != first
@@ -212,6 +220,7 @@ def test_queued_key_is_held_while_the_job_waits(e2e, model):
 
     open_gate(e2e, 'a')
     started(pool, e2e, 'b')
+    recorded_working(pool, second)
     third = mpqueue.push('q', jobs.ok, args=('d',), key='k', unique='queued')
     assert third not in (first, second)
     open_gate(e2e, 'b')
