@@ -1554,8 +1554,8 @@ local function holds(holder, key)
   local ends = redis.call('ZSCORE', UNIQUE_TTL, key)
   if ends then return tonumber(ends) > now end
   local f = redis.call('HMGET', rec(holder), 'state', 'unique_mode')
-  if f[1] == 'waiting' or f[1] == 'delayed' or f[1] == 'reserved' then return true end
-  return f[1] == 'working' and f[2] == 'active'
+  if f[1] == 'waiting' or f[1] == 'delayed' then return true end
+  return f[2] == 'active' and (f[1] == 'reserved' or f[1] == 'working')
 end
 -- a job queued again (a retry, a recovery, retry_failed) holds its unique key
 -- again, unless another job took it meanwhile; not one queued to run its fail
@@ -1580,9 +1580,10 @@ local function to_head(id)
   redis.call('HSET', rec(id), 'state', 'waiting')
   hold_again(id)
 end
--- a job lets go of its unique key: at its start ('queued') or at its end
-local function let_go(id, key, mode, at_start)
-  if key and key ~= '' and (mode == 'queued' or (mode == 'active' and not at_start))
+-- a job lets go of its unique key: when it is handed out ('queued': its body
+-- may begin before its start is recorded) or at its end
+local function let_go(id, key, mode, handed_out)
+  if key and key ~= '' and (mode == 'queued' or (mode == 'active' and not handed_out))
       and redis.call('HGET', UNIQUE, key) == id then
     redis.call('HDEL', UNIQUE, key)
   end
@@ -1743,12 +1744,15 @@ OPS.reserve = function(n)
   for i, id in ipairs(take(tonumber(n))) do
     local f = redis.call('HGETALL', rec(id))       -- (empty: cleaned meanwhile)
     if #f > 0 then
-      local attempt = 1
+      local attempt, key, mode = 1
       for j = 1, #f, 2 do
-        if f[j] == 'attempt' then attempt = tonumber(f[j + 1]) + 1 f[j + 1] = attempt end
+        if f[j] == 'attempt' then attempt = tonumber(f[j + 1]) + 1 f[j + 1] = attempt
+        elseif f[j] == 'key' then key = f[j + 1]
+        elseif f[j] == 'unique_mode' then mode = f[j + 1] end
       end
       if attempt == 1 then table.insert(f, 'attempt') table.insert(f, 1) end
       redis.call('HSET', rec(id), 'state', 'reserved', 'attempt', attempt)
+      let_go(id, key, mode, true)
       -- distinct scores keep queue order when they come back by tick
       redis.call('ZADD', RESERVED, now + HOLD + i * 0.000001, id)
       table.insert(out, id)
@@ -2959,13 +2963,15 @@ class _SqliteSteps:
         if row[1] is not None:
             return row[0] if row[1] > self.now else None
         job = self.get(row[0], 'state', 'unique_mode')
-        if job and (job[0] in ('waiting', 'delayed', 'reserved') or
-                    (job[0] == 'working' and job[1] == 'active')):
+        if job and (job[0] in ('waiting', 'delayed') or
+                    (job[1] == 'active' and job[0] in ('reserved', 'working'))):
             return row[0]
         return None
 
-    def let_go(self, job_id, key, mode, at_start):
-        if key and (mode == 'queued' or (mode == 'active' and not at_start)):
+    def let_go(self, job_id, key, mode, handed_out):
+        """A job lets go of its unique key: when it is handed out ('queued':
+        its body may begin before its start is recorded) or at its end."""
+        if key and (mode == 'queued' or (mode == 'active' and not handed_out)):
             self.conn.execute('DELETE FROM mpq_unique WHERE queue = ? AND key = ? AND id = ?',
                               (self.queue, key, job_id))
 
@@ -3096,6 +3102,8 @@ class _SqliteSteps:
         jobs = [dict(_record(zip(_WORK_FIELDS, row[1:])), id=row[0]) for row in rows]
         for job in jobs:
             job['attempt'] += 1
+            if job.get('key'):
+                self.let_go(job['id'], job['key'], self.get(job['id'], 'unique_mode')[0], True)
         return jobs
 
     def start_step(self, job_id, attempt, worker, owner):

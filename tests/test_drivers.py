@@ -1096,29 +1096,64 @@ def test_a_conflicting_push_returns_the_holder_and_stores_nothing(driver, queue,
 
 
 @pytest.mark.parametrize('mode', ['queued', 'active'])
-def test_a_job_holds_its_key_while_it_waits_is_delayed_or_reserved(driver, queue, mode):
+def test_a_job_holds_its_key_while_it_waits_or_is_delayed(driver, queue, store, mode):
     delayed = push1(driver, queue, key='d', unique=mode, delay=60)
     assert push1(driver, queue, key='d', unique=mode) == delayed
     holder = push1(driver, queue, key='k', unique=mode)
     assert push1(driver, queue, key='k', unique=mode) == holder
+    assert counts(driver, queue)['pushed'] == 2
     [job] = reserve(driver, queue)
     assert job['id'] == holder
-    assert push1(driver, queue, key='k', unique=mode) == holder
-    assert counts(driver, queue)['pushed'] == 2
+    if mode == 'active':                    # 'active': until the job ends
+        assert push1(driver, queue, key='k', unique=mode) == holder
+        assert store.holds(queue) == {'d': delayed, 'k': holder}
+    else:                                   # 'queued': no longer once handed out
+        assert store.holds(queue) == {'d': delayed}
+        assert push1(driver, queue, key='k', unique=mode) != holder
 
 
-def test_a_queued_hold_is_released_when_the_job_starts(driver, queue, store):
+@pytest.mark.parametrize('how', ['reserve, start', 'pop'])
+def test_a_queued_hold_is_released_when_the_job_is_handed_out(driver, queue, store, how):
+    # The worker may begin the job before its start is recorded: a push from
+    # its first line must already be accepted.
     holder = push1(driver, queue, key='k', unique='queued')
-    [job] = reserve(driver, queue)
-    assert start(driver, queue, job) is True
+    job = reserve(driver, queue)[0] if how == 'reserve, start' else pop1(driver, queue)
+    assert store.holds(queue) == {}
     second = push1(driver, queue, key='k', unique='queued')
     assert second != holder
     assert state(driver, queue, second) == 'waiting'
     assert store.holds(queue) == {'k': second}
-    # popped: started at once
+    if how == 'reserve, start':
+        assert start(driver, queue, job) is True
+        assert store.holds(queue) == {'k': second}
     assert ids_of(pop(driver, queue)) == [second]
     third = push1(driver, queue, key='k', unique='queued')
     assert third not in (holder, second)
+
+
+@pytest.mark.parametrize('back', ['lost', 'requeue', 'expired'])
+def test_a_reservation_that_comes_back_takes_its_queued_key_again(driver, queue, store,
+                                                                   monkeypatch, back):
+    monkeypatch.setattr(mpqueue, 'RESERVE_SECONDS', 0.2)
+    holder = push1(driver, queue, key='k', unique='queued')
+    [job] = reserve(driver, queue)
+    assert store.holds(queue) == {}
+    if back == 'lost':
+        assert lost(driver, queue, job) is True
+    elif back == 'requeue':
+        assert requeue(driver, queue, job) is True
+    else:
+        tick_until(driver, queue, lambda: counts(driver, queue)['reserved'] == 0,
+                   'the reservation to expire')
+    assert state(driver, queue, holder) == 'waiting'
+    assert store.holds(queue) == {'k': holder}
+    assert push1(driver, queue, key='k', unique='queued') == holder
+    # Unless another job took the key meanwhile: then both wait.
+    [job] = reserve(driver, queue)
+    other = push1(driver, queue, key='k', unique='queued')
+    assert lost(driver, queue, job) is True
+    assert store.holds(queue) == {'k': other}
+    assert sorted(ids_of(reserve(driver, queue, 2))) == sorted([holder, other])
 
 
 @pytest.mark.parametrize('end', ['done', 'final fail', 'cancel', 'cancel while working',

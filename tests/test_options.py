@@ -44,6 +44,12 @@ def gated(tag):
     return tag
 
 
+def pushes_its_key(tag, key):
+    """Pushes a job with its own queued key from its first line."""
+    again = mpqueue.push('q', ok, args=(tag + '-again',), key=key, unique='queued')
+    record('start', tag=tag, n=attempt(tag), again=again)
+
+
 def gated_boom(tag):
     gated(tag)
     raise RuntimeError('gated-boom-%s' % tag)
@@ -226,6 +232,22 @@ def test_queued_key_is_held_while_the_job_waits(e2e, model):
     open_gate(e2e, 'b')
     wait_status(pool, 15, over=5, waiting=0, working=0, failed=0)
     assert sorted(r['tag'] for r in e2e.records('start')) == ['a', 'b', 'd', 'x', 'x']
+
+
+@pytest.mark.parametrize('model', MODELS)
+def test_a_job_that_pushes_its_own_queued_key_first_thing_gets_a_new_job(e2e, model):
+    # The hold is gone before the job's body can begin: a change pushed just
+    # after the job read its data is run again, not dropped as a duplicate.
+    e2e = options_e2e(e2e)
+    pool = e2e.pool(queue_conf(worker_number=2, model=model)).start()
+    jobs = e2e.import_jobs()
+    for i in range(5):
+        first = mpqueue.push('q', jobs.pushes_its_key, args=('a%d' % i, 'k%d' % i),
+                             key='k%d' % i, unique='queued')
+        run = started(pool, e2e, 'a%d' % i)
+        assert run['again'] != first, 'try %d: the running job got its own id back' % i
+        started(pool, e2e, 'a%d-again' % i)
+    wait_status(pool, 15, over=10, waiting=0, working=0, failed=0)
 
 
 @pytest.mark.parametrize('model', MODELS)
