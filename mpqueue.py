@@ -5987,7 +5987,7 @@ def _public_info(queue, record):
                 timeout=record.get('timeout', 0), fail_number=record.get('fail_number', 0),
                 fail_expire=_fail_expire(record.get('fail_expire')),
                 type=record.get('type') or TYPE_NORMAL, job=record.get('job', ''))
-    for name in ('start_time', 'worker_id', 'end_time', 'fail_time'):
+    for name in ('start_time', 'worker_id', 'end_time', 'fail_time', 'key'):
         info.setdefault(name, None)
     return info
 

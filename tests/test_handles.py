@@ -50,6 +50,10 @@ def lock_result(tag):
     return threading.Lock()
 
 
+def info_fail_handle(job_info, exc):
+    record('handler_info', info=job_info)
+
+
 async def nap(tag, seconds):
     n = attempt(tag)
     record('start', tag=tag, n=n)
@@ -117,6 +121,25 @@ def test_job_info_tells_every_state_and_none_for_an_unknown_id(e2e):
     assert mpqueue.cancel('q', delayed) == 'delayed'
     assert state(delayed) == 'cancelled'
     assert done
+
+
+def test_job_info_has_key_end_time_and_priority_also_when_the_job_has_none(e2e):
+    pool, jobs = start(e2e, queue_conf(worker_number=1, result_ttl=60, fail_number=0,
+                                       fail_handle=Src('jobs.info_fail_handle')))
+    waiting = mpqueue.push('q', jobs.answer, args=('w', 1))
+    info = mpqueue.job_info('q', waiting)
+    assert (info['key'], info['end_time'], info['priority']) == (None, None, 0), info
+    res = pool.cli('job:status', '--queue', 'q', '--id', waiting, '--json')
+    assert res.returncode == 0, res.stderr
+    assert {'key': None, 'end_time': None, 'priority': 0}.items() <= json.loads(res.stdout).items()
+    pool.start()
+    failed = mpqueue.push('q', jobs.boom, args=('f',))
+    wait_state(pool, failed, 'failed')
+    [handled] = pool.wait(lambda: e2e.records('handler_info'), 10, 'the fail handler to run')
+    assert 'key' in handled['info'] and handled['info']['key'] is None, handled
+    [listed] = mpqueue.failed_jobs('q')
+    assert listed['key'] is None and mpqueue.job_info('q', failed)['key'] is None
+    assert mpqueue.job_info('q', waiting)['key'] is None        # done, kept: still there
 
 
 # -- result ----------------------------------------------------------------------

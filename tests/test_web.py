@@ -456,6 +456,8 @@ def test_a_job_is_looked_up_by_id_and_cancelled(e2e, browser, tmp_path):
     pool.wait(lambda: e2e.records('start', tag='long'), 15, 'the sleeper to start')
 
     web = Web(e2e, pool.config_path)
+    status, api = web.json('GET', '/api/queues/q/jobs/' + done)
+    assert status == 200 and api['key'] is None and api['end_time'] >= api['start_time'], api
     browser.get(web.url + '#job')
     field = browser.find_element(By.ID, 'job-id')
     field.send_keys(done)
