@@ -1013,6 +1013,7 @@ _SCHEDULE_DEFAULTS = {
     'name': None, 'cron': None, 'every': None, 'job': None, 'args': (), 'kwargs': None,
     'timezone': 'UTC', 'catch_up': 'latest', 'overlap': True, 'timeout': None,
     'fail_number': None, 'fail_expire': None, 'result_ttl': None, 'priority': None,
+    'key': None, 'unique': None,
 }
 
 
@@ -1254,6 +1255,17 @@ def _check_schedules(path, queue, schedules):
                               % (here, s['catch_up']))
         if not isinstance(s['overlap'], bool):
             raise ConfigError('%s.overlap must be True or False, got %r' % (here, s['overlap']))
+        if not s['overlap'] and s['unique'] is not None:
+            raise ConfigError("%s has overlap=False and unique=%r: overlap=False is unique="
+                              "'active' on the schedule's key; give one of them"
+                              % (here, s['unique']))
+        if s['key'] is None:
+            s['key'] = 'schedule:' + s['name']
+        try:
+            s['unique'] = _check_unique(s['key'], s['unique']) or (
+                '' if s['overlap'] else 'active')
+        except ConfigError as exc:
+            raise ConfigError('%s.%s' % (here, exc)) from None
         for key, integer in (('timeout', False), ('fail_number', True), ('result_ttl', False)):
             if s[key] is not None:
                 _check_number('%s.%s' % (here, key), s[key], 0, integer)
@@ -1997,7 +2009,7 @@ OPS.schedule = function(name, fp, last, tick, owner, id, ...)
   redis.call('HSET', SCHEDULES, name .. ':last', tick, name .. ':fingerprint', fp,
              name .. ':owner', owner)
   if id == '' then return {'moved', unpack(before)} end
-  if OPS.push(id, ...) ~= id then       -- its previous job holds the key: overlap=False
+  if OPS.push(id, ...) ~= id then       -- another job holds the key: overlap=False, unique
     redis.call('HINCRBY', SCHEDULES, name .. ':skipped', 1)
     return {'skipped', unpack(before)}
   end
@@ -5003,7 +5015,7 @@ class _Ticker:
                             basics['max_payload']), 0, _job_name(s['job']),
                     options['timeout'], options['fail_number'],
                     _policy_text(options['fail_expire']), options['priority'],
-                    'schedule:' + name, '' if s['overlap'] else 'active', options['result_ttl'])
+                    s['key'], s['unique'], options['result_ttl'])
             except MPQueueError as exc:
                 logger.error('schedule %r of queue %r cannot push its job: %s', name,
                              self.queue, exc)
@@ -5065,8 +5077,9 @@ class _Ticker:
                 continue
             self.last[name] = tick
             if what == 'skipped':
-                logger.info('schedule %r of queue %r skipped a tick: its previous job is still '
-                            'waiting or running (overlap=False)', name, self.queue)
+                logger.info('schedule %r of queue %r skipped a tick: the job holding its key '
+                            '%r is still waiting or running (unique=%r)', name, self.queue,
+                            self.entries[name]['key'], self.entries[name]['unique'])
             if not before_fp or before_fp == fp or before_owner == self.pool_id:
                 continue
             # Once is a changed config replacing what a stopped pool left; twice, turns.
@@ -6031,7 +6044,8 @@ def schedules(queue=None):
     queue, name, expression, timezone, last_tick and next_tick (epoch
     seconds; None before its first tick), last_job_id and that job's state
     (None when the job is unknown or its outcome expired), and skipped (ticks
-    skipped for overlap=False)."""
+    skipped because the job holding its key still waited or ran:
+    overlap=False, or its unique)."""
     driver, out = _get_config()['basics']['driver'], []
     for qconf in [queue_config(queue)] if queue else _get_config()['queue']:
         if not qconf['schedule']:

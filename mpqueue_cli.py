@@ -562,7 +562,7 @@ def render_metrics(depths, pools, schedules=()):
          [({'queue': s['queue'], 'schedule': s['name']}, s['last_tick'] or 0)
           for s in schedules]),
         ('mpqueue_schedule_skipped_total', 'counter',
-         'Ticks each schedule skipped because its previous job still ran (overlap=False).',
+         'Ticks each schedule skipped: the job holding its key still waited or ran.',
          [({'queue': s['queue'], 'schedule': s['name']}, s['skipped']) for s in schedules]),
     ]
     out = []

@@ -345,11 +345,13 @@ def test_normalized_schedules():
         'name': 'nightly', 'cron': '0 3 * * *', 'every': None, 'job': 'reports.jobs:nightly',
         'args': (), 'kwargs': {}, 'timezone': 'Europe/Berlin', 'catch_up': 'latest',
         'overlap': True, 'timeout': None, 'fail_number': None, 'fail_expire': None,
-        'result_ttl': None, 'priority': None, 'expression': '0 3 * * *'}
+        'result_ttl': None, 'priority': None, 'key': 'schedule:nightly', 'unique': '',
+        'expression': '0 3 * * *'}
     assert nightly['when'].next_after(utc('2026-03-29 00:00')) == utc('2026-03-29 01:00')
     assert pinger['args'] == (1,) and pinger['kwargs'] == {'a': 2}
     assert pinger['expression'] == 'every 30s' and pinger['catch_up'] == 'all'
     assert pinger['overlap'] is False and pinger['priority'] == 9
+    assert (pinger['key'], pinger['unique']) == ('schedule:ping', 'active')
     assert pinger['when'].due(960, 1030) == ([990, 1020], 1020, 0)
 
 
@@ -359,8 +361,12 @@ def test_full_error_messages():
         "queue[0].schedule[1].cron: minute field '61' out of range 0-59"
     assert config_error(good, {'name': 'bad', 'crn': '0 3 * * *', 'job': ping}) == (
         "queue[0].schedule[1] has unknown key 'crn' (known keys: args, catch_up, cron, every, "
-        "fail_expire, fail_number, job, kwargs, name, overlap, priority, result_ttl, timeout, "
-        "timezone)")
+        "fail_expire, fail_number, job, key, kwargs, name, overlap, priority, result_ttl, "
+        "timeout, timezone, unique)")
+    assert config_error({'name': 'both', 'every': 60, 'job': ping, 'overlap': False,
+                         'unique': 'queued'}) == (
+        "queue[0].schedule[0] has overlap=False and unique='queued': overlap=False is "
+        "unique='active' on the schedule's key; give one of them")
     assert config_error({'name': 'feb', 'cron': '0 0 30 2 *', 'job': ping}, queue=1) == \
         "queue[1].schedule[0].cron: '0 0 30 2 *' never matches: none of its months has such a day"
     assert config_error({'name': 'x', 'cron': '0 3 * * *', 'every': 60, 'job': ping}) == (
@@ -411,6 +417,11 @@ BAD_SCHEDULES = [
     ({'priority': 10}, 'queue[0].schedule[0].priority'),
     ({'priority': -1}, 'queue[0].schedule[0].priority'),
     ({'priority': True}, 'queue[0].schedule[0].priority'),
+    ({'key': ''}, 'queue[0].schedule[0].key'),
+    ({'key': 7}, 'queue[0].schedule[0].key'),
+    ({'key': 'k', 'unique': 'always'}, 'queue[0].schedule[0].unique'),
+    ({'unique': 0}, 'queue[0].schedule[0].unique'),
+    ({'overlap': False, 'unique': 'active'}, 'queue[0].schedule[0] has overlap=False and unique'),
 ]
 
 
@@ -563,6 +574,25 @@ def test_overlap_false_skips_ticks_while_the_last_job_runs(e2e):
         assert begin >= end, 'runs overlapped: %r %r' % (starts, ends)
     (row,) = mpqueue.schedules('q')
     assert row['skipped'] >= 2, row
+
+
+def test_a_schedule_takes_key_and_unique(e2e):
+    # unique='active' on the key 'report': a tick while a job holding that key
+    # (pushed by anybody) waits or runs is skipped; the ticks' jobs carry the key.
+    (pool,), jobs = _pools(e2e, [_sched('report', 1, key='report', unique='active',
+                                        args=('tick', 0), result_ttl=60)])
+    holder = mpqueue.push('q', jobs.ticked, args=('held', 2.5), key='report', unique='active')
+    pool.start()
+    pool.wait(lambda: e2e.records('end', name='held'), 15, 'the job holding the key to end')
+    held = e2e.records('end', name='held')[0]['ended']
+    pool.wait(lambda: e2e.records('start', name='tick'), 15, 'a tick to run after it')
+    pool.stop()
+    ticks = [r['started'] for r in e2e.records('start', name='tick')]
+    assert min(ticks) >= held, 'a tick ran while the key was held: %r %r' % (ticks, held)
+    (row,) = mpqueue.schedules('q')
+    assert row['skipped'] >= 1, row
+    info = mpqueue.job_info('q', row['last_job_id'])
+    assert info['key'] == 'report' and info['id'] != holder, info
 
 
 def test_changed_or_removed_schedules_and_pools_that_disagree(e2e):
