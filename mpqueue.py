@@ -111,6 +111,8 @@ MODEL_DISTRIBUTE = 'distribute'
 #: Each worker pops its own jobs from the broker.
 MODEL_GRAB = 'grab'
 
+#: Priorities run from 0 (the lowest, and the default) to this, higher first.
+MAX_PRIORITY = 9
 #: A running job's lease: if nobody renews it for this long, the job's worker
 #: (or its whole server) is taken for dead and the job is recovered.
 LEASE_SECONDS = 10.0
@@ -441,6 +443,7 @@ def _text(value):
 ###############################################################################
 
 _QUEUE_NAME_RE = re.compile(r'^[A-Za-z0-9_.:-]{1,100}$')
+_QUEUE_NAME_CHARS = '"_", ".", ":" or "-"'     # beside letters and digits, for errors
 _POOL_NAME_RE = re.compile(r'^[A-Za-z0-9_.-]{1,100}$')
 
 _BASICS_DEFAULTS = {
@@ -491,6 +494,24 @@ def _check_fail_expire(path, value):
         raise ConfigError('%s must be seconds, a list of seconds or mpqueue.backoff(...), got %r'
                           % (path, value))
     return _check_number(path, value, 0)
+
+
+#: The settings of a job that a queue, a schedule, a Job class or a push gives.
+_JOB_OPTIONS = ('timeout', 'fail_number', 'fail_expire', 'result_ttl', 'priority')
+
+
+def _check_option(path, name, value):
+    """One of _JOB_OPTIONS, checked; a retry policy comes back as a job
+    record keeps it."""
+    if name == 'fail_expire':
+        return _check_fail_expire(path, value)
+    if name == 'priority':
+        if not isinstance(value, int) or isinstance(value, bool) or \
+                not 0 <= value <= MAX_PRIORITY:
+            raise ConfigError('%s must be an int from 0 (lowest) to %d, got %r'
+                              % (path, MAX_PRIORITY, value))
+        return value
+    return _check_number(path, value, 0, integer=name == 'fail_number')
 
 
 def _check_callable(path, value):
@@ -616,7 +637,7 @@ def _validate(config):
     for i, given in enumerate(queues):
         path = 'queue[%d]' % i
         q = _check_keys(path, given, _QUEUE_DEFAULTS)
-        _check_name(path + '.name', q['name'], _QUEUE_NAME_RE, '"_", ".", ":" or "-"')
+        _check_name(path + '.name', q['name'], _QUEUE_NAME_RE, _QUEUE_NAME_CHARS)
         if q['name'] in seen:
             raise ConfigError('%s.name %r is used by an earlier queue; queue names must be unique'
                               % (path, q['name']))
@@ -624,10 +645,8 @@ def _validate(config):
         _check_number(path + '.worker_number', q['worker_number'], 1, integer=True)
         _check_number(path + '.memory_limit', q['memory_limit'], 0)
         _check_number(path + '.sleep_seconds', q['sleep_seconds'], 0.001)
-        _check_number(path + '.timeout', q['timeout'], 0)
-        _check_number(path + '.fail_number', q['fail_number'], 0, integer=True)
-        q['fail_expire'] = _check_fail_expire(path + '.fail_expire', q['fail_expire'])
-        _check_number(path + '.result_ttl', q['result_ttl'], 0)
+        for option in _JOB_OPTIONS[:-1]:       # a queue has no priority of its own
+            q[option] = _check_option('%s.%s' % (path, option), option, q[option])
         _check_number(path + '.coroutine_number', q['coroutine_number'], 1, integer=True)
         _check_callable(path + '.fail_handle', q['fail_handle'])
         _check_callable(path + '.worker_start_handle', q['worker_start_handle'])
@@ -1226,9 +1245,7 @@ def _check_schedules(path, queue, schedules):
     for i, given in enumerate(schedules):
         here = '%s[%d]' % (path, i)
         s = _check_keys(here, given, _SCHEDULE_DEFAULTS)
-        if not isinstance(s['name'], str) or not _QUEUE_NAME_RE.match(s['name']):
-            raise ConfigError('%s.name must be a non-empty string of letters, digits, "_", ".", '
-                              '":" or "-", got %r' % (here, s['name']))
+        _check_name(here + '.name', s['name'], _QUEUE_NAME_RE, _QUEUE_NAME_CHARS)
         if s['name'] in seen:
             raise ConfigError('%s.name %r is used by an earlier schedule of queue %r; schedule '
                               'names must be unique in their queue' % (here, s['name'], queue))
@@ -1266,14 +1283,9 @@ def _check_schedules(path, queue, schedules):
                 '' if s['overlap'] else 'active')
         except ConfigError as exc:
             raise ConfigError('%s.%s' % (here, exc)) from None
-        for key, integer in (('timeout', False), ('fail_number', True), ('result_ttl', False)):
-            if s[key] is not None:
-                _check_number('%s.%s' % (here, key), s[key], 0, integer)
-        if s['fail_expire'] is not None:
-            s['fail_expire'] = _check_fail_expire(here + '.fail_expire', s['fail_expire'])
-        priority = s['priority']
-        if priority is not None and (type(priority) is not int or not 0 <= priority <= 9):
-            raise ConfigError('%s.priority must be an int from 0 to 9, got %r' % (here, priority))
+        for option in _JOB_OPTIONS:
+            if s[option] is not None:
+                s[option] = _check_option('%s.%s' % (here, option), option, s[option])
         try:
             _time_zone(s['timezone'])
         except ValueError as exc:
@@ -1366,29 +1378,32 @@ _STEP_ARGS = {name: len(args.split()) for name, args, _ in _STEPS}
 _STEP_KIND = {name: kind for name, _, kind in _STEPS}
 _READ_STEPS = ('depth', 'failed', 'schedules', 'history')      # steps that change nothing
 
-# A job's record: these fields, the same in every driver.  job_info() shows
-# the public ones; the others are the lifecycle's own.
-_FIELDS = {
+# A job's record: these fields, the same in every driver, with their types.
+# job_info() shows the public ones; the others are the lifecycle's own.
+_PUBLIC_FIELDS = {
     'job': str, 'state': str, 'create_time': float, 'start_time': float, 'end_time': float,
     'fail_time': float, 'exec_number': int, 'worker_id': str, 'timeout': float,
     'fail_number': int, 'fail_expire': str, 'error_info': json.loads, 'type': int,
     'priority': int, 'key': str, 'result_repr': str, 'result_note': str,
     'cancel_time': float, 'cancelled_by': str,
-    # the lifecycle's own
+}
+_PRIVATE_FIELDS = {
     'payload': bytes, 'result': bytes, 'attempt': int, 'owner': str, 'deadline': float,
     'phase': str, 'handler_runs': int, 'handler_start': float, 'unique_mode': str,
     'result_ttl': float, 'waiter': str,
 }
-_PRIVATE_FIELDS = ('payload', 'result', 'attempt', 'owner', 'deadline', 'phase',
-                   'handler_runs', 'handler_start', 'unique_mode', 'result_ttl', 'waiter')
+_FIELDS = dict(_PUBLIC_FIELDS, **_PRIVATE_FIELDS)
+_FIELDS_BUT_PAYLOAD = tuple(name for name in _FIELDS if name != 'payload')
 # What a worker needs of a job it runs (reserve and pop return these).
 _WORK_FIELDS = ('payload', 'attempt', 'exec_number', 'phase', 'job', 'create_time',
                 'start_time', 'worker_id', 'timeout', 'fail_number', 'fail_expire',
                 'error_info', 'type', 'priority', 'key', 'result_ttl')
-_DEPTH_FIELDS = ('waiting', 'delayed', 'reserved', 'working', 'failed', 'pushed', 'done',
-                 'failed_total', 'cancelled')
-_SCHEDULE_FIELDS = ('last', 'fingerprint', 'owner', 'job', 'skipped')
+#: The states of the jobs a queue counts (depth(), queue:status, metrics).
+LIVE_STATES = ('waiting', 'delayed', 'reserved', 'working', 'failed')
 _ENDED = ('done', 'failed', 'cancelled')
+# A queue's counters: its live jobs per state, then the totals since `clean`.
+_DEPTH_FIELDS = LIVE_STATES + ('pushed', 'done', 'failed_total', 'cancelled')
+_SCHEDULE_FIELDS = ('last', 'fingerprint', 'owner', 'job', 'skipped')
 _PHASE_HANDLERS = 'handlers'    # phase of a job whose fail handlers are still to run
 
 
@@ -1574,7 +1589,7 @@ end
 -- handlers only: it will not run again
 local function hold_again(id)
   local f = redis.call('HMGET', rec(id), 'key', 'unique_mode', 'phase')
-  if f[1] and (f[2] == 'queued' or f[2] == 'active') and f[3] ~= 'handlers' then
+  if f[1] and (f[2] == 'queued' or f[2] == 'active') and f[3] ~= '%(PHASE_HANDLERS)s' then
     local holder = redis.call('HGET', UNIQUE, f[1])
     if not holder or (holder ~= id and not holds(holder, f[1])) then
       redis.call('HSET', UNIQUE, f[1], id)
@@ -1631,12 +1646,17 @@ end
 
 -- an attempt starts.  f: its phase, timeout, key, unique_mode, exec_number
 local START_FIELDS = {'phase', 'timeout', 'key', 'unique_mode', 'exec_number'}
+-- a working attempt's lease ends LEASE from now, or a second after its
+-- deadline (0: none) if that is sooner
+local function lease_end(deadline)
+  if deadline > 0 and deadline + 1 < now + LEASE then return deadline + 1 end
+  return now + LEASE
+end
 local function start(id, f, worker, owner)
   local timeout, deadline = tonumber(f[2]) or 0, 0
   if timeout > 0 then deadline = now + timeout end
-  local lease = now + LEASE
-  if deadline > 0 and deadline + 1 < lease then lease = deadline + 1 end
-  if f[1] == 'handlers' then
+  local lease = lease_end(deadline)
+  if f[1] == '%(PHASE_HANDLERS)s' then
     redis.call('HSET', rec(id), 'state', 'working', 'owner', owner, 'deadline', deadline,
                'handler_start', now)
   else
@@ -1650,13 +1670,13 @@ end
 local function take(n)
   local out = {}
   while #out < n do
-    local level = 0
+    local from = WAITING
     if redis.call('EXISTS', unpack(LEVELS)) > 0 then
-      for l = 9, 1, -1 do
-        if redis.call('LLEN', P .. 'waiting:' .. l) > 0 then level = l break end
+      for _, list in ipairs(LEVELS) do
+        if redis.call('LLEN', list) > 0 then from = list break end
       end
     end
-    local ids = redis.call('LPOP', waiting(level), n - #out)
+    local ids = redis.call('LPOP', from, n - #out)
     if not ids then break end
     for _, id in ipairs(ids) do table.insert(out, id) end
   end
@@ -1670,7 +1690,7 @@ local function lost(id, err, timeout)
   add_error(id, err)
   if f[1] then
     finish(id, 'cancelled', nil)
-  elseif f[2] == 'handlers' then
+  elseif f[2] == '%(PHASE_HANDLERS)s' then
     local runs = (tonumber(f[3]) or 0) + 1
     redis.call('HSET', rec(id), 'handler_runs', runs)
     if runs >= HANDLER_ATTEMPTS then
@@ -1680,12 +1700,12 @@ local function lost(id, err, timeout)
       to_head(id)
     end
   elseif timeout then
-    redis.call('HSET', rec(id), 'type', %(TYPE_TIMEOUT)d, 'phase', 'handlers')
+    redis.call('HSET', rec(id), 'type', %(TYPE_TIMEOUT)d, 'phase', '%(PHASE_HANDLERS)s')
     to_head(id)
   elseif (tonumber(f[4]) or 0) <= (tonumber(f[5]) or 0) then
     to_head(id)      -- run again at once: the job did not fail by itself
   else
-    redis.call('HSET', rec(id), 'type', %(TYPE_NORMAL)d, 'phase', 'handlers')
+    redis.call('HSET', rec(id), 'type', %(TYPE_NORMAL)d, 'phase', '%(PHASE_HANDLERS)s')
     to_head(id)
   end
 end
@@ -1694,7 +1714,7 @@ local function requeue(id)
   if f[1] == 'working' then
     redis.call('ZREM', WORKING, id)
     if f[3] then finish(id, 'cancelled', nil) return true end
-    if f[2] ~= 'handlers' then redis.call('HINCRBY', rec(id), 'exec_number', -1) end
+    if f[2] ~= '%(PHASE_HANDLERS)s' then redis.call('HINCRBY', rec(id), 'exec_number', -1) end
   elseif f[1] == 'reserved' then
     redis.call('ZREM', RESERVED, id)
   else
@@ -1796,9 +1816,7 @@ end
 OPS.renew = function(id, attempt)
   local f = redis.call('HMGET', rec(id), 'state', 'attempt', 'deadline', 'cancel_time')
   if f[1] ~= 'working' or f[2] ~= attempt then return false end
-  local lease, deadline = now + LEASE, tonumber(f[3]) or 0
-  if deadline > 0 and deadline + 1 < lease then lease = deadline + 1 end
-  redis.call('ZADD', WORKING, lease, id)
+  redis.call('ZADD', WORKING, lease_end(tonumber(f[3]) or 0), id)
   if f[4] then return 'cancel' end
   return 'ok'
 end
@@ -2035,7 +2053,7 @@ local function steps(keys, args)
       table.insert(k, P .. name)
     end
     k.levels = {}
-    for level = 9, 1, -1 do table.insert(k.levels, P .. 'waiting:' .. level) end
+    for level = %(MAX_PRIORITY)d, 1, -1 do table.insert(k.levels, P .. 'waiting:' .. level) end
     KEYSETS[P] = k
   end
   WAITING, DELAYED, RESERVED, WORKING, FAILED, KEPT, STATS, UNIQUE, UNIQUE_TTL, SCHEDULES,
@@ -2093,6 +2111,7 @@ redis.register_function('NAME_steps', steps)
 redis.register_function('NAME_fleet', fleet)
 """ % {'nargs': ', '.join('%s = %d' % (name, n) for name, n in _STEP_ARGS.items()),
        'TYPE_TIMEOUT': TYPE_TIMEOUT, 'TYPE_NORMAL': TYPE_NORMAL,
+       'PHASE_HANDLERS': _PHASE_HANDLERS, 'MAX_PRIORITY': MAX_PRIORITY,
        'HISTORY_SECONDS': HISTORY_SECONDS, 'HISTORY_KEEP': HISTORY_KEEP}
 
 def _pairs(flat):
@@ -2841,8 +2860,7 @@ CREATE INDEX IF NOT EXISTS mpq_history_t ON mpq_history (queue, t);
 """ % (', '.join(name for name in _FIELDS if name != 'state'),
        ', '.join('%s INTEGER NOT NULL DEFAULT 0' % name for name in _DEPTH_FIELDS))
 
-_LIVE = ('waiting', 'delayed', 'reserved', 'working', 'failed')   # states mpq_queue counts
-_SQ_RECORD = ', '.join(name for name in _FIELDS if name != 'payload')
+_SQ_RECORD = ', '.join(_FIELDS_BUT_PAYLOAD)
 _SQ_WORK = ', '.join(('id',) + _WORK_FIELDS)
 _SQ_INSERT = ('INSERT OR REPLACE INTO mpq_job (queue, id, state, level, score, payload, job, '
               'create_time, timeout, fail_number, fail_expire, priority, key, unique_mode, '
@@ -3018,11 +3036,16 @@ class _SqliteSteps:
         raw = self.get(job_id, 'error_info')[0]
         return json.dumps((json.loads(raw) if raw else []) + list(more))
 
+    def lease_end(self, deadline):
+        """A working attempt's lease ends LEASE_SECONDS from now, or a second
+        after its deadline (0: none) if that is sooner."""
+        if deadline and deadline + 1 < self.now + LEASE_SECONDS:
+            return deadline + 1
+        return self.now + LEASE_SECONDS
+
     def start(self, job_id, old, phase, timeout, key, mode, exec_number, worker, owner):
         deadline = self.now + timeout if timeout else 0
-        lease = self.now + LEASE_SECONDS
-        if deadline and deadline + 1 < lease:
-            lease = deadline + 1
+        lease = self.lease_end(deadline)
         if phase == _PHASE_HANDLERS:
             self.move(job_id, old, 'working', lease, owner=owner, deadline=deadline,
                       handler_start=self.now)
@@ -3144,10 +3167,7 @@ class _SqliteSteps:
         row = self.current(job_id, attempt, 'working', 'deadline', 'cancel_time')
         if row is None:
             return None
-        lease = self.now + LEASE_SECONDS
-        if row[0] and row[0] + 1 < lease:
-            lease = row[0] + 1
-        self.update(job_id, score=lease)
+        self.update(job_id, score=self.lease_end(row[0]))
         return 'cancel' if row[1] else 'ok'
 
     def done(self, job_id, attempt, result, result_repr, result_note):
@@ -3264,7 +3284,7 @@ class _SqliteSteps:
         heads = [row[0] for row in (self.conn.execute(
             "SELECT create_time FROM mpq_job WHERE queue = ? AND state = 'waiting' AND "
             'level = ? ORDER BY level DESC, score LIMIT 1', (self.queue, level)).fetchone()
-            for level in range(10)) if row is not None]
+            for level in range(MAX_PRIORITY + 1)) if row is not None]
         return dict(zip(_DEPTH_FIELDS, row), oldest_created=min(heads) if heads else None)
 
     def failed(self, offset, count, after):
@@ -3300,7 +3320,7 @@ class _SqliteSteps:
         self.conn.executemany('DELETE FROM mpq_job WHERE queue = ? AND id = ?',
                               [(self.queue, job_id) for job_id, _ in rows])
         for _, state in rows:
-            if state in _LIVE:      # kept outcomes are not counted: their counters stay
+            if state in LIVE_STATES:    # kept outcomes are not counted: their counters stay
                 self.count(state, -1)
         self.ends.clear()
         if len(rows) < limit:
@@ -3371,9 +3391,6 @@ class _SqliteSteps:
             values = [self.delta[name] for name in _DEPTH_FIELDS]
             if self.conn.execute(_SQ_COUNT, values + [self.queue]).rowcount == 0:
                 self.conn.execute(_SQ_COUNT_FIRST, [self.queue] + values)
-
-
-_FIELDS_BUT_PAYLOAD = tuple(name for name in _FIELDS if name != 'payload')
 
 
 def _sqlite_wake_paths(db_file, queue):
@@ -5008,8 +5025,7 @@ class _Ticker:
         basics = config['basics']
         for name, s in list(self.entries.items()):
             try:        # the push arguments after id, the same for every tick
-                options = _push_options(s['job'], qconf, **{k: s[k] for k in (
-                    'timeout', 'fail_number', 'fail_expire', 'result_ttl', 'priority')})
+                options = _push_options(s['job'], qconf, **{k: s[k] for k in _JOB_OPTIONS})
                 self.pushes[name] = (
                     _encode(self.queue, s['job'], s['args'], s['kwargs'], basics['secret'],
                             basics['max_payload']), 0, _job_name(s['job']),
@@ -5689,15 +5705,9 @@ def _push_options(job, qconf, **given):
     for name, value in given.items():
         out[name] = _job_setting(name, value, job, qconf.get(name, 0))
         path[name] = '%s.%s' % (job_class.__name__, name) if value is None and is_job else name
-    for name, minimum in (('timeout', 0), ('fail_number', 0), ('result_ttl', 0)):
-        if out[name] != qconf[name]:
-            _check_number(path[name], out[name], minimum, integer=name == 'fail_number')
-    if out['fail_expire'] is not qconf['fail_expire']:
-        out['fail_expire'] = _check_fail_expire(path['fail_expire'], out['fail_expire'])
-    priority = out['priority']
-    if not isinstance(priority, int) or isinstance(priority, bool) or not 0 <= priority <= 9:
-        raise ConfigError('%s must be an int from 0 (lowest) to 9, got %r'
-                          % (path['priority'], out['priority']))
+    for name in given:
+        if name not in qconf or out[name] is not qconf[name]:
+            out[name] = _check_option(path[name], name, out[name])
     if is_job:
         _check_classes('%s.retry_on' % job_class.__name__, job.retry_on)
         _check_classes('%s.dont_retry_on' % job_class.__name__, job.dont_retry_on)

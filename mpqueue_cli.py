@@ -343,7 +343,6 @@ def cmd_queue_status(cfg, args):
     return 0
 
 
-_DEPTH_COLUMNS = ('waiting', 'delayed', 'reserved', 'working', 'failed')
 _RATES = (('done/s', 'done'), ('failed/s', 'failed_total'))
 
 
@@ -385,10 +384,10 @@ def cmd_queue_watch(cfg, args):
 def _watch_frame(address, depths, interval):
     lines = ['mpqueue  %s  %s  every %gs, Ctrl-C to stop' % (
         time.strftime('%Y-%m-%d %H:%M:%S'), address, interval),
-        '%-16s' % 'queue' + ''.join('%9s' % c for c in _DEPTH_COLUMNS + tuple(
+        '%-16s' % 'queue' + ''.join('%9s' % c for c in mpqueue.LIVE_STATES + tuple(
             label for label, _ in _RATES))]
     for q, depth in depths.items():
-        lines.append('%-16s' % q + ''.join('%9d' % depth[c] for c in _DEPTH_COLUMNS) + ''.join(
+        lines.append('%-16s' % q + ''.join('%9d' % depth[c] for c in mpqueue.LIVE_STATES) + ''.join(
             '%9s' % ('-' if depth[label] is None else '%.1f' % depth[label])
             for label, _ in _RATES))
     return '\n'.join(lines) + '\n'
@@ -537,7 +536,7 @@ def render_metrics(depths, pools, schedules=()):
     pools = [latest[key] for key in sorted(latest)]
     families = [
         ('mpqueue_queue_jobs', 'gauge', 'Jobs in the queue now, by state.',
-         [({'queue': q, 'state': s}, d[s]) for q, d in depths.items() for s in _DEPTH_COLUMNS]),
+         [({'queue': q, 'state': s}, d[s]) for q, d in depths.items() for s in mpqueue.LIVE_STATES]),
         ('mpqueue_jobs_total', 'counter',
          'Jobs pushed, done, finally failed and cancelled since the queue was last cleaned.',
          [({'queue': q, 'state': s}, d[key]) for q, d in depths.items()
