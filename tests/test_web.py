@@ -219,6 +219,7 @@ class Web:
         match = re.search(r'http://127\.0\.0\.1:(\d+)/', line)
         assert match, (line, self.stderr())
         self.url, self.port = match.group(0), int(match.group(1))
+        self.startup = line
 
     def stderr(self):
         return self.err_path.read_text(errors='replace')
