@@ -3545,16 +3545,16 @@ class SqliteDriver(_Driver):
     def _fleet(self, op, entry, info, ttl):
         def work(conn):
             now = time.time()
+            if op == 'read':    # writes nothing: a --read-only dashboard reads the fleet
+                return now, conn.execute('SELECT id, info, expires FROM mpq_fleet WHERE '
+                                         'expires > ? ORDER BY expires', (now,)).fetchall()
             conn.execute('DELETE FROM mpq_fleet WHERE expires <= ?', (now,))
             if op == 'beat':
                 conn.execute('INSERT OR REPLACE INTO mpq_fleet (id, info, expires) '
                              'VALUES (?, ?, ?)', (entry, info, now + ttl))
-            elif op == 'forget':
-                conn.execute('DELETE FROM mpq_fleet WHERE id = ?', (entry,))
             else:
-                return now, conn.execute('SELECT id, info, expires FROM mpq_fleet '
-                                         'ORDER BY expires').fetchall()
-        return self._transaction(work)
+                conn.execute('DELETE FROM mpq_fleet WHERE id = ?', (entry,))
+        return self._transaction(work, write=op != 'read')
 
     # -- wake-ups --------------------------------------------------------------
 
