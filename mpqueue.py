@@ -2157,6 +2157,40 @@ def _schedule_records(fields):
     return sorted(out.values(), key=lambda r: r['name'])
 
 
+_UNSHOWN_ADDRESS = '<address not shown: it does not parse>'
+_SHOWN_HOST = r'(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]*)(:\d{1,5})?'     # host[:port], no user info
+_SHOWN_HOSTS = re.compile(r'^%s(,%s)*$' % (_SHOWN_HOST, _SHOWN_HOST))
+
+
+def _redacted_address(url):
+    """``url`` (a broker URL) as it may be shown: in pages, logs, errors and
+    metrics.  Parsed, not pattern-matched: the user info (user and password)
+    and every query parameter but ``db`` are dropped, each URL of a
+    comma-separated cluster list and each host of a Sentinel list is kept.
+    Anything that does not parse as scheme://hosts/path shows as
+    ``_UNSHOWN_ADDRESS``, never in part (a password with an unencoded ``/``,
+    ``?`` or ``#`` moves the rest of it out of the user info)."""
+    from urllib.parse import parse_qsl, urlsplit
+    if not isinstance(url, str):
+        return _UNSHOWN_ADDRESS
+    out = []
+    for item in re.split(r',(?=\s*[A-Za-z][A-Za-z0-9+.-]*://)', url):
+        try:
+            parts = urlsplit(item.strip())
+        except ValueError:
+            return _UNSHOWN_ADDRESS
+        hosts = parts.netloc.rpartition('@')[2]
+        db = [v for k, v in parse_qsl(parts.query) if k == 'db']
+        shown = '%s://%s%s%s' % (parts.scheme, hosts, parts.path,
+                                 '?db=' + db[-1] if db and db[-1].isdigit() else '')
+        if not re.match(r'^[A-Za-z][A-Za-z0-9+.-]*$', parts.scheme) or \
+                not _SHOWN_HOSTS.match(hosts) or '@' in parts.path or \
+                not re.match(r'^[\x20-\x7e]*$', shown):
+            return _UNSHOWN_ADDRESS
+        out.append(shown)
+    return ','.join(out)
+
+
 class RedisDriver(_Driver):
     """The Redis broker: one server, a Redis Cluster, or a master found
     through Redis Sentinel.
@@ -2236,8 +2270,8 @@ class RedisDriver(_Driver):
         via_sentinel = bool(url) and url.split('://', 1)[0].lower() in self._SENTINEL_SCHEMES
         if url and ',' in url and not cluster and not via_sentinel:
             raise ConfigError('RedisDriver url lists several servers, which needs '
-                              'cluster=True (or a redis+sentinel:// URL): %r'
-                              % (re.sub(r'//[^@/,]*@', '//', url),))
+                              'cluster=True (or a redis+sentinel:// URL): %s'
+                              % _redacted_address(url))
         if not isinstance(wait_replicas, int) or wait_replicas < 0:
             raise ConfigError('RedisDriver wait_replicas must be an integer >= 0, got %r'
                               % (wait_replicas,))
@@ -2254,7 +2288,7 @@ class RedisDriver(_Driver):
                 or sentinel_kwargs is not None:
             self._init_sentinel(via_sentinel, sentinels, service_name, sentinel_kwargs)
         elif url:
-            self.address = re.sub(r'//[^@/,]*@', '//', url)   # never show a password
+            self.address = _redacted_address(url)
         else:
             self.address = '%s://%s:%s' % ('rediss' if ssl else 'redis', host, port)
             if not cluster:
@@ -2284,7 +2318,13 @@ class RedisDriver(_Driver):
             parts = [unquote(p) for p in path.split('/')] if path else []
             if len(parts) > 2 or (len(parts) == 2 and not parts[1].isdigit()):
                 raise ConfigError('RedisDriver url: the path of a redis+sentinel:// URL is '
-                                  '/service_name or /service_name/db, got %r' % ('/' + path,))
+                                  '/service_name or /service_name/db, got %s'
+                                  % _redacted_address(self.url))
+            if _redacted_address(self.url) == _UNSHOWN_ADDRESS:   # shows no piece of it
+                raise ConfigError('RedisDriver url: the sentinels must be host[:port], comma-'
+                                  'separated: redis+sentinel://[[user]:password@]host[:port]'
+                                  '[,host[:port]...]/service_name[/db] (percent-encode / ? # @ '
+                                  'in the password)')
             if parts and parts[0]:
                 if service_name is not None and service_name != parts[0]:
                     raise ConfigError('RedisDriver: service_name=%r and the url\'s service '
@@ -2293,8 +2333,8 @@ class RedisDriver(_Driver):
             self.database = int(parts[1]) if len(parts) == 2 else 0
         elif self.url:
             raise ConfigError('RedisDriver: with sentinels=, give no url (or use a '
-                              'redis+sentinel:// url alone), got %r'
-                              % (re.sub(r'//[^@/,]*@', '//', self.url),))
+                              'redis+sentinel:// url alone), got %s'
+                              % _redacted_address(self.url))
         self.sentinels = self._sentinel_list(sentinels)
         if not isinstance(service_name, str) or not service_name:
             raise ConfigError('RedisDriver through Sentinel needs the service name of the '
@@ -2362,7 +2402,15 @@ class RedisDriver(_Driver):
     def _redis(self):
         """This process's redis-py client (``Redis`` or ``RedisCluster``)."""
         if self._pid != os.getpid() or self._client is None:
-            self._client, self._pid = self._new_client(), os.getpid()
+            try:
+                client = self._new_client()
+            except ValueError:
+                if not self.url:
+                    raise
+                # redis-py's words may quote a piece of the password
+                raise ConfigError('RedisDriver url: redis-py cannot read %s (percent-encode '
+                                  '/ ? # @ : in the password)' % self.address) from None
+            self._client, self._pid = client, os.getpid()
             self._local = threading.local()
         return self._client
 
@@ -3534,16 +3582,16 @@ class SqliteDriver(_Driver):
     def _fleet(self, op, entry, info, ttl):
         def work(conn):
             now = time.time()
+            if op == 'read':    # writes nothing: a --read-only dashboard reads the fleet
+                return now, conn.execute('SELECT id, info, expires FROM mpq_fleet WHERE '
+                                         'expires > ? ORDER BY expires', (now,)).fetchall()
             conn.execute('DELETE FROM mpq_fleet WHERE expires <= ?', (now,))
             if op == 'beat':
                 conn.execute('INSERT OR REPLACE INTO mpq_fleet (id, info, expires) '
                              'VALUES (?, ?, ?)', (entry, info, now + ttl))
-            elif op == 'forget':
-                conn.execute('DELETE FROM mpq_fleet WHERE id = ?', (entry,))
             else:
-                return now, conn.execute('SELECT id, info, expires FROM mpq_fleet '
-                                         'ORDER BY expires').fetchall()
-        return self._transaction(work)
+                conn.execute('DELETE FROM mpq_fleet WHERE id = ?', (entry,))
+        return self._transaction(work, write=op != 'read')
 
     # -- wake-ups --------------------------------------------------------------
 

@@ -640,7 +640,6 @@ def _serve_metrics(queues, port):
 import hashlib  # noqa: E402
 import hmac  # noqa: E402
 import html  # noqa: E402
-import http.cookies  # noqa: E402
 import http.server  # noqa: E402
 import ipaddress  # noqa: E402
 import queue as queue_module  # noqa: E402
@@ -657,14 +656,20 @@ _WEB_REQUEST_TIMEOUT = 10     # s: a client that sends nothing for this long is 
 _WEB_BODY_MAX = 8192          # bytes: no request here needs a bigger body
 _WEB_FAILED_PAGE_MAX = 500    # most failed jobs one API call returns
 _WEB_TOKEN_MIN = 16           # characters: a token is a password that cannot be typed wrong
-_WEB_LOGIN_DELAY = 0.5        # s: a wrong token waits this long, which slows guessing
-_WEB_COOKIE = 'mpqueue_session'
+_WEB_TOKEN_DISTINCT = 8       # different characters at least: 16 spaces or 'aaaa...' guess fast
+_WEB_FAILURE_DELAY = 0.5      # s: wrong tokens wait this long each, one at a time per process
+_WEB_SESSION_SECONDS = 12 * 3600   # a login lasts a working day, then the form asks again
+_WEB_SESSIONS_MAX = 1000      # signed-in browsers kept; past that the oldest session ends
+_WEB_CONNECTIONS_MAX = 32     # connections served at once (a thread each); more get a 503
+_WEB_OFFSET_MAX = 10 ** 9     # an offset into the failed list beyond any list a broker keeps
+_WEB_COOKIE = 'mpqueue_session_%d'    # the port is in the names: two dashboards on one host
+_WEB_LOGIN_COOKIE = 'mpqueue_login_%d'    # keep their sessions apart
 _WEB_LOOPBACK_NAMES = ('localhost', '127.0.0.1', '::1')
 
 _WEB_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
             "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 _WEB_HEADERS = (('Content-Security-Policy', _WEB_CSP), ('X-Frame-Options', 'DENY'),
-                ('X-Content-Type-Options', 'nosniff'), ('Referrer-Policy', 'no-referrer'),
+                ('X-Content-Type-Options', 'nosniff'), ('Referrer-Policy', 'same-origin'),
                 ('Cross-Origin-Opener-Policy', 'same-origin'),
                 ('Cross-Origin-Resource-Policy', 'same-origin'))
 _WEB_STATIC = {'/app.js': ('app.js', 'text/javascript; charset=utf-8'),
@@ -770,18 +775,79 @@ class _WebServer(http.server.ThreadingHTTPServer):
         self.queues = [q['name'] for q in cfg['queue']]
         self.token, self.read_only = token, read_only
         self.bind_host = address[0].strip('[]').lower()
-        # The session cookie holds a value derived from the token, not the token.
-        self.session = hmac.new(token.encode(), b'mpqueue web session',
-                                hashlib.sha256).hexdigest() if token else None
-        # One CSRF token per server process: a page loaded before a restart
-        # must be reloaded before it can act again.
+        port = self.server_address[1]
+        self.cookie, self.login_cookie = _WEB_COOKIE % port, _WEB_LOGIN_COOKIE % port
+        # Sessions live here only: session id -> (expiry on the monotonic
+        # clock, its CSRF token).  A restart or a logout ends them.
+        self.sessions, self.sessions_lock = {}, threading.Lock()
+        # Without a token there are no sessions: one CSRF token per process,
+        # which the Host and Origin checks keep from other sites' pages.
         self.csrf = secrets.token_urlsafe(32)
+        self.secret = secrets.token_bytes(32)       # signs the login form's CSRF tokens
+        self.failures = threading.Lock()            # wrong tokens wait their turn here
+        self.slots = threading.BoundedSemaphore(_WEB_CONNECTIONS_MAX)
         self.broker = _BoundedCalls(_WEB_BROKER_THREADS, WEB_BROKER_TIMEOUT,
                                     self.driver.address)
 
+    def new_session(self):
+        """A new session's (id, CSRF token)."""
+        sid, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+        with self.sessions_lock:
+            now = time.monotonic()
+            for old in [k for k, (expires, _) in self.sessions.items() if expires <= now]:
+                del self.sessions[old]
+            while len(self.sessions) >= _WEB_SESSIONS_MAX:
+                del self.sessions[min(self.sessions, key=lambda k: self.sessions[k][0])]
+            self.sessions[sid] = (now + _WEB_SESSION_SECONDS, csrf)
+        return sid, csrf
+
+    def session(self, sid):
+        """The CSRF token of the live session ``sid``, or None."""
+        with self.sessions_lock:
+            expires, csrf = self.sessions.get(sid, (0, None))
+            if expires <= time.monotonic():
+                self.sessions.pop(sid, None)
+                return None
+            return csrf
+
+    def end_session(self, sid):
+        with self.sessions_lock:
+            self.sessions.pop(sid, None)
+
+    def login_csrf(self, nonce):
+        """The login form's CSRF token, bound to its pre-login cookie ``nonce``."""
+        return hmac.new(self.secret, nonce.encode(), hashlib.sha256).hexdigest()
+
+    def failed_guess(self):
+        """A wrong token: wait, one failure at a time in the whole process, so
+        that parallel connections do not multiply the guesses."""
+        with self.failures:
+            time.sleep(_WEB_FAILURE_DELAY)
+
+    def process_request(self, request, client_address):
+        if not self.slots.acquire(blocking=False):
+            try:
+                request.sendall(b'HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n'
+                                b'Connection: close\r\nRetry-After: 1\r\n\r\n')
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
     def handle_error(self, request, client_address):
         print('mpqueue web: error serving %s: %s' % (
-            client_address[0], _one_line(sys.exc_info()[1])), file=sys.stderr)
+            client_address[0], _log_text(_one_line(sys.exc_info()[1]))), file=sys.stderr)
 
 
 class _WebHandler(http.server.BaseHTTPRequestHandler):
@@ -825,7 +891,8 @@ class _WebHandler(http.server.BaseHTTPRequestHandler):
             self._json(exc.status, dict(exc.extra, error=str(exc)), method)
         except Exception as exc:
             print('mpqueue web: %s %s failed: %s: %s' % (
-                method, self.path, type(exc).__name__, _one_line(exc)), file=sys.stderr)
+                method, _log_text(self.path), type(exc).__name__, _log_text(_one_line(exc))),
+                file=sys.stderr)
             self._json(500, {'error': 'internal error: %s' % _one_line(exc)}, method)
 
     def _send(self, status, body, content_type, method='GET', headers=()):
@@ -834,6 +901,8 @@ class _WebHandler(http.server.BaseHTTPRequestHandler):
         self.send_header('Content-Type', content_type)
         self.send_header('Content-Length', str(len(body)))
         self.send_header('Cache-Control', 'no-store')
+        if self.close_connection:
+            self.send_header('Connection', 'close')
         for name, value in headers:
             self.send_header(name, value)
         self.end_headers()
@@ -854,22 +923,34 @@ class _WebHandler(http.server.BaseHTTPRequestHandler):
         if 'Transfer-Encoding' in self.headers:
             self.close_connection = True
             raise _WebError(400, 'chunked request bodies are not accepted')
-        length = self.headers.get('Content-Length', '0').strip() or '0'
-        if not length.isdigit():
+        lengths = self.headers.get_all('Content-Length') or ['0']
+        length = lengths[0].strip() or '0'
+        if len(lengths) > 1 or not re.fullmatch('[0-9]+', length):
+            # the body's end is unknown: reading on would take it for a request
             self.close_connection = True
-            raise _WebError(400, 'bad Content-Length: %r' % length)
+            raise _WebError(400, 'bad Content-Length: %s' % ', '.join(map(ascii, lengths)))
         if int(length) > _WEB_BODY_MAX:
             self.close_connection = True
             raise _WebError(413, 'request body over %d bytes' % _WEB_BODY_MAX)
         return self.rfile.read(int(length))
 
     def _dispatch(self, method):
-        parts = urllib.parse.urlsplit(self.path)
-        path = parts.path
         body = self._body()
-        if not self._host_allowed():
-            raise _WebError(403, 'Host %r is not allowed: without a token the dashboard '
-                                 'answers to loopback names only' % self.headers.get('Host'))
+        if not self.path.startswith('/') or self.path.startswith('//'):
+            self.close_connection = True
+            raise _WebError(400, 'the request target must be a path (origin-form), got %s'
+                            % ascii(self.path[:100]))
+        path, _, query = self.path.partition('#')[0].partition('?')
+        hosts = self.headers.get_all('Host') or []
+        if len(hosts) != 1:
+            self.close_connection = True
+            raise _WebError(400, 'a request needs one Host header, got %d' % len(hosts))
+        if not self._host_allowed(hosts[0]):
+            raise _WebError(403, 'Host %s is not allowed: without a token the dashboard '
+                                 'answers to loopback names with its port only' % ascii(hosts[0]))
+        if method == 'POST' and not self._same_origin(hosts[0]):
+            raise _WebError(403, 'Origin %s is not this dashboard: actions come from its own '
+                                 'page' % ascii(self.headers.get('Origin')))
         if path in _WEB_STATIC:
             if method == 'POST':
                 raise _WebError(405, 'method not allowed')
@@ -878,10 +959,12 @@ class _WebHandler(http.server.BaseHTTPRequestHandler):
         if path == '/login':
             return self._login(method, body)
         if path == '/logout' and method == 'POST':
+            self._authorized()
             self._check_csrf(urllib.parse.parse_qs(body.decode('utf-8', 'replace')).get(
-                'csrf_token', [''])[0])
+                'csrf_token', [''])[0], self.csrf)
+            self.server.end_session(self._cookies().get(self.server.cookie, ''))
             return self._redirect('login' if self.server.token else './', headers=(
-                ('Set-Cookie', '%s=; Max-Age=0; HttpOnly; SameSite=Strict' % _WEB_COOKIE),))
+                ('Set-Cookie', self._cookie_header(self.server.cookie, '', 0)),))
         if not self._authorized():
             if path == '/':
                 return self._redirect('login')
@@ -912,49 +995,81 @@ class _WebHandler(http.server.BaseHTTPRequestHandler):
             if method == 'POST':
                 if self.server.read_only:
                     raise _WebError(403, 'the dashboard is read-only (started with --read-only)')
-                self._check_csrf(self.headers.get('X-CSRF-Token', ''))
-            query = urllib.parse.parse_qs(parts.query)
+                self._check_csrf(self.headers.get('X-CSRF-Token', ''), self.csrf)
+            query = urllib.parse.parse_qs(query)
             return self._json(200, getattr(self, name)(query=query, **params), method)
         if allowed:
             raise _WebError(405, 'method not allowed (use %s)' % ', '.join(allowed))
         raise _WebError(404, 'no such API path: %s' % path)
 
-    def _host_allowed(self):
-        """Without a token, only loopback names (or the address bound) are
-        answered: a web page that points its own host name at 127.0.0.1 (DNS
-        rebinding) gets nothing."""
-        host = (self.headers.get('Host') or '').strip().lower()
-        if self.server.token or not host:
+    def _host_allowed(self, host):
+        """Without a token, only loopback names (or the address bound), with
+        the port listened on, are answered: a web page that points its own
+        host name at 127.0.0.1 (DNS rebinding) gets nothing."""
+        if self.server.token:
             return True
-        name = host[1:host.find(']')] if host.startswith('[') else host.rsplit(':', 1)[0]
-        return name in _WEB_LOOPBACK_NAMES or name == self.server.bind_host
+        host = host.strip().lower()
+        found = re.fullmatch(r'(\[[0-9a-f:.]+\]|[a-z0-9.-]+)(?::([0-9]{1,5}))?', host)
+        if not found:
+            return False
+        name, port = found.group(1).strip('[]'), found.group(2)
+        return (name in _WEB_LOOPBACK_NAMES or name == self.server.bind_host) and \
+            int(port or 80) == self.server.server_address[1]
+
+    def _same_origin(self, host):
+        """A POST's ``Origin``, when it has one (browsers send it), is this
+        dashboard's (as the browser reached it: ``Host``); a script may send none."""
+        origin = self.headers.get('Origin')
+        if origin is None:
+            return True
+        scheme, _, netloc = origin.partition('://')
+        return scheme in ('http', 'https') and netloc.lower() == host.strip().lower()
+
+    def _cookies(self):
+        """The request's cookies as browsers send them (``a=1; b=2``): each
+        pair split at its first ``=``, anything else skipped; the first of a
+        name wins (the one of the longest path)."""
+        out = {}
+        for header in self.headers.get_all('Cookie') or []:
+            for pair in header.split(';'):
+                name, eq, value = pair.partition('=')
+                if eq:
+                    out.setdefault(name.strip(), value.strip())
+        return out
+
+    def _cookie_header(self, name, value, max_age=None):
+        secure = '; Secure' if self.headers.get('X-Forwarded-Proto') == 'https' else ''
+        return '%s=%s; Path=/; HttpOnly; SameSite=Strict%s%s' % (
+            name, value, '' if max_age is None else '; Max-Age=%d' % max_age, secure)
 
     def _authorized(self):
+        """With a token: a live session's cookie, or the token as a Bearer."""
         server = self.server
         if not server.token:
+            self.csrf = server.csrf
             return True
+        self.csrf = None
         header = self.headers.get('Authorization', '')
         if header[:7].lower() == 'bearer ':
-            return hmac.compare_digest(header[7:].strip().encode(), server.token.encode())
-        cookies = http.cookies.SimpleCookie()
-        try:
-            cookies.load(self.headers.get('Cookie', ''))
-        except http.cookies.CookieError:
+            if hmac.compare_digest(header[7:].strip().encode(), server.token.encode()):
+                self.csrf = server.csrf     # a script, which has the token itself
+                return True
+            server.failed_guess()
             return False
-        morsel = cookies.get(_WEB_COOKIE)
-        return morsel is not None and hmac.compare_digest(morsel.value.encode(),
-                                                          server.session.encode())
+        self.csrf = server.session(self._cookies().get(server.cookie, ''))
+        return self.csrf is not None
 
-    def _check_csrf(self, given):
-        if not hmac.compare_digest(given.encode(), self.server.csrf.encode()):
+    def _check_csrf(self, given, expected):
+        """``given`` is ``expected``: the session's token (or the login form's)."""
+        if not expected or not hmac.compare_digest(given.encode(), expected.encode()):
             raise _WebError(403, 'missing or wrong CSRF token: reload the page (the dashboard '
-                                 'may have restarted)')
+                                 'may have restarted, or your session ended)')
 
     # -- pages -------------------------------------------------------------------
 
     def _page(self):
         server = self.server
-        return _web_render('index.html', csrf_token=server.csrf, queues=json.dumps(server.queues),
+        return _web_render('index.html', csrf_token=self.csrf, queues=json.dumps(server.queues),
                            broker=server.driver.address,
                            version=mpqueue.__version__, read_only='1' if server.read_only else '0',
                            stale_seconds='%g' % (3 * mpqueue.HEARTBEAT_SECONDS),
@@ -964,18 +1079,26 @@ class _WebHandler(http.server.BaseHTTPRequestHandler):
         server = self.server
         if not server.token:
             return self._redirect('./')
+        # The form's CSRF token is bound to a cookie of its own, set here.
+        nonce = self._cookies().get(server.login_cookie, '')
         if method != 'POST':
-            return self._send(200, _web_render('login.html', csrf_token=server.csrf, error=''),
-                              'text/html; charset=utf-8', method)
+            headers = ()
+            if len(nonce) < 32:
+                nonce = secrets.token_urlsafe(32)
+                headers = (('Set-Cookie', self._cookie_header(server.login_cookie, nonce)),)
+            return self._send(200, _web_render('login.html', csrf_token=server.login_csrf(nonce),
+                                               error=''), 'text/html; charset=utf-8', method,
+                              headers=headers)
         form = urllib.parse.parse_qs(body.decode('utf-8', 'replace'))
-        self._check_csrf(form.get('csrf_token', [''])[0])
+        self._check_csrf(form.get('csrf_token', [''])[0],
+                         server.login_csrf(nonce) if len(nonce) >= 32 else None)
         if hmac.compare_digest(form.get('token', [''])[0].encode(), server.token.encode()):
-            secure = '; Secure' if self.headers.get('X-Forwarded-Proto') == 'https' else ''
-            return self._redirect('./', headers=(('Set-Cookie', '%s=%s; HttpOnly; SameSite='
-                                                  'Strict%s' % (_WEB_COOKIE, server.session,
-                                                                secure)),))
-        time.sleep(_WEB_LOGIN_DELAY)
-        return self._send(401, _web_render('login.html', csrf_token=server.csrf,
+            sid, _ = server.new_session()
+            return self._redirect('./', headers=(
+                ('Set-Cookie', self._cookie_header(server.cookie, sid, _WEB_SESSION_SECONDS)),
+                ('Set-Cookie', self._cookie_header(server.login_cookie, '', 0))))
+        server.failed_guess()
+        return self._send(401, _web_render('login.html', csrf_token=server.login_csrf(nonce),
                                            error='Wrong token.'), 'text/html; charset=utf-8')
 
     # -- the API -------------------------------------------------------------------
@@ -991,7 +1114,7 @@ class _WebHandler(http.server.BaseHTTPRequestHandler):
         return self.server.broker(mpqueue.history, queue)
 
     def api_failed(self, query, queue):
-        offset = _int_param(query, 'offset', 0, 0, None)
+        offset = _int_param(query, 'offset', 0, 0, _WEB_OFFSET_MAX)
         count = _int_param(query, 'count', 50, 1, _WEB_FAILED_PAGE_MAX)
         after = query.get('after', [''])[0]     # the last job of the page before
 
@@ -1046,6 +1169,12 @@ def _int_param(query, name, default, low, high):
     return value
 
 
+def _log_text(text):
+    """``text`` as it may go to a terminal or a log: control and non-ASCII
+    characters escaped, as ``ascii()`` does."""
+    return ascii(text)[1:-1]
+
+
 def _web_render(name, **values):
     """A page of _WEB_ASSETS with its ``{{name}}`` fields filled in, escaped."""
     page = _WEB_ASSETS[name]
@@ -1068,10 +1197,12 @@ def cmd_web(cfg, args):
     token = args.token or os.environ.get('MPQUEUE_WEB_TOKEN') or None
     host = args.host or '127.0.0.1'
     args.port = 8080 if args.port is None else args.port
-    if token is not None and len(token) < _WEB_TOKEN_MIN:
-        raise UserError('the dashboard token must be at least %d characters long, got %d: '
-                        'make one with python3 -c "import secrets; print(secrets.token_urlsafe'
-                        '(32))"' % (_WEB_TOKEN_MIN, len(token)))
+    if token is not None and (len(token.strip()) < _WEB_TOKEN_MIN or
+                              len(set(token)) < _WEB_TOKEN_DISTINCT or token != token.strip()):
+        raise UserError('the dashboard token must be at least %d characters long, with at '
+                        'least %d different ones and no spaces around it, got %d: make one with '
+                        'python3 -c "import secrets; print(secrets.token_urlsafe(32))"'
+                        % (_WEB_TOKEN_MIN, _WEB_TOKEN_DISTINCT, len(token)))
     if not token and not _is_loopback(host):
         raise UserError('refusing to serve the dashboard on %s without a token: pass --token '
                         '(or set $MPQUEUE_WEB_TOKEN), or keep --host 127.0.0.1' % host)
@@ -1799,6 +1930,7 @@ form.login .btn { margin-top: 8px; padding: 9px; }
 
   function fmtAge(s) {
     if (s === null || s === undefined || !isFinite(s)) return '\u2014';
+    s = Number(s);
     if (s < 10) return s.toFixed(1) + ' s';
     s = Math.round(s);
     if (s < 60) return s + ' s';
@@ -1823,8 +1955,8 @@ form.login .btn { margin-top: 8px; padding: 9px; }
   }
 
   function timeCell(t) {
-    if (!t) return '\u2014';
-    const d = new Date(t * 1000);
+    const d = new Date(Number(t) * 1000);
+    if (!t || isNaN(d)) return '\u2014';
     return el('time', {datetime: d.toISOString(), title: d.toString()}, fmtTime(t));
   }
 
@@ -2185,31 +2317,14 @@ form.login .btn { margin-top: 8px; padding: 9px; }
     let workers = 0, busy = 0;
     const rows = [];
     for (const pool of pools) {
-      const queues = Object.entries(pool.queues || {}).sort((a, b) => a[0] < b[0] ? -1 : 1);
-      const stale = pool.age > STALE_S;
-      const span = Math.max(1, queues.length);
-      const status = stale
-        ? el('span', {class: 'badge stale', title: 'no heartbeat for ' + fmtAge(pool.age)}, 'stale')
-        : el('span', {class: 'badge ' + (pool.state === 'running' ? 'running' : 'stopping')},
-             pool.state || '?');
-      const head = [
-        el('th', {scope: 'row', rowspan: span}, pool.name),
-        el('td', {rowspan: span}, pool.host),
-        el('td', {rowspan: span, class: 'num'}, pool.pid),
-        el('td', {rowspan: span, 'data-col': 'state'}, status),
-        el('td', {rowspan: span}, timeCell(pool.started)),
-        el('td', {rowspan: span, class: 'num' + (stale ? ' bad' : '')}, fmtAge(pool.age) + ' ago'),
-      ];
-      const cells = (q) => [
-        el('td', {'data-col': 'queue'}, q[0]), numCell(q[1].workers, 'workers'),
-        numCell(q[1].busy, 'busy'), numCell(q[1].idle, 'idle'), numCell(q[1].done, 'done')];
-      const attrs = (i) => ({class: (stale ? 'stale' : '') + (i === 0 ? ' group-start' : ''),
-                             'data-pool': pool.name, 'data-stale': stale ? 'true' : 'false'});
-      if (!queues.length) rows.push(el('tr', attrs(0), [head, el('td', {colspan: 5}, '\u2014')]));
-      queues.forEach((q, i) => {
-        rows.push(el('tr', attrs(i), i === 0 ? [head, cells(q)] : cells(q)));
-      });
-      for (const [, q] of queues) { workers += q.workers || 0; busy += q.busy || 0; }
+      try {
+        const counts = fleetRows(pool, rows);
+        workers += counts[0];
+        busy += counts[1];
+      } catch (err) {     // one heartbeat of another version (or garbage): the others still show
+        rows.push(el('tr', {class: 'stale group-start', 'data-pool': String(pool && pool.name)},
+                     el('td', {colspan: 11}, 'A heartbeat that cannot be shown: ' + err.message)));
+      }
     }
     $('fleet-body').replaceChildren(...rows);
     $('fleet-empty').hidden = pools.length > 0;
@@ -2217,6 +2332,42 @@ form.login .btn { margin-top: 8px; padding: 9px; }
       ? pools.length + (pools.length === 1 ? ' pool' : ' pools') + ' \u00b7 ' + busy + ' of ' +
         workers + ' workers busy'
       : 'no pool running';
+  }
+
+  function fleetRows(pool, rows) {
+    // the rows of one pool, added to rows once all are made; its [workers, busy]
+    let workers = 0, busy = 0;
+    const out = [];
+    const queues = Object.entries(pool.queues || {}).sort((a, b) => a[0] < b[0] ? -1 : 1);
+    const stale = pool.age > STALE_S;
+    const span = Math.max(1, queues.length);
+    const status = stale
+      ? el('span', {class: 'badge stale', title: 'no heartbeat for ' + fmtAge(pool.age)}, 'stale')
+      : el('span', {class: 'badge ' + (pool.state === 'running' ? 'running' : 'stopping')},
+           pool.state || '?');
+    const head = [
+      el('th', {scope: 'row', rowspan: span}, pool.name),
+      el('td', {rowspan: span}, pool.host),
+      el('td', {rowspan: span, class: 'num'}, pool.pid),
+      el('td', {rowspan: span, 'data-col': 'state'}, status),
+      el('td', {rowspan: span}, timeCell(pool.started)),
+      el('td', {rowspan: span, class: 'num' + (stale ? ' bad' : '')}, fmtAge(pool.age) + ' ago'),
+    ];
+    const cells = (q) => [
+      el('td', {'data-col': 'queue'}, q[0]), numCell(q[1].workers, 'workers'),
+      numCell(q[1].busy, 'busy'), numCell(q[1].idle, 'idle'), numCell(q[1].done, 'done')];
+    const attrs = (i) => ({class: (stale ? 'stale' : '') + (i === 0 ? ' group-start' : ''),
+                           'data-pool': pool.name, 'data-stale': stale ? 'true' : 'false'});
+    if (!queues.length) out.push(el('tr', attrs(0), [head, el('td', {colspan: 5}, '\u2014')]));
+    queues.forEach((q, i) => {
+      out.push(el('tr', attrs(i), i === 0 ? [head, cells(q)] : cells(q)));
+    });
+    rows.push(...out);
+    for (const [, q] of queues) {
+      workers += Number(q.workers) || 0;
+      busy += Number(q.busy) || 0;
+    }
+    return [workers, busy];
   }
 
   // -- failed jobs -------------------------------------------------------------------------------

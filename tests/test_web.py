@@ -219,6 +219,7 @@ class Web:
         match = re.search(r'http://127\.0\.0\.1:(\d+)/', line)
         assert match, (line, self.stderr())
         self.url, self.port = match.group(0), int(match.group(1))
+        self.startup = line
 
     def stderr(self):
         return self.err_path.read_text(errors='replace')
@@ -515,6 +516,10 @@ def test_read_only_shows_no_actions_and_refuses_posts(one_broker, browser):
     web.stop()
 
 
+def session_cookies(driver):
+    return [c for c in driver.get_cookies() if c['name'].startswith('mpqueue_session')]
+
+
 def test_token_login_and_bearer(one_broker, browser, tmp_path):
     token = 'correct-horse-battery-staple-%d' % os.getpid()
     pool = one_broker.pool(queue_conf('q'))
@@ -539,7 +544,7 @@ def test_token_login_and_bearer(one_broker, browser, tmp_path):
     field.submit()
     wait_page(browser, lambda: browser.find_element(By.ID, 'login-error').text == 'Wrong token.',
               'the wrong token to be refused')
-    assert not browser.get_cookies()
+    assert not session_cookies(browser)
     screenshot(browser, tmp_path, 'login')
 
     field = browser.find_element(By.ID, 'token')
@@ -556,7 +561,7 @@ def test_token_login_and_bearer(one_broker, browser, tmp_path):
 
     click(browser, '#logout button', 'Sign out')
     wait_page(browser, lambda: browser.current_url.endswith('/login'), 'the login form again')
-    assert not browser.get_cookies()
+    assert not session_cookies(browser)
     web.stop()
 
 
