@@ -13,6 +13,7 @@ pid file, log, SQLite broker) points at the test's own directory, so that a
 snippet never writes into a pool of this machine.
 """
 
+import os
 import re
 import subprocess
 import sys
@@ -80,3 +81,27 @@ def test_snippet_runs_as_written(index, tmp_path):
                          cwd=str(tmp_path), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, timeout=60)
     assert res.returncode == 0, 'README.md:%d does not run:\n%s' % (line, res.stderr)
+
+
+def test_pip_show_gives_the_library_version_and_the_changelog_names_it(tmp_path):
+    """A fresh venv with the package installed from a copy of this tree:
+    the metadata pip shows is ``mpqueue.__version__``, and CHANGELOG.md has
+    a section for it."""
+    import shutil
+    import mpqueue
+    root = README.parent
+    src = tmp_path / 'src'
+    shutil.copytree(root, src, ignore=shutil.ignore_patterns(
+        '.git', 'tests', 'examples', 'docs', '*.egg-info', 'build', '__pycache__'))
+    venv = tmp_path / 'venv'
+    subprocess.run([sys.executable, '-m', 'venv', str(venv)], check=True)
+    pip = [str(venv / 'bin' / 'python'), '-m', 'pip']
+    env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}   # only the venv's own
+    install = subprocess.run(pip + ['install', '-q', '--no-deps', str(src)], env=env,
+                             capture_output=True, text=True, timeout=240)
+    assert install.returncode == 0, install.stdout + install.stderr
+    shown = subprocess.run(pip + ['show', 'mpqueue'], env=env, capture_output=True, text=True,
+                           check=True)
+    assert 'Version: %s\n' % mpqueue.__version__ in shown.stdout, shown.stdout
+    changelog = (root / 'CHANGELOG.md').read_text()
+    assert '\n## %s\n' % mpqueue.__version__ in changelog
