@@ -165,6 +165,10 @@ HISTORY_SECONDS, HISTORY_KEEP = 10, 90
 #: Immediate mode keeps the outcomes of at most this many jobs in process
 #: memory, oldest forgotten first: a long test suite does not grow without end.
 IMMEDIATE_KEEP = 10000
+#: A pid file is stale when the live process it names started more than this
+#: many seconds after the file was written: that pid was reused (after the
+#: pool died, or after a reboot).  /proc gives the boot time in whole seconds.
+PID_START_SLACK = 2.0
 
 # Exit codes of mpqueue's own processes, read by their parents.
 EXIT_OK = 0
@@ -5167,6 +5171,29 @@ def _alive(pid):
         return True
 
 
+def _start_time(pid):
+    """When ``pid`` started (seconds since the epoch), read from /proc; None
+    where there is no /proc to ask."""
+    try:
+        with open('/proc/%d/stat' % pid, 'rb') as f:
+            ticks = int(f.read().rsplit(b')', 1)[1].split()[19])    # field 22: starttime
+        with open('/proc/stat', 'rb') as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith(b'btime '))
+        return boot + ticks / os.sysconf('SC_CLK_TCK')
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def _running_on(pid, path):
+    """Why a pool cannot start while the live ``pid`` holds its pid file:
+    it runs, when /proc says that pid is the one that wrote the file."""
+    started = _start_time(pid)
+    if started is None:
+        return 'already running on pid %d (or pid file %r is stale)' % (pid, path)
+    return ('already running on pid %d, started %s (pid file %r); stop it first'
+            % (pid, time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(started)), path))
+
+
 class _PidFile:
     """``{pid_path}/{name}.pid`` holding the manage process's pid, written
     atomically (temp file + rename) and removed only by its owner."""
@@ -5175,19 +5202,26 @@ class _PidFile:
         self.path = path
 
     def read(self):
-        """The pid in the file if that process is alive, else None."""
+        """The pid in the file if that process is alive and is the one that
+        wrote the file, else None: a pid that a process started after the
+        file was written holds now (``_start_time``) is stale too."""
         try:
             with open(self.path) as f:
                 pid = int(f.read().strip() or 0)
+                written = os.fstat(f.fileno()).st_mtime
         except (OSError, ValueError):
             return None
-        return pid if pid > 0 and _alive(pid) else None
+        if pid <= 0 or not _alive(pid):
+            return None
+        started = _start_time(pid)
+        if started is not None and started > written + PID_START_SLACK:
+            return None
+        return pid
 
     def create(self, pid):
         alive = self.read()
         if alive and alive != pid:
-            raise MPQueueError('already running on pid %d (or pid file %r is stale)'
-                               % (alive, self.path))
+            raise MPQueueError(_running_on(alive, self.path))
         os.makedirs(os.path.dirname(self.path) or '.', exist_ok=True)
         tmp = '%s.%d.tmp' % (self.path, pid)
         with open(tmp, 'w') as f:
@@ -6145,7 +6179,7 @@ def _already_running(config, pid):
                 'its config' % (basics['name'], other, pid, pid_file(config), basics['name'],
                                 basics['pid_path'], ' (and so one SQLite broker)'
                                 if isinstance(basics['driver'], SqliteDriver) else ''))
-    return 'already running on pid %d (or pid file %r is stale)' % (pid, pid_file(config))
+    return _running_on(pid, pid_file(config))
 
 
 def pool_status(config=None, timeout=10):

@@ -187,6 +187,7 @@ def test_start_twice_fails_with_one_line(e2e):
     for args in (['worker:start'], ['worker:start', '-d']):
         line = one_line_error(pool.cli(*args, timeout=30), 'already running')
         assert str(manage) in line
+        assert 'stale' not in line, line      # /proc says which: the pool runs
     assert pool.pid_in_file() == manage
     assert pool.worker_pids() == workers
 
@@ -214,6 +215,28 @@ def test_stale_pid_file_is_replaced_at_start(e2e):
     assert res.returncode == 0, res.stderr
     assert pool.pid_in_file() not in (None, dead.pid)
     assert len(pool.workers('q')) == 2
+
+
+def test_pid_file_naming_a_reused_pid_is_stale(e2e):
+    """A pid file whose pid now belongs to a process that started after the
+    file was written (the pid was reused) is stale: stop and status leave
+    that process alone, and a start replaces the file."""
+    pool = e2e.pool()
+    other = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])
+    try:
+        pool.pid_path.mkdir(parents=True, exist_ok=True)
+        pool.pid_file.write_text('%d\n' % other.pid)
+        written = time.time() - 60              # the file is older than the process
+        os.utime(pool.pid_file, (written, written))
+        one_line_error(pool.cli('worker:stop'), 'not running')
+        one_line_error(pool.cli('worker:status'), 'not running')
+        res = pool.start_daemon()
+        assert res.returncode == 0, res.stderr
+        assert pool.pid_in_file() not in (None, other.pid)
+        assert other.poll() is None             # never signalled
+    finally:
+        other.kill()
+        other.wait()
 
 
 def test_restart_daemon_gives_new_manage_pid(e2e):
