@@ -4289,9 +4289,27 @@ def _drop_inherited_connections():
                          'process that started the pool', os.getpid())
 
 
+def _whole_lines():
+    """Make each line a job prints reach stdout and stderr in one write().
+
+    The workers of a pool share its stdout and stderr: the terminal, or the
+    ``{name}.out`` of -d, opened with O_APPEND, so each write() lands whole.
+    Unbuffered (PYTHONUNBUFFERED) print() writes its pieces one by one, and
+    block-buffered output goes out in 8 KB chunks cut anywhere: either way
+    the lines of workers printing at once got mixed.  Line buffering writes
+    what a job printed at each newline (a line longer than the 8 KB buffer
+    may still be cut)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(line_buffering=True, write_through=False)
+        except (AttributeError, ValueError, OSError):   # replaced by the user, or closed
+            pass
+
+
 def _worker_main(config, qconf, conn, close_fds, owner, generation, parent_pid):
     _die_with_parent(parent_pid)
     _child_init(close_fds)
+    _whole_lines()
     return _Worker(config, qconf, conn, owner, generation).run()
 
 

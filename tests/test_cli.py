@@ -6,6 +6,7 @@ and exit non-zero.
 """
 
 import ast
+import functools
 import json
 import os
 import select
@@ -276,6 +277,42 @@ def test_sigterm_stops_foreground_pool(e2e):
     assert pool.proc.wait(timeout=15) == 0
     assert not pool.pid_file.exists()
     wait_for(lambda: not any(alive(pid) for pid in everyone), 5, 'every process to be gone')
+
+
+CHATTY = """
+import sys
+
+def chatty(tag, lines):
+    for n in range(lines):      # print() writes its pieces one by one
+        print('out', tag, '%04d' % n, 'x' * 80)
+        print('err', tag, '%04d' % n, 'y' * 80, file=sys.stderr)
+"""
+
+
+def test_lines_printed_by_workers_at_once_reach_the_out_file_whole(e2e):
+    """Four workers print at once, to stdout and stderr, into the {name}.out
+    of -d (the harness runs with PYTHONUNBUFFERED, as many deployments do):
+    every line reaches the file whole, none is lost or doubled."""
+    e2e.write_jobs(CHATTY)
+    pool = e2e.pool(queue_conf('q', worker_number=4))
+    jobs = e2e.import_jobs()
+    res = pool.start_daemon()
+    assert res.returncode == 0, res.stderr
+    pool.wait_ready()
+    tags, lines = ['t%d' % i for i in range(8)], 300
+    mpqueue.push_many('q', [functools.partial(jobs.chatty, tag, lines) for tag in tags])
+    wait_counts(pool, 60, over=len(tags))
+    assert pool.cli('worker:stop').returncode == 0
+    pool.wait(lambda: not alive(pool.pid_in_file() or 0) or None, 30, 'the pool to stop')
+    out = (pool.log_path / ('%s.out' % pool.name)).read_text()
+    expected = sorted('%s %s %04d %s' % (stream, tag, n, fill * 80)
+                      for stream, fill in (('out', 'x'), ('err', 'y'))
+                      for tag in tags for n in range(lines))
+    got = sorted(line for line in out.splitlines() if line.startswith(('out ', 'err ')))
+    garbled = [line for line in out.splitlines() if ('x' in line or 'y' in line)
+               and line not in set(expected)]
+    assert not garbled, 'lines cut or mixed, e.g. %r' % garbled[:3]
+    assert got == expected
 
 
 # -- config from elsewhere -------------------------------------------------------------
