@@ -332,6 +332,28 @@ def test_config_from_env_and_module_attr(e2e):
     assert json.loads(res.stdout)['q']['all'] == 0
 
 
+def test_a_config_file_is_loaded_under_its_own_name(e2e, tmp_path):
+    """--config cfg_second.py may import the project's real mpqueue_config
+    (it was run as 'mpqueue_config' itself, and found its own half-run
+    body); a real circular import is named one, without a Django hint when
+    Django had no part in it."""
+    project = tmp_path / 'project'
+    project.mkdir()
+    base = e2e.pool(queue_conf('q'), configure=False).config_path.read_text()
+    (project / 'mpqueue_config.py').write_text(base)
+    (project / 'cfg_second.py').write_text(
+        'from mpqueue_config import config as base\n'
+        'config = dict(base, queue=[dict(base["queue"][0], name="second")])\n')
+    res = e2e.cli('queue:status', '--json', '--config', str(project / 'cfg_second.py'),
+                  cwd=project)
+    assert res.returncode == 0, res.stderr
+    assert list(json.loads(res.stdout)) == ['second']
+    (project / 'cfg_loop.py').write_text('import cfg_loop\nconfig = cfg_loop.config\n')
+    line = one_line_error(e2e.cli('queue:status', '--config', str(project / 'cfg_loop.py'),
+                                  cwd=project), 'circular import', "module 'cfg_loop'")
+    assert 'django' not in line.lower(), line
+
+
 # -- queue commands ----------------------------------------------------------------------
 
 def test_queue_failed_lists_every_page(e2e):
