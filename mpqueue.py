@@ -4726,10 +4726,16 @@ class _Master:
                 error = 'worker %s:%d %s while running the job' % (_HOST, pid, how)
             self.pending.append(('lost', job_id, run.attempt, error,
                                  1 if slot.killed_for == 'timeout' else 0))
-            logger.error('worker %d of queue %r %s while running job %s; job recovered', pid,
-                         self.queue, {'timeout': 'was killed at the timeout',
-                                      'cancel': 'was killed: the job was cancelled'}.get(
-                                          slot.killed_for, how), job_id)
+            if slot.killed_for == 'cancel':
+                logger.info('job %s of queue %r was cancelled while running: worker %d stopped',
+                            job_id, self.queue, pid)
+            elif slot.killed_for == 'timeout':
+                logger.warning('worker %d of queue %r was killed at the timeout of job %s; %s',
+                               pid, self.queue, job_id, 'the job goes to the failed list'
+                               if run.handlers else 'the job fails as a timeout, not retried')
+            else:
+                logger.error('worker %d of queue %r %s while running job %s; job recovered',
+                             pid, self.queue, how, job_id)
         if os.WIFEXITED(status) and os.WEXITSTATUS(status) == EXIT_BOOT_ERROR or \
                 slot.state == BOOTING and slot.killed_for is None:
             self.boot_failures += 1

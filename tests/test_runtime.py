@@ -171,6 +171,9 @@ def test_timeout_kills_worker_fails_without_retry(e2e, model):
         pids = pool.worker_pids('q')
         return len(pids) == 2 and first['pid'] not in pids and all(alive(p) for p in pids)
     pool.wait(full_pool, 10, 'the pool to be back to 2 workers')
+    lines = [line for line in pool.log_tail(400).splitlines() if job_id in line]
+    assert any('killed at the timeout' in line and 'not retried' in line for line in lines), lines
+    assert not [line for line in lines if 'recovered' in line], lines
 
 
 HANGING_HANDLER = '''
