@@ -4063,7 +4063,7 @@ class _Worker:
         try:
             func, args, kwargs, job_obj = _load(job, secret)
         except BaseException as exc:
-            text = _format_exc(exc) + _hint(exc)
+            text = _format_exc(exc) + _hint(exc, loading=True)
             logger.error('job %s (%s) of queue %r cannot be loaded; it goes to the failed '
                          'list:\n%s', job_id, job.get('job'), self.queue, text)
             errors = [text] + (yield from self._fail_handlers(None, self._job_info(job), exc,
@@ -4110,7 +4110,7 @@ class _Worker:
             func, args, kwargs, job_obj = _load(job, self.config['basics']['secret'])
             name = _describe_call(func, args, kwargs)
         except BaseException as load_exc:
-            errors.append(_format_exc(load_exc) + _hint(load_exc))
+            errors.append(_format_exc(load_exc) + _hint(load_exc, loading=True))
         logger.error('job %s (%s) of queue %r failed for good: %s', job['id'], name, self.queue,
                      last)
         info = self._job_info(job, name)
@@ -4217,13 +4217,23 @@ def _format_exc(exc, chain=True):
                                               chain=chain)).rstrip()
 
 
-def _hint(exc):
+def _hint(exc, loading=False):
     """A last line for an error that a web framework raises when a job runs
-    without what it needs in a worker, saying what to do ('' for others)."""
+    without what it needs in a worker, or (``loading`` the job) for a job
+    whose code the worker does not have, saying what to do ('' for others)."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         name, text = type(exc).__name__, str(exc)
+        if loading and isinstance(exc, (AttributeError, ImportError)):
+            return ('\nhint: this worker does not have the code the job names: workers run the '
+                    'code they loaded when they started; after adding or changing job code, '
+                    'run "mpqueue worker:reload" (each worker loads the new code after its '
+                    'current job) before pushing jobs that use it')
+        if name == 'AttributeError' and "'NoneType' object has no attribute 'app_context'" in text:
+            return ('\nhint: the job\'s Flask app is None in this worker: nothing built it; set '
+                    'basics.worker_start_handle to a function that builds the app (such as '
+                    'the README\'s boot_flask, which calls jobs.init_worker())')
         if name == 'AppRegistryNotReady' or (name == 'ImproperlyConfigured'
                                              and 'settings are not configured' in text):
             return ('\nhint: %s: Django is not set up in this worker; set '

@@ -123,6 +123,29 @@ def test_the_examples_own_tests_run_the_jobs_in_immediate_mode(tmp_path):
     assert '2 passed' in res.stdout
 
 
+def test_a_job_whose_app_was_never_built_says_what_to_do(site, proc_reaper):
+    import mpqueue
+
+    def greet():            # the README's job_app() where no start hook built the app
+        from flask import current_app, has_app_context
+        app = None
+        job_app = current_app._get_current_object() if has_app_context() else app
+        with job_app.app_context():
+            return current_app.config['GREETING']
+
+    pool = ExamplePool(proc_reaper, CONFIG, POOL_NAME, site['tmp'], site['env']).start()
+    try:
+        job_id = mpqueue.push(QUEUE, greet, fail_number=0)
+        error = pool.failed_error(QUEUE, job_id, JOB_DEADLINE)
+        assert "'NoneType' object has no attribute 'app_context'" in error
+        assert error.splitlines()[-1].startswith('hint: ') and \
+            'basics.worker_start_handle' in error.splitlines()[-1], error
+    finally:
+        pool.stop()
+        mpqueue.clean(QUEUE)
+    assert not alive(pool.proc.pid)
+
+
 def test_a_job_outside_an_app_context_says_what_to_do(site, proc_reaper):
     import mpqueue
 
