@@ -167,6 +167,10 @@ HISTORY_SECONDS, HISTORY_KEEP = 10, 90
 #: Immediate mode keeps the outcomes of at most this many jobs in process
 #: memory, oldest forgotten first: a long test suite does not grow without end.
 IMMEDIATE_KEEP = 10000
+#: A pid file is stale when the live process it names started more than this
+#: many seconds after the file was written: that pid was reused (after the
+#: pool died, or after a reboot).  /proc gives the boot time in whole seconds.
+PID_START_SLACK = 2.0
 
 # Exit codes of mpqueue's own processes, read by their parents.
 EXIT_OK = 0
@@ -4144,7 +4148,7 @@ class _Worker:
         try:
             func, args, kwargs, job_obj = _load(job, secret)
         except BaseException as exc:
-            text = _format_exc(exc) + _hint(exc)
+            text = _format_exc(exc) + _hint(exc, loading=True)
             logger.error('job %s (%s) of queue %r cannot be loaded; it goes to the failed '
                          'list:\n%s', job_id, job.get('job'), self.queue, text)
             errors = [text] + (yield from self._fail_handlers(None, self._job_info(job), exc,
@@ -4191,7 +4195,7 @@ class _Worker:
             func, args, kwargs, job_obj = _load(job, self.config['basics']['secret'])
             name = _describe_call(func, args, kwargs)
         except BaseException as load_exc:
-            errors.append(_format_exc(load_exc) + _hint(load_exc))
+            errors.append(_format_exc(load_exc) + _hint(load_exc, loading=True))
         logger.error('job %s (%s) of queue %r failed for good: %s', job['id'], name, self.queue,
                      last)
         info = self._job_info(job, name)
@@ -4298,13 +4302,23 @@ def _format_exc(exc, chain=True):
                                               chain=chain)).rstrip()
 
 
-def _hint(exc):
+def _hint(exc, loading=False):
     """A last line for an error that a web framework raises when a job runs
-    without what it needs in a worker, saying what to do ('' for others)."""
+    without what it needs in a worker, or (``loading`` the job) for a job
+    whose code the worker does not have, saying what to do ('' for others)."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         name, text = type(exc).__name__, str(exc)
+        if loading and isinstance(exc, (AttributeError, ImportError)):
+            return ('\nhint: this worker does not have the code the job names: workers run the '
+                    'code they loaded when they started; after adding or changing job code, '
+                    'run "mpqueue worker:reload" (each worker loads the new code after its '
+                    'current job) before pushing jobs that use it')
+        if name == 'AttributeError' and "'NoneType' object has no attribute 'app_context'" in text:
+            return ('\nhint: the job\'s Flask app is None in this worker: nothing built it; set '
+                    'basics.worker_start_handle to a function that builds the app (such as '
+                    'the README\'s boot_flask, which calls jobs.init_worker())')
         if name == 'AppRegistryNotReady' or (name == 'ImproperlyConfigured'
                                              and 'settings are not configured' in text):
             return ('\nhint: %s: Django is not set up in this worker; set '
@@ -4370,9 +4384,27 @@ def _drop_inherited_connections():
                          'process that started the pool', os.getpid())
 
 
+def _whole_lines():
+    """Make each line a job prints reach stdout and stderr in one write().
+
+    The workers of a pool share its stdout and stderr: the terminal, or the
+    ``{name}.out`` of -d, opened with O_APPEND, so each write() lands whole.
+    Unbuffered (PYTHONUNBUFFERED) print() writes its pieces one by one, and
+    block-buffered output goes out in 8 KB chunks cut anywhere: either way
+    the lines of workers printing at once got mixed.  Line buffering writes
+    what a job printed at each newline (a line longer than the 8 KB buffer
+    may still be cut)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(line_buffering=True, write_through=False)
+        except (AttributeError, ValueError, OSError):   # replaced by the user, or closed
+            pass
+
+
 def _worker_main(config, qconf, conn, close_fds, owner, generation, parent_pid):
     _die_with_parent(parent_pid)
     _child_init(close_fds)
+    _whole_lines()
     return _Worker(config, qconf, conn, owner, generation).run()
 
 
@@ -4789,10 +4821,16 @@ class _Master:
                 error = 'worker %s:%d %s while running the job' % (_HOST, pid, how)
             self.pending.append(('lost', job_id, run.attempt, error,
                                  1 if slot.killed_for == 'timeout' else 0))
-            logger.error('worker %d of queue %r %s while running job %s; job recovered', pid,
-                         self.queue, {'timeout': 'was killed at the timeout',
-                                      'cancel': 'was killed: the job was cancelled'}.get(
-                                          slot.killed_for, how), job_id)
+            if slot.killed_for == 'cancel':
+                logger.info('job %s of queue %r was cancelled while running: worker %d stopped',
+                            job_id, self.queue, pid)
+            elif slot.killed_for == 'timeout':
+                logger.warning('worker %d of queue %r was killed at the timeout of job %s; %s',
+                               pid, self.queue, job_id, 'the job goes to the failed list'
+                               if run.handlers else 'the job fails as a timeout, not retried')
+            else:
+                logger.error('worker %d of queue %r %s while running job %s; job recovered',
+                             pid, self.queue, how, job_id)
         if os.WIFEXITED(status) and os.WEXITSTATUS(status) == EXIT_BOOT_ERROR or \
                 slot.state == BOOTING and slot.killed_for is None:
             self.boot_failures += 1
@@ -5252,6 +5290,29 @@ def _alive(pid):
         return True
 
 
+def _start_time(pid):
+    """When ``pid`` started (seconds since the epoch), read from /proc; None
+    where there is no /proc to ask."""
+    try:
+        with open('/proc/%d/stat' % pid, 'rb') as f:
+            ticks = int(f.read().rsplit(b')', 1)[1].split()[19])    # field 22: starttime
+        with open('/proc/stat', 'rb') as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith(b'btime '))
+        return boot + ticks / os.sysconf('SC_CLK_TCK')
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def _running_on(pid, path):
+    """Why a pool cannot start while the live ``pid`` holds its pid file:
+    it runs, when /proc says that pid is the one that wrote the file."""
+    started = _start_time(pid)
+    if started is None:
+        return 'already running on pid %d (or pid file %r is stale)' % (pid, path)
+    return ('already running on pid %d, started %s (pid file %r); stop it first'
+            % (pid, time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(started)), path))
+
+
 class _PidFile:
     """``{pid_path}/{name}.pid`` holding the manage process's pid, written
     atomically (temp file + rename) and removed only by its owner."""
@@ -5260,19 +5321,26 @@ class _PidFile:
         self.path = path
 
     def read(self):
-        """The pid in the file if that process is alive, else None."""
+        """The pid in the file if that process is alive and is the one that
+        wrote the file, else None: a pid that a process started after the
+        file was written holds now (``_start_time``) is stale too."""
         try:
             with open(self.path) as f:
                 pid = int(f.read().strip() or 0)
+                written = os.fstat(f.fileno()).st_mtime
         except (OSError, ValueError):
             return None
-        return pid if pid > 0 and _alive(pid) else None
+        if pid <= 0 or not _alive(pid):
+            return None
+        started = _start_time(pid)
+        if started is not None and started > written + PID_START_SLACK:
+            return None
+        return pid
 
     def create(self, pid):
         alive = self.read()
         if alive and alive != pid:
-            raise MPQueueError('already running on pid %d (or pid file %r is stale)'
-                               % (alive, self.path))
+            raise MPQueueError(_running_on(alive, self.path))
         os.makedirs(os.path.dirname(self.path) or '.', exist_ok=True)
         tmp = '%s.%d.tmp' % (self.path, pid)
         with open(tmp, 'w') as f:
@@ -6225,7 +6293,7 @@ def _already_running(config, pid):
                 'its config' % (basics['name'], other, pid, pid_file(config), basics['name'],
                                 basics['pid_path'], ' (and so one SQLite broker)'
                                 if isinstance(basics['driver'], SqliteDriver) else ''))
-    return 'already running on pid %d (or pid file %r is stale)' % (pid, pid_file(config))
+    return _running_on(pid, pid_file(config))
 
 
 def pool_status(config=None, timeout=10):

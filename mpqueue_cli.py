@@ -13,6 +13,8 @@ stderr and a non-zero exit code (``--verbose`` shows the traceback).
 
 import argparse
 import importlib
+import importlib.machinery
+import importlib.util
 import json
 import os
 import runpy
@@ -92,10 +94,10 @@ def _load_config_file(spec, path, attr, where):
             CONFIG_FORMS))
     sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
     try:
-        namespace = runpy.run_path(path, run_name='mpqueue_config')
+        namespace = _run_config_file(path)
     except Exception as exc:
         raise UserError('config file %r failed to load: %s%s: %s' % (
-            path, _circular(exc, path, ('mpqueue_config', _stem(path))), type(exc).__name__,
+            path, _circular(exc, path, (_stem(path),)), type(exc).__name__,
             _one_line(exc))) from exc
     head, _, rest = attr.partition('.')
     if head not in namespace:
@@ -125,26 +127,51 @@ def _stem(path):
     return os.path.splitext(os.path.basename(path))[0]
 
 
+def _run_config_file(path):
+    """Run a config file as the module its name says (``cfg.py`` is
+    ``cfg``), in sys.modules from the start: code it runs that imports
+    another module (the real ``mpqueue_config``, say) gets that module, and
+    what the file defines pickles under its true name.  A name that another
+    module already holds (or that is no identifier) runs under a name of
+    its own.  Returns the file's namespace."""
+    name, real = _stem(path), os.path.realpath(path)
+    taken = sys.modules.get(name)
+    if not name.isidentifier() or (taken is not None and os.path.realpath(
+            getattr(taken, '__file__', None) or '') != real):
+        return runpy.run_path(path, run_name='__mpqueue_config__')
+    loader = importlib.machinery.SourceFileLoader(name, path)
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(name, loader))
+    sys.modules[name] = module
+    try:
+        loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return vars(module)
+
+
 def _circular(exc, path, names):
     """'circular import: ...' when loading the config failed because code
     that ran while it loaded imported it again, and so found it without its
     ``config`` (or ran it a second time); else ''.  The classic case:
     ``django.setup()`` at the top of the config runs ``AppConfig.ready()``,
     which imports the config."""
-    seen, real = set(), path and os.path.realpath(path)
+    seen, real, django = set(), path and os.path.realpath(path), False
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
+        frames = traceback.extract_tb(exc.__traceback__)
+        django = django or any('%sdjango%s' % (os.sep, os.sep) in f.filename for f in frames)
         again = isinstance(exc, (AttributeError, ImportError)) and any(
             "module '%s'" % name in str(exc) or "from '%s'" % name in str(exc)
             for name in names)
         if real and not again:
-            frames = traceback.extract_tb(exc.__traceback__)
             again = sum(1 for f in frames if os.path.realpath(f.filename) == real) > 1
         if again:
             return ('circular import: code that runs while the config loads imports it again, '
-                    'before it defines `config` (such as django.setup() at its top, which runs '
-                    'AppConfig.ready(); call django.setup() in basics.worker_start_handle '
-                    'instead): ')
+                    'before it defines `config`%s: ' % (
+                        ' (such as django.setup() at its top, which runs AppConfig.ready(); '
+                        'call django.setup() in basics.worker_start_handle instead)'
+                        if django else ''))
         exc = exc.__cause__ or exc.__context__
     return ''
 

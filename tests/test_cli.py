@@ -6,6 +6,7 @@ and exit non-zero.
 """
 
 import ast
+import functools
 import json
 import os
 import select
@@ -187,6 +188,7 @@ def test_start_twice_fails_with_one_line(e2e):
     for args in (['worker:start'], ['worker:start', '-d']):
         line = one_line_error(pool.cli(*args, timeout=30), 'already running')
         assert str(manage) in line
+        assert 'stale' not in line, line      # /proc says which: the pool runs
     assert pool.pid_in_file() == manage
     assert pool.worker_pids() == workers
 
@@ -214,6 +216,28 @@ def test_stale_pid_file_is_replaced_at_start(e2e):
     assert res.returncode == 0, res.stderr
     assert pool.pid_in_file() not in (None, dead.pid)
     assert len(pool.workers('q')) == 2
+
+
+def test_pid_file_naming_a_reused_pid_is_stale(e2e):
+    """A pid file whose pid now belongs to a process that started after the
+    file was written (the pid was reused) is stale: stop and status leave
+    that process alone, and a start replaces the file."""
+    pool = e2e.pool()
+    other = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])
+    try:
+        pool.pid_path.mkdir(parents=True, exist_ok=True)
+        pool.pid_file.write_text('%d\n' % other.pid)
+        written = time.time() - 60              # the file is older than the process
+        os.utime(pool.pid_file, (written, written))
+        one_line_error(pool.cli('worker:stop'), 'not running')
+        one_line_error(pool.cli('worker:status'), 'not running')
+        res = pool.start_daemon()
+        assert res.returncode == 0, res.stderr
+        assert pool.pid_in_file() not in (None, other.pid)
+        assert other.poll() is None             # never signalled
+    finally:
+        other.kill()
+        other.wait()
 
 
 def test_restart_daemon_gives_new_manage_pid(e2e):
@@ -255,6 +279,42 @@ def test_sigterm_stops_foreground_pool(e2e):
     wait_for(lambda: not any(alive(pid) for pid in everyone), 5, 'every process to be gone')
 
 
+CHATTY = """
+import sys
+
+def chatty(tag, lines):
+    for n in range(lines):      # print() writes its pieces one by one
+        print('out', tag, '%04d' % n, 'x' * 80)
+        print('err', tag, '%04d' % n, 'y' * 80, file=sys.stderr)
+"""
+
+
+def test_lines_printed_by_workers_at_once_reach_the_out_file_whole(e2e):
+    """Four workers print at once, to stdout and stderr, into the {name}.out
+    of -d (the harness runs with PYTHONUNBUFFERED, as many deployments do):
+    every line reaches the file whole, none is lost or doubled."""
+    e2e.write_jobs(CHATTY)
+    pool = e2e.pool(queue_conf('q', worker_number=4))
+    jobs = e2e.import_jobs()
+    res = pool.start_daemon()
+    assert res.returncode == 0, res.stderr
+    pool.wait_ready()
+    tags, lines = ['t%d' % i for i in range(8)], 300
+    mpqueue.push_many('q', [functools.partial(jobs.chatty, tag, lines) for tag in tags])
+    wait_counts(pool, 60, over=len(tags))
+    assert pool.cli('worker:stop').returncode == 0
+    pool.wait(lambda: not alive(pool.pid_in_file() or 0) or None, 30, 'the pool to stop')
+    out = (pool.log_path / ('%s.out' % pool.name)).read_text()
+    expected = sorted('%s %s %04d %s' % (stream, tag, n, fill * 80)
+                      for stream, fill in (('out', 'x'), ('err', 'y'))
+                      for tag in tags for n in range(lines))
+    got = sorted(line for line in out.splitlines() if line.startswith(('out ', 'err ')))
+    garbled = [line for line in out.splitlines() if ('x' in line or 'y' in line)
+               and line not in set(expected)]
+    assert not garbled, 'lines cut or mixed, e.g. %r' % garbled[:3]
+    assert got == expected
+
+
 # -- config from elsewhere -------------------------------------------------------------
 
 def test_config_from_env_and_module_attr(e2e):
@@ -270,6 +330,28 @@ def test_config_from_env_and_module_attr(e2e):
     res = e2e.cli('queue:status', '--json', '--config', '%s:CONF' % settings.stem)
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)['q']['all'] == 0
+
+
+def test_a_config_file_is_loaded_under_its_own_name(e2e, tmp_path):
+    """--config cfg_second.py may import the project's real mpqueue_config
+    (it was run as 'mpqueue_config' itself, and found its own half-run
+    body); a real circular import is named one, without a Django hint when
+    Django had no part in it."""
+    project = tmp_path / 'project'
+    project.mkdir()
+    base = e2e.pool(queue_conf('q'), configure=False).config_path.read_text()
+    (project / 'mpqueue_config.py').write_text(base)
+    (project / 'cfg_second.py').write_text(
+        'from mpqueue_config import config as base\n'
+        'config = dict(base, queue=[dict(base["queue"][0], name="second")])\n')
+    res = e2e.cli('queue:status', '--json', '--config', str(project / 'cfg_second.py'),
+                  cwd=project)
+    assert res.returncode == 0, res.stderr
+    assert list(json.loads(res.stdout)) == ['second']
+    (project / 'cfg_loop.py').write_text('import cfg_loop\nconfig = cfg_loop.config\n')
+    line = one_line_error(e2e.cli('queue:status', '--config', str(project / 'cfg_loop.py'),
+                                  cwd=project), 'circular import', "module 'cfg_loop'")
+    assert 'django' not in line.lower(), line
 
 
 # -- queue commands ----------------------------------------------------------------------

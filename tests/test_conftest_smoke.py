@@ -1,6 +1,8 @@
-"""The test fixtures themselves work: Redis servers and the process reaper."""
+"""The test fixtures themselves work: Redis servers, the process reaper and
+the installing of Chromium for the dashboard tests."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -88,3 +90,64 @@ def test_proc_reaper_kills_tree(proc_reaper):
     assert parent.poll() == -signal.SIGTERM
     assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
     assert time.monotonic() - started < 5
+
+
+# -- Chromium for the dashboard tests ----------------------------------------------------
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+FAKE_APT = '''#!/bin/sh
+# apt-get as the tests call it: "update", then "install -y -qq chromium chromium-driver"
+echo "$*" >> %(log)s
+case "$1" in install)
+    sleep 1
+    for path in %(paths)s; do printf '#!/bin/sh\\n' > "$path"; chmod +x "$path"; done;;
+esac
+'''
+
+
+def test_missing_chromium_is_installed_once_by_parallel_test_processes(tmp_path):
+    """As root, ensure_chromium runs apt-get install when Chromium is
+    missing; test processes asking at once install it once (a lock), the
+    others find it installed.  A stand-in apt-get on the PATH plays apt."""
+    if os.geteuid() != 0:
+        pytest.skip('the install path is the root one')
+    bin_dir, run_dir = tmp_path / 'bin', tmp_path / 'run'
+    bin_dir.mkdir()
+    run_dir.mkdir()
+    paths = [tmp_path / 'chromium', tmp_path / 'chromedriver']
+    (bin_dir / 'apt-get').write_text(FAKE_APT % {'log': tmp_path / 'apt.log',
+                                                 'paths': ' '.join(map(str, paths))})
+    (bin_dir / 'apt-get').chmod(0o755)
+    env = dict(os.environ, PATH='%s:%s' % (bin_dir, os.environ['PATH']),
+               MPQTEST_CHROMIUM=str(paths[0]), MPQTEST_CHROMEDRIVER=str(paths[1]))
+    code = 'import sys, chromium; print(chromium.ensure_chromium(sys.argv[1]))'
+    procs = [subprocess.Popen([sys.executable, '-c', code, str(run_dir)], cwd=TESTS, env=env,
+                              stdout=subprocess.PIPE, text=True) for _ in range(3)]
+    outs = [proc.communicate(timeout=60)[0].strip() for proc in procs]
+    assert outs == ['None'] * 3
+    assert (tmp_path / 'apt.log').read_text().splitlines() == [
+        'update -qq', 'install -y -qq chromium chromium-driver']
+
+
+def test_missing_chromium_without_root_fails_once_with_one_line(tmp_path):
+    """Not root: the dashboard tests report the missing browser once, in one
+    line that says what to install; the other browser tests skip."""
+    if os.geteuid() == 0:
+        probe = subprocess.run(['unshare', '--user', 'true'], capture_output=True)
+        if probe.returncode != 0:
+            pytest.skip('cannot leave root here (unshare --user: %s)' % probe.stderr.strip())
+        prefix = ['unshare', '--user']       # euid 65534 inside, files still readable
+    else:
+        prefix = []
+    env = dict(os.environ, MPQTEST_CHROMIUM=str(tmp_path / 'no-chromium'))
+    res = subprocess.run(prefix + [sys.executable, '-m', 'pytest', '-n', '2', '-p',
+                                   'no:cacheprovider', '--basetemp', str(tmp_path / 'bt'),
+                                   '-m', 'not cluster', os.path.join(TESTS, 'test_web.py')],
+                         cwd=os.path.dirname(TESTS), env=env, stdin=subprocess.DEVNULL,
+                         capture_output=True, text=True, timeout=240)
+    out = res.stdout + res.stderr
+    assert res.returncode == 1, out
+    told = [line for line in out.splitlines() if 'apt-get install chromium chromium-driver' in line]
+    assert len(told) == 1 and told[0].startswith(str(tmp_path / 'no-chromium')), out
+    assert 'Traceback' not in out and 'selenium' not in out, out
+    assert re.search(r'\b1 error\b', out) and re.search(r'\b[1-9]\d* skipped\b', out), out

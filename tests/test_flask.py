@@ -123,23 +123,40 @@ def test_the_examples_own_tests_run_the_jobs_in_immediate_mode(tmp_path):
     assert '2 passed' in res.stdout
 
 
-def test_a_job_outside_an_app_context_says_what_to_do(site, proc_reaper):
+def failed_error(site, proc_reaper, job):
+    """The error of ``job`` run once by the example's pool."""
     import mpqueue
+    pool = ExamplePool(proc_reaper, CONFIG, POOL_NAME, site['tmp'], site['env']).start()
+    try:
+        return pool.failed_error(QUEUE, mpqueue.push(QUEUE, job, fail_number=0), JOB_DEADLINE)
+    finally:
+        pool.stop()
+        mpqueue.clean(QUEUE)
+        assert not alive(pool.proc.pid)
 
+
+def test_a_job_whose_app_was_never_built_says_what_to_do(site, proc_reaper):
+    def greet():            # the README's job_app() where no start hook built the app
+        from flask import current_app, has_app_context
+        app = None
+        job_app = current_app._get_current_object() if has_app_context() else app
+        with job_app.app_context():
+            return current_app.config['GREETING']
+
+    error = failed_error(site, proc_reaper, greet)
+    assert "'NoneType' object has no attribute 'app_context'" in error
+    assert error.splitlines()[-1].startswith('hint: ') and \
+        'basics.worker_start_handle' in error.splitlines()[-1], error
+
+
+def test_a_job_outside_an_app_context_says_what_to_do(site, proc_reaper):
     def greeting():         # the mistake: current_app with no app context around it
         from flask import current_app
         return current_app.config['GREETING']
 
-    pool = ExamplePool(proc_reaper, CONFIG, POOL_NAME, site['tmp'], site['env']).start()
-    try:
-        job_id = mpqueue.push(QUEUE, greeting, fail_number=0)
-        error = pool.failed_error(QUEUE, job_id, JOB_DEADLINE)
-        assert 'Working outside of application context' in error
-        assert error.splitlines()[-1] == (
-            'hint: the job uses Flask outside an app context; build the app once per worker '
-            'in basics.worker_start_handle and run the job\'s code inside '
-            '"with app.app_context():"')
-    finally:
-        pool.stop()
-        mpqueue.clean(QUEUE)
-    assert not alive(pool.proc.pid)
+    error = failed_error(site, proc_reaper, greeting)
+    assert 'Working outside of application context' in error
+    assert error.splitlines()[-1] == (
+        'hint: the job uses Flask outside an app context; build the app once per worker '
+        'in basics.worker_start_handle and run the job\'s code inside '
+        '"with app.app_context():"')

@@ -323,6 +323,11 @@ def test_cancel_of_waiting_delayed_and_running_jobs(e2e, model):
     assert mpqueue.cancel('q', after) == 'done'
     assert mpqueue.depth('q')['cancelled'] == 3
     assert took < 3, took
+    # the log says what happened: a cancel, at INFO, and nothing "recovered"
+    lines = [line for line in pool.log_tail(400).splitlines() if running in line]
+    assert any(' INFO ' in line and 'was cancelled while running' in line
+               for line in lines), lines
+    assert not [line for line in lines if 'recovered' in line or ' ERROR ' in line], lines
 
 
 def test_cancel_of_a_reserved_job(e2e):

@@ -171,6 +171,9 @@ def test_timeout_kills_worker_fails_without_retry(e2e, model):
         pids = pool.worker_pids('q')
         return len(pids) == 2 and first['pid'] not in pids and all(alive(p) for p in pids)
     pool.wait(full_pool, 10, 'the pool to be back to 2 workers')
+    lines = [line for line in pool.log_tail(400).splitlines() if job_id in line]
+    assert any('killed at the timeout' in line and 'not retried' in line for line in lines), lines
+    assert not [line for line in lines if 'recovered' in line], lines
 
 
 HANGING_HANDLER = '''
@@ -427,6 +430,31 @@ def test_reload_runs_new_code_and_finishes_running_job(e2e):
         pids = pool.worker_pids('q')
         return len(pids) == 2 and not pids & old_workers
     pool.wait(all_new, 10, 'every worker to be replaced')
+
+
+def test_a_job_added_before_the_reload_says_to_reload(e2e):
+    """A function added to the jobs module and pushed before worker:reload:
+    the worker, which imported the module at its first job, cannot find it;
+    the error says that workers run the code they started with and that
+    worker:reload loads the new one, and after the reload the job runs."""
+    write_version(e2e, 'v1')
+    pool = e2e.pool(queue_conf(worker_number=1, fail_number=1, fail_expire=0.1)).start()
+    jobs = e2e.import_jobs()
+    mpqueue.push('q', jobs.versioned, args=('first',))
+    pool.wait(lambda: e2e.records('start', tag='first'), 5, 'a job of the module to run')
+    e2e.write_jobs(VERSIONED % (('v2',) * 3) + '\n\ndef brand_new(tag):\n'
+                   '    record("start", tag=tag)\n')
+    jobs = e2e.import_jobs()
+    job_id = mpqueue.push('q', jobs.brand_new, args=('new',))
+    wait_counts(pool, 10, failed=1, waiting=0, working=0)
+    (info,) = mpqueue.failed_jobs('q')
+    assert info['id'] == job_id
+    error = info['error_info'][-1]
+    assert "Can't get attribute 'brand_new'" in error, error
+    assert error.splitlines()[-1].startswith('hint: ') and 'worker:reload' in error, error
+    assert pool.cli('worker:reload').returncode == 0
+    mpqueue.retry_failed('q')
+    pool.wait(lambda: e2e.records('start', tag='new'), 10, 'the job to run after the reload')
 
 
 def test_reload_signal_with_jobs_pushed_at_once_loses_nothing(e2e):

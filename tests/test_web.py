@@ -4,9 +4,10 @@ Each test starts real pools (``mpqueue_cli.py worker:start``) and a real
 ``python mpqueue_cli.py web --config FILE --port 0`` process, and looks at
 the page in headless Chromium driven by selenium: one browser for the whole
 module.  Chromium and its driver are Debian's (``apt-get install chromium
-chromium-driver``; ``.ci/run`` installs them on a clean machine); selenium is
-given the driver's path, so it never looks for one to download.  Without
-them the tests fail, they do not skip.
+chromium-driver``, which the tests run themselves as root: see
+``chromium.py``); selenium is given the driver's path, so it never looks for
+one to download.  Without them the first test fails with one line that says
+what to install, and the others skip.
 
 Every wait polls with a deadline; the page refreshes itself every 2 s.
 Screenshots go under each test's ``tmp_path``.
@@ -31,13 +32,13 @@ from selenium.common.exceptions import NoAlertPresentException, WebDriverExcepti
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
+import chromium
 import mpqueue
 import mpqueue_cli
 from pool_harness import CLI, E2E, Src, queue_conf, wait_for
 from redis_server import RedisServer, free_port
 
-CHROMIUM = '/usr/bin/chromium'
-CHROMEDRIVER = '/usr/bin/chromedriver'
+CHROMIUM, CHROMEDRIVER = chromium.CHROMIUM, chromium.CHROMEDRIVER
 CHROMIUM_ARGS = ('--headless=new', '--no-sandbox', '--disable-dev-shm-usage', '--disable-gpu',
                  '--no-first-run', '--disable-background-networking',
                  '--disable-component-update', '--disable-sync', '--window-size=1280,800')
@@ -64,13 +65,32 @@ markup_job.__module__ = None     # its name is exactly the markup above
 # -- the browser ------------------------------------------------------------------------
 
 @pytest.fixture(scope='module')
-def browser(tmp_path_factory):
-    """Headless Chromium (one per module), with a fresh profile."""
-    missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not os.access(path, os.X_OK)]
-    if missing:
-        pytest.fail('%s not found: the dashboard tests need Chromium and its driver '
-                    '("apt-get install chromium chromium-driver"; .ci/run installs them)'
-                    % ' and '.join(missing), pytrace=False)
+def chromium_missing(tmp_path_factory):
+    """None, or the line that says what to install (installed as root)."""
+    return chromium.ensure_chromium(chromium.run_dir(tmp_path_factory))
+
+
+@pytest.fixture(autouse=True)
+def needs_chromium(request, tmp_path_factory):
+    """Without Chromium, the first browser test of the run fails with one
+    line that says what to install, and the others skip: one reason, told
+    once (before any pool starts)."""
+    if 'browser' not in request.fixturenames:
+        return
+    chromium_missing = request.getfixturevalue('chromium_missing')
+    if chromium_missing:
+        if chromium.first_to_report(chromium.run_dir(tmp_path_factory)):
+            pytest.fail(chromium_missing, pytrace=False)
+        pytest.skip('Chromium is missing: see the failed dashboard test')
+
+
+@pytest.fixture(scope='module')
+def browser(tmp_path_factory, chromium_missing):
+    """Headless Chromium (one per module), with a fresh profile; None
+    without Chromium (``needs_chromium`` then fails or skips the test)."""
+    if chromium_missing:
+        yield None
+        return
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for arg in CHROMIUM_ARGS:
