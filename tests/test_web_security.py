@@ -8,10 +8,7 @@ address is shown, for every URL form redis-py reads.
 
 import http.client
 import http.server
-import json
-import os
 import re
-import signal
 import socket
 import threading
 import time
@@ -22,7 +19,8 @@ import mpqueue
 import mpqueue_cli
 from pool_harness import queue_conf, wait_for
 from redis_server import RedisServer, free_port
-from test_web import Web, browser, one_broker, wait_page  # noqa: F401 (fixtures)
+from web_harness import (  # noqa: F401 (fixtures)
+    Web, browser, chromium_missing, needs_chromium, one_broker, wait_page)
 
 PASSWORD = 'S3cr3t-pw'
 
