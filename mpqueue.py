@@ -146,12 +146,17 @@ HEARTBEAT_SECONDS = 2.0
 HEARTBEAT_TTL = 10.0
 #: How long the manage process waits for its masters' status (SIGUSR2).
 STATUS_WAIT = 0.5
-#: While the broker is down, calls are tried again after a back-off that
-#: doubles up to this many seconds.
-BROKER_RETRY_MAX = 1.0
+#: While the broker is down, calls are tried again after a wait that doubles
+#: from BROKER_RETRY_FIRST up to BROKER_RETRY_MAX seconds; a master's wake-up
+#: subscription from WAKER_RETRY_FIRST (jobs still flow without it: the
+#: master looks every sleep_seconds).
+BROKER_RETRY_FIRST, WAKER_RETRY_FIRST, BROKER_RETRY_MAX = 0.1, 0.5, 1.0
 #: A process that cannot boot is forked again after a back-off that doubles
 #: from BOOT_RETRY_FIRST up to BOOT_RETRY_MAX seconds.
 BOOT_RETRY_FIRST, BOOT_RETRY_MAX = 0.5, 60.0
+#: A master that ran this long (seconds) before it died is forked again at
+#: once, as a master that came up does: it was no crash loop.
+MASTER_HEALTHY_SECONDS = 10
 #: Jobs that one bulk call (retry_failed, clean) moves per broker step, so
 #: that no step holds the broker for long: putting 500 failed jobs back is
 #: about 3 ms of Redis or of SQLite's write lock (1000 reached 15 ms under load).
@@ -292,9 +297,39 @@ except (ValueError, OSError, AttributeError):  # pragma: no cover
     _PAGE_SIZE = 4096
 
 
-def _backoff(failures, first, cap):
+def _doubled_wait(failures, first=BROKER_RETRY_FIRST, cap=BROKER_RETRY_MAX):
     """The wait before try ``failures + 1``: ``first`` doubled per failure, at most ``cap``."""
     return min(cap, first * 2 ** max(0, failures - 1))
+
+
+def _kill(pids):
+    """SIGKILL each of ``pids`` that is still there."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+class _Restarts:
+    """When a process that keeps failing may be forked again: after a wait
+    that doubles from BOOT_RETRY_FIRST up to BOOT_RETRY_MAX per failure in a
+    row (the first ``free`` of them cost none), at once after one that went
+    well."""
+
+    def __init__(self, free=0):
+        self.free, self.failures, self.after = free, 0, 0.0
+
+    def failed(self):
+        """Count a failure; the wait (seconds) before the next fork."""
+        self.failures += 1
+        delay = 0.0 if self.failures <= self.free else _doubled_wait(
+            self.failures - self.free, BOOT_RETRY_FIRST, BOOT_RETRY_MAX)
+        self.after = time.monotonic() + delay
+        return delay
+
+    def ok(self):
+        self.failures, self.after = 0, 0.0
 
 
 def _describe_exit(status):
@@ -2819,7 +2854,7 @@ class _RedisWatch:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return
-                time.sleep(min(left, _backoff(failures, 0.1, BROKER_RETRY_MAX)))
+                time.sleep(min(left, _doubled_wait(failures)))
 
     def close(self):
         if self._pubsub is not None:
@@ -4079,7 +4114,7 @@ class _Worker:
                     logger.error('worker %s of queue %r: %s; retrying with back-off',
                                  self.id, self.queue, exc)
                 failures += 1
-                time.sleep(_backoff(failures, 0.1, BROKER_RETRY_MAX))
+                time.sleep(_doubled_wait(failures))
                 continue
             if down_since is not None:
                 logger.info('worker %s of queue %r: the broker answers again after %.1fs',
@@ -4451,7 +4486,7 @@ class _Master:
         self.slots = {}                 # pid -> _Slot
         self.generation = 0             # bumped by each reload
         self.reloading = set()          # pids to replace once idle
-        self.boot_failures, self.spawn_after, self.ready_sent = 0, 0.0, False
+        self.restarts, self.ready_sent = _Restarts(), False
         self.boot_error = None          # what the start hook of the last worker raised
         # broker steps waiting for the next round trip: a dead master's jobs first
         self.pending = [('recover', owner) for owner in recover]
@@ -4503,7 +4538,7 @@ class _Master:
             self.next_tick = 0.0
             self._flush()
             if self.pending:
-                time.sleep(_backoff(self.failures, 0.1, BROKER_RETRY_MAX))
+                time.sleep(_doubled_wait(self.failures))
         if self.pending:
             logger.error('master of queue %r exits with %d unrecorded step(s); their jobs are '
                          'recovered when their leases expire', self.queue, len(self.pending))
@@ -4523,7 +4558,7 @@ class _Master:
         if scheduled is not None and not self.stopping:
             when.append(now + scheduled)
         if len(self.slots) < self._target():
-            when.append(self.spawn_after)
+            when.append(self.restarts.after)
         if any(s.jobs for s in self.slots.values()):
             when.append(self.next_renew)
         when += [run.deadline for s in self.slots.values() for run in s.jobs.values()
@@ -4610,7 +4645,7 @@ class _Master:
         except DriverError as exc:
             self.waker = None
             self._broker_down(exc)
-            self.waker_retry = time.monotonic() + _backoff(self.failures, 0.5, BROKER_RETRY_MAX)
+            self.waker_retry = time.monotonic() + _doubled_wait(self.failures, WAKER_RETRY_FIRST)
 
     def _drop_waker(self, exc):
         for key in list(self.sel.get_map().values()):
@@ -4619,7 +4654,7 @@ class _Master:
         self.waker.close()
         self.waker = None
         self._broker_down(exc)
-        self.waker_retry = time.monotonic() + _backoff(self.failures, 0.5, BROKER_RETRY_MAX)
+        self.waker_retry = time.monotonic() + _doubled_wait(self.failures, WAKER_RETRY_FIRST)
 
     # -- messages from the manage process ------------------------------------
 
@@ -4689,14 +4724,11 @@ class _Master:
     def _kill(self, slot, why, job_id=None):
         if slot.killed_for is None:
             slot.killed_for, slot.killed_job = why, job_id
-        try:
-            os.kill(slot.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        _kill([slot.pid])
 
     def _spawn_missing(self):
         now = time.monotonic()
-        while len(self.slots) < self._target() and now >= self.spawn_after:
+        while len(self.slots) < self._target() and now >= self.restarts.after:
             parent_conn, child_conn = _Channel.pair()
             close_fds = [key.fd for key in self.sel.get_map().values()] + [parent_conn.fileno()]
             pid = _fork(_worker_main, self.config, self.qconf, child_conn, close_fds,
@@ -4833,13 +4865,11 @@ class _Master:
                              pid, self.queue, how, job_id)
         if os.WIFEXITED(status) and os.WEXITSTATUS(status) == EXIT_BOOT_ERROR or \
                 slot.state == BOOTING and slot.killed_for is None:
-            self.boot_failures += 1
-            delay = _backoff(self.boot_failures, BOOT_RETRY_FIRST, BOOT_RETRY_MAX)
-            self.spawn_after = time.monotonic() + delay
+            delay = self.restarts.failed()
             logger.error('worker %d of queue %r did not boot (%s%s); backing off %.1fs before '
                          'forking again (failure %d in a row)', pid, self.queue, how,
                          '' if slot.state != BOOTING else ', before it was ready', delay,
-                         self.boot_failures)
+                         self.restarts.failures)
             try:        # a manage process still starting as a daemon gives up on it
                 self.control.send('boot_failed', self.queue, self.boot_error or how)
             except OSError:
@@ -4847,7 +4877,7 @@ class _Master:
             self.boot_error = None
             return
         if slot.state != BOOTING:
-            self.boot_failures = 0
+            self.restarts.ok()
         reason = {'timeout': "was killed at its job's timeout",
                   'cancel': 'was killed: its job was cancelled',
                   'stop': 'was killed at the end of the stop grace period'}.get(
@@ -4932,7 +4962,7 @@ class _Master:
         except DriverError as exc:
             self.pending = steps[:n_outcomes] + self.pending
             self._broker_down(exc)
-            self.next_tick = now + _backoff(self.failures, 0.1, BROKER_RETRY_MAX)
+            self.next_tick = now + _doubled_wait(self.failures)
             return
         if self.down_since is not None:
             logger.info('master of queue %r: the broker answers again after %.1fs', self.queue,
@@ -5378,7 +5408,7 @@ class _Manager:
         self.pidfile = _PidFile(_pool_file(config, '.pid'))
         self.masters = {}       # pid -> {'queue', 'conn', 'started', 'ready', 'status'}
         self.orphans = {}       # queue -> owner ids of its dead masters, to recover
-        self.backoff = {}       # queue -> (failures, spawn_after)
+        self.restarts = collections.defaultdict(lambda: _Restarts(free=1))   # per queue
         self.stopping = self.stop_deadline = self.status_asked = None
         self.started = time.time()
         self.pool = None
@@ -5426,7 +5456,7 @@ class _Manager:
         return EXIT_OK
 
     def _timeout(self):
-        when = [after for _, after in self.backoff.values()]
+        when = [restarts.after for restarts in self.restarts.values() if restarts.after]
         if self.stop_deadline is not None:
             when.append(self.stop_deadline)
         if self.status_asked is not None:
@@ -5459,7 +5489,7 @@ class _Manager:
 
     def _on_ready(self, info):
         info['ready'] = True
-        self.backoff.pop(info['queue']['name'], None)
+        self.restarts[info['queue']['name']].ok()
         if self.ready_fd is not None and all(m['ready'] for m in self.masters.values()) \
                 and len(self.masters) == len(self.config['queue']):
             try:
@@ -5549,19 +5579,14 @@ class _Manager:
         queue = info['queue']['name']
         logger.error('master of queue %r (pid %d) %s; its workers are stopped and a new master '
                      'started, which puts their jobs back', queue, pid, _describe_exit(status))
-        for child in _children_of(pid):     # they would run on unsupervised
-            try:
-                os.kill(child, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        _kill(_children_of(pid))     # they would run on unsupervised
         self.orphans.setdefault(queue, []).append('%s:%d' % (_HOST, pid))
-        failures = self.backoff.get(queue, (0, 0))[0]
-        if time.monotonic() - info['started'] > 10:
-            failures = 0
-        delay = 0 if failures == 0 else _backoff(failures, BOOT_RETRY_FIRST, BOOT_RETRY_MAX)
+        restarts = self.restarts[queue]
+        if time.monotonic() - info['started'] > MASTER_HEALTHY_SECONDS:
+            restarts.ok()
+        delay = restarts.failed()
         if delay:
             logger.error('master of queue %r keeps dying; backing off %.1fs', queue, delay)
-        self.backoff[queue] = (failures + 1, time.monotonic() + delay)
 
     def _respawn(self):
         if self.stopping:
@@ -5569,7 +5594,7 @@ class _Manager:
         now = time.monotonic()
         running = {info['queue']['name'] for info in self.masters.values()}
         for qconf in self.config['queue']:
-            if qconf['name'] not in running and now >= self.backoff.get(qconf['name'], (0, 0))[1]:
+            if qconf['name'] not in running and now >= self.restarts[qconf['name']].after:
                 self._spawn(qconf)
 
     def _kill_all(self):
@@ -5577,20 +5602,12 @@ class _Manager:
         self.stop_deadline = None
         self._tell_masters('stop', 'fast')
         for pid in list(self.masters):
-            for child in _children_of(pid):
-                try:
-                    os.kill(child, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            _kill(_children_of(pid))
         deadline = time.monotonic() + 5
         while self.masters and time.monotonic() < deadline:
             _reap(self._master_exited)
             time.sleep(0.05)
-        for pid in list(self.masters):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        _kill(list(self.masters))
         self.stop_deadline = time.monotonic() + 1
 
 
