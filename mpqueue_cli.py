@@ -12,16 +12,27 @@ stderr and a non-zero exit code (``--verbose`` shows the traceback).
 """
 
 import argparse
+import hashlib
+import hmac
+import html
+import http.server
 import importlib
 import importlib.machinery
 import importlib.util
+import ipaddress
 import json
 import os
+import queue as queue_module
+import re
 import runpy
+import secrets
 import signal
+import socket
 import sys
+import threading
 import time
 import traceback
+import urllib.parse
 
 import mpqueue
 
@@ -533,15 +544,198 @@ def cmd_queue_clean(cfg, args):
     return 0
 
 
-# -- metrics -------------------------------------------------------------------
+# -- the HTTP server of `metrics --serve` and `web` ------------------------------
+
+_HTTP_REQUEST_TIMEOUT = 10    # s: a client that sends nothing for this long is dropped
+_HTTP_BODY_MAX = 8192         # bytes: no request here needs a bigger body
+_HTTP_CONNECTIONS_MAX = 32    # connections served at once (a thread each); more get a 503
 
 
-def cmd_metrics(cfg, args):
-    queues = _queues(cfg, args)
-    if args.serve is None:
-        sys.stdout.write(metrics_text(queues))
+class _HTTPError(Exception):
+    """An answer other than 200: an HTTP status and one line for the user."""
+
+    def __init__(self, status, message, **extra):
+        super().__init__(message)
+        self.status, self.extra = status, extra
+
+
+def _routes(*table):
+    """A handler's routes: (method, path pattern, handler method name), the
+    pattern compiled to match the whole path."""
+    return [(method, re.compile('^%s$' % pattern), name) for method, pattern, name in table]
+
+
+class _HTTPServer(http.server.ThreadingHTTPServer):
+    """The one HTTP server of ``metrics --serve`` and ``web``: a thread per
+    connection, at most _HTTP_CONNECTIONS_MAX at once (more get 503), IPv4
+    or IPv6; ``run`` serves until SIGINT or SIGTERM.  What it answers is its
+    handler's (a subclass of _Handler, with its routes)."""
+
+    daemon_threads = True
+
+    def __init__(self, address, handler, what):
+        if ':' in address[0]:
+            self.address_family = socket.AF_INET6
+        try:
+            super().__init__(address, handler)
+        except (OSError, OverflowError) as exc:
+            raise UserError('cannot serve %s on %s:%s: %s' % (
+                what, address[0], address[1], getattr(exc, 'strerror', None) or exc)) from exc
+        self.slots = threading.BoundedSemaphore(_HTTP_CONNECTIONS_MAX)
+
+    def url(self, path):
+        host, port = self.server_address[:2]
+        return 'http://%s:%d%s' % ('[%s]' % host if ':' in host else host, port, path)
+
+    def run(self, started):
+        """Print ``started`` (the first line, which says where it listens),
+        then serve until SIGINT or SIGTERM; exit code 0."""
+        def stop(signum, frame):
+            raise KeyboardInterrupt
+        signal.signal(signal.SIGTERM, stop)
+        print(started, flush=True)
+        try:
+            self.serve_forever(poll_interval=0.5)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.server_close()
         return 0
-    return _serve_metrics(queues, args.serve)
+
+    def process_request(self, request, client_address):
+        if not self.slots.acquire(blocking=False):
+            try:
+                request.sendall(b'HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n'
+                                b'Connection: close\r\nRetry-After: 1\r\n\r\n')
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+    def handle_error(self, request, client_address):
+        print('mpqueue: error serving %s: %s' % (
+            client_address[0], _log_text(_one_line(sys.exc_info()[1]))), file=sys.stderr)
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """One request to an _HTTPServer: read strictly, answered by ``_answer``
+    (which may look its path up in ``routes``); an _HTTPError is answered by
+    ``_error``."""
+
+    protocol_version = 'HTTP/1.1'
+    server_version = 'mpqueue'
+    timeout = _HTTP_REQUEST_TIMEOUT
+    # headers and body go out in two writes: with Nagle, a kept-alive client's
+    # delayed ACK held the body back 40 ms
+    disable_nagle_algorithm = True
+    #: (method, compiled pattern, method name), from _routes; path parts are
+    #: percent-decoded after matching, so an id may contain an encoded '/'.
+    routes = ()
+
+    def version_string(self):
+        return self.server_version
+
+    def log_message(self, format, *args):
+        pass            # quiet: errors are printed by _serve_request
+
+    def do_GET(self):
+        self._serve_request('GET')
+
+    def do_HEAD(self):
+        self._serve_request('HEAD')
+
+    def do_POST(self):
+        self._serve_request('POST')
+
+    def _serve_request(self, method):
+        try:
+            body = self._body()
+            if not self.path.startswith('/') or self.path.startswith('//'):
+                self.close_connection = True
+                raise _HTTPError(400, 'the request target must be a path (origin-form), got %s'
+                                 % ascii(self.path[:100]))
+            path, _, query = self.path.partition('#')[0].partition('?')
+            self._answer(method, path, query, body)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True    # the client went away
+        except _HTTPError as exc:
+            self._error(exc.status, dict(exc.extra, error=str(exc)), method)
+        except Exception as exc:
+            print('mpqueue: %s %s failed: %s: %s' % (
+                method, _log_text(self.path), type(exc).__name__, _log_text(_one_line(exc))),
+                file=sys.stderr)
+            self._error(500, {'error': 'internal error: %s' % _one_line(exc)}, method)
+
+    def _body(self):
+        """The request body (bytes); every request's body is read, so that the
+        connection stays usable."""
+        if 'Transfer-Encoding' in self.headers:
+            self.close_connection = True
+            raise _HTTPError(400, 'chunked request bodies are not accepted')
+        lengths = self.headers.get_all('Content-Length') or ['0']
+        length = lengths[0].strip() or '0'
+        if len(lengths) > 1 or not re.fullmatch('[0-9]+', length):
+            # the body's end is unknown: reading on would take it for a request
+            self.close_connection = True
+            raise _HTTPError(400, 'bad Content-Length: %s' % ', '.join(map(ascii, lengths)))
+        if int(length) > _HTTP_BODY_MAX:
+            self.close_connection = True
+            raise _HTTPError(413, 'request body over %d bytes' % _HTTP_BODY_MAX)
+        return self.rfile.read(int(length))
+
+    def _route(self, method, path):
+        """The handler method of the route ``path`` matches, and the path's parts."""
+        allowed = []
+        for route_method, pattern, name in self.routes:
+            match = pattern.match(path)
+            if match is None:
+                continue
+            if route_method != ('GET' if method == 'HEAD' else method):
+                allowed.append(route_method)
+                continue
+            return getattr(self, name), {k: urllib.parse.unquote(v, errors='replace')
+                                         for k, v in match.groupdict().items()}
+        if allowed:
+            raise _HTTPError(405, 'method not allowed (use %s)' % ', '.join(allowed))
+        raise _HTTPError(404, 'no such path: %s' % path)
+
+    def _send(self, status, body, content_type, method='GET', headers=()):
+        body = body.encode() if isinstance(body, str) else body
+        self.send_response(status)
+        self.send_header('Content-Type', content_type)
+        self.send_header('Content-Length', str(len(body)))
+        self.send_header('Cache-Control', 'no-store')
+        if self.close_connection:
+            self.send_header('Connection', 'close')
+        for name, value in headers:
+            self.send_header(name, value)
+        self.end_headers()
+        if method != 'HEAD':
+            self.wfile.write(body)
+
+    def _error(self, status, fields, method):
+        """Answer an error: ``fields`` has its one line as ``error``."""
+        self._send(status, json.dumps(fields, default=str), 'application/json', method)
+
+
+def _log_text(text):
+    """``text`` as it may go to a terminal or a log: control and non-ASCII
+    characters escaped, as ``ascii()`` does."""
+    return ascii(text)[1:-1]
+
+
+# -- metrics -------------------------------------------------------------------
 
 
 def metrics_text(queues):
@@ -605,54 +799,43 @@ def _label_value(value):
     return str(value).replace('\\', '\\\\').replace('\n', '\\n').replace('"', '\\"')
 
 
-def _serve_metrics(queues, port):
-    """Serve the metrics on http://127.0.0.1:PORT/metrics until SIGINT or SIGTERM."""
-    import http.server
+class _MetricsHandler(_Handler):
+    """``metrics --serve``: the exposition text at /metrics, to anyone who
+    can connect (it listens on 127.0.0.1 only); errors as text too."""
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        timeout = 10        # a client that connects and says nothing is dropped
+    routes = _routes(('GET', '/metrics', 'get_metrics'))
+    content_type = 'text/plain; version=0.0.4; charset=utf-8'
 
-        def do_GET(self):
-            if self.path.split('?')[0] != '/metrics':
-                self.send_error(404, 'the metrics are at /metrics')
-                return
-            try:
-                code, body = 200, metrics_text(queues)
-            except mpqueue.MPQueueError as exc:
-                code, body = 503, 'mpqueue: error: %s\n' % _one_line(exc)
-            body = body.encode()
-            self.send_response(code)
-            self.send_header('Content-Type', 'text/plain; version=0.0.4; charset=utf-8')
-            self.send_header('Content-Length', str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def _answer(self, method, path, query, body):
+        self._route(method, path)[0](method)
 
-        def log_message(self, format, *args):
-            pass
+    def get_metrics(self, method):
+        try:
+            text = metrics_text(self.server.queues)
+        except mpqueue.MPQueueError as exc:
+            raise _HTTPError(503, _one_line(exc)) from exc
+        self._send(200, text, self.content_type, method)
 
-    try:
-        server = http.server.HTTPServer(('127.0.0.1', port), Handler)
-    except (OSError, OverflowError) as exc:
-        raise UserError('cannot serve metrics on 127.0.0.1:%s: %s' % (
-            port, getattr(exc, 'strerror', None) or exc)) from exc
+    def _error(self, status, fields, method):
+        if status == 404:
+            fields['error'] += ' (the metrics are at /metrics)'
+        self._send(status, 'mpqueue: error: %s\n' % fields['error'], self.content_type, method)
 
-    def stop(signum, frame):
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, stop)
-    print('serving Prometheus metrics on http://127.0.0.1:%d/metrics (Ctrl-C to stop)'
-          % server.server_address[1], flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-    return 0
+
+def cmd_metrics(cfg, args):
+    queues = _queues(cfg, args)
+    if args.serve is None:
+        sys.stdout.write(metrics_text(queues))
+        return 0
+    server = _HTTPServer(('127.0.0.1', args.serve), _MetricsHandler, 'metrics')
+    server.queues = queues
+    return server.run('serving Prometheus metrics on %s (Ctrl-C to stop)'
+                      % server.url('/metrics'))
 
 
 # -- dashboard: mpqueue web ----------------------------------------------------
 #
-# A standard-library HTTP server (ThreadingHTTPServer) for one page and the
+# The _HTTPServer above, with the routes of _WebHandler: one page and the
 # JSON API the page reads.  The page (HTML, CSS, JS) is the constant
 # _WEB_ASSETS at the end of this file.  The server keeps no state of its own:
 # every answer comes from the broker, through calls that wait at most
@@ -661,33 +844,17 @@ def _serve_metrics(queues, port):
 #
 #   GET  /  /app.js  /app.css  /favicon.svg   the page and its files
 #   GET  /login   POST /login   POST /logout  with --token: the cookie
-#   GET  /api/...  POST /api/...              the API (_WEB_ROUTES)
-
-# The dashboard's own imports, kept with it.
-import hashlib  # noqa: E402
-import hmac  # noqa: E402
-import html  # noqa: E402
-import http.server  # noqa: E402
-import ipaddress  # noqa: E402
-import queue as queue_module  # noqa: E402
-import re  # noqa: E402
-import secrets  # noqa: E402
-import socket  # noqa: E402
-import threading  # noqa: E402
-import urllib.parse  # noqa: E402
+#   GET  /api/...  POST /api/...              the API (_WebHandler.routes)
 
 #: Longest a request waits for the broker (seconds); then it answers 503.
 WEB_BROKER_TIMEOUT = 3.0
 _WEB_BROKER_THREADS = 4       # broker calls in flight at once; more wait their turn
-_WEB_REQUEST_TIMEOUT = 10     # s: a client that sends nothing for this long is dropped
-_WEB_BODY_MAX = 8192          # bytes: no request here needs a bigger body
 _WEB_FAILED_PAGE_MAX = 500    # most failed jobs one API call returns
 _WEB_TOKEN_MIN = 16           # characters: a token is a password that cannot be typed wrong
 _WEB_TOKEN_DISTINCT = 8       # different characters at least: 16 spaces or 'aaaa...' guess fast
 _WEB_FAILURE_DELAY = 0.5      # s: wrong tokens wait this long each, one at a time per process
 _WEB_SESSION_SECONDS = 12 * 3600   # a login lasts a working day, then the form asks again
 _WEB_SESSIONS_MAX = 1000      # signed-in browsers kept; past that the oldest session ends
-_WEB_CONNECTIONS_MAX = 32     # connections served at once (a thread each); more get a 503
 _WEB_OFFSET_MAX = 10 ** 9     # an offset into the failed list beyond any list a broker keeps
 _WEB_COOKIE = 'mpqueue_session_%d'    # the port is in the names: two dashboards on one host
 _WEB_LOGIN_COOKIE = 'mpqueue_login_%d'    # keep their sessions apart
@@ -702,30 +869,6 @@ _WEB_HEADERS = (('Content-Security-Policy', _WEB_CSP), ('X-Frame-Options', 'DENY
 _WEB_STATIC = {'/app.js': ('app.js', 'text/javascript; charset=utf-8'),
                '/app.css': ('app.css', 'text/css; charset=utf-8'),
                '/favicon.svg': ('favicon.svg', 'image/svg+xml')}
-
-# (method, path pattern, handler method of _WebHandler); path parts are
-# percent-decoded after matching, so an id may contain an encoded '/'.
-_WEB_ROUTES = [(method, re.compile('^%s$' % pattern), name) for method, pattern, name in (
-    ('GET', r'/api/queues', 'api_queues'),
-    ('GET', r'/api/queues/(?P<queue>[^/]+)/history', 'api_history'),
-    ('GET', r'/api/queues/(?P<queue>[^/]+)/failed', 'api_failed'),
-    ('GET', r'/api/queues/(?P<queue>[^/]+)/jobs/(?P<job_id>[^/]+)', 'api_job'),
-    ('GET', r'/api/fleet', 'api_fleet'),
-    ('GET', r'/api/schedules', 'api_schedules'),
-    ('POST', r'/api/queues/(?P<queue>[^/]+)/failed/retry', 'api_retry_all'),
-    ('POST', r'/api/queues/(?P<queue>[^/]+)/failed/(?P<job_id>[^/]+)/retry', 'api_retry'),
-    ('POST', r'/api/queues/(?P<queue>[^/]+)/failed/(?P<job_id>[^/]+)/delete', 'api_delete'),
-    ('POST', r'/api/queues/(?P<queue>[^/]+)/jobs/(?P<job_id>[^/]+)/cancel', 'api_cancel'),
-)]
-
-
-class _WebError(Exception):
-    """An API answer other than 200: an HTTP status and one line for the user."""
-
-    def __init__(self, status, message, **extra):
-        super().__init__(message)
-        self.status, self.extra = status, extra
-
 
 def _is_loopback(host):
     if host.lower() == 'localhost':
@@ -777,27 +920,23 @@ class _BoundedCalls:
             with call.lock:
                 call.abandoned = True
                 started = call.started
-            raise _WebError(503, 'the broker %s did not answer within %gs%s' % (
+            raise _HTTPError(503, 'the broker %s did not answer within %gs%s' % (
                 self.address, self.timeout,
                 ' (the action may still take effect)' if started and action else ''))
         if isinstance(call.error, mpqueue.DriverError):
-            raise _WebError(503, _one_line(call.error))
+            raise _HTTPError(503, _one_line(call.error))
         if isinstance(call.error, mpqueue.ConfigError):
-            raise _WebError(404, _one_line(call.error))
+            raise _HTTPError(404, _one_line(call.error))
         if call.error is not None:
             raise call.error
         return call.value
 
 
-class _WebServer(http.server.ThreadingHTTPServer):
+class _WebServer(_HTTPServer):
     """The dashboard's server: its settings, the secrets and the broker calls."""
 
-    daemon_threads = True
-
     def __init__(self, address, cfg, token, read_only):
-        if ':' in address[0]:
-            self.address_family = socket.AF_INET6
-        super().__init__(address, _WebHandler)
+        super().__init__(address, _WebHandler, 'the dashboard')
         self.driver = cfg['basics']['driver']
         self.queues = [q['name'] for q in cfg['queue']]
         self.token, self.read_only = token, read_only
@@ -812,7 +951,6 @@ class _WebServer(http.server.ThreadingHTTPServer):
         self.csrf = secrets.token_urlsafe(32)
         self.secret = secrets.token_bytes(32)       # signs the login form's CSRF tokens
         self.failures = threading.Lock()            # wrong tokens wait their turn here
-        self.slots = threading.BoundedSemaphore(_WEB_CONNECTIONS_MAX)
         self.broker = _BoundedCalls(_WEB_BROKER_THREADS, WEB_BROKER_TIMEOUT,
                                     self.driver.address)
 
@@ -851,90 +989,28 @@ class _WebServer(http.server.ThreadingHTTPServer):
         with self.failures:
             time.sleep(_WEB_FAILURE_DELAY)
 
-    def process_request(self, request, client_address):
-        if not self.slots.acquire(blocking=False):
-            try:
-                request.sendall(b'HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n'
-                                b'Connection: close\r\nRetry-After: 1\r\n\r\n')
-            except OSError:
-                pass
-            self.shutdown_request(request)
-            return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self.slots.release()
-            raise
 
-    def process_request_thread(self, request, client_address):
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self.slots.release()
-
-    def handle_error(self, request, client_address):
-        print('mpqueue web: error serving %s: %s' % (
-            client_address[0], _log_text(_one_line(sys.exc_info()[1]))), file=sys.stderr)
-
-
-class _WebHandler(http.server.BaseHTTPRequestHandler):
+class _WebHandler(_Handler):
     """One request: authentication, CSRF, routing, and the answer."""
 
-    protocol_version = 'HTTP/1.1'
-    server_version = 'mpqueue-web'
-    timeout = _WEB_REQUEST_TIMEOUT
-    # headers and body go out in two writes: with Nagle, a kept-alive client's
-    # delayed ACK held the body back 40 ms
-    disable_nagle_algorithm = True
-
-    def version_string(self):
-        return self.server_version
-
-    def log_message(self, format, *args):
-        pass            # quiet: errors are printed by _serve_request
+    routes = _routes(
+        ('GET', r'/api/queues', 'api_queues'),
+        ('GET', r'/api/queues/(?P<queue>[^/]+)/history', 'api_history'),
+        ('GET', r'/api/queues/(?P<queue>[^/]+)/failed', 'api_failed'),
+        ('GET', r'/api/queues/(?P<queue>[^/]+)/jobs/(?P<job_id>[^/]+)', 'api_job'),
+        ('GET', r'/api/fleet', 'api_fleet'),
+        ('GET', r'/api/schedules', 'api_schedules'),
+        ('POST', r'/api/queues/(?P<queue>[^/]+)/failed/retry', 'api_retry_all'),
+        ('POST', r'/api/queues/(?P<queue>[^/]+)/failed/(?P<job_id>[^/]+)/retry', 'api_retry'),
+        ('POST', r'/api/queues/(?P<queue>[^/]+)/failed/(?P<job_id>[^/]+)/delete', 'api_delete'),
+        ('POST', r'/api/queues/(?P<queue>[^/]+)/jobs/(?P<job_id>[^/]+)/cancel', 'api_cancel'))
 
     def end_headers(self):
         for name, value in _WEB_HEADERS:
             self.send_header(name, value)
         super().end_headers()
 
-    def do_GET(self):
-        self._serve_request('GET')
-
-    def do_HEAD(self):
-        self._serve_request('HEAD')
-
-    def do_POST(self):
-        self._serve_request('POST')
-
     # -- plumbing --------------------------------------------------------------
-
-    def _serve_request(self, method):
-        try:
-            self._dispatch(method)
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True    # the client went away
-        except _WebError as exc:
-            self._json(exc.status, dict(exc.extra, error=str(exc)), method)
-        except Exception as exc:
-            print('mpqueue web: %s %s failed: %s: %s' % (
-                method, _log_text(self.path), type(exc).__name__, _log_text(_one_line(exc))),
-                file=sys.stderr)
-            self._json(500, {'error': 'internal error: %s' % _one_line(exc)}, method)
-
-    def _send(self, status, body, content_type, method='GET', headers=()):
-        body = body.encode() if isinstance(body, str) else body
-        self.send_response(status)
-        self.send_header('Content-Type', content_type)
-        self.send_header('Content-Length', str(len(body)))
-        self.send_header('Cache-Control', 'no-store')
-        if self.close_connection:
-            self.send_header('Connection', 'close')
-        for name, value in headers:
-            self.send_header(name, value)
-        self.end_headers()
-        if method != 'HEAD':
-            self.wfile.write(body)
 
     def _json(self, status, value, method='GET'):
         self._send(status, json.dumps(value, default=str), 'application/json', method)
@@ -944,43 +1020,20 @@ class _WebHandler(http.server.BaseHTTPRequestHandler):
         works behind a proxy that serves it under a path of its own."""
         self._send(303, '', 'text/plain', headers=(('Location', location),) + tuple(headers))
 
-    def _body(self):
-        """The request body (bytes); every request's body is read, so that the
-        connection stays usable."""
-        if 'Transfer-Encoding' in self.headers:
-            self.close_connection = True
-            raise _WebError(400, 'chunked request bodies are not accepted')
-        lengths = self.headers.get_all('Content-Length') or ['0']
-        length = lengths[0].strip() or '0'
-        if len(lengths) > 1 or not re.fullmatch('[0-9]+', length):
-            # the body's end is unknown: reading on would take it for a request
-            self.close_connection = True
-            raise _WebError(400, 'bad Content-Length: %s' % ', '.join(map(ascii, lengths)))
-        if int(length) > _WEB_BODY_MAX:
-            self.close_connection = True
-            raise _WebError(413, 'request body over %d bytes' % _WEB_BODY_MAX)
-        return self.rfile.read(int(length))
-
-    def _dispatch(self, method):
-        body = self._body()
-        if not self.path.startswith('/') or self.path.startswith('//'):
-            self.close_connection = True
-            raise _WebError(400, 'the request target must be a path (origin-form), got %s'
-                            % ascii(self.path[:100]))
-        path, _, query = self.path.partition('#')[0].partition('?')
+    def _answer(self, method, path, query, body):
         hosts = self.headers.get_all('Host') or []
         if len(hosts) != 1:
             self.close_connection = True
-            raise _WebError(400, 'a request needs one Host header, got %d' % len(hosts))
+            raise _HTTPError(400, 'a request needs one Host header, got %d' % len(hosts))
         if not self._host_allowed(hosts[0]):
-            raise _WebError(403, 'Host %s is not allowed: without a token the dashboard '
+            raise _HTTPError(403, 'Host %s is not allowed: without a token the dashboard '
                                  'answers to loopback names with its port only' % ascii(hosts[0]))
         if method == 'POST' and not self._same_origin(hosts[0]):
-            raise _WebError(403, 'Origin %s is not this dashboard: actions come from its own '
+            raise _HTTPError(403, 'Origin %s is not this dashboard: actions come from its own '
                                  'page' % ascii(self.headers.get('Origin')))
         if path in _WEB_STATIC:
             if method == 'POST':
-                raise _WebError(405, 'method not allowed')
+                raise _HTTPError(405, 'method not allowed')
             name, content_type = _WEB_STATIC[path]
             return self._send(200, _WEB_ASSETS[name], content_type, method)
         if path == '/login':
@@ -1002,32 +1055,19 @@ class _WebHandler(http.server.BaseHTTPRequestHandler):
                               headers=(('WWW-Authenticate', 'Bearer realm="mpqueue"'),))
         if path == '/':
             if method == 'POST':
-                raise _WebError(405, 'method not allowed')
+                raise _HTTPError(405, 'method not allowed')
             return self._send(200, self._page(), 'text/html; charset=utf-8', method)
         if not path.startswith('/api/'):
             return self._send(404, 'not found\n', 'text/plain; charset=utf-8', method)
-        allowed = []
-        for route_method, pattern, name in _WEB_ROUTES:
-            match = pattern.match(path)
-            if match is None:
-                continue
-            if route_method != ('GET' if method == 'HEAD' else method):
-                allowed.append(route_method)
-                continue
-            params = {k: urllib.parse.unquote(v, errors='replace')
-                      for k, v in match.groupdict().items()}
-            if 'queue' in params and params['queue'] not in self.server.queues:
-                raise _WebError(404, 'queue %r is not in the config (configured queues: %s)'
-                                % (params['queue'], ', '.join(self.server.queues)))
-            if method == 'POST':
-                if self.server.read_only:
-                    raise _WebError(403, 'the dashboard is read-only (started with --read-only)')
-                self._check_csrf(self.headers.get('X-CSRF-Token', ''), self.csrf)
-            query = urllib.parse.parse_qs(query)
-            return self._json(200, getattr(self, name)(query=query, **params), method)
-        if allowed:
-            raise _WebError(405, 'method not allowed (use %s)' % ', '.join(allowed))
-        raise _WebError(404, 'no such API path: %s' % path)
+        handler, params = self._route(method, path)
+        if 'queue' in params and params['queue'] not in self.server.queues:
+            raise _HTTPError(404, 'queue %r is not in the config (configured queues: %s)'
+                             % (params['queue'], ', '.join(self.server.queues)))
+        if method == 'POST':
+            if self.server.read_only:
+                raise _HTTPError(403, 'the dashboard is read-only (started with --read-only)')
+            self._check_csrf(self.headers.get('X-CSRF-Token', ''), self.csrf)
+        return self._json(200, handler(query=urllib.parse.parse_qs(query), **params), method)
 
     def _host_allowed(self, host):
         """Without a token, only loopback names (or the address bound), with
@@ -1089,7 +1129,7 @@ class _WebHandler(http.server.BaseHTTPRequestHandler):
     def _check_csrf(self, given, expected):
         """``given`` is ``expected``: the session's token (or the login form's)."""
         if not expected or not hmac.compare_digest(given.encode(), expected.encode()):
-            raise _WebError(403, 'missing or wrong CSRF token: reload the page (the dashboard '
+            raise _HTTPError(403, 'missing or wrong CSRF token: reload the page (the dashboard '
                                  'may have restarted, or your session ended)')
 
     # -- pages -------------------------------------------------------------------
@@ -1153,7 +1193,7 @@ class _WebHandler(http.server.BaseHTTPRequestHandler):
     def api_job(self, query, queue, job_id):
         info = self.server.broker(mpqueue.job_info, queue, job_id)
         if info is None:
-            raise _WebError(404, 'no job %r in queue %r (unknown, or its record expired)'
+            raise _HTTPError(404, 'no job %r in queue %r (unknown, or its record expired)'
                             % (job_id, queue))
         return info
 
@@ -1165,7 +1205,7 @@ class _WebHandler(http.server.BaseHTTPRequestHandler):
 
     def api_retry(self, query, queue, job_id):
         if not self.server.broker(mpqueue.retry_failed, queue, job_id, action=True):
-            raise _WebError(404, 'job %r is not in the failed list of queue %r' % (job_id, queue))
+            raise _HTTPError(404, 'job %r is not in the failed list of queue %r' % (job_id, queue))
         return {'ok': True, 'retried': 1}
 
     def api_retry_all(self, query, queue):
@@ -1174,13 +1214,13 @@ class _WebHandler(http.server.BaseHTTPRequestHandler):
 
     def api_delete(self, query, queue, job_id):
         if not self.server.broker(mpqueue.delete_failed, queue, job_id, action=True):
-            raise _WebError(404, 'job %r is not in the failed list of queue %r' % (job_id, queue))
+            raise _HTTPError(404, 'job %r is not in the failed list of queue %r' % (job_id, queue))
         return {'ok': True, 'deleted': 1}
 
     def api_cancel(self, query, queue, job_id):
         state = self.server.broker(mpqueue.cancel, queue, job_id, action=True)
         if state is None:
-            raise _WebError(404, 'no job %r in queue %r' % (job_id, queue))
+            raise _HTTPError(404, 'no job %r in queue %r' % (job_id, queue))
         return {'ok': True, 'state': state}
 
 
@@ -1191,15 +1231,9 @@ def _int_param(query, name, default, low, high):
     except ValueError:
         value = None
     if value is None or value < low or (high is not None and value > high):
-        raise _WebError(400, '%s must be an integer %s, got %r' % (
+        raise _HTTPError(400, '%s must be an integer %s, got %r' % (
             name, 'from %d to %d' % (low, high) if high is not None else '>= %d' % low, text))
     return value
-
-
-def _log_text(text):
-    """``text`` as it may go to a terminal or a log: control and non-ASCII
-    characters escaped, as ``ascii()`` does."""
-    return ascii(text)[1:-1]
 
 
 def _web_render(name, **values):
@@ -1236,27 +1270,10 @@ def cmd_web(cfg, args):
     if not 0 <= args.port <= 65535:
         raise UserError('--port must be from 0 to 65535, got %r' % args.port)
     _bound_broker_waits(cfg['basics']['driver'], WEB_BROKER_TIMEOUT)
-    try:
-        server = _WebServer((host, args.port), cfg, token, args.read_only)
-    except (OSError, OverflowError) as exc:
-        raise UserError('cannot serve the dashboard on %s:%s: %s' % (
-            host, args.port, getattr(exc, 'strerror', None) or exc)) from exc
-
-    def stop(signum, frame):
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, stop)
-    shown = server.server_address[0]
-    print('mpqueue dashboard on http://%s:%d/ (broker %s%s%s); Ctrl-C to stop' % (
-        '[%s]' % shown if ':' in shown else shown, server.server_address[1],
-        server.driver.address, ', read-only' if args.read_only else '',
-        ', token required' if token else ''), flush=True)
-    try:
-        server.serve_forever(poll_interval=0.5)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-    return 0
+    server = _WebServer((host, args.port), cfg, token, args.read_only)
+    return server.run('mpqueue dashboard on %s (broker %s%s%s); Ctrl-C to stop' % (
+        server.url('/'), server.driver.address, ', read-only' if args.read_only else '',
+        ', token required' if token else ''))
 
 
 # -- the commands and their options ---------------------------------------------
