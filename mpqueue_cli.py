@@ -201,6 +201,38 @@ def _one_line(exc):
     return ' '.join(str(exc).split()) or type(exc).__name__
 
 
+# -- output: tables and times -------------------------------------------------
+
+
+def _table(columns, rows):
+    """A table as text, its head the first line: ``columns`` holds a (title,
+    width) pair each, a negative width aligning left as in ``%-16s`` (0: no
+    padding); the columns are one space apart, the lines have no final newline."""
+    line = ' '.join('%%%ds' % width for _, width in columns)
+    return '\n'.join(line % tuple(row) for row in [[t for t, _ in columns]] + list(rows))
+
+
+def _when(ts, ms=False):
+    """Unix time ``ts`` as local time (with milliseconds: ``ms``); '-' for none."""
+    if not ts:
+        return '-'
+    return time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(ts)) + (
+        '.%03d' % (ts % 1 * 1000) if ms else '')
+
+
+def _duration(seconds):
+    if seconds is None:
+        return '-'
+    seconds = int(seconds)
+    return '%dd%02dh%02dm%02ds' % (seconds // 86400, seconds // 3600 % 24, seconds // 60 % 60,
+                                   seconds % 60) if seconds >= 86400 else \
+        '%02d:%02d:%02d' % (seconds // 3600, seconds // 60 % 60, seconds % 60)
+
+
+def _dash(value, form='%s'):
+    return '-' if value is None else form % value
+
+
 # -- worker commands -----------------------------------------------------------
 
 
@@ -310,18 +342,13 @@ def cmd_worker_status(cfg, args):
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
-    print('%-16s %-7s %8s %-10s %-24s %7s %8s %-19s %s' % (
-        'queue', 'type', 'pid', 'state', 'job', 'done', 'rss_mb', 'started', 'uptime'))
-    for r in rows:
-        state = r.get('state')
-        if r.get('coroutines'):         # busy / all coroutines of a coroutine worker
-            state = '%s:%s' % (state, r['coroutines'])
-        print('%-16s %-7s %8s %-10s %-24s %7s %8s %-19s %s' % (
-            r.get('queue'), r.get('type'), r.get('pid'), state, r.get('job_id') or '-',
-            '-' if r.get('done') is None else r['done'],
-            '-' if r.get('rss_mb') is None else '%.1f' % r['rss_mb'],
-            time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(r['started']))
-            if r.get('started') else '-', _duration(r.get('uptime'))))
+    print(_table((('queue', -16), ('type', -7), ('pid', 8), ('state', -10), ('job', -24),
+                  ('done', 7), ('rss_mb', 8), ('started', -19), ('uptime', 0)), (
+        (r.get('queue'), r.get('type'), r.get('pid'),
+         '%s%s' % (r.get('state'),    # and busy / all coroutines of a coroutine worker
+                   ':' + r['coroutines'] if r.get('coroutines') else ''),
+         r.get('job_id') or '-', _dash(r.get('done')), _dash(r.get('rss_mb'), '%.1f'),
+         _when(r.get('started')), _duration(r.get('uptime'))) for r in rows)))
     return 0
 
 
@@ -334,23 +361,12 @@ def cmd_fleet_status(cfg, args):
         print('no pool has sent a heartbeat to %s in the last %ss' % (
             cfg['basics']['driver'].address, mpqueue.HEARTBEAT_TTL))
         return 0
-    line = '%-20s %-20s %8s %-16s %7s %5s %5s %7s %-8s %s'
-    print(line % ('pool', 'host', 'pid', 'queue', 'workers', 'busy', 'idle', 'done', 'state',
-                  'last seen'))
-    for pool in pools:
-        for queue, q in sorted(pool['queues'].items()):
-            print(line % (pool['name'], pool['host'], pool['pid'], queue, q['workers'], q['busy'],
-                          q['idle'], q['done'], pool['state'], '%.1fs ago' % pool['age']))
+    print(_table((('pool', -20), ('host', -20), ('pid', 8), ('queue', -16), ('workers', 7),
+                  ('busy', 5), ('idle', 5), ('done', 7), ('state', -8), ('last seen', 0)), (
+        (pool['name'], pool['host'], pool['pid'], queue, q['workers'], q['busy'], q['idle'],
+         q['done'], pool['state'], '%.1fs ago' % pool['age'])
+        for pool in pools for queue, q in sorted(pool['queues'].items()))))
     return 0
-
-
-def _duration(seconds):
-    if seconds is None:
-        return '-'
-    seconds = int(seconds)
-    return '%dd%02dh%02dm%02ds' % (seconds // 86400, seconds // 3600 % 24, seconds // 60 % 60,
-                                   seconds % 60) if seconds >= 86400 else \
-        '%02d:%02d:%02d' % (seconds // 3600, seconds // 60 % 60, seconds % 60)
 
 
 # -- queue commands ------------------------------------------------------------
@@ -375,13 +391,13 @@ def cmd_queue_status(cfg, args):
         print(json.dumps(stats, indent=1))
         return 0
     cols = ('all', 'waiting', 'working', 'failed', 'over', 'cancelled')
-    print('%-20s' % 'queue' + ''.join('%10s' % c for c in cols))
-    for q, s in stats.items():
-        print('%-20s' % q + ''.join('%10d' % s[c] for c in cols))
+    print(_table([('queue', -20)] + [(c, 9) for c in cols],
+                 ([q] + [s[c] for c in cols] for q, s in stats.items())))
     return 0
 
 
 _RATES = (('done/s', 'done'), ('failed/s', 'failed_total'))
+_RATES_SHOWN = tuple(label for label, _ in _RATES)
 
 
 def cmd_queue_watch(cfg, args):
@@ -420,15 +436,12 @@ def cmd_queue_watch(cfg, args):
 
 
 def _watch_frame(address, depths, interval):
-    lines = ['mpqueue  %s  %s  every %gs, Ctrl-C to stop' % (
-        time.strftime('%Y-%m-%d %H:%M:%S'), address, interval),
-        '%-16s' % 'queue' + ''.join('%9s' % c for c in mpqueue.LIVE_STATES + tuple(
-            label for label, _ in _RATES))]
-    for q, depth in depths.items():
-        lines.append('%-16s' % q + ''.join('%9d' % depth[c] for c in mpqueue.LIVE_STATES) + ''.join(
-            '%9s' % ('-' if depth[label] is None else '%.1f' % depth[label])
-            for label, _ in _RATES))
-    return '\n'.join(lines) + '\n'
+    return 'mpqueue  %s  %s  every %gs, Ctrl-C to stop\n%s\n' % (
+        _when(time.time()), address, interval, _table(
+            [('queue', -16)] + [(c, 8) for c in mpqueue.LIVE_STATES + _RATES_SHOWN],
+            ([q] + [depth[c] for c in mpqueue.LIVE_STATES] +
+             [_dash(depth[label], '%.1f') for label in _RATES_SHOWN]
+             for q, depth in depths.items())))
 
 
 def _every_failed(queue, page=1000):
@@ -481,10 +494,7 @@ def cmd_job_status(cfg, args):
                  'result_repr', 'result_note'):
         value = info.get(name)
         if value is not None:
-            if name.endswith('_time'):
-                value = time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(value)) + \
-                    '.%03d' % (value % 1 * 1000)
-            print('%-12s %s' % (name, value))
+            print('%-12s %s' % (name, _when(value, ms=True) if name.endswith('_time') else value))
     for i, err in enumerate(info['error_info'], 1):
         print('-- error %d:\n%s' % (i, err))
     return 0
@@ -514,18 +524,13 @@ def cmd_schedule_list(cfg, args):
     if not rows:
         print('no schedules in the config')
         return 0
-    line = '%-14s %-14s %-16s %-14s %-19s %-19s %-22s %s'
-    print(line % ('queue', 'name', 'expression', 'timezone', 'last tick', 'next tick',
-                  'last job', 'state'))
-    for r in rows:
-        state = r['last_job_state'] or ('ended' if r['last_job_id'] else '-')   # not kept
-        print(line % (r['queue'], r['name'], r['expression'], r['timezone'], _when(r['last_tick']),
-                      _when(r['next_tick']), r['last_job_id'] or '-', state))
+    print(_table((('queue', -14), ('name', -14), ('expression', -16), ('timezone', -14),
+                  ('last tick', -19), ('next tick', -19), ('last job', -22), ('state', 0)), (
+        (r['queue'], r['name'], r['expression'], r['timezone'], _when(r['last_tick']),
+         _when(r['next_tick']), r['last_job_id'] or '-',
+         r['last_job_state'] or ('ended' if r['last_job_id'] else '-'))    # (not kept)
+        for r in rows)))
     return 0
-
-
-def _when(ts):
-    return time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(ts)) if ts else '-'
 
 
 def cmd_queue_retry(cfg, args):
