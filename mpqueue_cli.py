@@ -6,9 +6,16 @@ from ``--config`` (a ``.py`` file that defines ``config``, ``FILE.py:NAME``,
 or ``module:attr``), else ``$MPQUEUE_CONFIG``, else ``./mpqueue_config.py``.
 A script of your own can also call ``mpqueue_cli.main(config=config)``.
 
-The commands are the table ``COMMANDS`` at the end of this file.  They use
+The commands are the table ``COMMANDS`` near the end of this file.  They use
 only mpqueue's public functions; a mistake the user can fix is one line on
 stderr and a non-zero exit code (``--verbose`` shows the traceback).
+
+The file, top to bottom: loading the config; tables and times; the worker,
+queue, job and schedule commands; the one HTTP server that ``metrics
+--serve`` and ``web`` both run, each with its own routes; the metrics; the
+dashboard's code (the banner "The dashboard: `mpqueue web`"); the table of
+commands and ``main``; and last the dashboard's page, its HTML, CSS and
+JavaScript (the banner "The dashboard's page").
 """
 
 import argparse
@@ -838,7 +845,9 @@ def cmd_metrics(cfg, args):
                       % server.url('/metrics'))
 
 
-# -- dashboard: mpqueue web ----------------------------------------------------
+###############################################################################
+# The dashboard: `mpqueue web`
+###############################################################################
 #
 # The _HTTPServer above, with the routes of _WebHandler: one page and the
 # JSON API the page reads.  The page (HTML, CSS, JS) is the constant
