@@ -1518,29 +1518,7 @@ _WEB_ASSETS = {
       <div class="scroll">
         <table id="queues-table" class="data">
           <caption class="sr-only">Jobs per queue and state</caption>
-          <thead>
-            <tr class="groups">
-              <td></td>
-              <th scope="colgroup" colspan="6">Now</th>
-              <td></td>
-              <th scope="colgroup" colspan="2">Total</th>
-              <th scope="colgroup" colspan="2">Rate</th>
-            </tr>
-            <tr>
-              <th scope="col">Queue</th>
-              <th scope="col" class="num">Waiting</th>
-              <th scope="col" class="num">Delayed</th>
-              <th scope="col" class="num">Reserved</th>
-              <th scope="col" class="num">Working</th>
-              <th scope="col" class="num">Failed</th>
-              <th scope="col" class="num">Cancelled</th>
-              <th scope="col" class="num">Oldest waiting</th>
-              <th scope="col" class="num">Pushed</th>
-              <th scope="col" class="num">Done</th>
-              <th scope="col" class="num">Done/s</th>
-              <th scope="col" class="num">Failed/s</th>
-            </tr>
-          </thead>
+          <thead id="queues-head"></thead>
           <tbody id="queues-body"></tbody>
         </table>
       </div>
@@ -1572,21 +1550,7 @@ _WEB_ASSETS = {
       <div class="scroll">
         <table id="fleet-table" class="data">
           <caption class="sr-only">Pools and their workers per queue</caption>
-          <thead>
-            <tr>
-              <th scope="col">Pool</th>
-              <th scope="col">Host</th>
-              <th scope="col" class="num">PID</th>
-              <th scope="col">State</th>
-              <th scope="col">Started</th>
-              <th scope="col" class="num">Last seen</th>
-              <th scope="col">Queue</th>
-              <th scope="col" class="num">Workers</th>
-              <th scope="col" class="num">Busy</th>
-              <th scope="col" class="num">Idle</th>
-              <th scope="col" class="num">Done</th>
-            </tr>
-          </thead>
+          <thead id="fleet-head"></thead>
           <tbody id="fleet-body"></tbody>
         </table>
       </div>
@@ -1686,8 +1650,8 @@ body { margin: 0; min-height: 100vh; display: flex; flex-direction: column; }
 [hidden] { display: none !important; }
 a { color: var(--accent); text-decoration: none; }
 a:hover { text-decoration: underline; }
-code, pre, .mono { font-family: ui-monospace, "SFMono-Regular", Menlo, Consolas,
-  "Liberation Mono", "DejaVu Sans Mono", monospace; font-size: 12.5px; }
+code, pre, .mono, .broker, summary { font-family: ui-monospace, "SFMono-Regular", Menlo,
+  Consolas, "Liberation Mono", "DejaVu Sans Mono", monospace; font-size: 12.5px; }
 .sr-only { position: absolute; width: 1px; height: 1px; overflow: hidden;
   clip: rect(0 0 0 0); white-space: nowrap; }
 :focus-visible { outline: 2px solid var(--accent); outline-offset: 2px; }
@@ -1702,8 +1666,7 @@ code, pre, .mono { font-family: ui-monospace, "SFMono-Regular", Menlo, Consolas,
   font-size: 17px; letter-spacing: -.01em; }
 .brand:hover { text-decoration: none; }
 .logo { width: 22px; height: 22px; display: inline-block; }
-.broker { color: #98a2b3; font-family: ui-monospace, Menlo, Consolas, "Liberation Mono",
-  monospace; font-size: 12.5px; overflow-wrap: anywhere; }
+.broker { color: #98a2b3; overflow-wrap: anywhere; }
 .spacer { flex: 1; }
 .summary { color: #cbd5e1; font-size: 13px; }
 .live { font-size: 13px; color: #cbd5e1; display: inline-flex; align-items: center; gap: 6px;
@@ -1841,8 +1804,7 @@ table.failed-jobs { table-layout: fixed; min-width: 760px; }
 .failed-jobs td.actions .btn + .btn { margin-left: 6px; }
 details { border: 1px solid var(--line); border-radius: 7px; background: #fcfcfd; }
 details + details { margin-top: 6px; }
-summary { cursor: pointer; padding: 6px 10px; overflow-wrap: anywhere; color: #912018;
-  font-family: ui-monospace, Menlo, Consolas, "Liberation Mono", monospace; font-size: 12.5px; }
+summary { cursor: pointer; padding: 6px 10px; overflow-wrap: anywhere; color: #912018; }
 summary .n { color: var(--faint); margin-right: 6px; }
 details pre { margin: 0; padding: 10px 12px; border-top: 1px solid var(--line); overflow-x: auto;
   white-space: pre; max-height: 420px; color: #344054; background: #fff;
@@ -1901,6 +1863,10 @@ form.login .btn { margin-top: 8px; padding: 9px; }
   const TITLES = {queues: 'Queues', fleet: 'Fleet', failed: 'Failed jobs', job: 'Job',
                   schedules: 'Schedules'};
   const UNFINISHED = ['waiting', 'delayed', 'reserved', 'working'];
+  const QUEUE_COLUMNS = ['Queue', 'Waiting', 'Delayed', 'Reserved', 'Working', 'Failed',
+                         'Cancelled', 'Oldest waiting', 'Pushed', 'Done', 'Done/s', 'Failed/s'];
+  const FLEET_COLUMNS = ['Pool', 'Host', 'PID', 'State', 'Started', 'Last seen', 'Queue',
+                         'Workers', 'Busy', 'Idle', 'Done'];
 
   const $ = (id) => document.getElementById(id);
   const meta = (name) => {
@@ -2016,6 +1982,12 @@ form.login .btn { margin-top: 8px; padding: 9px; }
     const d = new Date(Number(t) * 1000);
     if (!t || isNaN(d)) return '\u2014';
     return el('time', {datetime: d.toISOString(), title: d.toString()}, fmtTime(t));
+  }
+
+  function headRow(titles, numeric) {
+    // a table's row of column titles; those in `numeric` align right, as their numbers do
+    return el('tr', {}, titles.map((h) => el('th', {scope: 'col',
+                                                   class: numeric.includes(h) ? 'num' : null}, h)));
   }
 
   function numCell(value, name, extra) {
@@ -2546,8 +2518,7 @@ form.login .btn { margin-top: 8px; padding: 9px; }
       el('div', {class: 'scroll'}, el('table', {class: 'data failed-jobs', id: 'failed-table'}, [
         el('caption', {class: 'sr-only'}, 'Failed jobs of queue ' + queue),
         el('colgroup', {}, head.map((h) => el('col', {class: 'c-' + h.toLowerCase()}))),
-        el('thead', {}, el('tr', {}, head.map((h) => el('th', {
-          scope: 'col', class: h === 'Attempts' ? 'num' : null}, h)))),
+        el('thead', {}, headRow(head, ['Attempts'])),
         el('tbody', {}, rows)])),
       el('nav', {class: 'pager', 'aria-label': 'Pages of failed jobs'}, [
         el('span', {}, fmtInt(first) + '\u2013' + fmtInt(last) + ' of ' + fmtInt(data.total)),
@@ -2643,8 +2614,7 @@ form.login .btn { margin-top: 8px; padding: 9px; }
                   'Last job', 'State', 'Skipped'];
     const table = el('table', {class: 'data', id: 'schedules-table'}, [
       el('caption', {class: 'sr-only'}, 'Schedules'),
-      el('thead', {}, el('tr', {}, head.map((h) => el('th', {scope: 'col',
-        class: h === 'Skipped' ? 'num' : null}, h)))),
+      el('thead', {}, headRow(head, ['Skipped'])),
       el('tbody', {}, data.map((s) => el('tr', {'data-schedule': s.queue + '/' + s.name}, [
         el('td', {}, s.queue), el('th', {scope: 'row'}, s.name),
         el('td', {class: 'mono'}, s.expression), el('td', {}, s.timezone || 'UTC'),
@@ -2665,6 +2635,13 @@ form.login .btn { margin-top: 8px; padding: 9px; }
   }
 
   function init() {
+    const colgroup = (span, title) => el('th', {scope: 'colgroup', colspan: span}, title);
+    $('queues-head').replaceChildren(
+      el('tr', {class: 'groups'}, [el('td'), colgroup(6, 'Now'), el('td'), colgroup(2, 'Total'),
+                                   colgroup(2, 'Rate')]),
+      headRow(QUEUE_COLUMNS, QUEUE_COLUMNS.slice(1)));
+    $('fleet-head').replaceChildren(headRow(FLEET_COLUMNS, ['PID', 'Last seen', 'Workers',
+                                                           'Busy', 'Idle', 'Done']));
     $('read-only').hidden = !READ_ONLY;
     $('logout').hidden = !SIGNED_IN;
     $('chart-queue').addEventListener('change', (e) => {
