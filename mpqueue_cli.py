@@ -6,22 +6,40 @@ from ``--config`` (a ``.py`` file that defines ``config``, ``FILE.py:NAME``,
 or ``module:attr``), else ``$MPQUEUE_CONFIG``, else ``./mpqueue_config.py``.
 A script of your own can also call ``mpqueue_cli.main(config=config)``.
 
-The commands are the table ``COMMANDS`` at the end of this file.  They use
+The commands are the table ``COMMANDS`` near the end of this file.  They use
 only mpqueue's public functions; a mistake the user can fix is one line on
 stderr and a non-zero exit code (``--verbose`` shows the traceback).
+
+The file, top to bottom: loading the config; tables and times; the worker,
+queue, job and schedule commands; the one HTTP server that ``metrics
+--serve`` and ``web`` both run, each with its own routes; the metrics; the
+dashboard's code (the banner "The dashboard: `mpqueue web`"); the table of
+commands and ``main``; and last the dashboard's page, its HTML, CSS and
+JavaScript (the banner "The dashboard's page").
 """
 
 import argparse
+import hashlib
+import hmac
+import html
+import http.server
 import importlib
 import importlib.machinery
 import importlib.util
+import ipaddress
 import json
 import os
+import queue as queue_module
+import re
 import runpy
+import secrets
 import signal
+import socket
 import sys
+import threading
 import time
 import traceback
+import urllib.parse
 
 import mpqueue
 
@@ -190,6 +208,38 @@ def _one_line(exc):
     return ' '.join(str(exc).split()) or type(exc).__name__
 
 
+# -- output: tables and times -------------------------------------------------
+
+
+def _table(columns, rows):
+    """A table as text, its head the first line: ``columns`` holds a (title,
+    width) pair each, a negative width aligning left as in ``%-16s`` (0: no
+    padding); the columns are one space apart, the lines have no final newline."""
+    line = ' '.join('%%%ds' % width for _, width in columns)
+    return '\n'.join(line % tuple(row) for row in [[t for t, _ in columns]] + list(rows))
+
+
+def _when(ts, ms=False):
+    """Unix time ``ts`` as local time (with milliseconds: ``ms``); '-' for none."""
+    if not ts:
+        return '-'
+    return time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(ts)) + (
+        '.%03d' % (ts % 1 * 1000) if ms else '')
+
+
+def _duration(seconds):
+    if seconds is None:
+        return '-'
+    seconds = int(seconds)
+    return '%dd%02dh%02dm%02ds' % (seconds // 86400, seconds // 3600 % 24, seconds // 60 % 60,
+                                   seconds % 60) if seconds >= 86400 else \
+        '%02d:%02d:%02d' % (seconds // 3600, seconds // 60 % 60, seconds % 60)
+
+
+def _dash(value, form='%s'):
+    return '-' if value is None else form % value
+
+
 # -- worker commands -----------------------------------------------------------
 
 
@@ -299,18 +349,13 @@ def cmd_worker_status(cfg, args):
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
-    print('%-16s %-7s %8s %-10s %-24s %7s %8s %-19s %s' % (
-        'queue', 'type', 'pid', 'state', 'job', 'done', 'rss_mb', 'started', 'uptime'))
-    for r in rows:
-        state = r.get('state')
-        if r.get('coroutines'):         # busy / all coroutines of a coroutine worker
-            state = '%s:%s' % (state, r['coroutines'])
-        print('%-16s %-7s %8s %-10s %-24s %7s %8s %-19s %s' % (
-            r.get('queue'), r.get('type'), r.get('pid'), state, r.get('job_id') or '-',
-            '-' if r.get('done') is None else r['done'],
-            '-' if r.get('rss_mb') is None else '%.1f' % r['rss_mb'],
-            time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(r['started']))
-            if r.get('started') else '-', _duration(r.get('uptime'))))
+    print(_table((('queue', -16), ('type', -7), ('pid', 8), ('state', -10), ('job', -24),
+                  ('done', 7), ('rss_mb', 8), ('started', -19), ('uptime', 0)), (
+        (r.get('queue'), r.get('type'), r.get('pid'),
+         '%s%s' % (r.get('state'),    # and busy / all coroutines of a coroutine worker
+                   ':' + r['coroutines'] if r.get('coroutines') else ''),
+         r.get('job_id') or '-', _dash(r.get('done')), _dash(r.get('rss_mb'), '%.1f'),
+         _when(r.get('started')), _duration(r.get('uptime'))) for r in rows)))
     return 0
 
 
@@ -323,23 +368,12 @@ def cmd_fleet_status(cfg, args):
         print('no pool has sent a heartbeat to %s in the last %ss' % (
             cfg['basics']['driver'].address, mpqueue.HEARTBEAT_TTL))
         return 0
-    line = '%-20s %-20s %8s %-16s %7s %5s %5s %7s %-8s %s'
-    print(line % ('pool', 'host', 'pid', 'queue', 'workers', 'busy', 'idle', 'done', 'state',
-                  'last seen'))
-    for pool in pools:
-        for queue, q in sorted(pool['queues'].items()):
-            print(line % (pool['name'], pool['host'], pool['pid'], queue, q['workers'], q['busy'],
-                          q['idle'], q['done'], pool['state'], '%.1fs ago' % pool['age']))
+    print(_table((('pool', -20), ('host', -20), ('pid', 8), ('queue', -16), ('workers', 7),
+                  ('busy', 5), ('idle', 5), ('done', 7), ('state', -8), ('last seen', 0)), (
+        (pool['name'], pool['host'], pool['pid'], queue, q['workers'], q['busy'], q['idle'],
+         q['done'], pool['state'], '%.1fs ago' % pool['age'])
+        for pool in pools for queue, q in sorted(pool['queues'].items()))))
     return 0
-
-
-def _duration(seconds):
-    if seconds is None:
-        return '-'
-    seconds = int(seconds)
-    return '%dd%02dh%02dm%02ds' % (seconds // 86400, seconds // 3600 % 24, seconds // 60 % 60,
-                                   seconds % 60) if seconds >= 86400 else \
-        '%02d:%02d:%02d' % (seconds // 3600, seconds // 60 % 60, seconds % 60)
 
 
 # -- queue commands ------------------------------------------------------------
@@ -364,13 +398,13 @@ def cmd_queue_status(cfg, args):
         print(json.dumps(stats, indent=1))
         return 0
     cols = ('all', 'waiting', 'working', 'failed', 'over', 'cancelled')
-    print('%-20s' % 'queue' + ''.join('%10s' % c for c in cols))
-    for q, s in stats.items():
-        print('%-20s' % q + ''.join('%10d' % s[c] for c in cols))
+    print(_table([('queue', -20)] + [(c, 9) for c in cols],
+                 ([q] + [s[c] for c in cols] for q, s in stats.items())))
     return 0
 
 
 _RATES = (('done/s', 'done'), ('failed/s', 'failed_total'))
+_RATES_SHOWN = tuple(label for label, _ in _RATES)
 
 
 def cmd_queue_watch(cfg, args):
@@ -409,15 +443,12 @@ def cmd_queue_watch(cfg, args):
 
 
 def _watch_frame(address, depths, interval):
-    lines = ['mpqueue  %s  %s  every %gs, Ctrl-C to stop' % (
-        time.strftime('%Y-%m-%d %H:%M:%S'), address, interval),
-        '%-16s' % 'queue' + ''.join('%9s' % c for c in mpqueue.LIVE_STATES + tuple(
-            label for label, _ in _RATES))]
-    for q, depth in depths.items():
-        lines.append('%-16s' % q + ''.join('%9d' % depth[c] for c in mpqueue.LIVE_STATES) + ''.join(
-            '%9s' % ('-' if depth[label] is None else '%.1f' % depth[label])
-            for label, _ in _RATES))
-    return '\n'.join(lines) + '\n'
+    return 'mpqueue  %s  %s  every %gs, Ctrl-C to stop\n%s\n' % (
+        _when(time.time()), address, interval, _table(
+            [('queue', -16)] + [(c, 8) for c in mpqueue.LIVE_STATES + _RATES_SHOWN],
+            ([q] + [depth[c] for c in mpqueue.LIVE_STATES] +
+             [_dash(depth[label], '%.1f') for label in _RATES_SHOWN]
+             for q, depth in depths.items())))
 
 
 def _every_failed(queue, page=1000):
@@ -470,10 +501,7 @@ def cmd_job_status(cfg, args):
                  'result_repr', 'result_note'):
         value = info.get(name)
         if value is not None:
-            if name.endswith('_time'):
-                value = time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(value)) + \
-                    '.%03d' % (value % 1 * 1000)
-            print('%-12s %s' % (name, value))
+            print('%-12s %s' % (name, _when(value, ms=True) if name.endswith('_time') else value))
     for i, err in enumerate(info['error_info'], 1):
         print('-- error %d:\n%s' % (i, err))
     return 0
@@ -503,18 +531,13 @@ def cmd_schedule_list(cfg, args):
     if not rows:
         print('no schedules in the config')
         return 0
-    line = '%-14s %-14s %-16s %-14s %-19s %-19s %-22s %s'
-    print(line % ('queue', 'name', 'expression', 'timezone', 'last tick', 'next tick',
-                  'last job', 'state'))
-    for r in rows:
-        state = r['last_job_state'] or ('ended' if r['last_job_id'] else '-')   # not kept
-        print(line % (r['queue'], r['name'], r['expression'], r['timezone'], _when(r['last_tick']),
-                      _when(r['next_tick']), r['last_job_id'] or '-', state))
+    print(_table((('queue', -14), ('name', -14), ('expression', -16), ('timezone', -14),
+                  ('last tick', -19), ('next tick', -19), ('last job', -22), ('state', 0)), (
+        (r['queue'], r['name'], r['expression'], r['timezone'], _when(r['last_tick']),
+         _when(r['next_tick']), r['last_job_id'] or '-',
+         r['last_job_state'] or ('ended' if r['last_job_id'] else '-'))    # (not kept)
+        for r in rows)))
     return 0
-
-
-def _when(ts):
-    return time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(ts)) if ts else '-'
 
 
 def cmd_queue_retry(cfg, args):
@@ -533,15 +556,198 @@ def cmd_queue_clean(cfg, args):
     return 0
 
 
-# -- metrics -------------------------------------------------------------------
+# -- the HTTP server of `metrics --serve` and `web` ------------------------------
+
+_HTTP_REQUEST_TIMEOUT = 10    # s: a client that sends nothing for this long is dropped
+_HTTP_BODY_MAX = 8192         # bytes: no request here needs a bigger body
+_HTTP_CONNECTIONS_MAX = 32    # connections served at once (a thread each); more get a 503
 
 
-def cmd_metrics(cfg, args):
-    queues = _queues(cfg, args)
-    if args.serve is None:
-        sys.stdout.write(metrics_text(queues))
+class _HTTPError(Exception):
+    """An answer other than 200: an HTTP status and one line for the user."""
+
+    def __init__(self, status, message, **extra):
+        super().__init__(message)
+        self.status, self.extra = status, extra
+
+
+def _routes(*table):
+    """A handler's routes: (method, path pattern, handler method name), the
+    pattern compiled to match the whole path."""
+    return [(method, re.compile('^%s$' % pattern), name) for method, pattern, name in table]
+
+
+class _HTTPServer(http.server.ThreadingHTTPServer):
+    """The one HTTP server of ``metrics --serve`` and ``web``: a thread per
+    connection, at most _HTTP_CONNECTIONS_MAX at once (more get 503), IPv4
+    or IPv6; ``run`` serves until SIGINT or SIGTERM.  What it answers is its
+    handler's (a subclass of _Handler, with its routes)."""
+
+    daemon_threads = True
+
+    def __init__(self, address, handler, what):
+        if ':' in address[0]:
+            self.address_family = socket.AF_INET6
+        try:
+            super().__init__(address, handler)
+        except (OSError, OverflowError) as exc:
+            raise UserError('cannot serve %s on %s:%s: %s' % (
+                what, address[0], address[1], getattr(exc, 'strerror', None) or exc)) from exc
+        self.slots = threading.BoundedSemaphore(_HTTP_CONNECTIONS_MAX)
+
+    def url(self, path):
+        host, port = self.server_address[:2]
+        return 'http://%s:%d%s' % ('[%s]' % host if ':' in host else host, port, path)
+
+    def run(self, started):
+        """Print ``started`` (the first line, which says where it listens),
+        then serve until SIGINT or SIGTERM; exit code 0."""
+        def stop(signum, frame):
+            raise KeyboardInterrupt
+        signal.signal(signal.SIGTERM, stop)
+        print(started, flush=True)
+        try:
+            self.serve_forever(poll_interval=0.5)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.server_close()
         return 0
-    return _serve_metrics(queues, args.serve)
+
+    def process_request(self, request, client_address):
+        if not self.slots.acquire(blocking=False):
+            try:
+                request.sendall(b'HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n'
+                                b'Connection: close\r\nRetry-After: 1\r\n\r\n')
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+    def handle_error(self, request, client_address):
+        print('mpqueue: error serving %s: %s' % (
+            client_address[0], _log_text(_one_line(sys.exc_info()[1]))), file=sys.stderr)
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """One request to an _HTTPServer: read strictly, answered by ``_answer``
+    (which may look its path up in ``routes``); an _HTTPError is answered by
+    ``_error``."""
+
+    protocol_version = 'HTTP/1.1'
+    server_version = 'mpqueue'
+    timeout = _HTTP_REQUEST_TIMEOUT
+    # headers and body go out in two writes: with Nagle, a kept-alive client's
+    # delayed ACK held the body back 40 ms
+    disable_nagle_algorithm = True
+    #: (method, compiled pattern, method name), from _routes; path parts are
+    #: percent-decoded after matching, so an id may contain an encoded '/'.
+    routes = ()
+
+    def version_string(self):
+        return self.server_version
+
+    def log_message(self, format, *args):
+        pass            # quiet: errors are printed by _serve_request
+
+    def do_GET(self):
+        self._serve_request('GET')
+
+    def do_HEAD(self):
+        self._serve_request('HEAD')
+
+    def do_POST(self):
+        self._serve_request('POST')
+
+    def _serve_request(self, method):
+        try:
+            body = self._body()
+            if not self.path.startswith('/') or self.path.startswith('//'):
+                self.close_connection = True
+                raise _HTTPError(400, 'the request target must be a path (origin-form), got %s'
+                                 % ascii(self.path[:100]))
+            path, _, query = self.path.partition('#')[0].partition('?')
+            self._answer(method, path, query, body)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True    # the client went away
+        except _HTTPError as exc:
+            self._error(exc.status, dict(exc.extra, error=str(exc)), method)
+        except Exception as exc:
+            print('mpqueue: %s %s failed: %s: %s' % (
+                method, _log_text(self.path), type(exc).__name__, _log_text(_one_line(exc))),
+                file=sys.stderr)
+            self._error(500, {'error': 'internal error: %s' % _one_line(exc)}, method)
+
+    def _body(self):
+        """The request body (bytes); every request's body is read, so that the
+        connection stays usable."""
+        if 'Transfer-Encoding' in self.headers:
+            self.close_connection = True
+            raise _HTTPError(400, 'chunked request bodies are not accepted')
+        lengths = self.headers.get_all('Content-Length') or ['0']
+        length = lengths[0].strip() or '0'
+        if len(lengths) > 1 or not re.fullmatch('[0-9]+', length):
+            # the body's end is unknown: reading on would take it for a request
+            self.close_connection = True
+            raise _HTTPError(400, 'bad Content-Length: %s' % ', '.join(map(ascii, lengths)))
+        if int(length) > _HTTP_BODY_MAX:
+            self.close_connection = True
+            raise _HTTPError(413, 'request body over %d bytes' % _HTTP_BODY_MAX)
+        return self.rfile.read(int(length))
+
+    def _route(self, method, path):
+        """The handler method of the route ``path`` matches, and the path's parts."""
+        allowed = []
+        for route_method, pattern, name in self.routes:
+            match = pattern.match(path)
+            if match is None:
+                continue
+            if route_method != ('GET' if method == 'HEAD' else method):
+                allowed.append(route_method)
+                continue
+            return getattr(self, name), {k: urllib.parse.unquote(v, errors='replace')
+                                         for k, v in match.groupdict().items()}
+        if allowed:
+            raise _HTTPError(405, 'method not allowed (use %s)' % ', '.join(allowed))
+        raise _HTTPError(404, 'no such path: %s' % path)
+
+    def _send(self, status, body, content_type, method='GET', headers=()):
+        body = body.encode() if isinstance(body, str) else body
+        self.send_response(status)
+        self.send_header('Content-Type', content_type)
+        self.send_header('Content-Length', str(len(body)))
+        self.send_header('Cache-Control', 'no-store')
+        if self.close_connection:
+            self.send_header('Connection', 'close')
+        for name, value in headers:
+            self.send_header(name, value)
+        self.end_headers()
+        if method != 'HEAD':
+            self.wfile.write(body)
+
+    def _error(self, status, fields, method):
+        """Answer an error: ``fields`` has its one line as ``error``."""
+        self._send(status, json.dumps(fields, default=str), 'application/json', method)
+
+
+def _log_text(text):
+    """``text`` as it may go to a terminal or a log: control and non-ASCII
+    characters escaped, as ``ascii()`` does."""
+    return ascii(text)[1:-1]
+
+
+# -- metrics -------------------------------------------------------------------
 
 
 def metrics_text(queues):
@@ -605,54 +811,45 @@ def _label_value(value):
     return str(value).replace('\\', '\\\\').replace('\n', '\\n').replace('"', '\\"')
 
 
-def _serve_metrics(queues, port):
-    """Serve the metrics on http://127.0.0.1:PORT/metrics until SIGINT or SIGTERM."""
-    import http.server
+class _MetricsHandler(_Handler):
+    """``metrics --serve``: the exposition text at /metrics, to anyone who
+    can connect (it listens on 127.0.0.1 only); errors as text too."""
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        timeout = 10        # a client that connects and says nothing is dropped
+    routes = _routes(('GET', '/metrics', 'get_metrics'))
+    content_type = 'text/plain; version=0.0.4; charset=utf-8'
 
-        def do_GET(self):
-            if self.path.split('?')[0] != '/metrics':
-                self.send_error(404, 'the metrics are at /metrics')
-                return
-            try:
-                code, body = 200, metrics_text(queues)
-            except mpqueue.MPQueueError as exc:
-                code, body = 503, 'mpqueue: error: %s\n' % _one_line(exc)
-            body = body.encode()
-            self.send_response(code)
-            self.send_header('Content-Type', 'text/plain; version=0.0.4; charset=utf-8')
-            self.send_header('Content-Length', str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def _answer(self, method, path, query, body):
+        self._route(method, path)[0](method)
 
-        def log_message(self, format, *args):
-            pass
+    def get_metrics(self, method):
+        try:
+            text = metrics_text(self.server.queues)
+        except mpqueue.MPQueueError as exc:
+            raise _HTTPError(503, _one_line(exc)) from exc
+        self._send(200, text, self.content_type, method)
 
-    try:
-        server = http.server.HTTPServer(('127.0.0.1', port), Handler)
-    except (OSError, OverflowError) as exc:
-        raise UserError('cannot serve metrics on 127.0.0.1:%s: %s' % (
-            port, getattr(exc, 'strerror', None) or exc)) from exc
-
-    def stop(signum, frame):
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, stop)
-    print('serving Prometheus metrics on http://127.0.0.1:%d/metrics (Ctrl-C to stop)'
-          % server.server_address[1], flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-    return 0
+    def _error(self, status, fields, method):
+        if status == 404:
+            fields['error'] += ' (the metrics are at /metrics)'
+        self._send(status, 'mpqueue: error: %s\n' % fields['error'], self.content_type, method)
 
 
-# -- dashboard: mpqueue web ----------------------------------------------------
+def cmd_metrics(cfg, args):
+    queues = _queues(cfg, args)
+    if args.serve is None:
+        sys.stdout.write(metrics_text(queues))
+        return 0
+    server = _HTTPServer(('127.0.0.1', args.serve), _MetricsHandler, 'metrics')
+    server.queues = queues
+    return server.run('serving Prometheus metrics on %s (Ctrl-C to stop)'
+                      % server.url('/metrics'))
+
+
+###############################################################################
+# The dashboard: `mpqueue web`
+###############################################################################
 #
-# A standard-library HTTP server (ThreadingHTTPServer) for one page and the
+# The _HTTPServer above, with the routes of _WebHandler: one page and the
 # JSON API the page reads.  The page (HTML, CSS, JS) is the constant
 # _WEB_ASSETS at the end of this file.  The server keeps no state of its own:
 # every answer comes from the broker, through calls that wait at most
@@ -661,33 +858,17 @@ def _serve_metrics(queues, port):
 #
 #   GET  /  /app.js  /app.css  /favicon.svg   the page and its files
 #   GET  /login   POST /login   POST /logout  with --token: the cookie
-#   GET  /api/...  POST /api/...              the API (_WEB_ROUTES)
-
-# The dashboard's own imports, kept with it.
-import hashlib  # noqa: E402
-import hmac  # noqa: E402
-import html  # noqa: E402
-import http.server  # noqa: E402
-import ipaddress  # noqa: E402
-import queue as queue_module  # noqa: E402
-import re  # noqa: E402
-import secrets  # noqa: E402
-import socket  # noqa: E402
-import threading  # noqa: E402
-import urllib.parse  # noqa: E402
+#   GET  /api/...  POST /api/...              the API (_WebHandler.routes)
 
 #: Longest a request waits for the broker (seconds); then it answers 503.
 WEB_BROKER_TIMEOUT = 3.0
 _WEB_BROKER_THREADS = 4       # broker calls in flight at once; more wait their turn
-_WEB_REQUEST_TIMEOUT = 10     # s: a client that sends nothing for this long is dropped
-_WEB_BODY_MAX = 8192          # bytes: no request here needs a bigger body
 _WEB_FAILED_PAGE_MAX = 500    # most failed jobs one API call returns
 _WEB_TOKEN_MIN = 16           # characters: a token is a password that cannot be typed wrong
 _WEB_TOKEN_DISTINCT = 8       # different characters at least: 16 spaces or 'aaaa...' guess fast
 _WEB_FAILURE_DELAY = 0.5      # s: wrong tokens wait this long each, one at a time per process
 _WEB_SESSION_SECONDS = 12 * 3600   # a login lasts a working day, then the form asks again
 _WEB_SESSIONS_MAX = 1000      # signed-in browsers kept; past that the oldest session ends
-_WEB_CONNECTIONS_MAX = 32     # connections served at once (a thread each); more get a 503
 _WEB_OFFSET_MAX = 10 ** 9     # an offset into the failed list beyond any list a broker keeps
 _WEB_COOKIE = 'mpqueue_session_%d'    # the port is in the names: two dashboards on one host
 _WEB_LOGIN_COOKIE = 'mpqueue_login_%d'    # keep their sessions apart
@@ -702,30 +883,6 @@ _WEB_HEADERS = (('Content-Security-Policy', _WEB_CSP), ('X-Frame-Options', 'DENY
 _WEB_STATIC = {'/app.js': ('app.js', 'text/javascript; charset=utf-8'),
                '/app.css': ('app.css', 'text/css; charset=utf-8'),
                '/favicon.svg': ('favicon.svg', 'image/svg+xml')}
-
-# (method, path pattern, handler method of _WebHandler); path parts are
-# percent-decoded after matching, so an id may contain an encoded '/'.
-_WEB_ROUTES = [(method, re.compile('^%s$' % pattern), name) for method, pattern, name in (
-    ('GET', r'/api/queues', 'api_queues'),
-    ('GET', r'/api/queues/(?P<queue>[^/]+)/history', 'api_history'),
-    ('GET', r'/api/queues/(?P<queue>[^/]+)/failed', 'api_failed'),
-    ('GET', r'/api/queues/(?P<queue>[^/]+)/jobs/(?P<job_id>[^/]+)', 'api_job'),
-    ('GET', r'/api/fleet', 'api_fleet'),
-    ('GET', r'/api/schedules', 'api_schedules'),
-    ('POST', r'/api/queues/(?P<queue>[^/]+)/failed/retry', 'api_retry_all'),
-    ('POST', r'/api/queues/(?P<queue>[^/]+)/failed/(?P<job_id>[^/]+)/retry', 'api_retry'),
-    ('POST', r'/api/queues/(?P<queue>[^/]+)/failed/(?P<job_id>[^/]+)/delete', 'api_delete'),
-    ('POST', r'/api/queues/(?P<queue>[^/]+)/jobs/(?P<job_id>[^/]+)/cancel', 'api_cancel'),
-)]
-
-
-class _WebError(Exception):
-    """An API answer other than 200: an HTTP status and one line for the user."""
-
-    def __init__(self, status, message, **extra):
-        super().__init__(message)
-        self.status, self.extra = status, extra
-
 
 def _is_loopback(host):
     if host.lower() == 'localhost':
@@ -777,27 +934,23 @@ class _BoundedCalls:
             with call.lock:
                 call.abandoned = True
                 started = call.started
-            raise _WebError(503, 'the broker %s did not answer within %gs%s' % (
+            raise _HTTPError(503, 'the broker %s did not answer within %gs%s' % (
                 self.address, self.timeout,
                 ' (the action may still take effect)' if started and action else ''))
         if isinstance(call.error, mpqueue.DriverError):
-            raise _WebError(503, _one_line(call.error))
+            raise _HTTPError(503, _one_line(call.error))
         if isinstance(call.error, mpqueue.ConfigError):
-            raise _WebError(404, _one_line(call.error))
+            raise _HTTPError(404, _one_line(call.error))
         if call.error is not None:
             raise call.error
         return call.value
 
 
-class _WebServer(http.server.ThreadingHTTPServer):
+class _WebServer(_HTTPServer):
     """The dashboard's server: its settings, the secrets and the broker calls."""
 
-    daemon_threads = True
-
     def __init__(self, address, cfg, token, read_only):
-        if ':' in address[0]:
-            self.address_family = socket.AF_INET6
-        super().__init__(address, _WebHandler)
+        super().__init__(address, _WebHandler, 'the dashboard')
         self.driver = cfg['basics']['driver']
         self.queues = [q['name'] for q in cfg['queue']]
         self.token, self.read_only = token, read_only
@@ -812,7 +965,6 @@ class _WebServer(http.server.ThreadingHTTPServer):
         self.csrf = secrets.token_urlsafe(32)
         self.secret = secrets.token_bytes(32)       # signs the login form's CSRF tokens
         self.failures = threading.Lock()            # wrong tokens wait their turn here
-        self.slots = threading.BoundedSemaphore(_WEB_CONNECTIONS_MAX)
         self.broker = _BoundedCalls(_WEB_BROKER_THREADS, WEB_BROKER_TIMEOUT,
                                     self.driver.address)
 
@@ -851,90 +1003,28 @@ class _WebServer(http.server.ThreadingHTTPServer):
         with self.failures:
             time.sleep(_WEB_FAILURE_DELAY)
 
-    def process_request(self, request, client_address):
-        if not self.slots.acquire(blocking=False):
-            try:
-                request.sendall(b'HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n'
-                                b'Connection: close\r\nRetry-After: 1\r\n\r\n')
-            except OSError:
-                pass
-            self.shutdown_request(request)
-            return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self.slots.release()
-            raise
 
-    def process_request_thread(self, request, client_address):
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self.slots.release()
-
-    def handle_error(self, request, client_address):
-        print('mpqueue web: error serving %s: %s' % (
-            client_address[0], _log_text(_one_line(sys.exc_info()[1]))), file=sys.stderr)
-
-
-class _WebHandler(http.server.BaseHTTPRequestHandler):
+class _WebHandler(_Handler):
     """One request: authentication, CSRF, routing, and the answer."""
 
-    protocol_version = 'HTTP/1.1'
-    server_version = 'mpqueue-web'
-    timeout = _WEB_REQUEST_TIMEOUT
-    # headers and body go out in two writes: with Nagle, a kept-alive client's
-    # delayed ACK held the body back 40 ms
-    disable_nagle_algorithm = True
-
-    def version_string(self):
-        return self.server_version
-
-    def log_message(self, format, *args):
-        pass            # quiet: errors are printed by _serve_request
+    routes = _routes(
+        ('GET', r'/api/queues', 'api_queues'),
+        ('GET', r'/api/queues/(?P<queue>[^/]+)/history', 'api_history'),
+        ('GET', r'/api/queues/(?P<queue>[^/]+)/failed', 'api_failed'),
+        ('GET', r'/api/queues/(?P<queue>[^/]+)/jobs/(?P<job_id>[^/]+)', 'api_job'),
+        ('GET', r'/api/fleet', 'api_fleet'),
+        ('GET', r'/api/schedules', 'api_schedules'),
+        ('POST', r'/api/queues/(?P<queue>[^/]+)/failed/retry', 'api_retry_all'),
+        ('POST', r'/api/queues/(?P<queue>[^/]+)/failed/(?P<job_id>[^/]+)/retry', 'api_retry'),
+        ('POST', r'/api/queues/(?P<queue>[^/]+)/failed/(?P<job_id>[^/]+)/delete', 'api_delete'),
+        ('POST', r'/api/queues/(?P<queue>[^/]+)/jobs/(?P<job_id>[^/]+)/cancel', 'api_cancel'))
 
     def end_headers(self):
         for name, value in _WEB_HEADERS:
             self.send_header(name, value)
         super().end_headers()
 
-    def do_GET(self):
-        self._serve_request('GET')
-
-    def do_HEAD(self):
-        self._serve_request('HEAD')
-
-    def do_POST(self):
-        self._serve_request('POST')
-
     # -- plumbing --------------------------------------------------------------
-
-    def _serve_request(self, method):
-        try:
-            self._dispatch(method)
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True    # the client went away
-        except _WebError as exc:
-            self._json(exc.status, dict(exc.extra, error=str(exc)), method)
-        except Exception as exc:
-            print('mpqueue web: %s %s failed: %s: %s' % (
-                method, _log_text(self.path), type(exc).__name__, _log_text(_one_line(exc))),
-                file=sys.stderr)
-            self._json(500, {'error': 'internal error: %s' % _one_line(exc)}, method)
-
-    def _send(self, status, body, content_type, method='GET', headers=()):
-        body = body.encode() if isinstance(body, str) else body
-        self.send_response(status)
-        self.send_header('Content-Type', content_type)
-        self.send_header('Content-Length', str(len(body)))
-        self.send_header('Cache-Control', 'no-store')
-        if self.close_connection:
-            self.send_header('Connection', 'close')
-        for name, value in headers:
-            self.send_header(name, value)
-        self.end_headers()
-        if method != 'HEAD':
-            self.wfile.write(body)
 
     def _json(self, status, value, method='GET'):
         self._send(status, json.dumps(value, default=str), 'application/json', method)
@@ -944,43 +1034,20 @@ class _WebHandler(http.server.BaseHTTPRequestHandler):
         works behind a proxy that serves it under a path of its own."""
         self._send(303, '', 'text/plain', headers=(('Location', location),) + tuple(headers))
 
-    def _body(self):
-        """The request body (bytes); every request's body is read, so that the
-        connection stays usable."""
-        if 'Transfer-Encoding' in self.headers:
-            self.close_connection = True
-            raise _WebError(400, 'chunked request bodies are not accepted')
-        lengths = self.headers.get_all('Content-Length') or ['0']
-        length = lengths[0].strip() or '0'
-        if len(lengths) > 1 or not re.fullmatch('[0-9]+', length):
-            # the body's end is unknown: reading on would take it for a request
-            self.close_connection = True
-            raise _WebError(400, 'bad Content-Length: %s' % ', '.join(map(ascii, lengths)))
-        if int(length) > _WEB_BODY_MAX:
-            self.close_connection = True
-            raise _WebError(413, 'request body over %d bytes' % _WEB_BODY_MAX)
-        return self.rfile.read(int(length))
-
-    def _dispatch(self, method):
-        body = self._body()
-        if not self.path.startswith('/') or self.path.startswith('//'):
-            self.close_connection = True
-            raise _WebError(400, 'the request target must be a path (origin-form), got %s'
-                            % ascii(self.path[:100]))
-        path, _, query = self.path.partition('#')[0].partition('?')
+    def _answer(self, method, path, query, body):
         hosts = self.headers.get_all('Host') or []
         if len(hosts) != 1:
             self.close_connection = True
-            raise _WebError(400, 'a request needs one Host header, got %d' % len(hosts))
+            raise _HTTPError(400, 'a request needs one Host header, got %d' % len(hosts))
         if not self._host_allowed(hosts[0]):
-            raise _WebError(403, 'Host %s is not allowed: without a token the dashboard '
+            raise _HTTPError(403, 'Host %s is not allowed: without a token the dashboard '
                                  'answers to loopback names with its port only' % ascii(hosts[0]))
         if method == 'POST' and not self._same_origin(hosts[0]):
-            raise _WebError(403, 'Origin %s is not this dashboard: actions come from its own '
+            raise _HTTPError(403, 'Origin %s is not this dashboard: actions come from its own '
                                  'page' % ascii(self.headers.get('Origin')))
         if path in _WEB_STATIC:
             if method == 'POST':
-                raise _WebError(405, 'method not allowed')
+                raise _HTTPError(405, 'method not allowed')
             name, content_type = _WEB_STATIC[path]
             return self._send(200, _WEB_ASSETS[name], content_type, method)
         if path == '/login':
@@ -1002,32 +1069,19 @@ class _WebHandler(http.server.BaseHTTPRequestHandler):
                               headers=(('WWW-Authenticate', 'Bearer realm="mpqueue"'),))
         if path == '/':
             if method == 'POST':
-                raise _WebError(405, 'method not allowed')
+                raise _HTTPError(405, 'method not allowed')
             return self._send(200, self._page(), 'text/html; charset=utf-8', method)
         if not path.startswith('/api/'):
             return self._send(404, 'not found\n', 'text/plain; charset=utf-8', method)
-        allowed = []
-        for route_method, pattern, name in _WEB_ROUTES:
-            match = pattern.match(path)
-            if match is None:
-                continue
-            if route_method != ('GET' if method == 'HEAD' else method):
-                allowed.append(route_method)
-                continue
-            params = {k: urllib.parse.unquote(v, errors='replace')
-                      for k, v in match.groupdict().items()}
-            if 'queue' in params and params['queue'] not in self.server.queues:
-                raise _WebError(404, 'queue %r is not in the config (configured queues: %s)'
-                                % (params['queue'], ', '.join(self.server.queues)))
-            if method == 'POST':
-                if self.server.read_only:
-                    raise _WebError(403, 'the dashboard is read-only (started with --read-only)')
-                self._check_csrf(self.headers.get('X-CSRF-Token', ''), self.csrf)
-            query = urllib.parse.parse_qs(query)
-            return self._json(200, getattr(self, name)(query=query, **params), method)
-        if allowed:
-            raise _WebError(405, 'method not allowed (use %s)' % ', '.join(allowed))
-        raise _WebError(404, 'no such API path: %s' % path)
+        handler, params = self._route(method, path)
+        if 'queue' in params and params['queue'] not in self.server.queues:
+            raise _HTTPError(404, 'queue %r is not in the config (configured queues: %s)'
+                             % (params['queue'], ', '.join(self.server.queues)))
+        if method == 'POST':
+            if self.server.read_only:
+                raise _HTTPError(403, 'the dashboard is read-only (started with --read-only)')
+            self._check_csrf(self.headers.get('X-CSRF-Token', ''), self.csrf)
+        return self._json(200, handler(query=urllib.parse.parse_qs(query), **params), method)
 
     def _host_allowed(self, host):
         """Without a token, only loopback names (or the address bound), with
@@ -1089,7 +1143,7 @@ class _WebHandler(http.server.BaseHTTPRequestHandler):
     def _check_csrf(self, given, expected):
         """``given`` is ``expected``: the session's token (or the login form's)."""
         if not expected or not hmac.compare_digest(given.encode(), expected.encode()):
-            raise _WebError(403, 'missing or wrong CSRF token: reload the page (the dashboard '
+            raise _HTTPError(403, 'missing or wrong CSRF token: reload the page (the dashboard '
                                  'may have restarted, or your session ended)')
 
     # -- pages -------------------------------------------------------------------
@@ -1153,7 +1207,7 @@ class _WebHandler(http.server.BaseHTTPRequestHandler):
     def api_job(self, query, queue, job_id):
         info = self.server.broker(mpqueue.job_info, queue, job_id)
         if info is None:
-            raise _WebError(404, 'no job %r in queue %r (unknown, or its record expired)'
+            raise _HTTPError(404, 'no job %r in queue %r (unknown, or its record expired)'
                             % (job_id, queue))
         return info
 
@@ -1165,7 +1219,7 @@ class _WebHandler(http.server.BaseHTTPRequestHandler):
 
     def api_retry(self, query, queue, job_id):
         if not self.server.broker(mpqueue.retry_failed, queue, job_id, action=True):
-            raise _WebError(404, 'job %r is not in the failed list of queue %r' % (job_id, queue))
+            raise _HTTPError(404, 'job %r is not in the failed list of queue %r' % (job_id, queue))
         return {'ok': True, 'retried': 1}
 
     def api_retry_all(self, query, queue):
@@ -1174,13 +1228,13 @@ class _WebHandler(http.server.BaseHTTPRequestHandler):
 
     def api_delete(self, query, queue, job_id):
         if not self.server.broker(mpqueue.delete_failed, queue, job_id, action=True):
-            raise _WebError(404, 'job %r is not in the failed list of queue %r' % (job_id, queue))
+            raise _HTTPError(404, 'job %r is not in the failed list of queue %r' % (job_id, queue))
         return {'ok': True, 'deleted': 1}
 
     def api_cancel(self, query, queue, job_id):
         state = self.server.broker(mpqueue.cancel, queue, job_id, action=True)
         if state is None:
-            raise _WebError(404, 'no job %r in queue %r' % (job_id, queue))
+            raise _HTTPError(404, 'no job %r in queue %r' % (job_id, queue))
         return {'ok': True, 'state': state}
 
 
@@ -1191,15 +1245,9 @@ def _int_param(query, name, default, low, high):
     except ValueError:
         value = None
     if value is None or value < low or (high is not None and value > high):
-        raise _WebError(400, '%s must be an integer %s, got %r' % (
+        raise _HTTPError(400, '%s must be an integer %s, got %r' % (
             name, 'from %d to %d' % (low, high) if high is not None else '>= %d' % low, text))
     return value
-
-
-def _log_text(text):
-    """``text`` as it may go to a terminal or a log: control and non-ASCII
-    characters escaped, as ``ascii()`` does."""
-    return ascii(text)[1:-1]
 
 
 def _web_render(name, **values):
@@ -1236,27 +1284,10 @@ def cmd_web(cfg, args):
     if not 0 <= args.port <= 65535:
         raise UserError('--port must be from 0 to 65535, got %r' % args.port)
     _bound_broker_waits(cfg['basics']['driver'], WEB_BROKER_TIMEOUT)
-    try:
-        server = _WebServer((host, args.port), cfg, token, args.read_only)
-    except (OSError, OverflowError) as exc:
-        raise UserError('cannot serve the dashboard on %s:%s: %s' % (
-            host, args.port, getattr(exc, 'strerror', None) or exc)) from exc
-
-    def stop(signum, frame):
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, stop)
-    shown = server.server_address[0]
-    print('mpqueue dashboard on http://%s:%d/ (broker %s%s%s); Ctrl-C to stop' % (
-        '[%s]' % shown if ':' in shown else shown, server.server_address[1],
-        server.driver.address, ', read-only' if args.read_only else '',
-        ', token required' if token else ''), flush=True)
-    try:
-        server.serve_forever(poll_interval=0.5)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-    return 0
+    server = _WebServer((host, args.port), cfg, token, args.read_only)
+    return server.run('mpqueue dashboard on %s (broker %s%s%s); Ctrl-C to stop' % (
+        server.url('/'), server.driver.address, ', read-only' if args.read_only else '',
+        ', token required' if token else ''))
 
 
 # -- the commands and their options ---------------------------------------------
@@ -1487,29 +1518,7 @@ _WEB_ASSETS = {
       <div class="scroll">
         <table id="queues-table" class="data">
           <caption class="sr-only">Jobs per queue and state</caption>
-          <thead>
-            <tr class="groups">
-              <td></td>
-              <th scope="colgroup" colspan="6">Now</th>
-              <td></td>
-              <th scope="colgroup" colspan="2">Total</th>
-              <th scope="colgroup" colspan="2">Rate</th>
-            </tr>
-            <tr>
-              <th scope="col">Queue</th>
-              <th scope="col" class="num">Waiting</th>
-              <th scope="col" class="num">Delayed</th>
-              <th scope="col" class="num">Reserved</th>
-              <th scope="col" class="num">Working</th>
-              <th scope="col" class="num">Failed</th>
-              <th scope="col" class="num">Cancelled</th>
-              <th scope="col" class="num">Oldest waiting</th>
-              <th scope="col" class="num">Pushed</th>
-              <th scope="col" class="num">Done</th>
-              <th scope="col" class="num">Done/s</th>
-              <th scope="col" class="num">Failed/s</th>
-            </tr>
-          </thead>
+          <thead id="queues-head"></thead>
           <tbody id="queues-body"></tbody>
         </table>
       </div>
@@ -1541,21 +1550,7 @@ _WEB_ASSETS = {
       <div class="scroll">
         <table id="fleet-table" class="data">
           <caption class="sr-only">Pools and their workers per queue</caption>
-          <thead>
-            <tr>
-              <th scope="col">Pool</th>
-              <th scope="col">Host</th>
-              <th scope="col" class="num">PID</th>
-              <th scope="col">State</th>
-              <th scope="col">Started</th>
-              <th scope="col" class="num">Last seen</th>
-              <th scope="col">Queue</th>
-              <th scope="col" class="num">Workers</th>
-              <th scope="col" class="num">Busy</th>
-              <th scope="col" class="num">Idle</th>
-              <th scope="col" class="num">Done</th>
-            </tr>
-          </thead>
+          <thead id="fleet-head"></thead>
           <tbody id="fleet-body"></tbody>
         </table>
       </div>
@@ -1655,8 +1650,8 @@ body { margin: 0; min-height: 100vh; display: flex; flex-direction: column; }
 [hidden] { display: none !important; }
 a { color: var(--accent); text-decoration: none; }
 a:hover { text-decoration: underline; }
-code, pre, .mono { font-family: ui-monospace, "SFMono-Regular", Menlo, Consolas,
-  "Liberation Mono", "DejaVu Sans Mono", monospace; font-size: 12.5px; }
+code, pre, .mono, .broker, summary { font-family: ui-monospace, "SFMono-Regular", Menlo,
+  Consolas, "Liberation Mono", "DejaVu Sans Mono", monospace; font-size: 12.5px; }
 .sr-only { position: absolute; width: 1px; height: 1px; overflow: hidden;
   clip: rect(0 0 0 0); white-space: nowrap; }
 :focus-visible { outline: 2px solid var(--accent); outline-offset: 2px; }
@@ -1671,8 +1666,7 @@ code, pre, .mono { font-family: ui-monospace, "SFMono-Regular", Menlo, Consolas,
   font-size: 17px; letter-spacing: -.01em; }
 .brand:hover { text-decoration: none; }
 .logo { width: 22px; height: 22px; display: inline-block; }
-.broker { color: #98a2b3; font-family: ui-monospace, Menlo, Consolas, "Liberation Mono",
-  monospace; font-size: 12.5px; overflow-wrap: anywhere; }
+.broker { color: #98a2b3; overflow-wrap: anywhere; }
 .spacer { flex: 1; }
 .summary { color: #cbd5e1; font-size: 13px; }
 .live { font-size: 13px; color: #cbd5e1; display: inline-flex; align-items: center; gap: 6px;
@@ -1810,8 +1804,7 @@ table.failed-jobs { table-layout: fixed; min-width: 760px; }
 .failed-jobs td.actions .btn + .btn { margin-left: 6px; }
 details { border: 1px solid var(--line); border-radius: 7px; background: #fcfcfd; }
 details + details { margin-top: 6px; }
-summary { cursor: pointer; padding: 6px 10px; overflow-wrap: anywhere; color: #912018;
-  font-family: ui-monospace, Menlo, Consolas, "Liberation Mono", monospace; font-size: 12.5px; }
+summary { cursor: pointer; padding: 6px 10px; overflow-wrap: anywhere; color: #912018; }
 summary .n { color: var(--faint); margin-right: 6px; }
 details pre { margin: 0; padding: 10px 12px; border-top: 1px solid var(--line); overflow-x: auto;
   white-space: pre; max-height: 420px; color: #344054; background: #fff;
@@ -1870,6 +1863,10 @@ form.login .btn { margin-top: 8px; padding: 9px; }
   const TITLES = {queues: 'Queues', fleet: 'Fleet', failed: 'Failed jobs', job: 'Job',
                   schedules: 'Schedules'};
   const UNFINISHED = ['waiting', 'delayed', 'reserved', 'working'];
+  const QUEUE_COLUMNS = ['Queue', 'Waiting', 'Delayed', 'Reserved', 'Working', 'Failed',
+                         'Cancelled', 'Oldest waiting', 'Pushed', 'Done', 'Done/s', 'Failed/s'];
+  const FLEET_COLUMNS = ['Pool', 'Host', 'PID', 'State', 'Started', 'Last seen', 'Queue',
+                         'Workers', 'Busy', 'Idle', 'Done'];
 
   const $ = (id) => document.getElementById(id);
   const meta = (name) => {
@@ -1985,6 +1982,12 @@ form.login .btn { margin-top: 8px; padding: 9px; }
     const d = new Date(Number(t) * 1000);
     if (!t || isNaN(d)) return '\u2014';
     return el('time', {datetime: d.toISOString(), title: d.toString()}, fmtTime(t));
+  }
+
+  function headRow(titles, numeric) {
+    // a table's row of column titles; those in `numeric` align right, as their numbers do
+    return el('tr', {}, titles.map((h) => el('th', {scope: 'col',
+                                                   class: numeric.includes(h) ? 'num' : null}, h)));
   }
 
   function numCell(value, name, extra) {
@@ -2515,8 +2518,7 @@ form.login .btn { margin-top: 8px; padding: 9px; }
       el('div', {class: 'scroll'}, el('table', {class: 'data failed-jobs', id: 'failed-table'}, [
         el('caption', {class: 'sr-only'}, 'Failed jobs of queue ' + queue),
         el('colgroup', {}, head.map((h) => el('col', {class: 'c-' + h.toLowerCase()}))),
-        el('thead', {}, el('tr', {}, head.map((h) => el('th', {
-          scope: 'col', class: h === 'Attempts' ? 'num' : null}, h)))),
+        el('thead', {}, headRow(head, ['Attempts'])),
         el('tbody', {}, rows)])),
       el('nav', {class: 'pager', 'aria-label': 'Pages of failed jobs'}, [
         el('span', {}, fmtInt(first) + '\u2013' + fmtInt(last) + ' of ' + fmtInt(data.total)),
@@ -2612,8 +2614,7 @@ form.login .btn { margin-top: 8px; padding: 9px; }
                   'Last job', 'State', 'Skipped'];
     const table = el('table', {class: 'data', id: 'schedules-table'}, [
       el('caption', {class: 'sr-only'}, 'Schedules'),
-      el('thead', {}, el('tr', {}, head.map((h) => el('th', {scope: 'col',
-        class: h === 'Skipped' ? 'num' : null}, h)))),
+      el('thead', {}, headRow(head, ['Skipped'])),
       el('tbody', {}, data.map((s) => el('tr', {'data-schedule': s.queue + '/' + s.name}, [
         el('td', {}, s.queue), el('th', {scope: 'row'}, s.name),
         el('td', {class: 'mono'}, s.expression), el('td', {}, s.timezone || 'UTC'),
@@ -2634,6 +2635,13 @@ form.login .btn { margin-top: 8px; padding: 9px; }
   }
 
   function init() {
+    const colgroup = (span, title) => el('th', {scope: 'colgroup', colspan: span}, title);
+    $('queues-head').replaceChildren(
+      el('tr', {class: 'groups'}, [el('td'), colgroup(6, 'Now'), el('td'), colgroup(2, 'Total'),
+                                   colgroup(2, 'Rate')]),
+      headRow(QUEUE_COLUMNS, QUEUE_COLUMNS.slice(1)));
+    $('fleet-head').replaceChildren(headRow(FLEET_COLUMNS, ['PID', 'Last seen', 'Workers',
+                                                           'Busy', 'Idle', 'Done']));
     $('read-only').hidden = !READ_ONLY;
     $('logout').hidden = !SIGNED_IN;
     $('chart-queue').addEventListener('change', (e) => {

@@ -388,8 +388,8 @@ def test_hosts_targets_origins_offsets_and_connections(one_broker):
             sock = socket.create_connection(('127.0.0.1', port), timeout=10)
             sock.sendall(b'GET /api/queues HTTP/1.1\r\n')
             socks.append(sock)
-        limit = mpqueue_cli._WEB_CONNECTIONS_MAX + mpqueue_cli._WEB_BROKER_THREADS + 4
-        wait_for(lambda: threads() >= mpqueue_cli._WEB_CONNECTIONS_MAX, 10, 'the slots to fill')
+        limit = mpqueue_cli._HTTP_CONNECTIONS_MAX + mpqueue_cli._WEB_BROKER_THREADS + 4
+        wait_for(lambda: threads() >= mpqueue_cli._HTTP_CONNECTIONS_MAX, 10, 'the slots to fill')
         assert threads() <= limit, threads()
     finally:
         for sock in socks:
