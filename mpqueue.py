@@ -758,6 +758,9 @@ def _check_job(queue, job):
 _PLAIN = frozenset((int, float, str, bytes, bool, type(None)))
 
 
+# Pays: push 5,000 jobs/s against 3,400 with cloudpickle for every job (python
+# examples/benchmark.py --driver sqlite --only push,push_many --jobs 20000;
+# medians of 5 interleaved runs each, 2026-12-07).
 def _by_reference(job, args, kwargs):
     """True when the standard pickle gives the same bytes as cloudpickle (and
     is several times faster): an import path, or a module-level function of an
