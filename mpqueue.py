@@ -5669,6 +5669,9 @@ def push_many(queue, jobs, delay=0, *, args=(), kwargs=None, timeout=None, fail_
     basics = config['basics']
     given = dict(timeout=timeout, fail_number=fail_number, fail_expire=fail_expire,
                  result_ttl=result_ttl, priority=priority)
+    # Pays: push_many 92,000 jobs/s against 63,000 working out each job's options
+    # (python examples/benchmark.py --driver sqlite --only push,push_many --jobs
+    # 20000; medians of 5 interleaved runs each, 2026-12-07).
     plain = _push_options(None, qconf, **given)     # those of every job that is no Job
     steps = []
     for job, job_key, mode in zip(jobs, keys, modes):
