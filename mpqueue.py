@@ -3358,11 +3358,7 @@ class _SqliteSteps:
             while j < len(steps) and steps[j][0] == 'push' and not steps[j][10]:
                 j += 1
             if j > i:
-                rows = [self.push_row(*s[1:]) for s in steps[i:j]]
-                if len(rows) == 1:
-                    self.conn.execute(_SQ_INSERT, rows[0])     # 2 us less than executemany
-                else:
-                    self.conn.executemany(_SQ_INSERT, rows)
+                self.conn.executemany(_SQ_INSERT, [self.push_row(*s[1:]) for s in steps[i:j]])
                 out += [s[1] for s in steps[i:j]]
                 i = j
                 continue
