@@ -1743,16 +1743,10 @@ OPS.push = function(id, payload, delay, job, timeout, fail_number, fail_expire, 
     end
   end
   local state = enqueue(id, tonumber(delay), priority)
-  if key == '' and priority == '0' and result_ttl == '0' then     -- the common case
-    redis.call('HSET', rec(id), 'payload', payload, 'job', job, 'create_time', now,
-               'timeout', timeout, 'fail_number', fail_number, 'fail_expire', fail_expire,
-               'state', state)
-  else
-    redis.call('HSET', rec(id), 'payload', payload, 'job', job, 'create_time', now,
-               'timeout', timeout, 'fail_number', fail_number, 'fail_expire', fail_expire,
-               'state', state, 'priority', priority, 'key', key, 'unique_mode', mode,
-               'result_ttl', result_ttl)
-  end
+  redis.call('HSET', rec(id), 'payload', payload, 'job', job, 'create_time', now,
+             'timeout', timeout, 'fail_number', fail_number, 'fail_expire', fail_expire,
+             'state', state, 'priority', priority, 'key', key, 'unique_mode', mode,
+             'result_ttl', result_ttl)
   pushed = pushed + 1
   return id
 end
