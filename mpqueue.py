@@ -896,8 +896,6 @@ def backoff(first, factor=2.0, max=3600, jitter=0.1):   # noqa: A002 (the name t
 
 def _policy_text(policy):
     """A retry policy as its record keeps it: JSON."""
-    if type(policy) is int:
-        return str(policy)          # json.dumps' answer, without its 3 us
     if isinstance(policy, _Backoff):
         return json.dumps(policy._asdict())
     return json.dumps(policy)
@@ -5016,7 +5014,7 @@ class _Ticker:
                     _encode(self.queue, s['job'], s['args'], s['kwargs'], basics['secret'],
                             basics['max_payload']), 0, _job_name(s['job']),
                     options['timeout'], options['fail_number'],
-                    _policy_text(options['fail_expire']), options['priority'],
+                    options['fail_expire'], options['priority'],
                     s['key'], s['unique'], options['result_ttl'])
             except MPQueueError as exc:
                 logger.error('schedule %r of queue %r cannot push its job: %s', name,
@@ -5676,7 +5674,7 @@ def push_many(queue, jobs, delay=0, *, args=(), kwargs=None, timeout=None, fail_
         options = _push_options(job, qconf, **given) if _is_job(job) else plain
         payload = _encode(queue, job, args, kwargs, basics['secret'], basics['max_payload'])
         steps.append(('push', _new_id(), payload, delay, _job_name(job), options['timeout'],
-                      options['fail_number'], _policy_text(options['fail_expire']),
+                      options['fail_number'], options['fail_expire'],
                       options['priority'], job_key or '', mode, options['result_ttl']))
     if _is_immediate(basics):
         return _run_here(config, qconf, steps)
@@ -5687,7 +5685,8 @@ def _push_options(job, qconf, **given):
     """Per-job settings: push argument, else Job attribute, else the queue's
     (priority: 0); each checked when it is not the queue's own, and named in
     an error as the push argument (``fail_expire``) or the Job attribute
-    (``SendMail.fail_expire``) it came from."""
+    (``SendMail.fail_expire``) it came from.  ``fail_expire`` comes as its
+    record keeps it (``_policy_text``)."""
     job_class = job if isinstance(job, type) else type(job)
     is_job = _is_job(job)
     out, path = {}, {}
@@ -5699,6 +5698,7 @@ def _push_options(job, qconf, **given):
             _check_number(path[name], out[name], minimum, integer=name == 'fail_number')
     if out['fail_expire'] is not qconf['fail_expire']:
         out['fail_expire'] = _check_fail_expire(path['fail_expire'], out['fail_expire'])
+    out['fail_expire'] = _policy_text(out['fail_expire'])
     priority = out['priority']
     if not isinstance(priority, int) or isinstance(priority, bool) or not 0 <= priority <= 9:
         raise ConfigError('%s must be an int from 0 (lowest) to 9, got %r'
