@@ -3069,8 +3069,16 @@ class _SqliteSteps:
             return False
         return True
 
+    def live(self, job_id, *columns):
+        """``get``, but None for an outcome kept past its time: the next tick
+        drops it, and Redis has let its key expire already."""
+        return self.conn.execute(
+            "SELECT %s FROM mpq_job WHERE queue = ? AND id = ? AND NOT (state IN ('done', "
+            "'cancelled') AND score <= ?)" % ', '.join(columns),
+            (self.queue, job_id, self.now)).fetchone()
+
     def record(self, job_id):
-        row = self.get(job_id, _SQ_RECORD)
+        row = self.live(job_id, _SQ_RECORD)
         return None if row is None else _record(zip(_FIELDS_BUT_PAYLOAD, row))
 
     # -- the steps -------------------------------------------------------------
@@ -3235,7 +3243,7 @@ class _SqliteSteps:
         return nxt, now
 
     def cancel(self, job_id, by):
-        row = self.get(job_id, 'state', 'cancel_time')
+        row = self.live(job_id, 'state', 'cancel_time')
         if row is None:
             return None
         state = row[0]
