@@ -589,6 +589,10 @@ def _validate(config):
     elif not isinstance(basics['driver'], _Driver):
         raise ConfigError('basics.driver must be a mpqueue.RedisDriver or mpqueue.SqliteDriver, '
                           'got %r' % (basics['driver'],))
+    elif isinstance(basics['driver'], SqliteDriver) and basics['driver'].path == ':memory:':
+        raise ConfigError("basics.driver: SqliteDriver(':memory:') is one process's own, and a "
+                          'pool is many processes; give it a file path (immediate mode, for '
+                          'tests, needs none: see basics.immediate)')
     elif isinstance(basics['driver'], SqliteDriver) and not os.path.isabs(basics['driver'].path):
         file = basics['driver'].path
         raise ConfigError('basics.driver: the SqliteDriver path must be absolute, got %r (a '
@@ -3399,6 +3403,9 @@ class SqliteDriver(_Driver):
     """The embedded broker: one SQLite database file, for a pool on one server.
 
     :param path: the database file; it and its directory are created on first use.
+        ``':memory:'`` (SQLite's name) is a database in this process's memory:
+        no other process sees it, so ``basics.driver`` refuses it; immediate
+        mode runs on one.
 
     All queues share the file (a ``queue`` column).  Each ``execute()`` is one
     ``BEGIN IMMEDIATE`` transaction in WAL mode (reads that change nothing take
@@ -3426,7 +3433,8 @@ class SqliteDriver(_Driver):
             raise ConfigError('SqliteDriver path must be a file path, got %r' % (path,))
         self.path = path
         self.address = 'sqlite:' + path
-        self._file = os.path.abspath(path)    # daemons chdir('/'): fix the path now
+        self._memory = path == ':memory:'     # no file, no writer lock, nobody to wake
+        self._file = path if self._memory else os.path.abspath(path)    # daemons chdir('/')
         self._pid = self._conn = self._lock = self._sender = self._lock_fd = None
         self._writes = 0
         self._wake_paths = {}
@@ -3456,7 +3464,8 @@ class SqliteDriver(_Driver):
             self._lock = threading.Lock()
             conn = None
             try:
-                os.makedirs(os.path.dirname(self._file), exist_ok=True)
+                if not self._memory:
+                    os.makedirs(os.path.dirname(self._file), exist_ok=True)
                 conn = sqlite3.connect(self._file, timeout=self.BUSY_TIMEOUT,
                                        isolation_level=None, check_same_thread=False,
                                        cached_statements=64)
@@ -3465,7 +3474,8 @@ class SqliteDriver(_Driver):
                 conn.execute('PRAGMA synchronous = NORMAL')
                 conn.execute('PRAGMA wal_autocheckpoint = 0')
                 conn.executescript(_SQLITE_SCHEMA)
-                self._lock_fd = os.open(self._file + '-lock', os.O_RDWR | os.O_CREAT, 0o644)
+                if not self._memory:
+                    self._lock_fd = os.open(self._file + '-lock', os.O_RDWR | os.O_CREAT, 0o644)
             except (sqlite3.Error, OSError) as exc:
                 if conn is not None:
                     conn.close()
@@ -3480,8 +3490,9 @@ class SqliteDriver(_Driver):
         conn = self._conn
         if conn is None or self._pid != os.getpid():
             conn = self._connect()
+        locked = write and not self._memory
         with self._lock:
-            if write:
+            if locked:
                 fcntl.lockf(self._lock_fd, fcntl.LOCK_EX)
             try:
                 try:
@@ -3498,7 +3509,7 @@ class SqliteDriver(_Driver):
             except sqlite3.Error as exc:
                 raise self._error(exc) from exc
             finally:
-                if write:
+                if locked:
                     fcntl.lockf(self._lock_fd, fcntl.LOCK_UN)
             if write:
                 self._writes += 1
@@ -3515,6 +3526,8 @@ class SqliteDriver(_Driver):
             return batch, out
         write = not all(s[0] in _READ_STEPS or (s[0] == 'info' and not s[2]) for s in steps)
         batch, out = self._transaction(work, write)
+        if self._memory:
+            return out
         if batch.wake or batch.cancels:
             self._notify(self._paths(queue), [b'1'] * batch.wake + [
                 b'c:' + job_id.encode() for job_id in batch.cancels])
