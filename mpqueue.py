@@ -5756,7 +5756,7 @@ def _check_unique(key, unique, path='key'):
 # as a worker does.  Each round trip that makes a job waiting pops it too.
 
 _immediate_block = None     # inside immediate(): True or False; else basics.immediate decides
-_immediate_broker = None    # SqliteDriver(':memory:'), made by the first push here
+_immediate_broker = SqliteDriver(':memory:')   # it connects when first used
 _immediate_working = set()  # ids of its jobs popped and not ended
 _immediate_ticks = {}       # queue -> when its broker is ticked next
 _ASK_BROKER = object()      # _job_here(): not a job of immediate mode
@@ -5793,9 +5793,6 @@ def _run_here(config, qconf, steps):
     one round trip, then run each here to its end; the round trip recording
     an outcome pops the job's next attempt (a retry), if any.  Returns the
     ids as the push steps gave them."""
-    global _immediate_broker
-    if _immediate_broker is None:
-        _immediate_broker = SqliteDriver(':memory:')
     queue, now, ticks = qconf['name'], time.time(), []
     # a tick every sleep_seconds, as a master's, drops expired outcomes and holds;
     # never while a job runs here: its lease, renewed by nobody, would look lost
@@ -5867,8 +5864,11 @@ def _job_here(queue, job_id):
     """The record of ``job_id`` in immediate mode's broker (None: unknown
     there) while immediate mode is on; after it, that of a job that ran
     there, else ``_ASK_BROKER``."""
-    record = _immediate_broker and _immediate_broker.run(queue, 'info', job_id, '')
-    return record if record or _is_immediate(_get_config()['basics']) else _ASK_BROKER
+    on = _is_immediate(_get_config()['basics'])
+    record = None
+    if on or _immediate_broker._conn is not None:      # else no job ran here
+        record = _immediate_broker.run(queue, 'info', job_id, '')
+    return record if on or record else _ASK_BROKER
 
 
 def job_info(queue, job_id):
