@@ -171,8 +171,9 @@ CANCELLED_KEEP = 86400
 #: Masters sample a queue's counters this often (seconds), keeping the last
 #: HISTORY_KEEP samples in the broker: the dashboard's chart.
 HISTORY_SECONDS, HISTORY_KEEP = 10, 90
-#: Immediate mode keeps the outcomes of at most this many jobs in process
-#: memory, oldest forgotten first: a long test suite does not grow without end.
+#: Immediate mode's broker (in process memory) keeps at most this many failed
+#: jobs per queue, oldest forgotten first (done ones go after their
+#: result_ttl, as on any broker): a long test suite does not grow without end.
 IMMEDIATE_KEEP = 10000
 #: A pid file is stale when the live process it names started more than this
 #: many seconds after the file was written: that pid was reused (after the
@@ -651,6 +652,10 @@ def _validate(config):
     elif not isinstance(basics['driver'], _Driver):
         raise ConfigError('basics.driver must be a mpqueue.RedisDriver or mpqueue.SqliteDriver, '
                           'got %r' % (basics['driver'],))
+    elif isinstance(basics['driver'], SqliteDriver) and basics['driver'].path == ':memory:':
+        raise ConfigError("basics.driver: SqliteDriver(':memory:') is one process's own, and a "
+                          'pool is many processes; give it a file path (immediate mode, for '
+                          'tests, needs none: see basics.immediate)')
     elif isinstance(basics['driver'], SqliteDriver) and not os.path.isabs(basics['driver'].path):
         file = basics['driver'].path
         raise ConfigError('basics.driver: the SqliteDriver path must be absolute, got %r (a '
@@ -3180,8 +3185,16 @@ class _SqliteSteps:
             return False
         return True
 
+    def live(self, job_id, *columns):
+        """``get``, but None for an outcome kept past its time: the next tick
+        drops it, and Redis has let its key expire already."""
+        return self.conn.execute(
+            "SELECT %s FROM mpq_job WHERE queue = ? AND id = ? AND NOT (state IN ('done', "
+            "'cancelled') AND score <= ?)" % ', '.join(columns),
+            (self.queue, job_id, self.now)).fetchone()
+
     def record(self, job_id):
-        row = self.get(job_id, _SQ_RECORD)
+        row = self.live(job_id, _SQ_RECORD)
         return None if row is None else _record(zip(_FIELDS_BUT_PAYLOAD, row))
 
     # -- the steps -------------------------------------------------------------
@@ -3343,7 +3356,7 @@ class _SqliteSteps:
         return nxt, now
 
     def cancel(self, job_id, by):
-        row = self.get(job_id, 'state', 'cancel_time')
+        row = self.live(job_id, 'state', 'cancel_time')
         if row is None:
             return None
         state = row[0]
@@ -3492,6 +3505,9 @@ class SqliteDriver(_Driver):
     """The embedded broker: one SQLite database file, for a pool on one server.
 
     :param path: the database file; it and its directory are created on first use.
+        ``':memory:'`` (SQLite's name) is a database in this process's memory:
+        no other process sees it, so ``basics.driver`` refuses it; immediate
+        mode runs on one.
 
     All queues share the file (a ``queue`` column).  Each ``execute()`` is one
     ``BEGIN IMMEDIATE`` transaction in WAL mode (reads that change nothing take
@@ -3519,7 +3535,8 @@ class SqliteDriver(_Driver):
             raise ConfigError('SqliteDriver path must be a file path, got %r' % (path,))
         self.path = path
         self.address = 'sqlite:' + path
-        self._file = os.path.abspath(path)    # daemons chdir('/'): fix the path now
+        self._memory = path == ':memory:'     # no file, no writer lock, nobody to wake
+        self._file = path if self._memory else os.path.abspath(path)    # daemons chdir('/')
         self._pid = self._conn = self._lock = self._sender = self._lock_fd = None
         self._writes = 0
         self._wake_paths = {}
@@ -3549,7 +3566,8 @@ class SqliteDriver(_Driver):
             self._lock = threading.Lock()
             conn = None
             try:
-                os.makedirs(os.path.dirname(self._file), exist_ok=True)
+                if not self._memory:
+                    os.makedirs(os.path.dirname(self._file), exist_ok=True)
                 conn = sqlite3.connect(self._file, timeout=self.BUSY_TIMEOUT,
                                        isolation_level=None, check_same_thread=False,
                                        cached_statements=64)
@@ -3558,7 +3576,8 @@ class SqliteDriver(_Driver):
                 conn.execute('PRAGMA synchronous = NORMAL')
                 conn.execute('PRAGMA wal_autocheckpoint = 0')
                 conn.executescript(_SQLITE_SCHEMA)
-                self._lock_fd = os.open(self._file + '-lock', os.O_RDWR | os.O_CREAT, 0o644)
+                if not self._memory:
+                    self._lock_fd = os.open(self._file + '-lock', os.O_RDWR | os.O_CREAT, 0o644)
             except (sqlite3.Error, OSError) as exc:
                 if conn is not None:
                     conn.close()
@@ -3573,8 +3592,9 @@ class SqliteDriver(_Driver):
         conn = self._conn
         if conn is None or self._pid != os.getpid():
             conn = self._connect()
+        locked = write and not self._memory
         with self._lock:
-            if write:
+            if locked:
                 fcntl.lockf(self._lock_fd, fcntl.LOCK_EX)
             try:
                 try:
@@ -3591,7 +3611,7 @@ class SqliteDriver(_Driver):
             except sqlite3.Error as exc:
                 raise self._error(exc) from exc
             finally:
-                if write:
+                if locked:
                     fcntl.lockf(self._lock_fd, fcntl.LOCK_UN)
             if write:
                 self._writes += 1
@@ -3608,6 +3628,8 @@ class SqliteDriver(_Driver):
             return batch, out
         write = not all(s[0] in _READ_STEPS or (s[0] == 'info' and not s[2]) for s in steps)
         batch, out = self._transaction(work, write)
+        if self._memory:
+            return out
         if batch.wake or batch.cancels:
             self._notify(self._paths(queue), [b'1'] * batch.wake + [
                 b'c:' + job_id.encode() for job_id in batch.cancels])
@@ -5873,15 +5895,18 @@ def _check_unique(key, unique, path='key'):
 # -- immediate mode ------------------------------------------------------------
 #
 # With basics.immediate, or inside ``with immediate():``, push and push_many
-# run each job in the calling process before they return, with the worker's
-# own code (_Worker._attempt): the payload was pickled and signed as for the
-# broker, and is checked and unpickled as a worker does.  Retries follow one
-# another at once, fail handlers run.  No broker is touched: the outcomes stay
-# in this process's memory, where job_info(), result() and cancel() find them.
+# run each job in the calling process before they return.  Their broker is
+# then an SQLite database in this process's memory, moved by the steps of
+# _STEPS as any broker is, so unique keys, priorities, result_ttl and cancels
+# follow the broker's rules.  Immediate mode adds two of its own: nothing
+# waits (a push's or a retry's delay is made 0), and a job runs here through
+# the worker's own code (_Worker._attempt), its payload checked and unpickled
+# as a worker does.  Each round trip that makes a job waiting pops it too.
 
 _immediate_block = None     # inside immediate(): True or False; else basics.immediate decides
-_immediate_jobs = collections.OrderedDict()    # (queue, id) -> (record, expiry or None)
-_immediate_holds = {}       # (queue, key) -> (id, until): holds of unique=<seconds>
+_immediate_broker = SqliteDriver(':memory:')   # it connects when first used
+_immediate_working = set()  # ids of its jobs popped and not ended
+_immediate_ticks = {}       # queue -> when its broker is ticked next
 _ASK_BROKER = object()      # _job_here(): not a job of immediate mode
 
 
@@ -5905,76 +5930,48 @@ def _is_immediate(basics):
     return basics['immediate'] if _immediate_block is None else _immediate_block
 
 
-def _step_fields(step):
-    """A step as a dict of its arguments, named as ``_STEPS`` names them."""
-    names = next(args for name, args, _ in _STEPS if name == step[0]).split()
-    return dict(zip(names, step[1:]))
+def _no_wait(step):
+    """``step`` with its ``delay`` (push, retry) made 0: immediate mode waits for nothing."""
+    names = ['name'] + next(args for name, args, _ in _STEPS if name == step[0]).split()
+    return tuple(0 if name == 'delay' else value for name, value in zip(names, step))
 
 
 def _run_here(config, qconf, steps):
-    """``push_many`` in immediate mode: run the job of each push step here and
-    now, keep its outcome in memory, return the ids as the broker would
-    (unique keys de-duplicate as there)."""
-    queue, now = qconf['name'], time.time()
+    """``push_many`` in immediate mode: push the jobs and pop the new ones in
+    one round trip, then run each here to its end; the round trip recording
+    an outcome pops the job's next attempt (a retry), if any.  Returns the
+    ids as the push steps gave them."""
+    queue, now, ticks = qconf['name'], time.time(), []
+    # a tick every sleep_seconds, as a master's, drops expired outcomes and holds;
+    # never while a job runs here: its lease, renewed by nobody, would look lost
+    if now >= _immediate_ticks.get(queue, 0) and not _immediate_working:
+        ticks, _immediate_ticks[queue] = [('tick', TICK_LIMIT)], now + qconf['sleep_seconds']
     worker = _Worker(config, qconf, None, None, 0)
     worker.id = '%s:%d' % (_HOST, os.getpid())
-    ids, batch = [], {}
-    for step in steps:
-        push = _step_fields(step)
-        key, mode = push['key'], push['unique_mode']
-        holder = batch.get(key) if mode else None       # de-duplicated within the batch
-        if holder is None and mode not in ('', 'queued', 'active'):
-            held = _immediate_holds.get((queue, key))   # 'queued', 'active': the job ended
-            holder = held[0] if held and held[1] > now else None
-        if holder is not None:
-            ids.append(holder)
-            continue
-        if mode:
-            batch[key] = push['id']
-            if mode not in ('queued', 'active'):
-                _immediate_holds[(queue, key)] = (push['id'], now + float(mode))
-        ids.append(push['id'])
-        if len(_immediate_holds) > IMMEDIATE_KEEP:      # forget the holds that ended
-            for held_key, (_, until) in list(_immediate_holds.items()):
-                if until <= now:
-                    del _immediate_holds[held_key]
-        record = _run_job_here(worker, push)
-        _immediate_jobs.pop((queue, push['id']), None)
-        if record['state'] == 'done' and not push['result_ttl']:
-            continue        # as a broker: nothing kept after success without result_ttl
-        expiry = record['end_time'] + push['result_ttl'] if record['state'] == 'done' else None
-        _immediate_jobs[(queue, push['id'])] = (record, expiry)
-        while len(_immediate_jobs) > IMMEDIATE_KEEP:
-            _immediate_jobs.popitem(last=False)
+    *ids, jobs = _immediate_broker.execute(queue, ticks + [_no_wait(step) for step in steps] + [
+        ('pop', len(steps), worker.id, '')])[len(ticks):]
+    _immediate_working.update(job['id'] for job in jobs)
+    try:
+        while jobs:
+            step = _no_wait(_attempt_here(worker, jobs[0]))
+            again = _immediate_broker.execute(queue, [step, ('pop', 1, worker.id, '')])[1]
+            _immediate_working.discard(jobs.pop(0)['id'])
+            _immediate_working.update(job['id'] for job in again)
+            jobs[:0] = again
+            if step[0] == 'fail':
+                _forget_failed(queue)
+    finally:
+        _immediate_working.difference_update(job['id'] for job in jobs)
     return ids
 
 
-def _run_job_here(worker, push):
-    """Run one pushed job to its end: attempts back to back (a delay, a
-    retry's wait: none), then, if it failed for good, its fail handlers.
-    Returns its record, as a broker's ``info`` step would."""
-    record = {'state': 'working', 'job': push['job'], 'create_time': time.time(),
-              'timeout': push['timeout'], 'fail_number': push['fail_number'],
-              'fail_expire': push['fail_expire'], 'priority': push['priority'],
-              'key': push['key'], 'result_ttl': push['result_ttl'], 'attempt': 0,
-              'exec_number': 0, 'error_info': [], 'type': TYPE_NORMAL}
-    while True:
-        record.update(attempt=record['attempt'] + 1, exec_number=record['exec_number'] + 1,
-                      start_time=time.time(), worker_id=worker.id)
-        step = _attempt_here(worker, dict(record, id=push['id'], payload=push['payload']))
-        outcome = _step_fields(step)
-        if step[0] != 'retry':
-            break
-        record['error_info'].append(outcome['error'])
-    record['end_time'] = time.time()
-    if step[0] == 'done':
-        record.update(state='done', result=outcome['result'],
-                      result_repr=outcome['result_repr'], result_note=outcome['result_note'])
-    else:
-        record.update(state='failed', fail_time=record['end_time'], type=int(outcome['type']),
-                      job=outcome['job'] or record['job'],
-                      error_info=record['error_info'] + json.loads(outcome['errors']))
-    return {name: value for name, value in record.items() if value not in (None, '', b'')}
+def _forget_failed(queue):
+    """Delete the oldest failed jobs of immediate mode's broker beyond
+    IMMEDIATE_KEEP (delete_failed and clean go to the configured broker)."""
+    over = _immediate_broker.run(queue, 'depth')['failed'] - IMMEDIATE_KEEP
+    if over > 0:
+        _immediate_broker.execute(queue, [('delete_failed', job['id']) for job in
+                                          _immediate_broker.run(queue, 'failed', 0, over, '')])
 
 
 def _attempt_here(worker, job):
@@ -6012,16 +6009,14 @@ def _attempt_here(worker, job):
 
 
 def _job_here(queue, job_id):
-    """The record of a job that ran in immediate mode; None for an unknown or
-    expired one while immediate mode is on; else ``_ASK_BROKER``."""
-    found = _immediate_jobs.get((queue, job_id))
-    if found is not None:
-        record, expiry = found
-        if expiry is None or expiry > time.time():
-            return record
-        del _immediate_jobs[(queue, job_id)]
-        return None
-    return None if _is_immediate(_get_config()['basics']) else _ASK_BROKER
+    """The record of ``job_id`` in immediate mode's broker (None: unknown
+    there) while immediate mode is on; after it, that of a job that ran
+    there, else ``_ASK_BROKER``."""
+    on = _is_immediate(_get_config()['basics'])
+    record = None
+    if on or _immediate_broker._conn is not None:      # else no job ran here
+        record = _immediate_broker.run(queue, 'info', job_id, '')
+    return record if on or record else _ASK_BROKER
 
 
 def job_info(queue, job_id):
@@ -6047,11 +6042,11 @@ def cancel(queue, job_id):
         A finished job is left as it is.
     """
     queue_config(queue)
+    by = '%s:%d' % (_HOST, os.getpid())
     record = _job_here(queue, job_id)
-    if record is not _ASK_BROKER:       # immediate mode: it has ended already
-        return record and record['state']
-    return _get_config()['basics']['driver'].run(queue, 'cancel', job_id,
-                                                 '%s:%d' % (_HOST, os.getpid()))
+    if record is not _ASK_BROKER:       # immediate mode's broker knows it, or nobody does
+        return record and _immediate_broker.run(queue, 'cancel', job_id, by)
+    return _get_config()['basics']['driver'].run(queue, 'cancel', job_id, by)
 
 
 def result(queue, job_id, timeout=None):

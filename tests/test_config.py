@@ -370,6 +370,18 @@ def test_relative_sqlite_file_is_refused_with_the_fix():
         "'jobs.db'))" in message, message
 
 
+def test_a_sqlite_database_in_memory_is_refused_as_a_pools_broker(tmp_path, monkeypatch):
+    config = make_config()
+    config['basics']['driver'] = mpqueue.SqliteDriver(':memory:')
+    message = assert_config_error(config, 'basics.driver', check_value=False)
+    assert "SqliteDriver(':memory:')" in message and 'file path' in message, message
+    monkeypatch.chdir(tmp_path)     # in memory: no file, no lock file, here or anywhere
+    driver = mpqueue.SqliteDriver(':memory:')
+    assert driver.run('q', 'push', 'a', b'x', 0, 'j', 0, 0, '3', 0, '', '', 0) == 'a'
+    assert driver.run('q', 'info', 'a', '')['state'] == 'waiting'
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_absolute_paths_do_not_depend_on_the_working_directory(tmp_path, monkeypatch):
     config = {'basics': {'name': 'abs', 'pid_path': str(tmp_path / 'run')},
               'log': {'path': str(tmp_path / 'log')}, 'queue': [{'name': 'q'}]}

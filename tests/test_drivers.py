@@ -20,7 +20,7 @@ import time
 import pytest
 
 import mpqueue
-from steps import (NAME, PAYLOAD, SLACK, WAIT, assert_depth, cancel, counts,
+from steps import (NAME, PAYLOAD, SLACK, WAIT, assert_depth, broker_clock, cancel, counts,
                    depth, done, empty, fail, failed, ids_of, info, lost, make_failed, poll,
                    pop, pop1, push, push1, push_step, renew, requeue, reserve, retry, start,
                    state, taken_back, tick, tick_until_due, tick_until_state, wait_broker_time,
@@ -884,6 +884,20 @@ def test_done_with_result_ttl_keeps_the_outcome_until_it_expires(driver, queue, 
                'the outcome to expire')
     assert time.monotonic() - ended >= ttl - 0.1
     assert store.traces(queue, job_id) == []
+    assert counts(driver, queue) == zero_counts(pushed=1, done=1)
+
+
+def test_an_outcome_past_its_result_ttl_is_gone_before_any_tick(driver, queue, store):
+    # Redis lets the record's key expire; SQLite keeps the row until a tick
+    # but no step sees it: info is None and cancel knows no such job.
+    ahead = broker_clock(driver, queue) - time.time()      # no tick after this one
+    job_id = push1(driver, queue, result_ttl=0.2)
+    assert done(driver, queue, pop1(driver, queue), b'result', "'result'", '') is True
+    ended = info(driver, queue, job_id)['end_time']
+    assert state(driver, queue, job_id) == 'done'
+    time.sleep(max(0.0, ended + 0.25 - ahead - time.time()))
+    assert info(driver, queue, job_id) is None
+    assert cancel(driver, queue, job_id) is None
     assert counts(driver, queue) == zero_counts(pushed=1, done=1)
 
 

@@ -2,12 +2,16 @@
 
 push and push_many run each job in this process before they return, through
 the worker's own code: the payload is pickled and signed as for a broker,
-then checked and unpickled as a worker does.  No broker is touched: the
-config's SQLite broker file must never appear, and the outcomes are read
-back from process memory by job_info(), result() and cancel().
+then checked and unpickled as a worker does.  The broker is an SQLite
+database in this process's memory, moved by the steps of every broker: the
+config's broker file must never appear, and the edge cases (unique holds,
+result_ttl, cancel, retries and fail handlers) come out as a real SQLite
+pool's do, which the last test shows side by side.
 """
 
 import asyncio
+import contextlib
+import functools
 import os
 import threading
 import time
@@ -15,6 +19,7 @@ import time
 import pytest
 
 import mpqueue
+from pool_harness import E2E, Src, queue_conf
 
 #: What the jobs of this module did, in order (they run in this process).
 RAN = []
@@ -239,6 +244,82 @@ def test_unique_keys_deduplicate_as_a_broker_does(tmp_path):
     assert RAN == ['batch', 'again', 'window']
 
 
+def push_own_key(mode):
+    """Pushes its own key again while it runs: the id that push returns."""
+    RAN.append(mode)
+    if len(RAN) == 1:
+        return mpqueue.push('q', push_own_key, args=(mode,), key='own', unique=mode)
+
+
+@pytest.mark.parametrize('mode', ['queued', 'active'])
+def test_a_job_that_pushes_its_own_key_meets_the_brokers_hold(tmp_path, mode):
+    """'queued' is let go when the job is handed out: a new job, run at once,
+    inside the first; 'active' is held while the job runs: its own id."""
+    make_config(tmp_path, immediate=True, result_ttl=60)
+    job_id = mpqueue.push('q', push_own_key, args=(mode,), key='own', unique=mode)
+    inner = mpqueue.result('q', job_id)
+    if mode == 'queued':
+        assert inner != job_id and RAN == [mode, mode]
+    else:
+        assert inner == job_id and RAN == [mode]
+
+
+class Urgent(mpqueue.Job):
+    priority = 9
+
+    def handle(self):
+        RAN.append('urgent')
+
+
+def nested():
+    RAN.append('nested: begins')
+    mpqueue.push('q', record, args=('pushed from nested',))
+    RAN.append('nested: ends')
+
+
+def test_the_jobs_of_one_push_many_run_in_the_brokers_order(tmp_path):
+    """Highest priority first, then as given; a job pushed from a running
+    job runs inside it, before the rest of the batch."""
+    make_config(tmp_path, immediate=True)
+    mpqueue.push_many('q', [functools.partial(record, 'plain'), nested, Urgent()])
+    assert RAN == ['urgent', 'plain', 'nested: begins', 'pushed from nested', 'nested: ends']
+
+
+def slow():
+    RAN.append('slow')
+    time.sleep(0.3)
+    mpqueue.push('q', record, args=('inner',))
+
+
+def test_a_job_running_past_its_lease_is_not_taken_for_lost(tmp_path, monkeypatch):
+    """Nobody renews the lease of a job running here; the broker's tick would
+    recover it as a dead worker's, so none runs while a job does."""
+    monkeypatch.setattr(mpqueue, 'LEASE_SECONDS', 0.1)
+    make_config(tmp_path, immediate=True, sleep_seconds=0.01, result_ttl=60)
+
+    job_id = mpqueue.push('q', slow)
+    assert RAN == ['slow', 'inner']
+    info = mpqueue.job_info('q', job_id)
+    assert info['state'] == 'done' and info['exec_number'] == 1 and info['error_info'] == []
+
+
+def test_memory_keeps_what_a_broker_keeps_and_immediate_keep_failed_jobs(tmp_path,
+                                                                        monkeypatch):
+    """Expired outcomes are dropped by the tick of a later push; failed jobs
+    beyond IMMEDIATE_KEEP, oldest first."""
+    monkeypatch.setattr(mpqueue, 'IMMEDIATE_KEEP', 2)
+    make_config(tmp_path, immediate=True, name='kept', sleep_seconds=0.01, fail_number=0)
+    failed = [mpqueue.push('kept', Failing()) for _ in range(4)]
+    assert [mpqueue.job_info('kept', job_id) and 'failed' for job_id in failed] == [
+        None, None, 'failed', 'failed']
+    mpqueue.push('kept', record, args=('brief', 1), result_ttl=0.05)
+    time.sleep(0.1)
+    mpqueue.push('kept', record, args=('later',))
+    rows = mpqueue._immediate_broker._connect().execute(
+        "SELECT state, COUNT(*) FROM mpq_job WHERE queue = 'kept' GROUP BY state").fetchall()
+    assert rows == [('failed', 2)]
+
+
 def test_async_jobs_run_here_too_even_when_pushed_from_a_coroutine(tmp_path):
     make_config(tmp_path, immediate=True, result_ttl=60)
     job_id = mpqueue.push('q', doubled, args=(21,))
@@ -256,3 +337,77 @@ def test_the_config_key_is_checked(tmp_path):
     with pytest.raises(mpqueue.ConfigError, match="basics.immediate must be True or False, "
                                                   "got 'yes'"):
         make_config(tmp_path, immediate='yes')
+
+
+# -- immediate mode and a real SQLite pool, side by side ----------------------------------
+
+@pytest.fixture
+def sqlite_e2e(tmp_path, redis_url, redis_db, proc_reaper, request):
+    """The end-to-end harness on a SQLite broker file (the jobs record what
+    they did in Redis, wherever they run)."""
+    harness = E2E(tmp_path, redis_url, redis_db, proc_reaper, request.node.name, 'sqlite')
+    try:
+        yield harness
+    finally:
+        harness.close()
+
+
+def edge_cases(e2e, jobs, run):
+    """Push the edge cases and read them back, the same calls in immediate
+    mode and against a pool; what came out, with ``run`` (the tag prefix of
+    its jobs) left out."""
+    def settle(job_id):         # a pool: until the job has ended; immediate mode: at once
+        with contextlib.suppress(mpqueue.MPQueueError):
+            mpqueue.result('q', job_id, timeout=20)
+
+    def state(job_id):
+        info = mpqueue.job_info('q', job_id)
+        return info and info['state']
+
+    out = {}
+    for mode in ('queued', 'active', 30):
+        tags = ['%s-%s-%d' % (run, mode, n) for n in (1, 2)]
+        first = mpqueue.push('q', jobs.ok, args=(tags[0],), key='k-%s' % mode, unique=mode)
+        settle(first)
+        again = mpqueue.push('q', jobs.ok, args=(tags[1],), key='k-%s' % mode, unique=mode)
+        settle(again)
+        out['unique %s: a new job, runs' % mode] = (
+            again != first, [len(e2e.records('start', tag=tag)) for tag in tags])
+
+    kept = mpqueue.push('q', jobs.ok, args=(run + '-kept',), result_ttl=1)
+    out['result'] = mpqueue.result('q', kept, timeout=20) == run + '-kept'
+    out['cancel of a done job, state after'] = (mpqueue.cancel('q', kept), state(kept))
+    time.sleep(max(0.0, mpqueue.job_info('q', kept)['end_time'] + 1.1 - time.time()))
+    out['after its result_ttl: job_info, cancel'] = (mpqueue.job_info('q', kept),
+                                                     mpqueue.cancel('q', kept))
+    plain = mpqueue.push('q', jobs.ok, args=(run + '-plain',))
+    settle(plain)
+    out['without result_ttl'] = mpqueue.job_info('q', plain)
+
+    failed = mpqueue.push('q', jobs.Boom(run + '-boom'))        # fail_number 2
+    settle(failed)
+    info = mpqueue.job_info('q', failed)
+    out['failed'] = {name: info[name] for name in ('state', 'exec_number', 'type', 'fail_number')}
+    out['error lines'] = [e.strip().splitlines()[-1].replace(run, 'RUN')
+                          for e in info['error_info']]
+    out['cancel of a failed job, state after'] = (mpqueue.cancel('q', failed), state(failed))
+    out['fail handlers: exec_number, errors'] = [
+        (r['event'], r['info']['exec_number'], len(r['info']['error_info']))
+        for r in e2e.records() if r['event'] in ('job_fail', 'queue_fail') and
+        r['info']['id'] == failed]
+    return out
+
+
+def test_immediate_mode_and_a_sqlite_pool_agree_on_the_edge_cases(sqlite_e2e):
+    pool = sqlite_e2e.pool(queue_conf(worker_number=1, fail_handle=Src('jobs.queue_fail_handle')))
+    jobs = sqlite_e2e.import_jobs()
+    pool.start()
+    in_the_pool = edge_cases(sqlite_e2e, jobs, 'pool')
+    with mpqueue.immediate():
+        here = edge_cases(sqlite_e2e, jobs, 'here')
+    assert here == in_the_pool
+    assert in_the_pool['unique queued: a new job, runs'] == (True, [1, 1])
+    assert in_the_pool['unique 30: a new job, runs'] == (False, [1, 0])
+    assert in_the_pool['failed']['exec_number'] == 3
+    assert [event for event, _, _ in in_the_pool['fail handlers: exec_number, errors']] == [
+        'job_fail', 'queue_fail']

@@ -159,7 +159,7 @@ def test_what_the_dashboard_and_immediate_mode_sections_say_holds():
     # every view works: job lookup, cancel, schedules and the broker's history
     assert '501' not in dashboard and 'no history' not in dashboard
     # a 'queued' key pushed twice runs twice there (tests/test_immediate.py shows it)
-    assert 'unique keys\n  de-duplicate' not in immediate and 'runs again' in immediate
+    assert 'unique keys\n  de-duplicate' not in immediate and 'which runs too' in immediate
 
 
 def test_the_django_view_snippet_keeps_the_outcome_as_the_example_does():
