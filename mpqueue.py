@@ -1445,9 +1445,15 @@ _FIELDS_BUT_PAYLOAD = tuple(name for name in _FIELDS if name != 'payload')
 _WORK_FIELDS = ('payload', 'attempt', 'exec_number', 'phase', 'job', 'create_time',
                 'start_time', 'worker_id', 'timeout', 'fail_number', 'fail_expire',
                 'error_info', 'type', 'priority', 'key', 'result_ttl')
+# A job's states (the drawing at the top of the file): each move between
+# them is one step of the table above.  The Lua library takes them by
+# substitution.
+WAITING, DELAYED, RESERVED, WORKING = 'waiting', 'delayed', 'reserved', 'working'
+DONE, FAILED, CANCELLED = 'done', 'failed', 'cancelled'
+_STATES = (WAITING, DELAYED, RESERVED, WORKING, DONE, FAILED, CANCELLED)
 #: The states of the jobs a queue counts (depth(), queue:status, metrics).
-LIVE_STATES = ('waiting', 'delayed', 'reserved', 'working', 'failed')
-_ENDED = ('done', 'failed', 'cancelled')
+LIVE_STATES = (WAITING, DELAYED, RESERVED, WORKING, FAILED)
+_ENDED = (DONE, FAILED, CANCELLED)
 # A queue's counters: its live jobs per state, then the totals since `clean`.
 _DEPTH_FIELDS = LIVE_STATES + ('pushed', 'done', 'failed_total', 'cancelled')
 _SCHEDULE_FIELDS = ('last', 'fingerprint', 'owner', 'job', 'skipped')
@@ -1589,6 +1595,9 @@ _LUA_LIBRARY = r"""
 -- Loaded once per server (FUNCTION LOAD): these locals live as long as the
 -- library; a call sets the ones that describe it (steps(), below).
 local NARGS = {%(nargs)s}
+-- a job's states, as _STATES names them; the counters in STATS of jobs that
+-- ended are named after their state
+local S_WAITING, S_DELAYED, S_RESERVED, S_WORKING, S_DONE, S_FAILED, S_CANCELLED = %(states)s
 local KEYSETS = {}          -- queue prefix -> the names of its keys
 local now, P, LEASE, HOLD, HANDLER_ATTEMPTS, CANCELLED_KEEP
 local WAITING, DELAYED, RESERVED, WORKING, FAILED, KEPT, STATS, UNIQUE, UNIQUE_TTL, SCHEDULES
@@ -1615,11 +1624,11 @@ local function enqueue(id, delay, level)
     local first = redis.call('ZRANGE', DELAYED, 0, 0, 'WITHSCORES')
     if #first == 0 or tonumber(first[2]) > now + delay then wake = true end
     redis.call('ZADD', DELAYED, now + delay, id)
-    return 'delayed'
+    return S_DELAYED
   end
   level = level or redis.call('HGET', rec(id), 'priority')
   if redis.call('RPUSH', waiting(level), id) == 1 then wake = true end
-  return 'waiting'
+  return S_WAITING
 end
 
 -- true while `holder` holds unique key `key`: a hold of <seconds> until it
@@ -1628,8 +1637,8 @@ local function holds(holder, key)
   local ends = redis.call('ZSCORE', UNIQUE_TTL, key)
   if ends then return tonumber(ends) > now end
   local f = redis.call('HMGET', rec(holder), 'state', 'unique_mode')
-  if f[1] == 'waiting' or f[1] == 'delayed' then return true end
-  return f[2] == 'active' and (f[1] == 'reserved' or f[1] == 'working')
+  if f[1] == S_WAITING or f[1] == S_DELAYED then return true end
+  return f[2] == 'active' and (f[1] == S_RESERVED or f[1] == S_WORKING)
 end
 -- a job queued again (a retry, a recovery, retry_failed) holds its unique key
 -- again, unless another job took it meanwhile; not one queued to run its fail
@@ -1651,7 +1660,7 @@ local function to_head(id)
   if redis.call('LPUSH', waiting(redis.call('HGET', rec(id), 'priority')), id) == 1 then
     wake = true
   end
-  redis.call('HSET', rec(id), 'state', 'waiting')
+  redis.call('HSET', rec(id), 'state', S_WAITING)
   hold_again(id)
 end
 -- a job lets go of its unique key: when it is handed out ('queued': its body
@@ -1670,7 +1679,7 @@ local function finish(id, state, f, ...)
   f = f or redis.call('HMGET', rec(id), 'result_ttl', 'waiter', 'key', 'unique_mode')
   let_go(id, f[3], f[4], false)
   local ttl = tonumber(f[1]) or 0
-  if state == 'cancelled' and ttl < CANCELLED_KEEP then ttl = CANCELLED_KEEP end
+  if state == S_CANCELLED and ttl < CANCELLED_KEEP then ttl = CANCELLED_KEEP end
   if ttl > 0 then
     redis.call('HDEL', rec(id), 'payload')
     redis.call('HSET', rec(id), 'state', state, 'end_time', now, ...)
@@ -1685,9 +1694,9 @@ end
 local function to_failed(id)
   local f = redis.call('HMGET', rec(id), 'waiter', 'key', 'unique_mode')
   let_go(id, f[2], f[3], false)
-  redis.call('HSET', rec(id), 'state', 'failed', 'phase', '', 'fail_time', now, 'end_time', now)
+  redis.call('HSET', rec(id), 'state', S_FAILED, 'phase', '', 'fail_time', now, 'end_time', now)
   redis.call('ZADD', FAILED, now, id)
-  redis.call('HINCRBY', STATS, 'failed', 1)
+  redis.call('HINCRBY', STATS, S_FAILED, 1)
   if f[1] then table.insert(ended, id) end
 end
 
@@ -1704,10 +1713,10 @@ local function start(id, f, worker, owner)
   if timeout > 0 then deadline = now + timeout end
   local lease = lease_end(deadline)
   if f[1] == '%(PHASE_HANDLERS)s' then
-    redis.call('HSET', rec(id), 'state', 'working', 'owner', owner, 'deadline', deadline,
+    redis.call('HSET', rec(id), 'state', S_WORKING, 'owner', owner, 'deadline', deadline,
                'handler_start', now)
   else
-    redis.call('HSET', rec(id), 'state', 'working', 'start_time', now, 'worker_id', worker,
+    redis.call('HSET', rec(id), 'state', S_WORKING, 'start_time', now, 'worker_id', worker,
                'owner', owner, 'deadline', deadline, 'exec_number', (tonumber(f[5]) or 0) + 1)
     let_go(id, f[3], f[4], true)
   end
@@ -1736,7 +1745,7 @@ local function lost(id, err, timeout)
                        'exec_number', 'fail_number')
   add_error(id, err)
   if f[1] then
-    finish(id, 'cancelled', nil)
+    finish(id, S_CANCELLED, nil)
   elseif f[2] == '%(PHASE_HANDLERS)s' then
     local runs = (tonumber(f[3]) or 0) + 1
     redis.call('HSET', rec(id), 'handler_runs', runs)
@@ -1758,11 +1767,11 @@ local function lost(id, err, timeout)
 end
 local function requeue(id)
   local f = redis.call('HMGET', rec(id), 'state', 'phase', 'cancel_time')
-  if f[1] == 'working' then
+  if f[1] == S_WORKING then
     redis.call('ZREM', WORKING, id)
-    if f[3] then finish(id, 'cancelled', nil) return true end
+    if f[3] then finish(id, S_CANCELLED, nil) return true end
     if f[2] ~= '%(PHASE_HANDLERS)s' then redis.call('HINCRBY', rec(id), 'exec_number', -1) end
-  elseif f[1] == 'reserved' then
+  elseif f[1] == S_RESERVED then
     redis.call('ZREM', RESERVED, id)
   else
     return false
@@ -1824,7 +1833,7 @@ OPS.reserve = function(n)
         elseif f[j] == 'unique_mode' then mode = f[j + 1] end
       end
       if attempt == 1 then table.insert(f, 'attempt') table.insert(f, 1) end
-      redis.call('HSET', rec(id), 'state', 'reserved', 'attempt', attempt)
+      redis.call('HSET', rec(id), 'state', S_RESERVED, 'attempt', attempt)
       let_go(id, key, mode, true)
       -- distinct scores keep queue order when they come back by tick
       redis.call('ZADD', RESERVED, now + HOLD + i * 0.000001, id)
@@ -1835,7 +1844,7 @@ OPS.reserve = function(n)
   return out
 end
 OPS.start = function(id, attempt, worker, owner)
-  local f = current(id, attempt, 'reserved', START_FIELDS)
+  local f = current(id, attempt, S_RESERVED, START_FIELDS)
   if not f then return false end
   redis.call('ZREM', RESERVED, id)
   start(id, f, worker, owner)
@@ -1856,45 +1865,45 @@ OPS.pop = function(n, worker, owner)
 end
 OPS.renew = function(id, attempt)
   local f = redis.call('HMGET', rec(id), 'state', 'attempt', 'deadline', 'cancel_time')
-  if f[1] ~= 'working' or f[2] ~= attempt then return false end
+  if f[1] ~= S_WORKING or f[2] ~= attempt then return false end
   redis.call('ZADD', WORKING, lease_end(tonumber(f[3]) or 0), id)
   if f[4] then return 'cancel' end
   return 'ok'
 end
 OPS.done = function(id, attempt, result, result_repr, result_note)
-  local f = current(id, attempt, 'working', {'result_ttl', 'waiter', 'key', 'unique_mode'})
+  local f = current(id, attempt, S_WORKING, {'result_ttl', 'waiter', 'key', 'unique_mode'})
   if not f then return false end
   redis.call('ZREM', WORKING, id)
-  finish(id, 'done', f, 'result', result, 'result_repr', result_repr, 'result_note', result_note)
+  finish(id, S_DONE, f, 'result', result, 'result_repr', result_repr, 'result_note', result_note)
   return true
 end
 OPS.retry = function(id, attempt, delay, err)
-  if not current(id, attempt, 'working') then return false end
+  if not current(id, attempt, S_WORKING) then return false end
   redis.call('ZREM', WORKING, id)
   add_error(id, err)
   if redis.call('HGET', rec(id), 'cancel_time') then
-    finish(id, 'cancelled', nil)
+    finish(id, S_CANCELLED, nil)
   else
     ready(id, tonumber(delay))
   end
   return true
 end
 OPS.fail = function(id, attempt, typ, errors, job)
-  if not current(id, attempt, 'working') then return false end
+  if not current(id, attempt, S_WORKING) then return false end
   redis.call('ZREM', WORKING, id)
   for _, e in ipairs(cjson.decode(errors)) do add_error(id, e) end
   if job ~= '' then redis.call('HSET', rec(id), 'job', job) end
   redis.call('HSET', rec(id), 'type', typ)
-  if redis.call('HGET', rec(id), 'cancel_time') then finish(id, 'cancelled', nil) else to_failed(id) end
+  if redis.call('HGET', rec(id), 'cancel_time') then finish(id, S_CANCELLED, nil) else to_failed(id) end
   return true
 end
 OPS.lost = function(id, attempt, err, timeout)
   local f = redis.call('HMGET', rec(id), 'state', 'attempt')
   if f[2] ~= attempt then return false end
-  if f[1] == 'reserved' then         -- handed out, never started
+  if f[1] == S_RESERVED then         -- handed out, never started
     redis.call('ZREM', RESERVED, id)
     to_head(id)
-  elseif f[1] == 'working' then
+  elseif f[1] == S_WORKING then
     redis.call('ZREM', WORKING, id)
     lost(id, err, timeout == '1')
   else
@@ -1930,7 +1939,7 @@ OPS.tick = function(limit)
          ' or its server stopped while running the job', false)
   end
   redis.call('ZREMRANGEBYSCORE', KEPT, '-inf', now)
-  local s = redis.call('HMGET', STATS, 'sampled', 'done', 'failed')
+  local s = redis.call('HMGET', STATS, 'sampled', S_DONE, S_FAILED)
   if (s[2] or s[3]) and now - (tonumber(s[1]) or 0) >= %(HISTORY_SECONDS)d then
     redis.call('HSET', STATS, 'sampled', now)
     redis.call('RPUSH', HISTORY, string.format('%%.3f %%d %%d', now, tonumber(s[2]) or 0,
@@ -1955,22 +1964,22 @@ OPS.cancel = function(id, by)
   local f = redis.call('HMGET', rec(id), 'state', 'priority', 'cancel_time')
   local state = f[1]
   if not state then return false end
-  if state == 'working' then
+  if state == S_WORKING then
     if not f[3] then redis.call('HSET', rec(id), 'cancel_time', now, 'cancelled_by', by) end
     table.insert(cancels, id)
     return state
-  elseif state == 'waiting' then
+  elseif state == S_WAITING then
     redis.call('LREM', waiting(f[2]), 1, id)
-  elseif state == 'delayed' then
+  elseif state == S_DELAYED then
     redis.call('ZREM', DELAYED, id)
-  elseif state == 'reserved' then
+  elseif state == S_RESERVED then
     redis.call('ZREM', RESERVED, id)
     table.insert(cancels, id)      -- its master may have handed it out already
   else
     return state                   -- ended already: nothing to change
   end
   redis.call('HSET', rec(id), 'cancel_time', now, 'cancelled_by', by)
-  finish(id, 'cancelled', nil)
+  finish(id, S_CANCELLED, nil)
   return state
 end
 OPS.info = function(id, watch)
@@ -1978,7 +1987,7 @@ OPS.info = function(id, watch)
   if #out == 0 then return false end
   if watch ~= '' then
     local state = redis.call('HGET', rec(id), 'state')
-    if state ~= 'done' and state ~= 'failed' and state ~= 'cancelled' then
+    if state ~= S_DONE and state ~= S_FAILED and state ~= S_CANCELLED then
       redis.call('HSET', rec(id), 'waiter', watch)
     end
   end
@@ -1994,7 +2003,7 @@ OPS.depth = function()
       if c and (not oldest or tonumber(c) < tonumber(oldest)) then oldest = c end
     end
   end
-  local s = redis.call('HMGET', STATS, 'pushed', 'done', 'failed', 'cancelled')
+  local s = redis.call('HMGET', STATS, 'pushed', S_DONE, S_FAILED, S_CANCELLED)
   return {n, redis.call('ZCARD', DELAYED), redis.call('ZCARD', RESERVED),
           redis.call('ZCARD', WORKING), redis.call('ZCARD', FAILED),
           (tonumber(s[1]) or 0) + pushed, s[2] or 0,       -- + this call's pushes, not saved yet
@@ -2153,6 +2162,7 @@ redis.register_function('NAME_fleet', fleet)
 """ % {'nargs': ', '.join('%s = %d' % (name, n) for name, n in _STEP_ARGS.items()),
        'TYPE_TIMEOUT': TYPE_TIMEOUT, 'TYPE_NORMAL': TYPE_NORMAL,
        'PHASE_HANDLERS': _PHASE_HANDLERS, 'MAX_PRIORITY': MAX_PRIORITY,
+       'states': ', '.join("'%s'" % state for state in _STATES),
        'HISTORY_SECONDS': HISTORY_SECONDS, 'HISTORY_KEEP': HISTORY_KEEP}
 
 def _pairs(flat):
@@ -2961,8 +2971,8 @@ _SQ_INSERT = ('INSERT OR REPLACE INTO mpq_job (queue, id, state, level, score, p
               '?, ?, ?, 0, 0)')
 _SQ_DUE = ('SELECT id, priority, key FROM mpq_job WHERE queue = ? AND state = ? AND level = 0 '
            'AND score <= ? ORDER BY level DESC, score LIMIT ?')
-_SQ_WAITING = ("SELECT %s FROM mpq_job WHERE queue = ? AND state = 'waiting' "
-               'ORDER BY level DESC, score LIMIT ?' % _SQ_WORK)
+_SQ_WAITING = ("SELECT %s FROM mpq_job WHERE queue = ? AND state = '%s' "
+               'ORDER BY level DESC, score LIMIT ?' % (_SQ_WORK, WAITING))
 _SQ_COUNT = 'UPDATE mpq_queue SET %s WHERE queue = ?' % ', '.join(
     '%s = %s + ?' % (name, name) for name in _DEPTH_FIELDS)
 _SQ_COUNT_FIRST = 'INSERT INTO mpq_queue (queue, %s) VALUES (?%s)' % (
@@ -3021,8 +3031,8 @@ class _SqliteSteps:
         ends = self.ends.setdefault(level, {})
         if head not in ends:
             end = self.conn.execute("SELECT %s(score) FROM mpq_job WHERE queue = ? AND state = "
-                                    "'waiting' AND level = ?" % ('MIN' if head else 'MAX'),
-                                    (self.queue, level)).fetchone()[0]
+                                    "? AND level = ?" % ('MIN' if head else 'MAX'),
+                                    (self.queue, WAITING, level)).fetchone()[0]
             if end is None:       # that level was empty: a master may be asleep
                 self.wake = True
                 ends[True] = ends[False] = 0.0
@@ -3035,15 +3045,15 @@ class _SqliteSteps:
         """Score of a job delayed until ``due``; wakes a master that sleeps longer."""
         if self.first_due == ():
             self.first_due = self.conn.execute(
-                "SELECT MIN(score) FROM mpq_job WHERE queue = ? AND state = 'delayed' "
-                "AND level = 0", (self.queue,)).fetchone()[0]
+                'SELECT MIN(score) FROM mpq_job WHERE queue = ? AND state = ? AND level = 0',
+                (self.queue, DELAYED)).fetchone()[0]
         if self.first_due is None or self.first_due > due:
             self.wake, self.first_due = True, due
         return due
 
     def ready(self, job_id, old, delay=0, **fields):
         if delay and delay > 0:
-            self.move(job_id, old, 'delayed', self.delayed_until(self.now + delay), **fields)
+            self.move(job_id, old, DELAYED, self.delayed_until(self.now + delay), **fields)
             self.hold_again(job_id)
         else:
             self.to_tail([(job_id,) + self.get(job_id, 'priority', 'key')], old, **fields)
@@ -3052,12 +3062,12 @@ class _SqliteSteps:
         """Jobs ``(id, priority, key)`` to the tail of waiting, in order, in one
         UPDATE: ready() a job at a time made a bulk step of 1000 jobs 25 ms."""
         self.conn.executemany(
-            "UPDATE mpq_job SET state = 'waiting', level = ?, score = ?%s WHERE queue = ? AND "
+            'UPDATE mpq_job SET state = ?, level = ?, score = ?%s WHERE queue = ? AND '
             'id = ?' % ''.join(', %s = ?' % name for name in fields),
-            [(level or 0, self.position(level or 0)) + tuple(fields.values()) +
+            [(WAITING, level or 0, self.position(level or 0)) + tuple(fields.values()) +
              (self.queue, job_id) for job_id, level, _ in rows])
         self.count(old, -len(rows))
-        self.count('waiting', len(rows))
+        self.count(WAITING, len(rows))
         for job_id, _, key in rows:
             if key:
                 self.hold_again(job_id)
@@ -3065,7 +3075,7 @@ class _SqliteSteps:
 
     def to_head(self, job_id, old, **fields):
         priority = self.get(job_id, 'priority')[0] or 0
-        self.move(job_id, old, 'waiting', self.position(priority, head=True), priority, **fields)
+        self.move(job_id, old, WAITING, self.position(priority, head=True), priority, **fields)
         self.hold_again(job_id)
 
     def hold_again(self, job_id):
@@ -3086,8 +3096,8 @@ class _SqliteSteps:
         if row[1] is not None:
             return row[0] if row[1] > self.now else None
         job = self.get(row[0], 'state', 'unique_mode')
-        if job and (job[0] in ('waiting', 'delayed') or
-                    (job[1] == 'active' and job[0] in ('reserved', 'working'))):
+        if job and (job[0] in (WAITING, DELAYED) or
+                    (job[1] == 'active' and job[0] in (RESERVED, WORKING))):
             return row[0]
         return None
 
@@ -3103,7 +3113,7 @@ class _SqliteSteps:
         result_ttl, or forgotten at once."""
         ttl, waiter, key, mode = self.get(job_id, 'result_ttl', 'waiter', 'key', 'unique_mode')
         self.let_go(job_id, key, mode, False)
-        if state == 'cancelled':
+        if state == CANCELLED:
             ttl = max(ttl or 0, CANCELLED_KEEP)
         if ttl:
             self.move(job_id, old, state, self.now + ttl, payload=None, end_time=self.now,
@@ -3119,7 +3129,7 @@ class _SqliteSteps:
     def to_failed(self, job_id, old, **fields):
         waiter, key, mode = self.get(job_id, 'waiter', 'key', 'unique_mode')
         self.let_go(job_id, key, mode, False)
-        self.move(job_id, old, 'failed', self.now, phase=None, fail_time=self.now,
+        self.move(job_id, old, FAILED, self.now, phase=None, fail_time=self.now,
                   end_time=self.now, **fields)
         self.count('failed_total', 1)
         if waiter:
@@ -3140,10 +3150,10 @@ class _SqliteSteps:
         deadline = self.now + timeout if timeout else 0
         lease = self.lease_end(deadline)
         if phase == _PHASE_HANDLERS:
-            self.move(job_id, old, 'working', lease, owner=owner, deadline=deadline,
+            self.move(job_id, old, WORKING, lease, owner=owner, deadline=deadline,
                       handler_start=self.now)
         else:
-            self.move(job_id, old, 'working', lease, start_time=self.now, worker_id=worker,
+            self.move(job_id, old, WORKING, lease, start_time=self.now, worker_id=worker,
                       owner=owner, deadline=deadline, exec_number=(exec_number or 0) + 1)
             self.let_go(job_id, key, mode, True)
 
@@ -3154,32 +3164,32 @@ class _SqliteSteps:
             job_id, 'cancel_time', 'phase', 'handler_runs', 'exec_number', 'fail_number')
         errors = self.errors(job_id, error)
         if cancelled:
-            self.finish(job_id, 'working', 'cancelled', error_info=errors)
+            self.finish(job_id, WORKING, CANCELLED, error_info=errors)
         elif phase == _PHASE_HANDLERS:
             runs = (runs or 0) + 1
             if runs >= HANDLER_ATTEMPTS:
-                self.to_failed(job_id, 'working', handler_runs=runs, error_info=self.errors(
+                self.to_failed(job_id, WORKING, handler_runs=runs, error_info=self.errors(
                     job_id, error, 'fail handlers did not finish after %d attempts' % runs))
             else:
-                self.to_head(job_id, 'working', handler_runs=runs, error_info=errors)
+                self.to_head(job_id, WORKING, handler_runs=runs, error_info=errors)
         elif timeout:
-            self.to_head(job_id, 'working', type=TYPE_TIMEOUT, phase=_PHASE_HANDLERS,
+            self.to_head(job_id, WORKING, type=TYPE_TIMEOUT, phase=_PHASE_HANDLERS,
                          error_info=errors)
         elif (tried or 0) <= (fail_number or 0):
-            self.to_head(job_id, 'working', error_info=errors)   # it did not fail by itself
+            self.to_head(job_id, WORKING, error_info=errors)   # it did not fail by itself
         else:
-            self.to_head(job_id, 'working', type=TYPE_NORMAL, phase=_PHASE_HANDLERS,
+            self.to_head(job_id, WORKING, type=TYPE_NORMAL, phase=_PHASE_HANDLERS,
                          error_info=errors)
 
     def requeue(self, job_id):
         state, phase, cancelled, tried = self.get(job_id, 'state', 'phase', 'cancel_time',
                                                   'exec_number')
-        if state == 'working' and cancelled:
-            self.finish(job_id, state, 'cancelled')
-        elif state == 'working':
+        if state == WORKING and cancelled:
+            self.finish(job_id, state, CANCELLED)
+        elif state == WORKING:
             self.to_head(job_id, state, exec_number=tried - 1 if phase != _PHASE_HANDLERS
                          else tried)
-        elif state == 'reserved':
+        elif state == RESERVED:
             self.to_head(job_id, state)
         else:
             return False
@@ -3189,9 +3199,9 @@ class _SqliteSteps:
         """``get``, but None for an outcome kept past its time: the next tick
         drops it, and Redis has let its key expire already."""
         return self.conn.execute(
-            "SELECT %s FROM mpq_job WHERE queue = ? AND id = ? AND NOT (state IN ('done', "
-            "'cancelled') AND score <= ?)" % ', '.join(columns),
-            (self.queue, job_id, self.now)).fetchone()
+            'SELECT %s FROM mpq_job WHERE queue = ? AND id = ? AND NOT (state IN (?, ?) AND '
+            'score <= ?)' % ', '.join(columns),
+            (self.queue, job_id, DONE, CANCELLED, self.now)).fetchone()
 
     def record(self, job_id):
         row = self.live(job_id, _SQ_RECORD)
@@ -3216,9 +3226,9 @@ class _SqliteSteps:
     def push_row(self, job_id, payload, delay, job, timeout, fail_number, fail_expire,
                  priority, key, mode, result_ttl):
         if delay > 0:
-            state, score, level = 'delayed', self.delayed_until(self.now + delay), 0
+            state, score, level = DELAYED, self.delayed_until(self.now + delay), 0
         else:
-            state, score, level = 'waiting', self.position(priority), priority
+            state, score, level = WAITING, self.position(priority), priority
         self.count(state, 1)
         self.count('pushed', 1)
         return (self.queue, job_id, state, level, score, payload, job, self.now, timeout,
@@ -3229,12 +3239,12 @@ class _SqliteSteps:
         self.ends.clear()
         back = self.now + RESERVE_SECONDS
         # distinct scores keep queue order when they come back by tick
-        self.conn.executemany("UPDATE mpq_job SET state = 'reserved', level = 0, score = ?, "
+        self.conn.executemany('UPDATE mpq_job SET state = ?, level = 0, score = ?, '
                               'attempt = attempt + 1 WHERE queue = ? AND id = ?',
-                              [(back + i * 1e-6, self.queue, row[0])
+                              [(RESERVED, back + i * 1e-6, self.queue, row[0])
                                for i, row in enumerate(rows)])
-        self.count('waiting', -len(rows))
-        self.count('reserved', len(rows))
+        self.count(WAITING, -len(rows))
+        self.count(RESERVED, len(rows))
         jobs = [dict(_record(zip(_WORK_FIELDS, row[1:])), id=row[0]) for row in rows]
         for job in jobs:
             job['attempt'] += 1
@@ -3243,11 +3253,11 @@ class _SqliteSteps:
         return jobs
 
     def start_step(self, job_id, attempt, worker, owner):
-        row = self.current(job_id, attempt, 'reserved', 'phase', 'timeout', 'key',
+        row = self.current(job_id, attempt, RESERVED, 'phase', 'timeout', 'key',
                            'unique_mode', 'exec_number')
         if row is None:
             return False
-        self.start(job_id, 'reserved', *row, worker, owner)
+        self.start(job_id, RESERVED, *row, worker, owner)
         return True
 
     def pop(self, n, worker, owner):
@@ -3257,7 +3267,7 @@ class _SqliteSteps:
         for job_id in ids:
             self.conn.execute('UPDATE mpq_job SET attempt = attempt + 1 WHERE queue = ? AND '
                               'id = ?', (self.queue, job_id))
-            self.start(job_id, 'waiting', *self.get(job_id, 'phase', 'timeout', 'key',
+            self.start(job_id, WAITING, *self.get(job_id, 'phase', 'timeout', 'key',
                                                     'unique_mode', 'exec_number'),
                        worker, owner)
             row = self.get(job_id, _SQ_WORK)
@@ -3265,48 +3275,48 @@ class _SqliteSteps:
         return jobs
 
     def renew(self, job_id, attempt):
-        row = self.current(job_id, attempt, 'working', 'deadline', 'cancel_time')
+        row = self.current(job_id, attempt, WORKING, 'deadline', 'cancel_time')
         if row is None:
             return None
         self.update(job_id, score=self.lease_end(row[0]))
         return 'cancel' if row[1] else 'ok'
 
     def done(self, job_id, attempt, result, result_repr, result_note):
-        if self.current(job_id, attempt, 'working') is None:
+        if self.current(job_id, attempt, WORKING) is None:
             return False
-        self.finish(job_id, 'working', 'done', result=result or None,
+        self.finish(job_id, WORKING, DONE, result=result or None,
                     result_repr=result_repr or None, result_note=result_note or None)
         return True
 
     def retry(self, job_id, attempt, delay, error):
-        row = self.current(job_id, attempt, 'working', 'cancel_time')
+        row = self.current(job_id, attempt, WORKING, 'cancel_time')
         if row is None:
             return False
         if row[0]:
-            self.finish(job_id, 'working', 'cancelled', error_info=self.errors(job_id, error))
+            self.finish(job_id, WORKING, CANCELLED, error_info=self.errors(job_id, error))
         else:
-            self.ready(job_id, 'working', float(delay), error_info=self.errors(job_id, error))
+            self.ready(job_id, WORKING, float(delay), error_info=self.errors(job_id, error))
         return True
 
     def fail(self, job_id, attempt, type_, errors, job):
-        row = self.current(job_id, attempt, 'working', 'cancel_time', 'job')
+        row = self.current(job_id, attempt, WORKING, 'cancel_time', 'job')
         if row is None:
             return False
         fields = dict(error_info=self.errors(job_id, *json.loads(errors)), type=int(type_),
                       job=job or row[1])
         if row[0]:
-            self.finish(job_id, 'working', 'cancelled', **fields)
+            self.finish(job_id, WORKING, CANCELLED, **fields)
         else:
-            self.to_failed(job_id, 'working', **fields)
+            self.to_failed(job_id, WORKING, **fields)
         return True
 
     def lost_step(self, job_id, attempt, error, timeout):
         row = self.get(job_id, 'state', 'attempt')
         if row is None or row[1] != int(attempt):
             return False
-        if row[0] == 'reserved':            # handed out, never started
-            self.to_head(job_id, 'reserved')
-        elif row[0] == 'working':
+        if row[0] == RESERVED:            # handed out, never started
+            self.to_head(job_id, RESERVED)
+        elif row[0] == WORKING:
             self.lost(job_id, error, int(timeout) == 1)
         else:
             return False
@@ -3318,22 +3328,22 @@ class _SqliteSteps:
 
     def recover(self, owner):
         ids = [row[0] for row in self.conn.execute(
-            "SELECT id FROM mpq_job WHERE queue = ? AND state = 'working' AND owner = ?",
-            (self.queue, owner)).fetchall()]
+            'SELECT id FROM mpq_job WHERE queue = ? AND state = ? AND owner = ?',
+            (self.queue, WORKING, owner)).fetchall()]
         return sum(1 for job_id in ids if self.requeue(job_id))
 
     def tick(self, limit):
         queue, now = self.queue, self.now
-        self.to_tail(self.conn.execute(_SQ_DUE, (queue, 'delayed', now, limit)).fetchall(),
-                     'delayed')
+        self.to_tail(self.conn.execute(_SQ_DUE, (queue, DELAYED, now, limit)).fetchall(),
+                     DELAYED)
         self.first_due = ()
-        for job_id, _, _ in reversed(self.conn.execute(_SQ_DUE, (queue, 'reserved', now,
+        for job_id, _, _ in reversed(self.conn.execute(_SQ_DUE, (queue, RESERVED, now,
                                                                  limit)).fetchall()):
-            self.to_head(job_id, 'reserved')
-        for job_id, _, _ in self.conn.execute(_SQ_DUE, (queue, 'working', now, limit)).fetchall():
+            self.to_head(job_id, RESERVED)
+        for job_id, _, _ in self.conn.execute(_SQ_DUE, (queue, WORKING, now, limit)).fetchall():
             self.lost(job_id, 'lease expired: worker %s or its server stopped while running '
                       'the job' % self.get(job_id, 'worker_id')[0], False)
-        for state in ('done', 'cancelled'):      # kept outcomes that expired
+        for state in (DONE, CANCELLED):      # kept outcomes that expired
             self.conn.execute('DELETE FROM mpq_job WHERE queue = ? AND state = ? AND level = 0 '
                               'AND score <= ?', (queue, state, now))
         self.conn.execute('DELETE FROM mpq_unique WHERE queue = ? AND ends <= ?', (queue, now))
@@ -3343,12 +3353,12 @@ class _SqliteSteps:
                                    (queue,)).fetchone()
         if counts and any(counts) and (sampled is None or now - sampled >= HISTORY_SECONDS):
             self.conn.execute('INSERT INTO mpq_history (queue, t, done, failed) VALUES '
-                              '(?, ?, ?, ?)', (queue, now, counts[0] + self.delta['done'],
+                              '(?, ?, ?, ?)', (queue, now, counts[0] + self.delta[DONE],
                                                counts[1] + self.delta['failed_total']))
             self.conn.execute('DELETE FROM mpq_history WHERE queue = ? AND t < ?',
                               (queue, now - HISTORY_SECONDS * (HISTORY_KEEP - 0.5)))
         nxt = None
-        for state in ('delayed', 'reserved', 'working'):
+        for state in (DELAYED, RESERVED, WORKING):
             first = self.conn.execute('SELECT MIN(score) FROM mpq_job WHERE queue = ? AND '
                                       'state = ? AND level = 0', (queue, state)).fetchone()[0]
             if first is not None and (nxt is None or first - now < nxt):
@@ -3360,15 +3370,15 @@ class _SqliteSteps:
         if row is None:
             return None
         state = row[0]
-        if state == 'working':
+        if state == WORKING:
             if not row[1]:
                 self.update(job_id, cancel_time=self.now, cancelled_by=by)
             self.cancels.append(job_id)
-        elif state in ('waiting', 'delayed', 'reserved'):
-            if state == 'reserved':
+        elif state in (WAITING, DELAYED, RESERVED):
+            if state == RESERVED:
                 self.cancels.append(job_id)     # its master may have handed it out already
             self.ends.clear()
-            self.finish(job_id, state, 'cancelled', cancel_time=self.now, cancelled_by=by)
+            self.finish(job_id, state, CANCELLED, cancel_time=self.now, cancelled_by=by)
         return state
 
     def info(self, job_id, watch):
@@ -3383,8 +3393,8 @@ class _SqliteSteps:
             _DEPTH_FIELDS), (self.queue,)).fetchone() or (0,) * len(_DEPTH_FIELDS)
         row = [n + self.delta[name] for name, n in zip(_DEPTH_FIELDS, row)]   # this batch's too
         heads = [row[0] for row in (self.conn.execute(
-            "SELECT create_time FROM mpq_job WHERE queue = ? AND state = 'waiting' AND "
-            'level = ? ORDER BY level DESC, score LIMIT 1', (self.queue, level)).fetchone()
+            'SELECT create_time FROM mpq_job WHERE queue = ? AND state = ? AND level = ? '
+            'ORDER BY level DESC, score LIMIT 1', (self.queue, WAITING, level)).fetchone()
             for level in range(MAX_PRIORITY + 1)) if row is not None]
         return dict(zip(_DEPTH_FIELDS, row), oldest_created=min(heads) if heads else None)
 
@@ -3392,27 +3402,28 @@ class _SqliteSteps:
         # ties of score (the jobs of one batch fail at one time) go by rowid,
         # as the index has them
         cursor = after and self.conn.execute(
-            "SELECT score, rowid FROM mpq_job WHERE queue = ? AND id = ? AND state = 'failed'",
-            (self.queue, after)).fetchone()
+            'SELECT score, rowid FROM mpq_job WHERE queue = ? AND id = ? AND state = ?',
+            (self.queue, after, FAILED)).fetchone()
         where, args = ('AND (score, rowid) > (?, ?) ', tuple(cursor)) if cursor else ('', ())
         rows = self.conn.execute(
-            "SELECT id, %s FROM mpq_job WHERE queue = ? AND state = 'failed' AND level = 0 %s"
+            'SELECT id, %s FROM mpq_job WHERE queue = ? AND state = ? AND level = 0 %s'
             'ORDER BY level DESC, score, rowid LIMIT ? OFFSET ?' % (_SQ_RECORD, where),
-            (self.queue,) + args + (max(0, count), 0 if cursor else max(0, offset))).fetchall()
+            (self.queue, FAILED) + args + (max(0, count), 0 if cursor else max(0, offset))
+        ).fetchall()
         return [dict(_record(zip(_FIELDS_BUT_PAYLOAD, row[1:])), id=row[0]) for row in rows]
 
     def retry_failed(self, job_id, limit):
         return self.to_tail(self.conn.execute(
-            "SELECT id, priority, key FROM mpq_job WHERE queue = ? AND state = 'failed' AND "
+            'SELECT id, priority, key FROM mpq_job WHERE queue = ? AND state = ? AND '
             'level = 0 %s ORDER BY level DESC, score LIMIT ?' % ('AND id = ?' if job_id else ''),
-            (self.queue,) + ((job_id,) if job_id else ()) + (limit,)).fetchall(), 'failed',
+            (self.queue, FAILED) + ((job_id,) if job_id else ()) + (limit,)).fetchall(), FAILED,
             exec_number=0, handler_runs=None, phase=None, type=None, error_info=None,
             fail_time=None, end_time=None)
 
     def delete_failed(self, job_id):
-        cur = self.conn.execute("DELETE FROM mpq_job WHERE queue = ? AND id = ? AND "
-                                "state = 'failed'", (self.queue, job_id))
-        self.count('failed', -cur.rowcount)
+        cur = self.conn.execute('DELETE FROM mpq_job WHERE queue = ? AND id = ? AND state = ?',
+                                (self.queue, job_id, FAILED))
+        self.count(FAILED, -cur.rowcount)
         return cur.rowcount > 0
 
     def clean(self, limit):
@@ -6091,14 +6102,14 @@ def _outcome(queue, job_id, record, secret):
     if state is None:
         raise JobNotFound('job %s of queue %r is unknown, or it ended and its outcome '
                           'was not kept (result_ttl) or has expired' % (job_id, queue))
-    if state == 'done':
+    if state == DONE:
         if record.get('result_note'):
             raise SerializationError('job %s of queue %r is done, but %s' % (
                 job_id, queue, record['result_note']))
         if 'result' not in record:
             return None
         return _unseal(record['result'], secret, 'result of job %s' % job_id)
-    if state == 'failed':
+    if state == FAILED:
         info = _public_info(queue, dict(record, id=job_id))
         raise JobFailed('job %s of queue %r failed: %s' % (job_id, queue, (
             info['error_info'] or ['?'])[-1].strip().splitlines()[-1]), info)

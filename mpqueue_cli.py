@@ -512,10 +512,10 @@ def cmd_job_cancel(cfg, args):
     before = mpqueue.cancel(queue, args.id)
     if before is None:
         raise UserError('job %r of queue %r is unknown: nothing cancelled' % (args.id, queue))
-    if before in ('done', 'failed', 'cancelled'):
+    if before in (mpqueue.DONE, mpqueue.FAILED, mpqueue.CANCELLED):
         print('job %s of queue %r had ended already (%s): nothing changed' % (
             args.id, queue, before))
-    elif before == 'working':
+    elif before == mpqueue.WORKING:
         print('job %s of queue %r is running: its worker is stopped and the job ends '
               'cancelled' % (args.id, queue))
     else:
