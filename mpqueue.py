@@ -1282,6 +1282,36 @@ def _schedule_job_id(queue, name, tick):
     return '%012x%s' % (_tick_ms(tick), _sha1_hex('%s/%s' % (queue, name))[:10])
 
 
+def _check_unique(key, unique, path='key'):
+    """The unique mode a push stores: '', 'queued', 'active' or seconds."""
+    if key is not None and (not isinstance(key, str) or not key or len(key) > 200):
+        raise ConfigError('%s must be a non-empty string of at most 200 characters, got %r'
+                          % (path, key))
+    if unique is None:
+        return ''
+    if key is None:
+        raise ConfigError('unique=%r needs a key: push(..., key=..., unique=%r)'
+                          % (unique, unique))
+    if unique in ('queued', 'active'):
+        return unique
+    if _is_number(unique) and unique > 0 and unique != float('inf'):
+        return repr(unique)
+    raise ConfigError("unique must be 'queued', 'active' or a number of seconds > 0, got %r"
+                      % (unique,))
+
+
+# -- immediate mode ------------------------------------------------------------
+#
+# With basics.immediate, or inside ``with immediate():``, push and push_many
+# run each job in the calling process before they return.  Their broker is
+# then an SQLite database in this process's memory, moved by the steps of
+# _STEPS as any broker is, so unique keys, priorities, result_ttl and cancels
+# follow the broker's rules.  Immediate mode adds two of its own: nothing
+# waits (a push's or a retry's delay is made 0), and a job runs here through
+# the worker's own code (_Worker._attempt), its payload checked and unpickled
+# as a worker does.  Each round trip that makes a job waiting pops it too.
+
+
 def _check_schedules(path, queue, schedules):
     """Validate the ``schedule`` list of queue ``queue``; return a copy with
     every default filled in, plus ``expression`` (for display) and ``when``
@@ -1460,19 +1490,17 @@ _SCHEDULE_FIELDS = ('last', 'fingerprint', 'owner', 'job', 'skipped')
 _PHASE_HANDLERS = 'handlers'    # phase of a job whose fail handlers are still to run
 
 
-def _record(pairs):
-    """A job record from ``(field, value)`` pairs as a broker stores them:
-    values converted to their Python types, empty ones left out."""
-    out = {}
-    for name, value in pairs:
-        name, convert = _DECODE.get(name, (None, None))
-        if convert is not None and value is not None and value != b'' and value != '':
-            out[name] = convert(value)
-    if not isinstance(out.get('error_info'), list):
-        out['error_info'] = []
-    for name in ('attempt', 'exec_number', 'priority'):     # not stored while 0
-        out.setdefault(name, 0)
-    return out
+def _public_info(queue, record):
+    """``job_info`` of a record: its public fields, every one there (None
+    where the job has no value yet)."""
+    info = {name: value for name, value in record.items() if name not in _PRIVATE_FIELDS}
+    info.update(queue=queue, exec_number=record.get('exec_number', 0),
+                timeout=record.get('timeout', 0), fail_number=record.get('fail_number', 0),
+                fail_expire=_fail_expire(record.get('fail_expire')),
+                type=record.get('type') or TYPE_NORMAL, job=record.get('job', ''))
+    for name in ('start_time', 'worker_id', 'end_time', 'fail_time', 'key'):
+        info.setdefault(name, None)
+    return info
 
 
 def _decoder(kind):          # int() and float() take bytes as they are
@@ -1486,6 +1514,21 @@ def _decoder(kind):          # int() and float() take bytes as they are
 # field name as a broker gives it (bytes from Redis, str from SQLite) -> (name, decoder)
 _DECODE = {key: (name, _decoder(kind)) for name, kind in _FIELDS.items()
            for key in (name, name.encode())}
+
+
+def _record(pairs):
+    """A job record from ``(field, value)`` pairs as a broker stores them:
+    values converted to their Python types, empty ones left out."""
+    out = {}
+    for name, value in pairs:
+        name, convert = _DECODE.get(name, (None, None))
+        if convert is not None and value is not None and value != b'' and value != '':
+            out[name] = convert(value)
+    if not isinstance(out.get('error_info'), list):
+        out['error_info'] = []
+    for name in ('attempt', 'exec_number', 'priority'):     # not stored while 0
+        out.setdefault(name, 0)
+    return out
 
 
 class _Driver:
@@ -2242,6 +2285,142 @@ def _redacted_address(url):
     return ','.join(out)
 
 
+class _RedisWatch:
+    """A subscription to a queue's ``ended`` channel, confirmed before the
+    caller looks at the job, so that no end slips between the two.  When the
+    server goes away while it waits (a restart, a Sentinel failover), it
+    subscribes again, on the master the sentinels name now, and returns: the
+    caller then looks at the job again."""
+
+    address = '1'
+
+    def __init__(self, driver, channel, queue):
+        self._driver, self._channel, self._queue = driver, channel, queue
+        self._pubsub = None
+        self._subscribe()
+
+    def _subscribe(self):
+        import redis
+        try:
+            self._pubsub = self._driver._redis().pubsub()
+            self._pubsub.subscribe(self._channel)
+            self._pubsub.get_message(timeout=5)     # the confirmation
+            if self._driver.service_name is not None:
+                self._driver._note_master(self._pubsub.connection)
+        except (redis.exceptions.RedisError, OSError) as exc:
+            self.close()
+            raise self._driver._error(self._queue, exc) from exc
+
+    def wait(self, timeout):
+        import redis
+        deadline = time.monotonic() + (timeout if timeout is not None else 3600)
+        failures = 0
+        while True:
+            try:
+                if self._pubsub is None:
+                    self._subscribe()
+                    return
+                self._pubsub.get_message(timeout=max(0.0, deadline - time.monotonic()))
+                return
+            except (DriverError, redis.exceptions.RedisError, OSError, AttributeError):
+                self.close()
+                failures += 1
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                time.sleep(min(left, _doubled_wait(failures)))
+
+    def close(self):
+        if self._pubsub is not None:
+            try:
+                self._pubsub.close()
+            except Exception:
+                pass
+            self._pubsub = None
+
+
+class _RedisWaker:
+    """A pub/sub subscription to the queue's notify channel; its socket goes in
+    the master's selector.  On a cluster it is made on the master of the queue's
+    slot, through Sentinel on the master the sentinels name; when that node
+    dies the socket closes and the master subscribes again.
+
+    redis-py has no public call for a connection's socket, and a selector
+    needs one: ``fileno`` reads ``PubSub.connection._sock``, which
+    tests/test_drivers.py checks on the installed redis-py."""
+
+    def __init__(self, driver, channel, queue):
+        import redis
+        try:
+            self._pubsub = driver._redis().pubsub(ignore_subscribe_messages=True)
+            self._pubsub.subscribe(channel)
+            self._pubsub.get_message(timeout=0)   # make sure the connection is up
+            if driver.service_name is not None:
+                driver._note_master(self._pubsub.connection)
+        except (redis.exceptions.RedisError, OSError) as exc:
+            raise driver._error(queue, exc) from exc
+        self._address = driver.address
+
+    def fileno(self):
+        sock = getattr(self._pubsub.connection, '_sock', None)
+        return sock.fileno() if sock is not None else -1
+
+    def drain(self):
+        import redis
+        cancelled = []
+        try:
+            while True:
+                msg = self._pubsub.get_message(timeout=0)
+                if msg is None:
+                    return cancelled
+                data = msg.get('data')
+                if isinstance(data, bytes) and data.startswith(b'c:'):
+                    cancelled.append(data[2:].decode())
+        except (redis.exceptions.RedisError, OSError, AttributeError) as exc:
+            raise DriverError('lost the Redis connection at %s: %s' % (self._address, exc)) from exc
+
+    def close(self):
+        try:
+            self._pubsub.close()
+        except Exception:
+            pass
+
+
+###############################################################################
+# Drivers: SQLite
+###############################################################################
+
+
+def _lua_library():
+    """``(source, name)`` of mpqueue's Redis library; its name carries a hash
+    of its code, so that pools of two mpqueue versions can share a server."""
+    global _LIBRARY
+    if _LIBRARY is None:
+        name = 'mpqueue_' + _sha1_hex(_LUA_LIBRARY)[:12]
+        _LIBRARY = ('#!lua name=%s\n%s' % (name, _LUA_LIBRARY.replace('NAME_', name + '_')),
+                    name)
+    return _LIBRARY
+
+
+_LIBRARY = None
+
+
+def _pack_command(args):
+    """A command in the Redis protocol (RESP), as one bytes object."""
+    if _hiredis_pack is not None:
+        return _hiredis_pack(args)
+    out = [b'*%d\r\n' % len(args)]
+    for arg in args:
+        if isinstance(arg, str):
+            arg = arg.encode()
+        elif not isinstance(arg, (bytes, bytearray, memoryview)):
+            arg = repr(arg).encode()
+        out.append(b'$%d\r\n' % len(arg))
+        out.append(arg)
+        out.append(b'\r\n')
+    return b''.join(out)
+
+
 class RedisDriver(_Driver):
     """The Redis broker: one server, a Redis Cluster, or a master found
     through Redis Sentinel.
@@ -2796,141 +2975,6 @@ class RedisDriver(_Driver):
         self._local = threading.local()
         self._client = self._pid = self._sentinel = None
 
-
-def _lua_library():
-    """``(source, name)`` of mpqueue's Redis library; its name carries a hash
-    of its code, so that pools of two mpqueue versions can share a server."""
-    global _LIBRARY
-    if _LIBRARY is None:
-        name = 'mpqueue_' + _sha1_hex(_LUA_LIBRARY)[:12]
-        _LIBRARY = ('#!lua name=%s\n%s' % (name, _LUA_LIBRARY.replace('NAME_', name + '_')),
-                    name)
-    return _LIBRARY
-
-
-_LIBRARY = None
-
-
-def _pack_command(args):
-    """A command in the Redis protocol (RESP), as one bytes object."""
-    if _hiredis_pack is not None:
-        return _hiredis_pack(args)
-    out = [b'*%d\r\n' % len(args)]
-    for arg in args:
-        if isinstance(arg, str):
-            arg = arg.encode()
-        elif not isinstance(arg, (bytes, bytearray, memoryview)):
-            arg = repr(arg).encode()
-        out.append(b'$%d\r\n' % len(arg))
-        out.append(arg)
-        out.append(b'\r\n')
-    return b''.join(out)
-
-
-class _RedisWatch:
-    """A subscription to a queue's ``ended`` channel, confirmed before the
-    caller looks at the job, so that no end slips between the two.  When the
-    server goes away while it waits (a restart, a Sentinel failover), it
-    subscribes again, on the master the sentinels name now, and returns: the
-    caller then looks at the job again."""
-
-    address = '1'
-
-    def __init__(self, driver, channel, queue):
-        self._driver, self._channel, self._queue = driver, channel, queue
-        self._pubsub = None
-        self._subscribe()
-
-    def _subscribe(self):
-        import redis
-        try:
-            self._pubsub = self._driver._redis().pubsub()
-            self._pubsub.subscribe(self._channel)
-            self._pubsub.get_message(timeout=5)     # the confirmation
-            if self._driver.service_name is not None:
-                self._driver._note_master(self._pubsub.connection)
-        except (redis.exceptions.RedisError, OSError) as exc:
-            self.close()
-            raise self._driver._error(self._queue, exc) from exc
-
-    def wait(self, timeout):
-        import redis
-        deadline = time.monotonic() + (timeout if timeout is not None else 3600)
-        failures = 0
-        while True:
-            try:
-                if self._pubsub is None:
-                    self._subscribe()
-                    return
-                self._pubsub.get_message(timeout=max(0.0, deadline - time.monotonic()))
-                return
-            except (DriverError, redis.exceptions.RedisError, OSError, AttributeError):
-                self.close()
-                failures += 1
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return
-                time.sleep(min(left, _doubled_wait(failures)))
-
-    def close(self):
-        if self._pubsub is not None:
-            try:
-                self._pubsub.close()
-            except Exception:
-                pass
-            self._pubsub = None
-
-
-class _RedisWaker:
-    """A pub/sub subscription to the queue's notify channel; its socket goes in
-    the master's selector.  On a cluster it is made on the master of the queue's
-    slot, through Sentinel on the master the sentinels name; when that node
-    dies the socket closes and the master subscribes again.
-
-    redis-py has no public call for a connection's socket, and a selector
-    needs one: ``fileno`` reads ``PubSub.connection._sock``, which
-    tests/test_drivers.py checks on the installed redis-py."""
-
-    def __init__(self, driver, channel, queue):
-        import redis
-        try:
-            self._pubsub = driver._redis().pubsub(ignore_subscribe_messages=True)
-            self._pubsub.subscribe(channel)
-            self._pubsub.get_message(timeout=0)   # make sure the connection is up
-            if driver.service_name is not None:
-                driver._note_master(self._pubsub.connection)
-        except (redis.exceptions.RedisError, OSError) as exc:
-            raise driver._error(queue, exc) from exc
-        self._address = driver.address
-
-    def fileno(self):
-        sock = getattr(self._pubsub.connection, '_sock', None)
-        return sock.fileno() if sock is not None else -1
-
-    def drain(self):
-        import redis
-        cancelled = []
-        try:
-            while True:
-                msg = self._pubsub.get_message(timeout=0)
-                if msg is None:
-                    return cancelled
-                data = msg.get('data')
-                if isinstance(data, bytes) and data.startswith(b'c:'):
-                    cancelled.append(data[2:].decode())
-        except (redis.exceptions.RedisError, OSError, AttributeError) as exc:
-            raise DriverError('lost the Redis connection at %s: %s' % (self._address, exc)) from exc
-
-    def close(self):
-        try:
-            self._pubsub.close()
-        except Exception:
-            pass
-
-
-###############################################################################
-# Drivers: SQLite
-###############################################################################
 
 # The lifecycle as SQL: one row per job in mpq_job, its columns the fields of
 # _FIELDS.  ``state`` is where the job is and ``score`` orders the jobs of a
@@ -3512,6 +3556,115 @@ def _sqlite_wake_paths(db_file, queue):
     return [base] + ['%s.%d' % (base, i) for i in range(1, _SQ_WAKE_SLOTS)]
 
 
+class _SqliteWatch:
+    """A Unix datagram socket of its own, whose path the ``info`` step stores
+    with the job; the step that ends the job sends it a byte."""
+
+    def __init__(self):
+        import tempfile
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.address = os.path.join(tempfile.gettempdir(), 'mpq-wait-%d-%06x' % (
+            os.getpid(), random.getrandbits(24)))
+        self._sock.bind(self.address)
+
+    def wait(self, timeout):
+        if select.select([self._sock], [], [], timeout)[0]:
+            self._sock.recv(64)
+
+    def close(self):
+        self._sock.close()
+        try:
+            os.unlink(self.address)
+        except OSError:
+            pass
+
+
+class _SqliteWaker:
+    """A Unix datagram socket that a queue's master selects on; ``execute()``
+    sends it ``1`` when a step makes work and ``c:<id>`` when a started job is
+    cancelled.  Up to ``_SQ_WAKE_SLOTS`` masters of one queue can listen (each
+    on its own path); a socket file left by a dead process is taken over."""
+
+    def __init__(self, paths, db_path, queue):
+        directory = os.path.dirname(paths[0])
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._path = None
+        lock = None
+        try:
+            os.makedirs(directory, exist_ok=True)
+            try:   # serialize the stale-socket check with other masters binding
+                lock = os.open(directory, os.O_RDONLY)
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            except OSError:
+                pass
+            for path in paths:
+                if self._bind(path):
+                    self._path = path
+                    break
+        except OSError as exc:
+            self._sock.close()
+            raise DriverError('SQLite database %s: cannot listen for wake-ups of queue %r on '
+                              '%s: %s' % (db_path, queue, paths[0], exc)) from exc
+        finally:
+            if lock is not None:
+                os.close(lock)     # releases the flock
+        if self._path is None:
+            self._sock.close()
+            raise DriverError('SQLite database %s: %d masters of queue %r already listen for '
+                              'wake-ups (%s)' % (db_path, len(paths), queue, paths[0]))
+        self._sock.setblocking(False)
+        self._ino = os.stat(self._path).st_ino
+
+    def _bind(self, path):
+        """Bind to path; False if a live socket holds it.  A stale one is replaced."""
+        try:
+            self._sock.bind(path)
+            return True
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            probe.connect(path)
+            return False                                # somebody listens there
+        except (ConnectionRefusedError, FileNotFoundError):
+            pass
+        finally:
+            probe.close()
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        self._sock.bind(path)
+        return True
+
+    def fileno(self):
+        return self._sock.fileno()
+
+    def drain(self):
+        cancelled = []
+        try:
+            while True:
+                data = self._sock.recv(256)
+                if data.startswith(b'c:'):
+                    cancelled.append(data[2:].decode())
+        except BlockingIOError:
+            return cancelled
+        except OSError as exc:
+            raise DriverError('wake-up socket %s: %s' % (self._path, exc)) from exc
+
+    def close(self):
+        if self._sock is None:
+            return
+        self._sock.close()
+        self._sock = None
+        try:
+            if os.stat(self._path).st_ino == self._ino:    # still ours
+                os.unlink(self._path)
+        except OSError:
+            pass
+
+
 class SqliteDriver(_Driver):
     """The embedded broker: one SQLite database file, for a pool on one server.
 
@@ -3704,113 +3857,34 @@ class SqliteDriver(_Driver):
         self._conn = self._sender = self._pid = self._lock_fd = None
 
 
-class _SqliteWatch:
-    """A Unix datagram socket of its own, whose path the ``info`` step stores
-    with the job; the step that ends the job sends it a byte."""
-
-    def __init__(self):
-        import tempfile
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.address = os.path.join(tempfile.gettempdir(), 'mpq-wait-%d-%06x' % (
-            os.getpid(), random.getrandbits(24)))
-        self._sock.bind(self.address)
-
-    def wait(self, timeout):
-        if select.select([self._sock], [], [], timeout)[0]:
-            self._sock.recv(64)
-
-    def close(self):
-        self._sock.close()
-        try:
-            os.unlink(self.address)
-        except OSError:
-            pass
+def _foreign(pools, app, queues):
+    """The pools of ``pools`` (``fleet()`` dicts) whose application is not
+    ``app`` and that serve one of ``queues``, each with ``shared``.  Pools
+    of a version that published no application are left out."""
+    out = []
+    for pool in pools:
+        shared = sorted(set(pool.get('queues') or ()) & set(queues))
+        if shared and app and pool.get('app') and pool['app'] != app:
+            out.append(dict(pool, shared=shared))
+    return out
 
 
-class _SqliteWaker:
-    """A Unix datagram socket that a queue's master selects on; ``execute()``
-    sends it ``1`` when a step makes work and ``c:<id>`` when a started job is
-    cancelled.  Up to ``_SQ_WAKE_SLOTS`` masters of one queue can listen (each
-    on its own path); a socket file left by a dead process is taken over."""
-
-    def __init__(self, paths, db_path, queue):
-        directory = os.path.dirname(paths[0])
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._path = None
-        lock = None
-        try:
-            os.makedirs(directory, exist_ok=True)
-            try:   # serialize the stale-socket check with other masters binding
-                lock = os.open(directory, os.O_RDONLY)
-                fcntl.flock(lock, fcntl.LOCK_EX)
-            except OSError:
-                pass
-            for path in paths:
-                if self._bind(path):
-                    self._path = path
-                    break
-        except OSError as exc:
-            self._sock.close()
-            raise DriverError('SQLite database %s: cannot listen for wake-ups of queue %r on '
-                              '%s: %s' % (db_path, queue, paths[0], exc)) from exc
-        finally:
-            if lock is not None:
-                os.close(lock)     # releases the flock
-        if self._path is None:
-            self._sock.close()
-            raise DriverError('SQLite database %s: %d masters of queue %r already listen for '
-                              'wake-ups (%s)' % (db_path, len(paths), queue, paths[0]))
-        self._sock.setblocking(False)
-        self._ino = os.stat(self._path).st_ino
-
-    def _bind(self, path):
-        """Bind to path; False if a live socket holds it.  A stale one is replaced."""
-        try:
-            self._sock.bind(path)
-            return True
-        except OSError as exc:
-            if exc.errno != errno.EADDRINUSE:
-                raise
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        try:
-            probe.connect(path)
-            return False                                # somebody listens there
-        except (ConnectionRefusedError, FileNotFoundError):
-            pass
-        finally:
-            probe.close()
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        self._sock.bind(path)
-        return True
-
-    def fileno(self):
-        return self._sock.fileno()
-
-    def drain(self):
-        cancelled = []
-        try:
-            while True:
-                data = self._sock.recv(256)
-                if data.startswith(b'c:'):
-                    cancelled.append(data[2:].decode())
-        except BlockingIOError:
-            return cancelled
-        except OSError as exc:
-            raise DriverError('wake-up socket %s: %s' % (self._path, exc)) from exc
-
-    def close(self):
-        if self._sock is None:
-            return
-        self._sock.close()
-        self._sock = None
-        try:
-            if os.stat(self._path).st_ino == self._ino:    # still ours
-                os.unlink(self._path)
-        except OSError:
-            pass
+def _foreign_warning(pool, driver):
+    if isinstance(driver, RedisDriver):
+        where = '%s, prefix %r' % (driver.address, driver.prefix)
+        fix = "a key prefix of its own: RedisDriver(..., prefix='myapp')"
+    else:
+        where = driver.address
+        fix = 'a SQLite file of its own: its own basics.pid_path, or SqliteDriver(path)'
+    return ('queue%s %s also served by pool %r of another application on this broker (%s): '
+            'host %s, pid %s, app %s (basics.app: by default the directory of its config); '
+            'each pool may run the other\'s jobs. Give each application %s; if both are one '
+            'application, give them the same basics.app' % (
+                's' if len(pool['shared']) > 1 else '',
+                ', '.join(repr(q) for q in pool['shared']) + (
+                    ' are' if len(pool['shared']) > 1 else ' is'),
+                pool.get('name'), where, pool.get('host'), pool.get('pid'), pool.get('app'),
+                fix))
 
 
 ###############################################################################
@@ -3927,6 +4001,133 @@ def _dispatch_messages(receiver, messages, *context):
     """Hand each message to ``receiver._on_<name>(*context, *fields)``."""
     for msg in messages:
         getattr(receiver, '_on_' + msg[0])(*context, *msg[1:])
+
+
+def _load(job, secret):
+    """The callable of a job record, its arguments and its Job object (or None)."""
+    pushed, args, kwargs = _decode(job['payload'], secret)
+    func, job_obj = _resolve(pushed)
+    return func, args, kwargs, job_obj
+
+
+def _keep_result(job, value, basics):
+    """``(result, result_repr, result_note)`` of a done step: nothing unless
+    the job keeps its outcome (result_ttl); else its value pickled and signed
+    like a payload, and its repr, for those who must not unpickle it."""
+    if not job.get('result_ttl'):
+        return '', '', ''
+    try:
+        text = repr(value)
+    except Exception as exc:
+        text = '<repr() raised %s>' % type(exc).__name__
+    text = text if len(text) <= RESULT_REPR_MAX else text[:RESULT_REPR_MAX - 3] + '...'
+    try:
+        data = cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        return '', text, 'its result cannot be pickled: %s: %s' % (type(exc).__name__, exc)
+    if len(data) > basics['max_payload']:
+        return '', text, 'its result is %d bytes, over basics.max_payload (%d)' % (
+            len(data), basics['max_payload'])
+    return _seal(data, basics['secret']), text, ''
+
+
+def _cancel_requested():
+    """True when the running task was cancelled (its job's timeout), not when
+    the job itself raised CancelledError (before Python 3.11 one cannot tell
+    them apart: it counts as cancelled)."""
+    import asyncio
+    task = asyncio.current_task()
+    cancelling = getattr(task, 'cancelling', None)
+    return cancelling is None or cancelling() > 0
+
+
+def _resume(steps, value=None, error=None):
+    """Resume a job's steps with what its last awaitable gave (or raised):
+    ``(True, outcome)`` once they return, else ``(False, next awaitable)``."""
+    try:
+        return False, (steps.send(value) if error is None else steps.throw(error))
+    except StopIteration as stop:
+        return True, stop.value
+
+
+def _timeout_error(timeout, handlers=False):
+    if handlers:
+        return 'its fail handlers ran past the timeout of %gs and were stopped' % timeout
+    return 'job ran past its timeout of %gs and was stopped' % timeout
+
+
+def _format_exc(exc, chain=True):
+    return ''.join(traceback.format_exception(type(exc), exc, exc.__traceback__,
+                                              chain=chain)).rstrip()
+
+
+def _hint(exc, loading=False):
+    """A last line for an error that a web framework raises when a job runs
+    without what it needs in a worker, or (``loading`` the job) for a job
+    whose code the worker does not have, saying what to do ('' for others)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        name, text = type(exc).__name__, str(exc)
+        if loading and isinstance(exc, (AttributeError, ImportError)):
+            return ('\nhint: this worker does not have the code the job names: workers run the '
+                    'code they loaded when they started; after adding or changing job code, '
+                    'run "mpqueue worker:reload" (each worker loads the new code after its '
+                    'current job) before pushing jobs that use it')
+        if name == 'AttributeError' and "'NoneType' object has no attribute 'app_context'" in text:
+            return ('\nhint: the job\'s Flask app is None in this worker: nothing built it; set '
+                    'basics.worker_start_handle to a function that builds the app (such as '
+                    'the README\'s boot_flask, which calls jobs.init_worker())')
+        if name == 'AppRegistryNotReady' or (name == 'ImproperlyConfigured'
+                                             and 'settings are not configured' in text):
+            return ('\nhint: %s: Django is not set up in this worker; set '
+                    'basics.worker_start_handle to a function that sets DJANGO_SETTINGS_MODULE '
+                    'and calls django.setup()' % name)
+        if 'outside of application context' in text:
+            return ('\nhint: the job uses Flask outside an app context; build the app once per '
+                    'worker in basics.worker_start_handle and run the job\'s code inside '
+                    '"with app.app_context():"')
+        if 'outside of request context' in text:
+            return ('\nhint: a job runs outside any request; read what it needs from the '
+                    'request in the view and pass it to the job as arguments')
+        exc = exc.__cause__ or exc.__context__
+    return ''
+
+
+def _describe_call(job, args, kwargs):
+    parts = [repr(a) for a in args] + ['%s=%r' % kv for kv in kwargs.items()]
+    if isinstance(job, functools.partial):
+        parts = [repr(a) for a in job.args] + ['%s=%r' % kv for kv in job.keywords.items()] + parts
+    text = '%s(%s)' % (_job_name(job), ', '.join(parts))
+    return text if len(text) <= 200 else text[:197] + '...'
+
+
+_inherited_connections = []     # database connections of the process that forked: kept, unused
+
+
+def _drop_inherited_connections():
+    """A worker forked from a process that used Django's database (a
+    management command that ran a query, then started the pool) shares that
+    connection's socket with it and with every other worker, and processes
+    talking on one connection break it for all of them.  Make Django forget
+    such connections without a word to the server (closing one would end its
+    session for every process that shares it): the worker opens its own at
+    its first query.  Nothing to do where Django was not imported."""
+    handler = getattr(sys.modules.get('django.db'), 'connections', None)
+    if handler is None:
+        return
+    try:
+        try:
+            wrappers = handler.all(initialized_only=True)
+        except TypeError:               # Django before 4.1
+            wrappers = handler.all()
+        for wrapper in wrappers:
+            if getattr(wrapper, 'connection', None) is not None:
+                _inherited_connections.append(wrapper.connection)   # never closed here
+                wrapper.connection = None
+    except Exception:       # a Django we do not know: the start hook is the user's
+        logger.exception('worker %d: could not drop the Django connections inherited from the '
+                         'process that started the pool', os.getpid())
 
 
 class _Worker:
@@ -4168,14 +4369,10 @@ class _Worker:
     # -- running one job -----------------------------------------------------
 
     def _job_info(self, job, name=None):
-        info = {name: job.get(name) for name in _JOB_INFO_KEYS}
-        info.update(queue=self.queue, worker_id=job.get('worker_id') or self.id,
-                    exec_number=job.get('exec_number') or 0, timeout=job.get('timeout') or 0,
-                    fail_number=job.get('fail_number') or 0,
-                    fail_expire=_fail_expire(job.get('fail_expire')),
-                    error_info=list(job.get('error_info') or []),
-                    type=job.get('type') or TYPE_NORMAL, job=name or job.get('job', ''))
-        return info
+        """The ``job_info`` its fail handlers get: job_info()'s, as the
+        worker knows it."""
+        return dict(_public_info(self.queue, job), worker_id=job.get('worker_id') or self.id,
+                    job=name or job.get('job', ''), error_info=list(job.get('error_info') or []))
 
     def _run(self, job):
         """Run one job (or its fail handlers); return the step that records the
@@ -4309,108 +4506,6 @@ class _Worker:
         return self.loop
 
 
-_JOB_INFO_KEYS = ('id', 'create_time', 'start_time', 'error_info', 'priority', 'key')
-
-
-def _load(job, secret):
-    """The callable of a job record, its arguments and its Job object (or None)."""
-    pushed, args, kwargs = _decode(job['payload'], secret)
-    func, job_obj = _resolve(pushed)
-    return func, args, kwargs, job_obj
-
-
-def _keep_result(job, value, basics):
-    """``(result, result_repr, result_note)`` of a done step: nothing unless
-    the job keeps its outcome (result_ttl); else its value pickled and signed
-    like a payload, and its repr, for those who must not unpickle it."""
-    if not job.get('result_ttl'):
-        return '', '', ''
-    try:
-        text = repr(value)
-    except Exception as exc:
-        text = '<repr() raised %s>' % type(exc).__name__
-    text = text if len(text) <= RESULT_REPR_MAX else text[:RESULT_REPR_MAX - 3] + '...'
-    try:
-        data = cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception as exc:
-        return '', text, 'its result cannot be pickled: %s: %s' % (type(exc).__name__, exc)
-    if len(data) > basics['max_payload']:
-        return '', text, 'its result is %d bytes, over basics.max_payload (%d)' % (
-            len(data), basics['max_payload'])
-    return _seal(data, basics['secret']), text, ''
-
-
-def _cancel_requested():
-    """True when the running task was cancelled (its job's timeout), not when
-    the job itself raised CancelledError (before Python 3.11 one cannot tell
-    them apart: it counts as cancelled)."""
-    import asyncio
-    task = asyncio.current_task()
-    cancelling = getattr(task, 'cancelling', None)
-    return cancelling is None or cancelling() > 0
-
-
-def _resume(steps, value=None, error=None):
-    """Resume a job's steps with what its last awaitable gave (or raised):
-    ``(True, outcome)`` once they return, else ``(False, next awaitable)``."""
-    try:
-        return False, (steps.send(value) if error is None else steps.throw(error))
-    except StopIteration as stop:
-        return True, stop.value
-
-
-def _timeout_error(timeout, handlers=False):
-    if handlers:
-        return 'its fail handlers ran past the timeout of %gs and were stopped' % timeout
-    return 'job ran past its timeout of %gs and was stopped' % timeout
-
-
-def _format_exc(exc, chain=True):
-    return ''.join(traceback.format_exception(type(exc), exc, exc.__traceback__,
-                                              chain=chain)).rstrip()
-
-
-def _hint(exc, loading=False):
-    """A last line for an error that a web framework raises when a job runs
-    without what it needs in a worker, or (``loading`` the job) for a job
-    whose code the worker does not have, saying what to do ('' for others)."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        name, text = type(exc).__name__, str(exc)
-        if loading and isinstance(exc, (AttributeError, ImportError)):
-            return ('\nhint: this worker does not have the code the job names: workers run the '
-                    'code they loaded when they started; after adding or changing job code, '
-                    'run "mpqueue worker:reload" (each worker loads the new code after its '
-                    'current job) before pushing jobs that use it')
-        if name == 'AttributeError' and "'NoneType' object has no attribute 'app_context'" in text:
-            return ('\nhint: the job\'s Flask app is None in this worker: nothing built it; set '
-                    'basics.worker_start_handle to a function that builds the app (such as '
-                    'the README\'s boot_flask, which calls jobs.init_worker())')
-        if name == 'AppRegistryNotReady' or (name == 'ImproperlyConfigured'
-                                             and 'settings are not configured' in text):
-            return ('\nhint: %s: Django is not set up in this worker; set '
-                    'basics.worker_start_handle to a function that sets DJANGO_SETTINGS_MODULE '
-                    'and calls django.setup()' % name)
-        if 'outside of application context' in text:
-            return ('\nhint: the job uses Flask outside an app context; build the app once per '
-                    'worker in basics.worker_start_handle and run the job\'s code inside '
-                    '"with app.app_context():"')
-        if 'outside of request context' in text:
-            return ('\nhint: a job runs outside any request; read what it needs from the '
-                    'request in the view and pass it to the job as arguments')
-        exc = exc.__cause__ or exc.__context__
-    return ''
-
-
-def _describe_call(job, args, kwargs):
-    parts = [repr(a) for a in args] + ['%s=%r' % kv for kv in kwargs.items()]
-    if isinstance(job, functools.partial):
-        parts = [repr(a) for a in job.args] + ['%s=%r' % kv for kv in job.keywords.items()] + parts
-    text = '%s(%s)' % (_job_name(job), ', '.join(parts))
-    return text if len(text) <= 200 else text[:197] + '...'
-
-
 def _die_with_parent(parent_pid):
     """Ask Linux to SIGKILL this process when its parent dies
     (PR_SET_PDEATHSIG): a worker must not run on unsupervised after its master
@@ -4422,34 +4517,6 @@ def _die_with_parent(parent_pid):
         return
     if os.getppid() != parent_pid:      # it died before we asked
         os._exit(EXIT_ORPHANED)
-
-
-_inherited_connections = []     # database connections of the process that forked: kept, unused
-
-
-def _drop_inherited_connections():
-    """A worker forked from a process that used Django's database (a
-    management command that ran a query, then started the pool) shares that
-    connection's socket with it and with every other worker, and processes
-    talking on one connection break it for all of them.  Make Django forget
-    such connections without a word to the server (closing one would end its
-    session for every process that shares it): the worker opens its own at
-    its first query.  Nothing to do where Django was not imported."""
-    handler = getattr(sys.modules.get('django.db'), 'connections', None)
-    if handler is None:
-        return
-    try:
-        try:
-            wrappers = handler.all(initialized_only=True)
-        except TypeError:               # Django before 4.1
-            wrappers = handler.all()
-        for wrapper in wrappers:
-            if getattr(wrapper, 'connection', None) is not None:
-                _inherited_connections.append(wrapper.connection)   # never closed here
-                wrapper.connection = None
-    except Exception:       # a Django we do not know: the start hook is the user's
-        logger.exception('worker %d: could not drop the Django connections inherited from the '
-                         'process that started the pool', os.getpid())
 
 
 def _whole_lines():
@@ -4505,6 +4572,106 @@ class _Slot:
         self.killed_for = None      # why the master killed it: 'timeout', 'cancel', 'stop'
         self.killed_job = None      # the job whose timeout or cancel got it killed
         self.woken_at = 0           # grab model: the wake count it last saw
+
+
+class _Ticker:
+    """A master's schedules: when each is due, the steps that tick it, and
+    what their results say.  Every master of the queue, on every server,
+    ticks them: the schedule step moves a schedule's last tick and pushes its
+    job atomically, so one of them pushes each tick and the others find their
+    idea of the last tick stale and take the broker's."""
+
+    def __init__(self, config, qconf, pool_id):
+        self.queue, self.pool_id = qconf['name'], pool_id
+        self.entries = {s['name']: s for s in qconf['schedule']}
+        self.last = None            # name -> last tick (ms) or None; None: not read yet
+        self.clock = 0.0            # the broker's clock minus this server's
+        self.pushes, self.warned = {}, set()
+        self.overwrote = set()      # schedules whose other definition this master replaced
+        basics = config['basics']
+        for name, s in list(self.entries.items()):
+            try:        # the push arguments after id, the same for every tick
+                options = _push_options(s['job'], qconf, **{k: s[k] for k in _JOB_OPTIONS})
+                self.pushes[name] = (
+                    _encode(self.queue, s['job'], s['args'], s['kwargs'], basics['secret'],
+                            basics['max_payload']), 0, _job_name(s['job']),
+                    options['timeout'], options['fail_number'],
+                    options['fail_expire'], options['priority'],
+                    s['key'], s['unique'], options['result_ttl'])
+            except MPQueueError as exc:
+                logger.error('schedule %r of queue %r cannot push its job: %s', name,
+                             self.queue, exc)
+                del self.entries[name]
+
+    def due_in(self):
+        """Seconds (this server's clock) until the next schedule is due, or None."""
+        if not self.entries:
+            return None
+        if self.last is None:
+            return 0.0
+        now = time.time() + self.clock
+        return max(0.0, min(self._next(name) - now for name in self.entries))
+
+    def _next(self, name):
+        last = self.last.get(name)
+        return 0.0 if last is None else self.entries[name]['when'].next_after(last / 1000.0)
+
+    def steps(self):
+        """The steps that tick every schedule now due."""
+        if self.last is None:
+            return [('schedules',)] if self.entries else []
+        now, out = time.time() + self.clock, []
+        for name, s in self.entries.items():
+            last = self.last.get(name)
+            if now < self._next(name):
+                continue
+            ticks, new_last, dropped = s['when'].due(None if last is None else last / 1000.0,
+                                                      now)
+            if dropped:
+                logger.warning('schedule %r of queue %r missed %d ticks more than catch_up '
+                               '"all" pushes (%d): they are skipped', name, self.queue, dropped,
+                               SCHEDULE_CATCH_UP_MAX)
+            expected = '' if last is None else str(last)
+            for tick in ticks:
+                out.append(('schedule', name, s['when'].fingerprint, expected, _tick_ms(tick),
+                            self.pool_id, _schedule_job_id(self.queue, name, tick))
+                           + self.pushes[name])
+                expected = str(_tick_ms(tick))
+            if not ticks and _tick_ms(new_last) != last:
+                out.append(('schedule', name, s['when'].fingerprint, expected,
+                            _tick_ms(new_last), self.pool_id, '') + ('',) * 10)
+        return out
+
+    def results(self, steps, results, broker_now, local_now):
+        """Take what the schedule steps say; ``local_now``: this server's time
+        when the broker read ``broker_now`` (the middle of the round trip)."""
+        self.clock = broker_now - local_now
+        for step, answer in zip(steps, results):
+            if step[0] == 'schedules':
+                self.last = {r['name']: r['last'] for r in answer}
+                continue
+            name, fp, tick = step[1], step[2], step[4]
+            what, before_last, before_fp, before_owner = answer
+            if what == 'stale':
+                self.last[name] = int(before_last) if before_last else None
+                continue
+            if what == 'early':
+                continue
+            self.last[name] = tick
+            if what == 'skipped':
+                logger.info('schedule %r of queue %r skipped a tick: the job holding its key '
+                            '%r is still waiting or running (unique=%r)', name, self.queue,
+                            self.entries[name]['key'], self.entries[name]['unique'])
+            if not before_fp or before_fp == fp or before_owner == self.pool_id:
+                continue
+            # Once is a changed config replacing what a stopped pool left; twice, turns.
+            if name in self.overwrote and name not in self.warned:
+                self.warned.add(name)
+                logger.warning('schedule %r of queue %r is defined otherwise by pool %s '
+                               '(fingerprint %s, this pool %s): the pools take turns with two '
+                               'definitions; give them one config', name, self.queue,
+                               before_owner, before_fp, fp)
+            self.overwrote.add(name)
 
 
 class _Master:
@@ -5157,106 +5324,6 @@ class _Master:
         slot.jobs[job_id] = _Run(attempt, timeout, handlers, now, deadline)
 
 
-class _Ticker:
-    """A master's schedules: when each is due, the steps that tick it, and
-    what their results say.  Every master of the queue, on every server,
-    ticks them: the schedule step moves a schedule's last tick and pushes its
-    job atomically, so one of them pushes each tick and the others find their
-    idea of the last tick stale and take the broker's."""
-
-    def __init__(self, config, qconf, pool_id):
-        self.queue, self.pool_id = qconf['name'], pool_id
-        self.entries = {s['name']: s for s in qconf['schedule']}
-        self.last = None            # name -> last tick (ms) or None; None: not read yet
-        self.clock = 0.0            # the broker's clock minus this server's
-        self.pushes, self.warned = {}, set()
-        self.overwrote = set()      # schedules whose other definition this master replaced
-        basics = config['basics']
-        for name, s in list(self.entries.items()):
-            try:        # the push arguments after id, the same for every tick
-                options = _push_options(s['job'], qconf, **{k: s[k] for k in _JOB_OPTIONS})
-                self.pushes[name] = (
-                    _encode(self.queue, s['job'], s['args'], s['kwargs'], basics['secret'],
-                            basics['max_payload']), 0, _job_name(s['job']),
-                    options['timeout'], options['fail_number'],
-                    options['fail_expire'], options['priority'],
-                    s['key'], s['unique'], options['result_ttl'])
-            except MPQueueError as exc:
-                logger.error('schedule %r of queue %r cannot push its job: %s', name,
-                             self.queue, exc)
-                del self.entries[name]
-
-    def due_in(self):
-        """Seconds (this server's clock) until the next schedule is due, or None."""
-        if not self.entries:
-            return None
-        if self.last is None:
-            return 0.0
-        now = time.time() + self.clock
-        return max(0.0, min(self._next(name) - now for name in self.entries))
-
-    def _next(self, name):
-        last = self.last.get(name)
-        return 0.0 if last is None else self.entries[name]['when'].next_after(last / 1000.0)
-
-    def steps(self):
-        """The steps that tick every schedule now due."""
-        if self.last is None:
-            return [('schedules',)] if self.entries else []
-        now, out = time.time() + self.clock, []
-        for name, s in self.entries.items():
-            last = self.last.get(name)
-            if now < self._next(name):
-                continue
-            ticks, new_last, dropped = s['when'].due(None if last is None else last / 1000.0,
-                                                      now)
-            if dropped:
-                logger.warning('schedule %r of queue %r missed %d ticks more than catch_up '
-                               '"all" pushes (%d): they are skipped', name, self.queue, dropped,
-                               SCHEDULE_CATCH_UP_MAX)
-            expected = '' if last is None else str(last)
-            for tick in ticks:
-                out.append(('schedule', name, s['when'].fingerprint, expected, _tick_ms(tick),
-                            self.pool_id, _schedule_job_id(self.queue, name, tick))
-                           + self.pushes[name])
-                expected = str(_tick_ms(tick))
-            if not ticks and _tick_ms(new_last) != last:
-                out.append(('schedule', name, s['when'].fingerprint, expected,
-                            _tick_ms(new_last), self.pool_id, '') + ('',) * 10)
-        return out
-
-    def results(self, steps, results, broker_now, local_now):
-        """Take what the schedule steps say; ``local_now``: this server's time
-        when the broker read ``broker_now`` (the middle of the round trip)."""
-        self.clock = broker_now - local_now
-        for step, answer in zip(steps, results):
-            if step[0] == 'schedules':
-                self.last = {r['name']: r['last'] for r in answer}
-                continue
-            name, fp, tick = step[1], step[2], step[4]
-            what, before_last, before_fp, before_owner = answer
-            if what == 'stale':
-                self.last[name] = int(before_last) if before_last else None
-                continue
-            if what == 'early':
-                continue
-            self.last[name] = tick
-            if what == 'skipped':
-                logger.info('schedule %r of queue %r skipped a tick: the job holding its key '
-                            '%r is still waiting or running (unique=%r)', name, self.queue,
-                            self.entries[name]['key'], self.entries[name]['unique'])
-            if not before_fp or before_fp == fp or before_owner == self.pool_id:
-                continue
-            # Once is a changed config replacing what a stopped pool left; twice, turns.
-            if name in self.overwrote and name not in self.warned:
-                self.warned.add(name)
-                logger.warning('schedule %r of queue %r is defined otherwise by pool %s '
-                               '(fingerprint %s, this pool %s): the pools take turns with two '
-                               'definitions; give them one config', name, self.queue,
-                               before_owner, before_fp, fp)
-            self.overwrote.add(name)
-
-
 def _master_main(config, qconf, control, close_fds, pool, recover):
     _child_init(close_fds)
     return _Master(config, qconf, control, pool, recover).run()
@@ -5885,35 +5952,6 @@ def _push_options(job, qconf, **given):
     return out
 
 
-def _check_unique(key, unique, path='key'):
-    """The unique mode a push stores: '', 'queued', 'active' or seconds."""
-    if key is not None and (not isinstance(key, str) or not key or len(key) > 200):
-        raise ConfigError('%s must be a non-empty string of at most 200 characters, got %r'
-                          % (path, key))
-    if unique is None:
-        return ''
-    if key is None:
-        raise ConfigError('unique=%r needs a key: push(..., key=..., unique=%r)'
-                          % (unique, unique))
-    if unique in ('queued', 'active'):
-        return unique
-    if _is_number(unique) and unique > 0 and unique != float('inf'):
-        return repr(unique)
-    raise ConfigError("unique must be 'queued', 'active' or a number of seconds > 0, got %r"
-                      % (unique,))
-
-
-# -- immediate mode ------------------------------------------------------------
-#
-# With basics.immediate, or inside ``with immediate():``, push and push_many
-# run each job in the calling process before they return.  Their broker is
-# then an SQLite database in this process's memory, moved by the steps of
-# _STEPS as any broker is, so unique keys, priorities, result_ttl and cancels
-# follow the broker's rules.  Immediate mode adds two of its own: nothing
-# waits (a push's or a retry's delay is made 0), and a job runs here through
-# the worker's own code (_Worker._attempt), its payload checked and unpickled
-# as a worker does.  Each round trip that makes a job waiting pops it too.
-
 _immediate_block = None     # inside immediate(): True or False; else basics.immediate decides
 _immediate_broker = SqliteDriver(':memory:')   # it connects when first used
 _immediate_working = set()  # ids of its jobs popped and not ended
@@ -6148,17 +6186,6 @@ def failed_jobs(queue, offset=0, count=100, after=None):
             _get_config()['basics']['driver'].run(queue, 'failed', offset, count, after or '')]
 
 
-def _public_info(queue, record):
-    info = {name: value for name, value in record.items() if name not in _PRIVATE_FIELDS}
-    info.update(queue=queue, exec_number=record.get('exec_number', 0),
-                timeout=record.get('timeout', 0), fail_number=record.get('fail_number', 0),
-                fail_expire=_fail_expire(record.get('fail_expire')),
-                type=record.get('type') or TYPE_NORMAL, job=record.get('job', ''))
-    for name in ('start_time', 'worker_id', 'end_time', 'fail_time', 'key'):
-        info.setdefault(name, None)
-    return info
-
-
 def _bulk(queue, step, *args):
     """Run a bulk step in chunks of BULK_CHUNK until it is done; the total."""
     queue_config(queue)
@@ -6242,36 +6269,6 @@ def foreign_pools(config=None):
     return [dict(pool, warning=_foreign_warning(pool, driver))
             for pool in _foreign(driver.fleet(), config['basics']['app'],
                                  [q['name'] for q in config['queue']])]
-
-
-def _foreign(pools, app, queues):
-    """The pools of ``pools`` (``fleet()`` dicts) whose application is not
-    ``app`` and that serve one of ``queues``, each with ``shared``.  Pools
-    of a version that published no application are left out."""
-    out = []
-    for pool in pools:
-        shared = sorted(set(pool.get('queues') or ()) & set(queues))
-        if shared and app and pool.get('app') and pool['app'] != app:
-            out.append(dict(pool, shared=shared))
-    return out
-
-
-def _foreign_warning(pool, driver):
-    if isinstance(driver, RedisDriver):
-        where = '%s, prefix %r' % (driver.address, driver.prefix)
-        fix = "a key prefix of its own: RedisDriver(..., prefix='myapp')"
-    else:
-        where = driver.address
-        fix = 'a SQLite file of its own: its own basics.pid_path, or SqliteDriver(path)'
-    return ('queue%s %s also served by pool %r of another application on this broker (%s): '
-            'host %s, pid %s, app %s (basics.app: by default the directory of its config); '
-            'each pool may run the other\'s jobs. Give each application %s; if both are one '
-            'application, give them the same basics.app' % (
-                's' if len(pool['shared']) > 1 else '',
-                ', '.join(repr(q) for q in pool['shared']) + (
-                    ' are' if len(pool['shared']) > 1 else ' is'),
-                pool.get('name'), where, pool.get('host'), pool.get('pid'), pool.get('app'),
-                fix))
 
 
 def pid_file(config=None):
