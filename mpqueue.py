@@ -37,8 +37,9 @@ master recovers it once the lease (``LEASE_SECONDS``) or the job's timeout
 has passed.  Delivery is therefore at-least-once.
 
 Sections, in order:  Imports and constants -- Exceptions -- Helpers --
-Configuration -- Jobs and serialization -- Drivers (the step table, Redis,
-SQLite) -- Runtime (worker, master, manage) -- Public functions.
+Configuration -- Jobs and serialization -- Schedules -- Drivers (the step
+table, Redis, SQLite) -- Runtime (worker, master, manage) -- Public
+functions.
 
 For the command line and other tools (public, not in ``__all__``):
 ``queue_config(name)``, ``pid_file(config=None)``, ``pool_pid(config=None)``,
@@ -2386,11 +2387,6 @@ class _RedisWaker:
             pass
 
 
-###############################################################################
-# Drivers: SQLite
-###############################################################################
-
-
 def _lua_library():
     """``(source, name)`` of mpqueue's Redis library; its name carries a hash
     of its code, so that pools of two mpqueue versions can share a server."""
@@ -2975,6 +2971,10 @@ class RedisDriver(_Driver):
         self._local = threading.local()
         self._client = self._pid = self._sentinel = None
 
+
+###############################################################################
+# Drivers: SQLite
+###############################################################################
 
 # The lifecycle as SQL: one row per job in mpq_job, its columns the fields of
 # _FIELDS.  ``state`` is where the job is and ``score`` orders the jobs of a
