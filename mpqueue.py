@@ -1388,9 +1388,10 @@ def _check_schedules(path, queue, schedules):
 # ``execute`` checks every step against it.
 #
 #   name           arguments                   returns (kind)
+_PUSH_ARGS = ('id payload delay job timeout fail_number fail_expire priority key unique_mode '
+              'result_ttl')
 _STEPS = (
-    ('push', 'id payload delay job timeout fail_number fail_expire priority key '
-             'unique_mode result_ttl', 'text'),
+    ('push', _PUSH_ARGS, 'text'),
     # store a job, waiting (or delayed by `delay` s); its id, or, when another
     # job holds its unique `key`, that job's id (and nothing is stored)
     ('reserve', 'n', 'jobs'),
@@ -1439,12 +1440,11 @@ _STEPS = (
     ('clean', 'limit', 'int'),
     # forget up to `limit` jobs of the queue, and its counters once none is
     # left; how many jobs (call it again until it returns less than limit)
-    ('schedule', 'name fingerprint last tick owner id payload delay job timeout fail_number '
-                 'fail_expire priority key unique_mode result_ttl', 'schedule'),
+    ('schedule', 'name fingerprint last tick owner ' + _PUSH_ARGS, 'schedule'),
     # a schedule ticks: if its last tick (ms, '' for never) is still `last`
     # and `tick` has come (broker clock), the last tick becomes `tick` and
     # job `id` is pushed (none when id is ''); (what happened: 'pushed',
-    # 'moved', 'skipped' (its unique key is held: overlap), 'stale' or
+    # 'moved', 'skipped' (its unique key is held: overlap, unique), 'stale' or
     # 'early'; and the schedule's record before the step)
     ('schedules', '', 'schedules'),
     # every schedule record of the queue: name, last, fingerprint, owner, job,
@@ -1454,6 +1454,9 @@ _STEPS = (
 )
 _STEP_ARGS = {name: len(args.split()) for name, args, _ in _STEPS}
 _STEP_KIND = {name: kind for name, _, kind in _STEPS}
+# the arguments of a schedule step that moves its tick and pushes nothing:
+# every push argument after the id, empty
+_NO_PUSH = ('',) * (_STEP_ARGS['push'] - 1)
 _READ_STEPS = ('depth', 'failed', 'schedules', 'history')      # steps that change nothing
 
 # A job's record: these fields, the same in every driver, with their types.
@@ -4639,7 +4642,7 @@ class _Ticker:
                 expected = str(_tick_ms(tick))
             if not ticks and _tick_ms(new_last) != last:
                 out.append(('schedule', name, s['when'].fingerprint, expected,
-                            _tick_ms(new_last), self.pool_id, '') + ('',) * 10)
+                            _tick_ms(new_last), self.pool_id, '') + _NO_PUSH)
         return out
 
     def results(self, steps, results, broker_now, local_now):
@@ -4650,7 +4653,7 @@ class _Ticker:
             if step[0] == 'schedules':
                 self.last = {r['name']: r['last'] for r in answer}
                 continue
-            name, fp, tick = step[1], step[2], step[4]
+            _, name, fp, _, tick = step[:5]
             what, before_last, before_fp, before_owner = answer
             if what == 'stale':
                 self.last[name] = int(before_last) if before_last else None
