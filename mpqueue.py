@@ -95,8 +95,8 @@ __all__ = [
     'ConfigError', 'DriverError', 'Fail', 'Job', 'JobCancelled', 'JobFailed', 'JobNotFound',
     'MODEL_DISTRIBUTE', 'MODEL_GRAB', 'MPQueueError', 'RedisDriver', 'Retry',
     'SerializationError', 'SqliteDriver', 'TYPE_NORMAL', 'TYPE_TIMEOUT', 'backoff', 'cancel',
-    'clean', 'configure', 'delete_failed', 'failed_jobs', 'immediate', 'job_info', 'push',
-    'push_many', 'result', 'retry_failed', 'status',
+    'clean', 'configure', 'delete_failed', 'failed_jobs', 'immediate', 'job_info', 'pause',
+    'push', 'push_many', 'result', 'resume', 'retry_failed', 'status',
 ]
 
 logger = logging.getLogger('mpqueue')
@@ -1451,13 +1451,23 @@ _STEPS = (
     # skipped
     ('history', '', 'history'),
     # the counters sampled every HISTORY_SECONDS by tick, oldest first
+    ('pause', '', 'bool'),
+    # the queue is paused: reserve and pop hand out nothing until resume
+    # (pushes, delayed jobs and schedule ticks accrue); its masters are told
+    # ('p') to put back the jobs they reserved but have not handed out yet.
+    # False: it was paused already
+    ('resume', '', 'bool'),
+    # the queue's jobs are handed out again, its masters woken.  False: it
+    # was not paused
+    ('paused', '', 'bool'),
+    # whether the queue is paused
 )
 _STEP_ARGS = {name: len(args.split()) for name, args, _ in _STEPS}
 _STEP_KIND = {name: kind for name, _, kind in _STEPS}
 # the arguments of a schedule step that moves its tick and pushes nothing:
 # every push argument after the id, empty
 _NO_PUSH = ('',) * (_STEP_ARGS['push'] - 1)
-_READ_STEPS = ('depth', 'failed', 'schedules', 'history')      # steps that change nothing
+_READ_STEPS = ('depth', 'failed', 'schedules', 'history', 'paused')   # steps that change nothing
 
 # A job's record: these fields, the same in every driver, with their types.
 # job_info() shows the public ones; the others are the lifecycle's own.
@@ -1565,7 +1575,8 @@ class _Driver:
     def waker(self, queue):
         """An object with ``fileno()``, ``drain()`` and ``close()`` that becomes
         readable when a step makes work for the queue's masters; ``drain()``
-        returns the ids of started jobs that were cancelled since."""
+        returns ``(cancelled, paused)``: the ids of started jobs that were
+        cancelled since, and whether the queue was paused since."""
         raise NotImplementedError
 
     def watch(self, queue):
@@ -1631,7 +1642,9 @@ class _Driver:
 #   unique:ttl zset unique key -> time a hold of <seconds> ends
 #   schedules hash  <name>:last (ms), :fingerprint, :owner, :job, :skipped
 #   history   list  'time done failed': the counters every HISTORY_SECONDS
-# Channels: notify ('1': work to do; 'c:<id>': a started job was cancelled)
+#   paused    string there while the queue is paused ('clean' leaves it)
+# Channels: notify ('1': work to do; 'c:<id>': a started job was cancelled;
+# 'p': the queue was paused)
 # and ended (the id of an ended job somebody waits for).
 # args: lease seconds, reservation seconds, fail handler attempts, how long a
 # cancelled job is kept, then the steps, each its name and its arguments.  Times are the server's (TIME), so
@@ -1847,6 +1860,9 @@ local function record(id, skip)
   return out
 end
 
+-- a paused queue hands out nothing (reserve, pop): one EXISTS per call
+local function paused() return redis.call('EXISTS', P .. 'paused') == 1 end
+
 local OPS = {}
 OPS.push = function(id, payload, delay, job, timeout, fail_number, fail_expire, priority, key,
                     mode, result_ttl)
@@ -1869,6 +1885,7 @@ OPS.push = function(id, payload, delay, job, timeout, fail_number, fail_expire, 
   return id
 end
 OPS.reserve = function(n)
+  if paused() then return {} end
   local out = {}
   for i, id in ipairs(take(tonumber(n))) do
     local f = redis.call('HGETALL', rec(id))       -- (empty: cleaned meanwhile)
@@ -1898,6 +1915,7 @@ OPS.start = function(id, attempt, worker, owner)
   return true
 end
 OPS.pop = function(n, worker, owner)
+  if paused() then return {} end
   local out = {}
   for _, id in ipairs(take(tonumber(n))) do
     local f = redis.call('HMGET', rec(id), 'state', unpack(START_FIELDS))
@@ -2137,6 +2155,17 @@ end
 OPS.history = function()
   return redis.call('LRANGE', HISTORY, 0, -1)
 end
+OPS.pause = function()
+  if not redis.call('SET', P .. 'paused', '1', 'NX') then return false end
+  redis.call('PUBLISH', P .. 'notify', 'p')    -- masters put back what they hold
+  return true
+end
+OPS.resume = function()
+  if redis.call('DEL', P .. 'paused') == 0 then return false end
+  wake = true
+  return true
+end
+OPS.paused = paused
 
 local function steps(keys, args)
   local t = redis.call('TIME')
@@ -2371,15 +2400,16 @@ class _RedisWaker:
 
     def drain(self):
         import redis
-        cancelled = []
+        cancelled, paused = [], False
         try:
             while True:
                 msg = self._pubsub.get_message(timeout=0)
                 if msg is None:
-                    return cancelled
+                    return cancelled, paused
                 data = msg.get('data')
                 if isinstance(data, bytes) and data.startswith(b'c:'):
                     cancelled.append(data[2:].decode())
+                paused = paused or data == b'p'
         except (redis.exceptions.RedisError, OSError, AttributeError) as exc:
             raise DriverError('lost the Redis connection at %s: %s' % (self._address, exc)) from exc
 
@@ -2987,7 +3017,9 @@ class RedisDriver(_Driver):
 # expire.  ``level`` is a waiting job's priority (0 in every other state), so
 # that one index serves every state.  mpq_queue holds each queue's counters
 # and its jobs per state, kept in the same transactions that move the jobs,
-# so reading them is cheap.  Times are this server's clock (time.time()):
+# so reading them is cheap.  A queue is paused while it has a row in
+# mpq_paused (a table of its own: ``clean`` leaves it, and a database of an
+# older version gains it).  Times are this server's clock (time.time()):
 # the SQLite driver serves one server.
 _SQLITE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS mpq_job (
@@ -3007,6 +3039,7 @@ CREATE TABLE IF NOT EXISTS mpq_schedule (
 CREATE TABLE IF NOT EXISTS mpq_history (queue TEXT NOT NULL, t REAL NOT NULL,
                                         done INTEGER NOT NULL, failed INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS mpq_history_t ON mpq_history (queue, t);
+CREATE TABLE IF NOT EXISTS mpq_paused (queue TEXT PRIMARY KEY);
 """ % (', '.join(name for name in _FIELDS if name != 'state'),
        ', '.join('%s INTEGER NOT NULL DEFAULT 0' % name for name in _DEPTH_FIELDS))
 
@@ -3038,6 +3071,7 @@ class _SqliteSteps:
         self.conn, self.queue, self.now = conn, queue, now
         self.wake = False
         self.cancels = []       # ids of started jobs cancelled: for the masters
+        self.pausing = False    # the queue was paused: its masters put back what they hold
         self.ended = []         # addresses of waiters on jobs that ended
         self.delta = collections.Counter()     # changes to the queue's mpq_queue row
         self.ends = {}          # waiting level -> [head, tail] positions
@@ -3282,6 +3316,8 @@ class _SqliteSteps:
                 fail_number, fail_expire, priority, key, mode, result_ttl)
 
     def reserve(self, n):
+        if self.paused():
+            return []
         rows = self.conn.execute(_SQ_WAITING, (self.queue, n)).fetchall()
         self.ends.clear()
         back = self.now + RESERVE_SECONDS
@@ -3308,6 +3344,8 @@ class _SqliteSteps:
         return True
 
     def pop(self, n, worker, owner):
+        if self.paused():
+            return []
         ids = [row[0] for row in self.conn.execute(_SQ_WAITING, (self.queue, n))]
         self.ends.clear()
         jobs = []
@@ -3519,6 +3557,22 @@ class _SqliteSteps:
         return [_sample(*row) for row in self.conn.execute(
             'SELECT t, done, failed FROM mpq_history WHERE queue = ? ORDER BY t', (self.queue,))]
 
+    def pause(self):
+        paused = self.conn.execute('INSERT OR IGNORE INTO mpq_paused (queue) VALUES (?)',
+                                   (self.queue,)).rowcount == 1
+        self.pausing = self.pausing or paused
+        return paused
+
+    def resume(self):
+        resumed = self.conn.execute('DELETE FROM mpq_paused WHERE queue = ?',
+                                    (self.queue,)).rowcount == 1
+        self.wake = self.wake or resumed
+        return resumed
+
+    def paused(self):
+        return self.conn.execute('SELECT 1 FROM mpq_paused WHERE queue = ?',
+                                 (self.queue,)).fetchone() is not None
+
     # -- a batch ---------------------------------------------------------------
 
     _METHOD = {'start': 'start_step', 'lost': 'lost_step', 'requeue': 'requeue_step'}
@@ -3584,9 +3638,10 @@ class _SqliteWatch:
 
 class _SqliteWaker:
     """A Unix datagram socket that a queue's master selects on; ``execute()``
-    sends it ``1`` when a step makes work and ``c:<id>`` when a started job is
-    cancelled.  Up to ``_SQ_WAKE_SLOTS`` masters of one queue can listen (each
-    on its own path); a socket file left by a dead process is taken over."""
+    sends it ``1`` when a step makes work, ``c:<id>`` when a started job is
+    cancelled and ``p`` when the queue is paused.  Up to ``_SQ_WAKE_SLOTS``
+    masters of one queue can listen (each on its own path); a socket file left
+    by a dead process is taken over."""
 
     def __init__(self, paths, db_path, queue):
         directory = os.path.dirname(paths[0])
@@ -3645,14 +3700,15 @@ class _SqliteWaker:
         return self._sock.fileno()
 
     def drain(self):
-        cancelled = []
+        cancelled, paused = [], False
         try:
             while True:
                 data = self._sock.recv(256)
                 if data.startswith(b'c:'):
                     cancelled.append(data[2:].decode())
+                paused = paused or data == b'p'
         except BlockingIOError:
-            return cancelled
+            return cancelled, paused
         except OSError as exc:
             raise DriverError('wake-up socket %s: %s' % (self._path, exc)) from exc
 
@@ -3797,8 +3853,8 @@ class SqliteDriver(_Driver):
         batch, out = self._transaction(work, write)
         if self._memory:
             return out
-        if batch.wake or batch.cancels:
-            self._notify(self._paths(queue), [b'1'] * batch.wake + [
+        if batch.wake or batch.cancels or batch.pausing:
+            self._notify(self._paths(queue), [b'1'] * batch.wake + [b'p'] * batch.pausing + [
                 b'c:' + job_id.encode() for job_id in batch.cancels])
         if batch.ended:
             self._notify(batch.ended, [b'e'])
@@ -4806,7 +4862,7 @@ class _Master:
             _dispatch_messages(self, messages, tag)
         elif tag == 'waker':
             try:
-                cancelled = self.waker.drain()
+                cancelled, paused = self.waker.drain()
                 if self.waker.fileno() != key.fd:
                     raise DriverError('the broker connection was replaced')
             except DriverError as exc:
@@ -4816,6 +4872,8 @@ class _Master:
             self.maybe_work, self.next_tick = True, 0.0
             for job_id in cancelled:
                 self._cancel(job_id)
+            if paused:
+                self._put_back()
         elif tag == 'control':
             try:
                 messages = self.control.recv_ready()
@@ -4887,9 +4945,7 @@ class _Master:
         self.stop_deadline = time.monotonic() + grace
         logger.info('master of queue %r stopping (%s); %d workers busy', self.queue, how,
                     sum(1 for s in self.slots.values() if s.state == BUSY))
-        while self.buffer:
-            job = self.buffer.popleft()[0]
-            self.pending.append(('requeue', job['id'], job['attempt']))
+        self._put_back()
         for slot in list(self.slots.values()):
             self._stop_worker(slot)
 
@@ -5021,6 +5077,14 @@ class _Master:
             slot.conn.send('wake')
         except OSError:
             pass
+
+    def _put_back(self):
+        """Put the jobs reserved but not handed out back at the head of the
+        queue (it stops, or the queue was paused).  Those already queued in a
+        busy worker's pipe still start: at most SHORT_JOB of work each."""
+        while self.buffer:       # the last first: each goes to the head
+            job = self.buffer.pop()[0]
+            self.pending.append(('requeue', job['id'], job['attempt']))
 
     def _requeue_queued(self, slot):
         while slot.queued:
@@ -6160,18 +6224,21 @@ def _outcome(queue, job_id, record, secret):
 
 def status(queue):
     """Counts of one queue: ``{'all', 'waiting', 'working', 'failed', 'over'}``
-    (``depth()`` has them per state, and the cancelled jobs)."""
+    (``depth()`` has them per state, and the cancelled jobs), and ``paused``."""
     d = depth(queue)
     return {'all': d['pushed'], 'waiting': d['waiting'] + d['delayed'],
-            'working': d['reserved'] + d['working'], 'failed': d['failed'], 'over': d['done']}
+            'working': d['reserved'] + d['working'], 'failed': d['failed'], 'over': d['done'],
+            'paused': d['paused']}
 
 
 def depth(queue):
     """Jobs of a queue per state now (waiting, delayed, reserved, working,
     failed), its counters since it was last cleaned (pushed, done,
-    failed_total, cancelled) and ``oldest_waiting_seconds`` (0: none waits)."""
+    failed_total, cancelled), ``oldest_waiting_seconds`` (0: none waits) and
+    ``paused`` (True between ``pause`` and ``resume``)."""
     queue_config(queue)
-    out = _get_config()['basics']['driver'].run(queue, 'depth')
+    out, paused = _get_config()['basics']['driver'].execute(queue, [('depth',), ('paused',)])
+    out['paused'] = paused
     oldest = out.pop('oldest_created')
     out['oldest_waiting_seconds'] = max(0.0, time.time() - oldest) if oldest else 0
     return out
@@ -6219,8 +6286,34 @@ def delete_failed(queue, job_id):
 
 
 def clean(queue):
-    """Empty a queue: waiting, delayed, running records, failed jobs, counters."""
+    """Empty a queue: waiting, delayed, running records, failed jobs, counters
+    (a paused queue stays paused)."""
     _bulk(queue, 'clean')
+
+
+def pause(queue):
+    """Stop handing out the jobs of a queue, on every pool of every server,
+    until :func:`resume`: within milliseconds, without polling.  Running jobs
+    finish; pushes, delayed jobs and schedule ticks accrue.  The flag is in
+    the broker: a pool that restarts finds the queue paused.  (Immediate mode
+    runs its jobs regardless: they never reach the broker.)
+
+    :returns: True, or False if the queue was paused already.
+    :raises ConfigError: the queue is not configured (nothing is written).
+    """
+    queue_config(queue)
+    return _get_config()['basics']['driver'].run(queue, 'pause')
+
+
+def resume(queue):
+    """Hand out the jobs of a paused queue again; its masters are woken, so
+    what accrued starts at once.
+
+    :returns: True, or False if the queue was not paused.
+    :raises ConfigError: the queue is not configured (nothing is written).
+    """
+    queue_config(queue)
+    return _get_config()['basics']['driver'].run(queue, 'resume')
 
 
 def schedules(queue=None):

@@ -398,8 +398,9 @@ def cmd_queue_status(cfg, args):
         print(json.dumps(stats, indent=1))
         return 0
     cols = ('all', 'waiting', 'working', 'failed', 'over', 'cancelled')
-    print(_table([('queue', -20)] + [(c, 9) for c in cols],
-                 ([q] + [s[c] for c in cols] for q, s in stats.items())))
+    print(_table([('queue', -20)] + [(c, 9) for c in cols] + [('paused', 0)],
+                 ([q] + [s[c] for c in cols] + ['yes' if s['paused'] else 'no']
+                  for q, s in stats.items())))
     return 0
 
 
@@ -546,6 +547,23 @@ def cmd_queue_retry(cfg, args):
     if args.id and not n:
         raise UserError('job %r is not in the failed list of queue %r' % (args.id, queue))
     print('%d job(s) of queue %r put back' % (n, queue))
+    return 0
+
+
+def cmd_queue_pause(cfg, args):
+    (queue,) = _queues(cfg, args, required=True)
+    if mpqueue.pause(queue):
+        print('queue %r paused: no pool starts its jobs until queue:resume (running jobs '
+              'finish; pushes and delayed jobs wait)' % queue)
+    else:
+        print('queue %r was paused already' % queue)
+    return 0
+
+
+def cmd_queue_resume(cfg, args):
+    (queue,) = _queues(cfg, args, required=True)
+    print(('queue %r resumed' if mpqueue.resume(queue) else 'queue %r was not paused')
+          % queue)
     return 0
 
 
@@ -778,6 +796,8 @@ def render_metrics(depths, pools, schedules=()):
         ('mpqueue_oldest_waiting_seconds', 'gauge',
          'Age of the job at the head of the queue since it was pushed (0: none waits).',
          [({'queue': q}, d['oldest_waiting_seconds']) for q, d in depths.items()]),
+        ('mpqueue_queue_paused', 'gauge', '1 while the queue is paused (queue:pause), else 0.',
+         [({'queue': q}, int(d['paused'])) for q, d in depths.items()]),
         ('mpqueue_workers', 'gauge', 'Worker processes of each running pool, by state.',
          [({'server': p['host'], 'pool': p['name'], 'queue': q, 'state': s}, counts[s])
           for p in pools for q, counts in sorted(p['queues'].items()) for s in ('busy', 'idle')]),
@@ -1017,7 +1037,9 @@ class _WebHandler(_Handler):
         ('POST', r'/api/queues/(?P<queue>[^/]+)/failed/retry', 'api_retry_all'),
         ('POST', r'/api/queues/(?P<queue>[^/]+)/failed/(?P<job_id>[^/]+)/retry', 'api_retry'),
         ('POST', r'/api/queues/(?P<queue>[^/]+)/failed/(?P<job_id>[^/]+)/delete', 'api_delete'),
-        ('POST', r'/api/queues/(?P<queue>[^/]+)/jobs/(?P<job_id>[^/]+)/cancel', 'api_cancel'))
+        ('POST', r'/api/queues/(?P<queue>[^/]+)/jobs/(?P<job_id>[^/]+)/cancel', 'api_cancel'),
+        ('POST', r'/api/queues/(?P<queue>[^/]+)/pause', 'api_pause'),
+        ('POST', r'/api/queues/(?P<queue>[^/]+)/resume', 'api_resume'))
 
     def end_headers(self):
         for name, value in _WEB_HEADERS:
@@ -1237,6 +1259,14 @@ class _WebHandler(_Handler):
             raise _HTTPError(404, 'no job %r in queue %r' % (job_id, queue))
         return {'ok': True, 'state': state}
 
+    def api_pause(self, query, queue):
+        changed = self.server.broker(mpqueue.pause, queue, action=True)
+        return {'ok': True, 'paused': True, 'changed': changed}
+
+    def api_resume(self, query, queue):
+        changed = self.server.broker(mpqueue.resume, queue, action=True)
+        return {'ok': True, 'paused': False, 'changed': changed}
+
 
 def _int_param(query, name, default, low, high):
     text = query.get(name, [str(default)])[0]
@@ -1338,6 +1368,10 @@ COMMANDS = [
     ('queue:retry', cmd_queue_retry, ('queue', 'id'), 'put failed jobs back --queue Q [--id ID]'),
     ('queue:clean', cmd_queue_clean, ('queue',),
      'empty a queue [--queue Q] (all queues without --queue)'),
+    ('queue:pause', cmd_queue_pause, ('queue',),
+     'stop every pool starting the jobs of a queue --queue Q (running jobs finish)'),
+    ('queue:resume', cmd_queue_resume, ('queue',), 'start the jobs of a paused queue again '
+     '--queue Q'),
     ('job:status', cmd_job_status, ('queue', 'id', 'json'),
      'state, times, attempts, errors and result of one job --queue Q --id ID'),
     ('job:cancel', cmd_job_cancel, ('queue', 'id'),
@@ -1751,6 +1785,7 @@ tr.stale > * { background: #fffaeb; }
 .badge.waiting { background: #eff8ff; color: #175cd3; }
 .badge.working { background: #f4f3ff; color: #5925dc; }
 .badge.cancelled { background: #f2f4f7; color: #475467; }
+.badge.paused { background: #fffaeb; color: #b54708; }
 .btn { font: inherit; font-weight: 600; font-size: 13px; padding: 6px 12px; border-radius: 7px;
   border: 1px solid #d0d5dd; background: #fff; color: #344054; cursor: pointer;
   white-space: nowrap; }
@@ -1864,7 +1899,8 @@ form.login .btn { margin-top: 8px; padding: 9px; }
                   schedules: 'Schedules'};
   const UNFINISHED = ['waiting', 'delayed', 'reserved', 'working'];
   const QUEUE_COLUMNS = ['Queue', 'Waiting', 'Delayed', 'Reserved', 'Working', 'Failed',
-                         'Cancelled', 'Oldest waiting', 'Pushed', 'Done', 'Done/s', 'Failed/s'];
+                         'Cancelled', 'Oldest waiting', 'Pushed', 'Done', 'Done/s', 'Failed/s',
+                         'Paused'];
   const FLEET_COLUMNS = ['Pool', 'Host', 'PID', 'State', 'Started', 'Last seen', 'Queue',
                          'Workers', 'Busy', 'Idle', 'Done'];
 
@@ -2247,12 +2283,27 @@ form.login .btn { margin-top: 8px; padding: 9px; }
         el('td', {class: 'num', 'data-col': 'done_rate'}, fmtRate(rate && rate.done)),
         el('td', {class: 'num' + (rate && rate.failed > 0 ? ' bad' : ''),
                   'data-col': 'failed_rate'}, fmtRate(rate && rate.failed)),
+        pausedCell(q),
       ]);
     });
     if (!rows.length) {
-      rows.push(el('tr', {}, el('td', {colspan: 12, class: 'empty'}, 'No queue in the config.')));
+      rows.push(el('tr', {}, el('td', {colspan: 13, class: 'empty'}, 'No queue in the config.')));
     }
     $('queues-body').replaceChildren(...rows);
+  }
+
+  function pausedCell(q) {
+    // a badge while the queue is paused, and the button that flips it
+    const path = 'api/queues/' + enc(q.name) + '/' + (q.paused ? 'resume' : 'pause');
+    const button = READ_ONLY ? null : q.paused
+      ? actionButton('Resume', 'resume', 'Resume queue ' + q.name, (e) => act(
+          e.currentTarget, path, null, () => 'Queue ' + q.name + ' resumed'))
+      : actionButton('Pause', 'pause', 'Pause queue ' + q.name, (e) => act(
+          e.currentTarget, path, 'Pause queue ' + q.name + '? No pool starts its jobs until ' +
+          'it is resumed; running jobs finish.', () => 'Queue ' + q.name + ' paused'), true);
+    return el('td', {'data-col': 'paused', 'data-paused': q.paused ? 'true' : 'false'}, [
+      q.paused ? el('span', {class: 'badge paused'}, 'paused') : null,
+      q.paused && button ? ' ' : null, button]);
   }
 
   function niceCeil(value) {
@@ -2638,7 +2689,7 @@ form.login .btn { margin-top: 8px; padding: 9px; }
     const colgroup = (span, title) => el('th', {scope: 'colgroup', colspan: span}, title);
     $('queues-head').replaceChildren(
       el('tr', {class: 'groups'}, [el('td'), colgroup(6, 'Now'), el('td'), colgroup(2, 'Total'),
-                                   colgroup(2, 'Rate')]),
+                                   colgroup(2, 'Rate'), el('td')]),
       headRow(QUEUE_COLUMNS, QUEUE_COLUMNS.slice(1)));
     $('fleet-head').replaceChildren(headRow(FLEET_COLUMNS, ['PID', 'Last seen', 'Workers',
                                                            'Busy', 'Idle', 'Done']));

@@ -306,7 +306,9 @@ class SqliteStore:
                 [('mpq_unique', k) for k, in self._rows(
                     'SELECT key FROM mpq_unique WHERE queue = ?', queue)] +
                 [('mpq_queue', q) for q, in self._rows(
-                    'SELECT queue FROM mpq_queue WHERE queue = ?', queue)])
+                    'SELECT queue FROM mpq_queue WHERE queue = ?', queue)] +
+                [('mpq_paused', q) for q, in self._rows(
+                    'SELECT queue FROM mpq_paused WHERE queue = ?', queue)])
 
     def traces(self, queue, job_id):
         return ([('mpq_job', job_id)] * len(self._rows(

@@ -25,7 +25,8 @@ from pool_harness import CLI, CLI_TIMEOUT, REPO, STOP_GRACE, E2E, Src, alive, qu
 from redis_server import free_port
 
 COMMANDS = ('list', 'worker:start', 'worker:stop', 'worker:restart', 'worker:reload',
-            'worker:status', 'queue:status', 'queue:failed', 'queue:retry', 'queue:clean')
+            'worker:status', 'queue:status', 'queue:failed', 'queue:retry', 'queue:clean',
+            'queue:pause', 'queue:resume')
 
 
 @pytest.fixture
@@ -163,12 +164,14 @@ def test_start_daemon_status_and_stop(e2e):
     assert res.returncode == 0, res.stderr
     header, *body = res.stdout.strip().splitlines()
     assert header.split() == ['queue', 'all', 'waiting', 'working', 'failed', 'over',
-                              'cancelled']
-    table = {line.split()[0]: [int(x) for x in line.split()[1:]] for line in body}
-    assert table == {'q': [1, 0, 1, 0, 0, 0], 'other': [0, 0, 0, 0, 0, 0]}
+                              'cancelled', 'paused']
+    table = {line.split()[0]: [int(x) for x in line.split()[1:-1]] + line.split()[-1:]
+             for line in body}
+    assert table == {'q': [1, 0, 1, 0, 0, 0, 'no'], 'other': [0, 0, 0, 0, 0, 0, 'no']}
     res = pool.cli('queue:status', '--queue', 'other', '--json')
     assert json.loads(res.stdout) == {'other': {'all': 0, 'waiting': 0, 'working': 0,
-                                                'failed': 0, 'over': 0, 'cancelled': 0}}
+                                                'failed': 0, 'over': 0, 'cancelled': 0,
+                                                'paused': False}}
 
     # worker:stop: the busy job goes back to its queue, everything stops.
     everyone = [psutil.Process(r['pid']) for r in rows]
@@ -178,7 +181,8 @@ def test_start_daemon_status_and_stop(e2e):
     assert not pool.pid_file.exists()
     wait_for(lambda: not any(alive(p.pid) for p in everyone), 5, 'every process to be gone')
     # the job still running at the end of stop_grace went back to its queue
-    assert mpqueue.status('q') == {'all': 1, 'waiting': 1, 'working': 0, 'failed': 0, 'over': 0}
+    assert mpqueue.status('q') == {'all': 1, 'waiting': 1, 'working': 0, 'failed': 0, 'over': 0,
+                                   'paused': False}
 
 
 def test_start_twice_fails_with_one_line(e2e):
@@ -419,10 +423,34 @@ def test_queue_failed_retry_and_clean(e2e):
     assert mpqueue.status('q')['waiting'] == 3
     res = pool.cli('queue:clean', '--queue', 'q')
     assert res.returncode == 0, res.stderr
-    assert mpqueue.status('q') == {'all': 0, 'waiting': 0, 'working': 0, 'failed': 0, 'over': 0}
+    assert mpqueue.status('q') == {'all': 0, 'waiting': 0, 'working': 0, 'failed': 0, 'over': 0,
+                                   'paused': False}
     res = pool.cli('queue:status', '--json')
     assert json.loads(res.stdout) == {'q': {'all': 0, 'waiting': 0, 'working': 0, 'failed': 0,
-                                            'over': 0, 'cancelled': 0}}
+                                            'over': 0, 'cancelled': 0, 'paused': False}}
+
+
+def test_queue_pause_and_resume(e2e):
+    pool = e2e.pool(queue_conf(worker_number=1, sleep_seconds=30)).start()
+    jobs = e2e.import_jobs()
+    res = pool.cli('queue:pause', '--queue', 'q')
+    assert res.returncode == 0, res.stderr
+    assert "queue 'q' paused" in res.stdout
+    assert 'already' in pool.cli('queue:pause', '--queue', 'q').stdout
+    mpqueue.push('q', jobs.ok, args=('accrued',))
+    res = pool.cli('queue:status')
+    assert res.returncode == 0, res.stderr
+    header, line = res.stdout.strip().splitlines()
+    assert header.split()[-1] == 'paused' and line.split() == ['q', '1', '1', '0', '0', '0',
+                                                               '0', 'yes']
+    assert json.loads(pool.cli('queue:status', '--json').stdout)['q']['paused'] is True
+    time.sleep(1.0)                         # a paused pool starts nothing
+    assert e2e.records('start') == []
+    res = pool.cli('queue:resume', '--queue', 'q')
+    assert res.returncode == 0, res.stderr
+    assert "queue 'q' resumed" in res.stdout
+    wait_counts(pool, 10, over=1, waiting=0, paused=False)
+    assert 'was not paused' in pool.cli('queue:resume', '--queue', 'q').stdout
 
 
 # -- as a new user meets it --------------------------------------------------------------
@@ -737,6 +765,10 @@ def test_relative_sqlite_file_pushed_from_another_directory_is_refused(e2e, tmp_
     (['metrics', '--queue', 'nope'], ["queue 'nope' is not in the config"]),
     (['queue:status', '--watch', '--queue', 'nope'], ["queue 'nope' is not in the config"]),
     (['queue:retry'], ['needs --queue']),
+    (['queue:pause', '--queue', 'nope'], ["queue 'nope' is not in the config"]),
+    (['queue:resume', '--queue', 'nope'], ["queue 'nope' is not in the config"]),
+    (['queue:pause'], ['needs --queue']),
+    (['queue:resume', '--id', 'x'], ['queue:resume does not take --id']),
     (['worker:reload'], ['not running']),
     (['worker:status'], ['not running']),
 ])
@@ -747,6 +779,7 @@ def test_mistakes_are_one_line_and_change_nothing(e2e, args, words):
     one_line_error(res, *words)
     assert res.stdout == ''
     assert mpqueue.status('q')['waiting'] == 1
+    assert mpqueue.status('q')['paused'] is False
 
 
 def test_missing_queue_name_in_a_config_file_says_it_is_required(e2e, tmp_path):

@@ -44,19 +44,22 @@ def subscribed_waker(driver, queue):
     push1(driver, queue)
     readable, _, _ = select.select([waker], [], [], WAIT)
     assert readable == [waker]
-    assert waker.drain() == []
+    assert waker.drain() == ([], False)
     return waker
 
 
 def drain_until(waker, job_id):
-    """Read the waker until it reports ``job_id`` cancelled; all it reported."""
-    got = []
+    """Read the waker until it reports ``job_id`` cancelled (or, for None, the
+    queue paused); the ids it reported cancelled."""
+    got, paused = [], []
 
     def reported():
         if select.select([waker], [], [], 0.05)[0]:
-            got.extend(waker.drain())
-        return job_id in got
-    poll(reported, 'the waker to report %s cancelled' % job_id)
+            cancelled, pause = waker.drain()
+            got.extend(cancelled)
+            paused.append(pause)
+        return job_id in got if job_id is not None else any(paused)
+    poll(reported, 'the waker to report %s' % ('%s cancelled' % job_id if job_id else 'a pause'))
     return got
 
 
@@ -208,7 +211,7 @@ def test_the_waker_wakes_on_push(driver, queue):
         push1(driver, queue)
         readable, _, _ = select.select([waker], [], [], WAIT)
         assert readable == [waker]
-        assert waker.drain() == []
+        assert waker.drain() == ([], False)
     finally:
         waker.close()
 
@@ -220,7 +223,7 @@ def test_the_waker_wakes_on_a_delayed_push(driver, queue):
         push1(driver, queue, delay=30)
         readable, _, _ = select.select([waker], [], [], WAIT)
         assert readable == [waker]
-        assert waker.drain() == []
+        assert waker.drain() == ([], False)
     finally:
         waker.close()
 
@@ -1351,6 +1354,80 @@ def test_depth_stays_exact_through_every_path(driver, queue, store, monkeypatch)
     check()
     assert driver.run(queue, 'clean', 2) == 2
     check()
+
+
+# -- pause and resume ----------------------------------------------------------------------
+
+@pytest.mark.parametrize('take', ['reserve', 'pop'])
+def test_a_paused_queue_hands_out_nothing_and_accrues_until_resume(driver, queue, take):
+    first = push1(driver, queue)
+    assert driver.run(queue, 'paused') is False
+    assert driver.execute(queue, [('pause',), ('pause',), ('paused',)]) == [True, False, True]
+    later = push1(driver, queue)
+    delayed = push1(driver, queue, delay=0.1)
+    tick_until_state(driver, queue, delayed, 'waiting')     # due: it waits in line
+    hand = reserve if take == 'reserve' else pop
+    assert hand(driver, queue, 10) == []
+    assert counts(driver, queue) == zero_counts(waiting=3, pushed=3)
+    assert driver.execute(queue, [('resume',), ('resume',), ('paused',)]) == [True, False,
+                                                                              False]
+    assert ids_of(hand(driver, queue, 10)) == [first, later, delayed]
+
+
+def test_pause_and_resume_in_one_batch_take_effect_in_order(driver, queue):
+    job_id = push1(driver, queue)
+    assert ids_of(driver.execute(queue, [('pause',), ('reserve', 5), ('resume',),
+                                         ('reserve', 5)])[3]) == [job_id]
+
+
+def test_pause_tells_the_masters_once_and_resume_wakes_them(driver, queue):
+    waker = subscribed_waker(driver, queue)
+    try:
+        assert driver.run(queue, 'pause') is True
+        drain_until(waker, None)
+        assert driver.run(queue, 'pause') is False        # paused already: no news
+        assert driver.run(queue, 'resume') is True
+        readable, _, _ = select.select([waker], [], [], WAIT)
+        assert readable == [waker]
+        assert waker.drain() == ([], False)
+    finally:
+        waker.close()
+
+
+def test_running_jobs_finish_and_outcomes_land_while_paused(driver, queue):
+    push1(driver, queue)
+    push1(driver, queue, fail_number=2)
+    job, retried = pop(driver, queue, 2)
+    driver.run(queue, 'pause')
+    assert done(driver, queue, job) is True
+    assert retry(driver, queue, retried, 0, 'again') is True
+    assert state(driver, queue, retried['id']) == 'waiting'     # back in line, not handed out
+    assert pop(driver, queue, 5) == []
+    driver.run(queue, 'resume')
+    assert ids_of(pop(driver, queue, 5)) == [retried['id']]
+
+
+def test_clean_leaves_a_queue_paused(driver, queue):
+    push1(driver, queue)
+    driver.run(queue, 'pause')
+    empty(driver, queue)
+    assert driver.run(queue, 'paused') is True
+    push1(driver, queue)
+    assert reserve(driver, queue) == []
+    driver.run(queue, 'resume')
+    assert len(reserve(driver, queue)) == 1
+
+
+def test_a_pause_is_per_queue(driver, queue):
+    other = queue + '-other'
+    try:
+        driver.run(other, 'pause')
+        push1(driver, queue)
+        push1(driver, other)
+        assert len(reserve(driver, queue)) == 1 and reserve(driver, other) == []
+    finally:
+        driver.run(other, 'resume')
+        empty(driver, other)
 
 
 # -- clean, and bulk steps in chunks ----------------------------------------------------------

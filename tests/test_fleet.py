@@ -193,6 +193,7 @@ def test_metrics_match_the_queues_and_the_pools(e2e):
     first_push = time.time()
     mpqueue.push_many('parked', [jobs.ok, jobs.ok], args=('parked',))
     pushed = time.time()
+    mpqueue.pause('parked')
     mpqueue.push_many('q', [jobs.ok] * 3, args=('ok',))
     mpqueue.push('q', jobs.boom, args=('fails',))
     mpqueue.push_many('q', [jobs.ok] * 2, delay=300, args=('later',))
@@ -215,7 +216,8 @@ def test_metrics_match_the_queues_and_the_pools(e2e):
     read = time.time()
 
     assert set(families) == {'mpqueue_queue_jobs', 'mpqueue_jobs_total',
-                             'mpqueue_oldest_waiting_seconds', 'mpqueue_workers',
+                             'mpqueue_oldest_waiting_seconds', 'mpqueue_queue_paused',
+                             'mpqueue_workers',
                              'mpqueue_pool_jobs_finished_total',
                              'mpqueue_pool_heartbeat_age_seconds',
                              'mpqueue_schedule_last_tick_timestamp',
@@ -234,6 +236,9 @@ def test_metrics_match_the_queues_and_the_pools(e2e):
                       ('q', 'cancelled'): 0, ('parked', 'pushed'): 2, ('parked', 'done'): 0,
                       ('parked', 'failed'): 0, ('parked', 'cancelled'): 0}
     assert sample(families, 'mpqueue_oldest_waiting_seconds', queue='q') == 0
+    assert families['mpqueue_queue_paused']['type'] == 'gauge'
+    assert {dict(k)['queue']: v for k, v in families['mpqueue_queue_paused']['samples'].items()
+            } == {'q': 0, 'parked': 1}
     age = sample(families, 'mpqueue_oldest_waiting_seconds', queue='parked')
     assert asked - pushed - 0.01 <= age <= read - first_push
     assert sample(families, 'mpqueue_workers', server=mpqueue._HOST, pool='server-a',
@@ -246,7 +251,8 @@ def test_metrics_match_the_queues_and_the_pools(e2e):
 
 
 def test_metrics_labels_are_escaped():
-    depth = dict.fromkeys(mpqueue._DEPTH_FIELDS + ('oldest_waiting_seconds',), 0)
+    depth = dict(dict.fromkeys(mpqueue._DEPTH_FIELDS + ('oldest_waiting_seconds',), 0),
+                 paused=False)
     pools = [{'host': 'odd "host"\\n\n', 'name': 'p', 'age': 0.5,
               'queues': {'q': {'busy': 1, 'idle': 2, 'done': 7}}}]
     families = parse_exposition(mpqueue_cli.render_metrics({'q': depth}, pools))

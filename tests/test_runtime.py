@@ -80,7 +80,8 @@ def test_retry_runs_again_after_fail_expire_then_over(e2e, model):
     gaps = [b['time'] - a['time'] for a, b in zip(runs, runs[1:])]
     assert all(0.2 - 0.001 <= gap < 1.5 for gap in gaps), gaps
     assert len(e2e.records('end', tag='flaky')) == 1
-    assert counts() == {'all': 1, 'waiting': 0, 'working': 0, 'failed': 0, 'over': 1}
+    assert counts() == {'all': 1, 'waiting': 0, 'working': 0, 'failed': 0, 'over': 1,
+                        'paused': False}
 
 
 # -- 3. final failure and fail handlers -----------------------------------------
@@ -248,7 +249,8 @@ def test_graceful_stop_lets_running_job_finish(e2e):
     os.kill(pool.proc.pid, signal.SIGTERM)
     assert pool.proc.wait(timeout=15) == 0
     assert len(e2e.records('end', tag='finishing')) == 1
-    assert counts() == {'all': 1, 'waiting': 0, 'working': 0, 'failed': 0, 'over': 1}
+    assert counts() == {'all': 1, 'waiting': 0, 'working': 0, 'failed': 0, 'over': 1,
+                        'paused': False}
     wait_for(lambda: not any(alive(pid) for pid in everyone), 5, 'every process to be gone')
 
 
@@ -262,7 +264,8 @@ def test_stop_past_grace_puts_running_job_back(e2e):
     assert pool.proc.wait(timeout=15) == 0
     assert time.monotonic() - t0 < 1 + 5
     # back in the queue, the interrupted attempt not counted as a failure
-    assert counts() == {'all': 1, 'waiting': 1, 'working': 0, 'failed': 0, 'over': 0}
+    assert counts() == {'all': 1, 'waiting': 1, 'working': 0, 'failed': 0, 'over': 0,
+                        'paused': False}
     again = e2e.pool(queue_conf(worker_number=1, fail_number=0), name='again').start()
     wait_counts(again, 10, over=1, failed=0, waiting=0, working=0)
     assert [r['n'] for r in starts(e2e, 'interrupted')] == [1, 2]

@@ -178,16 +178,18 @@ def test_queues_and_fleet_match_the_cli_and_the_chart_has_points(e2e, browser, t
             return False
         for name, counts in expected.items():
             row = {k: number(v) for k, v in table[name].items()
-                   if k not in ('oldest_waiting_seconds', 'done_rate', 'failed_rate')}
+                   if k not in ('oldest_waiting_seconds', 'done_rate', 'failed_rate',
+                                'paused')}
             shown = {'all': row['pushed'], 'waiting': row['waiting'] + row['delayed'],
                      'working': row['reserved'] + row['working'], 'failed': row['failed'],
-                     'over': row['done'], 'cancelled': row['cancelled']}
+                     'over': row['done'], 'cancelled': row['cancelled'],
+                     'paused': table[name]['paused'].startswith('paused')}
             if shown != counts:
                 return False
         return table
     table = wait_page(browser, matches, 'the page to show what queue:status says (%r)' % expected)
     assert expected['q'] == {'all': 7, 'waiting': 2, 'working': 1, 'failed': 1, 'over': 3,
-                             'cancelled': 0}
+                             'cancelled': 0, 'paused': False}
     assert (table['q']['delayed'], table['q']['working'], table['q']['cancelled']) == \
         ('2', '1', '0')
     assert table['parked']['waiting'] == '2'
@@ -367,6 +369,54 @@ def test_a_job_is_looked_up_by_id_and_cancelled(e2e, browser, tmp_path):
     web.stop()
 
 
+def test_a_queue_is_paused_and_resumed_from_the_dashboard(e2e, browser, tmp_path):
+    pool = e2e.pool(queue_conf('q', worker_number=1, sleep_seconds=30)).start()
+    jobs = e2e.import_jobs()
+    web = Web(e2e, pool.config_path)
+    browser.get(web.url)
+
+    def paused_cell():
+        return look(browser, """
+            const td = document.querySelector('#queues-body tr[data-queue="q"] td[data-col=paused]');
+            if (!td) return null;
+            const button = td.querySelector('button[data-action]');
+            return {paused: td.dataset.paused, badge: Boolean(td.querySelector('.badge.paused')),
+                    button: button ? button.dataset.action : null};""")
+    assert wait_page(browser, paused_cell, 'the queue row') == {
+        'paused': 'false', 'badge': False, 'button': 'pause'}
+    click(browser, '#queues-body button[data-action=pause]', 'Pause')
+    accept_confirm(browser, 'Pause queue q')
+    wait_page(browser, lambda: paused_cell() == {'paused': 'true', 'badge': True,
+                                                 'button': 'resume'}, 'the queue shown paused')
+    assert mpqueue.status('q')['paused'] is True
+    status, api = web.json('GET', '/api/queues')
+    assert status == 200 and [q['paused'] for q in api if q['name'] == 'q'] == [True]
+    mpqueue.push('q', jobs.ok, args=('accrued',))
+    time.sleep(1.0)                                 # a paused pool starts nothing
+    assert e2e.records('start') == []
+    screenshot(browser, tmp_path, 'paused')
+
+    click(browser, '#queues-body button[data-action=resume]', 'Resume')
+    settle(pool, 'q', 'the accrued job to run after resume', over=1, paused=False)
+    wait_page(browser, lambda: (paused_cell() or {}).get('button') == 'pause',
+              'the queue shown running')
+    assert_no_alert(browser)
+
+    # The API: CSRF as for every action; an unknown queue is a 404 that names it.
+    token = web.csrf_token()
+    assert web.json('POST', '/api/queues/q/pause', {})[0] == 403
+    assert mpqueue.status('q')['paused'] is False
+    assert web.json('POST', '/api/queues/q/pause', {'X-CSRF-Token': token}) == (
+        200, {'ok': True, 'paused': True, 'changed': True})
+    assert web.json('POST', '/api/queues/q/pause', {'X-CSRF-Token': token}) == (
+        200, {'ok': True, 'paused': True, 'changed': False})
+    assert web.json('POST', '/api/queues/q/resume', {'X-CSRF-Token': token}) == (
+        200, {'ok': True, 'paused': False, 'changed': True})
+    status, body = web.json('POST', '/api/queues/nope/pause', {'X-CSRF-Token': token})
+    assert status == 404 and "'nope'" in body['error'], body
+    web.stop()
+
+
 # -- security -----------------------------------------------------------------------------
 
 def test_read_only_shows_no_actions_and_refuses_posts(one_broker, browser):
@@ -385,10 +435,11 @@ def test_read_only_shows_no_actions_and_refuses_posts(one_broker, browser):
     token = web.csrf_token()
     for path in ('/api/queues/q/failed/%s/retry' % failed, '/api/queues/q/failed/retry',
                  '/api/queues/q/failed/%s/delete' % failed,
-                 '/api/queues/q/jobs/%s/cancel' % failed):
+                 '/api/queues/q/jobs/%s/cancel' % failed, '/api/queues/q/pause'):
         status, body = web.json('POST', path, {'X-CSRF-Token': token})
         assert status == 403 and 'read-only' in body['error'], (path, status, body)
     assert [job['id'] for job in mpqueue.failed_jobs('q')] == [failed]
+    assert mpqueue.status('q')['paused'] is False
     web.stop()
 
 
