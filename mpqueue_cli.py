@@ -86,10 +86,9 @@ def _program():
 CONFIG_FORMS = 'FILE.py, FILE.py:NAME, module or module:NAME'
 
 
-def _load_config(spec):
+def _load_config(spec, where='from --config'):
     """Find and load the config: --config, $MPQUEUE_CONFIG, ./mpqueue_config.py.
     Returns the config, where it came from, and the file that defines it."""
-    where = 'from --config'
     if not spec:
         spec, where = os.environ.get('MPQUEUE_CONFIG'), 'from $MPQUEUE_CONFIG'
     if not spec:
@@ -1356,9 +1355,9 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError('%s (see "%s -h")' % (message, self.prog))
 
 
-def _parser():
+def _parser(prog=None):
     p = _Parser(
-        prog=_program(), add_help=False,
+        prog=prog or _program(), add_help=False,
         description='mpqueue: a multi-process job queue.',
         epilog='commands:\n' + '\n'.join('  %-16s %s' % (name, text)
                                          for name, _, _, text in COMMANDS),
@@ -1389,13 +1388,20 @@ def _check_options(command, takes, args):
 
 def main(argv=None, config=None):
     """Run one command; returns (and, from the console script, exits with) its code."""
-    parser = _parser()
+    return _main(sys.argv[1:] if argv is None else argv, config)
+
+
+def _main(argv, config, prog=None, default=None):
+    """``main``, as ``prog`` (in messages), and with the config ``default``
+    (a spec, as --config takes, and where it comes from) when no --config
+    is given."""
+    parser = _parser(prog)
     try:
-        args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+        args = parser.parse_args(argv)
     except UsageError as exc:
         return _fail(exc)
     try:
-        code = _run(parser, args, config)
+        code = _run(parser, args, config, default)
         sys.stdout.flush()
         return code
     except KeyboardInterrupt:
@@ -1409,7 +1415,7 @@ def main(argv=None, config=None):
         return _fail(exc)
 
 
-def _run(parser, args, config):
+def _run(parser, args, config, default=None):
     if args.help or args.command in ('list', 'help'):
         sys.stdout.write(parser.format_help())      # print_help() hides a broken pipe
         return 0
@@ -1422,7 +1428,8 @@ def _run(parser, args, config):
     if config is not None:
         cfg = mpqueue.configure(config)
     else:
-        config, spec, origin = _load_config(args.config)
+        config, spec, origin = _load_config(*(
+            (args.config,) if args.config or not default else default))
         try:
             cfg = mpqueue.configure(config)
         except mpqueue.ConfigError as exc:      # say which file holds the mistake
@@ -1452,6 +1459,123 @@ def _discard_stdout():
         os.close(devnull)
     except (OSError, ValueError, AttributeError):
         pass
+
+
+# -- the same commands from Django's manage.py and Flask's flask ------------------
+#
+# ``python manage.py mpqueue COMMAND`` and ``flask mpqueue COMMAND`` run every
+# command above in a process whose framework is set up (Django's settings
+# and apps, the Flask app and its app context).  The config: --config, else
+# the framework's setting MPQUEUE_CONFIG (a dict, or what --config takes),
+# else $MPQUEUE_CONFIG, else the module mpqueue_config (beside manage.py, or
+# the Flask app).  Django and Flask are imported when DjangoCommand or
+# flask_group is first asked for, never by ``import mpqueue_cli``.
+
+#: The config of ``manage.py mpqueue`` and ``flask mpqueue`` when neither
+#: --config, nor the setting MPQUEUE_CONFIG, nor $MPQUEUE_CONFIG names one.
+FRAMEWORK_CONFIG = 'mpqueue_config'
+
+
+def framework_main(argv, setting, prog):
+    """Run one command for a framework's command line; its exit code.
+
+    :param argv: the command and its options, e.g. ``['worker:start', '-d']``.
+    :param setting: the framework's MPQUEUE_CONFIG: a config dict, a spec as
+        --config takes, or None.
+    :param prog: the command as the user typed it, for messages.
+    """
+    if isinstance(setting, dict):
+        if any(a in ('-c', '--config') or a.startswith('--config=') for a in argv):
+            return _main(argv, None, prog)
+        return _main(argv, setting, prog)
+    if setting:
+        default = (setting, 'from the setting MPQUEUE_CONFIG')
+    elif os.environ.get('MPQUEUE_CONFIG'):
+        default = (os.environ['MPQUEUE_CONFIG'], 'from $MPQUEUE_CONFIG')
+    else:
+        default = (FRAMEWORK_CONFIG, 'the default: the module mpqueue_config')
+    return _main(argv, None, prog, default)
+
+
+def _django_command():
+    """``DjangoCommand``: a Django management command that runs the commands."""
+    from django.core.management.base import BaseCommand, CommandError
+
+    class DjangoCommand(BaseCommand):
+        """``python manage.py mpqueue COMMAND [options]``.  A project exposes it
+        with one line in ``<app>/management/commands/mpqueue.py``::
+
+            from mpqueue_cli import DjangoCommand as Command
+
+        Before a pool starts (worker:start, worker:restart) it checks that the
+        database has every migration (``check_migrations``): the jobs would
+        fail on tables that do not exist yet."""
+
+        help = 'Runs an mpqueue command (mpqueue list: which) on this project.'
+        check_migrations = True
+
+        def create_parser(self, prog_name, subcommand, **kwargs):
+            self.prog = '%s %s' % (_program(), subcommand)
+            return super().create_parser(prog_name, subcommand, **kwargs)
+
+        def add_arguments(self, parser):
+            parser.add_argument('args', nargs=argparse.REMAINDER,
+                                help='an mpqueue command and its options, e.g. worker:start -d')
+
+        def handle(self, *args, **options):
+            from django.conf import settings
+            from django.db import DEFAULT_DB_ALIAS, connections
+            from django.db.migrations.executor import MigrationExecutor
+
+            if self.check_migrations and args and args[0] in ('worker:start', 'worker:restart'):
+                executor = MigrationExecutor(connections[DEFAULT_DB_ALIAS])
+                if executor.migration_plan(executor.loader.graph.leaf_nodes()):
+                    raise CommandError('the database has unapplied migrations: run '
+                                       '"python manage.py migrate" first')
+            code = framework_main(list(args), getattr(settings, 'MPQUEUE_CONFIG', None),
+                                  getattr(self, 'prog', 'python manage.py mpqueue'))
+            if code:
+                sys.exit(code)
+
+    return DjangoCommand
+
+
+def _flask_group():
+    """``flask_group``: a click group of every command, for ``app.cli``."""
+    import click
+    from flask import current_app
+    from flask.cli import with_appcontext
+
+    @click.group('mpqueue', help="mpqueue's commands on this app's config (the setting "
+                 'MPQUEUE_CONFIG, else $MPQUEUE_CONFIG, else the module mpqueue_config).')
+    def group():
+        pass
+
+    def command(name, text):
+        @with_appcontext
+        def run(args):
+            code = framework_main([name] + list(args), current_app.config.get('MPQUEUE_CONFIG'),
+                                  'flask mpqueue')
+            click.get_current_context().exit(code)
+        return click.Command(
+            name, callback=run, help=text, short_help=text, add_help_option=False,
+            params=[click.Argument(['args'], nargs=-1, type=click.UNPROCESSED)],
+            context_settings={'ignore_unknown_options': True})
+
+    for name, _, _, text in COMMANDS:
+        group.add_command(command(name, text))
+    return group
+
+
+_FRAMEWORK_ENTRIES = {'DjangoCommand': _django_command, 'flask_group': _flask_group}
+
+
+def __getattr__(name):
+    """``DjangoCommand`` and ``flask_group``, made when first asked for."""
+    if name not in _FRAMEWORK_ENTRIES:
+        raise AttributeError('module %r has no attribute %r' % (__name__, name))
+    value = globals()[name] = _FRAMEWORK_ENTRIES[name]()
+    return value
 
 
 ###############################################################################

@@ -27,6 +27,9 @@ def create_app(config=None):
     # The pushing side and the pool read one config file: one broker.
     import mpqueue_config
     mpqueue.configure(mpqueue_config.config)
+    # flask --app greeter mpqueue worker:start -d (and every other command)
+    from mpqueue_cli import flask_group
+    app.cli.add_command(flask_group)
 
     from .jobs import Greet
 
