@@ -44,7 +44,8 @@ For the command line and other tools (public, not in ``__all__``):
 ``queue_config(name)``, ``pid_file(config=None)``, ``pool_pid(config=None)``,
 ``start_pool(config=None, daemon=False)``, ``pool_status(config=None,
 timeout=10)``, ``depth(queue)``, ``fleet()``, ``foreign_pools(config=None)``,
-``schedules(queue=None)`` and ``history(queue)``, at the end of the file.
+``schedules(queue=None)``, ``history(queue)`` and ``queued_jobs(queue,
+state='waiting', count=100, cursor=None)``, at the end of the file.
 """
 
 ###############################################################################
@@ -1402,6 +1403,12 @@ _STEPS = (
     # up to count failed jobs' records, oldest first: those after job `after`
     # while it is failed (a cursor: deep pages cost what the first does), else
     # from the offset-th
+    ('listing', 'state count cursor', 'listing'),
+    # up to count jobs of `state`, waiting (in the order they will start) or
+    # delayed (soonest due first), from `cursor` ('': the first); their
+    # records (a delayed one with its due time) and the cursor of the page
+    # after ('': none).  A cursor is the broker's own text; each page costs
+    # what the first does, at any depth
     ('retry_failed', 'id limit', 'int'),
     # put one failed job (or up to `limit`, oldest first) back; how many
     ('delete_failed', 'id', 'bool'),
@@ -1423,7 +1430,7 @@ _STEPS = (
 )
 _STEP_ARGS = {name: len(args.split()) for name, args, _ in _STEPS}
 _STEP_KIND = {name: kind for name, _, kind in _STEPS}
-_READ_STEPS = ('depth', 'failed', 'schedules', 'history')      # steps that change nothing
+_READ_STEPS = ('depth', 'failed', 'listing', 'schedules', 'history')   # steps that change nothing
 
 # A job's record: these fields, the same in every driver, with their types.
 # job_info() shows the public ones; the others are the lifecycle's own.
@@ -2011,6 +2018,46 @@ OPS.failed = function(offset, count, after)
   end
   return out
 end
+-- waiting: the cursor is 'level:index:id' (the next job's place, and the
+-- id of the job before it, found again nearby if the list moved meanwhile);
+-- delayed: 'due:id' of the last job shown.  Any other text: the first page
+OPS.listing = function(state, count, cursor)
+  local out, n = {}, tonumber(count)
+  if n <= 0 then return {out, ''} end
+  if state == 'delayed' then
+    local after, id = string.match(cursor, '^([^:]*):(.*)$')
+    local start = 0
+    if id and tonumber(after) then
+      local rank = redis.call('ZRANK', DELAYED, id)
+      start = rank and rank + 1 or redis.call('ZCOUNT', DELAYED, '-inf', '(' .. after)
+    end
+    local due = redis.call('ZRANGE', DELAYED, start, start + n - 1, 'WITHSCORES')
+    for i = 1, #due, 2 do table.insert(out, {due[i], record(due[i], 'result'), due[i + 1]}) end
+    if start + n >= redis.call('ZCARD', DELAYED) then return {out, ''} end
+    return {out, due[#due] .. ':' .. due[#due - 1]}
+  end
+  local a, b, before = string.match(cursor, '^([0-9]+):([0-9]+):(.*)$')
+  local level = math.min(tonumber(a) or %(MAX_PRIORITY)d, %(MAX_PRIORITY)d)
+  local index = tonumber(b) or 0
+  if before and index > 0 and redis.call('LINDEX', waiting(level), index - 1) ~= before then
+    index = (redis.call('LPOS', waiting(level), before, 'MAXLEN', index + n) or -1) + 1
+  end
+  local last = ''
+  while level >= 0 and #out < n do
+    local ids = redis.call('LRANGE', waiting(level), index, index + n - #out - 1)
+    for _, id in ipairs(ids) do table.insert(out, {id, record(id, 'result')}) end
+    if #ids > 0 then
+      index = index + #ids
+      last = level .. ':' .. index .. ':' .. ids[#ids]
+    end
+    if #out < n then level, index = level - 1, 0 end
+  end
+  if redis.call('LINDEX', waiting(level), index) then return {out, last} end
+  for below = level - 1, 0, -1 do
+    if redis.call('LLEN', waiting(below)) > 0 then return {out, last} end
+  end
+  return {out, ''}
+end
 OPS.retry_failed = function(id, limit)
   local ids = {id}
   if id == '' then ids = redis.call('ZRANGE', FAILED, 0, tonumber(limit) - 1) end
@@ -2172,6 +2219,8 @@ _REDIS_REPLY = {
     'tick': lambda r: (None if float(r[0]) < 0 else float(r[0]), float(r[1])),
     'record': lambda r: None if r is None else _record(_pairs(r)),
     'records': lambda r: [dict(_record(_pairs(fields)), id=_text(i)) for i, fields in r],
+    'listing': lambda r: ([dict(_record(_pairs(item[1])), id=_text(item[0]), **(
+        {'due_time': float(item[2])} if len(item) > 2 else {})) for item in r[0]], _text(r[1])),
     'depth': lambda r: dict(zip(_DEPTH_FIELDS, map(int, r[:-1])),
                             oldest_created=float(r[-1]) if r[-1] else None),
     'schedule': lambda r: (_text(r[0]),) + tuple(_text(v) for v in r[1:]),
@@ -3400,6 +3449,29 @@ class _SqliteSteps:
             'ORDER BY level DESC, score, rowid LIMIT ? OFFSET ?' % (_SQ_RECORD, where),
             (self.queue,) + args + (max(0, count), 0 if cursor else max(0, offset))).fetchall()
         return [dict(_record(zip(_FIELDS_BUT_PAYLOAD, row[1:])), id=row[0]) for row in rows]
+
+    def listing(self, state, count, cursor):
+        # the cursor: 'level:score:rowid' of the last job shown (any other
+        # text: the first page); a page is read from its level on, then from
+        # the levels below it
+        count = max(0, count)
+        try:
+            level, score, rowid = (float(x) for x in cursor.split(':'))
+        except ValueError:
+            level, score, rowid = MAX_PRIORITY if state == 'waiting' else 0, float('-inf'), -1
+        rows = self.conn.execute(
+            'SELECT id, score, rowid, level, %s FROM mpq_job WHERE queue = ? AND state = ? AND '
+            'level = ? AND (score, rowid) > (?, ?) ORDER BY level DESC, score, rowid LIMIT ?'
+            % _SQ_RECORD, (self.queue, state, level, score, rowid, count + 1)).fetchall()
+        if len(rows) <= count:      # one more than the page: is there a page after it?
+            rows += self.conn.execute(
+                'SELECT id, score, rowid, level, %s FROM mpq_job WHERE queue = ? AND state = ? '
+                'AND level < ? ORDER BY level DESC, score, rowid LIMIT ?' % _SQ_RECORD,
+                (self.queue, state, level, count + 1 - len(rows))).fetchall()
+        jobs = [dict(_record(zip(_FIELDS_BUT_PAYLOAD, row[4:])), id=row[0], **(
+            {'due_time': row[1]} if state == 'delayed' else {})) for row in rows[:count]]
+        last = rows[count - 1] if count > 0 and len(rows) > count else None
+        return jobs, last and '%d:%r:%d' % (last[3], last[1], last[2]) or ''
 
     def retry_failed(self, job_id, limit):
         return self.to_tail(self.conn.execute(
@@ -6315,6 +6387,27 @@ def failed_jobs(queue, offset=0, count=100, after=None):
     queue_config(queue)
     return [_public_info(queue, record) for record in
             _get_config()['basics']['driver'].run(queue, 'failed', offset, count, after or '')]
+
+
+def queued_jobs(queue, state='waiting', count=100, cursor=None):
+    """A page of the jobs of a queue that have not started, as ``job_info``
+    dicts: ``'waiting'`` ones in the order they will start (highest priority
+    first, then first in), or ``'delayed'`` ones soonest due first, each
+    with ``due_time``.  Every page costs what the first does, at any depth.
+
+    :param state: ``'waiting'`` or ``'delayed'``.
+    :param count: the most jobs of the page.
+    :param cursor: the ``cursor`` of the page before (None: the first page).
+        A job that starts meanwhile does not disturb the pages after it.
+    :returns: ``{'jobs': [...], 'cursor': text or None}``: None when there is
+        no page after this one.
+    """
+    queue_config(queue)
+    if state not in ('waiting', 'delayed'):
+        raise ValueError("state must be 'waiting' or 'delayed', got %r" % (state,))
+    jobs, after = _get_config()['basics']['driver'].run(queue, 'listing', state, count,
+                                                         cursor or '')
+    return {'jobs': [_public_info(queue, record) for record in jobs], 'cursor': after or None}
 
 
 def _public_info(queue, record):

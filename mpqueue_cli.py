@@ -478,6 +478,35 @@ def cmd_queue_failed(cfg, args):
     return 0
 
 
+#: Jobs per page of queue:jobs when --count does not say.
+QUEUED_PAGE = 100
+
+
+def cmd_queue_jobs(cfg, args):
+    (queue,) = _queues(cfg, args, required=True)
+    state = args.state or 'waiting'
+    if state not in ('waiting', 'delayed'):
+        raise UsageError('--state must be waiting or delayed, got %r' % state)
+    if args.count is not None and args.count < 1:
+        raise UsageError('--count must be at least 1, got %d' % args.count)
+    page = mpqueue.queued_jobs(queue, state, args.count or QUEUED_PAGE, args.cursor)
+    if args.json:
+        print(json.dumps(page, indent=1, default=str))
+        return 0
+    if not page['jobs'] and not args.cursor:
+        print('no %s jobs in queue %r' % (state, queue))
+        return 0
+    when = 'due_time' if state == 'delayed' else 'create_time'
+    print(_table((('id', -22), ('job', -30), ('priority', 8), ('key', -12),
+                  ('attempts', 8), ('due' if state == 'delayed' else 'created', 0)), (
+        (j['id'], j['job'], j['priority'], j['key'] or '-', j['exec_number'],
+         _when(j[when], ms=True)) for j in page['jobs'])))
+    if page['cursor']:
+        print('more: %s queue:jobs --queue %s --state %s --cursor %s' % (
+            _program(), queue, state, page['cursor']))
+    return 0
+
+
 def _job_of(cfg, args, command):
     """The queue and job id a ``job:`` command names."""
     (queue,) = _queues(cfg, args, required=True)
@@ -862,7 +891,7 @@ def cmd_metrics(cfg, args):
 #: Longest a request waits for the broker (seconds); then it answers 503.
 WEB_BROKER_TIMEOUT = 3.0
 _WEB_BROKER_THREADS = 4       # broker calls in flight at once; more wait their turn
-_WEB_FAILED_PAGE_MAX = 500    # most failed jobs one API call returns
+_WEB_PAGE_MAX = 500           # most jobs (failed, queued) one API call returns
 _WEB_TOKEN_MIN = 16           # characters: a token is a password that cannot be typed wrong
 _WEB_TOKEN_DISTINCT = 8       # different characters at least: 16 spaces or 'aaaa...' guess fast
 _WEB_FAILURE_DELAY = 0.5      # s: wrong tokens wait this long each, one at a time per process
@@ -1010,6 +1039,7 @@ class _WebHandler(_Handler):
         ('GET', r'/api/queues', 'api_queues'),
         ('GET', r'/api/queues/(?P<queue>[^/]+)/history', 'api_history'),
         ('GET', r'/api/queues/(?P<queue>[^/]+)/failed', 'api_failed'),
+        ('GET', r'/api/queues/(?P<queue>[^/]+)/jobs', 'api_queued'),
         ('GET', r'/api/queues/(?P<queue>[^/]+)/jobs/(?P<job_id>[^/]+)', 'api_job'),
         ('GET', r'/api/fleet', 'api_fleet'),
         ('GET', r'/api/schedules', 'api_schedules'),
@@ -1195,12 +1225,24 @@ class _WebHandler(_Handler):
 
     def api_failed(self, query, queue):
         offset = _int_param(query, 'offset', 0, 0, _WEB_OFFSET_MAX)
-        count = _int_param(query, 'count', 50, 1, _WEB_FAILED_PAGE_MAX)
+        count = _int_param(query, 'count', 50, 1, _WEB_PAGE_MAX)
         after = query.get('after', [''])[0]     # the last job of the page before
 
         def page():
             return {'total': mpqueue.depth(queue)['failed'],
                     'jobs': mpqueue.failed_jobs(queue, offset, count, after)}
+        return self.server.broker(page)
+
+    def api_queued(self, query, queue):
+        state = query.get('state', ['waiting'])[0]
+        if state not in ('waiting', 'delayed'):
+            raise _HTTPError(400, 'state must be waiting or delayed, got %r' % state)
+        count = _int_param(query, 'count', 50, 1, _WEB_PAGE_MAX)
+        cursor = query.get('cursor', [''])[0]       # the page before gave it
+
+        def page():
+            return dict(mpqueue.queued_jobs(queue, state, count, cursor),
+                        total=mpqueue.depth(queue)[state])
         return self.server.broker(page)
 
     def api_job(self, query, queue, job_id):
@@ -1305,7 +1347,10 @@ OPTIONS = {
     'interval': (('--interval',), {'type': float, 'metavar': 'SECONDS',
                                    'help': 'with --watch: seconds between frames (default 1)'}),
     'count': (('--count',), {'type': int, 'metavar': 'N',
-                             'help': 'with --watch: stop after N frames'}),
+                             'help': 'with --watch: stop after N frames; queue:jobs: jobs a '
+                                     'page (default %d)' % QUEUED_PAGE}),
+    'state': (('--state',), {'help': 'queue:jobs: waiting (default) or delayed'}),
+    'cursor': (('--cursor',), {'help': 'queue:jobs: the page after the one that printed it'}),
     'serve': (('--serve',), {'type': int, 'metavar': 'PORT',
                              'help': 'serve on http://127.0.0.1:PORT/metrics (0: any free port)'}),
     'host': (('--host',), {'help': 'web: the address to listen on (default 127.0.0.1; '
@@ -1334,6 +1379,9 @@ COMMANDS = [
      'all / waiting / working / failed / over per queue [--queue Q] (--watch: live)'),
     ('queue:failed', cmd_queue_failed, ('queue', 'json'),
      'failed jobs with their info and errors --queue Q'),
+    ('queue:jobs', cmd_queue_jobs, ('queue', 'state', 'count', 'cursor', 'json'),
+     'jobs that wait to start, a page at a time --queue Q [--state waiting|delayed] '
+     '[--count N] [--cursor C]'),
     ('queue:retry', cmd_queue_retry, ('queue', 'id'), 'put failed jobs back --queue Q [--id ID]'),
     ('queue:clean', cmd_queue_clean, ('queue',),
      'empty a queue [--queue Q] (all queues without --queue)'),
@@ -1380,7 +1428,8 @@ def _check_options(command, takes, args):
             raise UsageError('%s does not take %s (it takes: %s)' % (
                 command, flags[-1], ', '.join(OPTIONS[t][0][-1] for t in takes) or
                 'no option but --config'))
-    if (args.interval is not None or args.count is not None) and not args.watch:
+    if (args.interval is not None or args.count is not None and 'state' not in takes) \
+            and not args.watch:
         raise UsageError('--interval and --count go with --watch')
     if args.interval is None:
         args.interval = 1.0
@@ -1620,6 +1669,7 @@ _WEB_ASSETS = {
     <ul>
       <li><a href="#queues" data-view="queues">Queues</a></li>
       <li><a href="#fleet" data-view="fleet">Fleet</a></li>
+      <li><a href="#queued" data-view="queued">Waiting</a></li>
       <li><a href="#failed" data-view="failed">Failed
         <span id="failed-count" class="count"></span></a></li>
       <li><a href="#job" data-view="job">Job</a></li>
@@ -1681,6 +1731,21 @@ _WEB_ASSETS = {
       <p id="fleet-empty" class="empty" hidden>No pool has sent a heartbeat to this broker
         lately.</p>
     </div>
+  </section>
+
+  <section id="view-queued" class="view" aria-labelledby="h-queued" hidden>
+    <div class="head">
+      <h1 id="h-queued">Waiting jobs</h1>
+      <div class="tools">
+        <label class="field">Queue <select id="queued-queue"></select></label>
+        <label class="field">State <select id="queued-state">
+          <option value="waiting">waiting</option><option value="delayed">delayed</option>
+        </select></label>
+      </div>
+    </div>
+    <p class="sub">Jobs that have not started: waiting ones in the order they will start,
+      delayed ones soonest due first.</p>
+    <div id="queued-box" class="card"></div>
   </section>
 
   <section id="view-failed" class="view" aria-labelledby="h-failed" hidden>
@@ -1982,10 +2047,10 @@ form.login .btn { margin-top: 8px; padding: 9px; }
   const WINDOW_S = 15 * 60;         // the chart's time span
   const RATE_SPAN_S = 10;           // a rate is taken over about this many seconds
   const GAP_S = 60;                 // samples further apart than this leave a gap
-  const PAGE_SIZE = 50;             // failed jobs per page
-  const VIEWS = ['queues', 'fleet', 'failed', 'job', 'schedules'];
-  const TITLES = {queues: 'Queues', fleet: 'Fleet', failed: 'Failed jobs', job: 'Job',
-                  schedules: 'Schedules'};
+  const PAGE_SIZE = 50;             // failed jobs, waiting jobs per page
+  const VIEWS = ['queues', 'fleet', 'queued', 'failed', 'job', 'schedules'];
+  const TITLES = {queues: 'Queues', fleet: 'Fleet', queued: 'Waiting jobs',
+                  failed: 'Failed jobs', job: 'Job', schedules: 'Schedules'};
   const UNFINISHED = ['waiting', 'delayed', 'reserved', 'working'];
   const QUEUE_COLUMNS = ['Queue', 'Waiting', 'Delayed', 'Reserved', 'Working', 'Failed',
                          'Cancelled', 'Oldest waiting', 'Pushed', 'Done', 'Done/s', 'Failed/s'];
@@ -2014,6 +2079,7 @@ form.login .btn { margin-top: 8px; padding: 9px; }
     historyData: new Map(),
     chartQueue: QUEUES[0] || null,
     failed: {queue: QUEUES[0] || null, offset: 0, after: '', key: ''},
+    queued: {queue: QUEUES[0] || null, state: 'waiting', cursor: '', key: ''},
     open: new Set(),              // error <details> the user opened: 'id:index'
     job: {queue: QUEUES[0] || null, id: '', key: ''},
     schedulesKey: '',
@@ -2222,6 +2288,7 @@ form.login .btn { margin-top: 8px; padding: 9px; }
 
   function loadView() {
     switch (state.view) {
+      case 'queued': return loadQueued();
       case 'failed': return loadFailed();
       case 'job': return loadJob();
       case 'schedules': return loadSchedules();
@@ -2229,7 +2296,8 @@ form.login .btn { margin-top: 8px; padding: 9px; }
     }
   }
 
-  // -- routing: #queues, #fleet, #failed/Q/OFFSET/AFTER, #job/Q/ID, #schedules -------------
+  // -- routing: #queues, #fleet, #queued/Q/STATE/CURSOR, #failed/Q/OFFSET/AFTER, #job/Q/ID,
+  //    #schedules
 
   function route() {
     let parts;
@@ -2244,6 +2312,12 @@ form.login .btn { margin-top: 8px; padding: 9px; }
       state.failed.offset = Math.max(0, parseInt(parts[2], 10) || 0);
       state.failed.after = parts[3] || '';      // the id of the job before the page
       state.failed.key = '';
+    }
+    if (state.view === 'queued' && parts[1]) {
+      state.queued.queue = parts[1];
+      state.queued.state = parts[2] === 'delayed' ? 'delayed' : 'waiting';
+      state.queued.cursor = parts[3] || '';     // the page before gave it
+      state.queued.key = '';
     }
     if (state.view === 'job') {
       if (parts[1]) state.job.queue = parts[1];
@@ -2271,6 +2345,7 @@ form.login .btn { margin-top: 8px; padding: 9px; }
     const names = state.queues ? state.queues.map((q) => q.name) : QUEUES;
     for (const [id, current] of [['chart-queue', state.chartQueue],
                                  ['failed-queue', state.failed.queue],
+                                 ['queued-queue', state.queued.queue],
                                  ['job-queue', state.job.queue]]) {
       const select = $(id);
       const have = Array.from(select.options).map((o) => o.value);
@@ -2279,6 +2354,7 @@ form.login .btn { margin-top: 8px; padding: 9px; }
       }
       if (current !== null && names.includes(current)) select.value = current;
     }
+    $('queued-state').value = state.queued.state;
   }
 
   // -- queues ----------------------------------------------------------------------------
@@ -2358,10 +2434,15 @@ form.login .btn { margin-top: 8px; padding: 9px; }
              el('a', {href: '#failed/' + enc(q.name), title: 'Show the failed jobs of ' + q.name},
                 fmtInt(q.failed)))
         : numCell(q.failed, 'failed');
+      const queuedCell = (col) => q[col]
+        ? el('td', {class: 'num', 'data-col': col},
+             el('a', {href: '#queued/' + enc(q.name) + '/' + col,
+                      title: 'Show the ' + col + ' jobs of ' + q.name}, fmtInt(q[col])))
+        : numCell(q[col], col);
       const age = q.waiting ? q.oldest_waiting_seconds : null;
       return el('tr', {'data-queue': q.name}, [
         el('th', {scope: 'row'}, q.name),
-        numCell(q.waiting, 'waiting'), numCell(q.delayed, 'delayed'),
+        queuedCell('waiting'), queuedCell('delayed'),
         numCell(q.reserved, 'reserved'), numCell(q.working, 'working'), failedCell,
         numCell(q.cancelled, 'cancelled'),
         el('td', {class: 'num' + (age === null || age === undefined ? ' zero'
@@ -2653,6 +2734,52 @@ form.login .btn { margin-top: 8px; padding: 9px; }
                         data.jobs[data.jobs.length - 1].id) : null]));
   }
 
+  // -- waiting and delayed jobs ---------------------------------------------------------
+
+  async function loadQueued() {
+    const {queue, cursor} = state.queued, which = state.queued.state;
+    const box = $('queued-box');
+    if (!queue) {
+      box.replaceChildren(el('p', {class: 'empty'}, 'No queue in the config.'));
+      return;
+    }
+    const data = await api('api/queues/' + enc(queue) + '/jobs?state=' + which + '&count=' +
+                           PAGE_SIZE + (cursor ? '&cursor=' + enc(cursor) : ''));
+    const key = queue + '\n' + JSON.stringify(data);
+    if (key === state.queued.key) return;
+    state.queued.key = key;
+    if (!data.jobs.length) {
+      box.replaceChildren(el('p', {class: 'empty'}, cursor
+        ? 'No more ' + which + ' jobs in queue ' + queue + '.'
+        : 'No ' + which + ' jobs in queue ' + queue + '.'));
+      return;
+    }
+    const when = which === 'delayed' ? 'due_time' : 'create_time';
+    const rows = data.jobs.map((job) => el('tr', {'data-job-id': job.id}, [
+      el('td', {class: 'job'}, [
+        el('div', {class: 'name', 'data-col': 'name'}, job.job || '(unnamed)'),
+        el('a', {class: 'id mono', href: '#job/' + enc(queue) + '/' + enc(job.id),
+                 title: 'Look this job up'}, job.id)]),
+      numCell(job.priority, 'priority'),
+      el('td', {'data-col': when}, timeCell(job[when])),
+      numCell(job.exec_number, 'attempts'),
+      el('td', {'data-col': 'key'}, job.key === null || job.key === undefined ? '\u2014'
+                                                                            : job.key)]));
+    const base = '#queued/' + enc(queue) + '/' + which;
+    const head = ['Job', 'Priority', which === 'delayed' ? 'Due' : 'Created', 'Attempts', 'Key'];
+    box.replaceChildren(
+      el('div', {class: 'scroll'}, el('table', {class: 'data failed-jobs', id: 'queued-table'}, [
+        el('caption', {class: 'sr-only'}, 'The ' + which + ' jobs of queue ' + queue),
+        el('thead', {}, headRow(head, ['Priority', 'Attempts'])),
+        el('tbody', {}, rows)])),
+      el('nav', {class: 'pager', 'aria-label': 'Pages of ' + which + ' jobs'}, [
+        el('span', {}, fmtInt(data.jobs.length) + ' shown of ' + fmtInt(data.total) + ' ' + which),
+        el('span', {class: 'spacer'}),
+        cursor ? el('a', {href: base, rel: 'first'}, '\u2190 First page') : null,
+        data.cursor ? el('a', {href: base + '/' + enc(data.cursor), rel: 'next'}, 'Next \u2192')
+          : null]));
+  }
+
   // -- a job by id ---------------------------------------------------------------------
 
   function fact(label, value, col) {
@@ -2775,6 +2902,10 @@ form.login .btn { margin-top: 8px; padding: 9px; }
       tick();
     });
     $('failed-queue').addEventListener('change', (e) => go('#failed/' + enc(e.target.value)));
+    $('queued-queue').addEventListener('change', (e) => go('#queued/' + enc(e.target.value) +
+                                                           '/' + $('queued-state').value));
+    $('queued-state').addEventListener('change', (e) => go('#queued/' +
+      enc($('queued-queue').value) + '/' + e.target.value));
     $('job-queue').addEventListener('change', (e) => { state.job.queue = e.target.value; });
     $('job-form').addEventListener('submit', (e) => {
       e.preventDefault();

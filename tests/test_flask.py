@@ -116,7 +116,7 @@ def test_flask_mpqueue_starts_shows_and_stops_a_pool(site, proc_reaper):
         proc_reaper, [sys.executable, '-m', 'flask', '--app', 'greeter', 'mpqueue'], APP_DIR,
         env, Path(site['env']['MPQ_RUN_DIR']) / (POOL_NAME + '.pid'))
     res = flask_cli.run('--help')
-    assert res.returncode == 0 and 'worker:start' in res.stdout, res
+    assert res.returncode == 0 and 'worker:start' in res.stdout and 'queue:jobs' in res.stdout
     pid = flask_cli.start()
     try:
         res = flask_cli.run('worker:status', '--json')

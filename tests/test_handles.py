@@ -517,3 +517,32 @@ def test_result_inside_a_job_needs_a_timeout(e2e):
     forever = mpqueue.push('q', jobs.waits_for, args=(done, None))
     with pytest.raises(mpqueue.JobFailed, match='inside a running job needs a timeout'):
         forever.result(timeout=10)
+
+
+def test_queue_jobs_on_the_command_line_pages_by_cursor(e2e):
+    pool, jobs = start(e2e, queue_conf(worker_number=1))
+    waiting = mpqueue.push_many('q', [jobs.answer] * 3, args=('w', 1))
+    urgent = mpqueue.push('q', jobs.answer, args=('u', 1), priority=9, key='urgent')
+    delayed = mpqueue.push('q', jobs.answer, args=('d', 1), delay=60)
+    res = pool.cli('queue:jobs', '--queue', 'q', '--count', '2', '--json')
+    assert res.returncode == 0, res.stderr
+    page = json.loads(res.stdout)
+    assert [j['id'] for j in page['jobs']] == [urgent, waiting[0]] and page['cursor']
+    res = pool.cli('queue:jobs', '--queue', 'q', '--count', '2', '--json', '--cursor',
+                   page['cursor'])
+    page = json.loads(res.stdout)
+    assert [j['id'] for j in page['jobs']] == waiting[1:] and page['cursor'] is None
+    text = pool.cli('queue:jobs', '--queue', 'q', '--count', '1')
+    assert text.returncode == 0 and urgent in text.stdout and 'urgent' in text.stdout
+    assert 'queue:jobs --queue q --state waiting --cursor ' in text.stdout     # the next page
+    res = pool.cli('queue:jobs', '--queue', 'q', '--state', 'delayed', '--json')
+    [job] = json.loads(res.stdout)['jobs']
+    assert job['id'] == delayed and job['state'] == 'delayed' and job['due_time'] > time.time()
+    mpqueue.cancel('q', delayed)
+    assert "no delayed jobs in queue 'q'" in pool.cli('queue:jobs', '--queue', 'q', '--state',
+                                                     'delayed').stdout
+    for args in (('--state', 'failed'), ('--count', '0')):
+        res = pool.cli('queue:jobs', '--queue', 'q', *args)
+        assert res.returncode == 2 and len(res.stderr.splitlines()) == 1, res
+    res = pool.cli('queue:status', '--count', '2')
+    assert res.returncode == 2 and '--watch' in res.stderr, res
