@@ -45,7 +45,8 @@ For the command line and other tools (public, not in ``__all__``):
 ``queue_config(name)``, ``pid_file(config=None)``, ``pool_pid(config=None)``,
 ``start_pool(config=None, daemon=False)``, ``pool_status(config=None,
 timeout=10)``, ``depth(queue)``, ``fleet()``, ``foreign_pools(config=None)``,
-``schedules(queue=None)`` and ``history(queue)``, at the end of the file.
+``schedules(queue=None)``, ``history(queue)`` and ``queued_jobs(queue,
+state='waiting', count=100, cursor=None)``, at the end of the file.
 """
 
 ###############################################################################
@@ -92,11 +93,11 @@ except ImportError:  # pragma: no cover - depends on the environment
 __version__ = '0.2.0'
 
 __all__ = [
-    'ConfigError', 'DriverError', 'Fail', 'Job', 'JobCancelled', 'JobFailed', 'JobNotFound',
-    'MODEL_DISTRIBUTE', 'MODEL_GRAB', 'MPQueueError', 'RedisDriver', 'Retry',
+    'ConfigError', 'DriverError', 'Fail', 'Job', 'JobCancelled', 'JobFailed', 'JobId',
+    'JobNotFound', 'MODEL_DISTRIBUTE', 'MODEL_GRAB', 'MPQueueError', 'RedisDriver', 'Retry',
     'SerializationError', 'SqliteDriver', 'TYPE_NORMAL', 'TYPE_TIMEOUT', 'backoff', 'cancel',
-    'clean', 'configure', 'delete_failed', 'failed_jobs', 'immediate', 'job_info', 'pause',
-    'push', 'push_many', 'result', 'resume', 'retry_failed', 'status',
+    'clean', 'configure', 'delete_failed', 'failed_jobs', 'immediate', 'job', 'job_info',
+    'pause', 'push', 'push_many', 'result', 'resume', 'retry_failed', 'status',
 ]
 
 logger = logging.getLogger('mpqueue')
@@ -1301,18 +1302,6 @@ def _check_unique(key, unique, path='key'):
                       % (unique,))
 
 
-# -- immediate mode ------------------------------------------------------------
-#
-# With basics.immediate, or inside ``with immediate():``, push and push_many
-# run each job in the calling process before they return.  Their broker is
-# then an SQLite database in this process's memory, moved by the steps of
-# _STEPS as any broker is, so unique keys, priorities, result_ttl and cancels
-# follow the broker's rules.  Immediate mode adds two of its own: nothing
-# waits (a push's or a retry's delay is made 0), and a job runs here through
-# the worker's own code (_Worker._attempt), its payload checked and unpickled
-# as a worker does.  Each round trip that makes a job waiting pops it too.
-
-
 def _check_schedules(path, queue, schedules):
     """Validate the ``schedule`` list of queue ``queue``; return a copy with
     every default filled in, plus ``expression`` (for display) and ``when``
@@ -1434,6 +1423,12 @@ _STEPS = (
     # up to count failed jobs' records, oldest first: those after job `after`
     # while it is failed (a cursor: deep pages cost what the first does), else
     # from the offset-th
+    ('listing', 'state count cursor', 'listing'),
+    # up to count jobs of `state`, waiting (in the order they will start) or
+    # delayed (soonest due first), from `cursor` ('': the first); their
+    # records (a delayed one with its due time) and the cursor of the page
+    # after ('': none).  A cursor is the broker's own text; each page costs
+    # what the first does, at any depth
     ('retry_failed', 'id limit', 'int'),
     # put one failed job (or up to `limit`, oldest first) back; how many
     ('delete_failed', 'id', 'bool'),
@@ -1467,7 +1462,7 @@ _STEP_KIND = {name: kind for name, _, kind in _STEPS}
 # the arguments of a schedule step that moves its tick and pushes nothing:
 # every push argument after the id, empty
 _NO_PUSH = ('',) * (_STEP_ARGS['push'] - 1)
-_READ_STEPS = ('depth', 'failed', 'schedules', 'history', 'paused')   # steps that change nothing
+_READ_STEPS = ('depth', 'failed', 'listing', 'schedules', 'history', 'paused')   # change nothing
 
 # A job's record: these fields, the same in every driver, with their types.
 # job_info() shows the public ones; the others are the lifecycle's own.
@@ -2085,6 +2080,46 @@ OPS.failed = function(offset, count, after)
   end
   return out
 end
+-- waiting: the cursor is 'level:index:id' (the next job's place, and the
+-- id of the job before it, found again nearby if the list moved meanwhile);
+-- delayed: 'due:id' of the last job shown.  Any other text: the first page
+OPS.listing = function(state, count, cursor)
+  local out, n = {}, tonumber(count)
+  if n <= 0 then return {out, ''} end
+  if state == 'delayed' then
+    local after, id = string.match(cursor, '^([^:]*):(.*)$')
+    local start = 0
+    if id and tonumber(after) then
+      local rank = redis.call('ZRANK', DELAYED, id)
+      start = rank and rank + 1 or redis.call('ZCOUNT', DELAYED, '-inf', '(' .. after)
+    end
+    local due = redis.call('ZRANGE', DELAYED, start, start + n - 1, 'WITHSCORES')
+    for i = 1, #due, 2 do table.insert(out, {due[i], record(due[i], 'result'), due[i + 1]}) end
+    if start + n >= redis.call('ZCARD', DELAYED) then return {out, ''} end
+    return {out, due[#due] .. ':' .. due[#due - 1]}
+  end
+  local a, b, before = string.match(cursor, '^([0-9]+):([0-9]+):(.*)$')
+  local level = math.min(tonumber(a) or %(MAX_PRIORITY)d, %(MAX_PRIORITY)d)
+  local index = tonumber(b) or 0
+  if before and index > 0 and redis.call('LINDEX', waiting(level), index - 1) ~= before then
+    index = (redis.call('LPOS', waiting(level), before, 'MAXLEN', index + n) or -1) + 1
+  end
+  local last = ''
+  while level >= 0 and #out < n do
+    local ids = redis.call('LRANGE', waiting(level), index, index + n - #out - 1)
+    for _, id in ipairs(ids) do table.insert(out, {id, record(id, 'result')}) end
+    if #ids > 0 then
+      index = index + #ids
+      last = level .. ':' .. index .. ':' .. ids[#ids]
+    end
+    if #out < n then level, index = level - 1, 0 end
+  end
+  if redis.call('LINDEX', waiting(level), index) then return {out, last} end
+  for below = level - 1, 0, -1 do
+    if redis.call('LLEN', waiting(below)) > 0 then return {out, last} end
+  end
+  return {out, ''}
+end
 OPS.retry_failed = function(id, limit)
   local ids = {id}
   if id == '' then ids = redis.call('ZRANGE', FAILED, 0, tonumber(limit) - 1) end
@@ -2258,6 +2293,8 @@ _REDIS_REPLY = {
     'tick': lambda r: (None if float(r[0]) < 0 else float(r[0]), float(r[1])),
     'record': lambda r: None if r is None else _record(_pairs(r)),
     'records': lambda r: [dict(_record(_pairs(fields)), id=_text(i)) for i, fields in r],
+    'listing': lambda r: ([dict(_record(_pairs(item[1])), id=_text(item[0]), **(
+        {'due_time': float(item[2])} if len(item) > 2 else {})) for item in r[0]], _text(r[1])),
     'depth': lambda r: dict(zip(_DEPTH_FIELDS, map(int, r[:-1])),
                             oldest_created=float(r[-1]) if r[-1] else None),
     'schedule': lambda r: (_text(r[0]),) + tuple(_text(v) for v in r[1:]),
@@ -3497,6 +3534,29 @@ class _SqliteSteps:
         ).fetchall()
         return [dict(_record(zip(_FIELDS_BUT_PAYLOAD, row[1:])), id=row[0]) for row in rows]
 
+    def listing(self, state, count, cursor):
+        # the cursor: 'level:score:rowid' of the last job shown (any other
+        # text: the first page); a page is read from its level on, then from
+        # the levels below it
+        count = max(0, count)
+        try:
+            level, score, rowid = (float(x) for x in cursor.split(':'))
+        except ValueError:
+            level, score, rowid = MAX_PRIORITY if state == 'waiting' else 0, float('-inf'), -1
+        rows = self.conn.execute(
+            'SELECT id, score, rowid, level, %s FROM mpq_job WHERE queue = ? AND state = ? AND '
+            'level = ? AND (score, rowid) > (?, ?) ORDER BY level DESC, score, rowid LIMIT ?'
+            % _SQ_RECORD, (self.queue, state, level, score, rowid, count + 1)).fetchall()
+        if len(rows) <= count:      # one more than the page: is there a page after it?
+            rows += self.conn.execute(
+                'SELECT id, score, rowid, level, %s FROM mpq_job WHERE queue = ? AND state = ? '
+                'AND level < ? ORDER BY level DESC, score, rowid LIMIT ?' % _SQ_RECORD,
+                (self.queue, state, level, count + 1 - len(rows))).fetchall()
+        jobs = [dict(_record(zip(_FIELDS_BUT_PAYLOAD, row[4:])), id=row[0], **(
+            {'due_time': row[1]} if state == 'delayed' else {})) for row in rows[:count]]
+        last = rows[count - 1] if count > 0 and len(rows) > count else None
+        return jobs, last and '%d:%r:%d' % (last[3], last[1], last[2]) or ''
+
     def retry_failed(self, job_id, limit):
         return self.to_tail(self.conn.execute(
             'SELECT id, priority, key FROM mpq_job WHERE queue = ? AND state = ? AND '
@@ -4595,7 +4655,14 @@ def _whole_lines():
             pass
 
 
+#: True in a worker of a pool: everything it runs belongs to a job, so
+#: ``result()`` there refuses to wait without a timeout.
+_in_worker = False
+
+
 def _worker_main(config, qconf, conn, close_fds, owner, generation, parent_pid):
+    global _in_worker
+    _in_worker = True
     _die_with_parent(parent_pid)
     _child_init(close_fds)
     _whole_lines()
@@ -5914,10 +5981,53 @@ def _stop_daemon(pid):
 ###############################################################################
 
 
+class JobId(str):
+    """A job's id as ``push`` returns it: a ``str`` that knows its queue.
+
+    It equals, hashes and JSON-encodes as the plain id, and pickles as the
+    plain id too (a ``str``: what is stored does not depend on where this
+    file lives); rebuild the handle from a stored id with
+    ``JobId(stored_id, queue)``.  ``copy.copy`` keeps the handle.
+
+    :param job_id: the id.
+    :param queue: the name of the job's queue.
+    """
+
+    def __new__(cls, job_id, queue):
+        self = super().__new__(cls, job_id)
+        self.queue = queue
+        return self
+
+    def __repr__(self):
+        return 'JobId(%s, %r)' % (str.__repr__(self), self.queue)
+
+    def __reduce__(self):
+        return str, (str(self),)
+
+    def __copy__(self):
+        return self
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def info(self):
+        """:func:`job_info` of this job: a dict, or None."""
+        return job_info(self.queue, self)
+
+    def result(self, timeout=None):
+        """:func:`result` of this job: its return value, waiting up to
+        ``timeout`` seconds (None: as long as it takes; 0: not at all)."""
+        return result(self.queue, self, timeout)
+
+    def cancel(self):
+        """:func:`cancel` this job: the state it had, or None."""
+        return cancel(self.queue, self)
+
+
 def push(queue, job, delay=0, *, args=(), kwargs=None, timeout=None, fail_number=None,
          fail_expire=None, result_ttl=None, key=None, unique=None, priority=None):
-    """Push one job; returns its id (or, when ``unique`` refuses it, the id of
-    the job that holds ``key``).
+    """Push one job; returns its id, a :class:`JobId` (or, when ``unique``
+    refuses it, the id of the job that holds ``key``).
 
     :param queue: a queue name from the config.
     :param job: a callable (function, lambda, closure, bound method,
@@ -5955,7 +6065,8 @@ def push(queue, job, delay=0, *, args=(), kwargs=None, timeout=None, fail_number
 
 def push_many(queue, jobs, delay=0, *, args=(), kwargs=None, timeout=None, fail_number=None,
               fail_expire=None, result_ttl=None, key=None, unique=None, priority=None):
-    """Push several jobs in one broker round trip; returns their ids in order.
+    """Push several jobs in one broker round trip; returns their ids
+    (:class:`JobId`) in order.
 
     Every job is checked and pickled before anything is written, so a bad one
     leaves the broker untouched.  ``key`` is one key for every job or a list
@@ -5963,10 +6074,18 @@ def push_many(queue, jobs, delay=0, *, args=(), kwargs=None, timeout=None, fail_
     de-duplicated within the batch too (each gets the id of the first, or of
     the job in the broker that holds the key).  Parameters as for :func:`push`.
     """
+    return _push_calls(queue, [(job, args, kwargs) for job in jobs], delay, key, unique,
+                       dict(timeout=timeout, fail_number=fail_number, fail_expire=fail_expire,
+                            result_ttl=result_ttl, priority=priority))
+
+
+def _push_calls(queue, calls, delay, key, unique, given):
+    """``push_many`` of ``calls``, ``(job, args, kwargs)`` each: their
+    :class:`JobId` in order.  ``given``: the options of every job."""
     config = _get_config()
     qconf = queue_config(queue)
     _check_number('delay', delay, 0)
-    jobs = list(jobs)
+    jobs = [job for job, _, _ in calls]
     if isinstance(key, (list, tuple)):
         if len(key) != len(jobs):
             raise ConfigError('key: %d keys for %d jobs; give one key per job, or one key for '
@@ -5978,14 +6097,12 @@ def push_many(queue, jobs, delay=0, *, args=(), kwargs=None, timeout=None, fail_
         keys = [key] * len(jobs)
         modes = [_check_unique(key, unique)] * len(jobs)
     basics = config['basics']
-    given = dict(timeout=timeout, fail_number=fail_number, fail_expire=fail_expire,
-                 result_ttl=result_ttl, priority=priority)
     # Pays: push_many 92,000 jobs/s against 63,000 working out each job's options
     # (python examples/benchmark.py --driver sqlite --only push,push_many --jobs
     # 20000; medians of 5 interleaved runs each, 2026-12-07).
     plain = _push_options(None, qconf, **given)     # those of every job that is no Job
     steps = []
-    for job, job_key, mode in zip(jobs, keys, modes):
+    for (job, args, kwargs), job_key, mode in zip(calls, keys, modes):
         _check_job(queue, job)
         options = _push_options(job, qconf, **given) if _is_job(job) else plain
         payload = _encode(queue, job, args, kwargs, basics['secret'], basics['max_payload'])
@@ -5993,8 +6110,10 @@ def push_many(queue, jobs, delay=0, *, args=(), kwargs=None, timeout=None, fail_
                       options['fail_number'], options['fail_expire'],
                       options['priority'], job_key or '', mode, options['result_ttl']))
     if _is_immediate(basics):
-        return _run_here(config, qconf, steps)
-    return basics['driver'].execute(queue, steps)
+        ids = _run_here(config, qconf, steps)
+    else:
+        ids = basics['driver'].execute(queue, steps)
+    return [JobId(job_id, queue) for job_id in ids]
 
 
 def _push_options(job, qconf, **given):
@@ -6019,11 +6138,133 @@ def _push_options(job, qconf, **given):
     return out
 
 
+def job(queue, **options):
+    """Decorate a function with its queue and push options::
+
+        @mpqueue.job('mail', timeout=30, fail_number=5)
+        def send_welcome(to): ...
+
+        send_welcome('ada@example.org')         # a plain call: runs here
+        send_welcome.push('ada@example.org')    # a JobId; pushed with the options above
+        send_welcome.push_with(args=('bob@example.org',), delay=60)   # per-call options win
+        send_welcome.push_many([('a@x.org',), ('b@x.org',)])        # one round trip
+
+    The queue must be in the config when a push happens, not before.  A
+    function of an importable module travels as its import path (the worker
+    imports it); another one (in ``__main__``, or inside a function) is
+    pickled by value, as ``push`` does with it.
+
+    :param queue: the queue's name.
+    :param options: any option of :func:`push`: ``delay``, ``timeout``,
+        ``fail_number``, ``fail_expire``, ``result_ttl``, ``key``,
+        ``unique``, ``priority``.
+    :raises TypeError: an option that ``push`` does not take.
+    """
+    if not isinstance(queue, str):
+        raise TypeError("@mpqueue.job needs the queue's name first: "
+                        "@mpqueue.job('name', **options), got %r" % (queue,))
+    _check_push_options(options)
+
+    def decorate(func):
+        if not callable(func) or _is_job(func):
+            raise TypeError('@mpqueue.job decorates a function, got %r (push a mpqueue.Job '
+                            'as it is: it carries its own settings)' % (func,))
+        return _JobFunction(func, queue, options)
+    return decorate
+
+
+#: The options ``push`` takes beside the job and its arguments.
+_PUSH_OPTIONS = ('delay',) + tuple(sorted(set(push.__kwdefaults__) - {'args', 'kwargs'}))
+
+
+def _check_push_options(options):
+    unknown = sorted(set(options) - set(_PUSH_OPTIONS))
+    if unknown:
+        raise TypeError('%r is not a push option (push options: %s)'
+                        % (unknown[0], ', '.join(_PUSH_OPTIONS)))
+
+
+class _JobFunction:
+    """A function decorated by :func:`job`: calling it calls the function;
+    ``push``, ``push_with`` and ``push_many`` push it."""
+
+    def __init__(self, func, queue, options):
+        functools.update_wrapper(self, func)
+        self.queue, self.options = queue, options
+
+    def __repr__(self):
+        return '<mpqueue job %s of queue %r>' % (_job_name(self.__wrapped__), self.queue)
+
+    def __call__(self, *args, **kwargs):
+        return self.__wrapped__(*args, **kwargs)
+
+    def push(self, *args, **kwargs):
+        """Push a call of the function with these arguments; its :class:`JobId`."""
+        return self.push_with(args=args, kwargs=kwargs)
+
+    def push_with(self, args=(), kwargs=None, **options):
+        """Push a call with ``options`` of :func:`push` over the decorator's."""
+        _check_push_options(options)
+        if isinstance(options.get('key'), (list, tuple)):
+            raise ConfigError('key must be a string, got %r (a list of keys is for push_many)'
+                              % (options['key'],))
+        return self._push([(args, kwargs)], options)[0]
+
+    def push_many(self, calls, **options):
+        """Push many calls in one round trip; their :class:`JobId` in order.
+
+        :param calls: one item per job: a tuple of positional arguments, or a
+            dict of keyword arguments.
+        :param options: options of :func:`push` over the decorator's (``key``
+            may be a list, one key per job).
+        """
+        _check_push_options(options)
+        out = []
+        for i, call in enumerate(calls):
+            if isinstance(call, tuple):
+                out.append((call, None))
+            elif isinstance(call, dict):
+                out.append(((), call))
+            else:
+                raise TypeError('calls[%d] must be a tuple of arguments or a dict of keyword '
+                                'arguments, got %r (one argument x: (x,))' % (i, call))
+        return self._push(out, options)
+
+    def _push(self, calls, options):
+        given = dict(self.options, **options)
+        target = self._target()
+        return _push_calls(self.queue, [(target, args, kwargs) for args, kwargs in calls],
+                           given.pop('delay', 0), given.pop('key', None),
+                           given.pop('unique', None), dict(dict.fromkeys(_JOB_OPTIONS), **given))
+
+    def _target(self):
+        """What is pushed: the import path of this object when a worker can
+        import it back (a module-level function of an importable module),
+        else the function itself, pickled by value."""
+        module, name = self.__module__, self.__qualname__
+        found = sys.modules.get(module) if module != '__main__' and '<' not in name else None
+        for part in name.split('.'):
+            found = getattr(found, part, None)
+        return '%s:%s' % (module, name) if found is self else self.__wrapped__
+
+
+# -- immediate mode ------------------------------------------------------------
+#
+# With basics.immediate, or inside ``with immediate():``, push and push_many
+# run each job in the calling process before they return.  Their broker is
+# then an SQLite database in this process's memory, moved by the steps of
+# _STEPS as any broker is, so unique keys, priorities, result_ttl and cancels
+# follow the broker's rules.  Immediate mode adds two of its own: nothing
+# waits (a push's or a retry's delay is made 0), and a job runs here through
+# the worker's own code (_Worker._attempt), its payload checked and unpickled
+# as a worker does.  Each round trip that makes a job waiting pops it too.
+
 _immediate_block = None     # inside immediate(): True or False; else basics.immediate decides
 _immediate_broker = SqliteDriver(':memory:')   # it connects when first used
 _immediate_working = set()  # ids of its jobs popped and not ended
 _immediate_ticks = {}       # queue -> when its broker is ticked next
 _ASK_BROKER = object()      # _job_here(): not a job of immediate mode
+_running_here = threading.local()   # .depth: jobs that run in this thread's call stack
 
 
 @contextlib.contextmanager
@@ -6067,6 +6308,7 @@ def _run_here(config, qconf, steps):
     *ids, jobs = _immediate_broker.execute(queue, ticks + [_no_wait(step) for step in steps] + [
         ('pop', len(steps), worker.id, '')])[len(ticks):]
     _immediate_working.update(job['id'] for job in jobs)
+    _running_here.depth = getattr(_running_here, 'depth', 0) + 1
     try:
         while jobs:
             step = _no_wait(_attempt_here(worker, jobs[0]))
@@ -6078,6 +6320,7 @@ def _run_here(config, qconf, steps):
                 _forget_failed(queue)
     finally:
         _immediate_working.difference_update(job['id'] for job in jobs)
+        _running_here.depth -= 1
     return ids
 
 
@@ -6168,7 +6411,9 @@ def cancel(queue, job_id):
 def result(queue, job_id, timeout=None):
     """The return value of a job, waiting up to ``timeout`` seconds (None: as
     long as it takes; 0: not at all) for it to end.  Waiting listens on the
-    broker for the job's end: it does not poll.
+    broker for the job's end: it does not poll.  Inside a running job
+    ``timeout`` must be given: a pool whose workers all wait for jobs that
+    need a worker would wait for ever.
 
     :raises JobFailed: the job failed for good (``.job_info`` says how).
     :raises JobCancelled: it was cancelled.
@@ -6177,8 +6422,14 @@ def result(queue, job_id, timeout=None):
     :raises TimeoutError: ``timeout`` passed first.
     :raises SerializationError: its result could not be kept, or does not
         pass the signature check (it is never unpickled then).
+    :raises MPQueueError: called inside a running job without a timeout.
     """
     queue_config(queue)
+    if timeout is None and (_in_worker or getattr(_running_here, 'depth', 0)):
+        raise MPQueueError('result() of job %s of queue %r inside a running job needs a '
+                           'timeout: a job that waits for another one for ever can hold the '
+                           'worker that one needs; pass timeout=SECONDS (0: do not wait)'
+                           % (job_id, queue))
     driver, secret = _get_config()['basics']['driver'], _get_config()['basics']['secret']
     record = _job_here(queue, job_id)
     if record is not _ASK_BROKER:       # immediate mode: it has ended already
@@ -6254,6 +6505,27 @@ def failed_jobs(queue, offset=0, count=100, after=None):
     queue_config(queue)
     return [_public_info(queue, record) for record in
             _get_config()['basics']['driver'].run(queue, 'failed', offset, count, after or '')]
+
+
+def queued_jobs(queue, state='waiting', count=100, cursor=None):
+    """A page of the jobs of a queue that have not started, as ``job_info``
+    dicts: ``'waiting'`` ones in the order they will start (highest priority
+    first, then first in), or ``'delayed'`` ones soonest due first, each
+    with ``due_time``.  Every page costs what the first does, at any depth.
+
+    :param state: ``'waiting'`` or ``'delayed'``.
+    :param count: the most jobs of the page.
+    :param cursor: the ``cursor`` of the page before (None: the first page).
+        A job that starts meanwhile does not disturb the pages after it.
+    :returns: ``{'jobs': [...], 'cursor': text or None}``: None when there is
+        no page after this one.
+    """
+    queue_config(queue)
+    if state not in ('waiting', 'delayed'):
+        raise ValueError("state must be 'waiting' or 'delayed', got %r" % (state,))
+    jobs, after = _get_config()['basics']['driver'].run(queue, 'listing', state, count,
+                                                         cursor or '')
+    return {'jobs': [_public_info(queue, record) for record in jobs], 'cursor': after or None}
 
 
 def _bulk(queue, step, *args):

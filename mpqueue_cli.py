@@ -86,10 +86,9 @@ def _program():
 CONFIG_FORMS = 'FILE.py, FILE.py:NAME, module or module:NAME'
 
 
-def _load_config(spec):
+def _load_config(spec, where='from --config'):
     """Find and load the config: --config, $MPQUEUE_CONFIG, ./mpqueue_config.py.
     Returns the config, where it came from, and the file that defines it."""
-    where = 'from --config'
     if not spec:
         spec, where = os.environ.get('MPQUEUE_CONFIG'), 'from $MPQUEUE_CONFIG'
     if not spec:
@@ -477,6 +476,35 @@ def cmd_queue_failed(cfg, args):
             print('-- error %d:\n%s' % (i, err))
     if not shown:
         print('no failed jobs in queue %r' % queue)
+    return 0
+
+
+#: Jobs per page of queue:jobs when --count does not say.
+QUEUED_PAGE = 100
+
+
+def cmd_queue_jobs(cfg, args):
+    (queue,) = _queues(cfg, args, required=True)
+    state = args.state or 'waiting'
+    if state not in ('waiting', 'delayed'):
+        raise UsageError('--state must be waiting or delayed, got %r' % state)
+    if args.count is not None and args.count < 1:
+        raise UsageError('--count must be at least 1, got %d' % args.count)
+    page = mpqueue.queued_jobs(queue, state, args.count or QUEUED_PAGE, args.cursor)
+    if args.json:
+        print(json.dumps(page, indent=1, default=str))
+        return 0
+    if not page['jobs'] and not args.cursor:
+        print('no %s jobs in queue %r' % (state, queue))
+        return 0
+    when = 'due_time' if state == 'delayed' else 'create_time'
+    print(_table((('id', -22), ('job', -30), ('priority', 8), ('key', -12),
+                  ('attempts', 8), ('due' if state == 'delayed' else 'created', 0)), (
+        (j['id'], j['job'], j['priority'], j['key'] or '-', j['exec_number'],
+         _when(j[when], ms=True)) for j in page['jobs'])))
+    if page['cursor']:
+        print('more: %s queue:jobs --queue %s --state %s --cursor %s' % (
+            _program(), queue, state, page['cursor']))
     return 0
 
 
@@ -883,7 +911,7 @@ def cmd_metrics(cfg, args):
 #: Longest a request waits for the broker (seconds); then it answers 503.
 WEB_BROKER_TIMEOUT = 3.0
 _WEB_BROKER_THREADS = 4       # broker calls in flight at once; more wait their turn
-_WEB_FAILED_PAGE_MAX = 500    # most failed jobs one API call returns
+_WEB_PAGE_MAX = 500           # most jobs (failed, queued) one API call returns
 _WEB_TOKEN_MIN = 16           # characters: a token is a password that cannot be typed wrong
 _WEB_TOKEN_DISTINCT = 8       # different characters at least: 16 spaces or 'aaaa...' guess fast
 _WEB_FAILURE_DELAY = 0.5      # s: wrong tokens wait this long each, one at a time per process
@@ -1031,6 +1059,7 @@ class _WebHandler(_Handler):
         ('GET', r'/api/queues', 'api_queues'),
         ('GET', r'/api/queues/(?P<queue>[^/]+)/history', 'api_history'),
         ('GET', r'/api/queues/(?P<queue>[^/]+)/failed', 'api_failed'),
+        ('GET', r'/api/queues/(?P<queue>[^/]+)/jobs', 'api_queued'),
         ('GET', r'/api/queues/(?P<queue>[^/]+)/jobs/(?P<job_id>[^/]+)', 'api_job'),
         ('GET', r'/api/fleet', 'api_fleet'),
         ('GET', r'/api/schedules', 'api_schedules'),
@@ -1218,12 +1247,24 @@ class _WebHandler(_Handler):
 
     def api_failed(self, query, queue):
         offset = _int_param(query, 'offset', 0, 0, _WEB_OFFSET_MAX)
-        count = _int_param(query, 'count', 50, 1, _WEB_FAILED_PAGE_MAX)
+        count = _int_param(query, 'count', 50, 1, _WEB_PAGE_MAX)
         after = query.get('after', [''])[0]     # the last job of the page before
 
         def page():
             return {'total': mpqueue.depth(queue)['failed'],
                     'jobs': mpqueue.failed_jobs(queue, offset, count, after)}
+        return self.server.broker(page)
+
+    def api_queued(self, query, queue):
+        state = query.get('state', ['waiting'])[0]
+        if state not in ('waiting', 'delayed'):
+            raise _HTTPError(400, 'state must be waiting or delayed, got %r' % state)
+        count = _int_param(query, 'count', 50, 1, _WEB_PAGE_MAX)
+        cursor = query.get('cursor', [''])[0]       # the page before gave it
+
+        def page():
+            return dict(mpqueue.queued_jobs(queue, state, count, cursor),
+                        total=mpqueue.depth(queue)[state])
         return self.server.broker(page)
 
     def api_job(self, query, queue, job_id):
@@ -1336,7 +1377,10 @@ OPTIONS = {
     'interval': (('--interval',), {'type': float, 'metavar': 'SECONDS',
                                    'help': 'with --watch: seconds between frames (default 1)'}),
     'count': (('--count',), {'type': int, 'metavar': 'N',
-                             'help': 'with --watch: stop after N frames'}),
+                             'help': 'with --watch: stop after N frames; queue:jobs: jobs a '
+                                     'page (default %d)' % QUEUED_PAGE}),
+    'state': (('--state',), {'help': 'queue:jobs: waiting (default) or delayed'}),
+    'cursor': (('--cursor',), {'help': 'queue:jobs: the page after the one that printed it'}),
     'serve': (('--serve',), {'type': int, 'metavar': 'PORT',
                              'help': 'serve on http://127.0.0.1:PORT/metrics (0: any free port)'}),
     'host': (('--host',), {'help': 'web: the address to listen on (default 127.0.0.1; '
@@ -1365,6 +1409,9 @@ COMMANDS = [
      'all / waiting / working / failed / over per queue [--queue Q] (--watch: live)'),
     ('queue:failed', cmd_queue_failed, ('queue', 'json'),
      'failed jobs with their info and errors --queue Q'),
+    ('queue:jobs', cmd_queue_jobs, ('queue', 'state', 'count', 'cursor', 'json'),
+     'jobs that wait to start, a page at a time --queue Q [--state waiting|delayed] '
+     '[--count N] [--cursor C]'),
     ('queue:retry', cmd_queue_retry, ('queue', 'id'), 'put failed jobs back --queue Q [--id ID]'),
     ('queue:clean', cmd_queue_clean, ('queue',),
      'empty a queue [--queue Q] (all queues without --queue)'),
@@ -1390,9 +1437,9 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError('%s (see "%s -h")' % (message, self.prog))
 
 
-def _parser():
+def _parser(prog=None):
     p = _Parser(
-        prog=_program(), add_help=False,
+        prog=prog or _program(), add_help=False,
         description='mpqueue: a multi-process job queue.',
         epilog='commands:\n' + '\n'.join('  %-16s %s' % (name, text)
                                          for name, _, _, text in COMMANDS),
@@ -1415,7 +1462,8 @@ def _check_options(command, takes, args):
             raise UsageError('%s does not take %s (it takes: %s)' % (
                 command, flags[-1], ', '.join(OPTIONS[t][0][-1] for t in takes) or
                 'no option but --config'))
-    if (args.interval is not None or args.count is not None) and not args.watch:
+    if (args.interval is not None or args.count is not None and 'state' not in takes) \
+            and not args.watch:
         raise UsageError('--interval and --count go with --watch')
     if args.interval is None:
         args.interval = 1.0
@@ -1423,13 +1471,20 @@ def _check_options(command, takes, args):
 
 def main(argv=None, config=None):
     """Run one command; returns (and, from the console script, exits with) its code."""
-    parser = _parser()
+    return _main(sys.argv[1:] if argv is None else argv, config)
+
+
+def _main(argv, config, prog=None, default=None):
+    """``main``, as ``prog`` (in messages), and with the config ``default``
+    (a spec, as --config takes, and where it comes from) when no --config
+    is given."""
+    parser = _parser(prog)
     try:
-        args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+        args = parser.parse_args(argv)
     except UsageError as exc:
         return _fail(exc)
     try:
-        code = _run(parser, args, config)
+        code = _run(parser, args, config, default)
         sys.stdout.flush()
         return code
     except KeyboardInterrupt:
@@ -1443,7 +1498,7 @@ def main(argv=None, config=None):
         return _fail(exc)
 
 
-def _run(parser, args, config):
+def _run(parser, args, config, default=None):
     if args.help or args.command in ('list', 'help'):
         sys.stdout.write(parser.format_help())      # print_help() hides a broken pipe
         return 0
@@ -1456,7 +1511,8 @@ def _run(parser, args, config):
     if config is not None:
         cfg = mpqueue.configure(config)
     else:
-        config, spec, origin = _load_config(args.config)
+        config, spec, origin = _load_config(*(
+            (args.config,) if args.config or not default else default))
         try:
             cfg = mpqueue.configure(config)
         except mpqueue.ConfigError as exc:      # say which file holds the mistake
@@ -1486,6 +1542,123 @@ def _discard_stdout():
         os.close(devnull)
     except (OSError, ValueError, AttributeError):
         pass
+
+
+# -- the same commands from Django's manage.py and Flask's flask ------------------
+#
+# ``python manage.py mpqueue COMMAND`` and ``flask mpqueue COMMAND`` run every
+# command above in a process whose framework is set up (Django's settings
+# and apps, the Flask app and its app context).  The config: --config, else
+# the framework's setting MPQUEUE_CONFIG (a dict, or what --config takes),
+# else $MPQUEUE_CONFIG, else the module mpqueue_config (beside manage.py, or
+# the Flask app).  Django and Flask are imported when DjangoCommand or
+# flask_group is first asked for, never by ``import mpqueue_cli``.
+
+#: The config of ``manage.py mpqueue`` and ``flask mpqueue`` when neither
+#: --config, nor the setting MPQUEUE_CONFIG, nor $MPQUEUE_CONFIG names one.
+FRAMEWORK_CONFIG = 'mpqueue_config'
+
+
+def framework_main(argv, setting, prog):
+    """Run one command for a framework's command line; its exit code.
+
+    :param argv: the command and its options, e.g. ``['worker:start', '-d']``.
+    :param setting: the framework's MPQUEUE_CONFIG: a config dict, a spec as
+        --config takes, or None.
+    :param prog: the command as the user typed it, for messages.
+    """
+    if isinstance(setting, dict):
+        if any(a in ('-c', '--config') or a.startswith('--config=') for a in argv):
+            return _main(argv, None, prog)
+        return _main(argv, setting, prog)
+    if setting:
+        default = (setting, 'from the setting MPQUEUE_CONFIG')
+    elif os.environ.get('MPQUEUE_CONFIG'):
+        default = (os.environ['MPQUEUE_CONFIG'], 'from $MPQUEUE_CONFIG')
+    else:
+        default = (FRAMEWORK_CONFIG, 'the default: the module mpqueue_config')
+    return _main(argv, None, prog, default)
+
+
+def _django_command():
+    """``DjangoCommand``: a Django management command that runs the commands."""
+    from django.core.management.base import BaseCommand, CommandError
+
+    class DjangoCommand(BaseCommand):
+        """``python manage.py mpqueue COMMAND [options]``.  A project exposes it
+        with one line in ``<app>/management/commands/mpqueue.py``::
+
+            from mpqueue_cli import DjangoCommand as Command
+
+        Before a pool starts (worker:start, worker:restart) it checks that the
+        database has every migration (``check_migrations``): the jobs would
+        fail on tables that do not exist yet."""
+
+        help = 'Runs an mpqueue command (mpqueue list: which) on this project.'
+        check_migrations = True
+
+        def create_parser(self, prog_name, subcommand, **kwargs):
+            self.prog = '%s %s' % (_program(), subcommand)
+            return super().create_parser(prog_name, subcommand, **kwargs)
+
+        def add_arguments(self, parser):
+            parser.add_argument('args', nargs=argparse.REMAINDER,
+                                help='an mpqueue command and its options, e.g. worker:start -d')
+
+        def handle(self, *args, **options):
+            from django.conf import settings
+            from django.db import DEFAULT_DB_ALIAS, connections
+            from django.db.migrations.executor import MigrationExecutor
+
+            if self.check_migrations and args and args[0] in ('worker:start', 'worker:restart'):
+                executor = MigrationExecutor(connections[DEFAULT_DB_ALIAS])
+                if executor.migration_plan(executor.loader.graph.leaf_nodes()):
+                    raise CommandError('the database has unapplied migrations: run '
+                                       '"python manage.py migrate" first')
+            code = framework_main(list(args), getattr(settings, 'MPQUEUE_CONFIG', None),
+                                  getattr(self, 'prog', 'python manage.py mpqueue'))
+            if code:
+                sys.exit(code)
+
+    return DjangoCommand
+
+
+def _flask_group():
+    """``flask_group``: a click group of every command, for ``app.cli``."""
+    import click
+    from flask import current_app
+    from flask.cli import with_appcontext
+
+    @click.group('mpqueue', help="mpqueue's commands on this app's config (the setting "
+                 'MPQUEUE_CONFIG, else $MPQUEUE_CONFIG, else the module mpqueue_config).')
+    def group():
+        pass
+
+    def command(name, text):
+        @with_appcontext
+        def run(args):
+            code = framework_main([name] + list(args), current_app.config.get('MPQUEUE_CONFIG'),
+                                  'flask mpqueue')
+            click.get_current_context().exit(code)
+        return click.Command(
+            name, callback=run, help=text, short_help=text, add_help_option=False,
+            params=[click.Argument(['args'], nargs=-1, type=click.UNPROCESSED)],
+            context_settings={'ignore_unknown_options': True})
+
+    for name, _, _, text in COMMANDS:
+        group.add_command(command(name, text))
+    return group
+
+
+_FRAMEWORK_ENTRIES = {'DjangoCommand': _django_command, 'flask_group': _flask_group}
+
+
+def __getattr__(name):
+    """``DjangoCommand`` and ``flask_group``, made when first asked for."""
+    if name not in _FRAMEWORK_ENTRIES:
+        raise AttributeError('module %r has no attribute %r' % (__name__, name))
+    value = globals()[name] = _FRAMEWORK_ENTRIES[name]()
+    return value
 
 
 ###############################################################################
@@ -1530,6 +1703,7 @@ _WEB_ASSETS = {
     <ul>
       <li><a href="#queues" data-view="queues">Queues</a></li>
       <li><a href="#fleet" data-view="fleet">Fleet</a></li>
+      <li><a href="#queued" data-view="queued">Waiting</a></li>
       <li><a href="#failed" data-view="failed">Failed
         <span id="failed-count" class="count"></span></a></li>
       <li><a href="#job" data-view="job">Job</a></li>
@@ -1591,6 +1765,21 @@ _WEB_ASSETS = {
       <p id="fleet-empty" class="empty" hidden>No pool has sent a heartbeat to this broker
         lately.</p>
     </div>
+  </section>
+
+  <section id="view-queued" class="view" aria-labelledby="h-queued" hidden>
+    <div class="head">
+      <h1 id="h-queued">Waiting jobs</h1>
+      <div class="tools">
+        <label class="field">Queue <select id="queued-queue"></select></label>
+        <label class="field">State <select id="queued-state">
+          <option value="waiting">waiting</option><option value="delayed">delayed</option>
+        </select></label>
+      </div>
+    </div>
+    <p class="sub">Jobs that have not started: waiting ones in the order they will start,
+      delayed ones soonest due first.</p>
+    <div id="queued-box" class="card"></div>
   </section>
 
   <section id="view-failed" class="view" aria-labelledby="h-failed" hidden>
@@ -1893,10 +2082,10 @@ form.login .btn { margin-top: 8px; padding: 9px; }
   const WINDOW_S = 15 * 60;         // the chart's time span
   const RATE_SPAN_S = 10;           // a rate is taken over about this many seconds
   const GAP_S = 60;                 // samples further apart than this leave a gap
-  const PAGE_SIZE = 50;             // failed jobs per page
-  const VIEWS = ['queues', 'fleet', 'failed', 'job', 'schedules'];
-  const TITLES = {queues: 'Queues', fleet: 'Fleet', failed: 'Failed jobs', job: 'Job',
-                  schedules: 'Schedules'};
+  const PAGE_SIZE = 50;             // failed jobs, waiting jobs per page
+  const VIEWS = ['queues', 'fleet', 'queued', 'failed', 'job', 'schedules'];
+  const TITLES = {queues: 'Queues', fleet: 'Fleet', queued: 'Waiting jobs',
+                  failed: 'Failed jobs', job: 'Job', schedules: 'Schedules'};
   const UNFINISHED = ['waiting', 'delayed', 'reserved', 'working'];
   const QUEUE_COLUMNS = ['Queue', 'Waiting', 'Delayed', 'Reserved', 'Working', 'Failed',
                          'Cancelled', 'Oldest waiting', 'Pushed', 'Done', 'Done/s', 'Failed/s',
@@ -1926,6 +2115,7 @@ form.login .btn { margin-top: 8px; padding: 9px; }
     historyData: new Map(),
     chartQueue: QUEUES[0] || null,
     failed: {queue: QUEUES[0] || null, offset: 0, after: '', key: ''},
+    queued: {queue: QUEUES[0] || null, state: 'waiting', cursor: '', key: ''},
     open: new Set(),              // error <details> the user opened: 'id:index'
     job: {queue: QUEUES[0] || null, id: '', key: ''},
     schedulesKey: '',
@@ -2134,6 +2324,7 @@ form.login .btn { margin-top: 8px; padding: 9px; }
 
   function loadView() {
     switch (state.view) {
+      case 'queued': return loadQueued();
       case 'failed': return loadFailed();
       case 'job': return loadJob();
       case 'schedules': return loadSchedules();
@@ -2141,7 +2332,8 @@ form.login .btn { margin-top: 8px; padding: 9px; }
     }
   }
 
-  // -- routing: #queues, #fleet, #failed/Q/OFFSET/AFTER, #job/Q/ID, #schedules -------------
+  // -- routing: #queues, #fleet, #queued/Q/STATE/CURSOR, #failed/Q/OFFSET/AFTER, #job/Q/ID,
+  //    #schedules
 
   function route() {
     let parts;
@@ -2156,6 +2348,12 @@ form.login .btn { margin-top: 8px; padding: 9px; }
       state.failed.offset = Math.max(0, parseInt(parts[2], 10) || 0);
       state.failed.after = parts[3] || '';      // the id of the job before the page
       state.failed.key = '';
+    }
+    if (state.view === 'queued' && parts[1]) {
+      state.queued.queue = parts[1];
+      state.queued.state = parts[2] === 'delayed' ? 'delayed' : 'waiting';
+      state.queued.cursor = parts[3] || '';     // the page before gave it
+      state.queued.key = '';
     }
     if (state.view === 'job') {
       if (parts[1]) state.job.queue = parts[1];
@@ -2183,6 +2381,7 @@ form.login .btn { margin-top: 8px; padding: 9px; }
     const names = state.queues ? state.queues.map((q) => q.name) : QUEUES;
     for (const [id, current] of [['chart-queue', state.chartQueue],
                                  ['failed-queue', state.failed.queue],
+                                 ['queued-queue', state.queued.queue],
                                  ['job-queue', state.job.queue]]) {
       const select = $(id);
       const have = Array.from(select.options).map((o) => o.value);
@@ -2191,6 +2390,7 @@ form.login .btn { margin-top: 8px; padding: 9px; }
       }
       if (current !== null && names.includes(current)) select.value = current;
     }
+    $('queued-state').value = state.queued.state;
   }
 
   // -- queues ----------------------------------------------------------------------------
@@ -2270,10 +2470,15 @@ form.login .btn { margin-top: 8px; padding: 9px; }
              el('a', {href: '#failed/' + enc(q.name), title: 'Show the failed jobs of ' + q.name},
                 fmtInt(q.failed)))
         : numCell(q.failed, 'failed');
+      const queuedCell = (col) => q[col]
+        ? el('td', {class: 'num', 'data-col': col},
+             el('a', {href: '#queued/' + enc(q.name) + '/' + col,
+                      title: 'Show the ' + col + ' jobs of ' + q.name}, fmtInt(q[col])))
+        : numCell(q[col], col);
       const age = q.waiting ? q.oldest_waiting_seconds : null;
       return el('tr', {'data-queue': q.name}, [
         el('th', {scope: 'row'}, q.name),
-        numCell(q.waiting, 'waiting'), numCell(q.delayed, 'delayed'),
+        queuedCell('waiting'), queuedCell('delayed'),
         numCell(q.reserved, 'reserved'), numCell(q.working, 'working'), failedCell,
         numCell(q.cancelled, 'cancelled'),
         el('td', {class: 'num' + (age === null || age === undefined ? ' zero'
@@ -2580,6 +2785,52 @@ form.login .btn { margin-top: 8px; padding: 9px; }
                         data.jobs[data.jobs.length - 1].id) : null]));
   }
 
+  // -- waiting and delayed jobs ---------------------------------------------------------
+
+  async function loadQueued() {
+    const {queue, cursor} = state.queued, which = state.queued.state;
+    const box = $('queued-box');
+    if (!queue) {
+      box.replaceChildren(el('p', {class: 'empty'}, 'No queue in the config.'));
+      return;
+    }
+    const data = await api('api/queues/' + enc(queue) + '/jobs?state=' + which + '&count=' +
+                           PAGE_SIZE + (cursor ? '&cursor=' + enc(cursor) : ''));
+    const key = queue + '\n' + JSON.stringify(data);
+    if (key === state.queued.key) return;
+    state.queued.key = key;
+    if (!data.jobs.length) {
+      box.replaceChildren(el('p', {class: 'empty'}, cursor
+        ? 'No more ' + which + ' jobs in queue ' + queue + '.'
+        : 'No ' + which + ' jobs in queue ' + queue + '.'));
+      return;
+    }
+    const when = which === 'delayed' ? 'due_time' : 'create_time';
+    const rows = data.jobs.map((job) => el('tr', {'data-job-id': job.id}, [
+      el('td', {class: 'job'}, [
+        el('div', {class: 'name', 'data-col': 'name'}, job.job || '(unnamed)'),
+        el('a', {class: 'id mono', href: '#job/' + enc(queue) + '/' + enc(job.id),
+                 title: 'Look this job up'}, job.id)]),
+      numCell(job.priority, 'priority'),
+      el('td', {'data-col': when}, timeCell(job[when])),
+      numCell(job.exec_number, 'attempts'),
+      el('td', {'data-col': 'key'}, job.key === null || job.key === undefined ? '\u2014'
+                                                                            : job.key)]));
+    const base = '#queued/' + enc(queue) + '/' + which;
+    const head = ['Job', 'Priority', which === 'delayed' ? 'Due' : 'Created', 'Attempts', 'Key'];
+    box.replaceChildren(
+      el('div', {class: 'scroll'}, el('table', {class: 'data failed-jobs', id: 'queued-table'}, [
+        el('caption', {class: 'sr-only'}, 'The ' + which + ' jobs of queue ' + queue),
+        el('thead', {}, headRow(head, ['Priority', 'Attempts'])),
+        el('tbody', {}, rows)])),
+      el('nav', {class: 'pager', 'aria-label': 'Pages of ' + which + ' jobs'}, [
+        el('span', {}, fmtInt(data.jobs.length) + ' shown of ' + fmtInt(data.total) + ' ' + which),
+        el('span', {class: 'spacer'}),
+        cursor ? el('a', {href: base, rel: 'first'}, '\u2190 First page') : null,
+        data.cursor ? el('a', {href: base + '/' + enc(data.cursor), rel: 'next'}, 'Next \u2192')
+          : null]));
+  }
+
   // -- a job by id ---------------------------------------------------------------------
 
   function fact(label, value, col) {
@@ -2702,6 +2953,10 @@ form.login .btn { margin-top: 8px; padding: 9px; }
       tick();
     });
     $('failed-queue').addEventListener('change', (e) => go('#failed/' + enc(e.target.value)));
+    $('queued-queue').addEventListener('change', (e) => go('#queued/' + enc(e.target.value) +
+                                                           '/' + $('queued-state').value));
+    $('queued-state').addEventListener('change', (e) => go('#queued/' +
+      enc($('queued-queue').value) + '/' + e.target.value));
     $('job-queue').addEventListener('change', (e) => { state.job.queue = e.target.value; });
     $('job-form').addEventListener('submit', (e) => {
       e.preventDefault();

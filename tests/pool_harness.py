@@ -679,6 +679,42 @@ class ExamplePool:
             pass
 
 
+class FrameworkCommand:
+    """An example project's pool run through its framework's command line
+    (``python manage.py mpqueue ...``, ``flask --app greeter mpqueue ...``):
+    each command a process of its own, registered with the reaper, and the
+    daemon's manage process too once ``worker:start -d`` has written its pid."""
+
+    def __init__(self, reaper, prefix, cwd, env, pid_file):
+        self.reaper, self.prefix, self.cwd = reaper, list(prefix), str(cwd)
+        self.env, self.pid_file = env, Path(pid_file)
+
+    def run(self, *args, timeout=CLI_TIMEOUT):
+        proc = self.reaper.popen(self.prefix + list(args), cwd=self.cwd, env=self.env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError('%s did not end within %ss' % (' '.join(args), timeout)) \
+                from None
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+    def start(self):
+        """``worker:start -d``: the manage pid, registered with the reaper."""
+        res = self.run('worker:start', '-d', timeout=60)
+        assert res.returncode == 0, res
+        pid = int(self.pid_file.read_text().split()[0])
+        self.reaper.add(psutil.Process(pid))
+        return pid
+
+    def stop(self, pid):
+        """``worker:stop``; waits until the manage process is gone."""
+        res = self.run('worker:stop', timeout=60)
+        assert res.returncode == 0, res
+        wait_for(lambda: not alive(pid), 20, 'the pool to stop')
+        return res
+
+
 def delete_keys(url, prefix):
     """Delete every key of ``prefix`` (an example project's broker keys)."""
     client = redis.Redis.from_url(url)

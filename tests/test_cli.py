@@ -819,7 +819,7 @@ def test_the_command_line_uses_only_public_names():
     used = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)
             and isinstance(node.value, ast.Name) and node.value.id == 'mpqueue'}
     tools = {'queue_config', 'pid_file', 'pool_pid', 'start_pool', 'pool_status', 'depth',
-             'fleet', 'foreign_pools', 'schedules', 'history'}
+             'fleet', 'foreign_pools', 'schedules', 'history', 'queued_jobs'}
     assert tools <= set(dir(mpqueue)) and not tools & set(mpqueue.__all__)
     for name in tools:
         assert '``%s(' % name in mpqueue.__doc__, name
@@ -827,3 +827,20 @@ def test_the_command_line_uses_only_public_names():
     assert private == [], private
     public = set(mpqueue.__all__) | tools | {'__version__'}
     assert used <= public | {n for n in used if n.isupper()}, used - public
+
+
+def test_importing_the_command_line_imports_neither_django_nor_flask():
+    """DjangoCommand and flask_group are made when first asked for."""
+    code = ('import sys, mpqueue_cli\n'
+            'assert not {"django", "flask", "click"} & set(sys.modules), sorted(sys.modules)\n'
+            'assert mpqueue_cli.DjangoCommand.__module__ == "mpqueue_cli"\n'
+            'assert "django" in sys.modules and "flask" not in sys.modules\n'
+            'assert "worker:start" in mpqueue_cli.flask_group.commands\n'
+            'try:\n'
+            '    mpqueue_cli.nothing\n'
+            'except AttributeError as exc:\n'
+            '    print(exc)\n')
+    res = subprocess.run([sys.executable, '-c', code], cwd=str(REPO), capture_output=True,
+                         text=True, timeout=60, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == "module 'mpqueue_cli' has no attribute 'nothing'\n"

@@ -13,6 +13,7 @@ command line naming a config that sets Django up at its top a circular
 import.  PostgreSQL: test_django_postgres.py.
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from pool_harness import ExamplePool, alive, delete_keys, wait_for
+from pool_harness import ExamplePool, FrameworkCommand, alive, delete_keys, wait_for
 
 django = pytest.importorskip('django')
 
@@ -125,6 +126,47 @@ def test_view_rejects_a_post_without_text(django_site):
     response = Client().post('/notes/')
     assert response.status_code == 400
     assert 'error' in response.json()
+
+
+def test_manage_py_mpqueue_starts_shows_and_stops_a_pool(django_site, proc_reaper):
+    """``python manage.py mpqueue ...``: the project's one-line command
+    (``from mpqueue_cli import DjangoCommand as Command``) runs mpqueue's
+    commands with Django set up, on the module mpqueue_config beside
+    manage.py, from any directory."""
+    import mpqueue
+    from django.test import Client
+    from notes.models import Note
+
+    manage = FrameworkCommand(proc_reaper, [sys.executable, str(PROJECT / 'manage.py'), 'mpqueue'],
+                              django_site['tmp'], _clean_env(**django_site['env']),
+                              Path(django_site['env']['MPQ_RUN_DIR']) / (POOL_NAME + '.pid'))
+    pid = manage.start()
+    try:
+        res = manage.run('worker:status', '--json')
+        assert res.returncode == 0, res
+        rows = json.loads(res.stdout)
+        assert {r['type'] for r in rows} == {'manage', 'master', 'worker'}
+        assert [r['pid'] for r in rows if r['type'] == 'manage'] == [pid]
+        assert len([r for r in rows if r['type'] == 'worker']) == 2
+
+        text = 'note %s' % uuid.uuid4().hex
+        job_id = Client().post('/notes/?text=%s' % text).json()['job_id']
+        assert mpqueue.result(QUEUE, job_id, timeout=JOB_DEADLINE) == \
+            wait_for(lambda: Note.objects.filter(text=text).first(), 5, 'the note').id
+        res = manage.run('job:status', '--queue', QUEUE, '--id', job_id, '--json')
+        assert res.returncode == 0 and json.loads(res.stdout)['state'] == 'done', res
+
+        res = manage.run('nosuchcommand')
+        assert res.returncode == 2 and 'manage.py mpqueue list' in res.stderr, res
+        assert 'already running on pid %d' % pid in manage.run('worker:start', '-d').stderr
+        res = manage.stop(pid)
+        assert 'stopping pool' in res.stdout, res
+        res = manage.run('worker:status')
+        assert res.returncode == 1 and 'not running' in res.stderr, res
+    finally:
+        manage.run('worker:stop')
+        mpqueue.clean(QUEUE)
+        Note.objects.all().delete()
 
 
 def _clean_env(**extra):

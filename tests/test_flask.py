@@ -14,6 +14,7 @@ immediate mode) and the hint in the error of a job that uses Flask outside
 an app context.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from pool_harness import ExamplePool, alive, delete_keys, wait_for
+from pool_harness import ExamplePool, FrameworkCommand, alive, delete_keys, wait_for
 
 flask = pytest.importorskip('flask')
 
@@ -100,6 +101,47 @@ def test_route_pushes_job_that_runs_in_the_app_context(site, proc_reaper):
         pool.stop()
         mpqueue.clean(QUEUE)
     assert not alive(proc.pid)
+
+
+def test_flask_mpqueue_starts_shows_and_stops_a_pool(site, proc_reaper):
+    """``flask --app greeter mpqueue ...``: the app adds mpqueue_cli's click
+    group to ``app.cli``; its commands run with the app built (and so
+    mpqueue configured by create_app), on the module mpqueue_config."""
+    import mpqueue
+
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(('MPQ', 'FLASK_'))}
+    env.update(site['env'], PYTHONPATH=str(REPO))
+    flask_cli = FrameworkCommand(
+        proc_reaper, [sys.executable, '-m', 'flask', '--app', 'greeter', 'mpqueue'], APP_DIR,
+        env, Path(site['env']['MPQ_RUN_DIR']) / (POOL_NAME + '.pid'))
+    res = flask_cli.run('--help')
+    assert res.returncode == 0 and 'worker:start' in res.stdout and 'queue:jobs' in res.stdout
+    pid = flask_cli.start()
+    try:
+        res = flask_cli.run('worker:status', '--json')
+        assert res.returncode == 0, res
+        rows = json.loads(res.stdout)
+        assert [r['pid'] for r in rows if r['type'] == 'manage'] == [pid]
+        assert len([r for r in rows if r['type'] == 'worker']) == 2
+
+        name = 'Grace %s' % uuid.uuid4().hex[:6]
+        job_id = site['app'].test_client().post('/greet', query_string={'name': name}).get_json()[
+            'job_id']
+        greetings = Path(site['app'].config['GREETINGS_FILE'])
+        wait_for(lambda: greetings.exists() and name in greetings.read_text(), JOB_DEADLINE,
+                 'the job to greet')
+        res = flask_cli.run('queue:status', '--queue', QUEUE, '--json')
+        assert res.returncode == 0 and json.loads(res.stdout)[QUEUE]['over'] == 1, res
+        res = flask_cli.run('job:cancel', '--queue', QUEUE, '--id', job_id)
+        assert res.returncode == 1 and 'unknown' in res.stderr, res    # done, not kept
+        res = flask_cli.run('queue:status', '--bogus')
+        assert res.returncode == 2 and 'flask mpqueue -h' in res.stderr, res
+        res = flask_cli.stop(pid)
+        assert 'stopping pool' in res.stdout, res
+    finally:
+        flask_cli.run('worker:stop')
+        mpqueue.clean(QUEUE)
 
 
 def test_route_rejects_a_post_without_name(site):

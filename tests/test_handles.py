@@ -59,6 +59,21 @@ async def nap(tag, seconds):
     record('start', tag=tag, n=n)
     await asyncio.sleep(seconds)
     record('end', tag=tag, n=n)
+
+
+@mpqueue.job('q', result_ttl=30, priority=4, fail_number=2)
+def decorated(tag, value=None):
+    record('start', tag=tag, n=attempt(tag))
+    return value
+
+
+@mpqueue.job('not-configured')
+def elsewhere():
+    pass
+
+
+def waits_for(job_id, timeout):
+    return mpqueue.result('q', job_id, timeout=timeout)
 '''
 
 MODELS = [mpqueue.MODEL_DISTRIBUTE, mpqueue.MODEL_GRAB]
@@ -412,3 +427,122 @@ def test_job_status_and_cancel_on_the_command_line(e2e):
         assert res.returncode != 0 and res.stdout == '', res
         assert len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert 'nosuchjob' in pool.cli('job:cancel', '--queue', 'q', '--id', 'nosuchjob').stderr
+
+
+# -- the handle and the decorator ----------------------------------------------------
+
+def test_a_job_id_is_its_id_and_a_handle_on_the_job(e2e):
+    pool, jobs = start(e2e, queue_conf(worker_number=1, result_ttl=30))
+    pool.start()
+    job_id = mpqueue.push('q', jobs.answer, args=('h', 5))
+    plain = str(job_id)
+    assert isinstance(job_id, mpqueue.JobId) and type(plain) is str and job_id.queue == 'q'
+    assert job_id == plain and plain == job_id and hash(job_id) == hash(plain)
+    assert {plain: 1}[job_id] == 1 and {job_id: 1}[plain] == 1
+    assert json.dumps({'id': job_id}) == json.dumps({'id': plain})
+    stored = pickle.loads(pickle.dumps(job_id))
+    assert stored == job_id and type(stored) is str        # what is stored: the plain id
+    assert b'mpqueue' not in pickle.dumps(job_id)        # loads where mpqueue is not
+    assert repr(job_id) == "JobId('%s', 'q')" % plain
+    again = mpqueue.JobId(stored, 'q')                      # the handle from a stored id
+    assert again == job_id and again.queue == 'q'
+
+    assert job_id.result(timeout=10) == 5 == mpqueue.result('q', job_id, timeout=0)
+    assert again.info() == mpqueue.job_info('q', plain) and again.info()['state'] == 'done'
+    assert again.cancel() == 'done' == mpqueue.cancel('q', plain)
+
+    delayed = mpqueue.push('q', jobs.answer, args=('d', 1), delay=60)
+    assert delayed.info()['state'] == 'delayed'
+    assert delayed.cancel() == 'delayed' and delayed.info()['state'] == 'cancelled'
+    with pytest.raises(mpqueue.JobCancelled):
+        delayed.result(timeout=0)
+    unknown = mpqueue.JobId(mpqueue._new_id(), 'q')
+    assert unknown.info() is None and unknown.cancel() is None
+    with pytest.raises(mpqueue.JobNotFound):
+        unknown.result(timeout=0)
+
+    ids = mpqueue.push_many('q', [jobs.answer, jobs.answer], args=('m', 2))
+    assert all(isinstance(i, mpqueue.JobId) and i.queue == 'q' for i in ids)
+    assert [i.result(timeout=10) for i in ids] == [2, 2]
+    first = mpqueue.push('q', jobs.answer, args=('u', 1), delay=60, key='k', unique='queued')
+    held = mpqueue.push('q', jobs.answer, args=('u', 2), key='k', unique='queued')
+    assert held == first and isinstance(held, mpqueue.JobId) and held.queue == 'q'
+
+
+def test_the_decorator_pushes_with_its_options_and_a_plain_call_runs_here(e2e):
+    pool, jobs = start(e2e, queue_conf(worker_number=1))
+    assert jobs.decorated('here', 3) == 3                  # a plain call: runs in this process
+    [ran] = e2e.records('start', tag='here')
+    assert ran['pid'] == os.getpid()
+    assert jobs.decorated.__name__ == 'decorated' and jobs.decorated.queue == 'q'
+
+    parked = jobs.decorated.push('parked', value=1)          # no pool yet: it waits
+    info = parked.info()
+    assert isinstance(parked, mpqueue.JobId) and parked.queue == 'q'
+    assert (info['state'], info['priority'], info['fail_number']) == ('waiting', 4, 2)
+    assert info['job'] == '%s:decorated' % e2e.jobs_name    # travels as its import path
+    later = jobs.decorated.push_with(args=('later',), kwargs={'value': 2}, delay=60,
+                                     priority=9, fail_number=0, key='later')
+    info = later.info()
+    assert (info['state'], info['priority'], info['fail_number'], info['key']) == \
+        ('delayed', 9, 0, 'later')                          # per-call options win
+
+    pool.start()
+    pushed = jobs.decorated.push('pool', value={'v': 7})
+    assert pushed.result(timeout=10) == {'v': 7}
+    assert parked.result(timeout=10) == 1
+    [ran] = e2e.records('start', tag='pool')
+    assert ran['pid'] in pool.worker_pids('q')
+    assert pushed.info()['state'] == 'done'                 # result_ttl=30: kept
+
+    many = jobs.decorated.push_many([('m1', 1), {'tag': 'm2', 'value': 2}], priority=6)
+    assert [j.info()['priority'] for j in many] == [6, 6]
+    assert [j.result(timeout=10) for j in many] == [1, 2]
+
+    # the queue is looked up at push, not at import
+    with pytest.raises(mpqueue.ConfigError, match='not-configured'):
+        jobs.elsewhere.push()
+    with pytest.raises(TypeError, match="'timout' is not a push option"):
+        mpqueue.job('q', timout=3)
+    with pytest.raises(TypeError, match='tuple of arguments or a dict'):
+        jobs.decorated.push_many(['bare'])
+
+
+def test_result_inside_a_job_needs_a_timeout(e2e):
+    pool, jobs = start(e2e, queue_conf(worker_number=2, result_ttl=30))
+    pool.start()
+    done = mpqueue.push('q', jobs.answer, args=('a', 4))
+    assert done.result(timeout=10) == 4
+    assert mpqueue.push('q', jobs.waits_for, args=(done, 5)).result(timeout=10) == 4
+    forever = mpqueue.push('q', jobs.waits_for, args=(done, None))
+    with pytest.raises(mpqueue.JobFailed, match='inside a running job needs a timeout'):
+        forever.result(timeout=10)
+
+
+def test_queue_jobs_on_the_command_line_pages_by_cursor(e2e):
+    pool, jobs = start(e2e, queue_conf(worker_number=1))
+    waiting = mpqueue.push_many('q', [jobs.answer] * 3, args=('w', 1))
+    urgent = mpqueue.push('q', jobs.answer, args=('u', 1), priority=9, key='urgent')
+    delayed = mpqueue.push('q', jobs.answer, args=('d', 1), delay=60)
+    res = pool.cli('queue:jobs', '--queue', 'q', '--count', '2', '--json')
+    assert res.returncode == 0, res.stderr
+    page = json.loads(res.stdout)
+    assert [j['id'] for j in page['jobs']] == [urgent, waiting[0]] and page['cursor']
+    res = pool.cli('queue:jobs', '--queue', 'q', '--count', '2', '--json', '--cursor',
+                   page['cursor'])
+    page = json.loads(res.stdout)
+    assert [j['id'] for j in page['jobs']] == waiting[1:] and page['cursor'] is None
+    text = pool.cli('queue:jobs', '--queue', 'q', '--count', '1')
+    assert text.returncode == 0 and urgent in text.stdout and 'urgent' in text.stdout
+    assert 'queue:jobs --queue q --state waiting --cursor ' in text.stdout     # the next page
+    res = pool.cli('queue:jobs', '--queue', 'q', '--state', 'delayed', '--json')
+    [job] = json.loads(res.stdout)['jobs']
+    assert job['id'] == delayed and job['state'] == 'delayed' and job['due_time'] > time.time()
+    mpqueue.cancel('q', delayed)
+    assert "no delayed jobs in queue 'q'" in pool.cli('queue:jobs', '--queue', 'q', '--state',
+                                                     'delayed').stdout
+    for args in (('--state', 'failed'), ('--count', '0')):
+        res = pool.cli('queue:jobs', '--queue', 'q', *args)
+        assert res.returncode == 2 and len(res.stderr.splitlines()) == 1, res
+    res = pool.cli('queue:status', '--count', '2')
+    assert res.returncode == 2 and '--watch' in res.stderr, res

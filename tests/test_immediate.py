@@ -101,6 +101,16 @@ async def doubled(x):
     return 2 * x
 
 
+@mpqueue.job('q', result_ttl=30, priority=4, fail_number=2)
+def decorated(tag, value=None):
+    RAN.append((tag, os.getpid()))
+    return value
+
+
+def waits_for(job_id, timeout):
+    return mpqueue.result('q', job_id, timeout=timeout)
+
+
 def test_push_runs_the_job_before_it_returns_and_touches_no_broker(tmp_path):
     make_config(tmp_path, immediate=True)
     job_id = mpqueue.push('q', record, args=('one',))
@@ -137,6 +147,34 @@ def test_it_decorates_a_function(tmp_path):
     job_id = view()
     assert RAN == ['decorated']
     assert mpqueue.job_info('q', job_id)['state'] == 'done'     # outside the block, still known
+    assert not broker_file(tmp_path).exists()
+
+
+def test_the_handle_and_the_decorator_behave_as_with_a_pool(tmp_path):
+    """What test_handles.py shows with pools, here: the decorator's options,
+    per-call options over them, a plain call, the handle's methods, and
+    result() inside a job without a timeout."""
+    make_config(tmp_path)
+    assert decorated('here', 1) == 1 and RAN == [('here', os.getpid())]
+    with mpqueue.immediate():
+        job_id = decorated.push('pushed', value=2)
+        assert RAN[-1] == ('pushed', os.getpid())           # ran before push returned
+        assert isinstance(job_id, mpqueue.JobId) and job_id.queue == 'q'
+        info = job_id.info()
+        assert (info['state'], info['priority'], info['fail_number']) == ('done', 4, 2)
+        assert info['job'] == '%s:decorated' % __name__
+        assert job_id.result() == 2 and job_id.cancel() == 'done'
+        other = decorated.push_with(args=('with',), kwargs={'value': 3}, priority=9,
+                                    fail_number=0, delay=60)
+        assert (other.info()['priority'], other.info()['fail_number']) == (9, 0)
+        assert other.result() == 3                          # the delay is not waited for
+        many = decorated.push_many([('m1', 1), {'tag': 'm2', 'value': 2}], priority=6)
+        assert [(j.result(), j.info()['priority']) for j in many] == [(1, 6), (2, 6)]
+        assert mpqueue.push('q', waits_for, args=(job_id, 0), result_ttl=30).result() == 2
+        forever = mpqueue.push('q', waits_for, args=(job_id, None), result_ttl=30)
+    with pytest.raises(mpqueue.JobFailed, match='inside a running job needs a timeout'):
+        forever.result()
+    assert mpqueue.JobId(str(job_id), 'q').result() == 2    # after the block, still known
     assert not broker_file(tmp_path).exists()
 
 

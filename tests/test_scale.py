@@ -7,6 +7,7 @@ where there is one, with a small BULK_CHUNK so that 50 jobs take many chunks.
 """
 
 import json
+import time
 
 import pytest
 
@@ -129,6 +130,89 @@ def test_the_cursor_holds_while_jobs_before_it_go(driver, queue, configure):
     assert mpqueue.retry_failed(queue, first[-1]) == 1
     assert ids_of(mpqueue.failed_jobs(queue, 0, CHUNK, after=first[-1])) == \
         ids[4:6] + ids[7:12]
+
+
+def every_page(queue, state, count):
+    """The ids of every page of queued_jobs, in order, and each page's seconds."""
+    pages, cursor = [], None
+    while True:
+        started = time.perf_counter()
+        page = mpqueue.queued_jobs(queue, state, count, cursor)
+        pages.append((ids_of(page['jobs']), time.perf_counter() - started))
+        assert page['cursor'] is None or page['cursor'] != cursor    # it moves: no endless loop
+        cursor = page['cursor']
+        if cursor is None:
+            return sum((ids for ids, _ in pages), []), [t for _, t in pages]
+
+
+def test_queued_jobs_pages_by_cursor_in_the_order_jobs_start(driver, queue, configure):
+    configure(queue)
+    low = push(driver, queue, 5)
+    high = push(driver, queue, 4, priority=7)
+    later = push(driver, queue, 3, delay=120)
+    soon = push(driver, queue, 2, delay=60)
+    assert every_page(queue, 'waiting', 3)[0] == high + low
+    assert every_page(queue, 'delayed', 2)[0] == soon + later
+    for state, ids in (('waiting', high + low), ('delayed', soon + later)):
+        whole = mpqueue.queued_jobs(queue, state, 100)
+        assert ids_of(whole['jobs']) == ids and whole['cursor'] is None
+        assert {j['state'] for j in whole['jobs']} == {state} and whole['jobs'][0]['queue'] == queue
+        assert mpqueue.queued_jobs(queue, state, 0) == {'jobs': [], 'cursor': None}
+    due = [j['due_time'] for j in mpqueue.queued_jobs(queue, 'delayed', 5)['jobs']]
+    assert due == sorted(due) and 50 < due[0] - time.time() < 61
+    assert 'due_time' not in mpqueue.queued_jobs(queue, 'waiting', 1)['jobs'][0]
+
+    # jobs that start, or are cancelled, between two pages do not shift the next one
+    first = mpqueue.queued_jobs(queue, 'waiting', 3)
+    assert ids_of(first['jobs']) == high[:3]
+    assert ids_of(reserve(driver, queue, 2)) == high[:2]
+    assert mpqueue.cancel(queue, low[0]) == 'waiting'
+    assert ids_of(mpqueue.queued_jobs(queue, 'waiting', 3, first['cursor'])['jobs']) == \
+        [high[3]] + low[1:3]
+    # the job of the cursor itself has started: the page goes on after it
+    assert ids_of(reserve(driver, queue, 1)) == [high[2]]
+    assert ids_of(mpqueue.queued_jobs(queue, 'waiting', 3, first['cursor'])['jobs']) == \
+        [high[3]] + low[1:3]
+    page = mpqueue.queued_jobs(queue, 'delayed', 1)
+    assert mpqueue.cancel(queue, soon[0]) == 'delayed'
+    assert ids_of(mpqueue.queued_jobs(queue, 'delayed', 2, page['cursor'])['jobs']) == \
+        [soon[1], later[0]]
+    with pytest.raises(ValueError, match='waiting'):
+        mpqueue.queued_jobs(queue, 'failed')
+
+
+#: Jobs in the queue, and the most one page of queued_jobs may take with
+#: them, whatever its depth (the dashboard's page size).
+DEEP, DEEP_PAGE, PAGE_SECONDS = 100000, 50, 0.05
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('state', ['waiting', 'delayed'])
+def test_a_page_of_queued_jobs_costs_the_same_at_any_depth(driver, queue, configure, state):
+    """100,000 jobs: every page of 50, the first to the last, in under 50 ms."""
+    configure(queue)
+    ids = []
+    for start in range(0, DEEP, 5000):      # two priorities: the second half first
+        ids += driver.execute(queue, [push_step(
+            delay=3600 + (start + i) / 1000.0 if state == 'delayed' else 0,
+            priority=start * 2 // DEEP) for i in range(5000)])
+    half = DEEP // 2
+    expected = ids if state == 'delayed' else ids[half:] + ids[:half]
+    seen, seconds = every_page(queue, state, DEEP_PAGE)
+    assert seen == expected
+    ordered = sorted(seconds)
+
+    def ms(share):
+        return 1000 * ordered[min(len(ordered) - 1, int(len(ordered) * share))]
+    first, last = (sorted(seconds[:100])[50], sorted(seconds[-100:])[50])
+    print('%s %s: %d pages of %d, median %.2f ms (first 100: %.2f, last 100: %.2f), '
+          '99th percentile %.2f ms, slowest %.2f ms' % (
+              driver.address, state, len(seconds), DEEP_PAGE, ms(0.5), 1000 * first,
+              1000 * last, ms(0.99), ms(1)))
+    # the slowest page or two may wait for a CPU on a busy machine (load of
+    # other processes), which measures the machine, not the page
+    assert ms(0.99) < 1000 * PAGE_SECONDS, ordered[-30:]
+    assert last < 3 * first + 0.002        # deep pages cost what the first ones do
 
 
 def test_counters_stay_exact_through_every_path(driver, queue, store, configure, monkeypatch):

@@ -20,7 +20,9 @@ import re
 import signal
 import socket
 import time
+import urllib.parse
 
+import pytest
 from selenium.common.exceptions import NoAlertPresentException, WebDriverException
 from selenium.webdriver.common.by import By
 
@@ -615,3 +617,68 @@ def test_a_slow_or_dead_broker_shows_a_banner_not_a_hung_page(one_broker, browse
         if stopped:
             os.kill(server.pid, signal.SIGCONT)
         server.stop()
+
+
+# -- waiting and delayed jobs ---------------------------------------------------------------
+
+def queued_rows(driver):
+    return look(driver, "return Array.from(document.querySelectorAll("
+                        "'#queued-table tbody tr')).map((r) => r.dataset.jobId);")
+
+
+@pytest.mark.slow
+def test_waiting_and_delayed_jobs_page_by_cursor_with_100000_waiting(e2e, browser, tmp_path):
+    """100,000 waiting jobs (no pool runs them): the API answers a page of 50
+    at any depth in under 50 ms, and the page shows it and the next one."""
+    from steps import push_step
+    pool = e2e.pool(queue_conf('q'))            # never started: the jobs wait
+    driver = mpqueue._get_config()['basics']['driver']
+    ids = []
+    for _ in range(20):
+        ids += driver.execute('q', [push_step() for _ in range(5000)])
+    delayed = driver.execute('q', [push_step(delay=600 + i) for i in range(60)])
+    cursor, deep = None, 99000                  # the cursor of the page at that depth
+    for _ in range(deep // 500):
+        cursor = mpqueue.queued_jobs('q', 'waiting', 500, cursor)['cursor']
+
+    web = Web(e2e, pool.config_path)
+    seconds = {}
+    for where, after in (('first', ''), ('deep', cursor)):
+        for _ in range(20):
+            started = time.perf_counter()
+            status, page = web.json('GET', '/api/queues/q/jobs?state=waiting&count=50' + (
+                '&cursor=' + urllib.parse.quote(after) if after else ''))
+            seconds.setdefault(where, []).append(time.perf_counter() - started)
+            assert status == 200, page
+        start = deep if after else 0
+        assert [j['id'] for j in page['jobs']] == ids[start:start + 50]
+        assert page['total'] == 100000 and page['cursor']
+    medians = {where: 1000 * sorted(t)[len(t) // 2] for where, t in seconds.items()}
+    print('%s: GET a page of 50 of 100,000 waiting jobs, median of 20: first %.1f ms, '
+          'at 99,000 %.1f ms' % (driver.address, medians['first'], medians['deep']))
+    assert medians['first'] < 50 and medians['deep'] < 50, medians
+
+    browser.get(web.url + '#queued/q/waiting/' + urllib.parse.quote(cursor, safe=''))
+    wait_page(browser, lambda: queued_rows(browser) == ids[deep:deep + 50], 'the deep page')
+    assert '50 shown of 100,000 waiting' in browser.find_element(By.ID, 'queued-box').text
+    click(browser, '#queued-box .pager a[rel=next]', 'Next')
+    wait_page(browser, lambda: queued_rows(browser) == ids[deep + 50:deep + 100], 'the page after')
+    # the page reads its page again every 2 s: the median of five reads
+    fetched = wait_page(browser, lambda: (lambda d: len(d) >= 5 and d)(look(
+        browser, "return performance.getEntriesByType('resource').filter("
+                 "(e) => e.name.includes('/jobs?')).map((e) => e.duration);")), 'five reads')
+    print('%s: the page fetched %d pages of waiting jobs, median %.1f ms' % (
+        driver.address, len(fetched), sorted(fetched)[len(fetched) // 2]))
+    assert sorted(fetched)[len(fetched) // 2] < 50, fetched
+    screenshot(browser, tmp_path, 'queued')
+
+    browser.get(web.url + '#queued/q/delayed')
+    wait_page(browser, lambda: queued_rows(browser) == delayed[:50], 'the delayed jobs')
+    click(browser, '#queued-box .pager a[rel=next]', 'Next')
+    wait_page(browser, lambda: queued_rows(browser) == delayed[50:], 'the last delayed jobs')
+    assert not browser.find_elements(By.CSS_SELECTOR, '#queued-box .pager a[rel=next]')
+    status, body = web.json('GET', '/api/queues/q/jobs?state=failed')
+    assert status == 400 and 'waiting or delayed' in body['error'], body
+    status, body = web.json('GET', '/api/queues/nope/jobs')
+    assert status == 404, body
+    web.stop()

@@ -17,7 +17,7 @@ def create_app(config=None):
     app = Flask(__name__)
     app.config.from_mapping(
         GREETING='Hello',
-        # where the Greet job appends the greetings it made
+        # where the greet job appends the greetings it made
         GREETINGS_FILE=os.path.join(tempfile.gettempdir(), 'mpqueue-flask', 'greetings.txt'),
     )
     app.config.from_prefixed_env()          # FLASK_GREETING, FLASK_GREETINGS_FILE ...
@@ -27,8 +27,11 @@ def create_app(config=None):
     # The pushing side and the pool read one config file: one broker.
     import mpqueue_config
     mpqueue.configure(mpqueue_config.config)
+    # flask --app greeter mpqueue worker:start -d (and every other command)
+    from mpqueue_cli import flask_group
+    app.cli.add_command(flask_group)
 
-    from .jobs import Greet
+    from .jobs import greet as greet_job
 
     @app.post('/greet')
     def greet():
@@ -37,7 +40,7 @@ def create_app(config=None):
             return jsonify(error='name is required'), 400
         # Only the name travels with the job: the greeting comes from the
         # worker's own app config.
-        job_id = mpqueue.push('greetings', Greet(name))
+        job_id = greet_job.push(name)       # a mpqueue.JobId: the id, a str
         return jsonify(job_id=job_id), 202
 
     return app

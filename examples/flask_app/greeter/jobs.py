@@ -27,21 +27,16 @@ def _app():
     return app
 
 
-class Greet(mpqueue.Job):
+@mpqueue.job('greetings', timeout=30)
+def greet(name):
     """Greets someone with the app's ``GREETING`` and appends the line to the
-    app's ``GREETINGS_FILE``."""
-
-    timeout = 30
-
-    def __init__(self, name):
-        self.name = name
-
-    def handle(self):
-        # Inside an app context, as in a request: current_app, extensions
-        # (a database session, say) and app.config work as in a view.
-        with _app().app_context():
-            line = '%s, %s!' % (current_app.config['GREETING'], self.name)
-            path = current_app.config['GREETINGS_FILE']
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            with open(path, 'a', encoding='utf-8') as f:
-                f.write(line + '\n')
+    app's ``GREETINGS_FILE``.  ``greet.push(name)`` queues it; only the name
+    travels with the job."""
+    # Inside an app context, as in a request: current_app, extensions
+    # (a database session, say) and app.config work as in a view.
+    with _app().app_context():
+        line = '%s, %s!' % (current_app.config['GREETING'], name)
+        path = current_app.config['GREETINGS_FILE']
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, 'a', encoding='utf-8') as f:
+            f.write(line + '\n')
