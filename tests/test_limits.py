@@ -9,6 +9,7 @@ every attempt with ``time.time()`` (one server: one clock); the overlap of
 those intervals per limit name is what "never exceeded" is checked on.
 """
 
+import json
 import os
 import signal
 import time
@@ -246,3 +247,23 @@ def test_a_sigkilled_workers_slot_comes_back_with_its_jobs_recovery(e2e, model):
               10, 'the victim to fail and the waiter to end')
     assert mpqueue.limits('q')[0]['running'] == 0
     assert mpqueue.failed_jobs('q')[0]['id'] == victim
+
+
+def test_limit_list_and_the_metrics_show_each_name(e2e):
+    pool, jobs = limited_pool(e2e, mpqueue.MODEL_DISTRIBUTE, 2, {'solo': {'concurrency': 1}})
+    mpqueue.push('q', jobs.gated, args=('holder',), limit='solo')
+    mpqueue.push_many('q', [jobs.ok] * 3, args=('waiter',), limit='solo')
+    pool.wait(lambda: mpqueue.limits('q')[0]['waiting'] == 3, 10, 'three jobs to wait')
+    out = pool.cli('limit:list', '--config', str(pool.config_path))
+    assert out.returncode == 0, out.stderr
+    head, row = out.stdout.splitlines()
+    assert head.split() == ['queue', 'name', 'limit', 'concurrency', 'rate', 'per', 'running',
+                            'waiting']
+    assert row.split() == ['q', 'solo', 'solo', '1', '-', '-', '1', '3']
+    out = pool.cli('limit:list', '--config', str(pool.config_path), '--queue', 'q', '--json')
+    assert [dict(r, queue='q') for r in mpqueue.limits('q')] == json.loads(out.stdout)
+    metrics = pool.cli('metrics', '--config', str(pool.config_path)).stdout
+    assert 'mpqueue_limit_running{queue="q",limit="solo"} 1' in metrics
+    assert 'mpqueue_limit_waiting{queue="q",limit="solo"} 3' in metrics
+    e2e.redis.set('%s:gate:holder' % e2e.key, 1)
+    wait_done(pool, 4)
