@@ -97,7 +97,7 @@ __all__ = [
     'JobNotFound', 'MODEL_DISTRIBUTE', 'MODEL_GRAB', 'MPQueueError', 'RedisDriver', 'Retry',
     'SerializationError', 'SqliteDriver', 'TYPE_NORMAL', 'TYPE_TIMEOUT', 'backoff', 'cancel',
     'clean', 'configure', 'delete_failed', 'failed_jobs', 'immediate', 'job', 'job_info',
-    'pause', 'push', 'push_many', 'result', 'resume', 'retry_failed', 'status',
+    'limits', 'pause', 'push', 'push_many', 'result', 'resume', 'retry_failed', 'status',
 ]
 
 logger = logging.getLogger('mpqueue')
@@ -501,8 +501,12 @@ _QUEUE_DEFAULTS = {
     'timeout': 120, 'fail_number': 3, 'fail_expire': 3, 'fail_handle': None,
     'worker_start_handle': None, 'model': MODEL_DISTRIBUTE, 'coroutine_number': 1,
     'result_ttl': 0,
-    'schedule': [],
+    'schedule': [], 'limits': {},
 }
+# A limit name: no spaces, no braces (a Redis hash tag), no '*' but at the end
+# of a pattern; and the keys of a limit's definition.
+_LIMIT_NAME_RE = re.compile(r'^[^\s{}*]{1,200}$')
+_LIMIT_KEYS = ('concurrency', 'rate', 'per')
 
 _config = None   # the configuration given to configure(), validated
 
@@ -590,6 +594,71 @@ def _check_name(path, value, pattern, chars):
         raise ConfigError('%s must be a non-empty string of letters, digits, %s, got %r'
                           % (path, chars, value))
     return value
+
+
+def _check_limits(path, limits):
+    """A queue's ``limits``: {name or pattern: (concurrency, rate, per)}, 0 for
+    what a definition does not limit."""
+    if not isinstance(limits, dict):
+        raise ConfigError("%s must be a dict such as {'stripe': {'concurrency': 4}}, got %r"
+                          % (path, limits))
+    out = {}
+    for name, given in limits.items():
+        here = '%s[%r]' % (path, name)
+        if not isinstance(name, str) or not _LIMIT_NAME_RE.match(
+                name[:-1] if name.endswith('*') and len(name) > 1 else name):
+            raise ConfigError('%s: a limit name must be a string of 1-200 characters without '
+                              'spaces or braces, and a pattern ends in "*" (its only one)'
+                              % (here,))
+        if not isinstance(given, dict) or not given:
+            raise ConfigError("%s must be {'concurrency': N}, {'rate': N, 'per': seconds} or "
+                              'both, got %r' % (here, given))
+        d = _check_keys(here, given, dict.fromkeys(_LIMIT_KEYS))
+        if d['concurrency'] is not None:
+            _check_number(here + '.concurrency', d['concurrency'], 1, integer=True)
+        if (d['rate'] is None) != (d['per'] is None):
+            raise ConfigError("%s: rate and per go together: {'rate': N, 'per': seconds} "
+                              '(N starts in any window of that many seconds)' % (here,))
+        if d['rate'] is not None:
+            _check_number(here + '.rate', d['rate'], 1, integer=True)
+            _check_number(here + '.per', d['per'], 0.001)
+            if d['per'] > 366 * 86400:
+                raise ConfigError('%s.per must be at most a year (%d s), got %r'
+                                  % (here, 366 * 86400, d['per']))
+        out[name] = (d['concurrency'] or 0, d['rate'] or 0, d['per'] or 0)
+    return out
+
+
+def _limits_text(qconf, limit, path='limit'):
+    """The ``limits`` field of a job pushed with ``limit`` (a name, a list of
+    names, or None) to queue ``qconf``: '' for none.  Each name is matched
+    against the queue's definitions, a name first, then the longest pattern."""
+    if limit is None:
+        return ''
+    names = [limit] if isinstance(limit, str) else limit
+    if not isinstance(names, (list, tuple)) or not names:
+        raise ConfigError('%s must be a limit name or a list of them, got %r' % (path, limit))
+    defs, out = qconf['limits'], []
+    for name in names:
+        if not isinstance(name, str) or not _LIMIT_NAME_RE.match(name):
+            raise ConfigError('%s: %r is not a limit name (a string of 1-200 characters '
+                              'without spaces, braces or "*")' % (path, name))
+        pattern = _limit_of(name, defs)
+        if pattern is None:
+            raise ConfigError('%s: no limit of queue %r matches %r; define it (or a pattern '
+                              "such as 'customer:*') in the queue's limits (defined: %s)"
+                              % (path, qconf['name'], name, ', '.join(sorted(defs)) or 'none'))
+        if name not in (n for n, *_ in out):
+            out.append([name, *defs[pattern]])
+    return json.dumps(out, separators=(',', ':'))
+
+
+def _limit_of(name, defs):
+    """The definition (its name or pattern) that limit ``name`` matches, or None."""
+    if name in defs:
+        return name
+    return max((p for p in defs if p.endswith('*') and name.startswith(p[:-1])), key=len,
+               default=None)
 
 
 def _check_keys(path, given, defaults):
@@ -704,7 +773,8 @@ def _validate(config):
         if q['model'] == MODEL_GRAB and q['coroutine_number'] > 1:
             raise ConfigError('%s.coroutine_number > 1 needs the distribute model; queue %r '
                               'has model %r' % (path, q['name'], q['model']))
-        q['schedule'] = _check_schedules(path + '.schedule', q['name'], q['schedule'])
+        q['limits'] = _check_limits(path + '.limits', q['limits'])
+        q['schedule'] = _check_schedules(path + '.schedule', q, q['schedule'])
         checked.append(q)
     return {'basics': basics, 'log': log, 'queue': checked}
 
@@ -770,6 +840,7 @@ class Job:
     fail_expire = None
     result_ttl = None       # seconds its outcome stays readable (None: the queue's)
     priority = None         # 0-9, higher first (None: 0)
+    limit = None            # a limit name of the queue, or a list of them (None: none)
     retry_on = None         # exception classes that are retried (None: all)
     dont_retry_on = ()      # exception classes that fail the job at once
 
@@ -928,6 +999,10 @@ def _is_job(job):
     return isinstance(job, Job) or (isinstance(job, type) and issubclass(job, Job))
 
 
+def _job_class(job):
+    return job if isinstance(job, type) else type(job)
+
+
 def _job_setting(name, given, job, default):
     """Per-job setting: push argument, else Job attribute, else ``default``."""
     if given is not None:
@@ -1081,7 +1156,7 @@ _SCHEDULE_DEFAULTS = {
     'name': None, 'cron': None, 'every': None, 'job': None, 'args': (), 'kwargs': None,
     'timezone': 'UTC', 'catch_up': 'latest', 'overlap': True, 'timeout': None,
     'fail_number': None, 'fail_expire': None, 'result_ttl': None, 'priority': None,
-    'key': None, 'unique': None,
+    'key': None, 'unique': None, 'limit': None,
 }
 
 
@@ -1302,13 +1377,13 @@ def _check_unique(key, unique, path='key'):
                       % (unique,))
 
 
-def _check_schedules(path, queue, schedules):
-    """Validate the ``schedule`` list of queue ``queue``; return a copy with
+def _check_schedules(path, qconf, schedules):
+    """Validate the ``schedule`` list of queue ``qconf``; return a copy with
     every default filled in, plus ``expression`` (for display) and ``when``
     (its _Schedule) in each entry."""
     if not isinstance(schedules, (list, tuple)):
         raise ConfigError('%s must be a list of schedule dicts, got %r' % (path, schedules))
-    checked, seen = [], set()
+    queue, checked, seen = qconf['name'], [], set()
     for i, given in enumerate(schedules):
         here = '%s[%d]' % (path, i)
         s = _check_keys(here, given, _SCHEDULE_DEFAULTS)
@@ -1353,6 +1428,7 @@ def _check_schedules(path, queue, schedules):
         for option in _JOB_OPTIONS:
             if s[option] is not None:
                 s[option] = _check_option('%s.%s' % (here, option), option, s[option])
+        s['limits'] = _limits_text(qconf, s['limit'], here + '.limit')
         try:
             _time_zone(s['timezone'])
         except ValueError as exc:
@@ -1378,19 +1454,23 @@ def _check_schedules(path, queue, schedules):
 #
 #   name           arguments                   returns (kind)
 _PUSH_ARGS = ('id payload delay job timeout fail_number fail_expire priority key unique_mode '
-              'result_ttl')
+              'result_ttl limits')
 _STEPS = (
     ('push', _PUSH_ARGS, 'text'),
     # store a job, waiting (or delayed by `delay` s); its id, or, when another
-    # job holds its unique `key`, that job's id (and nothing is stored)
+    # job holds its unique `key`, that job's id (and nothing is stored).
+    # `limits`: '' or the job's limits as _limits_text writes them
     ('reserve', 'n', 'jobs'),
     # up to n waiting jobs, highest priority first, reserved for
     # RESERVE_SECONDS; each gets a new attempt number.  A job is its id and
-    # at least _WORK_FIELDS (those never set may be left out: 0 or none)
+    # at least _WORK_FIELDS (those never set may be left out: 0 or none).
+    # A job with limits is handed out only if each admits it (its attempt
+    # takes a slot of each); else it is parked (see "Limits" below) and the
+    # next one is tried
     ('start', 'id attempt worker owner', 'bool'),
     # a reserved attempt starts: working, under a lease
     ('pop', 'n worker owner', 'jobs'),
-    # reserve and start up to n jobs at once (grab model)
+    # reserve and start up to n jobs at once (grab model); limits as reserve
     ('renew', 'id attempt', 'text'),
     # extend the lease of a working attempt: 'ok', 'cancel' (the job was
     # cancelled: stop it) or None (not the current attempt)
@@ -1417,6 +1497,8 @@ _STEPS = (
     ('info', 'id watch', 'record'),
     # the job's record, or None; with `watch` (a waiter's address) the job's
     # end notifies that waiter
+    ('limits', '', 'limits'),
+    # each limit name in use (slots held or jobs waiting): {name: (running, waiting)}
     ('depth', '', 'depth'),
     # jobs per state, the counters, the create time of the oldest waiting job
     ('failed', 'offset count after', 'records'),
@@ -1462,7 +1544,24 @@ _STEP_KIND = {name: kind for name, _, kind in _STEPS}
 # the arguments of a schedule step that moves its tick and pushes nothing:
 # every push argument after the id, empty
 _NO_PUSH = ('',) * (_STEP_ARGS['push'] - 1)
-_READ_STEPS = ('depth', 'failed', 'listing', 'schedules', 'history', 'paused')   # change nothing
+_READ_STEPS = ('depth', 'failed', 'listing', 'schedules', 'history', 'paused', 'limits')
+
+# Limits.  A job's `limits` field (only jobs pushed with limit= have one) is
+# JSON: [[name, concurrency, rate, per], ...] (0: no such limit), the
+# definitions of the pushing side, as timeout is.  Each attempt of the job
+# holds a slot of each name (its id -> its attempt) from the step that hands
+# it out to the step that ends that attempt (done, retry, fail, lost,
+# requeue, recover, cancel of a reserved job, a reservation or lease that
+# expires); those steps are fenced by the attempt, so a stale outcome gives
+# back nothing and a recovery gives back the slot.  A job that a
+# concurrency limit refuses is *parked*: it stays waiting, with
+# `waiting_for` naming the limit, in that name's parked list (FIFO) out of
+# the queue's waiting lists; the step that gives back a slot of the name
+# moves the head of that list to the head of waiting and wakes the masters.
+# A job that a rate limit refuses goes to the delayed set, due when its
+# window permits it (the tick that promotes delayed jobs hands it on).
+# Nothing polls, and a waiting job uses no attempt.  Fail handler runs of a
+# job take no slot: they do not run its body.
 
 # A job's record: these fields, the same in every driver, with their types.
 # job_info() shows the public ones; the others are the lifecycle's own.
@@ -1471,12 +1570,12 @@ _PUBLIC_FIELDS = {
     'fail_time': float, 'exec_number': int, 'worker_id': str, 'timeout': float,
     'fail_number': int, 'fail_expire': str, 'error_info': json.loads, 'type': int,
     'priority': int, 'key': str, 'result_repr': str, 'result_note': str,
-    'cancel_time': float, 'cancelled_by': str,
+    'cancel_time': float, 'cancelled_by': str, 'waiting_for': str,
 }
 _PRIVATE_FIELDS = {
     'payload': bytes, 'result': bytes, 'attempt': int, 'owner': str, 'deadline': float,
     'phase': str, 'handler_runs': int, 'handler_start': float, 'unique_mode': str,
-    'result_ttl': float, 'waiter': str,
+    'result_ttl': float, 'waiter': str, 'limits': str,
 }
 _FIELDS = dict(_PUBLIC_FIELDS, **_PRIVATE_FIELDS)
 _FIELDS_BUT_PAYLOAD = tuple(name for name in _FIELDS if name != 'payload')
@@ -1503,6 +1602,10 @@ def _public_info(queue, record):
     """``job_info`` of a record: its public fields, every one there (None
     where the job has no value yet)."""
     info = {name: value for name, value in record.items() if name not in _PRIVATE_FIELDS}
+    if record.get('limits'):
+        info['limit'] = [name for name, *_ in json.loads(record['limits'])]
+        if info.get('waiting_for') and info.get('state') == DELAYED:
+            info['state'] = WAITING     # its rate limit's window: the timer hands it on
     info.update(queue=queue, exec_number=record.get('exec_number', 0),
                 timeout=record.get('timeout', 0), fail_number=record.get('fail_number', 0),
                 fail_expire=_fail_expire(record.get('fail_expire')),
@@ -1656,7 +1759,7 @@ local S_WAITING, S_DELAYED, S_RESERVED, S_WORKING, S_DONE, S_FAILED, S_CANCELLED
 local KEYSETS = {}          -- queue prefix -> the names of its keys
 local now, P, LEASE, HOLD, HANDLER_ATTEMPTS, CANCELLED_KEEP
 local WAITING, DELAYED, RESERVED, WORKING, FAILED, KEPT, STATS, UNIQUE, UNIQUE_TTL, SCHEDULES
-local HISTORY
+local HISTORY, LWAITING, LNAMES
 local LEVELS, wake, cancels, ended, pushed
 
 local function rec(id) return P .. 'job:' .. id end
@@ -1727,6 +1830,97 @@ local function let_go(id, key, mode, handed_out)
   end
 end
 
+-- Limits (see "Limits" in the step table).  Per limit name:
+--   limit:held:<name>    hash  id -> the attempt that holds a slot
+--   limit:parked:<name>  list  ids its concurrency refused, oldest first
+--   limit:starts:<name>  zset  'id:attempt' -> start time, in its rate window
+-- and per queue: limit:waiting (hash: name -> jobs waiting for it) and
+-- limit:names (set: the names with slots held or jobs waiting).
+local function lkey(kind, name) return P .. 'limit:' .. kind .. ':' .. name end
+-- a name is forgotten when no slot is held, no job waits and no start is
+-- in its rate window (the limits step forgets those whose window expired)
+local function forget_name(name)
+  if redis.call('EXISTS', lkey('held', name), lkey('starts', name)) == 0 and
+      not redis.call('HGET', LWAITING, name) then
+    redis.call('SREM', LNAMES, name)
+    return true
+  end
+end
+-- job id waits for limit `name` now (nil: for none), and no more for `was`
+local function wait_for(id, name, was)
+  if name == was then return end
+  if was then
+    if redis.call('HINCRBY', LWAITING, was, -1) <= 0 then
+      redis.call('HDEL', LWAITING, was)
+      forget_name(was)
+    end
+  end
+  if name then
+    redis.call('HINCRBY', LWAITING, name, 1)
+    redis.call('SADD', LNAMES, name)
+    redis.call('HSET', rec(id), 'waiting_for', name)
+  else
+    redis.call('HDEL', rec(id), 'waiting_for')
+  end
+end
+-- may `attempt` of job id (taken from waiting) start?  Yes (it takes a slot
+-- of each of its `limits`), or it is parked on the first limit that refuses it
+local function admit(id, limits, attempt, was)
+  local defs = cjson.decode(limits)
+  for _, d in ipairs(defs) do
+    local name, concurrency, rate, per = d[1], d[2], d[3], d[4]
+    if concurrency > 0 and redis.call('HLEN', lkey('held', name)) >= concurrency then
+      redis.call('RPUSH', lkey('parked', name), id)
+      redis.call('HINCRBY', STATS, 'parked', 1)
+      wait_for(id, name, was)
+      return false
+    end
+    if rate > 0 then
+      local starts = lkey('starts', name)
+      redis.call('ZREMRANGEBYSCORE', starts, '-inf', now - per)
+      local n = redis.call('ZCARD', starts)
+      if n >= rate then      -- due when the start that fills the window leaves it
+        local first = redis.call('ZRANGE', starts, n - rate, n - rate, 'WITHSCORES')
+        redis.call('HSET', rec(id), 'state', enqueue(id, tonumber(first[2]) + per - now))
+        wait_for(id, name, was)
+        return false
+      end
+    end
+  end
+  for _, d in ipairs(defs) do
+    redis.call('HSET', lkey('held', d[1]), id, attempt)
+    redis.call('SADD', LNAMES, d[1])
+    if d[3] > 0 then
+      redis.call('ZADD', lkey('starts', d[1]), now, id .. ':' .. attempt)
+      redis.call('PEXPIRE', lkey('starts', d[1]), math.ceil(d[4] * 1000))
+    end
+  end
+  wait_for(id, nil, was)
+  return true
+end
+-- the current attempt of job id ends: it gives back its slots, and the
+-- oldest job parked on each name goes to the head of waiting.  `limits`: the
+-- job's field (nil: a job without limits, nothing to do)
+local function release(id, limits)
+  if not limits then return end
+  local attempt = redis.call('HGET', rec(id), 'attempt')
+  for _, d in ipairs(cjson.decode(limits)) do
+    local held = lkey('held', d[1])
+    if redis.call('HGET', held, id) == attempt then
+      redis.call('HDEL', held, id)
+      local nxt = d[2] > 0 and redis.call('LPOP', lkey('parked', d[1]))
+      if nxt then
+        redis.call('HINCRBY', STATS, 'parked', -1)
+        if redis.call('LPUSH', waiting(redis.call('HGET', rec(nxt), 'priority')), nxt) == 1 then
+          wake = true
+        end
+      else
+        forget_name(d[1])
+      end
+    end
+  end
+end
+
 -- the job ended (done, cancelled): its outcome is kept for result_ttl
 -- seconds (a cancel for CANCELLED_KEEP at least), or forgotten at once.
 -- f: its result_ttl, waiter, key, unique_mode
@@ -1757,6 +1951,8 @@ end
 
 -- an attempt starts.  f: its phase, timeout, key, unique_mode, exec_number
 local START_FIELDS = {'phase', 'timeout', 'key', 'unique_mode', 'exec_number'}
+-- what pop reads of a job: its state, START_FIELDS, its limits
+local POP_FIELDS = {'state', 'phase', 'timeout', 'key', 'unique_mode', 'exec_number', 'limits'}
 -- a working attempt's lease ends LEASE from now, or a second after its
 -- deadline (0: none) if that is sooner
 local function lease_end(deadline)
@@ -1821,7 +2017,8 @@ local function lost(id, err, timeout)
   end
 end
 local function requeue(id)
-  local f = redis.call('HMGET', rec(id), 'state', 'phase', 'cancel_time')
+  local f = redis.call('HMGET', rec(id), 'state', 'phase', 'cancel_time', 'limits')
+  if f[1] == S_WORKING or f[1] == S_RESERVED then release(id, f[4]) end
   if f[1] == S_WORKING then
     redis.call('ZREM', WORKING, id)
     if f[3] then finish(id, S_CANCELLED, nil) return true end
@@ -1860,7 +2057,7 @@ local function paused() return redis.call('EXISTS', P .. 'paused') == 1 end
 
 local OPS = {}
 OPS.push = function(id, payload, delay, job, timeout, fail_number, fail_expire, priority, key,
-                    mode, result_ttl)
+                    mode, result_ttl, limits)
   if mode ~= '' then
     local holder = redis.call('HGET', UNIQUE, key)
     if holder and holds(holder, key) then return holder end
@@ -1876,30 +2073,54 @@ OPS.push = function(id, payload, delay, job, timeout, fail_number, fail_expire, 
              'timeout', timeout, 'fail_number', fail_number, 'fail_expire', fail_expire,
              'state', state, 'priority', priority, 'key', key, 'unique_mode', mode,
              'result_ttl', result_ttl)
+  if limits ~= '' then redis.call('HSET', rec(id), 'limits', limits) end
   pushed = pushed + 1
   return id
+end
+-- a job without limits, or running its fail handlers, or admitted by its limits
+local function admitted(id, limits, phase, attempt, was)
+  return not limits or phase == '%(PHASE_HANDLERS)s' or admit(id, limits, attempt, was)
+end
+-- jobs from the head of waiting, handed to each(id, i) (i: 1, 2 ...) until it
+-- has handed out n: it says false for a job it did not (parked by a limit,
+-- or cleaned meanwhile), and more are taken then
+local function hand_out(n, each)
+  n = tonumber(n)
+  local i = 0
+  while i < n do
+    local want = n - i
+    local ids = take(want)
+    for _, id in ipairs(ids) do
+      if each(id, i + 1) then i = i + 1 end
+    end
+    if #ids < want then break end       -- waiting is empty
+  end
 end
 OPS.reserve = function(n)
   if paused() then return {} end
   local out = {}
-  for i, id in ipairs(take(tonumber(n))) do
+  hand_out(n, function(id, i)
     local f = redis.call('HGETALL', rec(id))       -- (empty: cleaned meanwhile)
-    if #f > 0 then
-      local attempt, key, mode = 1
-      for j = 1, #f, 2 do
-        if f[j] == 'attempt' then attempt = tonumber(f[j + 1]) + 1 f[j + 1] = attempt
-        elseif f[j] == 'key' then key = f[j + 1]
-        elseif f[j] == 'unique_mode' then mode = f[j + 1] end
-      end
-      if attempt == 1 then table.insert(f, 'attempt') table.insert(f, 1) end
-      redis.call('HSET', rec(id), 'state', S_RESERVED, 'attempt', attempt)
-      let_go(id, key, mode, true)
-      -- distinct scores keep queue order when they come back by tick
-      redis.call('ZADD', RESERVED, now + HOLD + i * 0.000001, id)
-      table.insert(out, id)
-      table.insert(out, f)
+    if #f == 0 then return false end
+    local attempt, key, mode, limits, phase, was = 1
+    for j = 1, #f, 2 do
+      if f[j] == 'attempt' then attempt = tonumber(f[j + 1]) + 1 f[j + 1] = attempt
+      elseif f[j] == 'key' then key = f[j + 1]
+      elseif f[j] == 'unique_mode' then mode = f[j + 1]
+      elseif f[j] == 'limits' then limits = f[j + 1]
+      elseif f[j] == 'phase' then phase = f[j + 1]
+      elseif f[j] == 'waiting_for' then was = f[j + 1] end
     end
-  end
+    if not admitted(id, limits, phase, attempt, was) then return false end
+    if attempt == 1 then table.insert(f, 'attempt') table.insert(f, 1) end
+    redis.call('HSET', rec(id), 'state', S_RESERVED, 'attempt', attempt)
+    let_go(id, key, mode, true)
+    -- distinct scores keep queue order when they come back by tick
+    redis.call('ZADD', RESERVED, now + HOLD + i * 0.000001, id)
+    table.insert(out, id)
+    table.insert(out, f)
+    return true
+  end)
   return out
 end
 OPS.start = function(id, attempt, worker, owner)
@@ -1912,15 +2133,19 @@ end
 OPS.pop = function(n, worker, owner)
   if paused() then return {} end
   local out = {}
-  for _, id in ipairs(take(tonumber(n))) do
-    local f = redis.call('HMGET', rec(id), 'state', unpack(START_FIELDS))
-    if f[1] then
-      redis.call('HINCRBY', rec(id), 'attempt', 1)
-      start(id, {select(2, unpack(f))}, worker, owner)
-      table.insert(out, id)
-      table.insert(out, redis.call('HGETALL', rec(id)))
+  hand_out(n, function(id)
+    local f = redis.call('HMGET', rec(id), unpack(POP_FIELDS))
+    if not f[1] then return false end
+    if f[7] then
+      local a = redis.call('HMGET', rec(id), 'attempt', 'waiting_for')
+      if not admitted(id, f[7], f[2], (tonumber(a[1]) or 0) + 1, a[2]) then return false end
     end
-  end
+    redis.call('HINCRBY', rec(id), 'attempt', 1)
+    start(id, {select(2, unpack(f))}, worker, owner)
+    table.insert(out, id)
+    table.insert(out, redis.call('HGETALL', rec(id)))
+    return true
+  end)
   return out
 end
 OPS.renew = function(id, attempt)
@@ -1931,15 +2156,19 @@ OPS.renew = function(id, attempt)
   return 'ok'
 end
 OPS.done = function(id, attempt, result, result_repr, result_note)
-  local f = current(id, attempt, S_WORKING, {'result_ttl', 'waiter', 'key', 'unique_mode'})
+  local f = current(id, attempt, S_WORKING, {'result_ttl', 'waiter', 'key', 'unique_mode',
+                                             'limits'})
   if not f then return false end
   redis.call('ZREM', WORKING, id)
+  release(id, f[5])
   finish(id, S_DONE, f, 'result', result, 'result_repr', result_repr, 'result_note', result_note)
   return true
 end
 OPS.retry = function(id, attempt, delay, err)
-  if not current(id, attempt, S_WORKING) then return false end
+  local f = current(id, attempt, S_WORKING, {'limits'})
+  if not f then return false end
   redis.call('ZREM', WORKING, id)
+  release(id, f[1])
   add_error(id, err)
   if redis.call('HGET', rec(id), 'cancel_time') then
     finish(id, S_CANCELLED, nil)
@@ -1949,8 +2178,10 @@ OPS.retry = function(id, attempt, delay, err)
   return true
 end
 OPS.fail = function(id, attempt, typ, errors, job)
-  if not current(id, attempt, S_WORKING) then return false end
+  local f = current(id, attempt, S_WORKING, {'limits'})
+  if not f then return false end
   redis.call('ZREM', WORKING, id)
+  release(id, f[1])
   for _, e in ipairs(cjson.decode(errors)) do add_error(id, e) end
   if job ~= '' then redis.call('HSET', rec(id), 'job', job) end
   redis.call('HSET', rec(id), 'type', typ)
@@ -1958,13 +2189,15 @@ OPS.fail = function(id, attempt, typ, errors, job)
   return true
 end
 OPS.lost = function(id, attempt, err, timeout)
-  local f = redis.call('HMGET', rec(id), 'state', 'attempt')
+  local f = redis.call('HMGET', rec(id), 'state', 'attempt', 'limits')
   if f[2] ~= attempt then return false end
   if f[1] == S_RESERVED then         -- handed out, never started
     redis.call('ZREM', RESERVED, id)
+    release(id, f[3])
     to_head(id)
   elseif f[1] == S_WORKING then
     redis.call('ZREM', WORKING, id)
+    release(id, f[3])
     lost(id, err, timeout == '1')
   else
     return false
@@ -1991,10 +2224,12 @@ OPS.tick = function(limit)
   local back = redis.call('ZRANGEBYSCORE', RESERVED, '-inf', now, 'LIMIT', 0, limit)
   for i = #back, 1, -1 do
     redis.call('ZREM', RESERVED, back[i])
+    release(back[i], redis.call('HGET', rec(back[i]), 'limits'))
     to_head(back[i])
   end
   for _, id in ipairs(redis.call('ZRANGEBYSCORE', WORKING, '-inf', now, 'LIMIT', 0, limit)) do
     redis.call('ZREM', WORKING, id)
+    release(id, redis.call('HGET', rec(id), 'limits'))
     lost(id, 'lease expired: worker ' .. tostring(redis.call('HGET', rec(id), 'worker_id')) ..
          ' or its server stopped while running the job', false)
   end
@@ -2021,7 +2256,8 @@ OPS.tick = function(limit)
   return {tostring(nxt), tostring(now)}
 end
 OPS.cancel = function(id, by)
-  local f = redis.call('HMGET', rec(id), 'state', 'priority', 'cancel_time')
+  local f = redis.call('HMGET', rec(id), 'state', 'priority', 'cancel_time', 'waiting_for',
+                       'limits')
   local state = f[1]
   if not state then return false end
   if state == S_WORKING then
@@ -2029,15 +2265,21 @@ OPS.cancel = function(id, by)
     table.insert(cancels, id)
     return state
   elseif state == S_WAITING then
-    redis.call('LREM', waiting(f[2]), 1, id)
+    if f[4] and redis.call('LREM', lkey('parked', f[4]), 1, id) == 1 then
+      redis.call('HINCRBY', STATS, 'parked', -1)
+    else
+      redis.call('LREM', waiting(f[2]), 1, id)
+    end
   elseif state == S_DELAYED then
     redis.call('ZREM', DELAYED, id)
   elseif state == S_RESERVED then
     redis.call('ZREM', RESERVED, id)
+    release(id, f[5])
     table.insert(cancels, id)      -- its master may have handed it out already
   else
     return state                   -- ended already: nothing to change
   end
+  if f[4] then wait_for(id, nil, f[4]) end
   redis.call('HSET', rec(id), 'cancel_time', now, 'cancelled_by', by)
   finish(id, S_CANCELLED, nil)
   return state
@@ -2063,7 +2305,8 @@ OPS.depth = function()
       if c and (not oldest or tonumber(c) < tonumber(oldest)) then oldest = c end
     end
   end
-  local s = redis.call('HMGET', STATS, 'pushed', S_DONE, S_FAILED, S_CANCELLED)
+  local s = redis.call('HMGET', STATS, 'pushed', S_DONE, S_FAILED, S_CANCELLED, 'parked')
+  n = n + (tonumber(s[5]) or 0)     -- parked by their limits: waiting
   return {n, redis.call('ZCARD', DELAYED), redis.call('ZCARD', RESERVED),
           redis.call('ZCARD', WORKING), redis.call('ZCARD', FAILED),
           (tonumber(s[1]) or 0) + pushed, s[2] or 0,       -- + this call's pushes, not saved yet
@@ -2160,9 +2403,22 @@ OPS.clean = function(limit)
       n = n + #ids
     end
   end
+  local names = redis.call('SMEMBERS', LNAMES)
+  for _, name in ipairs(names) do
+    while n < limit do
+      local ids = redis.call('LPOP', lkey('parked', name), limit - n)
+      if not ids then break end
+      for _, id in ipairs(ids) do redis.call('DEL', rec(id)) end
+      redis.call('HINCRBY', STATS, 'parked', -#ids)
+      n = n + #ids
+    end
+  end
   -- UNLINK: the unique holds of a busy queue are big keys, freed in the background
   if n < limit then
-    redis.call('UNLINK', STATS, UNIQUE, UNIQUE_TTL, HISTORY)
+    for _, name in ipairs(names) do
+      redis.call('UNLINK', lkey('held', name), lkey('starts', name))
+    end
+    redis.call('UNLINK', STATS, UNIQUE, UNIQUE_TTL, HISTORY, LWAITING, LNAMES)
     pushed = 0
   end
   return n
@@ -2183,6 +2439,19 @@ OPS.schedule = function(name, fp, last, tick, owner, id, ...)
   end
   redis.call('HSET', SCHEDULES, name .. ':job', id)
   return {'pushed', unpack(before)}
+end
+OPS.limits = function()
+  local out = {}
+  for _, name in ipairs(redis.call('SMEMBERS', LNAMES)) do
+    local running = redis.call('HLEN', lkey('held', name))
+    local waiting = tonumber(redis.call('HGET', LWAITING, name)) or 0
+    if running + waiting > 0 then
+      table.insert(out, {name, running, waiting})
+    else
+      forget_name(name)
+    end
+  end
+  return out
 end
 OPS.schedules = function()
   return redis.call('HGETALL', SCHEDULES)
@@ -2210,7 +2479,8 @@ local function steps(keys, args)
   if not k then
     k = {}
     for _, name in ipairs({'waiting', 'delayed', 'reserved', 'working', 'failed', 'kept',
-                           'stats', 'unique', 'unique:ttl', 'schedules', 'history'}) do
+                           'stats', 'unique', 'unique:ttl', 'schedules', 'history',
+                           'limit:waiting', 'limit:names'}) do
       table.insert(k, P .. name)
     end
     k.levels = {}
@@ -2218,7 +2488,7 @@ local function steps(keys, args)
     KEYSETS[P] = k
   end
   WAITING, DELAYED, RESERVED, WORKING, FAILED, KEPT, STATS, UNIQUE, UNIQUE_TTL, SCHEDULES,
-    HISTORY = unpack(k)
+    HISTORY, LWAITING, LNAMES = unpack(k)
   LEVELS = k.levels
   LEASE, HOLD, HANDLER_ATTEMPTS, CANCELLED_KEEP = tonumber(args[1]), tonumber(args[2]),
     tonumber(args[3]), tonumber(args[4])
@@ -2301,6 +2571,8 @@ _REDIS_REPLY = {
     'schedules': lambda r: _schedule_records(
         (_text(k).rpartition(':')[::2], _text(v)) for k, v in _pairs(r)),
     'history': lambda r: [_sample(*_text(x).split()) for x in r],
+    'limits': lambda r: {_text(name): (int(running), int(waiting))
+                         for name, running, waiting in r},
 }
 
 
@@ -3077,19 +3349,34 @@ CREATE TABLE IF NOT EXISTS mpq_history (queue TEXT NOT NULL, t REAL NOT NULL,
                                         done INTEGER NOT NULL, failed INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS mpq_history_t ON mpq_history (queue, t);
 CREATE TABLE IF NOT EXISTS mpq_paused (queue TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS mpq_limit_held (
+    queue TEXT NOT NULL, name TEXT NOT NULL, id TEXT NOT NULL, attempt INTEGER NOT NULL,
+    PRIMARY KEY (queue, name, id));
+CREATE TABLE IF NOT EXISTS mpq_limit_start (queue TEXT NOT NULL, name TEXT NOT NULL,
+                                            t REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS mpq_limit_start_t ON mpq_limit_start (queue, name, t);
 """ % (', '.join(name for name in _FIELDS if name != 'state'),
        ', '.join('%s INTEGER NOT NULL DEFAULT 0' % name for name in _DEPTH_FIELDS))
+
+# After the columns a database of an older version lacks are added: jobs that
+# wait for a limit (only those have waiting_for), by name and place.
+_SQLITE_LIMIT_INDEX = ('CREATE INDEX IF NOT EXISTS mpq_job_waiting_for ON mpq_job '
+                       '(queue, waiting_for, level, score) WHERE waiting_for IS NOT NULL')
+# `level` of a job parked by a concurrency limit: waiting, but not in line
+_SQ_PARKED = -1
 
 _SQ_RECORD = ', '.join(_FIELDS_BUT_PAYLOAD)
 _SQ_WORK = ', '.join(('id',) + _WORK_FIELDS)
 _SQ_INSERT = ('INSERT OR REPLACE INTO mpq_job (queue, id, state, level, score, payload, job, '
               'create_time, timeout, fail_number, fail_expire, priority, key, unique_mode, '
-              'result_ttl, attempt, exec_number) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '
-              '?, ?, ?, 0, 0)')
+              'result_ttl, limits, attempt, exec_number) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '
+              '?, ?, ?, ?, ?, ?, 0, 0)')
 _SQ_DUE = ('SELECT id, priority, key FROM mpq_job WHERE queue = ? AND state = ? AND level = 0 '
            'AND score <= ? ORDER BY level DESC, score LIMIT ?')
-_SQ_WAITING = ("SELECT %s FROM mpq_job WHERE queue = ? AND state = '%s' "
-               'ORDER BY level DESC, score LIMIT ?' % (_SQ_WORK, WAITING))
+# (and after the work fields, what the limits need: limits, waiting_for)
+_SQ_WAITING = ("SELECT %s, limits, waiting_for FROM mpq_job WHERE queue = ? AND state = '%s' "
+               'AND level >= 0 ORDER BY level DESC, score LIMIT ? OFFSET ?' % (_SQ_WORK, WAITING))
+_SQ_PHASE, _SQ_ATTEMPT = (1 + _WORK_FIELDS.index(name) for name in ('phase', 'attempt'))
 _SQ_COUNT = 'UPDATE mpq_queue SET %s WHERE queue = ?' % ', '.join(
     '%s = %s + ?' % (name, name) for name in _DEPTH_FIELDS)
 _SQ_COUNT_FIRST = 'INSERT INTO mpq_queue (queue, %s) VALUES (?%s)' % (
@@ -3300,8 +3587,10 @@ class _SqliteSteps:
                          error_info=errors)
 
     def requeue(self, job_id):
-        state, phase, cancelled, tried = self.get(job_id, 'state', 'phase', 'cancel_time',
-                                                  'exec_number')
+        state, phase, cancelled, tried, limits = self.get(
+            job_id, 'state', 'phase', 'cancel_time', 'exec_number', 'limits')
+        if state in (RESERVED, WORKING):
+            self.release(job_id, limits)
         if state == WORKING and cancelled:
             self.finish(job_id, state, CANCELLED)
         elif state == WORKING:
@@ -3328,7 +3617,7 @@ class _SqliteSteps:
     # -- the steps -------------------------------------------------------------
 
     def push(self, job_id, payload, delay, job, timeout, fail_number, fail_expire, priority,
-             key, mode, result_ttl):
+             key, mode, result_ttl, limits):
         if mode:
             holder = self.holder(key)
             if holder is not None:
@@ -3338,11 +3627,11 @@ class _SqliteSteps:
                               'VALUES (?, ?, ?, ?)', (self.queue, key, job_id, ends))
         self.conn.execute(_SQ_INSERT, self.push_row(job_id, payload, delay, job, timeout,
                                                     fail_number, fail_expire, priority, key,
-                                                    mode, result_ttl))
+                                                    mode, result_ttl, limits))
         return job_id
 
     def push_row(self, job_id, payload, delay, job, timeout, fail_number, fail_expire,
-                 priority, key, mode, result_ttl):
+                 priority, key, mode, result_ttl, limits):
         if delay > 0:
             state, score, level = DELAYED, self.delayed_until(self.now + delay), 0
         else:
@@ -3350,13 +3639,92 @@ class _SqliteSteps:
         self.count(state, 1)
         self.count('pushed', 1)
         return (self.queue, job_id, state, level, score, payload, job, self.now, timeout,
-                fail_number, fail_expire, priority, key, mode, result_ttl)
+                fail_number, fail_expire, priority, key, mode, result_ttl, limits or None)
+
+    # -- limits (see "Limits" in the step table) --------------------------------
+
+    def waiting_rows(self, n):
+        """Up to n jobs from the head of waiting that may start now, as rows of
+        _SQ_WAITING; those their limits refuse are parked meanwhile."""
+        out = []
+        while len(out) < n:
+            want = n - len(out)
+            # those admitted stay at the head (they are reserved after): skip them
+            rows = self.conn.execute(_SQ_WAITING, (self.queue, want, len(out))).fetchall()
+            out += [row for row in rows if not row[-2] or row[_SQ_PHASE] == _PHASE_HANDLERS or
+                    self.admit(row[0], row[-2], row[_SQ_ATTEMPT] + 1, row[-1])]
+            if len(rows) < want:
+                break
+        self.ends.clear()
+        return out
+
+    def admit(self, job_id, limits, attempt, was):
+        """May ``attempt`` of a waiting job start?  True (it takes a slot of each
+        of its ``limits``), or it is parked on the first limit that refuses it."""
+        queue, defs = self.queue, json.loads(limits)
+        for name, concurrency, rate, per in defs:
+            if concurrency and self.conn.execute(
+                    'SELECT COUNT(*) FROM mpq_limit_held WHERE queue = ? AND name = ?',
+                    (queue, name)).fetchone()[0] >= concurrency:
+                last = self.conn.execute(
+                    'SELECT MAX(score) FROM mpq_job WHERE queue = ? AND waiting_for = ? AND '
+                    'level = ?', (queue, name, _SQ_PARKED)).fetchone()[0]
+                self.update(job_id, level=_SQ_PARKED, score=(last or 0) + 1, waiting_for=name)
+                return False
+            if rate:
+                self.conn.execute('DELETE FROM mpq_limit_start WHERE queue = ? AND name = ? AND '
+                                  't <= ?', (queue, name, self.now - per))
+                n = self.conn.execute('SELECT COUNT(*) FROM mpq_limit_start WHERE queue = ? AND '
+                                      'name = ?', (queue, name)).fetchone()[0]
+                if n >= rate:       # due when the start that fills the window leaves it
+                    first = self.conn.execute(
+                        'SELECT t FROM mpq_limit_start WHERE queue = ? AND name = ? ORDER BY t '
+                        'LIMIT 1 OFFSET ?', (queue, name, n - rate)).fetchone()[0]
+                    self.move(job_id, WAITING, DELAYED, self.delayed_until(first + per),
+                              waiting_for=name)
+                    return False
+        for name, concurrency, rate, per in defs:
+            self.conn.execute('INSERT OR REPLACE INTO mpq_limit_held (queue, name, id, attempt) '
+                              'VALUES (?, ?, ?, ?)', (queue, name, job_id, attempt))
+            if rate:
+                self.conn.execute('INSERT INTO mpq_limit_start (queue, name, t) VALUES '
+                                  '(?, ?, ?)', (queue, name, self.now))
+        if was:
+            self.update(job_id, waiting_for=None)
+        return True
+
+    def release(self, job_id, limits):
+        """The current attempt of a job ends: it gives back its slots, and the
+        oldest job parked on each name goes to the head of waiting."""
+        if not limits:
+            return
+        attempt = self.get(job_id, 'attempt')[0]
+        for name, concurrency, _, _ in json.loads(limits):
+            if self.conn.execute('DELETE FROM mpq_limit_held WHERE queue = ? AND name = ? AND '
+                                 'id = ? AND attempt = ?',
+                                 (self.queue, name, job_id, attempt)).rowcount and concurrency:
+                row = self.conn.execute(
+                    'SELECT id, priority FROM mpq_job WHERE queue = ? AND waiting_for = ? AND '
+                    'level = ? ORDER BY score LIMIT 1', (self.queue, name, _SQ_PARKED)).fetchone()
+                if row:
+                    self.update(row[0], level=row[1] or 0,
+                                score=self.position(row[1] or 0, head=True))
+
+    def limits(self):
+        out = {}
+        for name, n in self.conn.execute('SELECT name, COUNT(*) FROM mpq_limit_held WHERE '
+                                         'queue = ? GROUP BY name', (self.queue,)):
+            out[name] = (n, 0)
+        for name, n in self.conn.execute('SELECT waiting_for, COUNT(*) FROM mpq_job WHERE '
+                                         'queue = ? AND waiting_for IS NOT NULL GROUP BY '
+                                         'waiting_for', (self.queue,)):
+            out[name] = (out.get(name, (0, 0))[0], n)
+        return out
 
     def reserve(self, n):
         if self.paused():
             return []
-        rows = self.conn.execute(_SQ_WAITING, (self.queue, n)).fetchall()
-        self.ends.clear()
+        rows = self.waiting_rows(n)
         back = self.now + RESERVE_SECONDS
         # distinct scores keep queue order when they come back by tick
         self.conn.executemany('UPDATE mpq_job SET state = ?, level = 0, score = ?, '
@@ -3365,7 +3733,7 @@ class _SqliteSteps:
                                for i, row in enumerate(rows)])
         self.count(WAITING, -len(rows))
         self.count(RESERVED, len(rows))
-        jobs = [dict(_record(zip(_WORK_FIELDS, row[1:])), id=row[0]) for row in rows]
+        jobs = [dict(_record(zip(_WORK_FIELDS, row[1:-2])), id=row[0]) for row in rows]
         for job in jobs:
             job['attempt'] += 1
             if job.get('key'):
@@ -3383,8 +3751,7 @@ class _SqliteSteps:
     def pop(self, n, worker, owner):
         if self.paused():
             return []
-        ids = [row[0] for row in self.conn.execute(_SQ_WAITING, (self.queue, n))]
-        self.ends.clear()
+        ids = [row[0] for row in self.waiting_rows(n)]
         jobs = []
         for job_id in ids:
             self.conn.execute('UPDATE mpq_job SET attempt = attempt + 1 WHERE queue = ? AND '
@@ -3404,16 +3771,19 @@ class _SqliteSteps:
         return 'cancel' if row[1] else 'ok'
 
     def done(self, job_id, attempt, result, result_repr, result_note):
-        if self.current(job_id, attempt, WORKING) is None:
+        row = self.current(job_id, attempt, WORKING, 'limits')
+        if row is None:
             return False
+        self.release(job_id, row[0])
         self.finish(job_id, WORKING, DONE, result=result or None,
                     result_repr=result_repr or None, result_note=result_note or None)
         return True
 
     def retry(self, job_id, attempt, delay, error):
-        row = self.current(job_id, attempt, WORKING, 'cancel_time')
+        row = self.current(job_id, attempt, WORKING, 'cancel_time', 'limits')
         if row is None:
             return False
+        self.release(job_id, row[1])
         if row[0]:
             self.finish(job_id, WORKING, CANCELLED, error_info=self.errors(job_id, error))
         else:
@@ -3421,9 +3791,10 @@ class _SqliteSteps:
         return True
 
     def fail(self, job_id, attempt, type_, errors, job):
-        row = self.current(job_id, attempt, WORKING, 'cancel_time', 'job')
+        row = self.current(job_id, attempt, WORKING, 'cancel_time', 'job', 'limits')
         if row is None:
             return False
+        self.release(job_id, row[2])
         fields = dict(error_info=self.errors(job_id, *json.loads(errors)), type=int(type_),
                       job=job or row[1])
         if row[0]:
@@ -3433,9 +3804,11 @@ class _SqliteSteps:
         return True
 
     def lost_step(self, job_id, attempt, error, timeout):
-        row = self.get(job_id, 'state', 'attempt')
+        row = self.get(job_id, 'state', 'attempt', 'limits')
         if row is None or row[1] != int(attempt):
             return False
+        if row[0] in (RESERVED, WORKING):
+            self.release(job_id, row[2])
         if row[0] == RESERVED:            # handed out, never started
             self.to_head(job_id, RESERVED)
         elif row[0] == WORKING:
@@ -3461,8 +3834,10 @@ class _SqliteSteps:
         self.first_due = ()
         for job_id, _, _ in reversed(self.conn.execute(_SQ_DUE, (queue, RESERVED, now,
                                                                  limit)).fetchall()):
+            self.release(job_id, self.get(job_id, 'limits')[0])
             self.to_head(job_id, RESERVED)
         for job_id, _, _ in self.conn.execute(_SQ_DUE, (queue, WORKING, now, limit)).fetchall():
+            self.release(job_id, self.get(job_id, 'limits')[0])
             self.lost(job_id, 'lease expired: worker %s or its server stopped while running '
                       'the job' % self.get(job_id, 'worker_id')[0], False)
         for state in (DONE, CANCELLED):      # kept outcomes that expired
@@ -3488,7 +3863,7 @@ class _SqliteSteps:
         return nxt, now
 
     def cancel(self, job_id, by):
-        row = self.live(job_id, 'state', 'cancel_time')
+        row = self.live(job_id, 'state', 'cancel_time', 'limits')
         if row is None:
             return None
         state = row[0]
@@ -3498,9 +3873,11 @@ class _SqliteSteps:
             self.cancels.append(job_id)
         elif state in (WAITING, DELAYED, RESERVED):
             if state == RESERVED:
+                self.release(job_id, row[2])
                 self.cancels.append(job_id)     # its master may have handed it out already
             self.ends.clear()
-            self.finish(job_id, state, CANCELLED, cancel_time=self.now, cancelled_by=by)
+            self.finish(job_id, state, CANCELLED, cancel_time=self.now, cancelled_by=by,
+                        waiting_for=None)
         return state
 
     def info(self, job_id, watch):
@@ -3582,7 +3959,8 @@ class _SqliteSteps:
         self.ends.clear()
         if len(rows) < limit:
             self.delta.clear()
-            for table in ('mpq_queue', 'mpq_unique', 'mpq_history'):
+            for table in ('mpq_queue', 'mpq_unique', 'mpq_history', 'mpq_limit_held',
+                          'mpq_limit_start'):
                 self.conn.execute('DELETE FROM %s WHERE queue = ?' % table, (self.queue,))
         return len(rows)
 
@@ -3859,6 +4237,11 @@ class SqliteDriver(_Driver):
                 conn.execute('PRAGMA synchronous = NORMAL')
                 conn.execute('PRAGMA wal_autocheckpoint = 0')
                 conn.executescript(_SQLITE_SCHEMA)
+                have = {row[1] for row in conn.execute('PRAGMA table_info(mpq_job)')}
+                for name in _FIELDS:        # a database of an older version
+                    if name not in have:
+                        conn.execute('ALTER TABLE mpq_job ADD COLUMN %s' % name)
+                conn.execute(_SQLITE_LIMIT_INDEX)
                 if not self._memory:
                     self._lock_fd = os.open(self._file + '-lock', os.O_RDWR | os.O_CREAT, 0o644)
             except (sqlite3.Error, OSError) as exc:
@@ -4723,7 +5106,7 @@ class _Ticker:
                             basics['max_payload']), 0, _job_name(s['job']),
                     options['timeout'], options['fail_number'],
                     options['fail_expire'], options['priority'],
-                    s['key'], s['unique'], options['result_ttl'])
+                    s['key'], s['unique'], options['result_ttl'], s['limits'])
             except MPQueueError as exc:
                 logger.error('schedule %r of queue %r cannot push its job: %s', name,
                              self.queue, exc)
@@ -6025,7 +6408,7 @@ class JobId(str):
 
 
 def push(queue, job, delay=0, *, args=(), kwargs=None, timeout=None, fail_number=None,
-         fail_expire=None, result_ttl=None, key=None, unique=None, priority=None):
+         fail_expire=None, result_ttl=None, key=None, unique=None, priority=None, limit=None):
     """Push one job; returns its id, a :class:`JobId` (or, when ``unique``
     refuses it, the id of the job that holds ``key``).
 
@@ -6050,7 +6433,11 @@ def push(queue, job, delay=0, *, args=(), kwargs=None, timeout=None, fail_number
         delayed), ``'active'`` (... waiting, delayed or running) or seconds (at
         most one push of the key per that many seconds).
     :param priority: 0-9, higher first; default the Job's, else 0.
-    :raises ConfigError: the queue is not configured, or an option is wrong.
+    :param limit: a limit name of the queue's ``limits`` (or a name a pattern
+        there matches), or a list of them: the job starts only when each has
+        room; default the Job's, else none.
+    :raises ConfigError: the queue is not configured, or an option is wrong
+        (a limit name no definition matches, say).
     :raises TypeError: ``job`` is not something a worker can run.
     :raises SerializationError: the job cannot be pickled (nothing is written).
     :raises DriverError: the broker cannot be reached.
@@ -6060,11 +6447,12 @@ def push(queue, job, delay=0, *, args=(), kwargs=None, timeout=None, fail_number
                           % (key,))
     return push_many(queue, [job], delay, args=args, kwargs=kwargs, timeout=timeout,
                      fail_number=fail_number, fail_expire=fail_expire, result_ttl=result_ttl,
-                     key=key, unique=unique, priority=priority)[0]
+                     key=key, unique=unique, priority=priority, limit=limit)[0]
 
 
 def push_many(queue, jobs, delay=0, *, args=(), kwargs=None, timeout=None, fail_number=None,
-              fail_expire=None, result_ttl=None, key=None, unique=None, priority=None):
+              fail_expire=None, result_ttl=None, key=None, unique=None, priority=None,
+              limit=None):
     """Push several jobs in one broker round trip; returns their ids
     (:class:`JobId`) in order.
 
@@ -6074,12 +6462,12 @@ def push_many(queue, jobs, delay=0, *, args=(), kwargs=None, timeout=None, fail_
     de-duplicated within the batch too (each gets the id of the first, or of
     the job in the broker that holds the key).  Parameters as for :func:`push`.
     """
-    return _push_calls(queue, [(job, args, kwargs) for job in jobs], delay, key, unique,
+    return _push_calls(queue, [(job, args, kwargs) for job in jobs], delay, key, unique, limit,
                        dict(timeout=timeout, fail_number=fail_number, fail_expire=fail_expire,
                             result_ttl=result_ttl, priority=priority))
 
 
-def _push_calls(queue, calls, delay, key, unique, given):
+def _push_calls(queue, calls, delay, key, unique, limit, given):
     """``push_many`` of ``calls``, ``(job, args, kwargs)`` each: their
     :class:`JobId` in order.  ``given``: the options of every job."""
     config = _get_config()
@@ -6101,14 +6489,19 @@ def _push_calls(queue, calls, delay, key, unique, given):
     # (python examples/benchmark.py --driver sqlite --only push,push_many --jobs
     # 20000; medians of 5 interleaved runs each, 2026-12-07).
     plain = _push_options(None, qconf, **given)     # those of every job that is no Job
+    plain_limits = _limits_text(qconf, limit)
     steps = []
     for (job, args, kwargs), job_key, mode in zip(calls, keys, modes):
         _check_job(queue, job)
-        options = _push_options(job, qconf, **given) if _is_job(job) else plain
+        options, limits = plain, plain_limits
+        if _is_job(job):
+            options = _push_options(job, qconf, **given)
+            if limit is None and job.limit is not None:
+                limits = _limits_text(qconf, job.limit, '%s.limit' % _job_class(job).__name__)
         payload = _encode(queue, job, args, kwargs, basics['secret'], basics['max_payload'])
         steps.append(('push', _new_id(), payload, delay, _job_name(job), options['timeout'],
                       options['fail_number'], options['fail_expire'],
-                      options['priority'], job_key or '', mode, options['result_ttl']))
+                      options['priority'], job_key or '', mode, options['result_ttl'], limits))
     if _is_immediate(basics):
         ids = _run_here(config, qconf, steps)
     else:
@@ -6122,7 +6515,7 @@ def _push_options(job, qconf, **given):
     an error as the push argument (``fail_expire``) or the Job attribute
     (``SendMail.fail_expire``) it came from.  ``fail_expire`` comes as its
     record keeps it (``_policy_text``)."""
-    job_class = job if isinstance(job, type) else type(job)
+    job_class = _job_class(job)
     is_job = _is_job(job)
     out, path = {}, {}
     for name, value in given.items():
@@ -6235,7 +6628,8 @@ class _JobFunction:
         target = self._target()
         return _push_calls(self.queue, [(target, args, kwargs) for args, kwargs in calls],
                            given.pop('delay', 0), given.pop('key', None),
-                           given.pop('unique', None), dict(dict.fromkeys(_JOB_OPTIONS), **given))
+                           given.pop('unique', None), given.pop('limit', None),
+                           dict(dict.fromkeys(_JOB_OPTIONS), **given))
 
     def _target(self):
         """What is pushed: the import path of this object when a worker can
@@ -6526,6 +6920,26 @@ def queued_jobs(queue, state='waiting', count=100, cursor=None):
     jobs, after = _get_config()['basics']['driver'].run(queue, 'listing', state, count,
                                                          cursor or '')
     return {'jobs': [_public_info(queue, record) for record in jobs], 'cursor': after or None}
+
+
+def limits(queue):
+    """The limits of a queue in use now, and those it defines by name:
+    ``[{'name', 'limit', 'concurrency', 'rate', 'per', 'running', 'waiting'},
+    ...]`` by name.  ``limit`` is the definition the name matched (a pattern
+    such as ``'customer:*'`` for ``'customer:42'``; None when this config
+    defines none), its settings None where it sets none; ``running``: jobs
+    holding a slot (reserved or working), ``waiting``: jobs waiting for it."""
+    defs = queue_config(queue)['limits']
+    used = _get_config()['basics']['driver'].run(queue, 'limits')
+    out = []
+    for name in sorted(set(used) | {name for name in defs if not name.endswith('*')}):
+        pattern = _limit_of(name, defs)
+        concurrency, rate, per = defs.get(pattern, (0, 0, 0))
+        running, waiting = used.get(name, (0, 0))
+        out.append({'name': name, 'limit': pattern, 'concurrency': concurrency or None,
+                    'rate': rate or None, 'per': per or None, 'running': running,
+                    'waiting': waiting})
+    return out
 
 
 def _bulk(queue, step, *args):

@@ -569,6 +569,22 @@ def cmd_schedule_list(cfg, args):
     return 0
 
 
+def cmd_limit_list(cfg, args):
+    rows = [dict(row, queue=queue) for queue in _queues(cfg, args)
+            for row in mpqueue.limits(queue)]
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    if not rows:
+        print('no limits defined or in use')
+        return 0
+    print(_table((('queue', -14), ('name', -20), ('limit', -16), ('concurrency', 11),
+                  ('rate', 8), ('per', 8), ('running', 8), ('waiting', 8)), (
+        (r['queue'], r['name'], r['limit'] or '(undefined)', r['concurrency'] or '-',
+         r['rate'] or '-', r['per'] or '-', r['running'], r['waiting']) for r in rows)))
+    return 0
+
+
 def cmd_queue_retry(cfg, args):
     (queue,) = _queues(cfg, args, required=True)
     n = mpqueue.retry_failed(queue, args.id)
@@ -801,12 +817,14 @@ def metrics_text(queues):
     configured queues) and of the pools whose heartbeats the broker holds, on
     the configured broker (call ``mpqueue.configure(config)`` first)."""
     return render_metrics({q: mpqueue.depth(q) for q in queues}, mpqueue.fleet(),
-                          [s for s in mpqueue.schedules() if s['queue'] in queues])
+                          [s for s in mpqueue.schedules() if s['queue'] in queues],
+                          [dict(row, queue=q) for q in queues for row in mpqueue.limits(q)])
 
 
-def render_metrics(depths, pools, schedules=()):
+def render_metrics(depths, pools, schedules=(), limits=()):
     """The exposition text of ``depths`` (queue name -> ``mpqueue.depth()``),
-    ``pools`` (``mpqueue.fleet()``) and ``schedules`` (``mpqueue.schedules()``)."""
+    ``pools`` (``mpqueue.fleet()``), ``schedules`` (``mpqueue.schedules()``)
+    and ``limits`` (``mpqueue.limits()`` rows, each with its ``queue``)."""
     latest = {}     # a pool restarted within the TTL: its newest heartbeat only
     for pool in pools:
         key = (pool['host'], pool['name'])
@@ -844,6 +862,11 @@ def render_metrics(depths, pools, schedules=()):
         ('mpqueue_schedule_skipped_total', 'counter',
          'Ticks each schedule skipped: the job holding its key still waited or ran.',
          [({'queue': s['queue'], 'schedule': s['name']}, s['skipped']) for s in schedules]),
+        ('mpqueue_limit_running', 'gauge',
+         'Jobs holding a slot of each limit name in use (reserved or working).',
+         [({'queue': r['queue'], 'limit': r['name']}, r['running']) for r in limits]),
+        ('mpqueue_limit_waiting', 'gauge', 'Jobs waiting for each limit name in use.',
+         [({'queue': r['queue'], 'limit': r['name']}, r['waiting']) for r in limits]),
     ]
     out = []
     for name, kind, text, samples in families:
@@ -1425,6 +1448,8 @@ COMMANDS = [
      'cancel one job (a running one is stopped) --queue Q --id ID'),
     ('schedule:list', cmd_schedule_list, ('queue', 'json'),
      'the schedules: expression, last and next tick, last job and its state [--queue Q]'),
+    ('limit:list', cmd_limit_list, ('queue', 'json'),
+     'the limits in use: definition, running and waiting jobs per name [--queue Q]'),
     ('metrics', cmd_metrics, ('queue', 'serve'),
      'Prometheus metrics of the queues and pools (--serve PORT: over HTTP)'),
     ('web', cmd_web, ('host', 'port', 'read_only', 'token'),

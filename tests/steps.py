@@ -44,11 +44,20 @@ NAME = mpqueue._job_name(noop)
 # -- building and running steps ------------------------------------------------------
 
 def push_step(job_id=None, *, payload=PAYLOAD, delay=0, job=NAME, timeout=0, fail_number=3,
-              fail_expire=0, priority=0, key='', unique='', result_ttl=0):
+              fail_expire=0, priority=0, key='', unique='', result_ttl=0, limits=''):
     """One ``push`` step, as ``mpqueue.push_many`` builds it (``unique``: the
-    step's unique_mode: '', 'queued', 'active' or seconds as text)."""
+    step's unique_mode: '', 'queued', 'active' or seconds as text; ``limits``:
+    the job's limits field, see ``limits_field``)."""
     return ('push', job_id or mpqueue._new_id(), payload, delay, job, timeout, fail_number,
-            json.dumps(fail_expire), priority, key, unique, result_ttl)
+            json.dumps(fail_expire), priority, key, unique, result_ttl, limits)
+
+
+def limits_field(*names, **definitions):
+    """The limits field of a job that names ``names`` (default: every name of
+    ``definitions``), each defined as ``{'concurrency': N}`` and/or
+    ``{'rate': N, 'per': S}``."""
+    defs = mpqueue._check_limits('limits', definitions)
+    return mpqueue._limits_text({'name': 'contract', 'limits': defs}, list(names or defs))
 
 
 def push(driver, queue, n=1, **settings):
@@ -268,6 +277,8 @@ class RedisStore:
     def states(self, queue):
         waiting = sum(self.client.llen(self.key(queue, 'waiting' + level))
                       for level in [''] + [':%d' % n for n in range(1, 10)])
+        waiting += sum(self.client.llen(name) for name in self.client.scan_iter(
+            match=self.key(queue, 'limit:parked:*'), count=1000))     # parked by a limit
         return dict(waiting=waiting, **{name: self.client.zcard(self.key(queue, name))
                                         for name in ('delayed', 'reserved', 'working', 'failed')})
 
@@ -308,7 +319,10 @@ class SqliteStore:
                 [('mpq_queue', q) for q, in self._rows(
                     'SELECT queue FROM mpq_queue WHERE queue = ?', queue)] +
                 [('mpq_paused', q) for q, in self._rows(
-                    'SELECT queue FROM mpq_paused WHERE queue = ?', queue)])
+                    'SELECT queue FROM mpq_paused WHERE queue = ?', queue)] +
+                [(table, name) for table in ('mpq_limit_held', 'mpq_limit_start')
+                 for name, in self._rows('SELECT name FROM %s WHERE queue = ?' % table,
+                                         queue)])
 
     def traces(self, queue, job_id):
         return ([('mpq_job', job_id)] * len(self._rows(

@@ -21,7 +21,8 @@ import pytest
 
 import mpqueue
 from steps import (NAME, PAYLOAD, SLACK, WAIT, assert_depth, broker_clock, cancel, counts,
-                   depth, done, empty, fail, failed, ids_of, info, lost, make_failed, poll,
+                   depth, done, empty, fail, failed, ids_of, info, limits_field, lost,
+                   make_failed, poll,
                    pop, pop1, push, push1, push_step, renew, requeue, reserve, retry, start,
                    state, taken_back, tick, tick_until_due, tick_until_state, wait_broker_time,
                    zero_counts)
@@ -1596,3 +1597,187 @@ def test_redis_watch_outlives_a_restart_of_the_server():
         if publisher is not None:
             publisher.close()
         server.stop()
+
+
+# -- limits ----------------------------------------------------------------------------------
+
+def limited(driver, queue, n, *names, **definitions):
+    """Push ``n`` jobs that hold limits ``names`` of ``definitions``; their ids."""
+    return push(driver, queue, n, limits=limits_field(*names, **definitions))
+
+
+def held_and_waiting(driver, queue):
+    return driver.run(queue, 'limits')
+
+
+TAKE = {'reserve': lambda driver, queue, n: reserve(driver, queue, n),
+        'pop': lambda driver, queue, n: pop(driver, queue, n)}
+
+
+@pytest.mark.parametrize('take', list(TAKE))
+def test_a_concurrency_limit_hands_out_n_and_parks_the_rest(driver, queue, store, take):
+    ids = limited(driver, queue, 5, stripe={'concurrency': 2})
+    plain = push1(driver, queue)
+    got = TAKE[take](driver, queue, 10)
+    # the plain job behind the parked ones flows; the parked ones used no attempt
+    assert ids_of(got) == ids[:2] + [plain]
+    assert held_and_waiting(driver, queue) == {'stripe': (2, 3)}
+    for job_id in ids[2:]:
+        record = info(driver, queue, job_id)
+        assert (record['state'], record['waiting_for'], record['attempt']) == \
+            ('waiting', 'stripe', 0)
+    assert TAKE[take](driver, queue, 10) == []       # nothing polls them back
+    assert_depth(driver, queue, ids + [plain], store,
+                 **{'waiting': 3, ('reserved' if take == 'reserve' else 'working'): 3})
+
+
+def _ending(how):
+    """Steps that end a started (or, for the reserved ones, reserved) attempt."""
+    return {
+        'done': lambda d, q, j, mp: done(d, q, j),
+        'retry': lambda d, q, j, mp: retry(d, q, j, 0, 'e'),
+        'fail': lambda d, q, j, mp: fail(d, q, j, errors=['e']),
+        'lost': lambda d, q, j, mp: lost(d, q, j, 'died'),
+        'lost at timeout': lambda d, q, j, mp: lost(d, q, j, 'late', True),
+        'requeue': lambda d, q, j, mp: requeue(d, q, j),
+        'recover': lambda d, q, j, mp: d.run(q, 'recover', 'o') == 1,
+        'cancel reserved': lambda d, q, j, mp: cancel(d, q, j['id']) == 'reserved',
+        'lost reserved': lambda d, q, j, mp: lost(d, q, j, 'never started'),
+        'reservation expires': lambda d, q, j, mp: _expire(d, q, j, mp, 'RESERVE_SECONDS'),
+        'lease expires': lambda d, q, j, mp: _expire(d, q, j, mp, 'LEASE_SECONDS'),
+    }[how]
+
+
+def _expire(driver, queue, job, monkeypatch, setting):
+    monkeypatch.setattr(mpqueue, setting, 0.1)
+    if setting == 'LEASE_SECONDS':
+        assert renew(driver, queue, job) == 'ok'         # the lease now ends in 0.1 s
+    return tick_until(driver, queue, lambda: state(driver, queue, job['id']) != (
+        'reserved' if setting == 'RESERVE_SECONDS' else 'working'), 'the attempt to lapse')
+
+
+ENDINGS = ['done', 'retry', 'fail', 'lost', 'lost at timeout', 'requeue', 'recover',
+           'cancel reserved', 'lost reserved', 'reservation expires', 'lease expires']
+
+
+@pytest.mark.parametrize('how', ENDINGS)
+def test_every_step_that_ends_an_attempt_gives_its_slot_to_the_oldest_waiter(
+        driver, queue, store, monkeypatch, how):
+    waker = subscribed_waker(driver, queue)
+    [plain] = reserve(driver, queue, 1)                # the job that subscribed it
+    cancel(driver, queue, plain['id'])
+    first, second, third = limited(driver, queue, 3, solo={'concurrency': 1})
+    [job] = reserve(driver, queue, 5)
+    assert job['id'] == first
+    if 'reserv' not in how:
+        assert start(driver, queue, job) is True
+    waker.drain()
+    assert _ending(how)(driver, queue, job, monkeypatch)
+    assert select.select([waker], [], [], WAIT)[0] == [waker]     # the masters are woken
+    waker.close()
+    # the oldest waiter is at the head of waiting now (a job that goes back
+    # to the head goes before it); the other still waits
+    got = ids_of(reserve(driver, queue, 1))
+    if how in ('done', 'fail', 'cancel reserved', 'retry'):
+        assert got == [second]
+    else:
+        assert got == [first]
+    handlers = how == 'lost at timeout'               # a fail handler run takes no slot
+    assert held_and_waiting(driver, queue)['solo'][0] == (0 if handlers else 1)
+    assert info(driver, queue, third)['waiting_for'] == 'solo'
+
+
+@pytest.mark.parametrize('step', ['done', 'retry', 'fail', 'lost', 'requeue'])
+def test_a_stale_outcome_gives_back_no_slot(driver, queue, monkeypatch, step):
+    job_id, waiter = limited(driver, queue, 2, solo={'concurrency': 1})
+    stale = taken_back(driver, queue, job_id, monkeypatch, 'pop')
+    [current] = pop(driver, queue, 5)                    # the waiter is parked
+    assert current['id'] == job_id and current['attempt'] == stale['attempt'] + 1
+    before = held_and_waiting(driver, queue)
+    assert before == {'solo': (1, 1)}
+    assert OUTCOMES[step](driver, queue, stale) is False
+    assert held_and_waiting(driver, queue) == before
+    assert pop(driver, queue) == []                      # the waiter still waits
+    assert done(driver, queue, current) is True
+    assert ids_of(pop(driver, queue)) == [waiter]
+
+
+def test_a_slot_comes_back_when_the_job_goes_back_to_waiting_and_runs_again(driver, queue):
+    job_id, = limited(driver, queue, 1, solo={'concurrency': 1})
+    job = pop1(driver, queue)
+    assert lost(driver, queue, job, 'died') is True       # runs again: first in line
+    again = pop1(driver, queue)
+    assert (again['id'], again['attempt']) == (job_id, 2)
+    assert held_and_waiting(driver, queue) == {'solo': (1, 0)}
+    assert done(driver, queue, again) is True
+    assert held_and_waiting(driver, queue) == {}
+
+
+def test_each_limit_name_counts_apart_and_every_limit_must_admit(driver, queue):
+    defs = {'customer:1': {'concurrency': 1}, 'customer:2': {'concurrency': 1},
+            'api': {'concurrency': 3}}
+    a1, a2 = limited(driver, queue, 2, 'customer:1', 'api', **defs)
+    b1, = limited(driver, queue, 1, 'customer:2', 'api', **defs)
+    c1, = limited(driver, queue, 1, 'api', **defs)
+    d1, = limited(driver, queue, 1, 'customer:2', **defs)
+    assert ids_of(pop(driver, queue, 10)) == [a1, b1, c1]
+    assert held_and_waiting(driver, queue) == {'customer:1': (1, 1), 'customer:2': (1, 1),
+                                               'api': (3, 0)}
+    assert info(driver, queue, a2)['waiting_for'] == 'customer:1'
+
+
+def test_cancel_and_clean_of_parked_jobs(driver, queue, store):
+    ids = limited(driver, queue, 4, solo={'concurrency': 1})
+    [job] = pop(driver, queue, 5)
+    assert cancel(driver, queue, ids[1]) == 'waiting'
+    assert held_and_waiting(driver, queue) == {'solo': (1, 2)}
+    assert_depth(driver, queue, ids, store, waiting=2, working=1, cancelled=1)
+    assert done(driver, queue, job) is True
+    assert ids_of(pop(driver, queue, 5)) == [ids[2]]      # not the cancelled one
+    empty(driver, queue)
+    assert held_and_waiting(driver, queue) == {}
+
+
+def test_fail_handler_runs_take_no_slot(driver, queue):
+    job_id, other = limited(driver, queue, 2, solo={'concurrency': 1})
+    job = pop1(driver, queue)
+    assert lost(driver, queue, job, 'late', True) is True      # at its timeout: handlers
+    handlers = pop(driver, queue, 5)
+    assert ids_of(handlers)[:2] == [job_id, other]
+
+
+def test_a_rate_limit_delays_a_job_to_the_instant_its_window_permits(driver, queue, store):
+    ids = limited(driver, queue, 3, github={'rate': 2, 'per': 1.0})
+    t0 = broker_clock(driver, queue)
+    got = pop(driver, queue, 5)
+    assert ids_of(got) == ids[:2]
+    record = info(driver, queue, ids[2])
+    assert (record['state'], record['waiting_for'], record['attempt']) == \
+        ('delayed', 'github', 0)    # (job_info shows it waiting)
+    due, _ = tick(driver, queue)
+    assert 0.9 < due <= 1.0 + SLACK
+    for job in got:
+        assert done(driver, queue, job) is True     # a rate counts starts, not running jobs
+    assert pop(driver, queue, 5) == []
+    [job] = tick_until_due(driver, queue, 5)
+    assert job['id'] == ids[2] and job['attempt'] == 1
+    assert start(driver, queue, job) is True
+    assert info(driver, queue, job['id'])['start_time'] >= t0 + 1.0 - SLACK
+    assert done(driver, queue, job) is True
+
+
+def test_a_rate_window_slides(driver, queue):
+    [a] = limited(driver, queue, 1, r={'rate': 2, 'per': 0.6})
+    first = pop1(driver, queue)
+    wait_broker_time(driver, queue, first['start_time'] + 0.3)
+    [b, c] = limited(driver, queue, 2, r={'rate': 2, 'per': 0.6})
+    second = pop1(driver, queue)
+    assert second['id'] == b and pop(driver, queue) == []
+    # c may start when the first start leaves the window, not when the second does
+    due, _ = tick(driver, queue)
+    assert abs((broker_clock(driver, queue) + due) - (first['start_time'] + 0.6)) < 0.05
+    [third] = tick_until_due(driver, queue, 5)
+    assert third['id'] == c and start(driver, queue, third) is True
+    assert info(driver, queue, c)['start_time'] >= first['start_time'] + 0.6 - SLACK
+    for job in (first, second, third):
+        assert done(driver, queue, job) is True
