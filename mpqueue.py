@@ -2460,7 +2460,8 @@ OPS.history = function()
   return redis.call('LRANGE', HISTORY, 0, -1)
 end
 OPS.pause = function()
-  if not redis.call('SET', P .. 'paused', '1', 'NX') then return false end
+  if paused() then return false end
+  redis.call('HSET', P .. 'paused', 'since', now)
   redis.call('PUBLISH', P .. 'notify', 'p')    -- masters put back what they hold
   return true
 end

@@ -255,4 +255,5 @@ MPQ_ACL_RULES = ('resetkeys resetchannels -@all ~mpq:* &mpq:* '
                  '+fcall +function|load +subscribe '
                  '+time +hset +hget +hdel +hmget +hgetall +hincrby +rpush +lpush +lpop +lrem '
                  '+lrange +ltrim +llen +lindex +exists +del +unlink +pexpire +zadd +zrem +zrange '
-                 '+zrangebyscore +zremrangebyscore +zscore +zcard +zrank +publish')
+                 '+zrangebyscore +zremrangebyscore +zscore +zcard +zcount +zrank +publish '
+                 '+hlen +lpos +sadd +srem +smembers')

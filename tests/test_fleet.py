@@ -221,7 +221,9 @@ def test_metrics_match_the_queues_and_the_pools(e2e):
                              'mpqueue_pool_jobs_finished_total',
                              'mpqueue_pool_heartbeat_age_seconds',
                              'mpqueue_schedule_last_tick_timestamp',
-                             'mpqueue_schedule_skipped_total'}
+                             'mpqueue_schedule_skipped_total',
+                             'mpqueue_limit_running', 'mpqueue_limit_waiting'}
+    assert not families['mpqueue_limit_running']['samples']      # no limit in use
     assert families['mpqueue_jobs_total']['type'] == 'counter'
     assert families['mpqueue_queue_jobs']['type'] == 'gauge'
     depth = {(dict(k)['queue'], dict(k)['state']): v

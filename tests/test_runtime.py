@@ -59,7 +59,8 @@ def test_success_counts_over(e2e, model):
     assert isinstance(job_id, str) and job_id
 
     got = wait_counts(pool, 10, over=1, failed=0)
-    assert got == {'all': 1, 'waiting': 0, 'working': 0, 'failed': 0, 'over': 1}
+    assert got == {'all': 1, 'waiting': 0, 'working': 0, 'failed': 0, 'over': 1,
+                   'paused': False}
     assert [r['n'] for r in e2e.records('start', tag='one')] == [1]
     assert len(e2e.records('end', tag='one')) == 1
     assert e2e.records('start')[0]['pid'] in pool.worker_pids('q')
