@@ -1101,6 +1101,28 @@ def _check_classes(path, value):
                         % (path, value))
 
 
+def _push_options(job, qconf, **given):
+    """Per-job settings: push argument, else Job attribute, else the queue's
+    (priority: 0); each checked when it is not the queue's own, and named in
+    an error as the push argument (``fail_expire``) or the Job attribute
+    (``SendMail.fail_expire``) it came from.  ``fail_expire`` comes as its
+    record keeps it (``_policy_text``)."""
+    job_class = _job_class(job)
+    is_job = _is_job(job)
+    out, path = {}, {}
+    for name, value in given.items():
+        out[name] = _job_setting(name, value, job, qconf.get(name, 0))
+        path[name] = '%s.%s' % (job_class.__name__, name) if value is None and is_job else name
+    for name in given:
+        if name not in qconf or out[name] is not qconf[name]:
+            out[name] = _check_option(path[name], name, out[name])
+    out['fail_expire'] = _policy_text(out['fail_expire'])
+    if is_job:
+        _check_classes('%s.retry_on' % job_class.__name__, job.retry_on)
+        _check_classes('%s.dont_retry_on' % job_class.__name__, job.dont_retry_on)
+    return out
+
+
 _id_counter = iter(range(1 << 62))
 
 
@@ -6508,28 +6530,6 @@ def _push_calls(queue, calls, delay, key, unique, limit, given):
     else:
         ids = basics['driver'].execute(queue, steps)
     return [JobId(job_id, queue) for job_id in ids]
-
-
-def _push_options(job, qconf, **given):
-    """Per-job settings: push argument, else Job attribute, else the queue's
-    (priority: 0); each checked when it is not the queue's own, and named in
-    an error as the push argument (``fail_expire``) or the Job attribute
-    (``SendMail.fail_expire``) it came from.  ``fail_expire`` comes as its
-    record keeps it (``_policy_text``)."""
-    job_class = _job_class(job)
-    is_job = _is_job(job)
-    out, path = {}, {}
-    for name, value in given.items():
-        out[name] = _job_setting(name, value, job, qconf.get(name, 0))
-        path[name] = '%s.%s' % (job_class.__name__, name) if value is None and is_job else name
-    for name in given:
-        if name not in qconf or out[name] is not qconf[name]:
-            out[name] = _check_option(path[name], name, out[name])
-    out['fail_expire'] = _policy_text(out['fail_expire'])
-    if is_job:
-        _check_classes('%s.retry_on' % job_class.__name__, job.retry_on)
-        _check_classes('%s.dont_retry_on' % job_class.__name__, job.dont_retry_on)
-    return out
 
 
 def job(queue, **options):
