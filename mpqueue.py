@@ -129,8 +129,8 @@ RESERVE_USE = 0.6
 FLUSH_DELAY = 0.002
 #: ... or until it has gathered this many steps.
 FLUSH_STEPS = 256
-#: The most jobs one tick promotes, takes back or recovers.
-TICK_LIMIT = 1000
+#: The most jobs one sweep promotes, takes back or recovers.
+SWEEP_LIMIT = 1000
 #: While jobs are shorter than this (seconds, on average), a busy worker gets
 #: jobs queued in its pipe, as many as fit in this much time (at most
 #: QUEUED_MAX), so that it never waits for its master.  Pays: drain 8,100 jobs/s
@@ -1509,7 +1509,7 @@ _STEPS = (
     # interrupted by mpqueue itself: back to the head, the attempt not counted
     ('recover', 'owner', 'int'),
     # requeue every job a dead master started; how many
-    ('tick', 'limit', 'tick'),
+    ('sweep', 'limit', 'sweep'),
     # promote due delayed jobs, take back expired reservations, recover
     # expired leases, drop expired outcomes and unique holds; (seconds to the
     # next due time or None, broker time)
@@ -1549,7 +1549,7 @@ _STEPS = (
     # every schedule record of the queue: name, last, fingerprint, owner, job,
     # skipped
     ('history', '', 'history'),
-    # the counters sampled every HISTORY_SECONDS by tick, oldest first
+    # the counters sampled every HISTORY_SECONDS by sweep, oldest first
     ('pause', '', 'bool'),
     # the queue is paused: reserve and pop hand out nothing until resume
     # (pushes, delayed jobs and schedule ticks accrue); its masters are told
@@ -1581,7 +1581,7 @@ _READ_STEPS = ('depth', 'failed', 'listing', 'schedules', 'history', 'paused', '
 # the queue's waiting lists; the step that gives back a slot of the name
 # moves the head of that list to the head of waiting and wakes the masters.
 # A job that a rate limit refuses goes to the delayed set, due when its
-# window permits it (the tick that promotes delayed jobs hands it on).
+# window permits it (the sweep that promotes delayed jobs hands it on).
 # Nothing polls, and a waiting job uses no attempt.  Fail handler runs of a
 # job take no slot: they do not run its body.
 
@@ -2137,7 +2137,7 @@ OPS.reserve = function(n)
     if attempt == 1 then table.insert(f, 'attempt') table.insert(f, 1) end
     redis.call('HSET', rec(id), 'state', S_RESERVED, 'attempt', attempt)
     let_go(id, key, mode, true)
-    -- distinct scores keep queue order when they come back by tick
+    -- distinct scores keep queue order when they come back by sweep
     redis.call('ZADD', RESERVED, now + HOLD + i * 0.000001, id)
     table.insert(out, id)
     table.insert(out, f)
@@ -2237,7 +2237,7 @@ OPS.recover = function(owner)
   end
   return n
 end
-OPS.tick = function(limit)
+OPS.sweep = function(limit)
   limit = tonumber(limit)
   for _, id in ipairs(redis.call('ZRANGEBYSCORE', DELAYED, '-inf', now, 'LIMIT', 0, limit)) do
     redis.call('ZREM', DELAYED, id)
@@ -2583,7 +2583,7 @@ _REDIS_REPLY = {
     'bool': bool,
     'int': int,
     'jobs': _work_items,
-    'tick': lambda r: (None if float(r[0]) < 0 else float(r[0]), float(r[1])),
+    'sweep': lambda r: (None if float(r[0]) < 0 else float(r[0]), float(r[1])),
     'record': lambda r: None if r is None else _record(_pairs(r)),
     'records': lambda r: [dict(_record(_pairs(fields)), id=_text(i)) for i, fields in r],
     'listing': lambda r: ([dict(_record(_pairs(item[1])), id=_text(item[0]), **(
@@ -3626,7 +3626,7 @@ class _SqliteSteps:
         return True
 
     def live(self, job_id, *columns):
-        """``get``, but None for an outcome kept past its time: the next tick
+        """``get``, but None for an outcome kept past its time: the next sweep
         drops it, and Redis has let its key expire already."""
         return self.conn.execute(
             'SELECT %s FROM mpq_job WHERE queue = ? AND id = ? AND NOT (state IN (?, ?) AND '
@@ -3749,7 +3749,7 @@ class _SqliteSteps:
             return []
         rows = self.waiting_rows(n)
         back = self.now + RESERVE_SECONDS
-        # distinct scores keep queue order when they come back by tick
+        # distinct scores keep queue order when they come back by sweep
         self.conn.executemany('UPDATE mpq_job SET state = ?, level = 0, score = ?, '
                               'attempt = attempt + 1 WHERE queue = ? AND id = ?',
                               [(RESERVED, back + i * 1e-6, self.queue, row[0])
@@ -3850,7 +3850,7 @@ class _SqliteSteps:
             (self.queue, WORKING, owner)).fetchall()]
         return sum(1 for job_id in ids if self.requeue(job_id))
 
-    def tick(self, limit):
+    def sweep(self, limit):
         queue, now = self.queue, self.now
         self.to_tail(self.conn.execute(_SQ_DUE, (queue, DELAYED, now, limit)).fetchall(),
                      DELAYED)
@@ -5226,7 +5226,7 @@ class _Master:
         self.buffer = collections.deque()   # reserved jobs not handed out yet: (job, at)
         self.avg_job = None             # moving average of the jobs' run time (s)
         self.maybe_work, self.wakes = True, 0   # wakes: pushes seen (grab: wake again)
-        self.next_tick = self.next_renew = self.next_beat = 0.0
+        self.next_sweep = self.next_renew = self.next_beat = 0.0
         self.waker, self.waker_retry = None, 0.0
         self.failures, self.down_since, self.beat_failing = 0, None, False
         self.neighbours_checked = False     # other applications' pools on this queue: looked
@@ -5267,7 +5267,7 @@ class _Master:
         stop grace period (what is not recorded is recovered by lease expiry)."""
         deadline = time.monotonic() + self.config['basics']['stop_grace']
         while self.pending and time.monotonic() < deadline:
-            self.next_tick = 0.0
+            self.next_sweep = 0.0
             self._flush()
             if self.pending:
                 time.sleep(_doubled_wait(self.failures))
@@ -5285,7 +5285,7 @@ class _Master:
             if not self.pending_since:
                 self.pending_since = now
             return max(0.0, self.pending_since + FLUSH_DELAY - now)
-        when = [self.next_tick, self.next_beat]
+        when = [self.next_sweep, self.next_beat]
         scheduled = self.ticker.due_in()
         if scheduled is not None and not self.stopping:
             when.append(now + scheduled)
@@ -5310,7 +5310,7 @@ class _Master:
         so that one round trip records the outcome of many jobs."""
         self._ensure_waker()
         # The selector sleeps whole milliseconds, rounded up: wake a millisecond
-        # early and sleep the rest, so a tick or a delayed job is not 1-2 ms late.
+        # early and sleep the rest, so a schedule's tick or a delayed job is not 1-2 ms late.
         until = time.monotonic() + timeout
         events = self.sel.select(max(0.0, timeout - 0.001))
         if not events and timeout > 0:
@@ -5342,7 +5342,7 @@ class _Master:
                 self._drop_waker(exc)
                 return
             self.wakes += 1
-            self.maybe_work, self.next_tick = True, 0.0
+            self.maybe_work, self.next_sweep = True, 0.0
             for job_id in cancelled:
                 self._cancel(job_id)
             if paused:
@@ -5375,7 +5375,7 @@ class _Master:
         try:
             self.waker = self.driver.waker(self.queue)
             self.sel.register(self.waker.fileno(), selectors.EVENT_READ, 'waker')
-            self.next_tick = 0.0
+            self.next_sweep = 0.0
         except DriverError as exc:
             self.waker = None
             self._broker_down(exc)
@@ -5663,20 +5663,20 @@ class _Master:
 
     def _flush(self):
         """One broker round trip: the outcomes and starts gathered so far, a
-        tick (promote / recover), lease renewals when due, and a reservation
+        sweep (promote / recover), lease renewals when due, and a reservation
         that refills the buffer."""
         now = time.monotonic()
-        if self.down_since is not None and now < self.next_tick:
+        if self.down_since is not None and now < self.next_sweep:
             return
         while self.buffer and now - self.buffer[0][1] > RESERVE_SECONDS * RESERVE_USE:
             job = self.buffer.popleft()[0]      # not handed out in time: back to the head
             self.pending.append(('requeue', job['id'], job['attempt']))
-        tick = now >= self.next_tick
+        sweep = now >= self.next_sweep
         scheduled = self.ticker.steps() if not self.stopping and self.ticker.due_in() == 0 \
             else []
         # a periodic look (a wake-up may have been missed: broker away), or
         # ticks that push jobs this round trip can reserve at once
-        if tick or (scheduled and not self.grab):
+        if sweep or (scheduled and not self.grab):
             self.maybe_work = True
         want = 0
         if not self.stopping and self.maybe_work:
@@ -5686,14 +5686,14 @@ class _Master:
             else:
                 want = max(0, self._room() + self._prefetch() - len(self.buffer))
         renew = now >= self.next_renew and any(s.jobs for s in self.slots.values())
-        if not (tick or renew or scheduled or self._flush_due(now, want)):
+        if not (sweep or renew or scheduled or self._flush_due(now, want)):
             return
         steps, self.pending, self.pending_since = self.pending, [], 0.0
         renewed = [(job_id, run.attempt) for s in self.slots.values()
                    for job_id, run in s.jobs.items()] if renew else []
         n_outcomes = len(steps)
         steps += [('renew', job_id, attempt) for job_id, attempt in renewed] + scheduled
-        steps.append(('tick', TICK_LIMIT))
+        steps.append(('sweep', SWEEP_LIMIT))
         if want:
             steps.append(('reserve', want))
         sent = time.time()
@@ -5702,7 +5702,7 @@ class _Master:
         except DriverError as exc:
             self.pending = steps[:n_outcomes] + self.pending
             self._broker_down(exc)
-            self.next_tick = now + _doubled_wait(self.failures)
+            self.next_sweep = now + _doubled_wait(self.failures)
             return
         if self.down_since is not None:
             logger.info('master of queue %r: the broker answers again after %.1fs', self.queue,
@@ -5726,7 +5726,7 @@ class _Master:
         if scheduled:
             self.ticker.results(scheduled, results[n_outcomes + len(renewed):], broker_now,
                                 (sent + time.time()) / 2)
-        self.next_tick = now + min(self.qconf['sleep_seconds'], due if due is not None else 1e9)
+        self.next_sweep = now + min(self.qconf['sleep_seconds'], due if due is not None else 1e9)
         if due == 0:
             self.maybe_work = True
         if want:
@@ -6657,7 +6657,7 @@ class _JobFunction:
 _immediate_block = None     # inside immediate(): True or False; else basics.immediate decides
 _immediate_broker = SqliteDriver(':memory:')   # it connects when first used
 _immediate_working = set()  # ids of its jobs popped and not ended
-_immediate_ticks = {}       # queue -> when its broker is ticked next
+_immediate_sweeps = {}       # queue -> when its broker is ticked next
 _ASK_BROKER = object()      # _job_here(): not a job of immediate mode
 _running_here = threading.local()   # .depth: jobs that run in this thread's call stack
 
@@ -6693,15 +6693,15 @@ def _run_here(config, qconf, steps):
     one round trip, then run each here to its end; the round trip recording
     an outcome pops the job's next attempt (a retry), if any.  Returns the
     ids as the push steps gave them."""
-    queue, now, ticks = qconf['name'], time.time(), []
-    # a tick every sleep_seconds, as a master's, drops expired outcomes and holds;
+    queue, now, sweeps = qconf['name'], time.time(), []
+    # a sweep every sleep_seconds, as a master's, drops expired outcomes and holds;
     # never while a job runs here: its lease, renewed by nobody, would look lost
-    if now >= _immediate_ticks.get(queue, 0) and not _immediate_working:
-        ticks, _immediate_ticks[queue] = [('tick', TICK_LIMIT)], now + qconf['sleep_seconds']
+    if now >= _immediate_sweeps.get(queue, 0) and not _immediate_working:
+        sweeps, _immediate_sweeps[queue] = [('sweep', SWEEP_LIMIT)], now + qconf['sleep_seconds']
     worker = _Worker(config, qconf, None, None, 0)
     worker.id = '%s:%d' % (_HOST, os.getpid())
-    *ids, jobs = _immediate_broker.execute(queue, ticks + [_no_wait(step) for step in steps] + [
-        ('pop', len(steps), worker.id, '')])[len(ticks):]
+    *ids, jobs = _immediate_broker.execute(queue, sweeps + [_no_wait(step) for step in steps] + [
+        ('pop', len(steps), worker.id, '')])[len(sweeps):]
     _immediate_working.update(job['id'] for job in jobs)
     _running_here.depth = getattr(_running_here, 'depth', 0) + 1
     try:
@@ -7005,7 +7005,7 @@ def resume(queue):
 
 def schedules(queue=None):
     """The schedules of one configured queue (or of all): per schedule its
-    queue, name, expression, timezone, last_tick and next_tick (epoch
+    queue, name, expression, timezone, last_tick and next_sweep (epoch
     seconds; None before its first tick), last_job_id and that job's state
     (None when the job is unknown or its outcome expired), and skipped (ticks
     skipped because the job holding its key still waited or ran:
@@ -7022,7 +7022,7 @@ def schedules(queue=None):
             info = job_id and job_info(qconf['name'], job_id)
             out.append({'queue': qconf['name'], 'name': s['name'],
                         'expression': s['expression'], 'timezone': s['timezone'],
-                        'last_tick': last, 'next_tick': last and s['when'].next_after(last),
+                        'last_tick': last, 'next_sweep': last and s['when'].next_after(last),
                         'last_job_id': job_id, 'last_job_state': info and info['state'],
                         'skipped': record.get('skipped', 0)})
     return out

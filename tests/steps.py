@@ -121,14 +121,14 @@ def cancel(driver, queue, job_id, by='tester'):
     return driver.run(queue, 'cancel', job_id, by)
 
 
-def tick(driver, queue, limit=mpqueue.TICK_LIMIT):
+def sweep(driver, queue, limit=mpqueue.SWEEP_LIMIT):
     """``(seconds to the next due time or None, broker time)``."""
-    return driver.run(queue, 'tick', limit)
+    return driver.run(queue, 'sweep', limit)
 
 
 def broker_clock(driver, queue):
-    """The broker's time, read by a tick that may move no job."""
-    return tick(driver, queue, 0)[1]
+    """The broker's time, read by a sweep that may move no job."""
+    return sweep(driver, queue, 0)[1]
 
 
 def info(driver, queue, job_id, watch=''):
@@ -179,19 +179,19 @@ def poll(cond, what, timeout=WAIT):
     return wait_for(cond, timeout, what, interval=0.005)
 
 
-def tick_until_state(driver, queue, job_id, wanted, what=None):
+def sweep_until_state(driver, queue, job_id, wanted, what=None):
     """Tick until the job is in state ``wanted``; its record."""
     def reached():
-        tick(driver, queue)
+        sweep(driver, queue)
         record = info(driver, queue, job_id)
         return record if record and record['state'] == wanted else None
-    return poll(reached, what or 'job %s to be %s after a tick' % (job_id, wanted))
+    return poll(reached, what or 'job %s to be %s after a sweep' % (job_id, wanted))
 
 
-def tick_until_due(driver, queue, n=1):
+def sweep_until_due(driver, queue, n=1):
     """Tick until a reserve hands out jobs; those jobs."""
     def due():
-        tick(driver, queue)
+        sweep(driver, queue)
         return reserve(driver, queue, n)
     return poll(due, 'a due job')
 
@@ -204,7 +204,7 @@ def wait_broker_time(driver, queue, when):
 
 def taken_back(driver, queue, job_id, monkeypatch, take):
     """Hand the job out (``take``: 'reserve' or 'pop'), with short reservations
-    and leases, and tick until the broker takes it back to waiting; the job
+    and leases, and sweep until the broker takes it back to waiting; the job
     dict of that now stale attempt.  The defaults are restored afterwards."""
     reserve_seconds, lease_seconds = mpqueue.RESERVE_SECONDS, mpqueue.LEASE_SECONDS
     monkeypatch.setattr(mpqueue, 'RESERVE_SECONDS', 0.2)
@@ -212,7 +212,7 @@ def taken_back(driver, queue, job_id, monkeypatch, take):
     try:
         [job] = reserve(driver, queue) if take == 'reserve' else pop(driver, queue)
         assert job['id'] == job_id
-        tick_until_state(driver, queue, job_id, 'waiting')
+        sweep_until_state(driver, queue, job_id, 'waiting')
     finally:
         monkeypatch.setattr(mpqueue, 'RESERVE_SECONDS', reserve_seconds)
         monkeypatch.setattr(mpqueue, 'LEASE_SECONDS', lease_seconds)
@@ -344,7 +344,7 @@ class SqliteStore:
         return payload is not None
 
     def expires_in(self, queue, job_id):
-        return None         # kept outcomes are dropped by tick, not by the database
+        return None         # kept outcomes are dropped by sweep, not by the database
 
     def watcher(self, queue):
         return SocketWatcher()

@@ -7,7 +7,7 @@ Every test talks to a driver only through ``execute`` / ``run`` (and its
 ``cluster``: ``-m 'not cluster'`` leaves it out) and Redis through Sentinel
 (marked ``sentinel``).  ``store`` reads what the
 driver stored, to check counts against the jobs and that nothing is left
-behind.  Times are never slept on blindly: tests tick and poll with a
+behind.  Times are never slept on blindly: tests sweep and poll with a
 deadline, on the broker's clock where a due time matters.
 """
 
@@ -24,7 +24,7 @@ from steps import (NAME, PAYLOAD, SLACK, WAIT, assert_depth, broker_clock, cance
                    depth, done, empty, fail, failed, ids_of, info, limits_field, lost,
                    make_failed, poll,
                    pop, pop1, push, push1, push_step, renew, requeue, reserve, retry, start,
-                   state, taken_back, tick, tick_until_due, tick_until_state, wait_broker_time,
+                   state, taken_back, sweep, sweep_until_due, sweep_until_state, wait_broker_time,
                    zero_counts)
 
 
@@ -32,9 +32,9 @@ def counts_of(depth_reply):
     return {name: value for name, value in depth_reply.items() if name != 'oldest_created'}
 
 
-def tick_until(driver, queue, cond, what):
+def sweep_until(driver, queue, cond, what):
     """Tick until ``cond()`` is true."""
-    return poll(lambda: tick(driver, queue) and cond(), what)
+    return poll(lambda: sweep(driver, queue) and cond(), what)
 
 
 def subscribed_waker(driver, queue):
@@ -114,7 +114,7 @@ def test_info_of_an_unknown_job_is_none(driver, queue):
 
 
 def test_tick_of_an_empty_queue_has_nothing_due_and_tells_the_time(driver, queue):
-    due, now = tick(driver, queue)
+    due, now = sweep(driver, queue)
     assert due is None
     assert abs(now - time.time()) < 1.0
 
@@ -126,22 +126,22 @@ def test_delayed_push_waits_for_a_tick_after_its_due_time(driver, queue):
     now_id = push1(driver, queue)
     assert counts(driver, queue) == zero_counts(waiting=1, delayed=1, pushed=2)
     assert state(driver, queue, job_id) == 'delayed'
-    due, _ = tick(driver, queue)
+    due, _ = sweep(driver, queue)
     assert 0 < due <= delay + SLACK
     now_job = pop1(driver, queue)
     assert now_job['id'] == now_id and done(driver, queue, now_job) is True
     assert reserve(driver, queue, 10) == []
-    got = tick_until_due(driver, queue, 10)
+    got = sweep_until_due(driver, queue, 10)
     assert time.monotonic() - started >= delay - SLACK
     assert ids_of(got) == [job_id]
 
 
 def test_tick_returns_seconds_until_the_next_due_time(driver, queue):
     push1(driver, queue, delay=30)
-    due, _ = tick(driver, queue)
+    due, _ = sweep(driver, queue)
     assert 25 < due <= 30
     push1(driver, queue, delay=3)
-    due, _ = tick(driver, queue)
+    due, _ = sweep(driver, queue)
     assert 2 < due <= 3
 
 
@@ -149,7 +149,7 @@ def test_delayed_jobs_come_out_in_due_order(driver, queue):
     later = push1(driver, queue, delay=0.4)
     sooner = push1(driver, queue, delay=0.2)
     # Nothing is due any more once nothing is delayed (nor reserved or working).
-    poll(lambda: tick(driver, queue)[0] is None, 'both delayed jobs to be due')
+    poll(lambda: sweep(driver, queue)[0] is None, 'both delayed jobs to be due')
     assert ids_of(reserve(driver, queue, 2)) == [sooner, later]
 
 
@@ -157,10 +157,10 @@ def test_tick_limit_bounds_the_work_of_one_tick(driver, queue):
     ids = push(driver, queue, 3, delay=0.05)      # one batch: one due time
     wait_broker_time(driver, queue, info(driver, queue, ids[0])['create_time'] + 0.05)
     assert counts(driver, queue)['delayed'] == 3
-    tick(driver, queue, 1)
+    sweep(driver, queue, 1)
     first = ids_of(reserve(driver, queue, 10))
     assert len(first) == 1 and first[0] in ids
-    assert tick(driver, queue, 10)[0] is not None      # the reserved job goes back later
+    assert sweep(driver, queue, 10)[0] is not None      # the reserved job goes back later
     rest = ids_of(reserve(driver, queue, 10))
     assert sorted(first + rest) == sorted(ids)
 
@@ -181,7 +181,7 @@ def test_reserve_hands_out_at_most_n_in_order(driver, queue):
 
 def test_execute_applies_a_batch_in_order(driver, queue):
     a, b = push_step(), push_step()
-    results = driver.execute(queue, [a, b, ('reserve', 1), ('info', a[1], ''), ('tick', 100)])
+    results = driver.execute(queue, [a, b, ('reserve', 1), ('info', a[1], ''), ('sweep', 100)])
     assert len(results) == 5
     assert results[:2] == [a[1], b[1]]
     assert ids_of(results[2]) == [a[1]]
@@ -269,10 +269,10 @@ def test_reserved_but_not_started_goes_back_to_the_head(driver, queue, monkeypat
     started = time.monotonic()
     stale = reserve(driver, queue, 2)
     assert ids_of(stale) == ids[:2]
-    due, _ = tick(driver, queue)
+    due, _ = sweep(driver, queue)
     assert counts(driver, queue)['reserved'] == 2      # not yet
     assert due is not None and due <= 0.3 + SLACK
-    tick_until(driver, queue, lambda: counts(driver, queue)['reserved'] == 0,
+    sweep_until(driver, queue, lambda: counts(driver, queue)['reserved'] == 0,
                'the reservations to expire')
     assert time.monotonic() - started >= 0.3 - SLACK
     assert counts(driver, queue) == zero_counts(waiting=3, pushed=3)
@@ -292,7 +292,7 @@ def test_expired_reservations_keep_queue_order(driver, queue, monkeypatch):
     batch = sorted((push_step() for _ in range(4)), key=lambda s: s[1], reverse=True)
     ids = driver.execute(queue, batch)
     assert ids_of(reserve(driver, queue, 3)) == ids[:3]
-    tick_until(driver, queue, lambda: counts(driver, queue)['reserved'] == 0,
+    sweep_until(driver, queue, lambda: counts(driver, queue)['reserved'] == 0,
                'the reservations to expire')
     assert ids_of(reserve(driver, queue, 4)) == ids
 
@@ -382,7 +382,7 @@ def test_retry_appends_the_error_and_delays(driver, queue):
     assert record['exec_number'] == 1 and record['state'] == 'delayed'
     assert counts(driver, queue) == zero_counts(delayed=1, pushed=1)
     assert reserve(driver, queue) == []
-    got = tick_until_due(driver, queue)
+    got = sweep_until_due(driver, queue)
     assert time.monotonic() - started >= 0.4 - SLACK
     assert ids_of(got) == [job_id]
     assert start(driver, queue, got[0]) is True
@@ -567,9 +567,9 @@ def test_tick_recovers_a_lapsed_lease_as_a_lost_attempt(driver, queue, monkeypat
     job_id = push1(driver, queue, fail_number=3, timeout=timeout)
     pop1(driver, queue)
     started = time.monotonic()
-    tick(driver, queue)
+    sweep(driver, queue)
     assert counts(driver, queue)['working'] == 1        # not yet
-    record = tick_until_state(driver, queue, job_id, 'waiting')
+    record = sweep_until_state(driver, queue, job_id, 'waiting')
     assert time.monotonic() - started >= 0.3 - SLACK
     assert len(record['error_info']) == 1 and 'lease expired' in record['error_info'][0]
     assert record['exec_number'] == 1
@@ -582,7 +582,7 @@ def test_a_lapsed_lease_of_the_last_attempt_runs_fail_handlers(driver, queue, mo
     job_id = push1(driver, queue, fail_number=0)
     other = push1(driver, queue)
     pop1(driver, queue)
-    record = tick_until_state(driver, queue, job_id, 'waiting')
+    record = sweep_until_state(driver, queue, job_id, 'waiting')
     assert record['phase'] == 'handlers' and record['type'] == mpqueue.TYPE_NORMAL
     assert ids_of(reserve(driver, queue, 2)) == [job_id, other]
 
@@ -594,11 +594,11 @@ def test_renew_keeps_a_lease_alive(driver, queue, monkeypatch):
     until = time.monotonic() + 1.2                     # over twice the lease
     while time.monotonic() < until:
         assert renew(driver, queue, job) == 'ok'
-        tick(driver, queue)
+        sweep(driver, queue)
         assert counts(driver, queue)['working'] == 1
         time.sleep(0.05)
     assert info(driver, queue, job_id)['error_info'] == []
-    record = tick_until_state(driver, queue, job_id, 'waiting')   # renewals stop: recovered
+    record = sweep_until_state(driver, queue, job_id, 'waiting')   # renewals stop: recovered
     assert len(record['error_info']) == 1
 
 
@@ -618,7 +618,7 @@ def test_renew_cannot_outlast_the_deadline(driver, queue):
 
     def recovered():
         renew(driver, queue, job)
-        tick(driver, queue)
+        sweep(driver, queue)
         return state(driver, queue, job_id) == 'waiting'
     poll(recovered, 'the job past its deadline to be recovered')
     record = info(driver, queue, job_id)
@@ -633,9 +633,9 @@ def test_tick_recovers_a_job_past_its_deadline_plus_1s_as_an_attempt(driver, que
     other = push1(driver, queue)
     pop1(driver, queue)
     started = time.monotonic()
-    tick(driver, queue)
+    sweep(driver, queue)
     assert counts(driver, queue)['working'] == 1
-    record = tick_until_state(driver, queue, job_id, 'waiting')
+    record = sweep_until_state(driver, queue, job_id, 'waiting')
     assert 1.1 - SLACK <= time.monotonic() - started < mpqueue.LEASE_SECONDS
     assert not record.get('phase') and record.get('type') in (None, mpqueue.TYPE_NORMAL)
     assert record['exec_number'] == 1
@@ -761,7 +761,7 @@ def test_an_outcome_of_a_stale_attempt_changes_nothing(driver, queue, store, mon
                                                        step, again):
     job_id = push1(driver, queue, fail_number=3, result_ttl=60)
     other = push1(driver, queue)
-    # The first attempt is taken back by tick (a start fences a reservation,
+    # The first attempt is taken back by a sweep (a start fences a reservation,
     # the other outcomes a started attempt); the job is handed out again.
     stale = taken_back(driver, queue, job_id, monkeypatch, 'reserve' if step == 'start' else 'pop')
     [current] = reserve(driver, queue) if again == 'reserve' else pop(driver, queue)
@@ -881,21 +881,21 @@ def test_done_with_result_ttl_keeps_the_outcome_until_it_expires(driver, queue, 
     assert not store.payload_kept(queue, job_id)
     expires = store.expires_in(queue, job_id)      # Redis: the record's key expires
     assert expires is None or 0 < expires <= ttl
-    tick(driver, queue)
+    sweep(driver, queue)
     assert state(driver, queue, job_id) == 'done'
     assert counts(driver, queue) == zero_counts(pushed=1, done=1)
-    tick_until(driver, queue, lambda: info(driver, queue, job_id) is None,
+    sweep_until(driver, queue, lambda: info(driver, queue, job_id) is None,
                'the outcome to expire')
     assert time.monotonic() - ended >= ttl - 0.1
-    tick(driver, queue)         # SQLite: info hides it at once, a tick drops its row
+    sweep(driver, queue)         # SQLite: info hides it at once, a sweep drops its row
     assert store.traces(queue, job_id) == []
     assert counts(driver, queue) == zero_counts(pushed=1, done=1)
 
 
 def test_an_outcome_past_its_result_ttl_is_gone_before_any_tick(driver, queue, store):
-    # Redis lets the record's key expire; SQLite keeps the row until a tick
+    # Redis lets the record's key expire; SQLite keeps the row until a sweep
     # but no step sees it: info is None and cancel knows no such job.
-    ahead = broker_clock(driver, queue) - time.time()      # no tick after this one
+    ahead = broker_clock(driver, queue) - time.time()      # no sweep after this one
     job_id = push1(driver, queue, result_ttl=0.2)
     assert done(driver, queue, pop1(driver, queue), b'result', "'result'", '') is True
     ended = info(driver, queue, job_id)['end_time']
@@ -919,7 +919,7 @@ def test_a_cancelled_job_is_kept_for_cancelled_keep_at_least(driver, queue, stor
     job_id = push1(driver, queue, result_ttl=0.1)
     assert cancel(driver, queue, job_id) == 'waiting'
     assert state(driver, queue, job_id) == 'cancelled'
-    tick_until(driver, queue, lambda: info(driver, queue, job_id) is None,
+    sweep_until(driver, queue, lambda: info(driver, queue, job_id) is None,
                'the cancelled record to expire')
     assert store.traces(queue, job_id) == []
     assert counts(driver, queue) == zero_counts(pushed=1, cancelled=1)
@@ -989,7 +989,7 @@ def test_a_cancelled_working_job_ends_cancelled_never_retried(driver, queue, sto
     job = pop1(driver, queue, owner='owner-1')
     assert cancel(driver, queue, job_id) == 'working'
     if outcome == 'lease expired':
-        tick_until_state(driver, queue, job_id, 'cancelled')
+        sweep_until_state(driver, queue, job_id, 'cancelled')
     elif outcome == 'recover':
         assert driver.run(queue, 'recover', 'owner-1') == 1
     else:
@@ -1057,7 +1057,7 @@ def test_depth_oldest_created_is_the_oldest_waiting_job_of_any_level(driver, que
 def test_a_delayed_job_goes_to_its_priority_when_due(driver, queue):
     low = push1(driver, queue)
     high = push1(driver, queue, priority=3, delay=0.1)
-    tick_until_state(driver, queue, high, 'waiting')
+    sweep_until_state(driver, queue, high, 'waiting')
     assert ids_of(reserve(driver, queue, 2)) == [high, low]
 
 
@@ -1079,7 +1079,7 @@ def test_a_job_that_comes_back_keeps_its_priority(driver, queue, monkeypatch, ho
             retry(driver, queue, job, 0)
         elif how == 'retry delayed':
             retry(driver, queue, job, 0.1)
-            tick_until_state(driver, queue, high, 'waiting')
+            sweep_until_state(driver, queue, high, 'waiting')
         elif how == 'retry_failed':
             fail(driver, queue, job)
             assert driver.run(queue, 'retry_failed', high, 1) == 1
@@ -1162,7 +1162,7 @@ def test_a_reservation_that_comes_back_takes_its_queued_key_again(driver, queue,
     elif back == 'requeue':
         assert requeue(driver, queue, job) is True
     else:
-        tick_until(driver, queue, lambda: counts(driver, queue)['reserved'] == 0,
+        sweep_until(driver, queue, lambda: counts(driver, queue)['reserved'] == 0,
                    'the reservation to expire')
     assert state(driver, queue, holder) == 'waiting'
     assert store.holds(queue) == {'k': holder}
@@ -1186,7 +1186,7 @@ def test_an_active_hold_lasts_until_the_job_ends(driver, queue, store, end):
         assert push1(driver, queue, key='k', unique='active') == holder     # while working
         assert retry(driver, queue, job, 0.05) is True
         assert push1(driver, queue, key='k', unique='active') == holder     # retry delayed
-        tick_until_state(driver, queue, holder, 'waiting')
+        sweep_until_state(driver, queue, holder, 'waiting')
         job = pop1(driver, queue)
         assert push1(driver, queue, key='k', unique='active') == holder
         if end == 'done':
@@ -1235,9 +1235,9 @@ def test_a_hold_of_seconds_expires_on_the_broker_clock(driver, queue, store):
     second = push1(driver, queue, key='k', unique='1')
     assert second != holder
     assert store.holds(queue) == {'k': second}
-    # A tick drops the holds that expired.
+    # A sweep drops the holds that expired.
     wait_broker_time(driver, queue, info(driver, queue, second)['create_time'] + 1)
-    tick(driver, queue)
+    sweep(driver, queue)
     assert store.holds(queue) == {}
     assert counts(driver, queue) == zero_counts(waiting=1, pushed=2, done=1)
 
@@ -1310,16 +1310,16 @@ def test_depth_stays_exact_through_every_path(driver, queue, store, monkeypatch)
     d = pop1(driver, queue)
     assert requeue(driver, queue, d) is True
     check()
-    # taken back by tick: a reservation, then a lease
+    # taken back by a sweep: a reservation, then a lease
     monkeypatch.setattr(mpqueue, 'RESERVE_SECONDS', 0.1)
     monkeypatch.setattr(mpqueue, 'LEASE_SECONDS', 0.1)
     [r] = reserve(driver, queue)
     check()
-    tick_until_state(driver, queue, r['id'], 'waiting')
+    sweep_until_state(driver, queue, r['id'], 'waiting')
     check()
     p = pop1(driver, queue)
     check()
-    tick_until_state(driver, queue, p['id'], 'waiting')
+    sweep_until_state(driver, queue, p['id'], 'waiting')
     check()
     monkeypatch.setattr(mpqueue, 'RESERVE_SECONDS', 0.5)
     monkeypatch.setattr(mpqueue, 'LEASE_SECONDS', 10.0)
@@ -1367,7 +1367,7 @@ def test_a_paused_queue_hands_out_nothing_and_accrues_until_resume(driver, queue
     assert driver.execute(queue, [('pause',), ('pause',), ('paused',)]) == [True, False, True]
     later = push1(driver, queue)
     delayed = push1(driver, queue, delay=0.1)
-    tick_until_state(driver, queue, delayed, 'waiting')     # due: it waits in line
+    sweep_until_state(driver, queue, delayed, 'waiting')     # due: it waits in line
     hand = reserve if take == 'reserve' else pop
     assert hand(driver, queue, 10) == []
     assert counts(driver, queue) == zero_counts(waiting=3, pushed=3)
@@ -1445,7 +1445,7 @@ def test_clean_empties_every_state_of_one_queue(driver, queue, store):
             assert info(driver, queue, job_id) is None
         assert reserve(driver, queue, 10) == []
         assert failed(driver, queue) == []
-        assert tick(driver, queue)[0] is None
+        assert sweep(driver, queue)[0] is None
         assert store.leftovers(queue) == []
         # Other queues are untouched.
         assert state(driver, other, kept) == 'waiting'
@@ -1653,7 +1653,7 @@ def _expire(driver, queue, job, monkeypatch, setting):
     monkeypatch.setattr(mpqueue, setting, 0.1)
     if setting == 'LEASE_SECONDS':
         assert renew(driver, queue, job) == 'ok'         # the lease now ends in 0.1 s
-    return tick_until(driver, queue, lambda: state(driver, queue, job['id']) != (
+    return sweep_until(driver, queue, lambda: state(driver, queue, job['id']) != (
         'reserved' if setting == 'RESERVE_SECONDS' else 'working'), 'the attempt to lapse')
 
 
@@ -1755,12 +1755,12 @@ def test_a_rate_limit_delays_a_job_to_the_instant_its_window_permits(driver, que
     record = info(driver, queue, ids[2])
     assert (record['state'], record['waiting_for'], record['attempt']) == \
         ('delayed', 'github', 0)    # (job_info shows it waiting)
-    due, _ = tick(driver, queue)
+    due, _ = sweep(driver, queue)
     assert 0.9 < due <= 1.0 + SLACK
     for job in got:
         assert done(driver, queue, job) is True     # a rate counts starts, not running jobs
     assert pop(driver, queue, 5) == []
-    [job] = tick_until_due(driver, queue, 5)
+    [job] = sweep_until_due(driver, queue, 5)
     assert job['id'] == ids[2] and job['attempt'] == 1
     assert start(driver, queue, job) is True
     assert info(driver, queue, job['id'])['start_time'] >= t0 + 1.0 - SLACK
@@ -1775,9 +1775,9 @@ def test_a_rate_window_slides(driver, queue):
     second = pop1(driver, queue)
     assert second['id'] == b and pop(driver, queue) == []
     # c may start when the first start leaves the window, not when the second does
-    due, _ = tick(driver, queue)
+    due, _ = sweep(driver, queue)
     assert abs((broker_clock(driver, queue) + due) - (first['start_time'] + 0.6)) < 0.05
-    [third] = tick_until_due(driver, queue, 5)
+    [third] = sweep_until_due(driver, queue, 5)
     assert third['id'] == c and start(driver, queue, third) is True
     assert info(driver, queue, c)['start_time'] >= first['start_time'] + 0.6 - SLACK
     for job in (first, second, third):

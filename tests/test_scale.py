@@ -13,7 +13,7 @@ import pytest
 
 import mpqueue
 from steps import (assert_depth, cancel, done, fail, failed, ids_of, lost, poll, pop, pop1,
-                   push, push_step, reserve, retry, start, tick, tick_until_state)
+                   push, push_step, reserve, retry, start, sweep, sweep_until_state)
 
 N = 50          # failed jobs: 7 chunks of 7 and one of 1
 CHUNK = 7
@@ -231,8 +231,8 @@ def test_counters_stay_exact_through_every_path(driver, queue, store, configure,
 
     check()
 
-    def promoted():                                     # 8 due delayed jobs, 3 a tick
-        tick(driver, queue, 3)
+    def promoted():                                     # 8 due delayed jobs, 3 a sweep
+        sweep(driver, queue, 3)
         check()
         return mpqueue.depth(queue)['delayed'] == 0
     poll(promoted, 'the delayed jobs to come due')
@@ -259,11 +259,11 @@ def test_counters_stay_exact_through_every_path(driver, queue, store, configure,
     assert lost(driver, queue, job) is True
     n['cancelled'] += 1
     check()
-    # a worker that died unseen: its lease lapses and a tick recovers the job
+    # a worker that died unseen: its lease lapses and a sweep recovers the job
     monkeypatch.setattr(mpqueue, 'LEASE_SECONDS', 0.1)
     job = pop1(driver, queue)
     check()
-    tick_until_state(driver, queue, job['id'], 'waiting')
+    sweep_until_state(driver, queue, job['id'], 'waiting')
     check()
     monkeypatch.setattr(mpqueue, 'LEASE_SECONDS', 10.0)
     for job in pop(driver, queue, 7):                   # more failed jobs than a chunk
