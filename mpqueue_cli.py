@@ -646,6 +646,9 @@ class _HTTPServer(http.server.ThreadingHTTPServer):
     handler's (a subclass of _Handler, with its routes)."""
 
     daemon_threads = True
+    # nor does a stop wait for them: server_close() would join every thread,
+    # and a kept-alive connection's waits up to _HTTP_REQUEST_TIMEOUT
+    block_on_close = False
 
     def __init__(self, address, handler, what):
         if ':' in address[0]:
@@ -664,13 +667,13 @@ class _HTTPServer(http.server.ThreadingHTTPServer):
     def run(self, started):
         """Print ``started`` (the first line, which says where it listens),
         then serve until SIGINT or SIGTERM; exit code 0."""
-        def stop(signum, frame):
-            raise KeyboardInterrupt
+        def stop(signum, frame):    # serve_forever() ends at its next poll
+            threading.Thread(target=self.shutdown, daemon=True).start()
         signal.signal(signal.SIGTERM, stop)
         print(started, flush=True)
         try:
             self.serve_forever(poll_interval=0.5)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:   # Ctrl-C
             pass
         finally:
             self.server_close()
