@@ -7005,7 +7005,7 @@ def resume(queue):
 
 def schedules(queue=None):
     """The schedules of one configured queue (or of all): per schedule its
-    queue, name, expression, timezone, last_tick and next_sweep (epoch
+    queue, name, expression, timezone, last_tick and next_tick (epoch
     seconds; None before its first tick), last_job_id and that job's state
     (None when the job is unknown or its outcome expired), and skipped (ticks
     skipped because the job holding its key still waited or ran:
@@ -7022,7 +7022,7 @@ def schedules(queue=None):
             info = job_id and job_info(qconf['name'], job_id)
             out.append({'queue': qconf['name'], 'name': s['name'],
                         'expression': s['expression'], 'timezone': s['timezone'],
-                        'last_tick': last, 'next_sweep': last and s['when'].next_after(last),
+                        'last_tick': last, 'next_tick': last and s['when'].next_after(last),
                         'last_job_id': job_id, 'last_job_state': info and info['state'],
                         'skipped': record.get('skipped', 0)})
     return out

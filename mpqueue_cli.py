@@ -552,37 +552,36 @@ def cmd_job_cancel(cfg, args):
     return 0
 
 
-def cmd_schedule_list(cfg, args):
-    rows = mpqueue.schedules(_queues(cfg, args)[0] if args.queue else None)
+def _print_rows(args, rows, empty, columns, cells):
+    """``rows`` as JSON (``--json``), as the line ``empty`` when there are
+    none, or as a table of ``columns`` with ``cells(row)`` per row."""
     if args.json:
         print(json.dumps(rows, indent=1))
-        return 0
-    if not rows:
-        print('no schedules in the config')
-        return 0
-    print(_table((('queue', -14), ('name', -14), ('expression', -16), ('timezone', -14),
-                  ('last tick', -19), ('next tick', -19), ('last job', -22), ('state', 0)), (
-        (r['queue'], r['name'], r['expression'], r['timezone'], _when(r['last_tick']),
-         _when(r['next_tick']), r['last_job_id'] or '-',
-         r['last_job_state'] or ('ended' if r['last_job_id'] else '-'))    # (not kept)
-        for r in rows)))
+    elif not rows:
+        print(empty)
+    else:
+        print(_table(columns, (cells(r) for r in rows)))
     return 0
+
+
+def cmd_schedule_list(cfg, args):
+    rows = mpqueue.schedules(_queues(cfg, args)[0] if args.queue else None)
+    return _print_rows(args, rows, 'no schedules in the config', (
+        ('queue', -14), ('name', -14), ('expression', -16), ('timezone', -14),
+        ('last tick', -19), ('next tick', -19), ('last job', -22), ('state', 0)), lambda r: (
+        r['queue'], r['name'], r['expression'], r['timezone'], _when(r['last_tick']),
+        _when(r['next_tick']), r['last_job_id'] or '-',
+        r['last_job_state'] or ('ended' if r['last_job_id'] else '-')))     # (not kept)
 
 
 def cmd_limit_list(cfg, args):
     rows = [dict(row, queue=queue) for queue in _queues(cfg, args)
             for row in mpqueue.limits(queue)]
-    if args.json:
-        print(json.dumps(rows, indent=1))
-        return 0
-    if not rows:
-        print('no limits defined or in use')
-        return 0
-    print(_table((('queue', -14), ('name', -20), ('limit', -16), ('concurrency', 11),
-                  ('rate', 8), ('per', 8), ('running', 8), ('waiting', 8)), (
-        (r['queue'], r['name'], r['limit'] or '(undefined)', r['concurrency'] or '-',
-         r['rate'] or '-', r['per'] or '-', r['running'], r['waiting']) for r in rows)))
-    return 0
+    return _print_rows(args, rows, 'no limits defined or in use', (
+        ('queue', -14), ('name', -20), ('limit', -16), ('concurrency', 11), ('rate', 8),
+        ('per', 8), ('running', 8), ('waiting', 8)), lambda r: (
+        r['queue'], r['name'], r['limit'] or '(undefined)', r['concurrency'] or '-',
+        r['rate'] or '-', r['per'] or '-', r['running'], r['waiting']))
 
 
 def cmd_queue_retry(cfg, args):

@@ -622,6 +622,9 @@ def test_changed_or_removed_schedules_and_pools_that_disagree(e2e):
     assert res.returncode == 0, res.stderr
     (row,) = [r for r in json.loads(res.stdout) if r['name'] == 'when']
     assert row['expression'] == 'every 3s' and row['last_tick'] is not None
+    assert row['last_tick'] < row['next_tick'] <= row['last_tick'] + 3, row
+    res = three.cli('schedule:list')
+    assert res.returncode == 0 and 'next tick' in res.stdout.splitlines()[0], res
     three.stop()
     other.stop()
     assert not [r for r in e2e.records('start', name='gone') if r['started'] > stopped], \
