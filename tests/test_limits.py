@@ -17,7 +17,7 @@ import time
 import pytest
 
 import mpqueue
-from pool_harness import queue_conf
+from pool_harness import kill_tree, queue_conf
 from test_options import OPTION_JOBS
 
 MODELS = [mpqueue.MODEL_DISTRIBUTE, mpqueue.MODEL_GRAB]
@@ -247,6 +247,47 @@ def test_a_sigkilled_workers_slot_comes_back_with_its_jobs_recovery(e2e, model):
               10, 'the victim to fail and the waiter to end')
     assert mpqueue.limits('q')[0]['running'] == 0
     assert mpqueue.failed_jobs('q')[0]['id'] == victim
+
+
+@pytest.mark.parametrize('model', MODELS)
+def test_two_pools_never_exceed_a_rate_window_and_use_all_of_it(e2e, model):
+    # 5 starts a second across two pools: in no second more than 5 (a window
+    # a little shorter than a second allows for the hop from the broker's
+    # hand-out to the job's first line); 20 jobs take 3 s and no longer than
+    # the window's edges need (a waiter is handed out when its window opens).
+    pool, jobs = limited_pool(e2e, model, 3, {'github': {'rate': 5, 'per': 1.0}})
+    pools = [pool, e2e.pool(*pool.queues, configure=False).start()]
+    mpqueue.push_many('q', [jobs.interval] * 20, args=('g', 'github', 0), limit='github')
+    wait_done(pools[0], 20, timeout=30)
+    starts = sorted(r['time'] for r in e2e.records('start'))
+    assert len(starts) == 20
+    assert max(sum(1 for t in starts if s <= t < s + 0.9) for s in starts) == 5
+    assert 3.0 - 0.1 < starts[-1] - starts[0] < 3.0 + 0.5, starts
+    assert len({r['pid'] for r in e2e.records('start')}) > 1
+
+
+@pytest.mark.parametrize('model', MODELS)
+def test_a_dead_servers_slot_comes_back_within_the_lease(e2e, model):
+    # Server A runs the holder and is SIGKILLed whole; server B starts the
+    # waiter once the holder's lease lapses (the holder, with no retry left,
+    # fails for good then).
+    pool, jobs = limited_pool(e2e, model, 2, {'solo': {'concurrency': 1}}, fail_number=0)
+    holder = mpqueue.push('q', jobs.gated, args=('holder',), limit='solo')
+    pool.wait(lambda: e2e.records('start', tag='holder'), 10, 'the holder to start')
+    mpqueue.push('q', jobs.interval, args=('waiter', 'solo', 0), limit='solo')
+    pool.wait(lambda: mpqueue.limits('q')[0]['waiting'] == 1, 10, 'the waiter to wait')
+    dead = kill_tree(pool)
+    killed_at = time.time()
+    other = e2e.pool(*pool.queues, configure=False, name='server-b').start()
+    [waiter] = other.wait(lambda: e2e.records('start', tag='waiter'),
+                          mpqueue.LEASE_SECONDS + 10, 'the waiter to start')
+    assert waiter['pid'] not in dead
+    assert waiter['time'] - killed_at < mpqueue.LEASE_SECONDS + 5
+    wait_done(other, 1)
+    [failed] = mpqueue.failed_jobs('q')
+    assert failed['id'] == holder and 'lease expired' in failed['error_info'][-1]
+    assert most_at_once(e2e.records(), 'solo') <= 1
+    assert mpqueue.limits('q')[0]['running'] == 0
 
 
 def test_limit_list_and_the_metrics_show_each_name(e2e):
