@@ -2731,13 +2731,16 @@ form.login .btn { margin-top: 8px; padding: 9px; }
     }
   }
 
+  function queueBox(view) {
+    // [the box, the queue] of a view that shows one queue; without a queue the box says so
+    const box = $(view + '-box'), queue = state[view].queue;
+    if (!queue) box.replaceChildren(el('p', {class: 'empty'}, 'No queue in the config.'));
+    return [box, queue];
+  }
+
   async function loadFailed() {
-    const queue = state.failed.queue;
-    const box = $('failed-box');
-    if (!queue) {
-      box.replaceChildren(el('p', {class: 'empty'}, 'No queue in the config.'));
-      return;
-    }
+    const [box, queue] = queueBox('failed');
+    if (!queue) return;
     const base = 'api/queues/' + enc(queue) + '/failed';
     const data = await api(base + '?offset=' + state.failed.offset + '&count=' + PAGE_SIZE +
                            (state.failed.after ? '&after=' + enc(state.failed.after) : ''));
@@ -2815,12 +2818,9 @@ form.login .btn { margin-top: 8px; padding: 9px; }
   // -- waiting and delayed jobs ---------------------------------------------------------
 
   async function loadQueued() {
-    const {queue, cursor} = state.queued, which = state.queued.state;
-    const box = $('queued-box');
-    if (!queue) {
-      box.replaceChildren(el('p', {class: 'empty'}, 'No queue in the config.'));
-      return;
-    }
+    const {cursor} = state.queued, which = state.queued.state;
+    const [box, queue] = queueBox('queued');
+    if (!queue) return;
     const data = await api('api/queues/' + enc(queue) + '/jobs?state=' + which + '&count=' +
                            PAGE_SIZE + (cursor ? '&cursor=' + enc(cursor) : ''));
     const key = queue + '\n' + JSON.stringify(data);
