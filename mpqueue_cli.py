@@ -1086,6 +1086,7 @@ class _WebHandler(_Handler):
         ('GET', r'/api/queues/(?P<queue>[^/]+)/failed', 'api_failed'),
         ('GET', r'/api/queues/(?P<queue>[^/]+)/jobs', 'api_queued'),
         ('GET', r'/api/queues/(?P<queue>[^/]+)/jobs/(?P<job_id>[^/]+)', 'api_job'),
+        ('GET', r'/api/queues/(?P<queue>[^/]+)/limits', 'api_limits'),
         ('GET', r'/api/fleet', 'api_fleet'),
         ('GET', r'/api/schedules', 'api_schedules'),
         ('POST', r'/api/queues/(?P<queue>[^/]+)/failed/retry', 'api_retry_all'),
@@ -1298,6 +1299,9 @@ class _WebHandler(_Handler):
             raise _HTTPError(404, 'no job %r in queue %r (unknown, or its record expired)'
                             % (job_id, queue))
         return info
+
+    def api_limits(self, query, queue):
+        return self.server.broker(mpqueue.limits, queue)
 
     def api_fleet(self, query):
         return self.server.broker(mpqueue.fleet)
