@@ -1086,6 +1086,7 @@ class _WebHandler(_Handler):
         ('GET', r'/api/queues/(?P<queue>[^/]+)/failed', 'api_failed'),
         ('GET', r'/api/queues/(?P<queue>[^/]+)/jobs', 'api_queued'),
         ('GET', r'/api/queues/(?P<queue>[^/]+)/jobs/(?P<job_id>[^/]+)', 'api_job'),
+        ('GET', r'/api/queues/(?P<queue>[^/]+)/limits', 'api_limits'),
         ('GET', r'/api/fleet', 'api_fleet'),
         ('GET', r'/api/schedules', 'api_schedules'),
         ('POST', r'/api/queues/(?P<queue>[^/]+)/failed/retry', 'api_retry_all'),
@@ -1298,6 +1299,9 @@ class _WebHandler(_Handler):
             raise _HTTPError(404, 'no job %r in queue %r (unknown, or its record expired)'
                             % (job_id, queue))
         return info
+
+    def api_limits(self, query, queue):
+        return self.server.broker(mpqueue.limits, queue)
 
     def api_fleet(self, query):
         return self.server.broker(mpqueue.fleet)
@@ -1731,6 +1735,7 @@ _WEB_ASSETS = {
       <li><a href="#queues" data-view="queues">Queues</a></li>
       <li><a href="#fleet" data-view="fleet">Fleet</a></li>
       <li><a href="#queued" data-view="queued">Waiting</a></li>
+      <li><a href="#limits" data-view="limits">Limits</a></li>
       <li><a href="#failed" data-view="failed">Failed
         <span id="failed-count" class="count"></span></a></li>
       <li><a href="#job" data-view="job">Job</a></li>
@@ -1807,6 +1812,18 @@ _WEB_ASSETS = {
     <p class="sub">Jobs that have not started: waiting ones in the order they will start,
       delayed ones soonest due first.</p>
     <div id="queued-box" class="card"></div>
+  </section>
+
+  <section id="view-limits" class="view" aria-labelledby="h-limits" hidden>
+    <div class="head">
+      <h1 id="h-limits">Limits</h1>
+      <div class="tools">
+        <label class="field">Queue <select id="limits-queue"></select></label>
+      </div>
+    </div>
+    <p class="sub">Each limit name defined or in use: the definition it matched, the jobs
+      holding a slot (reserved or working) and the jobs waiting for one.</p>
+    <div id="limits-box" class="card"></div>
   </section>
 
   <section id="view-failed" class="view" aria-labelledby="h-failed" hidden>
@@ -2110,8 +2127,8 @@ form.login .btn { margin-top: 8px; padding: 9px; }
   const RATE_SPAN_S = 10;           // a rate is taken over about this many seconds
   const GAP_S = 60;                 // samples further apart than this leave a gap
   const PAGE_SIZE = 50;             // failed jobs, waiting jobs per page
-  const VIEWS = ['queues', 'fleet', 'queued', 'failed', 'job', 'schedules'];
-  const TITLES = {queues: 'Queues', fleet: 'Fleet', queued: 'Waiting jobs',
+  const VIEWS = ['queues', 'fleet', 'queued', 'limits', 'failed', 'job', 'schedules'];
+  const TITLES = {queues: 'Queues', fleet: 'Fleet', queued: 'Waiting jobs', limits: 'Limits',
                   failed: 'Failed jobs', job: 'Job', schedules: 'Schedules'};
   const UNFINISHED = ['waiting', 'delayed', 'reserved', 'working'];
   const QUEUE_COLUMNS = ['Queue', 'Waiting', 'Delayed', 'Reserved', 'Working', 'Failed',
@@ -2143,6 +2160,7 @@ form.login .btn { margin-top: 8px; padding: 9px; }
     chartQueue: QUEUES[0] || null,
     failed: {queue: QUEUES[0] || null, offset: 0, after: '', key: ''},
     queued: {queue: QUEUES[0] || null, state: 'waiting', cursor: '', key: ''},
+    limits: {queue: QUEUES[0] || null, key: ''},
     open: new Set(),              // error <details> the user opened: 'id:index'
     job: {queue: QUEUES[0] || null, id: '', key: ''},
     schedulesKey: '',
@@ -2352,6 +2370,7 @@ form.login .btn { margin-top: 8px; padding: 9px; }
   function loadView() {
     switch (state.view) {
       case 'queued': return loadQueued();
+      case 'limits': return loadLimits();
       case 'failed': return loadFailed();
       case 'job': return loadJob();
       case 'schedules': return loadSchedules();
@@ -2359,8 +2378,8 @@ form.login .btn { margin-top: 8px; padding: 9px; }
     }
   }
 
-  // -- routing: #queues, #fleet, #queued/Q/STATE/CURSOR, #failed/Q/OFFSET/AFTER, #job/Q/ID,
-  //    #schedules
+  // -- routing: #queues, #fleet, #queued/Q/STATE/CURSOR, #limits/Q, #failed/Q/OFFSET/AFTER,
+  //    #job/Q/ID, #schedules
 
   function route() {
     let parts;
@@ -2381,6 +2400,10 @@ form.login .btn { margin-top: 8px; padding: 9px; }
       state.queued.state = parts[2] === 'delayed' ? 'delayed' : 'waiting';
       state.queued.cursor = parts[3] || '';     // the page before gave it
       state.queued.key = '';
+    }
+    if (state.view === 'limits' && parts[1]) {
+      state.limits.queue = parts[1];
+      state.limits.key = '';
     }
     if (state.view === 'job') {
       if (parts[1]) state.job.queue = parts[1];
@@ -2409,6 +2432,7 @@ form.login .btn { margin-top: 8px; padding: 9px; }
     for (const [id, current] of [['chart-queue', state.chartQueue],
                                  ['failed-queue', state.failed.queue],
                                  ['queued-queue', state.queued.queue],
+                                 ['limits-queue', state.limits.queue],
                                  ['job-queue', state.job.queue]]) {
       const select = $(id);
       const have = Array.from(select.options).map((o) => o.value);
@@ -2731,13 +2755,16 @@ form.login .btn { margin-top: 8px; padding: 9px; }
     }
   }
 
+  function queueBox(view) {
+    // [the box, the queue] of a view that shows one queue; without a queue the box says so
+    const box = $(view + '-box'), queue = state[view].queue;
+    if (!queue) box.replaceChildren(el('p', {class: 'empty'}, 'No queue in the config.'));
+    return [box, queue];
+  }
+
   async function loadFailed() {
-    const queue = state.failed.queue;
-    const box = $('failed-box');
-    if (!queue) {
-      box.replaceChildren(el('p', {class: 'empty'}, 'No queue in the config.'));
-      return;
-    }
+    const [box, queue] = queueBox('failed');
+    if (!queue) return;
     const base = 'api/queues/' + enc(queue) + '/failed';
     const data = await api(base + '?offset=' + state.failed.offset + '&count=' + PAGE_SIZE +
                            (state.failed.after ? '&after=' + enc(state.failed.after) : ''));
@@ -2815,12 +2842,9 @@ form.login .btn { margin-top: 8px; padding: 9px; }
   // -- waiting and delayed jobs ---------------------------------------------------------
 
   async function loadQueued() {
-    const {queue, cursor} = state.queued, which = state.queued.state;
-    const box = $('queued-box');
-    if (!queue) {
-      box.replaceChildren(el('p', {class: 'empty'}, 'No queue in the config.'));
-      return;
-    }
+    const {cursor} = state.queued, which = state.queued.state;
+    const [box, queue] = queueBox('queued');
+    if (!queue) return;
     const data = await api('api/queues/' + enc(queue) + '/jobs?state=' + which + '&count=' +
                            PAGE_SIZE + (cursor ? '&cursor=' + enc(cursor) : ''));
     const key = queue + '\n' + JSON.stringify(data);
@@ -2858,6 +2882,37 @@ form.login .btn { margin-top: 8px; padding: 9px; }
           : null]));
   }
 
+  // -- limits ----------------------------------------------------------------------------
+
+  async function loadLimits() {
+    const [box, queue] = queueBox('limits');
+    if (!queue) return;
+    const data = await api('api/queues/' + enc(queue) + '/limits');
+    const key = queue + '\n' + JSON.stringify(data);
+    if (key === state.limits.key) return;
+    state.limits.key = key;
+    if (!data.length) {
+      box.replaceChildren(el('p', {class: 'empty'}, 'No limit defined or in use in queue ' +
+                                                    queue + '.'));
+      return;
+    }
+    const head = ['Name', 'Limit', 'Concurrency', 'Rate', 'Running', 'Waiting'];
+    const rows = data.map((r) => el('tr', {'data-limit': r.name}, [
+      el('th', {scope: 'row', class: 'mono'}, r.name),
+      el('td', {class: r.limit === null ? 'mono zero' : 'mono', 'data-col': 'limit'},
+         r.limit === null ? '(undefined)' : r.limit),
+      numCell(r.concurrency, 'concurrency', r.concurrency ? '' : 'zero'),
+      el('td', {class: 'num' + (r.rate ? '' : ' zero'), 'data-col': 'rate'},
+         r.rate ? fmtInt(r.rate) + ' per ' + fmtInt(r.per) + ' s' : '\u2014'),
+      numCell(r.running, 'running', r.concurrency && r.running >= r.concurrency ? 'warn' : ''),
+      numCell(r.waiting, 'waiting')]));
+    box.replaceChildren(el('div', {class: 'scroll'}, el('table', {class: 'data',
+                                                                  id: 'limits-table'}, [
+      el('caption', {class: 'sr-only'}, 'The limits of queue ' + queue),
+      el('thead', {}, headRow(head, ['Concurrency', 'Rate', 'Running', 'Waiting'])),
+      el('tbody', {}, rows)])));
+  }
+
   // -- a job by id ---------------------------------------------------------------------
 
   function fact(label, value, col) {
@@ -2884,6 +2939,8 @@ form.login .btn { margin-top: 8px; padding: 9px; }
     if (key === state.job.key) return;
     state.job.key = key;
     const cancellable = !READ_ONLY && UNFINISHED.includes(info.state);
+    const limitLink = (name) => el('a', {class: 'mono', href: '#limits/' + enc(queue),
+                                         title: 'Show the limits of queue ' + queue}, name);
     const attempts = fmtInt(info.exec_number) + ' of ' + fmtInt((info.fail_number || 0) + 1);
     const children = [
       el('div', {class: 'job-title'}, [
@@ -2907,6 +2964,9 @@ form.login .btn { margin-top: 8px; padding: 9px; }
           ? (info.type === 2 ? 'timeout' : 'error') : null),
         fact('Priority', info.priority),
         fact('Key', info.key),
+        info.limit ? fact('Limits', info.limit.map((name, i) => [i ? ', ' : '', limitLink(name)]),
+                          'limit') : null,
+        info.waiting_for ? fact('Waiting for', limitLink(info.waiting_for), 'waiting_for') : null,
         info.cancel_time ? fact('Cancelled', [
           timeCell(info.cancel_time), info.cancelled_by ? ' by ' + info.cancelled_by : '']) : null,
       ]),
@@ -2984,6 +3044,7 @@ form.login .btn { margin-top: 8px; padding: 9px; }
                                                            '/' + $('queued-state').value));
     $('queued-state').addEventListener('change', (e) => go('#queued/' +
       enc($('queued-queue').value) + '/' + e.target.value));
+    $('limits-queue').addEventListener('change', (e) => go('#limits/' + enc(e.target.value)));
     $('job-queue').addEventListener('change', (e) => { state.job.queue = e.target.value; });
     $('job-form').addEventListener('submit', (e) => {
       e.preventDefault();

@@ -30,6 +30,7 @@ import mpqueue
 import mpqueue_cli
 from pool_harness import Src, queue_conf, wait_for
 from redis_server import RedisServer, free_port
+from test_options import OPTION_JOBS
 from web_harness import (  # noqa: F401 (fixtures)
     PAGE_TIMEOUT, POLL, Web, browser, chromium_missing, look, needs_chromium, one_broker,
     wait_page)
@@ -86,18 +87,28 @@ def assert_no_alert(driver):
     raise AssertionError('a dialog opened: %r' % text)
 
 
-def queue_table(driver):
-    """The queues view as {queue: {column: text}}."""
+def table_rows(driver, rows, attr):
+    """The table rows ``rows`` (CSS) as {their data-``attr``: {column: text}}."""
     return look(driver, """
         const out = {};
-        for (const tr of document.querySelectorAll('#queues-body tr[data-queue]')) {
+        for (const tr of document.querySelectorAll(arguments[0])) {
           const row = {};
           for (const td of tr.querySelectorAll('td[data-col]')) {
             row[td.dataset.col] = td.textContent;
           }
-          out[tr.dataset.queue] = row;
+          out[tr.dataset[arguments[1]]] = row;
         }
-        return out;""")
+        return out;""", rows, attr)
+
+
+def queue_table(driver):
+    """The queues view as {queue: {column: text}}."""
+    return table_rows(driver, '#queues-body tr[data-queue]', 'queue')
+
+
+def limit_table(driver):
+    """The limits view as {name: {column: text}}."""
+    return table_rows(driver, '#limits-table tbody tr[data-limit]', 'limit')
 
 
 def failed_rows(driver):
@@ -681,4 +692,88 @@ def test_waiting_and_delayed_jobs_page_by_cursor_with_100000_waiting(e2e, browse
     assert status == 400 and 'waiting or delayed' in body['error'], body
     status, body = web.json('GET', '/api/queues/nope/jobs')
     assert status == 404, body
+    web.stop()
+
+
+# -- limits -----------------------------------------------------------------------------------
+
+def test_the_limits_view_shows_running_and_waiting_per_name_as_limits_does(e2e, browser,
+                                                                            tmp_path):
+    """One job holds the only slot of 'solo' and three wait for it: the Limits
+    view, its API and the job page say so; once the holder ends all drain."""
+    e2e.write_jobs(OPTION_JOBS)
+    pool = e2e.pool(queue_conf('q', worker_number=2, limits={
+        'solo': {'concurrency': 1}, 'api': {'rate': 5000, 'per': 3600}})).start()
+    jobs = e2e.import_jobs()
+    mpqueue.push('q', jobs.gated, args=('holder',), limit='solo')
+    pool.wait(lambda: e2e.records('start', tag='holder'), 15, 'the holder to start')
+    waiter = mpqueue.push_many('q', [jobs.ok] * 3, args=('waiter',), limit=['solo', 'api'])[0]
+    pool.wait(lambda: [(r['name'], r['running'], r['waiting']) for r in mpqueue.limits('q')] ==
+              [('api', 0, 0), ('solo', 1, 3)], 15, lambda: 'three jobs to wait for solo (%r)'
+              % mpqueue.limits('q'))
+
+    web = Web(e2e, pool.config_path)
+    assert web.json('GET', '/api/queues/q/limits') == (200, mpqueue.limits('q'))
+    browser.get(web.url + '#limits/q')
+
+    def counts():
+        return {name: (row['running'], row['waiting']) for name, row in
+                limit_table(browser).items()}
+
+    def as_limits_says():
+        return {r['name']: ('{:,}'.format(r['running']), '{:,}'.format(r['waiting']))
+                for r in mpqueue.limits('q')}
+
+    def wait_counts(solo, what):
+        # the page shows (running, waiting) ``solo`` for solo, as limits() does
+        expected = {'api': ('0', '0'), 'solo': solo}
+        wait_page(browser, lambda: counts() == as_limits_says() == expected,
+                  lambda: '%s: %r (page %r, limits() %r)' % (what, expected, counts(),
+                                                             as_limits_says()))
+    wait_counts(('1', '3'), 'running 1 and waiting 3 for solo')
+    assert limit_table(browser) == {
+        'api': {'limit': 'api', 'concurrency': '\u2014', 'rate': '5,000 per 3,600 s',
+                'running': '0', 'waiting': '0'},
+        'solo': {'limit': 'solo', 'concurrency': '1', 'rate': '\u2014', 'running': '1',
+                 'waiting': '3'}}
+    assert banner(browser) is None
+    assert_fits(browser, 'limits at 1280x800')
+    screenshot(browser, tmp_path, 'limits')
+
+    # The job page names the limits a job carries and the one it waits for.
+    browser.get(web.url + '#job/q/' + waiter)
+
+    def job_limits():
+        return look(browser, """
+            const card = document.querySelector('#job-box [data-job-id]');
+            const col = (c) => { const e = card && card.querySelector('[data-col=' + c + ']');
+                                 return e ? e.textContent : null; };
+            return card && {state: col('state'), limit: col('limit'),
+                            waiting_for: col('waiting_for')};""")
+    assert wait_page(browser, job_limits, 'the waiting job') == {
+        'state': 'waiting', 'limit': 'solo, api', 'waiting_for': 'solo'}
+    assert mpqueue.job_info('q', waiter)['waiting_for'] == 'solo'
+    click(browser, '#job-box [data-col=waiting_for] a', 'the limit the job waits for')
+    wait_page(browser, lambda: browser.current_url.endswith('#limits/q'), 'the limits view')
+    wait_counts(('1', '3'), 'the limits view again')
+
+    # The holder ends: the waiters run, and the view follows.
+    e2e.redis.set('%s:gate:holder' % e2e.key, 1)
+    settle(pool, 'q', 'the four jobs to end', over=4)
+    wait_counts(('0', '0'), 'nothing running or waiting')
+    assert web.json('GET', '/api/queues/q/limits') == (200, mpqueue.limits('q'))
+
+    # An unknown queue is a 404 that names it, on the page too.
+    status, body = web.json('GET', '/api/queues/nope/limits')
+    assert status == 404 and "'nope'" in body['error'], body
+    browser.get(web.url + '#limits/nope')
+    text = wait_page(browser, lambda: banner(browser), 'the error banner')
+    assert "'nope' is not in the config" in text, text
+    web.stop()
+
+    # Read-only: the same view, no buttons.
+    web = Web(e2e, pool.config_path, '--read-only')
+    browser.get(web.url + '#limits/q')
+    wait_counts(('0', '0'), 'the limits view, read-only')
+    assert look(browser, "return document.querySelectorAll('[data-action]').length") == 0
     web.stop()
