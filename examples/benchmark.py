@@ -51,6 +51,14 @@ Workloads (``--only`` selects some of them, comma-separated):
              --idle-seconds: how late each tick's job started (p50 / p99 /
              max) and the pool's CPU; then a pool with 20 schedules ticking
              once a minute, idle for --idle-seconds: its CPU
+  limits     the queue gets the limits ``bench`` (concurrency = --workers) and
+             ``solo`` (concurrency 1): push (one by one and push_many) and
+             drain of N jobs with ``limit='bench'``; 300 jobs of 2 ms under
+             ``solo``: from the end of each to the start of the next, p50 /
+             p99 / max; then the pool idle for --idle-seconds, first with
+             nothing queued, then while one job holds ``solo`` and 10,000
+             wait for it: CPU of the pool and (Redis) commands the broker
+             processed per second
 
 CPU and memory come from /proc (Linux): utime + stime of
 ``/proc/PID/stat`` (counted in clock ticks, so the idle CPU figure has a
@@ -114,7 +122,7 @@ if os.path.isfile(os.path.join(CODE, 'mpqueue.py')):   # running from a checkout
 import mpqueue  # noqa: E402
 
 WORKLOADS = ('push', 'unique', 'push_many', 'drain', 'latency', 'delayed', 'handles', 'idle',
-             'schedules')
+             'schedules', 'limits')
 POOL_NAME = 'mpqbench'
 JOBS_MODULE = 'mpqbench_jobs'
 PUSH_CHUNK = 1000
@@ -122,6 +130,8 @@ LATENCY_JOBS, LATENCY_RATE = 300, 100.0
 DELAYED_JOBS, DELAYED_DELAY, DELAYED_GAP = 100, 0.5, 0.020
 RESULT_JOBS, CANCEL_JOBS = 200, 20
 SCHEDULES = 20              # schedules of the schedules workload, each ticking every second
+HANDOFF_JOBS = 300          # limits: jobs run one after the other under a concurrency-1 limit
+PARKED_JOBS = 10000         # limits: jobs waiting on a full limit while the pool is measured
 PROBE_SECONDS = 0.1
 STALL_SECONDS = 30          # drain gives up when no job ran for that long
 STOP_GRACE = 5              # basics.stop_grace of the generated config
@@ -424,6 +434,19 @@ def sleeper(seconds):
     time.sleep(seconds)
 
 
+def handoff(seconds):
+    """limits: record the start and the end of a short job."""
+    started = time.time()
+    time.sleep(seconds)
+    if REDIS:
+        pipe = _sink().pipeline(transaction=False)
+        pipe.rpush(KEY + 'handoff_start', repr(started))
+        pipe.rpush(KEY + 'handoff_end', repr(time.time()))
+        pipe.execute()
+    else:
+        _line('a %r\\nb %r\\n' % (started, time.time()))
+
+
 def tick(period):
     """schedules: how late this tick's job started (ticks fall on multiples of period)."""
     late = time.time() % period
@@ -448,7 +471,7 @@ config = {
                'stop_grace': %(grace)r, 'worker_start_handle': mpqbench_jobs.warm_up},
     'log': {'path': %(dir)r, 'level': logging.INFO},
     'queue': [{'name': q, 'worker_number': %(workers)d, 'model': %(model)r,
-               'schedule': %(schedule)s} for q in %(queues)r],
+               'schedule': %(schedule)s, **%(options)s} for q in %(queues)r],
 }
 '''
 
@@ -466,7 +489,8 @@ class RedisRecords:
 
     def keys(self):
         return [self.key + k for k in ('seen', 'count', 'first', 'last', 'probe', 'latency',
-                                       'delayed', 'started', 'tick')]
+                                       'delayed', 'started', 'tick', 'handoff_start',
+                                       'handoff_end')]
 
     def start_drain(self, n):
         self.n = n
@@ -499,7 +523,8 @@ class RedisRecords:
         self.client.delete(*self.keys())
 
 
-RECORD_LETTERS = {'latency': 'l', 'delayed': 'y', 'started': 's', 'tick': 't'}
+RECORD_LETTERS = {'latency': 'l', 'delayed': 'y', 'started': 's', 'tick': 't',
+                  'handoff_start': 'a', 'handoff_end': 'b'}
 
 
 class FileRecords:
@@ -627,10 +652,10 @@ class Workdir:
                 [CODE] + [p for p in env.get('PYTHONPATH', '').split(os.pathsep) if p])
         return env
 
-    def configure(self, workers, model, queues=1, schedule=()):
+    def configure(self, workers, model, queues=1, schedule=(), **options):
         """Write the pool's config file (``queues`` queues, the first one
-        ``self.queue``, each with ``schedule``) and configure this process
-        from it; the config."""
+        ``self.queue``, each with ``schedule`` and the other queue
+        ``options``) and configure this process from it; the config."""
         names = [self.queue] + ['%s-%d' % (self.queue, i) for i in range(2, queues + 1)]
         if self.driver != 'sqlite':
             driver = 'mpqueue.RedisDriver(url=%r, prefix=%r, cluster=%r)' % (
@@ -641,7 +666,8 @@ class Workdir:
             f.write(CONFIG_SOURCE % {'dir': self.dir, 'name': POOL_NAME, 'driver': driver,
                                      'grace': STOP_GRACE, 'queues': names,
                                      'workers': workers, 'model': model,
-                                     'schedule': repr(list(schedule))})
+                                     'schedule': repr(list(schedule)),
+                                     'options': repr(options)})
         config = runpy.run_path(self.config_path)['config']
         mpqueue.configure(config)
         self.queues_used.update(names)
@@ -713,12 +739,12 @@ def ms_summary(values):
             'max_ms': max(values) * 1000}
 
 
-def run_push(wd, n):
+def run_push(wd, n, **options):
     mpqueue.clean(wd.queue)
     job = wd.jobs.noop
     t0 = time.perf_counter()
     for _ in range(n):
-        mpqueue.push(wd.queue, job)
+        mpqueue.push(wd.queue, job, **options)
     seconds = time.perf_counter() - t0
     queued = mpqueue.status(wd.queue)['waiting']
     mpqueue.clean(wd.queue)
@@ -743,24 +769,24 @@ def run_unique(wd, n):
             'queued': queued}
 
 
-def run_push_many(wd, n):
+def run_push_many(wd, n, **options):
     mpqueue.clean(wd.queue)
     jobs = [wd.jobs.noop] * n
     t0 = time.perf_counter()
-    mpqueue.push_many(wd.queue, jobs)
+    mpqueue.push_many(wd.queue, jobs, **options)
     seconds = time.perf_counter() - t0
     queued = mpqueue.status(wd.queue)['waiting']
     mpqueue.clean(wd.queue)
     return {'jobs': n, 'seconds': seconds, 'jobs_per_s': n / seconds, 'queued': queued}
 
 
-def run_drain(wd, pool, n, problems):
-    """Queue n jobs, start ``pool``, wait for all of them to run."""
+def run_drain(wd, pool, n, problems, **options):
+    """Queue n jobs (push ``options``), start ``pool``, wait for all of them to run."""
     mpqueue.clean(wd.queue)
     wd.records.start_drain(n)
     for lo in range(0, n, PUSH_CHUNK):
         mpqueue.push_many(wd.queue, [functools.partial(wd.jobs.drain, i)
-                                     for i in range(lo, min(n, lo + PUSH_CHUNK))])
+                                     for i in range(lo, min(n, lo + PUSH_CHUNK))], **options)
     pool.start()
     # Allow 50 jobs/s at worst, and give up early when nothing moves for STALL_SECONDS.
     began = time.monotonic()
@@ -930,6 +956,63 @@ def run_schedules(wd, args, problems):
     return result
 
 
+def broker_commands(wd):
+    """Commands the Redis broker processed so far (None on SQLite and Cluster)."""
+    if wd.driver in ('sqlite', 'redis-cluster'):
+        return None
+    return wd.records.client.info('stats')['total_commands_processed']
+
+
+def idle_with_commands(wd, pool, seconds):
+    """run_idle, with the broker's commands per second meanwhile (less this one call)."""
+    before = broker_commands(wd)
+    idle = run_idle(pool, seconds)
+    after = broker_commands(wd)
+    idle['broker_commands_per_s'] = None if before is None else \
+        (after - before - 1) / idle['seconds']
+    return idle
+
+
+def run_limits(wd, args, problems):
+    """Jobs under a limit: push and drain, the hand-off to the next waiter,
+    and a pool while thousands wait on a full limit."""
+    wd.configure(args.workers, args.model, limits={'bench': {'concurrency': args.workers},
+                                                    'solo': {'concurrency': 1}})
+    result = {'push': run_push(wd, args.jobs, limit='bench'),
+              'push_many': run_push_many(wd, args.jobs, limit='bench')}
+    pool = Pool(wd)
+    try:
+        result['drain'] = run_drain(wd, pool, args.jobs, problems, limit='bench')
+        wait_ready(wd, pool, args.workers)
+        wd.records.start_values('handoff_start')
+        mpqueue.push_many(wd.queue, [wd.jobs.handoff] * HANDOFF_JOBS, args=(0.002,),
+                          limit='solo')
+        deadline_wait(lambda: len(wd.records.values('handoff_end')) >= HANDOFF_JOBS, 60,
+                      '%d jobs under limit solo' % HANDOFF_JOBS, pool=pool)
+        starts = sorted(wd.records.values('handoff_start'))
+        ends = sorted(wd.records.values('handoff_end'))
+        gaps = [b - a for a, b in zip(ends, starts[1:])]
+        result['handoff'] = dict(ms_summary(gaps), jobs=len(starts),
+                                 overlaps=sum(1 for g in gaps if g < 0))
+        if result['handoff']['overlaps']:
+            problems.append('limits: %d job(s) under solo started before the one before them '
+                            'ended' % result['handoff']['overlaps'])
+        deadline_wait(lambda: queue_idle(wd.queue), 30, 'the queue to be idle', pool=pool)
+        result['idle'] = idle_with_commands(wd, pool, args.idle_seconds)
+        mpqueue.push(wd.queue, wd.jobs.sleeper, args=(args.idle_seconds + 30,), limit='solo')
+        mpqueue.push_many(wd.queue, [wd.jobs.noop] * PARKED_JOBS, limit='solo')
+        deadline_wait(lambda: [(r['running'], r['waiting']) for r in mpqueue.limits(wd.queue)
+                               if r['name'] == 'solo'] == [(1, PARKED_JOBS)], 30,
+                      '%d jobs to wait on limit solo' % PARKED_JOBS, pool=pool)
+        result['parked'] = idle_with_commands(wd, pool, args.idle_seconds)
+        mpqueue.clean(wd.queue)
+    finally:
+        stop = pool.stop()
+    if stop is not None:
+        problems += stop_problems(stop)
+    return result
+
+
 def run_idle(pool, seconds):
     time.sleep(0.5)
     before = pool.tree()
@@ -993,12 +1076,15 @@ def run_benchmark(args, selected):
             if 'idle' in selected:
                 wait_ready(wd, pool, args.workers)
                 results['idle'] = run_idle(pool, args.idle_seconds)
-        if 'schedules' in selected:
+        if selected & {'schedules', 'limits'}:
             stop = pool.stop()
             if stop is not None:
                 results['pool'] = stop
                 problems += stop_problems(stop)
+        if 'schedules' in selected:
             results['schedules'] = run_schedules(wd, args, problems)
+        if 'limits' in selected:
+            results['limits'] = run_limits(wd, args, problems)
     except BenchmarkError as exc:
         problems.append(str(exc))
     finally:
@@ -1066,6 +1152,23 @@ def table_rows(results):
                  ('schedules', '20 every 1 s: CPU, % of one core', fmt(s['cpu_percent'], 2)),
                  ('schedules', '20 every minute: idle CPU, % of one core',
                   fmt(r['schedules']['every_60s']['cpu_percent'], 2))]
+    if 'limits' in r:
+        lim = r['limits']
+        rows += [('limits', 'jobs/s (one push(limit=) per job)', fmt(lim['push']['jobs_per_s'])),
+                 ('limits', 'jobs/s (one push_many(limit=) call)',
+                  fmt(lim['push_many']['jobs_per_s'])),
+                 ('limits', 'drain, jobs/s (first to last execution)',
+                  fmt(lim['drain'].get('jobs_per_s'))),
+                 ('limits', 'end of a job to start of the next waiter, p50 / p99 / max (ms)',
+                  '%s / %s / %s' % (fmt(lim['handoff']['p50_ms'], 2),
+                                    fmt(lim['handoff']['p99_ms'], 2),
+                                    fmt(lim['handoff']['max_ms'], 2)))]
+        for name, what in (('idle', 'nothing queued'),
+                           ('parked', '%s jobs waiting on a full limit' % fmt(PARKED_JOBS))):
+            rows += [('limits', '%s: CPU, %% of one core' % what,
+                      fmt(lim[name]['cpu_percent'], 2)),
+                     ('limits', '%s: broker commands/s' % what,
+                      fmt(lim[name]['broker_commands_per_s']))]
     if 'idle' in r:
         i = r['idle']
         rows += [('idle', 'CPU, %% of one core (over %.0f s)' % i['seconds'],
