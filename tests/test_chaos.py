@@ -332,6 +332,13 @@ class Chaos:
 
 # -- what happened -------------------------------------------------------------------------
 
+def run_end(run, died):
+    """A run's end: its own, else when its process was killed, else never."""
+    if run['end'] is not None:
+        return run['end']
+    return died.get(run['pid'], math.inf)
+
+
 def analyse(runs, died):
     """Per job: its runs as [start, end] intervals (a run without an end ends
     when its process was killed; if that is not known, it is taken as still
@@ -341,12 +348,9 @@ def analyse(runs, died):
     for tag, rs in runs.items():
         spans = []
         for run in rs:
-            end = run['end']
-            if end is None:
-                end = died.get(run['pid'])
-                figures['killed_runs' if end is not None else 'unexplained_open_runs'] += 1
-                if end is None:
-                    end = math.inf
+            end = run_end(run, died)
+            if run['end'] is None:
+                figures['killed_runs' if end < math.inf else 'unexplained_open_runs'] += 1
             spans.append((run['start'], end, run['pid']))
         spans.sort()
         figures['runs'] += len(rs)
