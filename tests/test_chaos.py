@@ -34,6 +34,13 @@ test waits for the queue to drain, then checks:
   delivery and only counted;
 - both pools are back to full strength and each runs a new job.
 
+The "-limits" variants give the queue limits (``LIMITS``) and most pushes
+limit names (``LIMIT_CHOICES``); they also check that no limit name was ever
+held by more runs at one instant than its concurrency (a killed run holds it
+until its process was killed: its slot is given back later, by its
+recovery, so this is a lower bound of the slots held), and that once the
+queue drained no slot is held and no job waits for one.
+
 One line of figures per run is printed (``pytest -s``), kept as test
 properties (``record_property``, in the JUnit XML) and appended as JSON to
 ``$MPQ_CHAOS_REPORT`` if set.  ``MPQ_CHAOS_SEED`` replays a run's choices
@@ -56,6 +63,7 @@ import pytest
 import mpqueue
 from pool_harness import E2E, queue_conf, wait_for
 from redis_server import RedisServer, free_port
+from test_limits import most_at_once
 
 CHAOS_SECONDS = min(60.0, float(os.environ.get('MPQ_CHAOS_SECONDS') or 20))
 JOBS = 2000
@@ -70,15 +78,22 @@ CHAOS_JOBS = '''
 RUNS_KEY = KEY + ':runs'
 
 
-def chaos_job(tag, seconds):
-    """Records its start, works ``seconds``, records its end: "s|e tag time pid"."""
+def chaos_job(tag, seconds, limits=()):
+    """Records its start, works ``seconds``, records its end: "s|e tag time
+    pid", the start followed by the limit names the job holds."""
     c = client()
-    c.rpush(RUNS_KEY, 's %s %r %d' % (tag, time.time(), os.getpid()))
+    c.rpush(RUNS_KEY, ' '.join(['s %s %r %d' % (tag, time.time(), os.getpid())] + list(limits)))
     time.sleep(seconds)
     c.rpush(RUNS_KEY, 'e %s %r %d' % (tag, time.time(), os.getpid()))
 '''
 
-VARIANTS = ['redis-distribute', 'redis-grab', 'sqlite-distribute', 'sqlite-grab']
+VARIANTS = ['redis-distribute', 'redis-grab', 'sqlite-distribute', 'sqlite-grab',
+            'redis-grab-limits', 'sqlite-distribute-limits']
+#: the queue's limits in a "-limits" variant; a push's limit names are one of
+#: LIMIT_CHOICES (the same for a whole batch, so a batch can fill a name)
+LIMITS = {'shared': {'concurrency': 2}, 'customer:*': {'concurrency': 1}}
+LIMIT_CHOICES = [(), ('shared',), ('shared',), ('customer:1',), ('customer:2',), ('customer:3',),
+                 ('shared', 'customer:1'), ('shared', 'customer:2')]
 
 
 class ChaosE2E(E2E):
@@ -97,12 +112,12 @@ class ChaosE2E(E2E):
         return self.key + ':runs'
 
     def runs(self):
-        """``{tag: [{'start', 'end', 'pid'}, ...]}`` of every run begun."""
+        """``{tag: [{'start', 'end', 'pid', 'limits'}, ...]}`` of every run begun."""
         runs, running = collections.defaultdict(list), {}
         for raw in self.redis.lrange(self.runs_key, 0, -1):
-            kind, tag, when, pid = raw.decode().split()
+            kind, tag, when, pid, *limits = raw.decode().split()
             if kind == 's':
-                run = {'start': float(when), 'end': None, 'pid': int(pid)}
+                run = {'start': float(when), 'end': None, 'pid': int(pid), 'limits': limits}
                 runs[tag].append(run)
                 running[tag, int(pid)] = run
             else:
@@ -183,15 +198,18 @@ def write_lock_holder(db_file, candidates, window):
 # -- pushing --------------------------------------------------------------------------
 
 class Pusher(threading.Thread):
-    """Pushes ``n`` jobs ``chaos_job(tag, 2-8 ms)`` evenly over ``seconds``, in
-    batches of ``batch``.  A push that raises DriverError may or may not have
-    been stored: its tags are kept apart (``uncertain``), and the batch is
-    pushed again under new tags."""
+    """Pushes ``n`` jobs ``chaos_job(tag, 2-8 ms, limits)`` evenly over
+    ``seconds``, in batches of ``batch``, each batch under limit names picked
+    from ``limit_choices`` (none if not given).  A push that raises
+    DriverError may or may not have been stored: its tags are kept apart
+    (``uncertain``), and the batch is pushed again under new tags."""
 
-    def __init__(self, jobs, n, seconds, batch, rnd):
+    def __init__(self, jobs, n, seconds, batch, rnd, limit_choices=None):
         super().__init__(daemon=True)
         self.jobs, self.n, self.seconds, self.batch = jobs, n, seconds, batch
         self.durations = [rnd.uniform(0.002, 0.008) for _ in range(n)]
+        self.limits = [rnd.choice(limit_choices) if limit_choices else ()
+                       for _ in range(0, n, batch)]
         self.pushed, self.uncertain, self.ids = [], [], {}
         self.refused = 0
         self.error = None
@@ -204,17 +222,20 @@ class Pusher(threading.Thread):
                 if time.monotonic() < due:
                     time.sleep(due - time.monotonic())
                 self._push([('job-%04d' % j, self.durations[j])
-                            for j in range(i, min(self.n, i + self.batch))])
+                            for j in range(i, min(self.n, i + self.batch))],
+                           self.limits[i // self.batch])
         except BaseException as exc:    # reported by the test
             self.error = exc
 
-    def _push(self, batch):
+    def _push(self, batch, limits):
         deadline = time.monotonic() + 60
         for again in range(1000):
             tags = [tag if not again else '%s.r%d' % (tag, again) for tag, _ in batch]
             try:
-                ids = mpqueue.push_many('q', [functools.partial(self.jobs.chaos_job, tag, sec)
-                                              for tag, (_, sec) in zip(tags, batch)])
+                ids = mpqueue.push_many('q', [functools.partial(self.jobs.chaos_job, tag, sec,
+                                                                limits)
+                                              for tag, (_, sec) in zip(tags, batch)],
+                                        limit=list(limits) or None)
             except mpqueue.DriverError:
                 self.refused += 1
                 self.uncertain.extend(tags)
@@ -332,6 +353,13 @@ class Chaos:
 
 # -- what happened -------------------------------------------------------------------------
 
+def run_end(run, died):
+    """A run's end: its own, else when its process was killed, else never."""
+    if run['end'] is not None:
+        return run['end']
+    return died.get(run['pid'], math.inf)
+
+
 def analyse(runs, died):
     """Per job: its runs as [start, end] intervals (a run without an end ends
     when its process was killed; if that is not known, it is taken as still
@@ -341,12 +369,9 @@ def analyse(runs, died):
     for tag, rs in runs.items():
         spans = []
         for run in rs:
-            end = run['end']
-            if end is None:
-                end = died.get(run['pid'])
-                figures['killed_runs' if end is not None else 'unexplained_open_runs'] += 1
-                if end is None:
-                    end = math.inf
+            end = run_end(run, died)
+            if run['end'] is None:
+                figures['killed_runs' if end < math.inf else 'unexplained_open_runs'] += 1
             spans.append((run['start'], end, run['pid']))
         spans.sort()
         figures['runs'] += len(rs)
@@ -359,6 +384,15 @@ def analyse(runs, died):
             figures['sequential_duplicates'] += 1
     figures['concurrent_duplicates'] = len(concurrent)
     return figures, concurrent
+
+
+def most_per_limit(runs, died):
+    """``{limit name: the most runs holding it at one instant}``, of the runs'
+    [start, end] intervals as ``analyse`` ends them."""
+    records = [{'time': when, 'event': event, 'name': name}
+               for rs in runs.values() for run in rs for name in run['limits']
+               for when, event in ((run['start'], 'start'), (run_end(run, died), 'end'))]
+    return {name: most_at_once(records, name) for name in {r['name'] for r in records}}
 
 
 def pool_of(pid, pools):
@@ -387,16 +421,18 @@ def report(line):
 @pytest.mark.timeout(CHAOS_SECONDS + 240)
 @pytest.mark.parametrize('variant', VARIANTS)
 def test_chaos_soak(e2e, variant, record_property):
-    broker_kind, model = variant.split('-')
+    broker_kind, model, *limited = variant.split('-')
     seed = int(os.environ.get('MPQ_CHAOS_SEED') or random.SystemRandom().randrange(10 ** 6))
     rnd = random.Random(seed)
     # fail_number: the kills count as attempts; a job is not meant to fail here
-    q = queue_conf(model=model, worker_number=WORKERS, fail_number=50, fail_expire=0.05)
+    q = queue_conf(model=model, worker_number=WORKERS, fail_number=50, fail_expire=0.05,
+                   limits=LIMITS if limited else {})
     pools = [e2e.pool(q, name='chaos-a').start(), e2e.pool(q, name='chaos-b').start()]
     jobs = e2e.import_jobs()
     sqlite_file = str(e2e.tmp_path / 'broker.db') if broker_kind == 'sqlite' else None
     # SQLite: one job per push, many small transactions on the write lock
-    pusher = Pusher(jobs, JOBS, CHAOS_SECONDS * 0.9, batch=1 if sqlite_file else 10, rnd=rnd)
+    pusher = Pusher(jobs, JOBS, CHAOS_SECONDS * 0.9, batch=1 if sqlite_file else 10, rnd=rnd,
+                    limit_choices=LIMIT_CHOICES if limited else None)
     chaos = Chaos(e2e, pools, rnd, sqlite_file)
     pusher.start()
     try:
@@ -430,6 +466,17 @@ def test_chaos_soak(e2e, variant, record_property):
     figures, concurrent = analyse(runs, chaos.died)
     final = mpqueue.status('q')
     failed = mpqueue.failed_jobs('q', count=10 ** 6)
+    most = most_per_limit(runs, chaos.died)
+    concurrency = {name: (LIMITS.get(name) or LIMITS['customer:*'])['concurrency']
+                   for name in most}
+
+    def held_slots():
+        return {d['name']: (d['running'], d['waiting']) for d in mpqueue.limits('q')
+                if d['running'] or d['waiting']}
+    held, deadline = held_slots(), time.monotonic() + 30     # a recovery may lag
+    while held and time.monotonic() < deadline:
+        time.sleep(0.2)
+        held = held_slots()
 
     # both pools serve again: full strength, and each runs a new job
     for pool in pools:
@@ -469,6 +516,14 @@ def test_chaos_soak(e2e, variant, record_property):
         'drain_s': round(drain_s, 2), 'full_strength_s': round(full_s, 2),
         'lost': last['missing'], 'failed': final['failed'],
     }
+    if limited:
+        line.update({
+            'limit_most': ','.join('%s=%d/%d' % (name, most[name], concurrency[name])
+                                   for name in sorted(most)),
+            'over_limit': sum(most[name] > concurrency[name] for name in most),
+            'limits_reached': sum(most[name] == concurrency[name] for name in most),
+            'slots_held': sum(r + w for r, w in held.values()),
+        })
     report(line)
     for key, value in line.items():
         record_property(key, value)
@@ -482,6 +537,10 @@ def test_chaos_soak(e2e, variant, record_property):
     assert figures['unexplained_open_runs'] == 0, figures
     if broker_kind == 'redis':
         assert chaos.counts['broker_restarts'] >= 1
+    if limited:
+        assert line['over_limit'] == 0, line['limit_most']
+        assert most.get('shared') == 2, 'the shared limit was never full: nothing was checked'
+        assert not held, 'slots held after the run (running, waiting): %r' % held
 
 
 def test_analysis_finds_runs_at_the_same_time():
@@ -502,3 +561,15 @@ def test_analysis_finds_runs_at_the_same_time():
     assert sorted(concurrent) == ['nested', 'rerun-while-on', 'unexplained']
     assert (figures['runs'], figures['killed_runs'], figures['unexplained_open_runs']) == (11, 2, 1)
     assert (figures['sequential_duplicates'], figures['concurrent_duplicates']) == (1, 3)
+
+
+def test_a_run_holds_its_limits_until_it_ended_or_its_process_was_killed():
+    runs = {
+        'killed-then-rerun': [{'start': 1.0, 'end': None, 'pid': 12, 'limits': ['shared']},
+                              {'start': 2.2, 'end': 2.4, 'pid': 13, 'limits': ['shared']}],
+        'both': [{'start': 1.5, 'end': 2.5, 'pid': 14, 'limits': ['shared', 'customer:1']}],
+        'touching': [{'start': 2.5, 'end': 3.0, 'pid': 15, 'limits': ['customer:1']}],
+        'none': [{'start': 1.0, 'end': 3.0, 'pid': 16, 'limits': []}],
+    }
+    assert most_per_limit(runs, {12: 2.0}) == {'shared': 2, 'customer:1': 1}
+    assert most_per_limit(runs, {12: 2.3}) == {'shared': 3, 'customer:1': 1}
