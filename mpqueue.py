@@ -98,6 +98,7 @@ __all__ = [
     'SerializationError', 'SqliteDriver', 'TYPE_NORMAL', 'TYPE_TIMEOUT', 'backoff', 'cancel',
     'clean', 'configure', 'delete_failed', 'failed_jobs', 'immediate', 'job', 'job_info',
     'limits', 'pause', 'push', 'push_many', 'result', 'resume', 'retry_failed', 'status',
+    'chain', 'batch',
 ]
 
 logger = logging.getLogger('mpqueue')
@@ -1476,12 +1477,15 @@ def _check_schedules(path, qconf, schedules):
 #
 #   name           arguments                   returns (kind)
 _PUSH_ARGS = ('id payload delay job timeout fail_number fail_expire priority key unique_mode '
-              'result_ttl limits')
+              'result_ttl limits depends_on on_parent_failure')
 _STEPS = (
     ('push', _PUSH_ARGS, 'text'),
     # store a job, waiting (or delayed by `delay` s); its id, or, when another
     # job holds its unique `key`, that job's id (and nothing is stored).
-    # `limits`: '' or the job's limits as _limits_text writes them
+    # `limits`: '' or the job's limits as _limits_text writes them.
+    # `depends_on`: '' or a JSON list of parent ids (see "Dependencies"
+    # below); '!' and the first one the broker does not know, and nothing is
+    # stored
     ('reserve', 'n', 'jobs'),
     # up to n waiting jobs, highest priority first, reserved for
     # RESERVE_SECONDS; each gets a new attempt number.  A job is its id and
@@ -1585,6 +1589,19 @@ _READ_STEPS = ('depth', 'failed', 'listing', 'schedules', 'history', 'paused', '
 # Nothing polls, and a waiting job uses no attempt.  Fail handler runs of a
 # job take no slot: they do not run its body.
 
+# Dependencies.  A job pushed with `depends_on` (its parents, JSON) and
+# `on_parent_failure` waits *blocked* while one of them has not ended: the
+# job's set of parents not ended yet is the whole state (no counter, so an
+# outcome delivered twice counts once).  The step that ends a parent (done,
+# fail for good, cancel, and the lost/sweep paths that end in those) takes
+# it out of each child's set; a child whose set is empty is released to
+# waiting (or delayed, if its own delay is not over), and a parent that
+# did not end done cancels a child unless it runs anyway ('run'), and that
+# cancel goes on to the child's own children.  A parent that has already
+# ended when its child is pushed is settled at push.  A parent's record
+# (its result) stays while a child of it has not ended (its `dependents`
+# flag says it may have some), then expires as its result_ttl says.
+
 # A job's record: these fields, the same in every driver, with their types.
 # job_info() shows the public ones; the others are the lifecycle's own.
 _PUBLIC_FIELDS = {
@@ -1592,27 +1609,28 @@ _PUBLIC_FIELDS = {
     'fail_time': float, 'exec_number': int, 'worker_id': str, 'timeout': float,
     'fail_number': int, 'fail_expire': str, 'error_info': json.loads, 'type': int,
     'priority': int, 'key': str, 'result_repr': str, 'result_note': str,
-    'cancel_time': float, 'cancelled_by': str, 'waiting_for': str,
+    'cancel_time': float, 'cancelled_by': str, 'waiting_for': str, 'depends_on': json.loads,
+    'on_parent_failure': str,
 }
 _PRIVATE_FIELDS = {
     'payload': bytes, 'result': bytes, 'attempt': int, 'owner': str, 'deadline': float,
     'phase': str, 'handler_runs': int, 'handler_start': float, 'unique_mode': str,
-    'result_ttl': float, 'waiter': str, 'limits': str,
+    'result_ttl': float, 'waiter': str, 'limits': str, 'dependents': int,
 }
 _FIELDS = dict(_PUBLIC_FIELDS, **_PRIVATE_FIELDS)
 _FIELDS_BUT_PAYLOAD = tuple(name for name in _FIELDS if name != 'payload')
 # What a worker needs of a job it runs (reserve and pop return these).
 _WORK_FIELDS = ('payload', 'attempt', 'exec_number', 'phase', 'job', 'create_time',
                 'start_time', 'worker_id', 'timeout', 'fail_number', 'fail_expire',
-                'error_info', 'type', 'priority', 'key', 'result_ttl')
+                'error_info', 'type', 'priority', 'key', 'result_ttl', 'dependents')
 # A job's states (the drawing at the top of the file): each move between
 # them is one step of the table above.  The Lua library takes them by
 # substitution.
 WAITING, DELAYED, RESERVED, WORKING = 'waiting', 'delayed', 'reserved', 'working'
-DONE, FAILED, CANCELLED = 'done', 'failed', 'cancelled'
-_STATES = (WAITING, DELAYED, RESERVED, WORKING, DONE, FAILED, CANCELLED)
+DONE, FAILED, CANCELLED, BLOCKED = 'done', 'failed', 'cancelled', 'blocked'
+_STATES = (WAITING, DELAYED, RESERVED, WORKING, DONE, FAILED, CANCELLED, BLOCKED)
 #: The states of the jobs a queue counts (depth(), queue:status, metrics).
-LIVE_STATES = (WAITING, DELAYED, RESERVED, WORKING, FAILED)
+LIVE_STATES = (WAITING, DELAYED, RESERVED, WORKING, FAILED, BLOCKED)
 _ENDED = (DONE, FAILED, CANCELLED)
 # A queue's counters: its live jobs per state, then the totals since `clean`.
 _DEPTH_FIELDS = LIVE_STATES + ('pushed', 'done', 'failed_total', 'cancelled')
@@ -1628,12 +1646,15 @@ def _public_info(queue, record):
         info['limit'] = [name for name, *_ in json.loads(record['limits'])]
         if info.get('waiting_for') and info.get('state') == DELAYED:
             info['state'] = WAITING     # its rate limit's window: the timer hands it on
+    if info.get('state') == BLOCKED:
+        info['waiting_for'] = sorted(json.loads(info['waiting_for']))    # parents not ended
     info.update(queue=queue, exec_number=record.get('exec_number', 0),
                 timeout=record.get('timeout', 0), fail_number=record.get('fail_number', 0),
                 fail_expire=_fail_expire(record.get('fail_expire')),
                 type=record.get('type') or TYPE_NORMAL, job=record.get('job', ''))
     for name in ('start_time', 'worker_id', 'end_time', 'fail_time', 'key'):
         info.setdefault(name, None)
+    info.setdefault('depends_on', [])
     return info
 
 
@@ -1777,11 +1798,12 @@ _LUA_LIBRARY = r"""
 local NARGS = {%(nargs)s}
 -- a job's states, as _STATES names them; the counters in STATS of jobs that
 -- ended are named after their state
-local S_WAITING, S_DELAYED, S_RESERVED, S_WORKING, S_DONE, S_FAILED, S_CANCELLED = %(states)s
+local S_WAITING, S_DELAYED, S_RESERVED, S_WORKING, S_DONE, S_FAILED, S_CANCELLED,
+  S_BLOCKED = %(states)s
 local KEYSETS = {}          -- queue prefix -> the names of its keys
 local now, P, LEASE, HOLD, HANDLER_ATTEMPTS, CANCELLED_KEEP
 local WAITING, DELAYED, RESERVED, WORKING, FAILED, KEPT, STATS, UNIQUE, UNIQUE_TTL, SCHEDULES
-local HISTORY, LWAITING, LNAMES
+local HISTORY, LWAITING, LNAMES, BLOCKED
 local LEVELS, wake, cancels, ended, pushed
 
 local function rec(id) return P .. 'job:' .. id end
@@ -1817,7 +1839,7 @@ local function holds(holder, key)
   local ends = redis.call('ZSCORE', UNIQUE_TTL, key)
   if ends then return tonumber(ends) > now end
   local f = redis.call('HMGET', rec(holder), 'state', 'unique_mode')
-  if f[1] == S_WAITING or f[1] == S_DELAYED then return true end
+  if f[1] == S_WAITING or f[1] == S_DELAYED or f[1] == S_BLOCKED then return true end
   return f[2] == 'active' and (f[1] == S_RESERVED or f[1] == S_WORKING)
 end
 -- a job queued again (a retry, a recovery, retry_failed) holds its unique key
@@ -1943,32 +1965,117 @@ local function release(id, limits)
   end
 end
 
+-- Dependencies (see "Dependencies" above the record's fields).  Per job:
+--   job:<id>:parents   set  its parents that have not ended yet
+--   job:<id>:children  set  its children that have not ended yet
+-- and the queue's `blocked` zset: blocked id -> when it is due (its push
+-- time and delay).
+local function parents(id) return rec(id) .. ':parents' end
+local function children(id) return rec(id) .. ':children' end
+local function forget(id) redis.call('DEL', rec(id), parents(id), children(id)) end
+-- an outcome kept for children (kept: +inf) expires as its result_ttl says
+-- once the last of them ended (a failed job stays in the failed list)
+local function keep_for_children(id)
+  redis.call('PERSIST', rec(id))
+  redis.call('ZADD', KEPT, 'inf', id)
+end
+local function unkeep(id)
+  local f = redis.call('HMGET', rec(id), 'state', 'end_time', 'result_ttl')
+  if f[1] ~= S_DONE and f[1] ~= S_CANCELLED then return end
+  local ttl = tonumber(f[3]) or 0
+  if f[1] == S_CANCELLED and ttl < CANCELLED_KEEP then ttl = CANCELLED_KEEP end
+  local at = tonumber(f[2]) + ttl
+  if at <= now then
+    redis.call('DEL', rec(id))
+    redis.call('ZREM', KEPT, id)
+  else
+    redis.call('PEXPIRE', rec(id), math.ceil((at - now) * 1000))
+    redis.call('ZADD', KEPT, at, id)
+  end
+end
+-- child id ended: its parents keep their outcome for it no more
+local function leave_parents(id, depends_on)
+  redis.call('DEL', parents(id))
+  for _, parent in ipairs(cjson.decode(depends_on)) do
+    if redis.call('SREM', children(parent), id) == 1 and
+        redis.call('EXISTS', children(parent)) == 0 then
+      unkeep(parent)
+    end
+  end
+end
+local function release_child(id)
+  local due = tonumber(redis.call('ZSCORE', BLOCKED, id))
+  redis.call('ZREM', BLOCKED, id)
+  redis.call('HSET', rec(id), 'state', enqueue(id, math.max(0, due - now)))
+end
+
 -- the job ended (done, cancelled): its outcome is kept for result_ttl
--- seconds (a cancel for CANCELLED_KEEP at least), or forgotten at once.
--- f: its result_ttl, waiter, key, unique_mode
+-- seconds (a cancel for CANCELLED_KEEP at least), or while a child of it has
+-- not ended, or forgotten at once.  f: its END_FIELDS
+local END_FIELDS = {'result_ttl', 'waiter', 'key', 'unique_mode', 'depends_on', 'dependents'}
+local settle
 local function finish(id, state, f, ...)
-  f = f or redis.call('HMGET', rec(id), 'result_ttl', 'waiter', 'key', 'unique_mode')
+  f = f or redis.call('HMGET', rec(id), unpack(END_FIELDS))
   let_go(id, f[3], f[4], false)
   local ttl = tonumber(f[1]) or 0
   if state == S_CANCELLED and ttl < CANCELLED_KEEP then ttl = CANCELLED_KEEP end
-  if ttl > 0 then
+  local keep = f[6] and redis.call('EXISTS', children(id)) == 1
+  if ttl > 0 or keep then
     redis.call('HDEL', rec(id), 'payload')
     redis.call('HSET', rec(id), 'state', state, 'end_time', now, ...)
-    redis.call('PEXPIRE', rec(id), math.ceil(ttl * 1000))
-    redis.call('ZADD', KEPT, now + ttl, id)
+    if keep then
+      keep_for_children(id)
+    else
+      redis.call('PEXPIRE', rec(id), math.ceil(ttl * 1000))
+      redis.call('ZADD', KEPT, now + ttl, id)
+    end
   else
     redis.call('DEL', rec(id))
   end
   redis.call('HINCRBY', STATS, state, 1)
   if f[2] then table.insert(ended, id) end
+  if f[5] then leave_parents(id, f[5]) end
+  if f[6] then settle(id, state) end
 end
 local function to_failed(id)
-  local f = redis.call('HMGET', rec(id), 'waiter', 'key', 'unique_mode')
+  local f = redis.call('HMGET', rec(id), 'waiter', 'key', 'unique_mode', 'depends_on',
+                       'dependents')
   let_go(id, f[2], f[3], false)
   redis.call('HSET', rec(id), 'state', S_FAILED, 'phase', '', 'fail_time', now, 'end_time', now)
   redis.call('ZADD', FAILED, now, id)
   redis.call('HINCRBY', STATS, S_FAILED, 1)
   if f[1] then table.insert(ended, id) end
+  if f[4] then leave_parents(id, f[4]) end
+  if f[5] then settle(id, S_FAILED) end
+end
+-- a child cancelled because its parent did not end done
+local function cancel_child(id, parent, how)
+  add_error(id, 'parent ' .. parent .. ' ended ' .. how)
+  redis.call('HSET', rec(id), 'cancel_time', now, 'cancelled_by', 'parent ' .. parent)
+  finish(id, S_CANCELLED, nil)
+end
+-- parent id ended in `state`: each child for which it was the last parent
+-- not ended is released, and each whose parent did not end done is
+-- cancelled unless it runs anyway.  Cancels go down a chain through a list,
+-- not by recursion: a chain may be long
+local SETTLING
+settle = function(id, state)
+  if SETTLING then table.insert(SETTLING, {id, state}) return end
+  SETTLING = {{id, state}}
+  while #SETTLING > 0 do
+    local parent, how = unpack(table.remove(SETTLING))
+    for _, child in ipairs(redis.call('SMEMBERS', children(parent))) do
+      if redis.call('SREM', parents(child), parent) == 1 then
+        if how ~= S_DONE and redis.call('HGET', rec(child), 'on_parent_failure') ~= 'run' then
+          redis.call('ZREM', BLOCKED, child)
+          cancel_child(child, parent, how)
+        elseif redis.call('EXISTS', parents(child)) == 0 then
+          release_child(child)
+        end
+      end
+    end
+  end
+  SETTLING = nil
 end
 
 -- an attempt starts.  f: its phase, timeout, key, unique_mode, exec_number
@@ -2079,7 +2186,21 @@ local function paused() return redis.call('EXISTS', P .. 'paused') == 1 end
 
 local OPS = {}
 OPS.push = function(id, payload, delay, job, timeout, fail_number, fail_expire, priority, key,
-                    mode, result_ttl, limits)
+                    mode, result_ttl, limits, depends_on, on_parent_failure)
+  local all, open, ended_as, bad = {}, {}, {}, nil   -- parents: not ended; ended; first not done
+  if depends_on ~= '' then
+    all = cjson.decode(depends_on)
+    for _, parent in ipairs(all) do
+      local state = redis.call('HGET', rec(parent), 'state')
+      if not state then return '!' .. parent end
+      if state == S_DONE or state == S_FAILED or state == S_CANCELLED then
+        ended_as[parent] = state
+        if state ~= S_DONE and not bad then bad = parent end
+      else
+        table.insert(open, parent)
+      end
+    end
+  end
   if mode ~= '' then
     local holder = redis.call('HGET', UNIQUE, key)
     if holder and holds(holder, key) then return holder end
@@ -2090,13 +2211,33 @@ OPS.push = function(id, payload, delay, job, timeout, fail_number, fail_expire, 
       redis.call('ZREM', UNIQUE_TTL, key)
     end
   end
-  local state = enqueue(id, tonumber(delay), priority)
+  local cancel = bad and on_parent_failure ~= 'run'
+  local state = S_BLOCKED
+  if #open > 0 and not cancel then
+    redis.call('ZADD', BLOCKED, now + tonumber(delay), id)
+  elseif not cancel then
+    state = enqueue(id, tonumber(delay), priority)
+  end
   redis.call('HSET', rec(id), 'payload', payload, 'job', job, 'create_time', now,
              'timeout', timeout, 'fail_number', fail_number, 'fail_expire', fail_expire,
              'state', state, 'priority', priority, 'key', key, 'unique_mode', mode,
              'result_ttl', result_ttl)
   if limits ~= '' then redis.call('HSET', rec(id), 'limits', limits) end
   pushed = pushed + 1
+  if depends_on == '' then return id end
+  redis.call('HSET', rec(id), 'depends_on', depends_on, 'on_parent_failure', on_parent_failure)
+  for _, parent in ipairs(all) do
+    redis.call('SADD', children(parent), id)
+    redis.call('HSET', rec(parent), 'dependents', 1)
+    if ended_as[parent] == S_DONE or ended_as[parent] == S_CANCELLED then
+      keep_for_children(parent)
+    end
+  end
+  if cancel then
+    cancel_child(id, bad, ended_as[bad])
+  elseif #open > 0 then
+    redis.call('SADD', parents(id), unpack(open))
+  end
   return id
 end
 -- a job without limits, or running its fail handlers, or admitted by its limits
@@ -2177,12 +2318,13 @@ OPS.renew = function(id, attempt)
   if f[4] then return 'cancel' end
   return 'ok'
 end
+local DONE_FIELDS = {'result_ttl', 'waiter', 'key', 'unique_mode', 'depends_on', 'dependents',
+                     'limits'}      -- END_FIELDS and the job's limits
 OPS.done = function(id, attempt, result, result_repr, result_note)
-  local f = current(id, attempt, S_WORKING, {'result_ttl', 'waiter', 'key', 'unique_mode',
-                                             'limits'})
+  local f = current(id, attempt, S_WORKING, DONE_FIELDS)
   if not f then return false end
   redis.call('ZREM', WORKING, id)
-  release(id, f[5])
+  release(id, f[7])
   finish(id, S_DONE, f, 'result', result, 'result_repr', result_repr, 'result_note', result_note)
   return true
 end
@@ -2294,6 +2436,8 @@ OPS.cancel = function(id, by)
     end
   elseif state == S_DELAYED then
     redis.call('ZREM', DELAYED, id)
+  elseif state == S_BLOCKED then
+    redis.call('ZREM', BLOCKED, id)
   elseif state == S_RESERVED then
     redis.call('ZREM', RESERVED, id)
     release(id, f[5])
@@ -2309,11 +2453,13 @@ end
 OPS.info = function(id, watch)
   local out = record(id)
   if #out == 0 then return false end
-  if watch ~= '' then
-    local state = redis.call('HGET', rec(id), 'state')
-    if state ~= S_DONE and state ~= S_FAILED and state ~= S_CANCELLED then
-      redis.call('HSET', rec(id), 'waiter', watch)
-    end
+  local state = redis.call('HGET', rec(id), 'state')
+  if watch ~= '' and state ~= S_DONE and state ~= S_FAILED and state ~= S_CANCELLED then
+    redis.call('HSET', rec(id), 'waiter', watch)
+  end
+  if state == S_BLOCKED then          -- the parents it waits for
+    table.insert(out, 'waiting_for')
+    table.insert(out, cjson.encode(redis.call('SMEMBERS', parents(id))))
   end
   return out
 end
@@ -2330,7 +2476,7 @@ OPS.depth = function()
   local s = redis.call('HMGET', STATS, 'pushed', S_DONE, S_FAILED, S_CANCELLED, 'parked')
   n = n + (tonumber(s[5]) or 0)     -- parked by their limits: waiting
   return {n, redis.call('ZCARD', DELAYED), redis.call('ZCARD', RESERVED),
-          redis.call('ZCARD', WORKING), redis.call('ZCARD', FAILED),
+          redis.call('ZCARD', WORKING), redis.call('ZCARD', FAILED), redis.call('ZCARD', BLOCKED),
           (tonumber(s[1]) or 0) + pushed, s[2] or 0,       -- + this call's pushes, not saved yet
           s[3] or 0, s[4] or 0, oldest or ''}
 end
@@ -2402,17 +2548,17 @@ OPS.retry_failed = function(id, limit)
 end
 OPS.delete_failed = function(id)
   if redis.call('ZREM', FAILED, id) == 0 then return false end
-  redis.call('DEL', rec(id))
+  forget(id)
   return true
 end
 OPS.clean = function(limit)
   limit = tonumber(limit)
   local n = 0
-  for _, zset in ipairs({FAILED, DELAYED, RESERVED, WORKING, KEPT}) do
+  for _, zset in ipairs({FAILED, DELAYED, RESERVED, WORKING, KEPT, BLOCKED}) do
     while n < limit do
       local ids = redis.call('ZRANGE', zset, 0, limit - n - 1)
       if #ids == 0 then break end
-      for _, id in ipairs(ids) do redis.call('DEL', rec(id)) end
+      for _, id in ipairs(ids) do forget(id) end
       redis.call('ZREM', zset, unpack(ids))
       n = n + #ids
     end
@@ -2421,7 +2567,7 @@ OPS.clean = function(limit)
     while n < limit do
       local ids = redis.call('LPOP', waiting(level), limit - n)
       if not ids then break end
-      for _, id in ipairs(ids) do redis.call('DEL', rec(id)) end
+      for _, id in ipairs(ids) do forget(id) end
       n = n + #ids
     end
   end
@@ -2430,7 +2576,7 @@ OPS.clean = function(limit)
     while n < limit do
       local ids = redis.call('LPOP', lkey('parked', name), limit - n)
       if not ids then break end
-      for _, id in ipairs(ids) do redis.call('DEL', rec(id)) end
+      for _, id in ipairs(ids) do forget(id) end
       redis.call('HINCRBY', STATS, 'parked', -#ids)
       n = n + #ids
     end
@@ -2503,7 +2649,7 @@ local function steps(keys, args)
     k = {}
     for _, name in ipairs({'waiting', 'delayed', 'reserved', 'working', 'failed', 'kept',
                            'stats', 'unique', 'unique:ttl', 'schedules', 'history',
-                           'limit:waiting', 'limit:names'}) do
+                           'limit:waiting', 'limit:names', 'blocked'}) do
       table.insert(k, P .. name)
     end
     k.levels = {}
@@ -2511,11 +2657,11 @@ local function steps(keys, args)
     KEYSETS[P] = k
   end
   WAITING, DELAYED, RESERVED, WORKING, FAILED, KEPT, STATS, UNIQUE, UNIQUE_TTL, SCHEDULES,
-    HISTORY, LWAITING, LNAMES = unpack(k)
+    HISTORY, LWAITING, LNAMES, BLOCKED = unpack(k)
   LEVELS = k.levels
   LEASE, HOLD, HANDLER_ATTEMPTS, CANCELLED_KEEP = tonumber(args[1]), tonumber(args[2]),
     tonumber(args[3]), tonumber(args[4])
-  wake, cancels, ended, pushed = false, {}, {}, 0
+  wake, cancels, ended, pushed, SETTLING = false, {}, {}, 0, nil
   local out = {}
   local i = 5
   while i <= #args do
@@ -3378,6 +3524,10 @@ CREATE TABLE IF NOT EXISTS mpq_limit_held (
 CREATE TABLE IF NOT EXISTS mpq_limit_start (queue TEXT NOT NULL, name TEXT NOT NULL,
                                             t REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS mpq_limit_start_t ON mpq_limit_start (queue, name, t);
+CREATE TABLE IF NOT EXISTS mpq_dep (
+    queue TEXT NOT NULL, child TEXT NOT NULL, parent TEXT NOT NULL, open INTEGER NOT NULL,
+    PRIMARY KEY (queue, child, parent));
+CREATE INDEX IF NOT EXISTS mpq_dep_parent ON mpq_dep (queue, parent);
 """ % (', '.join(name for name in _FIELDS if name != 'state'),
        ', '.join('%s INTEGER NOT NULL DEFAULT 0' % name for name in _DEPTH_FIELDS))
 
@@ -3387,6 +3537,10 @@ _SQLITE_LIMIT_INDEX = ('CREATE INDEX IF NOT EXISTS mpq_job_waiting_for ON mpq_jo
                        '(queue, waiting_for, level, score) WHERE waiting_for IS NOT NULL')
 # `level` of a job parked by a concurrency limit: waiting, but not in line
 _SQ_PARKED = -1
+# Dependencies: a row (child, parent) while the child has not ended (the
+# parent keeps its outcome for it), `open` while the parent has not ended
+# either (the child waits for it).  The score of an outcome kept for children
+_SQ_KEPT = float('inf')
 
 _SQ_RECORD = ', '.join(_FIELDS_BUT_PAYLOAD)
 _SQ_WORK = ', '.join(('id',) + _WORK_FIELDS)
@@ -3400,6 +3554,8 @@ _SQ_DUE = ('SELECT id, priority, key FROM mpq_job WHERE queue = ? AND state = ? 
 _SQ_WAITING = ("SELECT %s, limits, waiting_for FROM mpq_job WHERE queue = ? AND state = '%s' "
                'AND level >= 0 ORDER BY level DESC, score LIMIT ? OFFSET ?' % (_SQ_WORK, WAITING))
 _SQ_PHASE, _SQ_ATTEMPT = (1 + _WORK_FIELDS.index(name) for name in ('phase', 'attempt'))
+_SQ_UNIQUE, _SQ_PARENTS = (1 + _PUSH_ARGS.split().index(name)        # in a push step
+                           for name in ('unique_mode', 'depends_on'))
 _SQ_COUNT = 'UPDATE mpq_queue SET %s WHERE queue = ?' % ', '.join(
     '%s = %s + ?' % (name, name) for name in _DEPTH_FIELDS)
 _SQ_COUNT_FIRST = 'INSERT INTO mpq_queue (queue, %s) VALUES (?%s)' % (
@@ -3423,6 +3579,7 @@ class _SqliteSteps:
         self.delta = collections.Counter()     # changes to the queue's mpq_queue row
         self.ends = {}          # waiting level -> [head, tail] positions
         self.first_due = ()     # the earliest due time of a delayed job, once read
+        self.settling = None    # parents whose children are being settled (settle())
 
     # -- rows ------------------------------------------------------------------
 
@@ -3538,11 +3695,15 @@ class _SqliteSteps:
 
     def finish(self, job_id, old, state, **fields):
         """The job ended (done, cancelled): its outcome is kept for its
-        result_ttl, or forgotten at once."""
-        ttl, waiter, key, mode = self.get(job_id, 'result_ttl', 'waiter', 'key', 'unique_mode')
+        result_ttl, or while a child of it has not ended, or forgotten at once."""
+        ttl, waiter, key, mode, depends_on, dependents = self.get(
+            job_id, 'result_ttl', 'waiter', 'key', 'unique_mode', 'depends_on', 'dependents')
         self.let_go(job_id, key, mode, False)
         if state == CANCELLED:
             ttl = max(ttl or 0, CANCELLED_KEEP)
+        if dependents and self.conn.execute('SELECT 1 FROM mpq_dep WHERE queue = ? AND '
+                                            'parent = ? LIMIT 1', (self.queue, job_id)).fetchone():
+            ttl = _SQ_KEPT - self.now
         if ttl:
             self.move(job_id, old, state, self.now + ttl, payload=None, end_time=self.now,
                       **fields)
@@ -3551,17 +3712,74 @@ class _SqliteSteps:
                               (self.queue, job_id))
             self.count(old, -1)
             self.count(state, 1)
-        if waiter:
-            self.ended += waiter.split('\n')
+        self.ended_(job_id, state, waiter, depends_on, dependents)
 
     def to_failed(self, job_id, old, **fields):
-        waiter, key, mode = self.get(job_id, 'waiter', 'key', 'unique_mode')
+        waiter, key, mode, depends_on, dependents = self.get(
+            job_id, 'waiter', 'key', 'unique_mode', 'depends_on', 'dependents')
         self.let_go(job_id, key, mode, False)
         self.move(job_id, old, FAILED, self.now, phase=None, fail_time=self.now,
                   end_time=self.now, **fields)
         self.count('failed_total', 1)
+        self.ended_(job_id, FAILED, waiter, depends_on, dependents)
+
+    def ended_(self, job_id, state, waiter, depends_on, dependents):
+        """What follows a job's end: its waiters are told, its parents keep
+        their outcome for it no more, its children are settled."""
         if waiter:
             self.ended += waiter.split('\n')
+        if depends_on:
+            parents = self.conn.execute('SELECT parent FROM mpq_dep WHERE queue = ? AND '
+                                        'child = ?', (self.queue, job_id)).fetchall()
+            self.conn.execute('DELETE FROM mpq_dep WHERE queue = ? AND child = ?',
+                              (self.queue, job_id))
+            for parent, in parents:
+                self.unkeep(parent)
+        if dependents:
+            self.settle(job_id, state)
+
+    # -- dependencies (see "Dependencies" above the record's fields) ----------------
+
+    def unkeep(self, job_id):
+        """An outcome kept for children (score _SQ_KEPT) expires as its
+        result_ttl says once the last of them ended."""
+        row = self.get(job_id, 'state', 'end_time', 'result_ttl', 'score')
+        if row and row[3] == _SQ_KEPT and not self.conn.execute(
+                'SELECT 1 FROM mpq_dep WHERE queue = ? AND parent = ? LIMIT 1',
+                (self.queue, job_id)).fetchone():
+            ttl = max(row[2] or 0, CANCELLED_KEEP) if row[0] == CANCELLED else row[2] or 0
+            self.update(job_id, score=row[1] + ttl)       # the sweep drops it when due
+
+    def settle(self, job_id, state):
+        """Parent ``job_id`` ended in ``state``: each child for which it was
+        the last parent not ended is released, and each whose parent did not
+        end done is cancelled unless it runs anyway.  Cancels go down a chain
+        through a list, not by recursion: a chain may be long."""
+        if self.settling is not None:
+            self.settling.append((job_id, state))
+            return
+        self.settling = [(job_id, state)]
+        while self.settling:
+            parent, how = self.settling.pop()
+            for child, run in self.conn.execute(
+                    'SELECT child, on_parent_failure FROM mpq_dep JOIN mpq_job ON '
+                    'mpq_job.queue = mpq_dep.queue AND id = child WHERE mpq_dep.queue = ? AND '
+                    'parent = ? AND open = 1', (self.queue, parent)).fetchall():
+                self.conn.execute('UPDATE mpq_dep SET open = 0 WHERE queue = ? AND child = ? AND '
+                                  'parent = ?', (self.queue, child, parent))
+                if how != DONE and run != 'run':
+                    self.cancel_child(child, parent, how)
+                elif not self.conn.execute('SELECT 1 FROM mpq_dep WHERE queue = ? AND child = ? '
+                                           'AND open = 1 LIMIT 1',
+                                           (self.queue, child)).fetchone():
+                    self.ready(child, BLOCKED, self.get(child, 'score')[0] - self.now)
+        self.settling = None
+
+    def cancel_child(self, job_id, parent, how):
+        """A child cancelled because its parent did not end done."""
+        by = 'parent %s' % parent
+        self.finish(job_id, BLOCKED, CANCELLED, cancel_time=self.now, cancelled_by=by,
+                    error_info=self.errors(job_id, '%s ended %s' % (by, how)))
 
     def errors(self, job_id, *more):
         raw = self.get(job_id, 'error_info')[0]
@@ -3640,7 +3858,14 @@ class _SqliteSteps:
     # -- the steps -------------------------------------------------------------
 
     def push(self, job_id, payload, delay, job, timeout, fail_number, fail_expire, priority,
-             key, mode, result_ttl, limits):
+             key, mode, result_ttl, limits, depends_on, on_parent_failure):
+        ended = {}      # its parents that ended, and how
+        for parent in json.loads(depends_on) if depends_on else ():
+            row = self.live(parent, 'state')
+            if row is None:
+                return '!' + parent
+            if row[0] in _ENDED:
+                ended[parent] = row[0]
         if mode:
             holder = self.holder(key)
             if holder is not None:
@@ -3648,14 +3873,33 @@ class _SqliteSteps:
             ends = self.now + float(mode) if mode not in ('queued', 'active') else None
             self.conn.execute('INSERT OR REPLACE INTO mpq_unique (queue, key, id, ends) '
                               'VALUES (?, ?, ?, ?)', (self.queue, key, job_id, ends))
-        self.conn.execute(_SQ_INSERT, self.push_row(job_id, payload, delay, job, timeout,
-                                                    fail_number, fail_expire, priority, key,
-                                                    mode, result_ttl, limits))
+        row = (job_id, payload, delay, job, timeout, fail_number, fail_expire, priority, key,
+               mode, result_ttl, limits)
+        if not depends_on:
+            self.conn.execute(_SQ_INSERT, self.push_row(*row))
+            return job_id
+        parents = json.loads(depends_on)
+        bad = next((p for p in parents if ended.get(p, DONE) != DONE), None)
+        cancel = bad is not None and on_parent_failure != 'run'
+        self.conn.execute(_SQ_INSERT, self.push_row(
+            *row, blocked=cancel or len(ended) < len(parents)))
+        self.update(job_id, depends_on=depends_on, on_parent_failure=on_parent_failure)
+        self.conn.executemany('INSERT OR IGNORE INTO mpq_dep (queue, child, parent, open) '
+                              'VALUES (?, ?, ?, ?)', [(self.queue, job_id, p, p not in ended)
+                                                      for p in parents])
+        for parent in parents:
+            self.update(parent, dependents=1)
+            if ended.get(parent) in (DONE, CANCELLED):
+                self.update(parent, score=_SQ_KEPT)       # its outcome, kept for this child
+        if cancel:
+            self.cancel_child(job_id, bad, ended[bad])
         return job_id
 
     def push_row(self, job_id, payload, delay, job, timeout, fail_number, fail_expire,
-                 priority, key, mode, result_ttl, limits):
-        if delay > 0:
+                 priority, key, mode, result_ttl, limits, blocked=False):
+        if blocked:
+            state, score, level = BLOCKED, self.now + delay, 0
+        elif delay > 0:
             state, score, level = DELAYED, self.delayed_until(self.now + delay), 0
         else:
             state, score, level = WAITING, self.position(priority), priority
@@ -3894,7 +4138,7 @@ class _SqliteSteps:
             if not row[1]:
                 self.update(job_id, cancel_time=self.now, cancelled_by=by)
             self.cancels.append(job_id)
-        elif state in (WAITING, DELAYED, RESERVED):
+        elif state in (WAITING, DELAYED, RESERVED, BLOCKED):
             if state == RESERVED:
                 self.release(job_id, row[2])
                 self.cancels.append(job_id)     # its master may have handed it out already
@@ -3908,6 +4152,10 @@ class _SqliteSteps:
         if found is not None and watch and found['state'] not in _ENDED:
             waiter = self.get(job_id, 'waiter')[0]
             self.update(job_id, waiter='%s\n%s' % (waiter, watch) if waiter else watch)
+        if found is not None and found['state'] == BLOCKED:      # the parents it waits for
+            found['waiting_for'] = json.dumps([p for p, in self.conn.execute(
+                'SELECT parent FROM mpq_dep WHERE queue = ? AND child = ? AND open = 1',
+                (self.queue, job_id))])
         return found
 
     def depth(self):
@@ -3983,7 +4231,7 @@ class _SqliteSteps:
         if len(rows) < limit:
             self.delta.clear()
             for table in ('mpq_queue', 'mpq_unique', 'mpq_history', 'mpq_limit_held',
-                          'mpq_limit_start'):
+                          'mpq_limit_start', 'mpq_dep'):
                 self.conn.execute('DELETE FROM %s WHERE queue = ?' % table, (self.queue,))
         return len(rows)
 
@@ -4039,15 +4287,17 @@ class _SqliteSteps:
     _METHOD = {'start': 'start_step', 'lost': 'lost_step', 'requeue': 'requeue_step'}
 
     def run(self, steps):
-        """Apply ``steps``; a run of plain pushes (no unique key) goes to the
-        database in one ``executemany``."""
+        """Apply ``steps``; a run of plain pushes (no unique key, no parents)
+        goes to the database in one ``executemany``."""
         out, i = [], 0
         while i < len(steps):
             j = i
-            while j < len(steps) and steps[j][0] == 'push' and not steps[j][10]:
+            while j < len(steps) and steps[j][0] == 'push' and not steps[j][_SQ_UNIQUE] and \
+                    not steps[j][_SQ_PARENTS]:
                 j += 1
             if j > i:
-                self.conn.executemany(_SQ_INSERT, [self.push_row(*s[1:]) for s in steps[i:j]])
+                self.conn.executemany(_SQ_INSERT, [self.push_row(*s[1:_SQ_PARENTS])
+                                                   for s in steps[i:j]])
                 out += [s[1] for s in steps[i:j]]
                 i = j
                 continue
@@ -4260,10 +4510,12 @@ class SqliteDriver(_Driver):
                 conn.execute('PRAGMA synchronous = NORMAL')
                 conn.execute('PRAGMA wal_autocheckpoint = 0')
                 conn.executescript(_SQLITE_SCHEMA)
-                have = {row[1] for row in conn.execute('PRAGMA table_info(mpq_job)')}
-                for name in _FIELDS:        # a database of an older version
-                    if name not in have:
-                        conn.execute('ALTER TABLE mpq_job ADD COLUMN %s' % name)
+                for table, names, column in (('mpq_job', _FIELDS, '%s'), (
+                        'mpq_queue', _DEPTH_FIELDS, '%s INTEGER NOT NULL DEFAULT 0')):
+                    have = {row[1] for row in conn.execute('PRAGMA table_info(%s)' % table)}
+                    for name in names:        # a database of an older version
+                        if name not in have:
+                            conn.execute('ALTER TABLE %s ADD COLUMN %s' % (table, column % name))
                 conn.execute(_SQLITE_LIMIT_INDEX)
                 if not self._memory:
                     self._lock_fd = os.open(self._file + '-lock', os.O_RDWR | os.O_CREAT, 0o644)
@@ -4537,9 +4789,10 @@ def _load(job, secret):
 
 def _keep_result(job, value, basics):
     """``(result, result_repr, result_note)`` of a done step: nothing unless
-    the job keeps its outcome (result_ttl); else its value pickled and signed
-    like a payload, and its repr, for those who must not unpickle it."""
-    if not job.get('result_ttl'):
+    the job keeps its outcome (result_ttl, or children pushed before it was
+    handed out); else its value pickled and signed like a payload, and its
+    repr, for those who must not unpickle it."""
+    if not job.get('result_ttl') and not job.get('dependents'):
         return '', '', ''
     try:
         text = repr(value)
@@ -5129,7 +5382,7 @@ class _Ticker:
                             basics['max_payload']), 0, _job_name(s['job']),
                     options['timeout'], options['fail_number'],
                     options['fail_expire'], options['priority'],
-                    s['key'], s['unique'], options['result_ttl'], s['limits'])
+                    s['key'], s['unique'], options['result_ttl'], s['limits'], '', '')
             except MPQueueError as exc:
                 logger.error('schedule %r of queue %r cannot push its job: %s', name,
                              self.queue, exc)
@@ -6431,7 +6684,8 @@ class JobId(str):
 
 
 def push(queue, job, delay=0, *, args=(), kwargs=None, timeout=None, fail_number=None,
-         fail_expire=None, result_ttl=None, key=None, unique=None, priority=None, limit=None):
+         fail_expire=None, result_ttl=None, key=None, unique=None, priority=None, limit=None,
+         depends_on=None, on_parent_failure=None):
     """Push one job; returns its id, a :class:`JobId` (or, when ``unique``
     refuses it, the id of the job that holds ``key``).
 
@@ -6459,8 +6713,15 @@ def push(queue, job, delay=0, *, args=(), kwargs=None, timeout=None, fail_number
     :param limit: a limit name of the queue's ``limits`` (or a name a pattern
         there matches), or a list of them: the job starts only when each has
         room; default the Job's, else none.
+    :param depends_on: the id of a job of the same queue, or a list of them:
+        this one waits ``blocked`` until each has ended (its delay, if any,
+        counts from the push).
+    :param on_parent_failure: what a parent that ends failed, cancelled or
+        expired does to it: ``'cancel'`` (the default: it ends cancelled, and
+        so do its own dependents) or ``'run'`` (it runs all the same).
     :raises ConfigError: the queue is not configured, or an option is wrong
         (a limit name no definition matches, say).
+    :raises JobNotFound: a parent the broker does not know (nothing is written).
     :raises TypeError: ``job`` is not something a worker can run.
     :raises SerializationError: the job cannot be pickled (nothing is written).
     :raises DriverError: the broker cannot be reached.
@@ -6470,12 +6731,13 @@ def push(queue, job, delay=0, *, args=(), kwargs=None, timeout=None, fail_number
                           % (key,))
     return push_many(queue, [job], delay, args=args, kwargs=kwargs, timeout=timeout,
                      fail_number=fail_number, fail_expire=fail_expire, result_ttl=result_ttl,
-                     key=key, unique=unique, priority=priority, limit=limit)[0]
+                     key=key, unique=unique, priority=priority, limit=limit,
+                     depends_on=depends_on, on_parent_failure=on_parent_failure)[0]
 
 
 def push_many(queue, jobs, delay=0, *, args=(), kwargs=None, timeout=None, fail_number=None,
               fail_expire=None, result_ttl=None, key=None, unique=None, priority=None,
-              limit=None):
+              limit=None, depends_on=None, on_parent_failure=None):
     """Push several jobs in one broker round trip; returns their ids
     (:class:`JobId`) in order.
 
@@ -6485,17 +6747,78 @@ def push_many(queue, jobs, delay=0, *, args=(), kwargs=None, timeout=None, fail_
     de-duplicated within the batch too (each gets the id of the first, or of
     the job in the broker that holds the key).  Parameters as for :func:`push`.
     """
+    parents = _parents(queue, depends_on)
     return _push_calls(queue, [(job, args, kwargs) for job in jobs], delay, key, unique, limit,
                        dict(timeout=timeout, fail_number=fail_number, fail_expire=fail_expire,
-                            result_ttl=result_ttl, priority=priority))
+                            result_ttl=result_ttl, priority=priority),
+                       parents and [parents] * len(jobs), on_parent_failure)
 
 
-def _push_calls(queue, calls, delay, key, unique, limit, given):
+def chain(queue, jobs, **push_options):
+    """Push ``jobs`` so that each runs after the one before it ended done
+    (a failure cancels the rest; with ``on_parent_failure='run'`` they go on),
+    in one atomic step.  Their ids (:class:`JobId`) in order.  Options as for
+    :func:`push_many` (``depends_on``: the first job's parents)."""
+    return _linked(queue, jobs, push_options, lambda i, first: [i - 1] if i else first)
+
+
+def batch(queue, jobs, then=None, **push_options):
+    """Push ``jobs``, and ``then`` (a job, or None) to run once after every
+    one of them ended, however it ended, in one atomic step.  Returns
+    ``(ids, then_id)`` (``then_id`` None without ``then``).  Options as for
+    :func:`push_many`; ``then`` depends on the jobs alone."""
+    n = len(jobs)
+    ids = _linked(queue, list(jobs) + ([then] if then is not None else []), push_options,
+                  lambda i, first: list(range(n)) if i == n else first, last_runs=True)
+    return (ids[:n], ids[n]) if then is not None else (ids, None)
+
+
+def _linked(queue, jobs, options, parents_of, last_runs=False):
+    """chain() and batch(): ``jobs`` pushed at once, the parents of job i
+    ``parents_of(i, parents given)`` (ids, or indexes of jobs before it)."""
+    _check_push_options(options)
+    given = dict(dict.fromkeys(_JOB_OPTIONS), **options)
+    delay, limit, first, opf, key, unique = (given.pop(name, None) for name in (
+        'delay', 'limit', 'depends_on', 'on_parent_failure', 'key', 'unique'))
+    if key is not None or unique is not None:
+        raise ConfigError('key, unique: chain() and batch() take no unique key (a job left out '
+                          'for another that holds its key would leave its dependents without '
+                          'a parent)')
+    first = _parents(queue, first)
+    return _push_calls(queue, [(job, (), None) for job in jobs], delay or 0, None, None, limit,
+                       given, [parents_of(i, first) for i in range(len(jobs))], opf,
+                       len(jobs) - 1 if last_runs else None)
+
+
+def _parents(queue, depends_on):
+    """The ``depends_on`` option as a list of ids (None: no parents)."""
+    if depends_on is None:
+        return None
+    ids = [depends_on] if isinstance(depends_on, str) else depends_on
+    if not isinstance(ids, (list, tuple)) or not ids or \
+            not all(isinstance(i, str) and i for i in ids):
+        raise ConfigError('depends_on must be a job id or a non-empty list of job ids, got %r'
+                          % (depends_on,))
+    for i in ids:
+        if getattr(i, 'queue', queue) != queue:
+            raise ConfigError('depends_on: job %s is of queue %r, not %r (a job depends on jobs '
+                              'of its own queue)' % (i, i.queue, queue))
+    return [str(i) for i in ids]
+
+
+def _push_calls(queue, calls, delay, key, unique, limit, given, parents=None,
+                on_parent_failure=None, runs_anyway=None):
     """``push_many`` of ``calls``, ``(job, args, kwargs)`` each: their
-    :class:`JobId` in order.  ``given``: the options of every job."""
+    :class:`JobId` in order.  ``given``: the options of every job;
+    ``parents``: per call, its parents (ids, or the index of a call before
+    it); ``runs_anyway``: the index of a call that runs whatever became of
+    its parents."""
     config = _get_config()
     qconf = queue_config(queue)
     _check_number('delay', delay, 0)
+    if on_parent_failure not in (None, 'cancel', 'run'):
+        raise ConfigError("on_parent_failure must be 'cancel' or 'run', got %r"
+                          % (on_parent_failure,))
     jobs = [job for job, _, _ in calls]
     if isinstance(key, (list, tuple)):
         if len(key) != len(jobs):
@@ -6513,8 +6836,8 @@ def _push_calls(queue, calls, delay, key, unique, limit, given):
     # 20000; medians of 5 interleaved runs each, 2026-12-07).
     plain = _push_options(None, qconf, **given)     # those of every job that is no Job
     plain_limits = _limits_text(qconf, limit)
-    steps = []
-    for (job, args, kwargs), job_key, mode in zip(calls, keys, modes):
+    steps, ids = [], [_new_id() for _ in calls]
+    for i, ((job, args, kwargs), job_key, mode) in enumerate(zip(calls, keys, modes)):
         _check_job(queue, job)
         options, limits = plain, plain_limits
         if _is_job(job):
@@ -6522,13 +6845,25 @@ def _push_calls(queue, calls, delay, key, unique, limit, given):
             if limit is None and job.limit is not None:
                 limits = _limits_text(qconf, job.limit, '%s.limit' % _job_class(job).__name__)
         payload = _encode(queue, job, args, kwargs, basics['secret'], basics['max_payload'])
-        steps.append(('push', _new_id(), payload, delay, _job_name(job), options['timeout'],
+        mine = parents and parents[i]
+        steps.append(('push', ids[i], payload, delay, _job_name(job), options['timeout'],
                       options['fail_number'], options['fail_expire'],
-                      options['priority'], job_key or '', mode, options['result_ttl'], limits))
+                      options['priority'], job_key or '', mode, options['result_ttl'], limits,
+                      json.dumps(list(dict.fromkeys(p if isinstance(p, str) else ids[p]
+                                                    for p in mine))) if mine else '',
+                      ('run' if i == runs_anyway else on_parent_failure or 'cancel')
+                      if mine else ''))
     if _is_immediate(basics):
         ids = _run_here(config, qconf, steps)
     else:
         ids = basics['driver'].execute(queue, steps)
+    for job_id in ids:
+        if job_id.startswith('!'):
+            raise JobNotFound(
+                'depends_on: queue %r does not know job %s (never pushed, or it ended and its '
+                'outcome was not kept: give the parent a result_ttl, or push parent and child '
+                'together with chain(), batch() or push_many(); nothing was pushed)'
+                % (queue, job_id[1:]))
     return [JobId(job_id, queue) for job_id in ids]
 
 
@@ -6627,10 +6962,13 @@ class _JobFunction:
     def _push(self, calls, options):
         given = dict(self.options, **options)
         target = self._target()
+        delay, key, unique, limit, parents, opf = (given.pop(name, None) for name in (
+            'delay', 'key', 'unique', 'limit', 'depends_on', 'on_parent_failure'))
+        parents = _parents(self.queue, parents)
         return _push_calls(self.queue, [(target, args, kwargs) for args, kwargs in calls],
-                           given.pop('delay', 0), given.pop('key', None),
-                           given.pop('unique', None), given.pop('limit', None),
-                           dict(dict.fromkeys(_JOB_OPTIONS), **given))
+                           delay or 0, key, unique, limit, dict(dict.fromkeys(_JOB_OPTIONS),
+                                                                **given),
+                           parents and [parents] * len(calls), opf)
 
     def _target(self):
         """What is pushed: the import path of this object when a worker can

@@ -2130,7 +2130,7 @@ form.login .btn { margin-top: 8px; padding: 9px; }
   const VIEWS = ['queues', 'fleet', 'queued', 'limits', 'failed', 'job', 'schedules'];
   const TITLES = {queues: 'Queues', fleet: 'Fleet', queued: 'Waiting jobs', limits: 'Limits',
                   failed: 'Failed jobs', job: 'Job', schedules: 'Schedules'};
-  const UNFINISHED = ['waiting', 'delayed', 'reserved', 'working'];
+  const UNFINISHED = ['waiting', 'delayed', 'reserved', 'working', 'blocked'];
   const QUEUE_COLUMNS = ['Queue', 'Waiting', 'Delayed', 'Reserved', 'Working', 'Failed',
                          'Cancelled', 'Oldest waiting', 'Pushed', 'Done', 'Done/s', 'Failed/s',
                          'Paused'];

@@ -28,7 +28,7 @@ from redis_server import wait_for
 PREFIX = 'mpqtest'
 WAIT = 5.0          # longest wait for something that is due
 SLACK = 0.02        # clock granularity allowed when checking "not before"
-LIVE = ('waiting', 'delayed', 'reserved', 'working', 'failed')     # states depth() counts
+LIVE = ('waiting', 'delayed', 'reserved', 'working', 'failed', 'blocked')     # states depth() counts
 COUNTERS = ('pushed', 'done', 'failed_total', 'cancelled')          # counters of depth()
 BULK = 1000         # limit of the clean steps that empty a queue
 
@@ -44,12 +44,15 @@ NAME = mpqueue._job_name(noop)
 # -- building and running steps ------------------------------------------------------
 
 def push_step(job_id=None, *, payload=PAYLOAD, delay=0, job=NAME, timeout=0, fail_number=3,
-              fail_expire=0, priority=0, key='', unique='', result_ttl=0, limits=''):
+              fail_expire=0, priority=0, key='', unique='', result_ttl=0, limits='',
+              parents=(), on_parent_failure='cancel'):
     """One ``push`` step, as ``mpqueue.push_many`` builds it (``unique``: the
     step's unique_mode: '', 'queued', 'active' or seconds as text; ``limits``:
-    the job's limits field, see ``limits_field``)."""
+    the job's limits field, see ``limits_field``; ``parents``: the ids it
+    depends on)."""
     return ('push', job_id or mpqueue._new_id(), payload, delay, job, timeout, fail_number,
-            json.dumps(fail_expire), priority, key, unique, result_ttl, limits)
+            json.dumps(fail_expire), priority, key, unique, result_ttl, limits,
+            json.dumps(list(parents)) if parents else '', on_parent_failure if parents else '')
 
 
 def limits_field(*names, **definitions):
@@ -264,7 +267,7 @@ class RedisStore:
         out = []
         for name in self.leftovers(queue):
             kind = self.client.type(name).decode()
-            if kind == 'hash' and name.endswith(':job:' + job_id):
+            if ':job:%s' % job_id in name:        # its record, its parents, its children
                 out.append(name)
             elif kind == 'list' and job_id.encode() in self.client.lrange(name, 0, -1):
                 out.append(name)
@@ -280,7 +283,8 @@ class RedisStore:
         waiting += sum(self.client.llen(name) for name in self.client.scan_iter(
             match=self.key(queue, 'limit:parked:*'), count=1000))     # parked by a limit
         return dict(waiting=waiting, **{name: self.client.zcard(self.key(queue, name))
-                                        for name in ('delayed', 'reserved', 'working', 'failed')})
+                                        for name in ('delayed', 'reserved', 'working', 'failed',
+                                                     'blocked')})
 
     def holds(self, queue):
         """Unique key -> id of the job holding it."""
@@ -322,11 +326,16 @@ class SqliteStore:
                     'SELECT queue FROM mpq_paused WHERE queue = ?', queue)] +
                 [(table, name) for table in ('mpq_limit_held', 'mpq_limit_start')
                  for name, in self._rows('SELECT name FROM %s WHERE queue = ?' % table,
-                                         queue)])
+                                         queue)] +
+                [('mpq_dep', child) for child, in self._rows(
+                    'SELECT child FROM mpq_dep WHERE queue = ?', queue)])
 
     def traces(self, queue, job_id):
         return ([('mpq_job', job_id)] * len(self._rows(
                     'SELECT 1 FROM mpq_job WHERE queue = ? AND id = ?', queue, job_id)) +
+                [('mpq_dep', job_id)] * len(self._rows(
+                    'SELECT 1 FROM mpq_dep WHERE queue = ? AND ? IN (child, parent)', queue,
+                    job_id)) +
                 [('mpq_unique', k) for k, in self._rows(
                     'SELECT key FROM mpq_unique WHERE queue = ? AND id = ?', queue, job_id)])
 

@@ -1257,18 +1257,20 @@ def _every_state(driver, queue):
     done_id, failed_id, working_id, reserved_id, waiting_id = push(driver, queue, 5)
     delayed_id = push1(driver, queue, delay=60)
     cancelled_id = push1(driver, queue, delay=60)
+    blocked_id = push1(driver, queue, parents=[working_id])
     done(driver, queue, pop1(driver, queue))
     fail(driver, queue, pop1(driver, queue))
     pop1(driver, queue)
     reserve(driver, queue)
     cancel(driver, queue, cancelled_id)
-    return [done_id, failed_id, working_id, reserved_id, waiting_id, delayed_id, cancelled_id]
+    return [done_id, failed_id, working_id, reserved_id, waiting_id, delayed_id, cancelled_id,
+            blocked_id]
 
 
 def test_depth_counts_every_state(driver, queue, store):
     ids = _every_state(driver, queue)
     assert counts(driver, queue) == dict(
-        waiting=1, delayed=1, reserved=1, working=1, failed=1, pushed=7, done=1,
+        waiting=1, delayed=1, reserved=1, working=1, failed=1, blocked=1, pushed=8, done=1,
         failed_total=1, cancelled=1)
     assert_depth(driver, queue, ids, store)
 
@@ -1439,7 +1441,7 @@ def test_clean_empties_every_state_of_one_queue(driver, queue, store):
     other = queue + '-other'
     kept = push1(driver, other)
     try:
-        assert driver.run(queue, 'clean', 100) == 6     # the kept cancelled one too
+        assert driver.run(queue, 'clean', 100) == 7     # the kept cancelled one too
         assert counts(driver, queue) == zero_counts()
         for job_id in ids:
             assert info(driver, queue, job_id) is None
@@ -1782,3 +1784,107 @@ def test_a_rate_window_slides(driver, queue):
     assert info(driver, queue, c)['start_time'] >= first['start_time'] + 0.6 - SLACK
     for job in (first, second, third):
         assert done(driver, queue, job) is True
+
+
+# -- dependencies -------------------------------------------------------------------------------
+
+def parents_of(driver, queue, job_id):
+    """(state, depends_on, waiting_for) of a job, as job_info shows them."""
+    record = mpqueue._public_info(queue, dict(info(driver, queue, job_id), id=job_id))
+    return record['state'], record['depends_on'], record.get('waiting_for')
+
+
+def test_a_child_waits_blocked_until_its_last_parent_ends_done(driver, queue):
+    a, b = push(driver, queue, 2)
+    child = push1(driver, queue, parents=[a, b])
+    assert parents_of(driver, queue, child) == ('blocked', [a, b], sorted([a, b]))
+    assert counts(driver, queue) == zero_counts(waiting=2, blocked=1, pushed=3)
+    first, second = pop(driver, queue, 5)           # the child is not handed out
+    assert done(driver, queue, first) is True
+    assert parents_of(driver, queue, child) == ('blocked', [a, b], [b])
+    assert done(driver, queue, first) is False      # a stale outcome settles nothing
+    assert done(driver, queue, second) is True      # the step that ends the last one releases it
+    assert parents_of(driver, queue, child)[0] == 'waiting'
+    assert ids_of(pop(driver, queue, 5)) == [child]
+
+
+@pytest.mark.parametrize('ending', ['fail', 'cancel', 'lost'])
+def test_a_parent_that_does_not_end_done_cancels_its_children_all_the_way_down(
+        driver, queue, ending):
+    parent = push1(driver, queue, fail_number=0)
+    child = push1(driver, queue, parents=[parent])
+    grandchild = push1(driver, queue, parents=[child])
+    runs = push1(driver, queue, parents=[parent], on_parent_failure='run')
+    job = pop1(driver, queue)
+    if ending == 'fail':
+        assert fail(driver, queue, job) is True
+    elif ending == 'cancel':
+        assert cancel(driver, queue, parent) == 'working'
+        assert requeue(driver, queue, job) is True          # its worker stopped it
+    else:
+        assert lost(driver, queue, job) is True             # no retry left: fail handlers...
+        handlers = pop1(driver, queue)
+        assert fail(driver, queue, handlers) is True        # ... then failed for good
+    how = 'cancelled' if ending == 'cancel' else 'failed'
+    for job_id, by in ((child, parent), (grandchild, child)):
+        record = info(driver, queue, job_id)
+        assert record['state'] == 'cancelled'
+        assert record['cancelled_by'] == 'parent %s' % by
+        assert record['error_info'][-1] == 'parent %s ended %s' % (by, 'cancelled' if
+                                                                   by == child else how)
+    assert ids_of(pop(driver, queue, 5)) == [runs]
+
+
+def test_a_parent_that_ended_before_the_push_settles_the_child_at_push(driver, queue):
+    ok, bad = push(driver, queue, 2, result_ttl=60, fail_number=0)
+    assert done(driver, queue, pop1(driver, queue)) is True
+    assert fail(driver, queue, pop1(driver, queue)) is True
+    released = push1(driver, queue, parents=[ok])
+    cancelled = push1(driver, queue, parents=[ok, bad])
+    runs = push1(driver, queue, parents=[bad], on_parent_failure='run')
+    assert state(driver, queue, released) == 'waiting'
+    assert state(driver, queue, cancelled) == 'cancelled'
+    assert ids_of(pop(driver, queue, 5)) == [released, runs]
+
+
+def test_an_unknown_parent_writes_nothing(driver, queue, store):
+    known = push1(driver, queue)
+    before, stored = counts(driver, queue), store.leftovers(queue)
+    gone = mpqueue._new_id()
+    assert driver.execute(queue, [push_step(parents=[known, gone]),
+                                  push_step(key='k', unique='queued', parents=[gone])]) == \
+        ['!' + gone, '!' + gone]
+    assert counts(driver, queue) == before and store.leftovers(queue) == stored
+
+
+def test_a_parent_keeps_its_outcome_until_its_children_end(driver, queue, store):
+    parent = push1(driver, queue, result_ttl=0)
+    child = push1(driver, queue, parents=[parent])
+    assert done(driver, queue, pop1(driver, queue), b'r', 'r') is True
+    kept = info(driver, queue, parent)
+    assert (kept['state'], kept['result']) == ('done', b'r')   # result_ttl 0, but a child runs
+    assert store.expires_in(queue, parent) is None
+    job = pop1(driver, queue)
+    assert info(driver, queue, parent)['state'] == 'done'
+    assert done(driver, queue, job) is True
+    sweep(driver, queue)
+    assert info(driver, queue, parent) is None and info(driver, queue, child) is None
+    assert store.traces(queue, parent) == store.traces(queue, child) == []
+
+
+def test_a_delayed_child_stays_delayed_after_release(driver, queue):
+    parent = push1(driver, queue)
+    child = push1(driver, queue, parents=[parent], delay=60)
+    assert state(driver, queue, child) == 'blocked'
+    assert done(driver, queue, pop1(driver, queue)) is True
+    assert state(driver, queue, child) == 'delayed'
+
+
+def test_a_cancelled_child_leaves_its_parents(driver, queue, store):
+    parent = push1(driver, queue)
+    child = push1(driver, queue, parents=[parent])
+    assert cancel(driver, queue, child) == 'blocked'
+    assert counts(driver, queue)['blocked'] == 0
+    assert done(driver, queue, pop1(driver, queue)) is True
+    assert info(driver, queue, parent) is None          # nothing keeps it
+    assert state(driver, queue, child) == 'cancelled'

@@ -132,7 +132,7 @@ def parse_frame(lines):
     assert title.startswith('mpqueue ') and 'Ctrl-C' in title
     columns = header.split()
     assert columns == ['queue', 'waiting', 'delayed', 'reserved', 'working', 'failed',
-                       'done/s', 'failed/s']
+                       'blocked', 'done/s', 'failed/s']
     table = {}
     for row in rows:
         name, *values = row.split()
@@ -231,7 +231,8 @@ def test_metrics_match_the_queues_and_the_pools(e2e):
     assert depth == {('q', 'waiting'): 0, ('q', 'delayed'): 2, ('q', 'reserved'): 0,
                      ('q', 'working'): 1, ('q', 'failed'): 1, ('parked', 'waiting'): 2,
                      ('parked', 'delayed'): 0, ('parked', 'reserved'): 0,
-                     ('parked', 'working'): 0, ('parked', 'failed'): 0}
+                     ('parked', 'working'): 0, ('parked', 'failed'): 0, ('q', 'blocked'): 0,
+                     ('parked', 'blocked'): 0}
     totals = {(dict(k)['queue'], dict(k)['state']): v
               for k, v in families['mpqueue_jobs_total']['samples'].items()}
     assert totals == {('q', 'pushed'): 7, ('q', 'done'): 3, ('q', 'failed'): 1,
