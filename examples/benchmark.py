@@ -51,14 +51,20 @@ Workloads (``--only`` selects some of them, comma-separated):
              --idle-seconds: how late each tick's job started (p50 / p99 /
              max) and the pool's CPU; then a pool with 20 schedules ticking
              once a minute, idle for --idle-seconds: its CPU
-  limits     the queue gets the limits ``bench`` (concurrency = --workers) and
-             ``solo`` (concurrency 1): push (one by one and push_many) and
+  limits     the queue gets the limits ``bench`` (concurrency 100,000: it never
+             fills) and ``solo`` (concurrency 1): push (one by one and push_many) and
              drain of N jobs with ``limit='bench'``; 300 jobs of 2 ms under
              ``solo``: from the end of each to the start of the next, p50 /
              p99 / max; then the pool idle for --idle-seconds, first with
              nothing queued, then while one job holds ``solo`` and 10,000
              wait for it: CPU of the pool and (Redis) commands the broker
              processed per second
+  workflows  N jobs pushed as chains of 10 (one ``chain`` call each) and as
+             batches of 10 with a ``then`` (one ``batch`` call each), then
+             drained: jobs/s of each, beside plain push_many and drain;
+             then 200 batches of 5 short jobs, one after another: from the
+             end of a batch's last job to the start of its ``then``, p50 /
+             p99 / max
 
 CPU and memory come from /proc (Linux): utime + stime of
 ``/proc/PID/stat`` (counted in clock ticks, so the idle CPU figure has a
@@ -122,7 +128,7 @@ if os.path.isfile(os.path.join(CODE, 'mpqueue.py')):   # running from a checkout
 import mpqueue  # noqa: E402
 
 WORKLOADS = ('push', 'unique', 'push_many', 'drain', 'latency', 'delayed', 'handles', 'idle',
-             'schedules', 'limits')
+             'schedules', 'limits', 'workflows')
 POOL_NAME = 'mpqbench'
 JOBS_MODULE = 'mpqbench_jobs'
 PUSH_CHUNK = 1000
@@ -132,6 +138,8 @@ RESULT_JOBS, CANCEL_JOBS = 200, 20
 SCHEDULES = 20              # schedules of the schedules workload, each ticking every second
 HANDOFF_JOBS = 300          # limits: jobs run one after the other under a concurrency-1 limit
 PARKED_JOBS = 10000         # limits: jobs waiting on a full limit while the pool is measured
+FLOW_SIZE = 10              # workflows: jobs per chain and per batch
+CALLBACK_BATCHES, CALLBACK_MEMBERS = 200, 5     # workflows: batches run one after another
 PROBE_SECONDS = 0.1
 STALL_SECONDS = 30          # drain gives up when no job ran for that long
 STOP_GRACE = 5              # basics.stop_grace of the generated config
@@ -447,6 +455,22 @@ def handoff(seconds):
         _line('a %r\\nb %r\\n' % (started, time.time()))
 
 
+def flow_end():
+    """workflows: a batch member that records its end."""
+    if REDIS:
+        _sink().rpush(KEY + 'flow_end', repr(time.time()))
+    else:
+        _line('e %r\\n' % time.time())
+
+
+def flow_then():
+    """workflows: a batch's callback that records its start."""
+    if REDIS:
+        _sink().rpush(KEY + 'flow_then', repr(time.time()))
+    else:
+        _line('f %r\\n' % time.time())
+
+
 def tick(period):
     """schedules: how late this tick's job started (ticks fall on multiples of period)."""
     late = time.time() % period
@@ -490,7 +514,7 @@ class RedisRecords:
     def keys(self):
         return [self.key + k for k in ('seen', 'count', 'first', 'last', 'probe', 'latency',
                                        'delayed', 'started', 'tick', 'handoff_start',
-                                       'handoff_end')]
+                                       'handoff_end', 'flow_end', 'flow_then')]
 
     def start_drain(self, n):
         self.n = n
@@ -524,7 +548,7 @@ class RedisRecords:
 
 
 RECORD_LETTERS = {'latency': 'l', 'delayed': 'y', 'started': 's', 'tick': 't',
-                  'handoff_start': 'a', 'handoff_end': 'b'}
+                  'handoff_start': 'a', 'handoff_end': 'b', 'flow_end': 'e', 'flow_then': 'f'}
 
 
 class FileRecords:
@@ -780,13 +804,14 @@ def run_push_many(wd, n, **options):
     return {'jobs': n, 'seconds': seconds, 'jobs_per_s': n / seconds, 'queued': queued}
 
 
-def run_drain(wd, pool, n, problems, **options):
-    """Queue n jobs (push ``options``), start ``pool``, wait for all of them to run."""
+def run_drain(wd, pool, n, problems, push=mpqueue.push_many, chunk=PUSH_CHUNK, **options):
+    """Queue n jobs (``push`` calls of ``chunk`` jobs with ``options``),
+    start ``pool``, wait for all of them to run."""
     mpqueue.clean(wd.queue)
     wd.records.start_drain(n)
-    for lo in range(0, n, PUSH_CHUNK):
-        mpqueue.push_many(wd.queue, [functools.partial(wd.jobs.drain, i)
-                                     for i in range(lo, min(n, lo + PUSH_CHUNK))], **options)
+    for lo in range(0, n, chunk):
+        push(wd.queue, [functools.partial(wd.jobs.drain, i)
+                        for i in range(lo, min(n, lo + chunk))], **options)
     pool.start()
     # Allow 50 jobs/s at worst, and give up early when nothing moves for STALL_SECONDS.
     began = time.monotonic()
@@ -976,7 +1001,8 @@ def idle_with_commands(wd, pool, seconds):
 def run_limits(wd, args, problems):
     """Jobs under a limit: push and drain, the hand-off to the next waiter,
     and a pool while thousands wait on a full limit."""
-    wd.configure(args.workers, args.model, limits={'bench': {'concurrency': args.workers},
+    # 'bench' never fills: what carrying a limit costs; 'solo' is always full
+    wd.configure(args.workers, args.model, limits={'bench': {'concurrency': 100000},
                                                     'solo': {'concurrency': 1}})
     result = {'push': run_push(wd, args.jobs, limit='bench'),
               'push_many': run_push_many(wd, args.jobs, limit='bench')}
@@ -1006,6 +1032,56 @@ def run_limits(wd, args, problems):
                       '%d jobs to wait on limit solo' % PARKED_JOBS, pool=pool)
         result['parked'] = idle_with_commands(wd, pool, args.idle_seconds)
         mpqueue.clean(wd.queue)
+    finally:
+        stop = pool.stop()
+    if stop is not None:
+        problems += stop_problems(stop)
+    return result
+
+
+def pushed_in(wd, n, push):
+    """Seconds to push n no-op jobs by ``push(queue, jobs)`` calls of FLOW_SIZE."""
+    mpqueue.clean(wd.queue)
+    t0 = time.perf_counter()
+    for _ in range(0, n, FLOW_SIZE):
+        push(wd.queue, [wd.jobs.noop] * FLOW_SIZE)
+    seconds = time.perf_counter() - t0
+    mpqueue.clean(wd.queue)
+    return {'jobs': n, 'jobs_per_s': n / seconds}
+
+
+def run_workflows(wd, args, problems):
+    """Chains and batches against plain jobs: push, drain, and the hand-off
+    from a batch's last job to its callback."""
+    def batch(queue, jobs):         # every FLOW_SIZE-th job is the then of the others
+        return mpqueue.batch(queue, jobs[:-1], then=jobs[-1])
+    result = {}
+    for name, push in (('plain', mpqueue.push_many), ('chain', mpqueue.chain),
+                       ('batch', batch)):
+        result[name] = {'push': pushed_in(wd, args.jobs, push)}
+        pool = Pool(wd)
+        try:
+            result[name]['drain'] = run_drain(wd, pool, args.jobs, problems, push, FLOW_SIZE)
+        finally:
+            stop = pool.stop()
+        if stop is not None:
+            problems += stop_problems(stop)
+    pool = Pool(wd).start()
+    try:
+        wait_ready(wd, pool, args.workers)
+        wd.records.start_values('flow_end')
+        for k in range(CALLBACK_BATCHES):
+            mpqueue.batch(wd.queue, [wd.jobs.flow_end] * CALLBACK_MEMBERS, then=wd.jobs.flow_then)
+            deadline_wait(lambda: len(wd.records.values('flow_then')) > k, 30,
+                          'the callback of batch %d' % k, interval=0.001, pool=pool)
+        ends, thens = wd.records.values('flow_end'), wd.records.values('flow_then')
+        waits = [then - max(ends[k * CALLBACK_MEMBERS:(k + 1) * CALLBACK_MEMBERS])
+                 for k, then in enumerate(thens)]
+        result['callback'] = dict(ms_summary(waits), batches=len(thens),
+                                  early=sum(1 for w in waits if w < 0))
+        if result['callback']['early']:
+            problems.append('workflows: %d callback(s) started before their batch ended'
+                            % result['callback']['early'])
     finally:
         stop = pool.stop()
     if stop is not None:
@@ -1076,7 +1152,7 @@ def run_benchmark(args, selected):
             if 'idle' in selected:
                 wait_ready(wd, pool, args.workers)
                 results['idle'] = run_idle(pool, args.idle_seconds)
-        if selected & {'schedules', 'limits'}:
+        if selected & {'schedules', 'limits', 'workflows'}:
             stop = pool.stop()
             if stop is not None:
                 results['pool'] = stop
@@ -1085,6 +1161,8 @@ def run_benchmark(args, selected):
             results['schedules'] = run_schedules(wd, args, problems)
         if 'limits' in selected:
             results['limits'] = run_limits(wd, args, problems)
+        if 'workflows' in selected:
+            results['workflows'] = run_workflows(wd, args, problems)
     except BenchmarkError as exc:
         problems.append(str(exc))
     finally:
@@ -1169,6 +1247,17 @@ def table_rows(results):
                       fmt(lim[name]['cpu_percent'], 2)),
                      ('limits', '%s: broker commands/s' % what,
                       fmt(lim[name]['broker_commands_per_s']))]
+    if 'workflows' in r:
+        w = r['workflows']
+        for name, what in (('plain', 'plain push_many'), ('chain', 'chains of %d' % FLOW_SIZE),
+                           ('batch', 'batches of %d with a then' % FLOW_SIZE)):
+            rows += [('workflows', '%s: push, jobs/s' % what, fmt(w[name]['push']['jobs_per_s'])),
+                     ('workflows', '%s: drain, jobs/s (first to last execution)' % what,
+                      fmt(w[name]['drain'].get('jobs_per_s')))]
+        c = w['callback']
+        rows.append(('workflows', 'last job of a batch to its then, p50 / p99 / max (ms)',
+                     '%s / %s / %s' % (fmt(c['p50_ms'], 2), fmt(c['p99_ms'], 2),
+                                       fmt(c['max_ms'], 2))))
     if 'idle' in r:
         i = r['idle']
         rows += [('idle', 'CPU, %% of one core (over %.0f s)' % i['seconds'],
