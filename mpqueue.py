@@ -1496,6 +1496,11 @@ _STEPS = (
     ('renew', 'id attempt', 'text'),
     # extend the lease of a working attempt: 'ok', 'cancel' (the job was
     # cancelled: stop it) or None (not the current attempt)
+    ('progress', 'id attempt progress meta', 'bool'),
+    # the job's body reports how far it is: its fields progress (a number
+    # 0..1, '' for none) and meta (JSON text) are set, and stay to its end and
+    # after.  Reserved or working (a worker may begin before its master's
+    # start step lands); False: not the current attempt, nothing written
     ('done', 'id attempt result result_repr result_note', 'bool'),
     ('retry', 'id attempt delay error', 'bool'),
     ('fail', 'id attempt type errors job', 'bool'),
@@ -1592,7 +1597,8 @@ _PUBLIC_FIELDS = {
     'fail_time': float, 'exec_number': int, 'worker_id': str, 'timeout': float,
     'fail_number': int, 'fail_expire': str, 'error_info': json.loads, 'type': int,
     'priority': int, 'key': str, 'result_repr': str, 'result_note': str,
-    'cancel_time': float, 'cancelled_by': str, 'waiting_for': str,
+    'cancel_time': float, 'cancelled_by': str, 'waiting_for': str, 'progress': float,
+    'meta': str,
 }
 _PRIVATE_FIELDS = {
     'payload': bytes, 'result': bytes, 'attempt': int, 'owner': str, 'deadline': float,
@@ -1632,8 +1638,9 @@ def _public_info(queue, record):
                 timeout=record.get('timeout', 0), fail_number=record.get('fail_number', 0),
                 fail_expire=_fail_expire(record.get('fail_expire')),
                 type=record.get('type') or TYPE_NORMAL, job=record.get('job', ''))
-    for name in ('start_time', 'worker_id', 'end_time', 'fail_time', 'key'):
+    for name in ('start_time', 'worker_id', 'end_time', 'fail_time', 'key', 'progress'):
         info.setdefault(name, None)
+    info['meta'] = json.loads(record['meta']) if 'meta' in record else None
     return info
 
 
@@ -2176,6 +2183,12 @@ OPS.renew = function(id, attempt)
   redis.call('ZADD', WORKING, lease_end(tonumber(f[3]) or 0), id)
   if f[4] then return 'cancel' end
   return 'ok'
+end
+OPS.progress = function(id, attempt, progress, meta)
+  local f = redis.call('HMGET', rec(id), 'state', 'attempt')
+  if f[2] ~= attempt or (f[1] ~= S_WORKING and f[1] ~= S_RESERVED) then return false end
+  redis.call('HSET', rec(id), 'progress', progress, 'meta', meta)
+  return true
 end
 OPS.done = function(id, attempt, result, result_repr, result_note)
   local f = current(id, attempt, S_WORKING, {'result_ttl', 'waiter', 'key', 'unique_mode',
@@ -3792,6 +3805,13 @@ class _SqliteSteps:
             return None
         self.update(job_id, score=self.lease_end(row[0]))
         return 'cancel' if row[1] else 'ok'
+
+    def progress(self, job_id, attempt, progress, meta):
+        row = self.get(job_id, 'state', 'attempt')
+        if row is None or row[0] not in (RESERVED, WORKING) or row[1] != int(attempt):
+            return False
+        self.update(job_id, progress=None if progress == '' else progress, meta=meta or None)
+        return True
 
     def done(self, job_id, attempt, result, result_repr, result_note):
         row = self.current(job_id, attempt, WORKING, 'limits')
