@@ -4708,7 +4708,6 @@ class _RunningJob:
                 self.write()
             self.ended = True
             _progress_waiting.discard(self)
-            _progress_lock.notify()
         _running_job.set(self.parent)
 
     def write(self):
@@ -4724,8 +4723,8 @@ class _RunningJob:
 
 _running_job = contextvars.ContextVar('mpqueue_running_job', default=None)
 _progress_lock = threading.Condition()
-_progress_waiting = set()   # running jobs with a report for the timer thread to write
-_progress_timer = None      # that thread, while there are any
+_progress_waiting = set()   # running jobs whose report waits for the timer thread
+_progress_timer = None      # that thread, once started (in this process: see progress())
 
 
 def _current_job():
@@ -4740,19 +4739,20 @@ def _current_job():
 
 def _write_due_progress():
     """The timer thread: writes each waiting report once its interval has
-    passed; ends when no job waits."""
-    global _progress_timer
+    passed.  Started by the first report that waits, it stays, idle between
+    reports (with its own connection to a Redis broker)."""
     with _progress_lock:
-        while _progress_waiting:
+        while True:
             now, wait = time.monotonic(), None
             for running in list(_progress_waiting):
                 due = running.written + PROGRESS_INTERVAL
-                if running.pending is not None and now >= due:
-                    running.write()
-                elif running.pending is not None:
+                if running.pending is not None and now < due:
                     wait = due - now if wait is None else min(wait, due - now)
+                    continue
+                if running.pending is not None:
+                    running.write()
+                _progress_waiting.discard(running)
             _progress_lock.wait(wait)
-        _progress_timer = None
 
 
 class _Worker:

@@ -90,7 +90,6 @@ def test_reports_show_while_the_job_runs_and_the_last_one_stays_after_its_end(e2
     e2e.pool(queue_conf(worker_number=1, model=model, result_ttl=60)).start()
     jobs = e2e.import_jobs()
     job_id = mpqueue.push('q', jobs.reporter, args=('r', 1000))
-    assert shown('q', job_id)[1:] == (None, None)            # nothing reported yet
 
     # The first report is written by the call itself.
     records_of(e2e, 'reported', 'r')
@@ -155,6 +154,28 @@ def test_a_stale_attempt_reports_nothing(e2e):
     mpqueue.clean('q')
 
 
+def test_what_a_call_costs(e2e, monkeypatch):
+    # The figures of the README (pytest tests/test_progress.py -k cost -n 0 -s).
+    e2e.pool(queue_conf())
+    driver = mpqueue._get_config()['basics']['driver']
+    mpqueue.push('q', 'os:getcwd')
+    [job] = driver.run('q', 'pop', 1, 'w', 'o')
+
+    def per_call(n):
+        with mpqueue._RunningJob('q', job, driver):
+            started = time.perf_counter()
+            for i in range(n):
+                mpqueue.progress(0.5, rows=i)
+            return (time.perf_counter() - started) / n
+    waits = min(per_call(10000) for _ in range(3))     # all but a write every 0.1 s wait
+    monkeypatch.setattr(mpqueue, 'PROGRESS_INTERVAL', 0)
+    writes = min(per_call(300) for _ in range(3))      # every call writes
+    print('%s: a call that waits %.2f us, one that writes %.1f us'
+          % (e2e.driver, waits * 1e6, writes * 1e6))
+    assert waits < LOOP_BUDGET / 1000 and waits * 5 < writes
+    mpqueue.clean('q')
+
+
 # -- immediate mode and bad values -------------------------------------------------------------
 
 REPORTS = []
@@ -191,8 +212,8 @@ def immediate(tmp_path):
     REPORTS.clear()
 
 
-def no_progress_thread():
-    return not [t for t in threading.enumerate() if t.name == 'mpqueue-progress']
+def timer_threads():
+    return len([t for t in threading.enumerate() if t.name == 'mpqueue-progress'])
 
 
 def test_immediate_mode_reports_in_the_caller(immediate):
@@ -203,13 +224,13 @@ def test_immediate_mode_reports_in_the_caller(immediate):
     [me] = REPORTS
     assert (me['id'], me['queue'], me['attempt'], me['depends_on']) == (job_id, 'q', 1, [])
     assert mpqueue.current_job() is None
-    wait_for(no_progress_thread, 5, 'the timer thread to end with the job')
+    assert timer_threads() == 1         # started by the first report that waited; it stays
 
     outer = mpqueue.push('q', pushes_an_async_job)
     inner = mpqueue.result('q', outer)
     assert shown('q', outer) == ('done', 0.5, {'inner': inner})
     assert shown('q', inner) == ('done', 1.0, {'rows': 3})
-    assert mpqueue.current_job() is None
+    assert mpqueue.current_job() is None and timer_threads() == 1
 
 
 def test_an_async_job_pushed_from_a_coroutine_knows_itself(immediate):
