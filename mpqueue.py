@@ -55,6 +55,7 @@ state='waiting', count=100, cursor=None)``, at the end of the file.
 
 import collections
 import contextlib
+import contextvars
 import errno
 import fcntl
 import functools
@@ -96,9 +97,9 @@ __all__ = [
     'ConfigError', 'DriverError', 'Fail', 'Job', 'JobCancelled', 'JobFailed', 'JobId',
     'JobNotFound', 'MODEL_DISTRIBUTE', 'MODEL_GRAB', 'MPQueueError', 'RedisDriver', 'Retry',
     'SerializationError', 'SqliteDriver', 'TYPE_NORMAL', 'TYPE_TIMEOUT', 'backoff', 'cancel',
-    'clean', 'configure', 'delete_failed', 'failed_jobs', 'immediate', 'job', 'job_info',
-    'limits', 'pause', 'push', 'push_many', 'result', 'resume', 'retry_failed', 'status',
-    'chain', 'batch',
+    'batch', 'chain', 'clean', 'configure', 'current_job', 'delete_failed', 'failed_jobs',
+    'immediate', 'job', 'job_info', 'limits', 'pause', 'progress', 'push', 'push_many', 'result',
+    'resume', 'retry_failed', 'status',
 ]
 
 logger = logging.getLogger('mpqueue')
@@ -168,6 +169,10 @@ MASTER_HEALTHY_SECONDS = 10
 BULK_CHUNK = 500
 #: A kept result's repr (shown where nothing may be unpickled) is cut here.
 RESULT_REPR_MAX = 1000
+#: A running job's progress() writes to the broker at most once per this many
+#: seconds; a call sooner is written once the interval has passed (by a
+#: timer thread), or at the job's end if that comes first.
+PROGRESS_INTERVAL = 0.1
 #: A cancelled job's record stays readable at least this long (seconds),
 #: whatever its result_ttl: a cancel is news its caller looks for.
 CANCELLED_KEEP = 86400
@@ -1500,6 +1505,11 @@ _STEPS = (
     ('renew', 'id attempt', 'text'),
     # extend the lease of a working attempt: 'ok', 'cancel' (the job was
     # cancelled: stop it) or None (not the current attempt)
+    ('progress', 'id attempt progress meta', 'bool'),
+    # the job's body reports how far it is: its fields progress (a number
+    # 0..1, '' for none) and meta (JSON text) are set, and stay to its end and
+    # after.  Reserved or working (a worker may begin before its master's
+    # start step lands); False: not the current attempt, nothing written
     ('done', 'id attempt result result_repr result_note', 'bool'),
     ('retry', 'id attempt delay error', 'bool'),
     ('fail', 'id attempt type errors job', 'bool'),
@@ -1610,7 +1620,7 @@ _PUBLIC_FIELDS = {
     'fail_number': int, 'fail_expire': str, 'error_info': json.loads, 'type': int,
     'priority': int, 'key': str, 'result_repr': str, 'result_note': str,
     'cancel_time': float, 'cancelled_by': str, 'waiting_for': str, 'depends_on': json.loads,
-    'on_parent_failure': str,
+    'on_parent_failure': str, 'progress': float, 'meta': str,
 }
 _PRIVATE_FIELDS = {
     'payload': bytes, 'result': bytes, 'attempt': int, 'owner': str, 'deadline': float,
@@ -1622,7 +1632,8 @@ _FIELDS_BUT_PAYLOAD = tuple(name for name in _FIELDS if name != 'payload')
 # What a worker needs of a job it runs (reserve and pop return these).
 _WORK_FIELDS = ('payload', 'attempt', 'exec_number', 'phase', 'job', 'create_time',
                 'start_time', 'worker_id', 'timeout', 'fail_number', 'fail_expire',
-                'error_info', 'type', 'priority', 'key', 'result_ttl', 'dependents')
+                'error_info', 'type', 'priority', 'key', 'result_ttl', 'dependents',
+                'depends_on')
 # A job's states (the drawing at the top of the file): each move between
 # them is one step of the table above.  The Lua library takes them by
 # substitution.
@@ -1652,9 +1663,10 @@ def _public_info(queue, record):
                 timeout=record.get('timeout', 0), fail_number=record.get('fail_number', 0),
                 fail_expire=_fail_expire(record.get('fail_expire')),
                 type=record.get('type') or TYPE_NORMAL, job=record.get('job', ''))
-    for name in ('start_time', 'worker_id', 'end_time', 'fail_time', 'key'):
+    for name in ('start_time', 'worker_id', 'end_time', 'fail_time', 'key', 'progress'):
         info.setdefault(name, None)
     info.setdefault('depends_on', [])
+    info['meta'] = json.loads(record['meta']) if 'meta' in record else None
     return info
 
 
@@ -2317,6 +2329,12 @@ OPS.renew = function(id, attempt)
   redis.call('ZADD', WORKING, lease_end(tonumber(f[3]) or 0), id)
   if f[4] then return 'cancel' end
   return 'ok'
+end
+OPS.progress = function(id, attempt, progress, meta)
+  local f = redis.call('HMGET', rec(id), 'state', 'attempt')
+  if f[2] ~= attempt or (f[1] ~= S_WORKING and f[1] ~= S_RESERVED) then return false end
+  redis.call('HSET', rec(id), 'progress', progress, 'meta', meta)
+  return true
 end
 local DONE_FIELDS = {'result_ttl', 'waiter', 'key', 'unique_mode', 'depends_on', 'dependents',
                      'limits'}      -- END_FIELDS and the job's limits
@@ -4037,6 +4055,13 @@ class _SqliteSteps:
         self.update(job_id, score=self.lease_end(row[0]))
         return 'cancel' if row[1] else 'ok'
 
+    def progress(self, job_id, attempt, progress, meta):
+        row = self.get(job_id, 'state', 'attempt')
+        if row is None or row[0] not in (RESERVED, WORKING) or row[1] != int(attempt):
+            return False
+        self.update(job_id, progress=None if progress == '' else progress, meta=meta or None)
+        return True
+
     def done(self, job_id, attempt, result, result_repr, result_note):
         row = self.current(job_id, attempt, WORKING, 'limits')
         if row is None:
@@ -4908,6 +4933,80 @@ def _drop_inherited_connections():
                          'process that started the pool', os.getpid())
 
 
+class _RunningJob:
+    """A job whose body runs here (``with _RunningJob(...):`` around it): the
+    job of ``current_job()``, and its progress report on the way to the
+    broker.  A report is written at once unless the last write was less than
+    PROGRESS_INTERVAL ago; then it waits, replaced by any newer one, for the
+    timer thread (``_write_due_progress``) or the body's end.  Writes hold
+    _progress_lock, so none overtakes a newer one, and none comes after the
+    body's end (the step that records the outcome comes after it)."""
+
+    __slots__ = ('queue', 'job', 'driver', 'parent', 'pending', 'written', 'ended')
+
+    def __init__(self, queue, job, driver):
+        self.queue, self.job, self.driver = queue, job, driver
+        self.parent = _running_job.get()    # the job this one runs inside of (immediate mode)
+        self.pending = None         # (progress or '', meta as JSON) not written yet
+        self.written = float('-inf')        # time.monotonic() of the last write
+        self.ended = False
+
+    def __enter__(self):
+        _running_job.set(self)
+
+    def __exit__(self, *exc_info):
+        with _progress_lock:
+            if self.pending is not None:
+                self.write()
+            self.ended = True
+            _progress_waiting.discard(self)
+        _running_job.set(self.parent)
+
+    def write(self):
+        (value, meta), self.pending = self.pending, None
+        self.written = time.monotonic()
+        try:
+            self.driver.run(self.queue, 'progress', self.job['id'], self.job['attempt'], value,
+                            meta)
+        except DriverError as exc:      # a report is no outcome: the job goes on
+            logger.warning('job %s of queue %r: a progress report was not written: %s',
+                           self.job['id'], self.queue, exc)
+
+
+_running_job = contextvars.ContextVar('mpqueue_running_job', default=None)
+_progress_lock = threading.Condition()
+_progress_waiting = set()   # running jobs whose report waits for the timer thread
+_progress_timer = None      # that thread, once started (in this process: see progress())
+
+
+def _current_job():
+    """The job whose body runs in this thread or task, or None.  (A body that
+    ended in another context, a coroutine's task, leaves its job here: the
+    job it ran inside of, if any, is the one running.)"""
+    running = _running_job.get()
+    while running is not None and running.ended:
+        running = running.parent
+    return running
+
+
+def _write_due_progress():
+    """The timer thread: writes each waiting report once its interval has
+    passed.  Started by the first report that waits, it stays, idle between
+    reports (with its own connection to a Redis broker)."""
+    with _progress_lock:
+        while True:
+            now, wait = time.monotonic(), None
+            for running in list(_progress_waiting):
+                due = running.written + PROGRESS_INTERVAL
+                if running.pending is not None and now < due:
+                    wait = due - now if wait is None else min(wait, due - now)
+                    continue
+                if running.pending is not None:
+                    running.write()
+                _progress_waiting.discard(running)
+            _progress_lock.wait(wait)
+
+
 class _Worker:
     """A worker process: runs the jobs its master hands it (distribute model)
     or pops them itself (grab model), one at a time, or up to the queue's
@@ -5201,9 +5300,10 @@ class _Worker:
             logger.debug('job %s of queue %r started (attempt %s)', job_id, self.queue,
                          job.get('exec_number'))
         try:
-            value = func(*args, **kwargs)
-            if _isawaitable(value):
-                value = yield value
+            with _RunningJob(self.queue, job, self.driver):
+                value = func(*args, **kwargs)
+                if _isawaitable(value):
+                    value = yield value
         except BaseException as exc:
             text = _format_exc(exc) + _hint(exc)
             name = _describe_call(func, args, kwargs)
@@ -7037,7 +7137,7 @@ def _run_here(config, qconf, steps):
     if now >= _immediate_sweeps.get(queue, 0) and not _immediate_working:
         sweeps, _immediate_sweeps[queue] = [('sweep', SWEEP_LIMIT)], now + qconf['sleep_seconds']
     worker = _Worker(config, qconf, None, None, 0)
-    worker.id = '%s:%d' % (_HOST, os.getpid())
+    worker.id, worker.driver = '%s:%d' % (_HOST, os.getpid()), _immediate_broker
     *ids, jobs = _immediate_broker.execute(queue, sweeps + [_no_wait(step) for step in steps] + [
         ('pop', len(steps), worker.id, '')])[len(sweeps):]
     _immediate_working.update(job['id'] for job in jobs)
@@ -7092,7 +7192,8 @@ def _attempt_here(worker, job):
     except RuntimeError:
         run(out)
     else:
-        thread = threading.Thread(target=run, args=(out,), name='mpqueue-immediate')
+        thread = threading.Thread(target=contextvars.copy_context().run, args=(run, out),
+                                  name='mpqueue-immediate')     # current_job() goes along
         thread.start()
         thread.join()
     if isinstance(out[0], BaseException):
@@ -7204,6 +7305,64 @@ def _outcome(queue, job_id, record, secret):
             info['error_info'] or ['?'])[-1].strip().splitlines()[-1]), info)
     raise JobCancelled('job %s of queue %r was cancelled by %s' % (
         job_id, queue, record.get('cancelled_by', '?')))
+
+
+def current_job():
+    """What the running job knows of itself, a dict: ``queue``, ``id``,
+    ``attempt``, ``depends_on``, ``job``, ``key``, ``exec_number``,
+    ``priority``, ``timeout``, ``create_time``, ``start_time``,
+    ``worker_id``; None outside a job's body.  Each coroutine job has its own."""
+    running = _current_job()
+    if running is None:
+        return None
+    info = _public_info(running.queue, running.job)
+    return dict({name: info.get(name) for name in (
+        'queue', 'id', 'job', 'key', 'exec_number', 'priority', 'timeout', 'create_time',
+        'start_time', 'worker_id', 'depends_on')}, attempt=running.job['attempt'])
+
+
+def progress(value=None, **meta):
+    """Report how far the running job is.  ``job_info()`` shows ``progress``
+    and ``meta`` within PROGRESS_INTERVAL (0.1 s), and keeps them after the
+    job's end as long as its outcome; the broker gets at most one write per
+    interval and job, and the last call always lands.
+
+    :param value: a number from 0 to 1, or None.
+    :param meta: JSON-able keywords (``rows=1200``), replacing the last call's.
+    :raises ValueError: ``value`` or a keyword is not one of those.
+    :raises MPQueueError: no job's body runs here.
+    """
+    global _progress_timer
+    running = _current_job()
+    if running is None:
+        raise MPQueueError('progress() reports on the running job, and none runs here: call '
+                           'it from a job (in a worker, or pushed in immediate mode)')
+    if value is not None and not (_is_number(value) and 0 <= value <= 1):
+        raise ValueError('progress(value): value must be a number from 0 to 1 or None, got %r'
+                         % (value,))
+    try:
+        text = json.dumps(meta, allow_nan=False)
+    except (TypeError, ValueError):
+        for name, item in meta.items():
+            try:
+                json.dumps(item, allow_nan=False)
+            except (TypeError, ValueError) as exc:
+                raise ValueError('progress(%s=...): %s must be JSON-able: %s'
+                                 % (name, name, exc)) from None
+        raise
+    with _progress_lock:
+        if running.ended:
+            return
+        first, running.pending = running.pending is None, ('' if value is None else value, text)
+        if time.monotonic() >= running.written + PROGRESS_INTERVAL:
+            running.write()
+        elif first:                 # for the timer thread, once the interval has passed
+            _progress_waiting.add(running)
+            if _progress_timer is None or not _progress_timer.is_alive():   # (or forked)
+                _progress_timer = threading.Thread(target=_write_due_progress, daemon=True,
+                                                   name='mpqueue-progress')
+                _progress_timer.start()
+            _progress_lock.notify()
 
 
 def status(queue):

@@ -2091,6 +2091,7 @@ dl.facts div { min-width: 0; }
 dl.facts dt { font-size: 11.5px; text-transform: uppercase; letter-spacing: .04em;
   color: var(--muted); font-weight: 600; }
 dl.facts dd { margin: 2px 0 0; font-variant-numeric: tabular-nums; overflow-wrap: anywhere; }
+dl.facts progress { width: 96px; vertical-align: middle; margin-right: 6px; }
 .job-card h3 { font-size: 13px; margin: 16px 0 8px; color: var(--muted); text-transform: uppercase;
   letter-spacing: .04em; }
 pre.result { margin: 0; padding: 10px 12px; border: 1px solid var(--line); border-radius: 7px;
@@ -2205,6 +2206,16 @@ form.login .btn { margin-top: 8px; padding: 9px; }
 
   function fmtInt(n) {
     return n === null || n === undefined ? '\u2014' : NUMBER.format(n);
+  }
+
+  function fmtPercent(fraction) {     // 0.4 -> '40 %', 0.123 -> '12.3 %'
+    return NUMBER.format(Math.round(fraction * 1000) / 10) + ' %';
+  }
+
+  function metaList(meta) {           // a job's progress meta, as text: rows 4, stage load
+    return Object.entries(meta).map(([name, value], i) => [i ? ', ' : '',
+      el('span', {class: 'mono'}, name), ' ',
+      typeof value === 'string' ? value : JSON.stringify(value)]);
   }
 
   function retryPolicy(policy) {
@@ -2967,6 +2978,10 @@ form.login .btn { margin-top: 8px; padding: 9px; }
         info.limit ? fact('Limits', info.limit.map((name, i) => [i ? ', ' : '', limitLink(name)]),
                           'limit') : null,
         info.waiting_for ? fact('Waiting for', limitLink(info.waiting_for), 'waiting_for') : null,
+        typeof info.progress === 'number' ? fact('Progress', [el('progress', {max: 1,
+          value: info.progress}), fmtPercent(info.progress)], 'progress') : null,
+        info.meta && Object.keys(info.meta).length
+          ? fact('Reported', metaList(info.meta), 'meta') : null,
         info.cancel_time ? fact('Cancelled', [
           timeCell(info.cancel_time), info.cancelled_by ? ' by ' + info.cancelled_by : '']) : null,
       ]),

@@ -12,6 +12,7 @@ deadline, on the broker's clock where a due time matters.
 """
 
 import collections
+import json
 import os
 import select
 import socket
@@ -752,6 +753,7 @@ OUTCOMES = {
     'lost': lambda driver, queue, job: lost(driver, queue, job, 'late death'),
     'lost at timeout': lambda driver, queue, job: lost(driver, queue, job, 'late', True),
     'requeue': lambda driver, queue, job: requeue(driver, queue, job),
+    'progress': lambda driver, queue, job: report(driver, queue, job, 0.9, late=True),
 }
 
 
@@ -781,6 +783,99 @@ def test_an_outcome_of_a_stale_attempt_changes_nothing(driver, queue, store, mon
     assert state(driver, queue, job_id) == 'done'
     assert OUTCOMES[step](driver, queue, stale) is (None if step == 'renew' else False)
     assert_depth(driver, queue, [job_id, other], store, pushed=2, done=1)
+
+
+# -- progress ----------------------------------------------------------------------------
+
+def report(driver, queue, job, value, **meta):
+    """A ``progress`` step of the attempt ``job`` (value None: no fraction)."""
+    return driver.run(queue, 'progress', job['id'], job['attempt'],
+                      '' if value is None else value, json.dumps(meta))
+
+
+def shown(driver, queue, job_id):
+    """``(progress, meta)`` as ``job_info`` shows them."""
+    record = info(driver, queue, job_id)
+    public = mpqueue._public_info(queue, dict(record, id=job_id))
+    return public['progress'], public['meta']
+
+
+def test_progress_of_a_running_attempt_is_in_its_record_and_replaced_by_the_next(driver, queue):
+    job_id = push1(driver, queue)
+    assert shown(driver, queue, job_id) == (None, None)        # never reported
+    job = pop1(driver, queue)
+    assert report(driver, queue, job, 0.25, rows=25, stage='load') is True
+    assert shown(driver, queue, job_id) == (0.25, {'rows': 25, 'stage': 'load'})
+    assert report(driver, queue, job, None, stage='index') is True
+    assert shown(driver, queue, job_id) == (None, {'stage': 'index'})
+    assert report(driver, queue, job, 1) is True
+    assert shown(driver, queue, job_id) == (1.0, {})
+    assert counts(driver, queue) == zero_counts(working=1, pushed=1)
+
+
+def test_progress_of_a_reserved_attempt_lands_and_start_keeps_it(driver, queue):
+    # (distribute model: a worker may begin before its master's start step lands)
+    job_id = push1(driver, queue)
+    [job] = reserve(driver, queue)
+    assert report(driver, queue, job, 0.1, rows=1) is True
+    assert start(driver, queue, job) is True
+    assert shown(driver, queue, job_id) == (0.1, {'rows': 1})
+
+
+def test_progress_of_a_job_not_running_writes_nothing(driver, queue, store):
+    job_id = push1(driver, queue, result_ttl=60)
+    for attempt in (0, 1):                                      # waiting
+        assert driver.run(queue, 'progress', job_id, attempt, 0.5, '{}') is False
+    assert driver.run(queue, 'progress', mpqueue._new_id(), 1, 0.5, '{}') is False
+    job = pop1(driver, queue)
+    assert done(driver, queue, job) is True
+    assert report(driver, queue, job, 0.5) is False             # ended
+    assert shown(driver, queue, job_id) == (None, None)
+    assert_depth(driver, queue, [job_id], store, pushed=1, done=1)
+
+
+def _end_after_progress(driver, queue, job, how):
+    if how == 'done':
+        return done(driver, queue, job, b'r', "'r'", '')
+    if how == 'retry':
+        return retry(driver, queue, job, 60, 'again later')
+    if how == 'fail':
+        return fail(driver, queue, job, errors=['for good'])
+    if how == 'lost':
+        return lost(driver, queue, job, 'worker died')
+    if how == 'cancel':
+        assert cancel(driver, queue, job['id']) == 'working'
+        return lost(driver, queue, job, 'killed: cancelled')
+    return requeue(driver, queue, job)
+
+
+@pytest.mark.parametrize('how', ['done', 'retry', 'fail', 'lost', 'cancel', 'requeue'])
+def test_no_step_that_ends_an_attempt_touches_its_progress(driver, queue, how):
+    job_id = push1(driver, queue, fail_number=0 if how == 'fail' else 3, result_ttl=60)
+    job = pop1(driver, queue)
+    assert report(driver, queue, job, 0.75, rows=750) is True
+    assert _end_after_progress(driver, queue, job, how) is True
+    assert info(driver, queue, job_id)['state'] == {
+        'done': 'done', 'retry': 'delayed', 'fail': 'failed', 'lost': 'waiting',
+        'cancel': 'cancelled', 'requeue': 'waiting'}[how]
+    assert shown(driver, queue, job_id) == (0.75, {'rows': 750})
+
+
+def test_progress_is_kept_as_long_as_the_outcome_and_goes_with_it(driver, queue, store):
+    job_id = push1(driver, queue, result_ttl=0.5)
+    job = pop1(driver, queue)
+    assert report(driver, queue, job, 1.0, rows=3) is True
+    assert done(driver, queue, job) is True
+    assert shown(driver, queue, job_id) == (1.0, {'rows': 3})
+    sweep_until(driver, queue, lambda: info(driver, queue, job_id) is None,
+                'the outcome to expire')
+    sweep(driver, queue)
+    assert store.traces(queue, job_id) == []
+    gone = push1(driver, queue)                         # result_ttl 0: nothing kept
+    job = pop1(driver, queue)
+    assert report(driver, queue, job, 0.5) is True
+    assert done(driver, queue, job) is True
+    assert info(driver, queue, gone) is None and store.traces(queue, gone) == []
 
 
 # -- job records and waiters ---------------------------------------------------------------

@@ -382,6 +382,60 @@ def test_a_job_is_looked_up_by_id_and_cancelled(e2e, browser, tmp_path):
     web.stop()
 
 
+def job_card(browser, *cols):
+    """The job page's card: its id and the text of each of ``cols`` (its
+    ``data-col``), or None while there is none."""
+    return look(browser, """
+        const card = document.querySelector('#job-box [data-job-id]');
+        if (!card) return null;
+        const out = {id: card.dataset.jobId};
+        for (const c of arguments[0]) {
+            const e = card.querySelector('[data-col=' + c + ']');
+            out[c] = e ? e.textContent : null;
+        }
+        return out;""", list(cols))
+
+
+PROGRESS_JOBS = '''
+def reports(tag):
+    """Reports its progress between two gates (tags tag-before, tag-after)."""
+    gated(tag + '-before')
+    mpqueue.progress(0.4, rows=4, note=%r)
+    gated(tag + '-after')
+''' % XSS_ERROR
+
+
+def test_a_running_jobs_progress_shows_on_its_page_as_it_comes(e2e, browser, tmp_path):
+    e2e.write_jobs(OPTION_JOBS + PROGRESS_JOBS)
+    pool = e2e.pool(queue_conf('q', worker_number=1, result_ttl=60)).start()
+    jobs = e2e.import_jobs()
+    job_id = mpqueue.push('q', jobs.reports, args=('p',))
+    pool.wait(lambda: e2e.records('start', tag='p-before'), 15, 'the job to start')
+    web = Web(e2e, pool.config_path)
+    browser.get(web.url + '#job/q/' + job_id)
+
+    def shown():
+        card = job_card(browser, 'state', 'progress', 'meta')
+        return card and dict(card, **look(browser, """
+            const bar = document.querySelector('#job-box [data-col=progress] progress');
+            return {bar: bar ? bar.value : null, markup: document.querySelectorAll(
+                '#job-box [data-col=meta] img, #job-box [data-col=meta] b').length};"""))
+    job = wait_page(browser, lambda: (lambda j: j and j['state'] == 'working' and j)(shown()),
+                    'the running job')
+    assert (job['progress'], job['meta'], job['bar']) == (None, None, None)   # no report yet
+    e2e.redis.set('%s:gate:p-before' % e2e.key, 1)
+    job = wait_page(browser, lambda: (lambda j: j and j['progress'] and j)(shown()),
+                    'the report to show')
+    assert job == {'id': job_id, 'state': 'working', 'progress': '40 %', 'bar': 0.4,
+                   'markup': 0, 'meta': 'rows 4, note ' + XSS_ERROR}, job
+    screenshot(browser, tmp_path, 'job-progress')
+    e2e.redis.set('%s:gate:p-after' % e2e.key, 1)
+    job = wait_page(browser, lambda: (lambda j: j and j['state'] == 'done' and j)(shown()),
+                    'the job to end')
+    assert (job['progress'], job['meta']) == ('40 %', 'rows 4, note ' + XSS_ERROR)
+    web.stop()
+
+
 def test_a_queue_is_paused_and_resumed_from_the_dashboard(e2e, browser, tmp_path):
     pool = e2e.pool(queue_conf('q', worker_number=1, sleep_seconds=30)).start()
     jobs = e2e.import_jobs()

@@ -25,6 +25,14 @@ def value(tag, n):
     """Returns n, recording its start and end."""
     ok(tag)
     return n
+
+
+def reads_parents(tag):
+    """Records its parents' results as current_job() and result() give them."""
+    me = mpqueue.current_job()
+    record('start', tag=tag, parents=me['depends_on'],
+           results=[mpqueue.result(me['queue'], p, timeout=0) for p in me['depends_on']])
+    gated(tag + '-gate')
 '''
 
 
@@ -103,10 +111,11 @@ def test_a_batch_callback_runs_once_after_every_member_however_it_ended(e2e, mod
 def test_a_dependent_reads_its_parents_result_until_it_ends(e2e, model):
     pool, jobs = workflow_pool(e2e, model)
     parent, child = mpqueue.chain('q', [_call(jobs.value, 'parent', 42),
-                                        _call(jobs.gated, 'child')])
-    pool.wait(lambda: e2e.records('start', tag='child'), 10, 'the child to start')
-    assert mpqueue.result('q', parent) == 42            # result_ttl 0, kept for the child
-    e2e.redis.set('%s:gate:child' % e2e.key, 1)
+                                        _call(jobs.reads_parents, 'child')])
+    [read] = pool.wait(lambda: e2e.records('start', tag='child'), 10, 'the child to start')
+    assert (read['parents'], read['results']) == ([parent], [42])   # result_ttl 0: kept for it
+    assert mpqueue.result('q', parent) == 42
+    e2e.redis.set('%s:gate:child-gate' % e2e.key, 1)
     wait_done(pool, 2)
     pool.wait(lambda: mpqueue.job_info('q', parent) is None, 10,
               'the parent to be forgotten once the child ended')
