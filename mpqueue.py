@@ -1609,7 +1609,7 @@ _READ_STEPS = ('depth', 'failed', 'listing', 'schedules', 'history', 'paused', '
 # did not end done cancels a child unless it runs anyway ('run'), and that
 # cancel goes on to the child's own children.  A parent that has already
 # ended when its child is pushed is settled at push.  A parent's record
-# (its result) stays while a child of it has not ended (its `dependents`
+# (its result) stays while a child of it has not ended (its `has_children`
 # flag says it may have some), then expires as its result_ttl says.
 
 # A job's record: these fields, the same in every driver, with their types.
@@ -1625,14 +1625,14 @@ _PUBLIC_FIELDS = {
 _PRIVATE_FIELDS = {
     'payload': bytes, 'result': bytes, 'attempt': int, 'owner': str, 'deadline': float,
     'phase': str, 'handler_runs': int, 'handler_start': float, 'unique_mode': str,
-    'result_ttl': float, 'waiter': str, 'limits': str, 'dependents': int,
+    'result_ttl': float, 'waiter': str, 'limits': str, 'has_children': int,
 }
 _FIELDS = dict(_PUBLIC_FIELDS, **_PRIVATE_FIELDS)
 _FIELDS_BUT_PAYLOAD = tuple(name for name in _FIELDS if name != 'payload')
 # What a worker needs of a job it runs (reserve and pop return these).
 _WORK_FIELDS = ('payload', 'attempt', 'exec_number', 'phase', 'job', 'create_time',
                 'start_time', 'worker_id', 'timeout', 'fail_number', 'fail_expire',
-                'error_info', 'type', 'priority', 'key', 'result_ttl', 'dependents',
+                'error_info', 'type', 'priority', 'key', 'result_ttl', 'has_children',
                 'depends_on')
 # A job's states (the drawing at the top of the file): each move between
 # them is one step of the table above.  The Lua library takes them by
@@ -1666,6 +1666,7 @@ def _public_info(queue, record):
     for name in ('start_time', 'worker_id', 'end_time', 'fail_time', 'key', 'progress'):
         info.setdefault(name, None)
     info.setdefault('depends_on', [])
+    info['dependents'] = sorted(info.get('dependents') or ())     # its children not ended
     info['meta'] = json.loads(record['meta']) if 'meta' in record else None
     return info
 
@@ -1679,7 +1680,9 @@ def _decoder(kind):          # int() and float() take bytes as they are
 
 
 # field name as a broker gives it (bytes from Redis, str from SQLite) -> (name, decoder)
-_DECODE = {key: (name, _decoder(kind)) for name, kind in _FIELDS.items()
+# (and what the info step adds: a parent's children not ended, `dependents`)
+_DECODE = {key: (name, _decoder(kind))
+           for name, kind in dict(_FIELDS, dependents=json.loads).items()
            for key in (name, name.encode())}
 
 
@@ -2024,7 +2027,7 @@ end
 -- the job ended (done, cancelled): its outcome is kept for result_ttl
 -- seconds (a cancel for CANCELLED_KEEP at least), or while a child of it has
 -- not ended, or forgotten at once.  f: its END_FIELDS
-local END_FIELDS = {'result_ttl', 'waiter', 'key', 'unique_mode', 'depends_on', 'dependents'}
+local END_FIELDS = {'result_ttl', 'waiter', 'key', 'unique_mode', 'depends_on', 'has_children'}
 local settle
 local function finish(id, state, f, ...)
   f = f or redis.call('HMGET', rec(id), unpack(END_FIELDS))
@@ -2051,7 +2054,7 @@ local function finish(id, state, f, ...)
 end
 local function to_failed(id)
   local f = redis.call('HMGET', rec(id), 'waiter', 'key', 'unique_mode', 'depends_on',
-                       'dependents')
+                       'has_children')
   let_go(id, f[2], f[3], false)
   redis.call('HSET', rec(id), 'state', S_FAILED, 'phase', '', 'fail_time', now, 'end_time', now)
   redis.call('ZADD', FAILED, now, id)
@@ -2240,7 +2243,7 @@ OPS.push = function(id, payload, delay, job, timeout, fail_number, fail_expire, 
   redis.call('HSET', rec(id), 'depends_on', depends_on, 'on_parent_failure', on_parent_failure)
   for _, parent in ipairs(all) do
     redis.call('SADD', children(parent), id)
-    redis.call('HSET', rec(parent), 'dependents', 1)
+    redis.call('HSET', rec(parent), 'has_children', 1)
     if ended_as[parent] == S_DONE or ended_as[parent] == S_CANCELLED then
       keep_for_children(parent)
     end
@@ -2336,7 +2339,7 @@ OPS.progress = function(id, attempt, progress, meta)
   redis.call('HSET', rec(id), 'progress', progress, 'meta', meta)
   return true
 end
-local DONE_FIELDS = {'result_ttl', 'waiter', 'key', 'unique_mode', 'depends_on', 'dependents',
+local DONE_FIELDS = {'result_ttl', 'waiter', 'key', 'unique_mode', 'depends_on', 'has_children',
                      'limits'}      -- END_FIELDS and the job's limits
 OPS.done = function(id, attempt, result, result_repr, result_note)
   local f = current(id, attempt, S_WORKING, DONE_FIELDS)
@@ -2478,6 +2481,10 @@ OPS.info = function(id, watch)
   if state == S_BLOCKED then          -- the parents it waits for
     table.insert(out, 'waiting_for')
     table.insert(out, cjson.encode(redis.call('SMEMBERS', parents(id))))
+  end
+  if redis.call('HEXISTS', rec(id), 'has_children') == 1 then
+    table.insert(out, 'dependents')
+    table.insert(out, cjson.encode(redis.call('SMEMBERS', children(id))))
   end
   return out
 end
@@ -3714,12 +3721,12 @@ class _SqliteSteps:
     def finish(self, job_id, old, state, **fields):
         """The job ended (done, cancelled): its outcome is kept for its
         result_ttl, or while a child of it has not ended, or forgotten at once."""
-        ttl, waiter, key, mode, depends_on, dependents = self.get(
-            job_id, 'result_ttl', 'waiter', 'key', 'unique_mode', 'depends_on', 'dependents')
+        ttl, waiter, key, mode, depends_on, has_children = self.get(
+            job_id, 'result_ttl', 'waiter', 'key', 'unique_mode', 'depends_on', 'has_children')
         self.let_go(job_id, key, mode, False)
         if state == CANCELLED:
             ttl = max(ttl or 0, CANCELLED_KEEP)
-        if dependents and self.conn.execute('SELECT 1 FROM mpq_dep WHERE queue = ? AND '
+        if has_children and self.conn.execute('SELECT 1 FROM mpq_dep WHERE queue = ? AND '
                                             'parent = ? LIMIT 1', (self.queue, job_id)).fetchone():
             ttl = _SQ_KEPT - self.now
         if ttl:
@@ -3730,18 +3737,18 @@ class _SqliteSteps:
                               (self.queue, job_id))
             self.count(old, -1)
             self.count(state, 1)
-        self.ended_(job_id, state, waiter, depends_on, dependents)
+        self.ended_(job_id, state, waiter, depends_on, has_children)
 
     def to_failed(self, job_id, old, **fields):
-        waiter, key, mode, depends_on, dependents = self.get(
-            job_id, 'waiter', 'key', 'unique_mode', 'depends_on', 'dependents')
+        waiter, key, mode, depends_on, has_children = self.get(
+            job_id, 'waiter', 'key', 'unique_mode', 'depends_on', 'has_children')
         self.let_go(job_id, key, mode, False)
         self.move(job_id, old, FAILED, self.now, phase=None, fail_time=self.now,
                   end_time=self.now, **fields)
         self.count('failed_total', 1)
-        self.ended_(job_id, FAILED, waiter, depends_on, dependents)
+        self.ended_(job_id, FAILED, waiter, depends_on, has_children)
 
-    def ended_(self, job_id, state, waiter, depends_on, dependents):
+    def ended_(self, job_id, state, waiter, depends_on, has_children):
         """What follows a job's end: its waiters are told, its parents keep
         their outcome for it no more, its children are settled."""
         if waiter:
@@ -3753,7 +3760,7 @@ class _SqliteSteps:
                               (self.queue, job_id))
             for parent, in parents:
                 self.unkeep(parent)
-        if dependents:
+        if has_children:
             self.settle(job_id, state)
 
     # -- dependencies (see "Dependencies" above the record's fields) ----------------
@@ -3906,7 +3913,7 @@ class _SqliteSteps:
                               'VALUES (?, ?, ?, ?)', [(self.queue, job_id, p, p not in ended)
                                                       for p in parents])
         for parent in parents:
-            self.update(parent, dependents=1)
+            self.update(parent, has_children=1)
             if ended.get(parent) in (DONE, CANCELLED):
                 self.update(parent, score=_SQ_KEPT)       # its outcome, kept for this child
         if cancel:
@@ -4181,6 +4188,9 @@ class _SqliteSteps:
             found['waiting_for'] = json.dumps([p for p, in self.conn.execute(
                 'SELECT parent FROM mpq_dep WHERE queue = ? AND child = ? AND open = 1',
                 (self.queue, job_id))])
+        if found is not None and found.get('has_children'):
+            found['dependents'] = [c for c, in self.conn.execute(
+                'SELECT child FROM mpq_dep WHERE queue = ? AND parent = ?', (self.queue, job_id))]
         return found
 
     def depth(self):
@@ -4817,7 +4827,7 @@ def _keep_result(job, value, basics):
     the job keeps its outcome (result_ttl, or children pushed before it was
     handed out); else its value pickled and signed like a payload, and its
     repr, for those who must not unpickle it."""
-    if not job.get('result_ttl') and not job.get('dependents'):
+    if not job.get('result_ttl') and not job.get('has_children'):
         return '', '', ''
     try:
         text = repr(value)

@@ -256,4 +256,4 @@ MPQ_ACL_RULES = ('resetkeys resetchannels -@all ~mpq:* &mpq:* '
                  '+time +hset +hget +hdel +hmget +hgetall +hincrby +rpush +lpush +lpop +lrem '
                  '+lrange +ltrim +llen +lindex +exists +del +unlink +pexpire +zadd +zrem +zrange '
                  '+zrangebyscore +zremrangebyscore +zscore +zcard +zcount +zrank +publish '
-                 '+hlen +lpos +sadd +srem +smembers')
+                 '+hlen +lpos +sadd +srem +smembers +persist +hexists')

@@ -150,7 +150,7 @@ def test_watch_prints_frames_with_depth_and_rates(e2e):
     out = Output(proc)
     first = parse_frame(out.frame(15))
     assert first == {'q': {'waiting': 0, 'delayed': 2, 'reserved': 0, 'working': 0,
-                           'failed': 0, 'done/s': None, 'failed/s': None}}
+                           'failed': 0, 'blocked': 0, 'done/s': None, 'failed/s': None}}
     began = time.monotonic()
     for i in range(4):
         mpqueue.push('q', jobs.ok, args=('now-%d' % i,))
