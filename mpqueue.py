@@ -94,7 +94,8 @@ except ImportError:  # pragma: no cover - depends on the environment
 __version__ = '0.2.0'
 
 __all__ = [
-    'ConfigError', 'DriverError', 'Fail', 'Job', 'JobCancelled', 'JobFailed', 'JobId',
+    'ConfigError', 'DriverError', 'Fail', 'Job', 'JobCancelled', 'JobExpired', 'JobFailed',
+    'JobId',
     'JobNotFound', 'MODEL_DISTRIBUTE', 'MODEL_GRAB', 'MPQueueError', 'RedisDriver', 'Retry',
     'SerializationError', 'SqliteDriver', 'TYPE_NORMAL', 'TYPE_TIMEOUT', 'backoff', 'cancel',
     'batch', 'chain', 'clean', 'configure', 'current_job', 'delete_failed', 'failed_jobs',
@@ -173,8 +174,8 @@ RESULT_REPR_MAX = 1000
 #: seconds; a call sooner is written once the interval has passed (by a
 #: timer thread), or at the job's end if that comes first.
 PROGRESS_INTERVAL = 0.1
-#: A cancelled job's record stays readable at least this long (seconds),
-#: whatever its result_ttl: a cancel is news its caller looks for.
+#: A cancelled or expired job's record stays readable at least this long
+#: (seconds), whatever its result_ttl: that is news its caller looks for.
 CANCELLED_KEEP = 86400
 #: Masters sample a queue's counters this often (seconds), keeping the last
 #: HISTORY_KEEP samples in the broker: the dashboard's chart.
@@ -252,6 +253,10 @@ class JobFailed(MPQueueError):
 
 class JobCancelled(MPQueueError):
     """``result()`` of a job that was cancelled."""
+
+
+class JobExpired(MPQueueError):
+    """``result()`` of a job that did not start within its ``expires``."""
 
 
 class JobNotFound(MPQueueError):
@@ -506,7 +511,7 @@ _QUEUE_DEFAULTS = {
     'name': None, 'worker_number': 3, 'memory_limit': 128, 'sleep_seconds': 1,
     'timeout': 120, 'fail_number': 3, 'fail_expire': 3, 'fail_handle': None,
     'worker_start_handle': None, 'model': MODEL_DISTRIBUTE, 'coroutine_number': 1,
-    'result_ttl': 0,
+    'result_ttl': 0, 'expires': 0,
     'schedule': [], 'limits': {},
 }
 # A limit name: no spaces, no braces (a Redis hash tag), no '*' but at the end
@@ -551,7 +556,7 @@ def _check_fail_expire(path, value):
 
 
 #: The settings of a job that a queue, a schedule, a Job class or a push gives.
-_JOB_OPTIONS = ('timeout', 'fail_number', 'fail_expire', 'result_ttl', 'priority')
+_JOB_OPTIONS = ('timeout', 'fail_number', 'fail_expire', 'result_ttl', 'expires', 'priority')
 
 
 def _check_option(path, name, value):
@@ -845,6 +850,7 @@ class Job:
     fail_number = None
     fail_expire = None
     result_ttl = None       # seconds its outcome stays readable (None: the queue's)
+    expires = None          # seconds it may wait, once due, before it is too late (None: ...)
     priority = None         # 0-9, higher first (None: 0)
     limit = None            # a limit name of the queue, or a list of them (None: none)
     retry_on = None         # exception classes that are retried (None: all)
@@ -1183,8 +1189,8 @@ _CRON_ALIASES = {'@hourly': '0 * * * *', '@daily': '0 0 * * *', '@midnight': '0 
 _SCHEDULE_DEFAULTS = {
     'name': None, 'cron': None, 'every': None, 'job': None, 'args': (), 'kwargs': None,
     'timezone': 'UTC', 'catch_up': 'latest', 'overlap': True, 'timeout': None,
-    'fail_number': None, 'fail_expire': None, 'result_ttl': None, 'priority': None,
-    'key': None, 'unique': None, 'limit': None,
+    'fail_number': None, 'fail_expire': None, 'result_ttl': None, 'expires': None,
+    'priority': None, 'key': None, 'unique': None, 'limit': None,
 }
 
 
@@ -1482,7 +1488,7 @@ def _check_schedules(path, qconf, schedules):
 #
 #   name           arguments                   returns (kind)
 _PUSH_ARGS = ('id payload delay job timeout fail_number fail_expire priority key unique_mode '
-              'result_ttl limits depends_on on_parent_failure')
+              'result_ttl limits depends_on on_parent_failure expires')
 _STEPS = (
     ('push', _PUSH_ARGS, 'text'),
     # store a job, waiting (or delayed by `delay` s); its id, or, when another
@@ -1612,6 +1618,15 @@ _READ_STEPS = ('depth', 'failed', 'listing', 'schedules', 'history', 'paused', '
 # (its result) stays while a child of it has not ended (its `has_children`
 # flag says it may have some), then expires as its result_ttl says.
 
+# Expiry.  A job pushed with `expires` (seconds) gets its `expire_time`
+# when it becomes due: at push (after its delay), or when its last parent
+# releases it.  A step that would start its first attempt (reserve, pop,
+# start) after that time ends it *expired* instead: it never runs, no
+# retry, no fail handler, its children settle as for a failed parent.  The
+# sweep does the same to waiting and delayed jobs whose time passed, so a
+# paused, busy or stopped pool still ends them on time.  Started in time,
+# a job has no expire_time any more and runs to its end.
+
 # A job's record: these fields, the same in every driver, with their types.
 # job_info() shows the public ones; the others are the lifecycle's own.
 _PUBLIC_FIELDS = {
@@ -1620,7 +1635,8 @@ _PUBLIC_FIELDS = {
     'fail_number': int, 'fail_expire': str, 'error_info': json.loads, 'type': int,
     'priority': int, 'key': str, 'result_repr': str, 'result_note': str,
     'cancel_time': float, 'cancelled_by': str, 'waiting_for': str, 'depends_on': json.loads,
-    'on_parent_failure': str, 'progress': float, 'meta': str,
+    'on_parent_failure': str, 'progress': float, 'meta': str, 'expires': float,
+    'expire_time': float,
 }
 _PRIVATE_FIELDS = {
     'payload': bytes, 'result': bytes, 'attempt': int, 'owner': str, 'deadline': float,
@@ -1633,18 +1649,19 @@ _FIELDS_BUT_PAYLOAD = tuple(name for name in _FIELDS if name != 'payload')
 _WORK_FIELDS = ('payload', 'attempt', 'exec_number', 'phase', 'job', 'create_time',
                 'start_time', 'worker_id', 'timeout', 'fail_number', 'fail_expire',
                 'error_info', 'type', 'priority', 'key', 'result_ttl', 'has_children',
-                'depends_on')
+                'depends_on', 'expire_time')
 # A job's states (the drawing at the top of the file): each move between
 # them is one step of the table above.  The Lua library takes them by
 # substitution.
 WAITING, DELAYED, RESERVED, WORKING = 'waiting', 'delayed', 'reserved', 'working'
-DONE, FAILED, CANCELLED, BLOCKED = 'done', 'failed', 'cancelled', 'blocked'
-_STATES = (WAITING, DELAYED, RESERVED, WORKING, DONE, FAILED, CANCELLED, BLOCKED)
+DONE, FAILED, CANCELLED, BLOCKED, EXPIRED = 'done', 'failed', 'cancelled', 'blocked', 'expired'
+_STATES = (WAITING, DELAYED, RESERVED, WORKING, DONE, FAILED, CANCELLED, BLOCKED, EXPIRED)
 #: The states of the jobs a queue counts (depth(), queue:status, metrics).
 LIVE_STATES = (WAITING, DELAYED, RESERVED, WORKING, FAILED, BLOCKED)
-_ENDED = (DONE, FAILED, CANCELLED)
+_ENDED = (DONE, FAILED, CANCELLED, EXPIRED)
+_KEPT_STATES = (DONE, CANCELLED, EXPIRED)       # ended, their outcome kept for a time
 # A queue's counters: its live jobs per state, then the totals since `clean`.
-_DEPTH_FIELDS = LIVE_STATES + ('pushed', 'done', 'failed_total', 'cancelled')
+_DEPTH_FIELDS = LIVE_STATES + ('pushed', 'done', 'failed_total', 'cancelled', 'expired')
 _SCHEDULE_FIELDS = ('last', 'fingerprint', 'owner', 'job', 'skipped')
 _PHASE_HANDLERS = 'handlers'    # phase of a job whose fail handlers are still to run
 
@@ -1814,14 +1831,19 @@ local NARGS = {%(nargs)s}
 -- a job's states, as _STATES names them; the counters in STATS of jobs that
 -- ended are named after their state
 local S_WAITING, S_DELAYED, S_RESERVED, S_WORKING, S_DONE, S_FAILED, S_CANCELLED,
-  S_BLOCKED = %(states)s
+  S_BLOCKED, S_EXPIRED = %(states)s
 local KEYSETS = {}          -- queue prefix -> the names of its keys
 local now, P, LEASE, HOLD, HANDLER_ATTEMPTS, CANCELLED_KEEP
 local WAITING, DELAYED, RESERVED, WORKING, FAILED, KEPT, STATS, UNIQUE, UNIQUE_TTL, SCHEDULES
-local HISTORY, LWAITING, LNAMES, BLOCKED
+local HISTORY, LWAITING, LNAMES, BLOCKED, EXPIRING
 local LEVELS, wake, cancels, ended, pushed
 
 local function rec(id) return P .. 'job:' .. id end
+-- an ended job; one whose outcome is kept for a time (a failed one stays)
+local function over(state)
+  return state == S_DONE or state == S_FAILED or state == S_CANCELLED or state == S_EXPIRED
+end
+local function kept(state) return over(state) and state ~= S_FAILED end
 local function waiting(level)
   if level and level ~= '0' and level ~= 0 then return P .. 'waiting:' .. level end
   return WAITING
@@ -1996,9 +2018,9 @@ local function keep_for_children(id)
 end
 local function unkeep(id)
   local f = redis.call('HMGET', rec(id), 'state', 'end_time', 'result_ttl')
-  if f[1] ~= S_DONE and f[1] ~= S_CANCELLED then return end
+  if not kept(f[1]) then return end
   local ttl = tonumber(f[3]) or 0
-  if f[1] == S_CANCELLED and ttl < CANCELLED_KEEP then ttl = CANCELLED_KEEP end
+  if f[1] ~= S_DONE and ttl < CANCELLED_KEEP then ttl = CANCELLED_KEEP end
   local at = tonumber(f[2]) + ttl
   if at <= now then
     redis.call('DEL', rec(id))
@@ -2018,14 +2040,25 @@ local function leave_parents(id, depends_on)
     end
   end
 end
+-- Expiry (see "Expiry" above the record's fields): a job pushed with
+-- `expires` gets its expire_time when it is due (at push, or at its
+-- release from blocked), in the `expiring` zset until its first start.
+local function expire_at(id, due, expires)
+  expires = tonumber(expires) or 0
+  if expires > 0 then
+    redis.call('HSET', rec(id), 'expire_time', due + expires)
+    redis.call('ZADD', EXPIRING, due + expires, id)
+  end
+end
 local function release_child(id)
-  local due = tonumber(redis.call('ZSCORE', BLOCKED, id))
+  local due = math.max(now, tonumber(redis.call('ZSCORE', BLOCKED, id)))
   redis.call('ZREM', BLOCKED, id)
-  redis.call('HSET', rec(id), 'state', enqueue(id, math.max(0, due - now)))
+  redis.call('HSET', rec(id), 'state', enqueue(id, due - now))
+  expire_at(id, due, redis.call('HGET', rec(id), 'expires'))
 end
 
--- the job ended (done, cancelled): its outcome is kept for result_ttl
--- seconds (a cancel for CANCELLED_KEEP at least), or while a child of it has
+-- the job ended (done, cancelled, expired): its outcome is kept for result_ttl
+-- seconds (a cancel or an expiry for CANCELLED_KEEP at least), or while a child of it has
 -- not ended, or forgotten at once.  f: its END_FIELDS
 local END_FIELDS = {'result_ttl', 'waiter', 'key', 'unique_mode', 'depends_on', 'has_children'}
 local settle
@@ -2033,7 +2066,7 @@ local function finish(id, state, f, ...)
   f = f or redis.call('HMGET', rec(id), unpack(END_FIELDS))
   let_go(id, f[3], f[4], false)
   local ttl = tonumber(f[1]) or 0
-  if state == S_CANCELLED and ttl < CANCELLED_KEEP then ttl = CANCELLED_KEEP end
+  if state ~= S_DONE and ttl < CANCELLED_KEEP then ttl = CANCELLED_KEEP end
   local keep = f[6] and redis.call('EXISTS', children(id)) == 1
   if ttl > 0 or keep then
     redis.call('HDEL', rec(id), 'payload')
@@ -2093,10 +2126,36 @@ settle = function(id, state)
   SETTLING = nil
 end
 
--- an attempt starts.  f: its phase, timeout, key, unique_mode, exec_number
-local START_FIELDS = {'phase', 'timeout', 'key', 'unique_mode', 'exec_number'}
--- what pop reads of a job: its state, START_FIELDS, its limits
-local POP_FIELDS = {'state', 'phase', 'timeout', 'key', 'unique_mode', 'exec_number', 'limits'}
+-- too late for job id (out of its queue) to start for the first time?  Then it
+-- ends expired: it gives back what it waited for (`was`) or holds (`limits`)
+local function too_late(id, expire_time, exec_number, was, limits)
+  if not expire_time or tonumber(expire_time) > now or (tonumber(exec_number) or 0) > 0 then
+    return false
+  end
+  redis.call('ZREM', EXPIRING, id)
+  if was then wait_for(id, nil, was) end
+  release(id, limits)
+  finish(id, S_EXPIRED, nil)
+  return true
+end
+-- take a waiting or delayed job out of its list or set; false: it is in neither
+local function unqueue(id, state, priority, was)
+  if state == S_WAITING then
+    if was and redis.call('LREM', lkey('parked', was), 1, id) == 1 then
+      redis.call('HINCRBY', STATS, 'parked', -1)
+      return true
+    end
+    return redis.call('LREM', waiting(priority), 1, id) == 1
+  end
+  return state == S_DELAYED and redis.call('ZREM', DELAYED, id) == 1
+end
+
+-- an attempt starts.  f: START_FIELDS
+local START_FIELDS = {'phase', 'timeout', 'key', 'unique_mode', 'exec_number', 'expire_time',
+                      'limits'}
+-- what pop reads of a job: its state, START_FIELDS, its waiting_for
+local POP_FIELDS = {'state', 'phase', 'timeout', 'key', 'unique_mode', 'exec_number',
+                    'expire_time', 'limits', 'waiting_for'}
 -- a working attempt's lease ends LEASE from now, or a second after its
 -- deadline (0: none) if that is sooner
 local function lease_end(deadline)
@@ -2114,6 +2173,10 @@ local function start(id, f, worker, owner)
     redis.call('HSET', rec(id), 'state', S_WORKING, 'start_time', now, 'worker_id', worker,
                'owner', owner, 'deadline', deadline, 'exec_number', (tonumber(f[5]) or 0) + 1)
     let_go(id, f[3], f[4], true)
+    if f[6] then                                           -- started in time
+      redis.call('ZREM', EXPIRING, id)
+      redis.call('HDEL', rec(id), 'expire_time')
+    end
   end
   redis.call('ZADD', WORKING, lease, id)
 end
@@ -2201,14 +2264,14 @@ local function paused() return redis.call('EXISTS', P .. 'paused') == 1 end
 
 local OPS = {}
 OPS.push = function(id, payload, delay, job, timeout, fail_number, fail_expire, priority, key,
-                    mode, result_ttl, limits, depends_on, on_parent_failure)
+                    mode, result_ttl, limits, depends_on, on_parent_failure, expires)
   local all, open, ended_as, bad = {}, {}, {}, nil   -- parents: not ended; ended; first not done
   if depends_on ~= '' then
     all = cjson.decode(depends_on)
     for _, parent in ipairs(all) do
       local state = redis.call('HGET', rec(parent), 'state')
       if not state then return '!' .. parent end
-      if state == S_DONE or state == S_FAILED or state == S_CANCELLED then
+      if over(state) then
         ended_as[parent] = state
         if state ~= S_DONE and not bad then bad = parent end
       else
@@ -2232,19 +2295,21 @@ OPS.push = function(id, payload, delay, job, timeout, fail_number, fail_expire, 
     redis.call('ZADD', BLOCKED, now + tonumber(delay), id)
   elseif not cancel then
     state = enqueue(id, tonumber(delay), priority)
+    expire_at(id, now + tonumber(delay), expires)
   end
   redis.call('HSET', rec(id), 'payload', payload, 'job', job, 'create_time', now,
              'timeout', timeout, 'fail_number', fail_number, 'fail_expire', fail_expire,
              'state', state, 'priority', priority, 'key', key, 'unique_mode', mode,
              'result_ttl', result_ttl)
   if limits ~= '' then redis.call('HSET', rec(id), 'limits', limits) end
+  if tonumber(expires) > 0 then redis.call('HSET', rec(id), 'expires', expires) end
   pushed = pushed + 1
   if depends_on == '' then return id end
   redis.call('HSET', rec(id), 'depends_on', depends_on, 'on_parent_failure', on_parent_failure)
   for _, parent in ipairs(all) do
     redis.call('SADD', children(parent), id)
     redis.call('HSET', rec(parent), 'has_children', 1)
-    if ended_as[parent] == S_DONE or ended_as[parent] == S_CANCELLED then
+    if kept(ended_as[parent]) then
       keep_for_children(parent)
     end
   end
@@ -2280,15 +2345,18 @@ OPS.reserve = function(n)
   hand_out(n, function(id, i)
     local f = redis.call('HGETALL', rec(id))       -- (empty: cleaned meanwhile)
     if #f == 0 then return false end
-    local attempt, key, mode, limits, phase, was = 1
+    local attempt, key, mode, limits, phase, was, expire_time, tried = 1
     for j = 1, #f, 2 do
       if f[j] == 'attempt' then attempt = tonumber(f[j + 1]) + 1 f[j + 1] = attempt
       elseif f[j] == 'key' then key = f[j + 1]
       elseif f[j] == 'unique_mode' then mode = f[j + 1]
       elseif f[j] == 'limits' then limits = f[j + 1]
       elseif f[j] == 'phase' then phase = f[j + 1]
-      elseif f[j] == 'waiting_for' then was = f[j + 1] end
+      elseif f[j] == 'waiting_for' then was = f[j + 1]
+      elseif f[j] == 'expire_time' then expire_time = f[j + 1]
+      elseif f[j] == 'exec_number' then tried = f[j + 1] end
     end
+    if too_late(id, expire_time, tried, was) then return false end
     if not admitted(id, limits, phase, attempt, was) then return false end
     if attempt == 1 then table.insert(f, 'attempt') table.insert(f, 1) end
     redis.call('HSET', rec(id), 'state', S_RESERVED, 'attempt', attempt)
@@ -2305,6 +2373,7 @@ OPS.start = function(id, attempt, worker, owner)
   local f = current(id, attempt, S_RESERVED, START_FIELDS)
   if not f then return false end
   redis.call('ZREM', RESERVED, id)
+  if too_late(id, f[6], f[5], nil, f[7]) then return false end
   start(id, f, worker, owner)
   return true
 end
@@ -2313,10 +2382,10 @@ OPS.pop = function(n, worker, owner)
   local out = {}
   hand_out(n, function(id)
     local f = redis.call('HMGET', rec(id), unpack(POP_FIELDS))
-    if not f[1] then return false end
-    if f[7] then
-      local a = redis.call('HMGET', rec(id), 'attempt', 'waiting_for')
-      if not admitted(id, f[7], f[2], (tonumber(a[1]) or 0) + 1, a[2]) then return false end
+    if not f[1] or too_late(id, f[7], f[6], f[9]) then return false end
+    if f[8] then
+      local attempt = redis.call('HGET', rec(id), 'attempt')
+      if not admitted(id, f[8], f[2], (tonumber(attempt) or 0) + 1, f[9]) then return false end
     end
     redis.call('HINCRBY', rec(id), 'attempt', 1)
     start(id, {select(2, unpack(f))}, worker, owner)
@@ -2418,6 +2487,12 @@ OPS.sweep = function(limit)
     lost(id, 'lease expired: worker ' .. tostring(redis.call('HGET', rec(id), 'worker_id')) ..
          ' or its server stopped while running the job', false)
   end
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', EXPIRING, '-inf', now, 'LIMIT', 0, limit)) do
+    redis.call('ZREM', EXPIRING, id)      -- (a reserved one: its start step says too late)
+    local f = redis.call('HMGET', rec(id), 'state', 'priority', 'waiting_for', 'expire_time',
+                         'exec_number')
+    if unqueue(id, f[1], f[2], f[3]) then too_late(id, f[4], f[5], f[3]) end
+  end
   redis.call('ZREMRANGEBYSCORE', KEPT, '-inf', now)
   local s = redis.call('HMGET', STATS, 'sampled', S_DONE, S_FAILED)
   if (s[2] or s[3]) and now - (tonumber(s[1]) or 0) >= %(HISTORY_SECONDS)d then
@@ -2431,7 +2506,7 @@ OPS.sweep = function(limit)
     redis.call('HDEL', UNIQUE, key)
   end
   local nxt = -1
-  for _, key in ipairs({DELAYED, RESERVED, WORKING}) do
+  for _, key in ipairs({DELAYED, RESERVED, WORKING, EXPIRING}) do
     local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
     if #first > 0 then
       local d = math.max(0, tonumber(first[2]) - now)
@@ -2449,14 +2524,8 @@ OPS.cancel = function(id, by)
     if not f[3] then redis.call('HSET', rec(id), 'cancel_time', now, 'cancelled_by', by) end
     table.insert(cancels, id)
     return state
-  elseif state == S_WAITING then
-    if f[4] and redis.call('LREM', lkey('parked', f[4]), 1, id) == 1 then
-      redis.call('HINCRBY', STATS, 'parked', -1)
-    else
-      redis.call('LREM', waiting(f[2]), 1, id)
-    end
-  elseif state == S_DELAYED then
-    redis.call('ZREM', DELAYED, id)
+  elseif state == S_WAITING or state == S_DELAYED then
+    unqueue(id, state, f[2], f[4])
   elseif state == S_BLOCKED then
     redis.call('ZREM', BLOCKED, id)
   elseif state == S_RESERVED then
@@ -2475,7 +2544,7 @@ OPS.info = function(id, watch)
   local out = record(id)
   if #out == 0 then return false end
   local state = redis.call('HGET', rec(id), 'state')
-  if watch ~= '' and state ~= S_DONE and state ~= S_FAILED and state ~= S_CANCELLED then
+  if watch ~= '' and not over(state) then
     redis.call('HSET', rec(id), 'waiter', watch)
   end
   if state == S_BLOCKED then          -- the parents it waits for
@@ -2498,12 +2567,13 @@ OPS.depth = function()
       if c and (not oldest or tonumber(c) < tonumber(oldest)) then oldest = c end
     end
   end
-  local s = redis.call('HMGET', STATS, 'pushed', S_DONE, S_FAILED, S_CANCELLED, 'parked')
-  n = n + (tonumber(s[5]) or 0)     -- parked by their limits: waiting
+  local s = redis.call('HMGET', STATS, 'pushed', S_DONE, S_FAILED, S_CANCELLED, S_EXPIRED,
+                       'parked')
+  n = n + (tonumber(s[6]) or 0)     -- parked by their limits: waiting
   return {n, redis.call('ZCARD', DELAYED), redis.call('ZCARD', RESERVED),
           redis.call('ZCARD', WORKING), redis.call('ZCARD', FAILED), redis.call('ZCARD', BLOCKED),
           (tonumber(s[1]) or 0) + pushed, s[2] or 0,       -- + this call's pushes, not saved yet
-          s[3] or 0, s[4] or 0, oldest or ''}
+          s[3] or 0, s[4] or 0, s[5] or 0, oldest or ''}
 end
 OPS.failed = function(offset, count, after)
   local out = {}
@@ -2611,7 +2681,7 @@ OPS.clean = function(limit)
     for _, name in ipairs(names) do
       redis.call('UNLINK', lkey('held', name), lkey('starts', name))
     end
-    redis.call('UNLINK', STATS, UNIQUE, UNIQUE_TTL, HISTORY, LWAITING, LNAMES)
+    redis.call('UNLINK', STATS, UNIQUE, UNIQUE_TTL, HISTORY, LWAITING, LNAMES, EXPIRING)
     pushed = 0
   end
   return n
@@ -2674,7 +2744,7 @@ local function steps(keys, args)
     k = {}
     for _, name in ipairs({'waiting', 'delayed', 'reserved', 'working', 'failed', 'kept',
                            'stats', 'unique', 'unique:ttl', 'schedules', 'history',
-                           'limit:waiting', 'limit:names', 'blocked'}) do
+                           'limit:waiting', 'limit:names', 'blocked', 'expiring'}) do
       table.insert(k, P .. name)
     end
     k.levels = {}
@@ -2682,7 +2752,7 @@ local function steps(keys, args)
     KEYSETS[P] = k
   end
   WAITING, DELAYED, RESERVED, WORKING, FAILED, KEPT, STATS, UNIQUE, UNIQUE_TTL, SCHEDULES,
-    HISTORY, LWAITING, LNAMES, BLOCKED = unpack(k)
+    HISTORY, LWAITING, LNAMES, BLOCKED, EXPIRING = unpack(k)
   LEVELS = k.levels
   LEASE, HOLD, HANDLER_ATTEMPTS, CANCELLED_KEEP = tonumber(args[1]), tonumber(args[2]),
     tonumber(args[3]), tonumber(args[4])
@@ -3557,7 +3627,10 @@ CREATE INDEX IF NOT EXISTS mpq_dep_parent ON mpq_dep (queue, parent);
        ', '.join('%s INTEGER NOT NULL DEFAULT 0' % name for name in _DEPTH_FIELDS))
 
 # After the columns a database of an older version lacks are added: jobs that
-# wait for a limit (only those have waiting_for), by name and place.
+# expire (only those not started have expire_time), and jobs that wait for a
+# limit (only those have waiting_for), by name and place.
+_SQLITE_EXPIRE_INDEX = ('CREATE INDEX IF NOT EXISTS mpq_job_expire ON mpq_job (queue, '
+                        'expire_time) WHERE expire_time IS NOT NULL')
 _SQLITE_LIMIT_INDEX = ('CREATE INDEX IF NOT EXISTS mpq_job_waiting_for ON mpq_job '
                        '(queue, waiting_for, level, score) WHERE waiting_for IS NOT NULL')
 # `level` of a job parked by a concurrency limit: waiting, but not in line
@@ -3578,9 +3651,10 @@ _SQ_DUE = ('SELECT id, priority, key FROM mpq_job WHERE queue = ? AND state = ? 
 # (and after the work fields, what the limits need: limits, waiting_for)
 _SQ_WAITING = ("SELECT %s, limits, waiting_for FROM mpq_job WHERE queue = ? AND state = '%s' "
                'AND level >= 0 ORDER BY level DESC, score LIMIT ? OFFSET ?' % (_SQ_WORK, WAITING))
-_SQ_PHASE, _SQ_ATTEMPT = (1 + _WORK_FIELDS.index(name) for name in ('phase', 'attempt'))
-_SQ_UNIQUE, _SQ_PARENTS = (1 + _PUSH_ARGS.split().index(name)        # in a push step
-                           for name in ('unique_mode', 'depends_on'))
+_SQ_PHASE, _SQ_ATTEMPT, _SQ_TRIED, _SQ_EXPIRE = (
+    1 + _WORK_FIELDS.index(name) for name in ('phase', 'attempt', 'exec_number', 'expire_time'))
+_SQ_UNIQUE, _SQ_PARENTS, _SQ_EXPIRES = (1 + _PUSH_ARGS.split().index(name)   # in a push step
+                                        for name in ('unique_mode', 'depends_on', 'expires'))
 _SQ_COUNT = 'UPDATE mpq_queue SET %s WHERE queue = ?' % ', '.join(
     '%s = %s + ?' % (name, name) for name in _DEPTH_FIELDS)
 _SQ_COUNT_FIRST = 'INSERT INTO mpq_queue (queue, %s) VALUES (?%s)' % (
@@ -3724,7 +3798,7 @@ class _SqliteSteps:
         ttl, waiter, key, mode, depends_on, has_children = self.get(
             job_id, 'result_ttl', 'waiter', 'key', 'unique_mode', 'depends_on', 'has_children')
         self.let_go(job_id, key, mode, False)
-        if state == CANCELLED:
+        if state != DONE:
             ttl = max(ttl or 0, CANCELLED_KEEP)
         if has_children and self.conn.execute('SELECT 1 FROM mpq_dep WHERE queue = ? AND '
                                             'parent = ? LIMIT 1', (self.queue, job_id)).fetchone():
@@ -3769,10 +3843,10 @@ class _SqliteSteps:
         """An outcome kept for children (score _SQ_KEPT) expires as its
         result_ttl says once the last of them ended."""
         row = self.get(job_id, 'state', 'end_time', 'result_ttl', 'score')
-        if row and row[3] == _SQ_KEPT and not self.conn.execute(
+        if row and row[0] in _KEPT_STATES and row[3] == _SQ_KEPT and not self.conn.execute(
                 'SELECT 1 FROM mpq_dep WHERE queue = ? AND parent = ? LIMIT 1',
                 (self.queue, job_id)).fetchone():
-            ttl = max(row[2] or 0, CANCELLED_KEEP) if row[0] == CANCELLED else row[2] or 0
+            ttl = max(row[2] or 0, CANCELLED_KEEP) if row[0] != DONE else row[2] or 0
             self.update(job_id, score=row[1] + ttl)       # the sweep drops it when due
 
     def settle(self, job_id, state):
@@ -3797,8 +3871,26 @@ class _SqliteSteps:
                 elif not self.conn.execute('SELECT 1 FROM mpq_dep WHERE queue = ? AND child = ? '
                                            'AND open = 1 LIMIT 1',
                                            (self.queue, child)).fetchone():
-                    self.ready(child, BLOCKED, self.get(child, 'score')[0] - self.now)
+                    due = max(self.now, self.get(child, 'score')[0])
+                    self.ready(child, BLOCKED, due - self.now)
+                    self.expire_at(child, due)
         self.settling = None
+
+    # -- expiry (see "Expiry" above the record's fields) ------------------------------
+
+    def expire_at(self, job_id, due):
+        """A job with ``expires`` is due: it expires that long after ``due``."""
+        self.conn.execute('UPDATE mpq_job SET expire_time = ? + expires WHERE queue = ? AND '
+                          'id = ? AND expires > 0', (due, self.queue, job_id))
+
+    def too_late(self, job_id, old, expire_time, tried, limits=None):
+        """Too late for a job (in ``old``) to start for the first time?  Then
+        it ends expired, giving back what it holds (``limits``)."""
+        if expire_time is None or expire_time > self.now or tried:
+            return False
+        self.release(job_id, limits)
+        self.finish(job_id, old, EXPIRED, waiting_for=None, expire_time=None)
+        return True
 
     def cancel_child(self, job_id, parent, how):
         """A child cancelled because its parent did not end done."""
@@ -3825,7 +3917,8 @@ class _SqliteSteps:
                       handler_start=self.now)
         else:
             self.move(job_id, old, WORKING, lease, start_time=self.now, worker_id=worker,
-                      owner=owner, deadline=deadline, exec_number=(exec_number or 0) + 1)
+                      owner=owner, deadline=deadline, exec_number=(exec_number or 0) + 1,
+                      expire_time=None)         # started in time
             self.let_go(job_id, key, mode, True)
 
     def lost(self, job_id, error, timeout):
@@ -3872,9 +3965,9 @@ class _SqliteSteps:
         """``get``, but None for an outcome kept past its time: the next sweep
         drops it, and Redis has let its key expire already."""
         return self.conn.execute(
-            'SELECT %s FROM mpq_job WHERE queue = ? AND id = ? AND NOT (state IN (?, ?) AND '
+            'SELECT %s FROM mpq_job WHERE queue = ? AND id = ? AND NOT (state IN (?, ?, ?) AND '
             'score <= ?)' % ', '.join(columns),
-            (self.queue, job_id, DONE, CANCELLED, self.now)).fetchone()
+            (self.queue, job_id) + _KEPT_STATES + (self.now,)).fetchone()
 
     def record(self, job_id):
         row = self.live(job_id, _SQ_RECORD)
@@ -3883,9 +3976,10 @@ class _SqliteSteps:
     # -- the steps -------------------------------------------------------------
 
     def push(self, job_id, payload, delay, job, timeout, fail_number, fail_expire, priority,
-             key, mode, result_ttl, limits, depends_on, on_parent_failure):
+             key, mode, result_ttl, limits, depends_on, on_parent_failure, expires):
+        parents = json.loads(depends_on) if depends_on else []
         ended = {}      # its parents that ended, and how
-        for parent in json.loads(depends_on) if depends_on else ():
+        for parent in parents:
             row = self.live(parent, 'state')
             if row is None:
                 return '!' + parent
@@ -3898,23 +3992,25 @@ class _SqliteSteps:
             ends = self.now + float(mode) if mode not in ('queued', 'active') else None
             self.conn.execute('INSERT OR REPLACE INTO mpq_unique (queue, key, id, ends) '
                               'VALUES (?, ?, ?, ?)', (self.queue, key, job_id, ends))
-        row = (job_id, payload, delay, job, timeout, fail_number, fail_expire, priority, key,
-               mode, result_ttl, limits)
-        if not depends_on:
-            self.conn.execute(_SQ_INSERT, self.push_row(*row))
-            return job_id
-        parents = json.loads(depends_on)
         bad = next((p for p in parents if ended.get(p, DONE) != DONE), None)
         cancel = bad is not None and on_parent_failure != 'run'
+        blocked = cancel or len(ended) < len(parents)
         self.conn.execute(_SQ_INSERT, self.push_row(
-            *row, blocked=cancel or len(ended) < len(parents)))
+            job_id, payload, delay, job, timeout, fail_number, fail_expire, priority, key, mode,
+            result_ttl, limits, blocked=blocked))
+        if float(expires):
+            self.update(job_id, expires=expires)
+            if not blocked:
+                self.expire_at(job_id, self.now + delay)
+        if not parents:
+            return job_id
         self.update(job_id, depends_on=depends_on, on_parent_failure=on_parent_failure)
         self.conn.executemany('INSERT OR IGNORE INTO mpq_dep (queue, child, parent, open) '
                               'VALUES (?, ?, ?, ?)', [(self.queue, job_id, p, p not in ended)
                                                       for p in parents])
         for parent in parents:
             self.update(parent, has_children=1)
-            if ended.get(parent) in (DONE, CANCELLED):
+            if ended.get(parent) in _KEPT_STATES:
                 self.update(parent, score=_SQ_KEPT)       # its outcome, kept for this child
         if cancel:
             self.cancel_child(job_id, bad, ended[bad])
@@ -3943,8 +4039,10 @@ class _SqliteSteps:
             want = n - len(out)
             # those admitted stay at the head (they are reserved after): skip them
             rows = self.conn.execute(_SQ_WAITING, (self.queue, want, len(out))).fetchall()
-            out += [row for row in rows if not row[-2] or row[_SQ_PHASE] == _PHASE_HANDLERS or
-                    self.admit(row[0], row[-2], row[_SQ_ATTEMPT] + 1, row[-1])]
+            out += [row for row in rows if not self.too_late(
+                        row[0], WAITING, row[_SQ_EXPIRE], row[_SQ_TRIED]) and (
+                    not row[-2] or row[_SQ_PHASE] == _PHASE_HANDLERS or
+                    self.admit(row[0], row[-2], row[_SQ_ATTEMPT] + 1, row[-1]))]
             if len(rows) < want:
                 break
         self.ends.clear()
@@ -4034,10 +4132,10 @@ class _SqliteSteps:
 
     def start_step(self, job_id, attempt, worker, owner):
         row = self.current(job_id, attempt, RESERVED, 'phase', 'timeout', 'key',
-                           'unique_mode', 'exec_number')
-        if row is None:
+                           'unique_mode', 'exec_number', 'expire_time', 'limits')
+        if row is None or self.too_late(job_id, RESERVED, row[5], row[4], row[6]):
             return False
-        self.start(job_id, RESERVED, *row, worker, owner)
+        self.start(job_id, RESERVED, *row[:5], worker, owner)
         return True
 
     def pop(self, n, worker, owner):
@@ -4139,7 +4237,11 @@ class _SqliteSteps:
             self.release(job_id, self.get(job_id, 'limits')[0])
             self.lost(job_id, 'lease expired: worker %s or its server stopped while running '
                       'the job' % self.get(job_id, 'worker_id')[0], False)
-        for state in (DONE, CANCELLED):      # kept outcomes that expired
+        for job_id, state, tried in self.conn.execute(
+                'SELECT id, state, exec_number FROM mpq_job WHERE queue = ? AND expire_time <= ? '
+                'AND state IN (?, ?) LIMIT ?', (queue, now, WAITING, DELAYED, limit)).fetchall():
+            self.too_late(job_id, state, now, tried)
+        for state in _KEPT_STATES:      # kept outcomes whose time is over
             self.conn.execute('DELETE FROM mpq_job WHERE queue = ? AND state = ? AND level = 0 '
                               'AND score <= ?', (queue, state, now))
         self.conn.execute('DELETE FROM mpq_unique WHERE queue = ? AND ends <= ?', (queue, now))
@@ -4154,9 +4256,13 @@ class _SqliteSteps:
             self.conn.execute('DELETE FROM mpq_history WHERE queue = ? AND t < ?',
                               (queue, now - HISTORY_SECONDS * (HISTORY_KEEP - 0.5)))
         nxt = None
-        for state in (DELAYED, RESERVED, WORKING):
-            first = self.conn.execute('SELECT MIN(score) FROM mpq_job WHERE queue = ? AND '
-                                      'state = ? AND level = 0', (queue, state)).fetchone()[0]
+        firsts = [self.conn.execute('SELECT MIN(score) FROM mpq_job WHERE queue = ? AND '
+                                    'state = ? AND level = 0', (queue, state)).fetchone()[0]
+                  for state in (DELAYED, RESERVED, WORKING)]
+        firsts.append(self.conn.execute(
+            'SELECT MIN(expire_time) FROM mpq_job WHERE queue = ? AND expire_time IS NOT NULL '
+            'AND state IN (?, ?)', (queue, WAITING, DELAYED)).fetchone()[0])
+        for first in firsts:
             if first is not None and (nxt is None or first - now < nxt):
                 nxt = max(0.0, first - now)
         return nxt, now
@@ -4322,13 +4428,13 @@ class _SqliteSteps:
     _METHOD = {'start': 'start_step', 'lost': 'lost_step', 'requeue': 'requeue_step'}
 
     def run(self, steps):
-        """Apply ``steps``; a run of plain pushes (no unique key, no parents)
-        goes to the database in one ``executemany``."""
+        """Apply ``steps``; a run of plain pushes (no unique key, no parents,
+        no expiry) goes to the database in one ``executemany``."""
         out, i = [], 0
         while i < len(steps):
             j = i
             while j < len(steps) and steps[j][0] == 'push' and not steps[j][_SQ_UNIQUE] and \
-                    not steps[j][_SQ_PARENTS]:
+                    not steps[j][_SQ_PARENTS] and not float(steps[j][_SQ_EXPIRES]):
                 j += 1
             if j > i:
                 self.conn.executemany(_SQ_INSERT, [self.push_row(*s[1:_SQ_PARENTS])
@@ -4552,6 +4658,7 @@ class SqliteDriver(_Driver):
                         if name not in have:
                             conn.execute('ALTER TABLE %s ADD COLUMN %s' % (table, column % name))
                 conn.execute(_SQLITE_LIMIT_INDEX)
+                conn.execute(_SQLITE_EXPIRE_INDEX)
                 if not self._memory:
                     self._lock_fd = os.open(self._file + '-lock', os.O_RDWR | os.O_CREAT, 0o644)
             except (sqlite3.Error, OSError) as exc:
@@ -5492,7 +5599,8 @@ class _Ticker:
                             basics['max_payload']), 0, _job_name(s['job']),
                     options['timeout'], options['fail_number'],
                     options['fail_expire'], options['priority'],
-                    s['key'], s['unique'], options['result_ttl'], s['limits'], '', '')
+                    s['key'], s['unique'], options['result_ttl'], s['limits'], '', '',
+                    options['expires'])
             except MPQueueError as exc:
                 logger.error('schedule %r of queue %r cannot push its job: %s', name,
                              self.queue, exc)
@@ -6795,7 +6903,7 @@ class JobId(str):
 
 def push(queue, job, delay=0, *, args=(), kwargs=None, timeout=None, fail_number=None,
          fail_expire=None, result_ttl=None, key=None, unique=None, priority=None, limit=None,
-         depends_on=None, on_parent_failure=None):
+         depends_on=None, on_parent_failure=None, expires=None):
     """Push one job; returns its id, a :class:`JobId` (or, when ``unique``
     refuses it, the id of the job that holds ``key``).
 
@@ -6829,6 +6937,9 @@ def push(queue, job, delay=0, *, args=(), kwargs=None, timeout=None, fail_number
     :param on_parent_failure: what a parent that ends failed, cancelled or
         expired does to it: ``'cancel'`` (the default: it ends cancelled, and
         so do its own dependents) or ``'run'`` (it runs all the same).
+    :param expires: seconds the job may wait once it is due (after its
+        delay, or its parents): not started by then, it ends ``expired``
+        and never runs (0: never); default the Job's, else the queue's.
     :raises ConfigError: the queue is not configured, or an option is wrong
         (a limit name no definition matches, say).
     :raises JobNotFound: a parent the broker does not know (nothing is written).
@@ -6842,12 +6953,13 @@ def push(queue, job, delay=0, *, args=(), kwargs=None, timeout=None, fail_number
     return push_many(queue, [job], delay, args=args, kwargs=kwargs, timeout=timeout,
                      fail_number=fail_number, fail_expire=fail_expire, result_ttl=result_ttl,
                      key=key, unique=unique, priority=priority, limit=limit,
-                     depends_on=depends_on, on_parent_failure=on_parent_failure)[0]
+                     depends_on=depends_on, on_parent_failure=on_parent_failure,
+                     expires=expires)[0]
 
 
 def push_many(queue, jobs, delay=0, *, args=(), kwargs=None, timeout=None, fail_number=None,
               fail_expire=None, result_ttl=None, key=None, unique=None, priority=None,
-              limit=None, depends_on=None, on_parent_failure=None):
+              limit=None, depends_on=None, on_parent_failure=None, expires=None):
     """Push several jobs in one broker round trip; returns their ids
     (:class:`JobId`) in order.
 
@@ -6860,7 +6972,7 @@ def push_many(queue, jobs, delay=0, *, args=(), kwargs=None, timeout=None, fail_
     parents = _parents(queue, depends_on)
     return _push_calls(queue, [(job, args, kwargs) for job in jobs], delay, key, unique, limit,
                        dict(timeout=timeout, fail_number=fail_number, fail_expire=fail_expire,
-                            result_ttl=result_ttl, priority=priority),
+                            result_ttl=result_ttl, priority=priority, expires=expires),
                        parents and [parents] * len(jobs), on_parent_failure)
 
 
@@ -6962,7 +7074,7 @@ def _push_calls(queue, calls, delay, key, unique, limit, given, parents=None,
                       json.dumps(list(dict.fromkeys(p if isinstance(p, str) else ids[p]
                                                     for p in mine))) if mine else '',
                       ('run' if i == runs_anyway else on_parent_failure or 'cancel')
-                      if mine else ''))
+                      if mine else '', options['expires']))
     if _is_immediate(basics):
         ids = _run_here(config, qconf, steps)
     else:
@@ -7261,6 +7373,7 @@ def result(queue, job_id, timeout=None):
 
     :raises JobFailed: the job failed for good (``.job_info`` says how).
     :raises JobCancelled: it was cancelled.
+    :raises JobExpired: it did not start within its ``expires``.
     :raises JobNotFound: the id is unknown, or its outcome was not kept
         (``result_ttl``) or expired.
     :raises TimeoutError: ``timeout`` passed first.
@@ -7313,6 +7426,9 @@ def _outcome(queue, job_id, record, secret):
         info = _public_info(queue, dict(record, id=job_id))
         raise JobFailed('job %s of queue %r failed: %s' % (job_id, queue, (
             info['error_info'] or ['?'])[-1].strip().splitlines()[-1]), info)
+    if state == EXPIRED:
+        raise JobExpired('job %s of queue %r expired: it had not started %s s after it was '
+                         'due' % (job_id, queue, _seconds_text(record.get('expires', 0))))
     raise JobCancelled('job %s of queue %r was cancelled by %s' % (
         job_id, queue, record.get('cancelled_by', '?')))
 
@@ -7376,18 +7492,19 @@ def progress(value=None, **meta):
 
 
 def status(queue):
-    """Counts of one queue: ``{'all', 'waiting', 'working', 'failed', 'over'}``
-    (``depth()`` has them per state, and the cancelled jobs), and ``paused``."""
+    """Counts of one queue: ``{'all', 'waiting', 'working', 'failed', 'over',
+    'expired'}`` (``depth()`` has them per state, and the cancelled jobs), and
+    ``paused``."""
     d = depth(queue)
     return {'all': d['pushed'], 'waiting': d['waiting'] + d['delayed'],
             'working': d['reserved'] + d['working'], 'failed': d['failed'], 'over': d['done'],
-            'paused': d['paused']}
+            'expired': d['expired'], 'paused': d['paused']}
 
 
 def depth(queue):
     """Jobs of a queue per state now (waiting, delayed, reserved, working,
-    failed), its counters since it was last cleaned (pushed, done,
-    failed_total, cancelled), ``oldest_waiting_seconds`` (0: none waits) and
+    failed, blocked), its counters since it was last cleaned (pushed, done,
+    failed_total, cancelled, expired), ``oldest_waiting_seconds`` (0: none waits) and
     ``paused`` (True between ``pause`` and ``resume``)."""
     queue_config(queue)
     out, paused = _get_config()['basics']['driver'].execute(queue, [('depth',), ('paused',)])

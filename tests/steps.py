@@ -29,7 +29,7 @@ PREFIX = 'mpqtest'
 WAIT = 5.0          # longest wait for something that is due
 SLACK = 0.02        # clock granularity allowed when checking "not before"
 LIVE = ('waiting', 'delayed', 'reserved', 'working', 'failed', 'blocked')     # states depth() counts
-COUNTERS = ('pushed', 'done', 'failed_total', 'cancelled')          # counters of depth()
+COUNTERS = ('pushed', 'done', 'failed_total', 'cancelled', 'expired')   # counters of depth()
 BULK = 1000         # limit of the clean steps that empty a queue
 
 
@@ -45,14 +45,15 @@ NAME = mpqueue._job_name(noop)
 
 def push_step(job_id=None, *, payload=PAYLOAD, delay=0, job=NAME, timeout=0, fail_number=3,
               fail_expire=0, priority=0, key='', unique='', result_ttl=0, limits='',
-              parents=(), on_parent_failure='cancel'):
+              parents=(), on_parent_failure='cancel', expires=0):
     """One ``push`` step, as ``mpqueue.push_many`` builds it (``unique``: the
     step's unique_mode: '', 'queued', 'active' or seconds as text; ``limits``:
     the job's limits field, see ``limits_field``; ``parents``: the ids it
     depends on)."""
     return ('push', job_id or mpqueue._new_id(), payload, delay, job, timeout, fail_number,
             json.dumps(fail_expire), priority, key, unique, result_ttl, limits,
-            json.dumps(list(parents)) if parents else '', on_parent_failure if parents else '')
+            json.dumps(list(parents)) if parents else '', on_parent_failure if parents else '',
+            expires)
 
 
 def limits_field(*names, **definitions):

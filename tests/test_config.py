@@ -377,7 +377,7 @@ def test_a_sqlite_database_in_memory_is_refused_as_a_pools_broker(tmp_path, monk
     assert "SqliteDriver(':memory:')" in message and 'file path' in message, message
     monkeypatch.chdir(tmp_path)     # in memory: no file, no lock file, here or anywhere
     driver = mpqueue.SqliteDriver(':memory:')
-    assert driver.run('q', 'push', 'a', b'x', 0, 'j', 0, 0, '3', 0, '', '', 0, '', '', '') == 'a'
+    assert driver.run('q', 'push', 'a', b'x', 0, 'j', 0, 0, '3', 0, '', '', 0, '', '', '', 0) == 'a'
     assert driver.run('q', 'info', 'a', '')['state'] == 'waiting'
     assert list(tmp_path.iterdir()) == []
 

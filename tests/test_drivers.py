@@ -1366,7 +1366,7 @@ def test_depth_counts_every_state(driver, queue, store):
     ids = _every_state(driver, queue)
     assert counts(driver, queue) == dict(
         waiting=1, delayed=1, reserved=1, working=1, failed=1, blocked=1, pushed=8, done=1,
-        failed_total=1, cancelled=1)
+        failed_total=1, cancelled=1, expired=0)
     assert_depth(driver, queue, ids, store)
 
 
@@ -1983,3 +1983,53 @@ def test_a_cancelled_child_leaves_its_parents(driver, queue, store):
     assert done(driver, queue, pop1(driver, queue)) is True
     assert info(driver, queue, parent) is None          # nothing keeps it
     assert state(driver, queue, child) == 'cancelled'
+
+
+# -- expiry ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('take', ['reserve', 'pop', 'start', 'sweep'])
+def test_a_job_not_started_within_expires_ends_expired(driver, queue, take, store):
+    job_id = push1(driver, queue, expires=0.2)
+    child = push1(driver, queue, parents=[job_id])
+    runs = push1(driver, queue, parents=[job_id], on_parent_failure='run')
+    if take == 'start':
+        [job] = reserve(driver, queue, 1)
+    wait_broker_time(driver, queue, info(driver, queue, job_id)['expire_time'])
+    if take == 'reserve':
+        assert reserve(driver, queue, 5) == []
+    elif take == 'pop':
+        assert pop(driver, queue, 5) == []
+    elif take == 'start':
+        assert start(driver, queue, job) is False
+    else:
+        sweep(driver, queue)
+    record = info(driver, queue, job_id)
+    assert (record['state'], record.get('start_time'), record['exec_number']) == (
+        'expired', None, 0)
+    assert state(driver, queue, child) == 'cancelled'
+    assert ids_of(pop(driver, queue, 5)) == [runs]
+    assert counts(driver, queue)['expired'] == 1
+
+
+def test_a_job_started_in_time_runs_to_its_end_and_retries(driver, queue):
+    job_id = push1(driver, queue, expires=0.3)
+    job = pop1(driver, queue)
+    assert info(driver, queue, job_id).get('expire_time') is None
+    assert retry(driver, queue, job) is True
+    wait_broker_time(driver, queue, job['create_time'] + 0.4)
+    sweep(driver, queue)
+    again = pop1(driver, queue)             # its retry is no first start: it runs
+    assert again['id'] == job_id and done(driver, queue, again) is True
+
+
+def test_expiry_counts_from_the_due_time(driver, queue):
+    delayed = push1(driver, queue, delay=60, expires=5)
+    parent = push1(driver, queue)
+    child = push1(driver, queue, parents=[parent], expires=5)
+    assert info(driver, queue, child).get('expire_time') is None      # not due yet
+    due = info(driver, queue, delayed)
+    assert abs(due['expire_time'] - (due['create_time'] + 65)) < SLACK
+    assert done(driver, queue, pop1(driver, queue)) is True
+    released = broker_clock(driver, queue)
+    assert abs(info(driver, queue, child)['expire_time'] - (released + 5)) < 1
+    assert sweep(driver, queue)[0] <= 5
