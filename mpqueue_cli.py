@@ -2018,6 +2018,7 @@ tr.stale > * { background: #fffaeb; }
 .badge.waiting { background: #eff8ff; color: #175cd3; }
 .badge.working { background: #f4f3ff; color: #5925dc; }
 .badge.cancelled { background: #f2f4f7; color: #475467; }
+.badge.blocked { background: #fdf2fa; color: #c11574; }
 .badge.paused { background: #fffaeb; color: #b54708; }
 .btn { font: inherit; font-weight: 600; font-size: 13px; padding: 6px 12px; border-radius: 7px;
   border: 1px solid #d0d5dd; background: #fff; color: #344054; cursor: pointer;
@@ -2133,8 +2134,8 @@ form.login .btn { margin-top: 8px; padding: 9px; }
                   failed: 'Failed jobs', job: 'Job', schedules: 'Schedules'};
   const UNFINISHED = ['waiting', 'delayed', 'reserved', 'working', 'blocked'];
   const QUEUE_COLUMNS = ['Queue', 'Waiting', 'Delayed', 'Reserved', 'Working', 'Failed',
-                         'Cancelled', 'Oldest waiting', 'Pushed', 'Done', 'Done/s', 'Failed/s',
-                         'Paused'];
+                         'Blocked', 'Cancelled', 'Oldest waiting', 'Pushed', 'Done', 'Done/s',
+                         'Failed/s', 'Paused'];
   const FLEET_COLUMNS = ['Pool', 'Host', 'PID', 'State', 'Started', 'Last seen', 'Queue',
                          'Workers', 'Busy', 'Idle', 'Done'];
 
@@ -2542,7 +2543,7 @@ form.login .btn { margin-top: 8px; padding: 9px; }
         el('th', {scope: 'row'}, q.name),
         queuedCell('waiting'), queuedCell('delayed'),
         numCell(q.reserved, 'reserved'), numCell(q.working, 'working'), failedCell,
-        numCell(q.cancelled, 'cancelled'),
+        numCell(q.blocked, 'blocked'), numCell(q.cancelled, 'cancelled'),
         el('td', {class: 'num' + (age === null || age === undefined ? ' zero'
                                   : age > 60 ? ' warn' : ''),
                   'data-col': 'oldest_waiting_seconds'}, fmtAge(age)),
@@ -2554,7 +2555,7 @@ form.login .btn { margin-top: 8px; padding: 9px; }
       ]);
     });
     if (!rows.length) {
-      rows.push(el('tr', {}, el('td', {colspan: 13, class: 'empty'}, 'No queue in the config.')));
+      rows.push(el('tr', {}, el('td', {colspan: 14, class: 'empty'}, 'No queue in the config.')));
     }
     $('queues-body').replaceChildren(...rows);
   }
@@ -3041,7 +3042,7 @@ form.login .btn { margin-top: 8px; padding: 9px; }
   function init() {
     const colgroup = (span, title) => el('th', {scope: 'colgroup', colspan: span}, title);
     $('queues-head').replaceChildren(
-      el('tr', {class: 'groups'}, [el('td'), colgroup(6, 'Now'), el('td'), colgroup(2, 'Total'),
+      el('tr', {class: 'groups'}, [el('td'), colgroup(7, 'Now'), el('td'), colgroup(2, 'Total'),
                                    colgroup(2, 'Rate'), el('td')]),
       headRow(QUEUE_COLUMNS, QUEUE_COLUMNS.slice(1)));
     $('fleet-head').replaceChildren(headRow(FLEET_COLUMNS, ['PID', 'Last seen', 'Workers',
