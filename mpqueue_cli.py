@@ -943,6 +943,7 @@ _WEB_FAILURE_DELAY = 0.5      # s: wrong tokens wait this long each, one at a ti
 _WEB_SESSION_SECONDS = 12 * 3600   # a login lasts a working day, then the form asks again
 _WEB_SESSIONS_MAX = 1000      # signed-in browsers kept; past that the oldest session ends
 _WEB_OFFSET_MAX = 10 ** 9     # an offset into the failed list beyond any list a broker keeps
+_WEB_RELATIVES_MAX = 100      # parents, children: the most a job's page shows (one lookup each)
 _WEB_COOKIE = 'mpqueue_session_%d'    # the port is in the names: two dashboards on one host
 _WEB_LOGIN_COOKIE = 'mpqueue_login_%d'    # keep their sessions apart
 _WEB_LOOPBACK_NAMES = ('localhost', '127.0.0.1', '::1')
@@ -1294,7 +1295,17 @@ class _WebHandler(_Handler):
         return self.server.broker(page)
 
     def api_job(self, query, queue, job_id):
-        info = self.server.broker(mpqueue.job_info, queue, job_id)
+        def states(ids):        # [{id, state}] of the first ids; state None: forgotten
+            return [{'id': i, 'state': (mpqueue.job_info(queue, i) or {}).get('state')}
+                    for i in ids[:_WEB_RELATIVES_MAX]]
+
+        def job():
+            info = mpqueue.job_info(queue, job_id)
+            if info is not None:
+                info.update(parents=states(info['depends_on']),
+                            children=states(info['dependents']))
+            return info
+        info = self.server.broker(job)
         if info is None:
             raise _HTTPError(404, 'no job %r in queue %r (unknown, or its record expired)'
                             % (job_id, queue))
@@ -2018,6 +2029,7 @@ tr.stale > * { background: #fffaeb; }
 .badge.waiting { background: #eff8ff; color: #175cd3; }
 .badge.working { background: #f4f3ff; color: #5925dc; }
 .badge.cancelled { background: #f2f4f7; color: #475467; }
+.badge.blocked { background: #fdf2fa; color: #c11574; }
 .badge.paused { background: #fffaeb; color: #b54708; }
 .btn { font: inherit; font-weight: 600; font-size: 13px; padding: 6px 12px; border-radius: 7px;
   border: 1px solid #d0d5dd; background: #fff; color: #344054; cursor: pointer;
@@ -2091,6 +2103,9 @@ dl.facts div { min-width: 0; }
 dl.facts dt { font-size: 11.5px; text-transform: uppercase; letter-spacing: .04em;
   color: var(--muted); font-weight: 600; }
 dl.facts dd { margin: 2px 0 0; font-variant-numeric: tabular-nums; overflow-wrap: anywhere; }
+dl.facts.relatives { grid-template-columns: repeat(auto-fill, minmax(280px, 1fr)); }
+ul.relatives { margin: 0; padding: 0; list-style: none; max-height: 240px; overflow-y: auto; }
+ul.relatives li { padding: 1px 0; }
 dl.facts progress { width: 96px; vertical-align: middle; margin-right: 6px; }
 .job-card h3 { font-size: 13px; margin: 16px 0 8px; color: var(--muted); text-transform: uppercase;
   letter-spacing: .04em; }
@@ -2128,13 +2143,14 @@ form.login .btn { margin-top: 8px; padding: 9px; }
   const RATE_SPAN_S = 10;           // a rate is taken over about this many seconds
   const GAP_S = 60;                 // samples further apart than this leave a gap
   const PAGE_SIZE = 50;             // failed jobs, waiting jobs per page
+  const RELATIVES_SHOWN = 100;      // a job's parents, children: as many as the API looks up
   const VIEWS = ['queues', 'fleet', 'queued', 'limits', 'failed', 'job', 'schedules'];
   const TITLES = {queues: 'Queues', fleet: 'Fleet', queued: 'Waiting jobs', limits: 'Limits',
                   failed: 'Failed jobs', job: 'Job', schedules: 'Schedules'};
   const UNFINISHED = ['waiting', 'delayed', 'reserved', 'working', 'blocked'];
   const QUEUE_COLUMNS = ['Queue', 'Waiting', 'Delayed', 'Reserved', 'Working', 'Failed',
-                         'Cancelled', 'Oldest waiting', 'Pushed', 'Done', 'Done/s', 'Failed/s',
-                         'Paused'];
+                         'Blocked', 'Cancelled', 'Oldest waiting', 'Pushed', 'Done', 'Done/s',
+                         'Failed/s', 'Paused'];
   const FLEET_COLUMNS = ['Pool', 'Host', 'PID', 'State', 'Started', 'Last seen', 'Queue',
                          'Workers', 'Busy', 'Idle', 'Done'];
 
@@ -2542,7 +2558,7 @@ form.login .btn { margin-top: 8px; padding: 9px; }
         el('th', {scope: 'row'}, q.name),
         queuedCell('waiting'), queuedCell('delayed'),
         numCell(q.reserved, 'reserved'), numCell(q.working, 'working'), failedCell,
-        numCell(q.cancelled, 'cancelled'),
+        numCell(q.blocked, 'blocked'), numCell(q.cancelled, 'cancelled'),
         el('td', {class: 'num' + (age === null || age === undefined ? ' zero'
                                   : age > 60 ? ' warn' : ''),
                   'data-col': 'oldest_waiting_seconds'}, fmtAge(age)),
@@ -2554,7 +2570,7 @@ form.login .btn { margin-top: 8px; padding: 9px; }
       ]);
     });
     if (!rows.length) {
-      rows.push(el('tr', {}, el('td', {colspan: 13, class: 'empty'}, 'No queue in the config.')));
+      rows.push(el('tr', {}, el('td', {colspan: 14, class: 'empty'}, 'No queue in the config.')));
     }
     $('queues-body').replaceChildren(...rows);
   }
@@ -2931,6 +2947,36 @@ form.login .btn { margin-top: 8px; padding: 9px; }
       value === null || value === undefined || value === '' ? '\u2014' : value)]);
   }
 
+  function jobLinks(queue, jobs, total) {
+    // [{id, state}] as links to their pages with their states (null: the broker no longer
+    // knows the job; undefined: not looked up), then how many of `total` are not shown
+    return el('ul', {class: 'relatives'}, [
+      jobs.map((r) => el('li', {'data-id': r.id}, [
+        el('a', {class: 'mono', href: '#job/' + enc(queue) + '/' + enc(r.id)}, r.id),
+        r.state === undefined ? null : ' ',
+        r.state === null ? el('span', {class: 'badge', title: 'Its record expired'}, 'unknown')
+          : r.state ? el('span', {class: 'badge ' + r.state}, r.state) : null])),
+      total > jobs.length ? el('li', {class: 'sub'}, 'and ' + fmtInt(total - jobs.length) +
+                                                    ' more') : null]);
+  }
+
+  function dependencies(queue, info) {
+    // a job's parents, the ones it waits for while blocked, its children not ended
+    const parents = info.depends_on || [], children = info.dependents || [];
+    if (!parents.length && !children.length) return [];
+    const known = new Map((info.parents || []).map((r) => [r.id, r.state]));
+    const waiting = Array.isArray(info.waiting_for) ? info.waiting_for : [];
+    return [el('h3', {}, 'Dependencies'), el('dl', {class: 'facts relatives'}, [
+      parents.length ? fact('Depends on', jobLinks(queue, info.parents || [], parents.length),
+                            'depends_on') : null,
+      parents.length ? fact('On parent failure', info.on_parent_failure || 'cancel',
+                            'on_parent_failure') : null,
+      waiting.length ? fact('Waiting for', jobLinks(queue, waiting.slice(0, RELATIVES_SHOWN).map(
+        (id) => ({id: id, state: known.get(id)})), waiting.length), 'waiting_for') : null,
+      children.length ? fact('Dependents', jobLinks(queue, info.children || [], children.length),
+                             'dependents') : null])];
+  }
+
   async function loadJob() {
     const {queue, id} = state.job;
     const box = $('job-box');
@@ -2977,7 +3023,8 @@ form.login .btn { margin-top: 8px; padding: 9px; }
         fact('Key', info.key),
         info.limit ? fact('Limits', info.limit.map((name, i) => [i ? ', ' : '', limitLink(name)]),
                           'limit') : null,
-        info.waiting_for ? fact('Waiting for', limitLink(info.waiting_for), 'waiting_for') : null,
+        typeof info.waiting_for === 'string'      // a limit's name; parents: dependencies()
+          ? fact('Waiting for', limitLink(info.waiting_for), 'waiting_for') : null,
         typeof info.progress === 'number' ? fact('Progress', [el('progress', {max: 1,
           value: info.progress}), fmtPercent(info.progress)], 'progress') : null,
         info.meta && Object.keys(info.meta).length
@@ -2985,6 +3032,7 @@ form.login .btn { margin-top: 8px; padding: 9px; }
         info.cancel_time ? fact('Cancelled', [
           timeCell(info.cancel_time), info.cancelled_by ? ' by ' + info.cancelled_by : '']) : null,
       ]),
+      dependencies(queue, info),
       el('h3', {}, 'Result'),
       info.result_repr !== null && info.result_repr !== undefined
         ? el('pre', {class: 'result', 'data-col': 'result'}, info.result_repr)
@@ -3041,7 +3089,7 @@ form.login .btn { margin-top: 8px; padding: 9px; }
   function init() {
     const colgroup = (span, title) => el('th', {scope: 'colgroup', colspan: span}, title);
     $('queues-head').replaceChildren(
-      el('tr', {class: 'groups'}, [el('td'), colgroup(6, 'Now'), el('td'), colgroup(2, 'Total'),
+      el('tr', {class: 'groups'}, [el('td'), colgroup(7, 'Now'), el('td'), colgroup(2, 'Total'),
                                    colgroup(2, 'Rate'), el('td')]),
       headRow(QUEUE_COLUMNS, QUEUE_COLUMNS.slice(1)));
     $('fleet-head').replaceChildren(headRow(FLEET_COLUMNS, ['PID', 'Last seen', 'Workers',

@@ -436,6 +436,107 @@ def test_a_running_jobs_progress_shows_on_its_page_as_it_comes(e2e, browser, tmp
     web.stop()
 
 
+def dependencies(browser):
+    """The job page's id, state and cancel button, and its Dependencies: each
+    list as [[id, state shown]], other facts as text; None while there is no card."""
+    return look(browser, """
+        const card = document.querySelector('#job-box [data-job-id]');
+        if (!card) return null;
+        const out = {id: card.dataset.jobId,
+                     state: card.querySelector('[data-col=state]').textContent,
+                     cancel: Boolean(card.querySelector('button[data-action=cancel]'))};
+        for (const dd of card.querySelectorAll('dl.relatives dd[data-col]')) {
+            out[dd.dataset.col] = dd.querySelector('ul') ? Array.from(
+                dd.querySelectorAll('li[data-id]'), (li) => [li.dataset.id,
+                    li.querySelector('.badge') && li.querySelector('.badge').textContent])
+                : dd.textContent;
+        }
+        return out;""")
+
+
+def test_a_jobs_page_shows_its_parents_and_dependents_with_their_states(e2e, browser,
+                                                                        tmp_path):
+    """A working parent and two blocked children: each page links the others
+    with their states; a blocked child is cancelled from its page; once the
+    parent ends the other child runs, and its page follows."""
+    e2e.write_jobs(OPTION_JOBS)
+    pool = e2e.pool(queue_conf('q', worker_number=1, result_ttl=60)).start()
+    jobs = e2e.import_jobs()
+    parent = mpqueue.push('q', jobs.gated, args=('parent',))
+    runs = mpqueue.push('q', jobs.ok, args=('runs',), depends_on=parent, on_parent_failure='run')
+    dropped = mpqueue.push('q', jobs.ok, args=('dropped',), depends_on=parent)
+    pool.wait(lambda: e2e.records('start', tag='parent'), 15, 'the parent to start')
+    children = sorted([[runs, 'blocked'], [dropped, 'blocked']])
+
+    web = Web(e2e, pool.config_path)
+    status, api = web.json('GET', '/api/queues/q/jobs/' + parent)
+    assert status == 200 and (api['parents'], api['children']) == (
+        [], [{'id': i, 'state': s} for i, s in children]), api
+    browser.get(web.url + '#job/q/' + parent)
+    assert wait_page(browser, lambda: (lambda j: j and j['id'] == parent and j)(
+        dependencies(browser)), 'the parent') == {
+            'id': parent, 'state': 'working', 'cancel': True, 'dependents': children}
+
+    # A child: its parent, working, and that it waits for it; it is cancelled here.
+    browser.get(web.url + '#job/q/' + dropped)
+    job = wait_page(browser, lambda: (lambda j: j and j['id'] == dropped and j)(
+        dependencies(browser)), 'a child')
+    assert job == {'id': dropped, 'state': 'blocked', 'cancel': True,
+                   'depends_on': [[parent, 'working']], 'on_parent_failure': 'cancel',
+                   'waiting_for': [[parent, 'working']]}, job
+    screenshot(browser, tmp_path, 'job-dependencies')
+    click(browser, '#job-box button[data-action=cancel]', 'Cancel')
+    accept_confirm(browser, dropped)
+    job = wait_page(browser, lambda: (lambda j: j['state'] == 'cancelled' and j)(
+        dependencies(browser)), 'the child cancelled')
+    assert job == {'id': dropped, 'state': 'cancelled', 'cancel': False,
+                   'depends_on': [[parent, 'working']], 'on_parent_failure': 'cancel'}, job
+
+    # Its parent's link: one dependent left; the queues view counts it blocked.
+    click(browser, '#job-box [data-col=depends_on] a', 'the link to the parent')
+    wait_page(browser, lambda: (dependencies(browser) or {}).get('dependents') == [
+        [runs, 'blocked']], 'the parent with one dependent left')
+    assert browser.current_url.endswith('#job/q/' + parent)
+    browser.get(web.url + '#queues')
+    wait_page(browser, lambda: queue_table(browser).get('q', {}).get('blocked') == '1',
+              'one blocked job in the queues view')
+    status, api = web.json('GET', '/api/queues')
+    assert status == 200 and api[0]['blocked'] == 1, api
+
+    # The parent ends: the other child runs, and its page shows both done.
+    browser.get(web.url + '#job/q/' + runs)
+    job = wait_page(browser, lambda: (lambda j: j and j['id'] == runs and j)(
+        dependencies(browser)), 'the other child')
+    assert (job['state'], job['on_parent_failure'], job['waiting_for']) == (
+        'blocked', 'run', [[parent, 'working']]), job
+    e2e.redis.set('%s:gate:parent' % e2e.key, 1)
+    job = wait_page(browser, lambda: (lambda j: j['state'] == 'done' and j)(
+        dependencies(browser)), 'the other child done')
+    assert job == {'id': runs, 'state': 'done', 'cancel': False,
+                   'depends_on': [[parent, 'done']], 'on_parent_failure': 'run'}, job
+
+    # A hundred dependents are shown, and how many more there are; a parent
+    # the broker forgot (no result_ttl, its children ended) is unknown.
+    many = mpqueue.push('q', jobs.gated, args=('many',), result_ttl=0)
+    kids = mpqueue.push_many('q', [jobs.ok] * 102, args=('kid',), depends_on=many)
+    pool.wait(lambda: e2e.records('start', tag='many'), 15, 'the parent of many to start')
+    status, api = web.json('GET', '/api/queues/q/jobs/' + many)
+    assert status == 200 and len(api['dependents']) == 102 and api['children'] == [
+        {'id': i, 'state': 'blocked'} for i in sorted(kids)[:100]], api
+    browser.get(web.url + '#job/q/' + many)
+    wait_page(browser, lambda: look(browser, """
+        const dd = document.querySelector('#job-box [data-col=dependents]');
+        return dd && [dd.querySelectorAll('li[data-id]').length,
+                      dd.querySelector('li:not([data-id])').textContent];""") == [
+        100, 'and 2 more'], 'a hundred dependents and 2 more')
+    e2e.redis.set('%s:gate:many' % e2e.key, 1)
+    browser.get(web.url + '#job/q/' + kids[0])
+    wait_page(browser, lambda: (dependencies(browser) or {}).get('depends_on') == [
+        [many, 'unknown']], 'a dependent whose parent was forgotten')
+    assert dependencies(browser)['state'] == 'done'
+    web.stop()
+
+
 def test_a_queue_is_paused_and_resumed_from_the_dashboard(e2e, browser, tmp_path):
     pool = e2e.pool(queue_conf('q', worker_number=1, sleep_seconds=30)).start()
     jobs = e2e.import_jobs()
