@@ -78,13 +78,16 @@ CHAOS_JOBS = '''
 RUNS_KEY = KEY + ':runs'
 
 
-def chaos_job(tag, seconds, limits=()):
+def chaos_job(tag, seconds, limits=(), fail=False):
     """Records its start, works ``seconds``, records its end: "s|e tag time
-    pid", the start followed by the limit names the job holds."""
+    pid", the start followed by the limit names the job holds; then, with
+    ``fail``, fails for good."""
     c = client()
     c.rpush(RUNS_KEY, ' '.join(['s %s %r %d' % (tag, time.time(), os.getpid())] + list(limits)))
     time.sleep(seconds)
     c.rpush(RUNS_KEY, 'e %s %r %d' % (tag, time.time(), os.getpid()))
+    if fail:
+        raise mpqueue.Fail('meant to fail')
 '''
 
 VARIANTS = ['redis-distribute', 'redis-grab', 'sqlite-distribute', 'sqlite-grab',
@@ -198,18 +201,18 @@ def write_lock_holder(db_file, candidates, window):
 # -- pushing --------------------------------------------------------------------------
 
 class Pusher(threading.Thread):
-    """Pushes ``n`` jobs ``chaos_job(tag, 2-8 ms, limits)`` evenly over
-    ``seconds``, in batches of ``batch``, each batch under limit names picked
-    from ``limit_choices`` (none if not given).  A push that raises
-    DriverError may or may not have been stored: its tags are kept apart
-    (``uncertain``), and the batch is pushed again under new tags."""
+    """Pushes ``units`` evenly over ``seconds``, each in one call.  A unit is
+    ``(kind, jobs, limits)``, its jobs ``(tag, seconds, fail)`` run as
+    ``chaos_job``: kind ``'jobs'``: ``push_many`` under the limit names
+    ``limits``; ``'chain'``: ``chain``; ``'batch'``: ``batch``, its last job
+    the ``then``.  A push that raises DriverError may or may not have been
+    stored (all of the unit or nothing): the unit is kept apart
+    (``uncertain``), and pushed again under new tags.  ``pushed``: the units
+    stored, under their tags; ``ids``: tag -> job id."""
 
-    def __init__(self, jobs, n, seconds, batch, rnd, limit_choices=None):
+    def __init__(self, jobs, units, seconds):
         super().__init__(daemon=True)
-        self.jobs, self.n, self.seconds, self.batch = jobs, n, seconds, batch
-        self.durations = [rnd.uniform(0.002, 0.008) for _ in range(n)]
-        self.limits = [rnd.choice(limit_choices) if limit_choices else ()
-                       for _ in range(0, n, batch)]
+        self.jobs, self.units, self.seconds = jobs, units, seconds
         self.pushed, self.uncertain, self.ids = [], [], {}
         self.refused = 0
         self.error = None
@@ -217,35 +220,53 @@ class Pusher(threading.Thread):
     def run(self):
         try:
             t0 = time.monotonic()
-            for i in range(0, self.n, self.batch):
-                due = t0 + self.seconds * i / self.n
+            for i, unit in enumerate(self.units):
+                due = t0 + self.seconds * i / len(self.units)
                 if time.monotonic() < due:
                     time.sleep(due - time.monotonic())
-                self._push([('job-%04d' % j, self.durations[j])
-                            for j in range(i, min(self.n, i + self.batch))],
-                           self.limits[i // self.batch])
+                self._push(*unit)
         except BaseException as exc:    # reported by the test
             self.error = exc
 
-    def _push(self, batch, limits):
+    def _push(self, kind, jobs, limits):
         deadline = time.monotonic() + 60
         for again in range(1000):
-            tags = [tag if not again else '%s.r%d' % (tag, again) for tag, _ in batch]
+            unit = (kind, [(tag if not again else '%s.r%d' % (tag, again), sec, fail)
+                           for tag, sec, fail in jobs], limits)
+            calls = [functools.partial(self.jobs.chaos_job, tag, sec, limits, fail)
+                     for tag, sec, fail in unit[1]]
             try:
-                ids = mpqueue.push_many('q', [functools.partial(self.jobs.chaos_job, tag, sec,
-                                                                limits)
-                                              for tag, (_, sec) in zip(tags, batch)],
-                                        limit=list(limits) or None)
+                if kind == 'chain':
+                    ids = mpqueue.chain('q', calls)
+                elif kind == 'batch':
+                    members, then = mpqueue.batch('q', calls[:-1], then=calls[-1])
+                    ids = members + [then]
+                else:
+                    ids = mpqueue.push_many('q', calls, limit=list(limits) or None)
             except mpqueue.DriverError:
                 self.refused += 1
-                self.uncertain.extend(tags)
+                self.uncertain.append(unit)
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
                 continue
-            self.pushed.extend(tags)
-            self.ids.update(zip(tags, ids))
+            self.pushed.append(unit)
+            self.ids.update(zip(tags(unit), ids))
             return
+
+
+def tags(*units):
+    """The tags of the jobs of ``units``, in order."""
+    return [tag for _, jobs, _ in units for tag, _, _ in jobs]
+
+
+def job_units(rnd, n, batch, limit_choices=None):
+    """``n`` jobs of 2-8 ms, ``batch`` a push, each push under limit names
+    picked from ``limit_choices`` (none if not given)."""
+    return [('jobs', [('job-%04d' % j, rnd.uniform(0.002, 0.008), False)
+                      for j in range(i, min(n, i + batch))],
+             rnd.choice(limit_choices) if limit_choices else ())
+            for i in range(0, n, batch)]
 
 
 # -- the chaos ----------------------------------------------------------------------------
@@ -431,8 +452,9 @@ def test_chaos_soak(e2e, variant, record_property):
     jobs = e2e.import_jobs()
     sqlite_file = str(e2e.tmp_path / 'broker.db') if broker_kind == 'sqlite' else None
     # SQLite: one job per push, many small transactions on the write lock
-    pusher = Pusher(jobs, JOBS, CHAOS_SECONDS * 0.9, batch=1 if sqlite_file else 10, rnd=rnd,
-                    limit_choices=LIMIT_CHOICES if limited else None)
+    pusher = Pusher(jobs, job_units(rnd, JOBS, batch=1 if sqlite_file else 10,
+                                    limit_choices=LIMIT_CHOICES if limited else None),
+                    CHAOS_SECONDS * 0.9)
     chaos = Chaos(e2e, pools, rnd, sqlite_file)
     pusher.start()
     try:
@@ -444,7 +466,7 @@ def test_chaos_soak(e2e, variant, record_property):
     assert not pusher.is_alive(), 'the pusher did not finish'
     assert pusher.error is None, pusher.error
 
-    pushed = set(pusher.pushed)
+    pushed = set(tags(*pusher.pushed))
     last = {}
 
     def drained():
@@ -502,7 +524,7 @@ def test_chaos_soak(e2e, variant, record_property):
     line = {
         'variant': variant, 'seed': seed, 'chaos_s': CHAOS_SECONDS, 'jobs': len(pushed),
         'push_refused': pusher.refused,
-        'uncertain_ran': sum(1 for tag in pusher.uncertain if tag in runs),
+        'uncertain_ran': sum(1 for tag in tags(*pusher.uncertain) if tag in runs),
         'runs': figures['runs'], 'reruns': figures['runs'] - len(runs),
         'killed_runs': figures['killed_runs'],
         'sequential_duplicates': figures['sequential_duplicates'],
