@@ -32,7 +32,9 @@ test waits for the queue to drain, then checks:
 - no job ran twice *at the same time* (its runs' [start, end] intervals
   never overlap); running twice one after the other is at-least-once
   delivery and only counted;
-- both pools are back to full strength and each runs a new job.
+- both pools are back to full strength and each runs a new job;
+- once the pools stopped, ``clean`` leaves nothing of the queue in the
+  broker: no Redis key under its prefix, no row in an SQLite table.
 
 The "-limits" variants give the queue limits (``LIMITS``) and most pushes
 limit names (``LIMIT_CHOICES``); they also check that no limit name was ever
@@ -48,12 +50,14 @@ properties (``record_property``, in the JUnit XML) and appended as JSON to
 """
 
 import collections
+import contextlib
 import functools
 import json
 import math
 import os
 import random
 import signal
+import sqlite3
 import threading
 import time
 
@@ -416,6 +420,31 @@ def most_per_limit(runs, died):
     return {name: most_at_once(records, name) for name in {r['name'] for r in records}}
 
 
+def left_after_clean(e2e, sqlite_file):
+    """What the broker still holds of queue ``q`` once the pools stopped and
+    ``clean`` ran: its Redis keys, or its rows in each SQLite table that has
+    a queue column (``{name: how many}``)."""
+    for pool in e2e.pools:
+        pool.stop()
+        pool.kill_leftovers()
+    mpqueue.clean('q')
+    if sqlite_file is None:
+        client = e2e.broker.client()
+        try:
+            return {key.decode(): 1 for key in
+                    client.scan_iter(match='%s:{q}:*' % e2e.prefix, count=1000)}
+        finally:
+            client.close()
+    with contextlib.closing(sqlite3.connect(sqlite_file)) as db:
+        tables = [name for name, in db.execute("SELECT name FROM sqlite_master "
+                                                "WHERE type = 'table' AND name LIKE 'mpq%'")]
+        rows = {table: db.execute('SELECT COUNT(*) FROM %s WHERE queue = ?' % table,
+                                  ('q',)).fetchone()[0]
+                for table in tables
+                if 'queue' in [col[1] for col in db.execute('PRAGMA table_info(%s)' % table)]}
+    return {table: n for table, n in rows.items() if n}
+
+
 def pool_of(pid, pools):
     for pool in pools:
         try:
@@ -520,6 +549,7 @@ def test_chaos_soak(e2e, variant, record_property):
                         served[run['pid']] = pool_of(run['pid'], pools)
         return {p.name for p in pools} <= set(served.values())
     wait_for(both_served, 30, lambda: 'both pools to run a probe (ran on %r)' % served)
+    left = left_after_clean(e2e, sqlite_file)
 
     line = {
         'variant': variant, 'seed': seed, 'chaos_s': CHAOS_SECONDS, 'jobs': len(pushed),
@@ -536,7 +566,7 @@ def test_chaos_soak(e2e, variant, record_property):
         'master_kills_holding_lock': chaos.counts['master_kills_holding_lock'],
         'stops': chaos.counts['stops'], 'broker_restarts': chaos.counts['broker_restarts'],
         'drain_s': round(drain_s, 2), 'full_strength_s': round(full_s, 2),
-        'lost': last['missing'], 'failed': final['failed'],
+        'lost': last['missing'], 'failed': final['failed'], 'left_after_clean': len(left),
     }
     if limited:
         line.update({
@@ -557,6 +587,7 @@ def test_chaos_soak(e2e, variant, record_property):
         for tag, spans in sorted(concurrent.items())[:5])
     assert final['failed'] == 0, [(f['id'], f['error_info'][-1:]) for f in failed[:5]]
     assert figures['unexplained_open_runs'] == 0, figures
+    assert not left, 'left of the queue after clean: %r' % sorted(left.items())[:10]
     if broker_kind == 'redis':
         assert chaos.counts['broker_restarts'] >= 1
     if limited:
