@@ -225,9 +225,7 @@ class Pusher(threading.Thread):
         try:
             t0 = time.monotonic()
             for i, unit in enumerate(self.units):
-                due = t0 + self.seconds * i / len(self.units)
-                if time.monotonic() < due:
-                    time.sleep(due - time.monotonic())
+                time.sleep(max(0.0, t0 + self.seconds * i / len(self.units) - time.monotonic()))
                 self._push(*unit)
         except BaseException as exc:    # reported by the test
             self.error = exc
