@@ -28,7 +28,9 @@ an end (its process was killed) ends when that process was killed, or with
 its master.  Once the chaos is over and every stopped process resumed, the
 test waits for the queue to drain, then checks:
 
-- lost == 0: every job pushed ran to its end at least once;
+- lost == 0: every job pushed ran to its end at least once (those of a
+  push that raised too, if a job of it ran: it was stored; in a chain, the
+  links up to the first failing one);
 - no job ran twice *at the same time* (its runs' [start, end] intervals
   never overlap); running twice one after the other is at-least-once
   delivery and only counted;
@@ -42,6 +44,18 @@ held by more runs at one instant than its concurrency (a killed run holds it
 until its process was killed: its slot is given back later, by its
 recovery, so this is a lower bound of the slots held), and that once the
 queue drained no slot is held and no job waits for one.
+
+The "-flows" variants push batches (2-5 members and a ``then``) and chains
+of 3 instead (``BATCHES`` and ``CHAINS`` per 20 s of chaos), a member or a
+link failing for good (``mpqueue.Fail``, once its end is recorded) one time
+in ``FAIL_ONE``.  They also check that no dependent started before the last
+run of each of its parents ended (a parent killed after its end and run
+again counts by its rerun); that no link after a failing one started, and
+the queue counted one cancel per such link; that the failed jobs are the
+failing ones; that nothing is left ``blocked``; and that a ``then`` that
+ran to its end more than once did so only because the process of the run
+before was killed after that run's end (at-least-once delivery: its
+outcome was lost), never because it was released twice.
 
 One line of figures per run is printed (``pytest -s``), kept as test
 properties (``record_property``, in the JUnit XML) and appended as JSON to
@@ -95,12 +109,18 @@ def chaos_job(tag, seconds, limits=(), fail=False):
 '''
 
 VARIANTS = ['redis-distribute', 'redis-grab', 'sqlite-distribute', 'sqlite-grab',
-            'redis-grab-limits', 'sqlite-distribute-limits']
+            'redis-grab-limits', 'sqlite-distribute-limits',
+            'redis-distribute-flows', 'sqlite-grab-flows']
 #: the queue's limits in a "-limits" variant; a push's limit names are one of
 #: LIMIT_CHOICES (the same for a whole batch, so a batch can fill a name)
 LIMITS = {'shared': {'concurrency': 2}, 'customer:*': {'concurrency': 1}}
 LIMIT_CHOICES = [(), ('shared',), ('shared',), ('customer:1',), ('customer:2',), ('customer:3',),
                  ('shared', 'customer:1'), ('shared', 'customer:2')]
+#: a "-flows" variant pushes, over the chaos time, BATCHES batches (2-5
+#: members and a then) and CHAINS chains of 3 (per 20 s of chaos); a member
+#: or a link fails for good one time in FAIL_ONE
+BATCHES, CHAINS = (round(n * CHAOS_SECONDS / 20) for n in (1000, 250))
+FAIL_ONE = 10
 
 
 class ChaosE2E(E2E):
@@ -262,6 +282,19 @@ def tags(*units):
     return [tag for _, jobs, _ in units for tag, _, _ in jobs]
 
 
+def flow_units(rnd, batches, chains):
+    """``batches`` batches of 2-5 members and a then, and ``chains`` chains
+    of 3, in a random order; jobs of 2-8 ms, a member or a link failing for
+    good one time in FAIL_ONE (a then never)."""
+    def job(tag, may_fail=True):
+        return tag, rnd.uniform(0.002, 0.008), may_fail and rnd.random() < 1 / FAIL_ONE
+    units = [('batch', [job('b%04d-%d' % (i, j)) for j in range(rnd.randint(2, 5))] +
+              [job('b%04d-then' % i, may_fail=False)], ()) for i in range(batches)]
+    units += [('chain', [job('c%04d-%d' % (i, j)) for j in range(3)], ()) for i in range(chains)]
+    rnd.shuffle(units)
+    return units
+
+
 def job_units(rnd, n, batch, limit_choices=None):
     """``n`` jobs of 2-8 ms, ``batch`` a push, each push under limit names
     picked from ``limit_choices`` (none if not given)."""
@@ -409,6 +442,66 @@ def analyse(runs, died):
     return figures, concurrent
 
 
+def outcomes(units):
+    """What must become of the jobs of ``units``: the tags that must run to
+    their end, those that must end cancelled (the links of a chain after one
+    that fails) and those that must fail."""
+    must_run, cancelled, failing = set(), set(), set()
+    for kind, jobs, _ in units:
+        broken = False
+        for tag, _, fail in jobs:
+            if broken:
+                cancelled.add(tag)
+                continue
+            must_run.add(tag)
+            if fail:
+                failing.add(tag)
+                broken = kind == 'chain'
+    return must_run, cancelled, failing
+
+
+def check_flows(units, runs, died):
+    """The dependents of ``units`` (the links of a chain after the first, a
+    batch's then) against their parents' runs, ``{finding: [tags]}``:
+
+    - 'early': a dependent started before the last run of a parent ended (a
+      killed run ends when its process was killed; a parent killed after
+      its end and run again counts by its rerun's end);
+    - 'cancelled_ran': a link after a failing one started;
+    - 'then_reruns': a then ran to its end again (one entry per rerun);
+    - 'then_reruns_unexplained': ... though the process of the run before
+      was not killed after that run's end (at-least-once delivery explains
+      only that): its release was delivered twice."""
+    found = collections.defaultdict(list)
+    cancelled = outcomes(units)[1]
+
+    def last_end(tag):
+        return max((run_end(run, died) for run in runs.get(tag, ())), default=-math.inf)
+    for kind, jobs, _ in units:
+        order = [tag for tag, _, _ in jobs]
+        if kind == 'chain':
+            dependents = [(child, [parent]) for parent, child in zip(order, order[1:])]
+        elif kind == 'batch':
+            dependents = [(order[-1], order[:-1])]
+        else:
+            continue
+        for child, parents in dependents:
+            starts = [run['start'] for run in runs.get(child, ())]
+            if child in cancelled:
+                if starts:
+                    found['cancelled_ran'].append(child)
+            elif starts and min(starts) < max(last_end(parent) for parent in parents):
+                found['early'].append(child)
+        if kind == 'batch':
+            ended = sorted((run for run in runs.get(order[-1], ()) if run['end'] is not None),
+                           key=lambda run: run['start'])
+            for run in ended[:-1]:
+                found['then_reruns'].append(order[-1])
+                if not run['end'] <= died.get(run['pid'], -math.inf):
+                    found['then_reruns_unexplained'].append(order[-1])
+    return found
+
+
 def most_per_limit(runs, died):
     """``{limit name: the most runs holding it at one instant}``, of the runs'
     [start, end] intervals as ``analyse`` ends them."""
@@ -469,19 +562,21 @@ def report(line):
 @pytest.mark.timeout(CHAOS_SECONDS + 240)
 @pytest.mark.parametrize('variant', VARIANTS)
 def test_chaos_soak(e2e, variant, record_property):
-    broker_kind, model, *limited = variant.split('-')
+    broker_kind, model, *extra = variant.split('-')
+    limited, flows = 'limits' in extra, 'flows' in extra
     seed = int(os.environ.get('MPQ_CHAOS_SEED') or random.SystemRandom().randrange(10 ** 6))
     rnd = random.Random(seed)
-    # fail_number: the kills count as attempts; a job is not meant to fail here
+    # fail_number: the kills count as attempts; a job fails only when it is meant to (Fail)
     q = queue_conf(model=model, worker_number=WORKERS, fail_number=50, fail_expire=0.05,
                    limits=LIMITS if limited else {})
     pools = [e2e.pool(q, name='chaos-a').start(), e2e.pool(q, name='chaos-b').start()]
     jobs = e2e.import_jobs()
     sqlite_file = str(e2e.tmp_path / 'broker.db') if broker_kind == 'sqlite' else None
     # SQLite: one job per push, many small transactions on the write lock
-    pusher = Pusher(jobs, job_units(rnd, JOBS, batch=1 if sqlite_file else 10,
-                                    limit_choices=LIMIT_CHOICES if limited else None),
-                    CHAOS_SECONDS * 0.9)
+    units = flow_units(rnd, BATCHES, CHAINS) if flows else job_units(
+        rnd, JOBS, batch=1 if sqlite_file else 10,
+        limit_choices=LIMIT_CHOICES if limited else None)
+    pusher = Pusher(jobs, units, CHAOS_SECONDS * 0.9)
     chaos = Chaos(e2e, pools, rnd, sqlite_file)
     pusher.start()
     try:
@@ -493,27 +588,36 @@ def test_chaos_soak(e2e, variant, record_property):
     assert not pusher.is_alive(), 'the pusher did not finish'
     assert pusher.error is None, pusher.error
 
-    pushed = set(tags(*pusher.pushed))
     last = {}
+
+    def stored(runs):
+        """The units pushed, and those whose push raised but that were stored
+        (a job of theirs ran)."""
+        return pusher.pushed + [unit for unit in pusher.uncertain
+                                if any(tag in runs for tag in tags(unit))]
 
     def drained():
         try:
-            last.update(mpqueue.status('q'))
+            last.update(mpqueue.depth('q'))
         except mpqueue.DriverError as exc:
             last['error'] = str(exc)
             return False
-        if last['waiting'] or last['working']:
+        if any(last[state] for state in ('waiting', 'delayed', 'reserved', 'working', 'blocked')):
             return False
-        ended = {tag for tag, rs in e2e.runs().items() if any(r['end'] for r in rs)}
+        runs = e2e.runs()
+        ended = {tag for tag, rs in runs.items() if any(r['end'] for r in rs)}
         failed = {info['id'] for info in mpqueue.failed_jobs('q', count=10 ** 6)}
-        last['missing'] = len([t for t in pushed if t not in ended
-                               and pusher.ids[t] not in failed])
+        last['missing'] = len([t for t in outcomes(stored(runs))[0] if t not in ended
+                               and pusher.ids.get(t) not in failed])
         return not last['missing']
     pools[0].wait(drained, DRAIN_TIMEOUT, lambda: 'the queue to drain (last %r)' % last)
     drain_s = time.monotonic() - over_at
     runs = e2e.runs()
     figures, concurrent = analyse(runs, chaos.died)
-    final = mpqueue.status('q')
+    final = mpqueue.depth('q')
+    units = stored(runs)
+    _, cancelled, failing = outcomes(units)
+    found = check_flows(units, runs, chaos.died)
     failed = mpqueue.failed_jobs('q', count=10 ** 6)
     most = most_per_limit(runs, chaos.died)
     concurrency = {name: (LIMITS.get(name) or LIMITS['customer:*'])['concurrency']
@@ -550,7 +654,8 @@ def test_chaos_soak(e2e, variant, record_property):
     left = left_after_clean(e2e, sqlite_file)
 
     line = {
-        'variant': variant, 'seed': seed, 'chaos_s': CHAOS_SECONDS, 'jobs': len(pushed),
+        'variant': variant, 'seed': seed, 'chaos_s': CHAOS_SECONDS,
+        'jobs': len(tags(*pusher.pushed)),
         'push_refused': pusher.refused,
         'uncertain_ran': sum(1 for tag in tags(*pusher.uncertain) if tag in runs),
         'runs': figures['runs'], 'reruns': figures['runs'] - len(runs),
@@ -566,6 +671,19 @@ def test_chaos_soak(e2e, variant, record_property):
         'drain_s': round(drain_s, 2), 'full_strength_s': round(full_s, 2),
         'lost': last['missing'], 'failed': final['failed'], 'left_after_clean': len(left),
     }
+    if flows:
+        batches, chains = ([unit for unit in units if unit[0] == kind]
+                           for kind in ('batch', 'chain'))
+        line.update({
+            'batches': len(batches),
+            'batches_failing': sum(bool(failing.intersection(tags(b))) for b in batches),
+            'chains': len(chains),
+            'chains_broken': sum(bool(cancelled.intersection(tags(c))) for c in chains),
+            'cancelled': final['cancelled'], 'blocked': final['blocked'],
+            'early': len(found['early']), 'cancelled_ran': len(found['cancelled_ran']),
+            'then_reruns': len(found['then_reruns']),
+            'then_reruns_unexplained': len(found['then_reruns_unexplained']),
+        })
     if limited:
         line.update({
             'limit_most': ','.join('%s=%d/%d' % (name, most[name], concurrency[name])
@@ -583,11 +701,19 @@ def test_chaos_soak(e2e, variant, record_property):
         '%s (id %s): %s' % (tag, pusher.ids.get(tag), [
             (round(s, 3), round(e, 3), pid) for s, e, pid in spans])
         for tag, spans in sorted(concurrent.items())[:5])
-    assert final['failed'] == 0, [(f['id'], f['error_info'][-1:]) for f in failed[:5]]
+    assert final['failed'] == len(failing), [
+        (f['id'], f['error_info'][-1:]) for f in failed if f['id'] not in
+        {pusher.ids.get(tag) for tag in failing}][:5]
     assert figures['unexplained_open_runs'] == 0, figures
     assert not left, 'left of the queue after clean: %r' % sorted(left.items())[:10]
     if broker_kind == 'redis':
         assert chaos.counts['broker_restarts'] >= 1
+    if flows:
+        assert not (found['early'] or found['cancelled_ran'] or found['then_reruns_unexplained']), {
+            finding: found[finding][:5]
+            for finding in ('early', 'cancelled_ran', 'then_reruns_unexplained')}
+        assert final['cancelled'] == len(cancelled), (final['cancelled'], len(cancelled))
+        assert line['batches_failing'] and line['chains_broken'], 'no failure: nothing was checked'
     if limited:
         assert line['over_limit'] == 0, line['limit_most']
         assert most.get('shared') == 2, 'the shared limit was never full: nothing was checked'
@@ -624,3 +750,31 @@ def test_a_run_holds_its_limits_until_it_ended_or_its_process_was_killed():
     }
     assert most_per_limit(runs, {12: 2.0}) == {'shared': 2, 'customer:1': 1}
     assert most_per_limit(runs, {12: 2.3}) == {'shared': 3, 'customer:1': 1}
+
+
+def test_flow_checks_find_early_dependents_cancelled_links_and_second_releases():
+    def run(start, end, pid):
+        return {'start': start, 'end': end, 'pid': pid, 'limits': []}
+    units = [('chain', [('c-0', 0, False), ('c-1', 0, True), ('c-2', 0, False)], ()),
+             ('batch', [('b-0', 0, False), ('b-1', 0, True), ('b-then', 0, False)], ()),
+             ('batch', [('d-0', 0, False), ('d-then', 0, False)], ())]
+    assert outcomes(units) == ({'c-0', 'c-1', 'b-0', 'b-1', 'b-then', 'd-0', 'd-then'},
+                               {'c-2'}, {'c-1', 'b-1'})
+    runs = {
+        # c-0 ended, was killed before its outcome was written, ran again:
+        # c-1 started between the two ends
+        'c-0': [run(1.0, 1.1, 10), run(1.5, 1.6, 11)], 'c-1': [run(1.2, 1.3, 12)],
+        # b-then ran twice: its first process was killed after its end
+        'b-0': [run(1.0, 1.1, 13)], 'b-1': [run(1.0, None, 14), run(1.3, 1.4, 15)],
+        'b-then': [run(1.5, 1.6, 16), run(1.8, 1.9, 17)],
+        # d-then ran twice, its first process alive: a second release; then
+        # c-2, a link after a failing one, started
+        'd-0': [run(1.0, 1.1, 18)], 'd-then': [run(1.2, 1.3, 19), run(1.4, 1.5, 20)],
+        'c-2': [run(2.0, 2.1, 21)],
+    }
+    found = check_flows(units, runs, {10: 1.2, 14: 1.2, 16: 1.7})
+    assert dict(found) == {'early': ['c-1'], 'cancelled_ran': ['c-2'],
+                           'then_reruns': ['b-then', 'd-then'],
+                           'then_reruns_unexplained': ['d-then']}
+    runs['b-1'][1]['end'] = 1.55        # b-1's rerun ended after b-then started
+    assert check_flows(units, runs, {10: 1.2, 14: 1.2, 16: 1.7})['early'] == ['c-1', 'b-then']
