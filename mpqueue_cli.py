@@ -391,12 +391,13 @@ def _queues(cfg, args, required=False):
 def cmd_queue_status(cfg, args):
     if args.watch:
         return cmd_queue_watch(cfg, args)
-    stats = {q: dict(mpqueue.status(q), cancelled=mpqueue.depth(q)['cancelled'])
+    stats = {q: dict(mpqueue.status(q), **{k: v for k, v in mpqueue.depth(q).items()
+                                           if k in ('cancelled', 'blocked')})
              for q in _queues(cfg, args)}
     if args.json:
         print(json.dumps(stats, indent=1))
         return 0
-    cols = ('all', 'waiting', 'working', 'failed', 'over', 'cancelled')
+    cols = ('all', 'waiting', 'blocked', 'working', 'failed', 'over', 'cancelled', 'expired')
     print(_table([('queue', -20)] + [(c, 9) for c in cols] + [('paused', 0)],
                  ([q] + [s[c] for c in cols] + ['yes' if s['paused'] else 'no']
                   for q, s in stats.items())))
@@ -837,10 +838,11 @@ def render_metrics(depths, pools, schedules=(), limits=()):
         ('mpqueue_queue_jobs', 'gauge', 'Jobs in the queue now, by state.',
          [({'queue': q, 'state': s}, d[s]) for q, d in depths.items() for s in mpqueue.LIVE_STATES]),
         ('mpqueue_jobs_total', 'counter',
-         'Jobs pushed, done, finally failed and cancelled since the queue was last cleaned.',
+         'Jobs pushed, done, finally failed, cancelled and expired since the queue was last '
+         'cleaned.',
          [({'queue': q, 'state': s}, d[key]) for q, d in depths.items()
           for s, key in (('pushed', 'pushed'), ('done', 'done'), ('failed', 'failed_total'),
-                         ('cancelled', 'cancelled'))]),
+                         ('cancelled', 'cancelled'), ('expired', 'expired'))]),
         ('mpqueue_oldest_waiting_seconds', 'gauge',
          'Age of the job at the head of the queue since it was pushed (0: none waits).',
          [({'queue': q}, d['oldest_waiting_seconds']) for q, d in depths.items()]),
@@ -2149,8 +2151,8 @@ form.login .btn { margin-top: 8px; padding: 9px; }
                   failed: 'Failed jobs', job: 'Job', schedules: 'Schedules'};
   const UNFINISHED = ['waiting', 'delayed', 'reserved', 'working', 'blocked'];
   const QUEUE_COLUMNS = ['Queue', 'Waiting', 'Delayed', 'Reserved', 'Working', 'Failed',
-                         'Blocked', 'Cancelled', 'Oldest waiting', 'Pushed', 'Done', 'Done/s',
-                         'Failed/s', 'Paused'];
+                         'Blocked', 'Cancelled', 'Expired', 'Oldest waiting', 'Pushed', 'Done',
+                         'Done/s', 'Failed/s', 'Paused'];
   const FLEET_COLUMNS = ['Pool', 'Host', 'PID', 'State', 'Started', 'Last seen', 'Queue',
                          'Workers', 'Busy', 'Idle', 'Done'];
 
@@ -2559,6 +2561,7 @@ form.login .btn { margin-top: 8px; padding: 9px; }
         queuedCell('waiting'), queuedCell('delayed'),
         numCell(q.reserved, 'reserved'), numCell(q.working, 'working'), failedCell,
         numCell(q.blocked, 'blocked'), numCell(q.cancelled, 'cancelled'),
+        numCell(q.expired, 'expired'),
         el('td', {class: 'num' + (age === null || age === undefined ? ' zero'
                                   : age > 60 ? ' warn' : ''),
                   'data-col': 'oldest_waiting_seconds'}, fmtAge(age)),

@@ -163,15 +163,16 @@ def test_start_daemon_status_and_stop(e2e):
     res = pool.cli('queue:status')
     assert res.returncode == 0, res.stderr
     header, *body = res.stdout.strip().splitlines()
-    assert header.split() == ['queue', 'all', 'waiting', 'working', 'failed', 'over',
-                              'cancelled', 'paused']
+    assert header.split() == ['queue', 'all', 'waiting', 'blocked', 'working', 'failed',
+                              'over', 'cancelled', 'expired', 'paused']
     table = {line.split()[0]: [int(x) for x in line.split()[1:-1]] + line.split()[-1:]
              for line in body}
-    assert table == {'q': [1, 0, 1, 0, 0, 0, 'no'], 'other': [0, 0, 0, 0, 0, 0, 'no']}
+    assert table == {'q': [1, 0, 0, 1, 0, 0, 0, 0, 'no'],
+                     'other': [0, 0, 0, 0, 0, 0, 0, 0, 'no']}
     res = pool.cli('queue:status', '--queue', 'other', '--json')
     assert json.loads(res.stdout) == {'other': {'all': 0, 'waiting': 0, 'working': 0,
                                                 'failed': 0, 'over': 0, 'cancelled': 0,
-                                                'paused': False}}
+                                                'blocked': 0, 'expired': 0, 'paused': False}}
 
     # worker:stop: the busy job goes back to its queue, everything stops.
     everyone = [psutil.Process(r['pid']) for r in rows]
@@ -182,7 +183,7 @@ def test_start_daemon_status_and_stop(e2e):
     wait_for(lambda: not any(alive(p.pid) for p in everyone), 5, 'every process to be gone')
     # the job still running at the end of stop_grace went back to its queue
     assert mpqueue.status('q') == {'all': 1, 'waiting': 1, 'working': 0, 'failed': 0, 'over': 0,
-                                   'paused': False}
+                                   'expired': 0, 'paused': False}
 
 
 def test_start_twice_fails_with_one_line(e2e):
@@ -424,10 +425,11 @@ def test_queue_failed_retry_and_clean(e2e):
     res = pool.cli('queue:clean', '--queue', 'q')
     assert res.returncode == 0, res.stderr
     assert mpqueue.status('q') == {'all': 0, 'waiting': 0, 'working': 0, 'failed': 0, 'over': 0,
-                                   'paused': False}
+                                   'expired': 0, 'paused': False}
     res = pool.cli('queue:status', '--json')
     assert json.loads(res.stdout) == {'q': {'all': 0, 'waiting': 0, 'working': 0, 'failed': 0,
-                                            'over': 0, 'cancelled': 0, 'paused': False}}
+                                            'over': 0, 'cancelled': 0, 'blocked': 0,
+                                            'expired': 0, 'paused': False}}
 
 
 def test_queue_pause_and_resume(e2e):
@@ -442,7 +444,7 @@ def test_queue_pause_and_resume(e2e):
     assert res.returncode == 0, res.stderr
     header, line = res.stdout.strip().splitlines()
     assert header.split()[-1] == 'paused' and line.split() == ['q', '1', '1', '0', '0', '0',
-                                                               '0', 'yes']
+                                                               '0', '0', '0', 'yes']
     assert json.loads(pool.cli('queue:status', '--json').stdout)['q']['paused'] is True
     time.sleep(1.0)                         # a paused pool starts nothing
     assert e2e.records('start') == []

@@ -237,7 +237,8 @@ def test_metrics_match_the_queues_and_the_pools(e2e):
               for k, v in families['mpqueue_jobs_total']['samples'].items()}
     assert totals == {('q', 'pushed'): 7, ('q', 'done'): 3, ('q', 'failed'): 1,
                       ('q', 'cancelled'): 0, ('parked', 'pushed'): 2, ('parked', 'done'): 0,
-                      ('parked', 'failed'): 0, ('parked', 'cancelled'): 0}
+                      ('parked', 'failed'): 0, ('parked', 'cancelled'): 0, ('q', 'expired'): 0,
+                      ('parked', 'expired'): 0}
     assert sample(families, 'mpqueue_oldest_waiting_seconds', queue='q') == 0
     assert families['mpqueue_queue_paused']['type'] == 'gauge'
     assert {dict(k)['queue']: v for k, v in families['mpqueue_queue_paused']['samples'].items()

@@ -123,7 +123,7 @@ def queue(queues):
 
 def assert_nothing_written(queue):
     assert mpqueue.status(queue) == {'all': 0, 'waiting': 0, 'working': 0, 'failed': 0,
-                                     'over': 0, 'paused': False}
+                                     'over': 0, 'expired': 0, 'paused': False}
 
 
 # -- push ------------------------------------------------------------------------
@@ -132,7 +132,7 @@ def test_push_returns_an_id_and_status_counts_it(queue, driver):
     job_id = mpqueue.push(queue, add, args=(1, 2))
     assert isinstance(job_id, str) and job_id
     assert mpqueue.status(queue) == {'all': 1, 'waiting': 1, 'working': 0, 'failed': 0,
-                                     'over': 0, 'paused': False}
+                                     'over': 0, 'expired': 0, 'paused': False}
     record = info(driver, queue, job_id)
     assert record['state'] == 'waiting' and record['exec_number'] == 0
     assert record['job'].endswith('add')

@@ -60,7 +60,7 @@ def test_success_counts_over(e2e, model):
 
     got = wait_counts(pool, 10, over=1, failed=0)
     assert got == {'all': 1, 'waiting': 0, 'working': 0, 'failed': 0, 'over': 1,
-                   'paused': False}
+                   'expired': 0, 'paused': False}
     assert [r['n'] for r in e2e.records('start', tag='one')] == [1]
     assert len(e2e.records('end', tag='one')) == 1
     assert e2e.records('start')[0]['pid'] in pool.worker_pids('q')
@@ -82,7 +82,7 @@ def test_retry_runs_again_after_fail_expire_then_over(e2e, model):
     assert all(0.2 - 0.001 <= gap < 1.5 for gap in gaps), gaps
     assert len(e2e.records('end', tag='flaky')) == 1
     assert counts() == {'all': 1, 'waiting': 0, 'working': 0, 'failed': 0, 'over': 1,
-                        'paused': False}
+                        'expired': 0, 'paused': False}
 
 
 # -- 3. final failure and fail handlers -----------------------------------------
@@ -251,7 +251,7 @@ def test_graceful_stop_lets_running_job_finish(e2e):
     assert pool.proc.wait(timeout=15) == 0
     assert len(e2e.records('end', tag='finishing')) == 1
     assert counts() == {'all': 1, 'waiting': 0, 'working': 0, 'failed': 0, 'over': 1,
-                        'paused': False}
+                        'expired': 0, 'paused': False}
     wait_for(lambda: not any(alive(pid) for pid in everyone), 5, 'every process to be gone')
 
 
@@ -266,7 +266,7 @@ def test_stop_past_grace_puts_running_job_back(e2e):
     assert time.monotonic() - t0 < 1 + 5
     # back in the queue, the interrupted attempt not counted as a failure
     assert counts() == {'all': 1, 'waiting': 1, 'working': 0, 'failed': 0, 'over': 0,
-                        'paused': False}
+                        'expired': 0, 'paused': False}
     again = e2e.pool(queue_conf(worker_number=1, fail_number=0), name='again').start()
     wait_counts(again, 10, over=1, failed=0, waiting=0, working=0)
     assert [r['n'] for r in starts(e2e, 'interrupted')] == [1, 2]

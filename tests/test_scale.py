@@ -227,7 +227,7 @@ def test_counters_stay_exact_through_every_path(driver, queue, store, configure,
         assert mpqueue.status(queue) == {
             'all': n['pushed'], 'waiting': got['waiting'] + got['delayed'],
             'working': got['reserved'] + got['working'], 'failed': got['failed'],
-            'over': n['done'], 'paused': False}
+            'over': n['done'], 'expired': n.get('expired', 0), 'paused': False}
 
     check()
 

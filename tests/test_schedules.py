@@ -345,7 +345,7 @@ def test_normalized_schedules():
         'name': 'nightly', 'cron': '0 3 * * *', 'every': None, 'job': 'reports.jobs:nightly',
         'args': (), 'kwargs': {}, 'timezone': 'Europe/Berlin', 'catch_up': 'latest',
         'overlap': True, 'timeout': None, 'fail_number': None, 'fail_expire': None,
-        'result_ttl': None, 'priority': None, 'key': 'schedule:nightly', 'unique': '',
+        'result_ttl': None, 'expires': None, 'priority': None, 'key': 'schedule:nightly', 'unique': '',
         'limit': None, 'limits': '', 'expression': '0 3 * * *'}
     assert nightly['when'].next_after(utc('2026-03-29 00:00')) == utc('2026-03-29 01:00')
     assert pinger['args'] == (1,) and pinger['kwargs'] == {'a': 2}
@@ -361,7 +361,7 @@ def test_full_error_messages():
         "queue[0].schedule[1].cron: minute field '61' out of range 0-59"
     assert config_error(good, {'name': 'bad', 'crn': '0 3 * * *', 'job': ping}) == (
         "queue[0].schedule[1] has unknown key 'crn' (known keys: args, catch_up, cron, every, "
-        "fail_expire, fail_number, job, key, kwargs, limit, name, overlap, priority, "
+        "expires, fail_expire, fail_number, job, key, kwargs, limit, name, overlap, priority, "
         "result_ttl, timeout, timezone, unique)")
     assert config_error({'name': 'both', 'every': 60, 'job': ping, 'overlap': False,
                          'unique': 'queued'}) == (

@@ -196,13 +196,14 @@ def test_queues_and_fleet_match_the_cli_and_the_chart_has_points(e2e, browser, t
             shown = {'all': row['pushed'], 'waiting': row['waiting'] + row['delayed'],
                      'working': row['reserved'] + row['working'], 'failed': row['failed'],
                      'over': row['done'], 'cancelled': row['cancelled'],
+                     'blocked': row['blocked'], 'expired': row['expired'],
                      'paused': table[name]['paused'].startswith('paused')}
             if shown != counts:
                 return False
         return table
     table = wait_page(browser, matches, 'the page to show what queue:status says (%r)' % expected)
     assert expected['q'] == {'all': 7, 'waiting': 2, 'working': 1, 'failed': 1, 'over': 3,
-                             'cancelled': 0, 'paused': False}
+                             'cancelled': 0, 'blocked': 0, 'expired': 0, 'paused': False}
     assert (table['q']['delayed'], table['q']['working'], table['q']['cancelled']) == \
         ('2', '1', '0')
     assert table['parked']['waiting'] == '2'
