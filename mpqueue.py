@@ -1664,6 +1664,10 @@ _KEPT_STATES = (DONE, CANCELLED, EXPIRED)       # ended, their outcome kept for 
 _DEPTH_FIELDS = LIVE_STATES + ('pushed', 'done', 'failed_total', 'cancelled', 'expired')
 _SCHEDULE_FIELDS = ('last', 'fingerprint', 'owner', 'job', 'skipped')
 _PHASE_HANDLERS = 'handlers'    # phase of a job whose fail handlers are still to run
+# A parent's result_note when its worker did not send its value: the child
+# came after the job was handed out, and the job keeps no outcome of its own
+_UNSENT_RESULT = ('its return value was not kept: a job that depends on it was pushed after it '
+                  'had started (give it a result_ttl to keep its value)')
 
 
 def _public_info(queue, record):
@@ -2415,6 +2419,7 @@ OPS.done = function(id, attempt, result, result_repr, result_note)
   if not f then return false end
   redis.call('ZREM', WORKING, id)
   release(id, f[7])
+  if f[6] and result == '' and result_note == '' then result_note = '%(UNSENT_RESULT)s' end
   finish(id, S_DONE, f, 'result', result, 'result_repr', result_repr, 'result_note', result_note)
   return true
 end
@@ -2807,6 +2812,7 @@ redis.register_function('NAME_fleet', fleet)
 """ % {'nargs': ', '.join('%s = %d' % (name, n) for name, n in _STEP_ARGS.items()),
        'TYPE_TIMEOUT': TYPE_TIMEOUT, 'TYPE_NORMAL': TYPE_NORMAL,
        'PHASE_HANDLERS': _PHASE_HANDLERS, 'MAX_PRIORITY': MAX_PRIORITY,
+       'UNSENT_RESULT': _UNSENT_RESULT,
        'states': ', '.join("'%s'" % state for state in _STATES),
        'HISTORY_SECONDS': HISTORY_SECONDS, 'HISTORY_KEEP': HISTORY_KEEP}
 
@@ -4168,10 +4174,12 @@ class _SqliteSteps:
         return True
 
     def done(self, job_id, attempt, result, result_repr, result_note):
-        row = self.current(job_id, attempt, WORKING, 'limits')
+        row = self.current(job_id, attempt, WORKING, 'limits', 'has_children')
         if row is None:
             return False
         self.release(job_id, row[0])
+        if row[1] and not result and not result_note:
+            result_note = _UNSENT_RESULT
         self.finish(job_id, WORKING, DONE, result=result or None,
                     result_repr=result_repr or None, result_note=result_note or None)
         return True

@@ -2033,3 +2033,13 @@ def test_expiry_counts_from_the_due_time(driver, queue):
     released = broker_clock(driver, queue)
     assert abs(info(driver, queue, child)['expire_time'] - (released + 5)) < 1
     assert sweep(driver, queue)[0] <= 5
+
+
+def test_a_parent_that_started_before_its_child_says_its_value_was_not_sent(driver, queue):
+    parent = push1(driver, queue)
+    job = pop1(driver, queue)                   # handed out with no child: its value unsent
+    push1(driver, queue, parents=[parent])
+    assert done(driver, queue, job) is True
+    record = info(driver, queue, parent)
+    assert record['state'] == 'done' and 'result_ttl' in record['result_note']
+    assert done(driver, queue, pop1(driver, queue), b'v') is True
