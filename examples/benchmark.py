@@ -57,7 +57,7 @@ Workloads (``--only`` selects some of them, comma-separated):
              ``solo``: from the end of each to the start of the next, p50 /
              p99 / max; then the pool idle for --idle-seconds, first with
              nothing queued, then while one job holds ``solo`` and 10,000
-             wait for it: CPU of the pool and (Redis) commands the broker
+             (at most N) wait for it: CPU of the pool and (Redis) commands the broker
              processed per second
   workflows  N jobs pushed as chains of 10 (one ``chain`` call each) and as
              batches of 10 with a ``then`` (one ``batch`` call each), then
@@ -1025,12 +1025,15 @@ def run_limits(wd, args, problems):
                             'ended' % result['handoff']['overlaps'])
         deadline_wait(lambda: queue_idle(wd.queue), 30, 'the queue to be idle', pool=pool)
         result['idle'] = idle_with_commands(wd, pool, args.idle_seconds)
-        mpqueue.push(wd.queue, wd.jobs.sleeper, args=(args.idle_seconds + 30,), limit='solo')
-        mpqueue.push_many(wd.queue, [wd.jobs.noop] * PARKED_JOBS, limit='solo')
+        holder = mpqueue.push(wd.queue, wd.jobs.sleeper, args=(args.idle_seconds + 30,),
+                              limit='solo')
+        parked = min(PARKED_JOBS, args.jobs)
+        mpqueue.push_many(wd.queue, [wd.jobs.noop] * parked, limit='solo')
         deadline_wait(lambda: [(r['running'], r['waiting']) for r in mpqueue.limits(wd.queue)
-                               if r['name'] == 'solo'] == [(1, PARKED_JOBS)], 30,
-                      '%d jobs to wait on limit solo' % PARKED_JOBS, pool=pool)
-        result['parked'] = idle_with_commands(wd, pool, args.idle_seconds)
+                               if r['name'] == 'solo'] == [(1, parked)], 30,
+                      '%d jobs to wait on limit solo' % parked, pool=pool)
+        result['parked'] = dict(idle_with_commands(wd, pool, args.idle_seconds), jobs=parked)
+        mpqueue.cancel(wd.queue, holder)
         mpqueue.clean(wd.queue)
     finally:
         stop = pool.stop()
@@ -1242,7 +1245,8 @@ def table_rows(results):
                                     fmt(lim['handoff']['p99_ms'], 2),
                                     fmt(lim['handoff']['max_ms'], 2)))]
         for name, what in (('idle', 'nothing queued'),
-                           ('parked', '%s jobs waiting on a full limit' % fmt(PARKED_JOBS))):
+                           ('parked', '%s jobs waiting on a full limit' % fmt(
+                               lim['parked']['jobs']))):
             rows += [('limits', '%s: CPU, %% of one core' % what,
                       fmt(lim[name]['cpu_percent'], 2)),
                      ('limits', '%s: broker commands/s' % what,
