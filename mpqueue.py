@@ -2269,9 +2269,9 @@ local function paused() return redis.call('EXISTS', P .. 'paused') == 1 end
 local OPS = {}
 OPS.push = function(id, payload, delay, job, timeout, fail_number, fail_expire, priority, key,
                     mode, result_ttl, limits, depends_on, on_parent_failure, expires)
-  local all, open, ended_as, bad = {}, {}, {}, nil   -- parents: not ended; ended; first not done
+  local all, open, ended_as, bad      -- parents: all; not ended; how they ended; first not done
   if depends_on ~= '' then
-    all = cjson.decode(depends_on)
+    all, open, ended_as = cjson.decode(depends_on), {}, {}
     for _, parent in ipairs(all) do
       local state = redis.call('HGET', rec(parent), 'state')
       if not state then return '!' .. parent end
@@ -2295,18 +2295,18 @@ OPS.push = function(id, payload, delay, job, timeout, fail_number, fail_expire, 
   end
   local cancel = bad and on_parent_failure ~= 'run'
   local state = S_BLOCKED
-  if #open > 0 and not cancel then
+  if open and #open > 0 and not cancel then
     redis.call('ZADD', BLOCKED, now + tonumber(delay), id)
   elseif not cancel then
     state = enqueue(id, tonumber(delay), priority)
-    expire_at(id, now + tonumber(delay), expires)
+    if expires ~= '0' then expire_at(id, now + tonumber(delay), expires) end
   end
   redis.call('HSET', rec(id), 'payload', payload, 'job', job, 'create_time', now,
              'timeout', timeout, 'fail_number', fail_number, 'fail_expire', fail_expire,
              'state', state, 'priority', priority, 'key', key, 'unique_mode', mode,
              'result_ttl', result_ttl)
   if limits ~= '' then redis.call('HSET', rec(id), 'limits', limits) end
-  if tonumber(expires) > 0 then redis.call('HSET', rec(id), 'expires', expires) end
+  if expires ~= '0' then redis.call('HSET', rec(id), 'expires', expires) end
   pushed = pushed + 1
   if depends_on == '' then return id end
   redis.call('HSET', rec(id), 'depends_on', depends_on, 'on_parent_failure', on_parent_failure)
@@ -4442,7 +4442,7 @@ class _SqliteSteps:
         while i < len(steps):
             j = i
             while j < len(steps) and steps[j][0] == 'push' and not steps[j][_SQ_UNIQUE] and \
-                    not steps[j][_SQ_PARENTS] and not float(steps[j][_SQ_EXPIRES]):
+                    not steps[j][_SQ_PARENTS] and not steps[j][_SQ_EXPIRES]:
                 j += 1
             if j > i:
                 self.conn.executemany(_SQ_INSERT, [self.push_row(*s[1:_SQ_PARENTS])
