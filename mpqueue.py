@@ -2303,8 +2303,12 @@ OPS.push = function(id, payload, delay, job, timeout, fail_number, fail_expire, 
   end
   redis.call('HSET', rec(id), 'payload', payload, 'job', job, 'create_time', now,
              'timeout', timeout, 'fail_number', fail_number, 'fail_expire', fail_expire,
-             'state', state, 'priority', priority, 'key', key, 'unique_mode', mode,
-             'result_ttl', result_ttl)
+             'state', state)
+  -- the options a job may leave at their default (absent: 0 or none) are
+  -- written only when set: a plain job's record stays small
+  if priority ~= '0' then redis.call('HSET', rec(id), 'priority', priority) end
+  if key ~= '' then redis.call('HSET', rec(id), 'key', key, 'unique_mode', mode) end
+  if result_ttl ~= '0' then redis.call('HSET', rec(id), 'result_ttl', result_ttl) end
   if limits ~= '' then redis.call('HSET', rec(id), 'limits', limits) end
   if expires ~= '0' then redis.call('HSET', rec(id), 'expires', expires) end
   pushed = pushed + 1
