@@ -1077,7 +1077,10 @@ def run_workflows(wd, args, problems):
             mpqueue.batch(wd.queue, [wd.jobs.flow_end] * CALLBACK_MEMBERS, then=wd.jobs.flow_then)
             deadline_wait(lambda: len(wd.records.values('flow_then')) > k, 30,
                           'the callback of batch %d' % k, interval=0.001, pool=pool)
-        ends, thens = wd.records.values('flow_end'), wd.records.values('flow_then')
+        # sorted: the SQLite run's records come from several files, not in order
+        # (the batches run one after another, so the k-th five ends are batch k's)
+        ends = sorted(wd.records.values('flow_end'))
+        thens = sorted(wd.records.values('flow_then'))
         waits = [then - max(ends[k * CALLBACK_MEMBERS:(k + 1) * CALLBACK_MEMBERS])
                  for k, then in enumerate(thens)]
         result['callback'] = dict(ms_summary(waits), batches=len(thens),
