@@ -2020,12 +2020,17 @@ local function keep_for_children(id)
   redis.call('PERSIST', rec(id))
   redis.call('ZADD', KEPT, 'inf', id)
 end
+-- seconds an ended job's outcome is kept: its result_ttl, a cancel's or an
+-- expiry's CANCELLED_KEEP at least
+local function keep_seconds(state, result_ttl)
+  local ttl = tonumber(result_ttl) or 0
+  if state ~= S_DONE and ttl < CANCELLED_KEEP then ttl = CANCELLED_KEEP end
+  return ttl
+end
 local function unkeep(id)
   local f = redis.call('HMGET', rec(id), 'state', 'end_time', 'result_ttl')
   if not kept(f[1]) then return end
-  local ttl = tonumber(f[3]) or 0
-  if f[1] ~= S_DONE and ttl < CANCELLED_KEEP then ttl = CANCELLED_KEEP end
-  local at = tonumber(f[2]) + ttl
+  local at = tonumber(f[2]) + keep_seconds(f[1], f[3])
   if at <= now then
     redis.call('DEL', rec(id))
     redis.call('ZREM', KEPT, id)
@@ -2069,8 +2074,7 @@ local settle
 local function finish(id, state, f, ...)
   f = f or redis.call('HMGET', rec(id), unpack(END_FIELDS))
   let_go(id, f[3], f[4], false)
-  local ttl = tonumber(f[1]) or 0
-  if state ~= S_DONE and ttl < CANCELLED_KEEP then ttl = CANCELLED_KEEP end
+  local ttl = keep_seconds(state, f[1])
   local keep = f[6] and redis.call('EXISTS', children(id)) == 1
   if ttl > 0 or keep then
     redis.call('HDEL', rec(id), 'payload')
@@ -3674,6 +3678,12 @@ _SQ_WAKE_SLOTS = 4         # masters of one queue that can listen for wake-ups a
 _SQ_SUN_PATH_MAX = 107     # AF_UNIX path bytes, leaving room for the final NUL
 
 
+def _keep_seconds(state, result_ttl):
+    """Seconds an ended job's outcome is kept: its result_ttl, a cancel's or
+    an expiry's CANCELLED_KEEP at least (the same rule as the Lua's)."""
+    return (result_ttl or 0) if state == DONE else max(result_ttl or 0, CANCELLED_KEEP)
+
+
 class _SqliteSteps:
     """The steps of ``_STEPS`` as SQL, inside the one transaction of an
     ``execute()``.  The same lifecycle as ``_LUA_LIBRARY``, written as plain
@@ -3808,8 +3818,7 @@ class _SqliteSteps:
         ttl, waiter, key, mode, depends_on, has_children = self.get(
             job_id, 'result_ttl', 'waiter', 'key', 'unique_mode', 'depends_on', 'has_children')
         self.let_go(job_id, key, mode, False)
-        if state != DONE:
-            ttl = max(ttl or 0, CANCELLED_KEEP)
+        ttl = _keep_seconds(state, ttl)
         if has_children and self.conn.execute('SELECT 1 FROM mpq_dep WHERE queue = ? AND '
                                             'parent = ? LIMIT 1', (self.queue, job_id)).fetchone():
             ttl = _SQ_KEPT - self.now
@@ -3856,8 +3865,7 @@ class _SqliteSteps:
         if row and row[0] in _KEPT_STATES and row[3] == _SQ_KEPT and not self.conn.execute(
                 'SELECT 1 FROM mpq_dep WHERE queue = ? AND parent = ? LIMIT 1',
                 (self.queue, job_id)).fetchone():
-            ttl = max(row[2] or 0, CANCELLED_KEEP) if row[0] != DONE else row[2] or 0
-            self.update(job_id, score=row[1] + ttl)       # the sweep drops it when due
+            self.update(job_id, score=row[1] + _keep_seconds(row[0], row[2]))   # swept when due
 
     def settle(self, job_id, state):
         """Parent ``job_id`` ended in ``state``: each child for which it was
