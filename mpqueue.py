@@ -1135,6 +1135,20 @@ def _push_options(job, qconf, **given):
     return out
 
 
+_queue_options = {}     # id(qconf) -> (qconf, its jobs' options when a push gives none)
+
+
+def _plain_options(qconf, given):
+    """``_push_options`` of a job that is no Job: worked out once per queue
+    for pushes that give no option."""
+    if any(value is not None for value in given.values()):
+        return _push_options(None, qconf, **given)
+    known = _queue_options.get(id(qconf))
+    if known is None or known[0] is not qconf:
+        known = _queue_options[id(qconf)] = (qconf, _push_options(None, qconf, **given))
+    return known[1]
+
+
 _id_counter = iter(range(1 << 62))
 
 
@@ -3363,20 +3377,19 @@ class RedisDriver(_Driver):
             name, pool = node.name, client.get_redis_connection(node).connection_pool
         else:
             name, pool = None, client.connection_pool
-        local = self._local
-        if not hasattr(local, 'conns'):
-            local.conns = {}
-        conn, used = local.conns.get(name, (None, 0.0))
+        conns = self._local.__dict__.setdefault('conns', {})
+        conn, used = conns.get(name, (None, 0.0))
+        now = time.monotonic()
         if conn is None:
             conn = pool.make_connection()
-        elif time.monotonic() - used > 1.0:
+        elif now - used > 1.0:
             try:
                 stale = conn.can_read(timeout=0)
             except (OSError, Exception):
                 stale = True
             if stale:
                 conn.disconnect()
-        local.conns[name] = (conn, time.monotonic())
+        conns[name] = (conn, now)
         if self.service_name is not None:
             if getattr(conn, '_sock', None) is None:
                 conn.connect()      # asks the sentinels for the master's address first
@@ -3408,8 +3421,7 @@ class RedisDriver(_Driver):
         READONLY from a master that Sentinel demoted."""
         import redis
         library, name = _lua_library()
-        packed = [_pack_command(('FCALL', '%s_%s' % (name, function), len(keys)) +
-                                tuple(keys) + tuple(args))]
+        packed = [_pack_command(('FCALL', '%s_%s' % (name, function), len(keys), *keys, *args))]
         if wait:
             packed.append(_pack_command(('WAIT', wait, int(self.wait_timeout * 1000))))
         conn = None
@@ -6184,7 +6196,11 @@ class _Master:
                    for job_id, run in s.jobs.items()] if renew else []
         n_outcomes = len(steps)
         steps += [('renew', job_id, attempt) for job_id, attempt in renewed] + scheduled
-        steps.append(('sweep', SWEEP_LIMIT))
+        # a sweep when one is due (its reply says when the next is), or a wake-up
+        # asked for it; not every round trip: under load that was a third of
+        # the broker's time per job.  Ticks need its broker time
+        if sweep or scheduled:
+            steps.append(('sweep', SWEEP_LIMIT))
         if want:
             steps.append(('reserve', want))
         sent = time.time()
@@ -6213,13 +6229,15 @@ class _Master:
                 self._cancel(job_id)
         if renew:
             self.next_renew = now + LEASE_SECONDS / 3
-        due, broker_now = results[n_outcomes + len(renewed) + len(scheduled)]
-        if scheduled:
-            self.ticker.results(scheduled, results[n_outcomes + len(renewed):], broker_now,
-                                (sent + time.time()) / 2)
-        self.next_sweep = now + min(self.qconf['sleep_seconds'], due if due is not None else 1e9)
-        if due == 0:
-            self.maybe_work = True
+        if sweep or scheduled:
+            due, broker_now = results[n_outcomes + len(renewed) + len(scheduled)]
+            if scheduled:
+                self.ticker.results(scheduled, results[n_outcomes + len(renewed):], broker_now,
+                                    (sent + time.time()) / 2)
+            self.next_sweep = now + min(self.qconf['sleep_seconds'],
+                                        due if due is not None else 1e9)
+            if due == 0:
+                self.maybe_work = True
         if want:
             self.maybe_work = len(results[-1]) >= want
             self.buffer.extend((job, now) for job in results[-1])
@@ -6970,11 +6988,11 @@ def push(queue, job, delay=0, *, args=(), kwargs=None, timeout=None, fail_number
     if isinstance(key, (list, tuple)):
         raise ConfigError('key must be a string, got %r (a list of keys is for push_many)'
                           % (key,))
-    return push_many(queue, [job], delay, args=args, kwargs=kwargs, timeout=timeout,
-                     fail_number=fail_number, fail_expire=fail_expire, result_ttl=result_ttl,
-                     key=key, unique=unique, priority=priority, limit=limit,
-                     depends_on=depends_on, on_parent_failure=on_parent_failure,
-                     expires=expires)[0]
+    parents = _parents(queue, depends_on)
+    return _push_calls(queue, [(job, args, kwargs)], delay, key, unique, limit,
+                       dict(timeout=timeout, fail_number=fail_number, fail_expire=fail_expire,
+                            result_ttl=result_ttl, priority=priority, expires=expires),
+                       parents and [parents], on_parent_failure)[0]
 
 
 def push_many(queue, jobs, delay=0, *, args=(), kwargs=None, timeout=None, fail_number=None,
@@ -7076,7 +7094,7 @@ def _push_calls(queue, calls, delay, key, unique, limit, given, parents=None,
     # Pays: push_many 92,000 jobs/s against 63,000 working out each job's options
     # (python examples/benchmark.py --driver sqlite --only push,push_many --jobs
     # 20000; medians of 5 interleaved runs each, 2026-12-07).
-    plain = _push_options(None, qconf, **given)     # those of every job that is no Job
+    plain = _plain_options(qconf, given)        # those of every job that is no Job
     plain_limits = _limits_text(qconf, limit)
     steps, ids = [], [_new_id() for _ in calls]
     for i, ((job, args, kwargs), job_key, mode) in enumerate(zip(calls, keys, modes)):

@@ -763,16 +763,46 @@ def ms_summary(values):
             'max_ms': max(values) * 1000}
 
 
+def redis_usec(wd):
+    """Microseconds the Redis broker spent so far in mpqueue's calls (FCALL: a
+    function's time includes the commands it runs); None on other brokers."""
+    if wd.driver != 'redis':
+        return None
+    return wd.records.client.info('commandstats').get('cmdstat_fcall', {}).get('usec', 0)
+
+
+def per_job(before, after, n):
+    return None if before is None or not n else (after - before) / n
+
+
+def ping_us(wd, n):
+    """A bare redis-py PING round trip (µs, the median of 5 runs of n//5), the
+    floor of any one-command push; None on SQLite."""
+    if wd.driver == 'sqlite':
+        return None
+    client, runs = wd.records.client, []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(max(1, n // 5)):
+            client.ping()
+        runs.append((time.perf_counter() - t0) / max(1, n // 5) * 1e6)
+    return statistics.median(runs)
+
+
 def run_push(wd, n, **options):
     mpqueue.clean(wd.queue)
     job = wd.jobs.noop
+    usec = redis_usec(wd)
     t0 = time.perf_counter()
     for _ in range(n):
         mpqueue.push(wd.queue, job, **options)
     seconds = time.perf_counter() - t0
+    redis_us = per_job(usec, redis_usec(wd), n)
     queued = mpqueue.status(wd.queue)['waiting']
     mpqueue.clean(wd.queue)
-    return {'jobs': n, 'seconds': seconds, 'jobs_per_s': n / seconds, 'queued': queued}
+    return {'jobs': n, 'seconds': seconds, 'jobs_per_s': n / seconds, 'queued': queued,
+            'us_per_job': seconds / n * 1e6, 'ping_us': ping_us(wd, min(n, 5000)),
+            'redis_us_per_job': redis_us}
 
 
 def run_unique(wd, n):
@@ -797,11 +827,24 @@ def run_push_many(wd, n, **options):
     mpqueue.clean(wd.queue)
     jobs = [wd.jobs.noop] * n
     t0 = time.perf_counter()
+    usec = redis_usec(wd)
     mpqueue.push_many(wd.queue, jobs, **options)
     seconds = time.perf_counter() - t0
+    redis_us = per_job(usec, redis_usec(wd), n)
     queued = mpqueue.status(wd.queue)['waiting']
     mpqueue.clean(wd.queue)
-    return {'jobs': n, 'seconds': seconds, 'jobs_per_s': n / seconds, 'queued': queued}
+    return {'jobs': n, 'seconds': seconds, 'jobs_per_s': n / seconds, 'queued': queued,
+            'redis_us_per_job': redis_us}
+
+
+def role_ticks(pool):
+    """CPU ticks so far of the pool's manage process, its masters and their workers."""
+    tree, root = pool.tree(), pool.proc.pid
+    masters = {pid for pid, st in tree.items() if st.ppid == root}
+    out = {'manage': 0, 'master': 0, 'worker': 0}
+    for pid, st in tree.items():
+        out['manage' if pid == root else 'master' if pid in masters else 'worker'] += st.ticks
+    return out
 
 
 def run_drain(wd, pool, n, problems, push=mpqueue.push_many, chunk=PUSH_CHUNK, **options):
@@ -817,8 +860,13 @@ def run_drain(wd, pool, n, problems, push=mpqueue.push_many, chunk=PUSH_CHUNK, *
     began = time.monotonic()
     deadline = began + 60 + n / 50.0
     progress, moved = 0, began
+    # CPU and broker time per job are counted from the first job that ran (the
+    # pool's boot is not the jobs' cost) to the last
+    first = None
     while True:
         done = wd.records.drain_progress()
+        if first is None and done:
+            first = (done, role_ticks(pool), redis_usec(wd))
         if done >= n:
             break
         now = time.monotonic()
@@ -844,11 +892,18 @@ def run_drain(wd, pool, n, problems, push=mpqueue.push_many, chunk=PUSH_CHUNK, *
             problems.append('drain: status() still says %s after every job ran' % (status,))
     else:
         settled()
+    if first is not None:
+        ticks, counted = role_ticks(pool), done - first[0]
+        cpu_us = {role: per_job(first[1][role], ticks[role], counted) / CLK_TCK * 1e6
+                  for role in ticks} if counted else {}
+        redis_us = per_job(first[2], redis_usec(wd), counted)
     time.sleep(0.2)     # a late duplicate would show up now
     rec = wd.records.drain_result()
     result = {'jobs': n, 'done': rec['distinct'], 'executions': rec['executions'],
               'lost': n - rec['distinct'], 'duplicated': rec['executions'] - rec['distinct'],
               'status': dict(status)}
+    if first is not None:
+        result.update(cpu_us_per_job=cpu_us, redis_us_per_job=redis_us)
     if rec['first'] is not None and rec['last'] is not None and rec['last'] > rec['first']:
         result['exec_seconds'] = rec['last'] - rec['first']
         result['jobs_per_s'] = rec['distinct'] / result['exec_seconds']
@@ -1198,7 +1253,13 @@ def table_rows(results):
     r = results
     rows = []
     if 'push' in r:
-        rows.append(('push', 'jobs/s (one push() per job)', fmt(r['push']['jobs_per_s'])))
+        p = r['push']
+        rows.append(('push', 'jobs/s (one push() per job)', fmt(p['jobs_per_s'])))
+        if p.get('ping_us'):
+            rows += [('push', 'µs per push / per redis-py PING', '%s / %s (%.2fx)' % (
+                fmt(p['us_per_job']), fmt(p['ping_us']), p['us_per_job'] / p['ping_us']))]
+        if p.get('redis_us_per_job') is not None:
+            rows.append(('push', 'Redis time per push (µs)', fmt(p['redis_us_per_job'])))
     if 'unique' in r:
         rows += [('unique', 'jobs/s (one push() per job, a key each)',
                   fmt(r['unique']['jobs_per_s'])),
@@ -1206,6 +1267,9 @@ def table_rows(results):
     if 'push_many' in r:
         rows.append(('push_many', 'jobs/s (one push_many() call)',
                      fmt(r['push_many']['jobs_per_s'])))
+        if r['push_many'].get('redis_us_per_job') is not None:
+            rows.append(('push_many', 'Redis time per job (µs)',
+                         fmt(r['push_many']['redis_us_per_job'])))
     if 'drain' in r:
         d = r['drain']
         rows += [('drain', 'jobs/s (first to last execution)', fmt(d.get('jobs_per_s'))),
@@ -1213,6 +1277,12 @@ def table_rows(results):
                   fmt(d.get('wall_jobs_per_s'))),
                  ('drain', 'jobs done', '%s of %s' % (fmt(d['done']), fmt(d['jobs']))),
                  ('drain', 'lost / duplicated', '%d / %d' % (d['lost'], d['duplicated']))]
+        if d.get('cpu_us_per_job'):
+            rows.append(('drain', 'CPU per job, master / workers / manage (µs)', ' / '.join(
+                fmt(d['cpu_us_per_job'][role]) for role in ('master', 'worker', 'manage'))))
+        if d.get('redis_us_per_job') is not None:
+            rows.append(('drain', 'Redis time per job, hand-out to end (µs)',
+                         fmt(d['redis_us_per_job'])))
     if 'latency' in r:
         lat = r['latency']
         rows += [('latency', 'push to start, %s (ms)' % k[:-3], fmt(lat[k], 2))
