@@ -4897,8 +4897,15 @@ class _Channel:
         self.sock.close()
 
     def send(self, *msg):
-        data = pickle.dumps(msg, pickle.HIGHEST_PROTOCOL)
-        self.sock.sendall(_LENGTH.pack(len(data)) + data)
+        self.send_all([msg])
+
+    def send_all(self, msgs):
+        """Send several messages in one system call."""
+        frames = []
+        for msg in msgs:
+            data = pickle.dumps(msg, pickle.HIGHEST_PROTOCOL)
+            frames += (_LENGTH.pack(len(data)), data)
+        self.sock.sendall(b''.join(frames))
 
     def _frame(self):
         """The next whole message in the buffer, or None."""
@@ -6332,20 +6339,24 @@ class _Master:
         waited long enough for its reservation to near its end."""
         if not self.buffer or self.stopping:
             return
+        sends = collections.defaultdict(list)     # slot -> its jobs: one system call each
         for slot in self.slots.values():
-            for _ in range(self._room(slot)):
-                self._hand(slot, queued=False)
-                if not self.buffer:
-                    return
+            for _ in range(min(self._room(slot), len(self.buffer))):
+                sends[slot].append(self._hand(slot, queued=False))
         depth = self._depth()
         for slot in self.slots.values():
-            while slot.state == BUSY and slot.capacity == 1 and len(slot.queued) < depth \
-                    and slot.pid not in self.reloading:
-                self._hand(slot, queued=True)
-                if not self.buffer:
-                    return
+            while self.buffer and slot.state == BUSY and slot.capacity == 1 and \
+                    len(slot.queued) < depth and slot.pid not in self.reloading:
+                sends[slot].append(self._hand(slot, queued=True))
+        for slot, msgs in sends.items():
+            try:
+                slot.conn.send_all(msgs)
+            except OSError:
+                pass    # the worker is dying: its exit recovers the jobs
 
     def _hand(self, slot, queued):
+        """The next job of the buffer, given to ``slot``: the message that
+        sends it."""
         job, reserved_at = self.buffer.popleft()
         job_id, attempt, timeout = job['id'], job['attempt'], job.get('timeout') or 0
         handlers = job.get('phase') == _PHASE_HANDLERS
@@ -6357,10 +6368,7 @@ class _Master:
         else:
             self._running(slot, job_id, attempt, timeout, handlers)
             self.pending.append(('start', job_id, attempt, slot.id, self.owner))
-        try:
-            slot.conn.send('job', job, reserved_at if queued else None)
-        except OSError:
-            pass    # the worker is dying: its exit recovers the job
+        return 'job', job, reserved_at if queued else None
 
     def _running(self, slot, job_id, attempt, timeout, handlers):
         """Track a job its worker runs; it is killed at the job's timeout (a
