@@ -279,6 +279,16 @@ def test_the_configuration_table_lists_every_key():
     assert not missing, 'keys missing from the configuration table: %s' % missing
 
 
+def test_the_metrics_table_lists_every_metric():
+    import mpqueue_cli
+    names = set(re.findall(r"\('(mpqueue_\w+)', '(?:gauge|counter)'",
+                           inspect.getsource(mpqueue_cli.render_metrics)))
+    assert len(names) >= 10
+    table = section('Prometheus metrics')
+    missing = sorted(n for n in names if '\n| `%s` |' % n not in table)
+    assert not missing, 'metrics missing from the table of docs/command-line.md: %s' % missing
+
+
 def test_the_fleet_keys_named_are_those_a_heartbeat_writes(redis_url, redis_db):
     import uuid
 
