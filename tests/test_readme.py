@@ -279,6 +279,14 @@ def test_the_configuration_table_lists_every_key():
     assert not missing, 'keys missing from the configuration table: %s' % missing
 
 
+def test_the_schedule_table_lists_every_key():
+    import mpqueue
+    rows = [line for line in section('Schedules').splitlines() if line.startswith('| `')]
+    missing = [key for key in mpqueue._SCHEDULE_DEFAULTS
+               if not any('`%s`' % key in row.split(' | ')[0] for row in rows)]
+    assert not missing, 'schedule keys missing from the table of docs/schedules.md: %s' % missing
+
+
 def test_the_metrics_table_lists_every_metric():
     import mpqueue_cli
     names = set(re.findall(r"\('(mpqueue_\w+)', '(?:gauge|counter)'",
