@@ -177,6 +177,17 @@ def python_blocks_of(text):
     return re.findall(r'^```python\n(.*?)^```', text, re.S | re.M)
 
 
+def test_the_readmes_figures_are_those_of_the_performance_page():
+    rows = [line for line in section('Why mpqueue', README).splitlines()
+            if line.startswith('| ') and '---' not in line][1:]
+    figures = {f for row in rows for f in re.findall(r'\d[\d,.]*\d|\d', row)}
+    assert len(rows) >= 3 and figures
+    performance = (DOCS / 'performance.md').read_text()
+    missing = sorted(f for f in figures if not re.search(r'(?<![\d,.])%s(?![\d,])' % re.escape(f),
+                                                         performance))
+    assert not missing, 'README figures not on docs/performance.md: %s' % missing
+
+
 def test_the_readme_keeps_the_command_ci_runs():
     """.ci/run runs the README's test command, verbatim."""
     commands = re.findall(r'^```sh\n(.*?)\n```', section('Two commands', README), re.S | re.M)
