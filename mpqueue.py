@@ -793,7 +793,8 @@ def _validate(config):
 def configure(config):
     """Validate ``config`` and make it the configuration of this process.
 
-    :param config: the dict described in the README (``basics``, ``log``, ``queue``).
+    :param config: the dict described in docs/getting-started.md (``basics``, ``log``,
+        ``queue``).
     :returns: the validated config with every default filled in.
     :raises ConfigError: naming the key path and the bad value.
     """
@@ -5036,7 +5037,7 @@ def _hint(exc, loading=False):
         if name == 'AttributeError' and "'NoneType' object has no attribute 'app_context'" in text:
             return ('\nhint: the job\'s Flask app is None in this worker: nothing built it; set '
                     'basics.worker_start_handle to a function that builds the app (such as '
-                    'the README\'s boot_flask, which calls jobs.init_worker())')
+                    'boot_flask in docs/django-flask.md, which calls jobs.init_worker())')
         if name == 'AppRegistryNotReady' or (name == 'ImproperlyConfigured'
                                              and 'settings are not configured' in text):
             return ('\nhint: %s: Django is not set up in this worker; set '

@@ -1820,8 +1820,9 @@ def parse_args(argv=None):
     p.add_argument('--json', action='store_true', help='print JSON instead of a table')
     p.add_argument('--scaling', action='store_true',
                    help='drain throughput with 1, 2, 4, 8 workers, both brokers and models')
-    p.add_argument('--svg', default=os.path.join(HERE, 'scaling.svg'),
-                   help='where --scaling writes its chart (default examples/scaling.svg)')
+    p.add_argument('--svg', default=os.path.join(os.path.dirname(HERE), 'docs', 'scaling.svg'),
+                   help='where --scaling writes its chart (default docs/scaling.svg, which '
+                        'the guide shows)')
     p.add_argument('--scale', action='store_true',
                    help='costs that grow with the queue: reads behind a backlog, bulk retry, '
                    'delayed jobs while pushing, PSS per queue')

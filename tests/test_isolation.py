@@ -1,4 +1,4 @@
-"""Two projects on one machine, each set up with the README's snippets, as
+"""Two projects on one machine, each set up with the manual's snippets, as
 real pools started with ``python -m mpqueue_cli worker:start``: they either
 stay apart or collide loudly.
 
@@ -30,10 +30,10 @@ from pathlib import Path
 import pytest
 
 import mpqueue
+from docs_pages import README, section
 from pool_harness import delete_keys, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
-README = REPO / 'README.md'
 START_TIMEOUT = 90
 JOBS_PER_PROJECT = 3
 DEADLINE = 30
@@ -63,13 +63,11 @@ for _ in range(int(sys.argv[1])):
 '''
 
 
-def readme_block(section):
-    """The first ```python block of README section ``section``."""
-    text = README.read_text()
-    start = text.index('\n## %s\n' % section)
-    end = text.find('\n## ', start + 1)
-    match = re.search(r'^```python\n(.*?)^```', text[start:end], re.S | re.M)
-    assert match, 'README section %r has no python block' % section
+def readme_block(title, page=None):
+    """The first ```python block of the manual's section ``title`` (the
+    README's Quick start, the guide's Choosing a broker)."""
+    match = re.search(r'^```python\n(.*?)^```', section(title, page), re.S | re.M)
+    assert match, 'section %r has no python block' % title
     return match.group(1)
 
 
@@ -82,7 +80,7 @@ def env():
 
 
 class Project:
-    """A directory with a config made of a README snippet and a jobs module."""
+    """A directory with a config made of a snippet of the manual and a jobs module."""
 
     def __init__(self, tmp, name, config_source, reaper):
         self.name, self.dir, self.reaper = name, tmp / name, reaper
@@ -183,7 +181,7 @@ def ran(results, n, *projects):
 # -- SQLite: the Quick start config --------------------------------------------
 
 def test_two_projects_with_the_quick_start_config_stay_apart(projects, tmp_path):
-    snippet = readme_block('Quick start')
+    snippet = readme_block('Quick start', README)
     assert snippet.startswith('# mpqueue_config.py') and "'name': 'myapp'" in snippet
     alpha, beta = projects('alpha', snippet), projects('beta', snippet)
     for project in (alpha, beta):
@@ -197,7 +195,7 @@ def test_two_projects_with_the_quick_start_config_stay_apart(projects, tmp_path)
     for project in (alpha, beta):
         assert (project.dir / 'run' / 'myapp.db').exists()
         assert 'another application' not in project.log(), project.diagnostics()
-        # what a job prints goes to {log.path}/{name}.out with -d (the README's checklist)
+        # what a job prints goes to {log.path}/{name}.out with -d (the guide's checklist)
         out = (project.dir / 'run' / 'myapp.out').read_text()
         assert out.count('printed by a job of %s\n' % project.name) == JOBS_PER_PROJECT, \
             project.diagnostics()
@@ -205,7 +203,7 @@ def test_two_projects_with_the_quick_start_config_stay_apart(projects, tmp_path)
 
 def test_two_projects_sharing_a_pid_path_collide_loudly(projects, tmp_path):
     shared = tmp_path / 'shared'
-    snippet = readme_block('Quick start').replace(
+    snippet = readme_block('Quick start', README).replace(
         "RUN = os.path.join(HERE, 'run')", 'RUN = %r' % str(shared))
     assert str(shared) in snippet
     alpha, beta = projects('alpha', snippet), projects('beta', snippet)
