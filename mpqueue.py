@@ -293,6 +293,11 @@ class _StopWorker(BaseException):
 ###############################################################################
 
 
+def _seconds_text(seconds):
+    """Seconds as a record shows them: to the millisecond, no trailing zeros."""
+    return ('%.3f' % seconds).rstrip('0').rstrip('.')
+
+
 def _set_title(title):
     if _setproctitle is not None:
         _setproctitle.setproctitle(title)
@@ -534,6 +539,26 @@ def _check_number(path, value, minimum, integer=False):
     return value
 
 
+class _Backoff(collections.namedtuple('_Backoff', 'first factor max jitter')):
+    """An exponential retry policy, made by :func:`backoff`."""
+
+
+def backoff(first, factor=2.0, max=3600, jitter=0.1):   # noqa: A002 (the name the user writes)
+    """A retry policy for ``fail_expire``: ``first`` seconds before retry 1,
+    ``factor`` times longer before each next one, at most ``max`` seconds,
+    each give or take ``jitter`` (a fraction) of itself.
+
+    :raises ConfigError: a value out of range, named.
+    """
+    _check_number('backoff first', first, 0)
+    _check_number('backoff factor', factor, 1)
+    _check_number('backoff max', max, first)
+    _check_number('backoff jitter', jitter, 0)
+    if jitter > 1:
+        raise ConfigError('backoff jitter must be a fraction from 0 to 1, got %r' % (jitter,))
+    return _Backoff(first, factor, max, jitter)
+
+
 def _check_fail_expire(path, value):
     """A retry policy: seconds, a list of seconds (the delay before retry 1, 2,
     ...; the last one repeats) or ``mpqueue.backoff(...)`` (a tuple too: it
@@ -684,124 +709,6 @@ def _check_keys(path, given, defaults):
     return merged
 
 
-def _default_app():
-    """What names the application when ``basics.app`` is not set: the
-    directory of the script that runs (``manage.py``, a script of the user's
-    that starts the pool), else the current directory.  The command line sets
-    it to the directory of the config file it loaded."""
-    script = sys.argv[0] if sys.argv else ''
-    if script and not script.startswith('-') and os.path.exists(script):
-        return os.path.dirname(os.path.abspath(script))
-    try:
-        return os.getcwd()
-    except OSError:         # the directory was removed under us
-        return '?'
-
-
-def _validate(config):
-    """Return a validated copy of ``config`` with every default filled in."""
-    if not isinstance(config, dict):
-        raise ConfigError('config must be a dict, got %r' % (config,))
-    unknown = sorted(set(config) - {'basics', 'log', 'queue'}, key=str)
-    if unknown:
-        raise ConfigError('config has unknown key %r (known keys: basics, log, queue)'
-                          % (unknown[0],))
-    if 'basics' not in config:
-        raise ConfigError('config.basics is required')
-    basics = _check_keys('basics', config['basics'], _BASICS_DEFAULTS)
-    name = _check_name('basics.name', basics['name'], _POOL_NAME_RE, '"_", "." or "-"')
-    _check_dir('basics.pid_path', basics['pid_path'])
-    _check_callable('basics.worker_start_handle', basics['worker_start_handle'])
-    secret = basics['secret']
-    if secret is not None:
-        if isinstance(secret, str):
-            secret = secret.encode()
-        if not isinstance(secret, bytes) or not secret:
-            raise ConfigError('basics.secret must be non-empty bytes or str, got %r' % (secret,))
-        basics['secret'] = secret
-    _check_number('basics.max_payload', basics['max_payload'], 1, integer=True)
-    _check_number('basics.stop_grace', basics['stop_grace'], 0)
-    if basics['app'] is None:
-        basics['app'] = _default_app()
-    elif not isinstance(basics['app'], str) or not basics['app']:
-        raise ConfigError('basics.app must be a non-empty string that names the application, '
-                          'got %r' % (basics['app'],))
-    if not isinstance(basics['immediate'], bool):
-        raise ConfigError('basics.immediate must be True or False, got %r'
-                          % (basics['immediate'],))
-    if basics['driver'] is None:
-        basics['driver'] = SqliteDriver(os.path.join(basics['pid_path'], name + '.db'))
-    elif not isinstance(basics['driver'], _Driver):
-        raise ConfigError('basics.driver must be a mpqueue.RedisDriver or mpqueue.SqliteDriver, '
-                          'got %r' % (basics['driver'],))
-    elif isinstance(basics['driver'], SqliteDriver) and basics['driver'].path == ':memory:':
-        raise ConfigError("basics.driver: SqliteDriver(':memory:') is one process's own, and a "
-                          'pool is many processes; give it a file path (immediate mode, for '
-                          'tests, needs none: see basics.immediate)')
-    elif isinstance(basics['driver'], SqliteDriver) and not os.path.isabs(basics['driver'].path):
-        file = basics['driver'].path
-        raise ConfigError('basics.driver: the SqliteDriver path must be absolute, got %r (a '
-                          'relative one means another file for a daemon or a pusher started '
-                          'elsewhere); use e.g. mpqueue.SqliteDriver(%s)'
-                          % (file, _absolute_hint(file)))
-
-    log = _check_keys('log', config.get('log', {}), _LOG_DEFAULTS)
-    _check_dir('log.path', log['path'])
-    level = log['level']
-    if isinstance(level, str) and isinstance(logging.getLevelName(level.upper()), int):
-        log['level'] = logging.getLevelName(level.upper())
-    elif not (isinstance(level, int) and not isinstance(level, bool)):
-        raise ConfigError('log.level must be a logging level such as logging.INFO or "DEBUG", '
-                          'got %r' % (level,))
-    if log['driver'] is not None and not (isinstance(log['driver'], logging.Handler)
-                                          or callable(log['driver'])):
-        raise ConfigError('log.driver must be a logging.Handler or a callable returning one, '
-                          'got %r' % (log['driver'],))
-
-    queues = config.get('queue')
-    if not isinstance(queues, list) or not queues:
-        raise ConfigError('config.queue must be a non-empty list of queue dicts, got %r' % (queues,))
-    checked, seen = [], set()
-    for i, given in enumerate(queues):
-        path = 'queue[%d]' % i
-        q = _check_keys(path, given, _QUEUE_DEFAULTS)
-        _check_name(path + '.name', q['name'], _QUEUE_NAME_RE, _QUEUE_NAME_CHARS)
-        if q['name'] in seen:
-            raise ConfigError('%s.name %r is used by an earlier queue; queue names must be unique'
-                              % (path, q['name']))
-        seen.add(q['name'])
-        _check_number(path + '.worker_number', q['worker_number'], 1, integer=True)
-        _check_number(path + '.memory_limit', q['memory_limit'], 0)
-        _check_number(path + '.sleep_seconds', q['sleep_seconds'], 0.001)
-        for option in _JOB_OPTIONS[:-1]:       # a queue has no priority of its own
-            q[option] = _check_option('%s.%s' % (path, option), option, q[option])
-        _check_number(path + '.coroutine_number', q['coroutine_number'], 1, integer=True)
-        _check_callable(path + '.fail_handle', q['fail_handle'])
-        _check_callable(path + '.worker_start_handle', q['worker_start_handle'])
-        if q['model'] not in (MODEL_DISTRIBUTE, MODEL_GRAB):
-            raise ConfigError('%s.model must be mpqueue.MODEL_DISTRIBUTE or mpqueue.MODEL_GRAB, '
-                              'got %r' % (path, q['model']))
-        if q['model'] == MODEL_GRAB and q['coroutine_number'] > 1:
-            raise ConfigError('%s.coroutine_number > 1 needs the distribute model; queue %r '
-                              'has model %r' % (path, q['name'], q['model']))
-        q['limits'] = _check_limits(path + '.limits', q['limits'])
-        q['schedule'] = _check_schedules(path + '.schedule', q, q['schedule'])
-        checked.append(q)
-    return {'basics': basics, 'log': log, 'queue': checked}
-
-
-def configure(config):
-    """Validate ``config`` and make it the configuration of this process.
-
-    :param config: the dict described in the README (``basics``, ``log``, ``queue``).
-    :returns: the validated config with every default filled in.
-    :raises ConfigError: naming the key path and the bad value.
-    """
-    global _config
-    _config = _validate(config)
-    return _config
-
-
 def _get_config():
     if _config is None:
         raise MPQueueError('mpqueue is not configured: call mpqueue.configure(config) first')
@@ -851,7 +758,7 @@ class Job:
     fail_expire = None
     result_ttl = None       # seconds its outcome stays readable (None: the queue's)
     expires = None          # seconds it may wait, once due, before it is too late (None: ...)
-    priority = None         # 0-9, higher first (None: 0)
+    priority = None         # 0 to MAX_PRIORITY, higher first (None: 0)
     limit = None            # a limit name of the queue, or a list of them (None: none)
     retry_on = None         # exception classes that are retried (None: all)
     dont_retry_on = ()      # exception classes that fail the job at once
@@ -1026,26 +933,6 @@ def _job_setting(name, given, job, default):
     return default
 
 
-class _Backoff(collections.namedtuple('_Backoff', 'first factor max jitter')):
-    """An exponential retry policy, made by :func:`backoff`."""
-
-
-def backoff(first, factor=2.0, max=3600, jitter=0.1):   # noqa: A002 (the name the user writes)
-    """A retry policy for ``fail_expire``: ``first`` seconds before retry 1,
-    ``factor`` times longer before each next one, at most ``max`` seconds,
-    each give or take ``jitter`` (a fraction) of itself.
-
-    :raises ConfigError: a value out of range, named.
-    """
-    _check_number('backoff first', first, 0)
-    _check_number('backoff factor', factor, 1)
-    _check_number('backoff max', max, first)
-    _check_number('backoff jitter', jitter, 0)
-    if jitter > 1:
-        raise ConfigError('backoff jitter must be a fraction from 0 to 1, got %r' % (jitter,))
-    return _Backoff(first, factor, max, jitter)
-
-
 def _policy_text(policy):
     """A retry policy as its record keeps it: JSON."""
     if isinstance(policy, _Backoff):
@@ -1063,11 +950,6 @@ def _retry_delay(text, retry):
         base = min(policy['max'], policy['first'] * policy['factor'] ** (retry - 1))
         return max(0.0, base * (1 + random.uniform(-policy['jitter'], policy['jitter'])))
     return policy if _is_number(policy) else 0
-
-
-def _seconds_text(seconds):
-    """Seconds as a record shows them: to the millisecond, no trailing zeros."""
-    return ('%.3f' % seconds).rstrip('0').rstrip('.')
 
 
 def _fail_expire(text):
@@ -1808,7 +1690,7 @@ class _Driver:
 # once per server.  Its function steps(keys, args) applies steps of _STEPS in
 # order.  keys[1] is the queue's key prefix, '{prefix}:{queue}:'; its hash tag
 # puts every key of the queue in one Redis Cluster slot.  Below it:
-#   waiting, waiting:1 .. waiting:9  lists: ids ready to run, of priority 0, 1..9
+#   waiting, waiting:1 ..  lists: ids ready to run, of priority 0, 1 .. MAX_PRIORITY
 #   delayed   zset  id -> due time        working  zset  id -> lease expiry
 #   reserved  zset  id -> time it goes    failed   zset  id -> time it failed
 #                   back to waiting       kept     zset  id -> time its kept
@@ -2572,7 +2454,7 @@ OPS.info = function(id, watch)
 end
 OPS.depth = function()
   local n, oldest = 0, false
-  for level = 0, 9 do
+  for level = 0, %(MAX_PRIORITY)d do
     local len = redis.call('LLEN', waiting(level))
     if len > 0 then
       n = n + len
@@ -2605,7 +2487,7 @@ end
 OPS.listing = function(state, count, cursor)
   local out, n = {}, tonumber(count)
   if n <= 0 then return {out, ''} end
-  if state == 'delayed' then
+  if state == S_DELAYED then
     local after, id = string.match(cursor, '^([^:]*):(.*)$')
     local start = 0
     if id and tonumber(after) then
@@ -2671,7 +2553,7 @@ OPS.clean = function(limit)
       n = n + #ids
     end
   end
-  for level = 0, 9 do
+  for level = 0, %(MAX_PRIORITY)d do
     while n < limit do
       local ids = redis.call('LPOP', waiting(level), limit - n)
       if not ids then break end
@@ -4351,7 +4233,7 @@ class _SqliteSteps:
         try:
             level, score, rowid = (float(x) for x in cursor.split(':'))
         except ValueError:
-            level, score, rowid = MAX_PRIORITY if state == 'waiting' else 0, float('-inf'), -1
+            level, score, rowid = MAX_PRIORITY if state == WAITING else 0, float('-inf'), -1
         rows = self.conn.execute(
             'SELECT id, score, rowid, level, %s FROM mpq_job WHERE queue = ? AND state = ? AND '
             'level = ? AND (score, rowid) > (?, ?) ORDER BY level DESC, score, rowid LIMIT ?'
@@ -4362,7 +4244,7 @@ class _SqliteSteps:
                 'AND level < ? ORDER BY level DESC, score, rowid LIMIT ?' % _SQ_RECORD,
                 (self.queue, state, level, count + 1 - len(rows))).fetchall()
         jobs = [dict(_record(zip(_FIELDS_BUT_PAYLOAD, row[4:])), id=row[0], **(
-            {'due_time': row[1]} if state == 'delayed' else {})) for row in rows[:count]]
+            {'due_time': row[1]} if state == DELAYED else {})) for row in rows[:count]]
         last = rows[count - 1] if count > 0 and len(rows) > count else None
         return jobs, last and '%d:%r:%d' % (last[3], last[1], last[2]) or ''
 
@@ -6839,7 +6721,7 @@ def _await_daemon(config, r):
         got += chunk
     head, _, answer = got.partition(b'\n')
     pid = int(head) if head.isdigit() else None
-    if answer[:1] == b'1' and pid and pool_pid(config) == pid:
+    if answer[:1] == b'1' and pid and _PidFile(_pool_file(config, '.pid')).read() == pid:
         return pid
     if answer[:1] == b'0':
         why = answer[1:].decode(errors='replace').strip() or 'its manage process failed'
@@ -6878,349 +6760,122 @@ def _stop_daemon(pid):
 ###############################################################################
 
 
-class JobId(str):
-    """A job's id as ``push`` returns it: a ``str`` that knows its queue.
-
-    It equals, hashes and JSON-encodes as the plain id, and pickles as the
-    plain id too (a ``str``: what is stored does not depend on where this
-    file lives); rebuild the handle from a stored id with
-    ``JobId(stored_id, queue)``.  ``copy.copy`` keeps the handle.
-
-    :param job_id: the id.
-    :param queue: the name of the job's queue.
-    """
-
-    def __new__(cls, job_id, queue):
-        self = super().__new__(cls, job_id)
-        self.queue = queue
-        return self
-
-    def __repr__(self):
-        return 'JobId(%s, %r)' % (str.__repr__(self), self.queue)
-
-    def __reduce__(self):
-        return str, (str(self),)
-
-    def __copy__(self):
-        return self
-
-    def __deepcopy__(self, memo):
-        return self
-
-    def info(self):
-        """:func:`job_info` of this job: a dict, or None."""
-        return job_info(self.queue, self)
-
-    def result(self, timeout=None):
-        """:func:`result` of this job: its return value, waiting up to
-        ``timeout`` seconds (None: as long as it takes; 0: not at all)."""
-        return result(self.queue, self, timeout)
-
-    def cancel(self):
-        """:func:`cancel` this job: the state it had, or None."""
-        return cancel(self.queue, self)
+def _default_app():
+    """What names the application when ``basics.app`` is not set: the
+    directory of the script that runs (``manage.py``, a script of the user's
+    that starts the pool), else the current directory.  The command line sets
+    it to the directory of the config file it loaded."""
+    script = sys.argv[0] if sys.argv else ''
+    if script and not script.startswith('-') and os.path.exists(script):
+        return os.path.dirname(os.path.abspath(script))
+    try:
+        return os.getcwd()
+    except OSError:         # the directory was removed under us
+        return '?'
 
 
-def push(queue, job, delay=0, *, args=(), kwargs=None, timeout=None, fail_number=None,
-         fail_expire=None, result_ttl=None, key=None, unique=None, priority=None, limit=None,
-         depends_on=None, on_parent_failure=None, expires=None):
-    """Push one job; returns its id, a :class:`JobId` (or, when ``unique``
-    refuses it, the id of the job that holds ``key``).
-
-    :param queue: a queue name from the config.
-    :param job: a callable (function, lambda, closure, bound method,
-        ``functools.partial``), a ``mpqueue.Job`` subclass or instance, or an
-        import path ``'pkg.module:attr'`` resolved in the worker.
-    :param delay: seconds (ms precision) before the job may start.
-    :param args: positional arguments for the callable.
-    :param kwargs: keyword arguments for the callable.
-    :param timeout: seconds (0: none); default the Job's, else the queue's.
-    :param fail_number: retries before final failure; default likewise.
-    :param fail_expire: the wait before a retry: seconds, a list of seconds (the
-        wait before retry 1, 2, ...; the last repeats) or ``backoff(...)``;
-        default likewise.
-    :param result_ttl: seconds its outcome (state, result) stays readable after
-        it ended; default likewise (the queue's: 0, nothing kept after success).
-    :param key: a name for de-duplication (shown in ``job_info``); for
-        ``push_many``, one key for every job or a list of keys, one per job
-        (None: that job has none).
-    :param unique: ``'queued'`` (at most one job with this key waiting or
-        delayed), ``'active'`` (... waiting, delayed or running) or seconds (at
-        most one push of the key per that many seconds).
-    :param priority: 0-9, higher first; default the Job's, else 0.
-    :param limit: a limit name of the queue's ``limits`` (or a name a pattern
-        there matches), or a list of them: the job starts only when each has
-        room; default the Job's, else none.
-    :param depends_on: the id of a job of the same queue, or a list of them:
-        this one waits ``blocked`` until each has ended (its delay, if any,
-        counts from the push).
-    :param on_parent_failure: what a parent that ends failed, cancelled or
-        expired does to it: ``'cancel'`` (the default: it ends cancelled, and
-        so do its own dependents) or ``'run'`` (it runs all the same).
-    :param expires: seconds the job may wait once it is due (after its
-        delay, or its parents): not started by then, it ends ``expired``
-        and never runs (0: never); default the Job's, else the queue's.
-    :raises ConfigError: the queue is not configured, or an option is wrong
-        (a limit name no definition matches, say).
-    :raises JobNotFound: a parent the broker does not know (nothing is written).
-    :raises TypeError: ``job`` is not something a worker can run.
-    :raises SerializationError: the job cannot be pickled (nothing is written).
-    :raises DriverError: the broker cannot be reached.
-    """
-    if isinstance(key, (list, tuple)):
-        raise ConfigError('key must be a string, got %r (a list of keys is for push_many)'
-                          % (key,))
-    return push_many(queue, [job], delay, args=args, kwargs=kwargs, timeout=timeout,
-                     fail_number=fail_number, fail_expire=fail_expire, result_ttl=result_ttl,
-                     key=key, unique=unique, priority=priority, limit=limit,
-                     depends_on=depends_on, on_parent_failure=on_parent_failure,
-                     expires=expires)[0]
-
-
-def push_many(queue, jobs, delay=0, *, args=(), kwargs=None, timeout=None, fail_number=None,
-              fail_expire=None, result_ttl=None, key=None, unique=None, priority=None,
-              limit=None, depends_on=None, on_parent_failure=None, expires=None):
-    """Push several jobs in one broker round trip; returns their ids
-    (:class:`JobId`) in order.
-
-    Every job is checked and pickled before anything is written, so a bad one
-    leaves the broker untouched.  ``key`` is one key for every job or a list
-    of keys, one per job; with ``unique``, jobs that share a key are
-    de-duplicated within the batch too (each gets the id of the first, or of
-    the job in the broker that holds the key).  Parameters as for :func:`push`.
-    """
-    parents = _parents(queue, depends_on)
-    return _push_calls(queue, [(job, args, kwargs) for job in jobs], delay, key, unique, limit,
-                       dict(timeout=timeout, fail_number=fail_number, fail_expire=fail_expire,
-                            result_ttl=result_ttl, priority=priority, expires=expires),
-                       parents and [parents] * len(jobs), on_parent_failure)
-
-
-def chain(queue, jobs, **push_options):
-    """Push ``jobs`` so that each runs after the one before it ended done
-    (a failure cancels the rest; with ``on_parent_failure='run'`` they go on),
-    in one atomic step.  Their ids (:class:`JobId`) in order.  Options as for
-    :func:`push_many` (``depends_on``: the first job's parents)."""
-    return _linked(queue, jobs, push_options, lambda i, first: [i - 1] if i else first)
-
-
-def batch(queue, jobs, then=None, **push_options):
-    """Push ``jobs``, and ``then`` (a job, or None) to run once after every
-    one of them ended, however it ended, in one atomic step.  Returns
-    ``(ids, then_id)`` (``then_id`` None without ``then``).  Options as for
-    :func:`push_many`; ``then`` depends on the jobs alone."""
-    n = len(jobs)
-    ids = _linked(queue, list(jobs) + ([then] if then is not None else []), push_options,
-                  lambda i, first: list(range(n)) if i == n else first, last_runs=True)
-    return (ids[:n], ids[n]) if then is not None else (ids, None)
-
-
-def _linked(queue, jobs, options, parents_of, last_runs=False):
-    """chain() and batch(): ``jobs`` pushed at once, the parents of job i
-    ``parents_of(i, parents given)`` (ids, or indexes of jobs before it)."""
-    _check_push_options(options)
-    given = dict(dict.fromkeys(_JOB_OPTIONS), **options)
-    delay, limit, first, opf, key, unique = (given.pop(name, None) for name in (
-        'delay', 'limit', 'depends_on', 'on_parent_failure', 'key', 'unique'))
-    if key is not None or unique is not None:
-        raise ConfigError('key, unique: chain() and batch() take no unique key (a job left out '
-                          'for another that holds its key would leave its dependents without '
-                          'a parent)')
-    first = _parents(queue, first)
-    return _push_calls(queue, [(job, (), None) for job in jobs], delay or 0, None, None, limit,
-                       given, [parents_of(i, first) for i in range(len(jobs))], opf,
-                       len(jobs) - 1 if last_runs else None)
-
-
-def _parents(queue, depends_on):
-    """The ``depends_on`` option as a list of ids (None: no parents)."""
-    if depends_on is None:
-        return None
-    ids = [depends_on] if isinstance(depends_on, str) else depends_on
-    if not isinstance(ids, (list, tuple)) or not ids or \
-            not all(isinstance(i, str) and i for i in ids):
-        raise ConfigError('depends_on must be a job id or a non-empty list of job ids, got %r'
-                          % (depends_on,))
-    for i in ids:
-        if getattr(i, 'queue', queue) != queue:
-            raise ConfigError('depends_on: job %s is of queue %r, not %r (a job depends on jobs '
-                              'of its own queue)' % (i, i.queue, queue))
-    return [str(i) for i in ids]
-
-
-def _push_calls(queue, calls, delay, key, unique, limit, given, parents=None,
-                on_parent_failure=None, runs_anyway=None):
-    """``push_many`` of ``calls``, ``(job, args, kwargs)`` each: their
-    :class:`JobId` in order.  ``given``: the options of every job;
-    ``parents``: per call, its parents (ids, or the index of a call before
-    it); ``runs_anyway``: the index of a call that runs whatever became of
-    its parents."""
-    config = _get_config()
-    qconf = queue_config(queue)
-    _check_number('delay', delay, 0)
-    if on_parent_failure not in (None, 'cancel', 'run'):
-        raise ConfigError("on_parent_failure must be 'cancel' or 'run', got %r"
-                          % (on_parent_failure,))
-    jobs = [job for job, _, _ in calls]
-    if isinstance(key, (list, tuple)):
-        if len(key) != len(jobs):
-            raise ConfigError('key: %d keys for %d jobs; give one key per job, or one key for '
-                              'all of them' % (len(key), len(jobs)))
-        keys = list(key)
-        modes = [_check_unique(k, None if k is None else unique, 'key[%d]' % i)
-                 for i, k in enumerate(keys)]
-    else:
-        keys = [key] * len(jobs)
-        modes = [_check_unique(key, unique)] * len(jobs)
-    basics = config['basics']
-    # Pays: push_many 92,000 jobs/s against 63,000 working out each job's options
-    # (python examples/benchmark.py --driver sqlite --only push,push_many --jobs
-    # 20000; medians of 5 interleaved runs each, 2026-12-07).
-    plain = _push_options(None, qconf, **given)     # those of every job that is no Job
-    plain_limits = _limits_text(qconf, limit)
-    steps, ids = [], [_new_id() for _ in calls]
-    for i, ((job, args, kwargs), job_key, mode) in enumerate(zip(calls, keys, modes)):
-        _check_job(queue, job)
-        options, limits = plain, plain_limits
-        if _is_job(job):
-            options = _push_options(job, qconf, **given)
-            if limit is None and job.limit is not None:
-                limits = _limits_text(qconf, job.limit, '%s.limit' % _job_class(job).__name__)
-        payload = _encode(queue, job, args, kwargs, basics['secret'], basics['max_payload'])
-        mine = parents and parents[i]
-        steps.append(('push', ids[i], payload, delay, _job_name(job), options['timeout'],
-                      options['fail_number'], options['fail_expire'],
-                      options['priority'], job_key or '', mode, options['result_ttl'], limits,
-                      json.dumps(list(dict.fromkeys(p if isinstance(p, str) else ids[p]
-                                                    for p in mine))) if mine else '',
-                      ('run' if i == runs_anyway else on_parent_failure or 'cancel')
-                      if mine else '', options['expires']))
-    if _is_immediate(basics):
-        ids = _run_here(config, qconf, steps)
-    else:
-        ids = basics['driver'].execute(queue, steps)
-    for job_id in ids:
-        if job_id.startswith('!'):
-            raise JobNotFound(
-                'depends_on: queue %r does not know job %s (never pushed, or it ended and its '
-                'outcome was not kept: give the parent a result_ttl, or push parent and child '
-                'together with chain(), batch() or push_many(); nothing was pushed)'
-                % (queue, job_id[1:]))
-    return [JobId(job_id, queue) for job_id in ids]
-
-
-def job(queue, **options):
-    """Decorate a function with its queue and push options::
-
-        @mpqueue.job('mail', timeout=30, fail_number=5)
-        def send_welcome(to): ...
-
-        send_welcome('ada@example.org')         # a plain call: runs here
-        send_welcome.push('ada@example.org')    # a JobId; pushed with the options above
-        send_welcome.push_with(args=('bob@example.org',), delay=60)   # per-call options win
-        send_welcome.push_many([('a@x.org',), ('b@x.org',)])        # one round trip
-
-    The queue must be in the config when a push happens, not before.  A
-    function of an importable module travels as its import path (the worker
-    imports it); another one (in ``__main__``, or inside a function) is
-    pickled by value, as ``push`` does with it.
-
-    :param queue: the queue's name.
-    :param options: any option of :func:`push`: ``delay``, ``timeout``,
-        ``fail_number``, ``fail_expire``, ``result_ttl``, ``key``,
-        ``unique``, ``priority``.
-    :raises TypeError: an option that ``push`` does not take.
-    """
-    if not isinstance(queue, str):
-        raise TypeError("@mpqueue.job needs the queue's name first: "
-                        "@mpqueue.job('name', **options), got %r" % (queue,))
-    _check_push_options(options)
-
-    def decorate(func):
-        if not callable(func) or _is_job(func):
-            raise TypeError('@mpqueue.job decorates a function, got %r (push a mpqueue.Job '
-                            'as it is: it carries its own settings)' % (func,))
-        return _JobFunction(func, queue, options)
-    return decorate
-
-
-#: The options ``push`` takes beside the job and its arguments.
-_PUSH_OPTIONS = ('delay',) + tuple(sorted(set(push.__kwdefaults__) - {'args', 'kwargs'}))
-
-
-def _check_push_options(options):
-    unknown = sorted(set(options) - set(_PUSH_OPTIONS))
+def _validate(config):
+    """Return a validated copy of ``config`` with every default filled in."""
+    if not isinstance(config, dict):
+        raise ConfigError('config must be a dict, got %r' % (config,))
+    unknown = sorted(set(config) - {'basics', 'log', 'queue'}, key=str)
     if unknown:
-        raise TypeError('%r is not a push option (push options: %s)'
-                        % (unknown[0], ', '.join(_PUSH_OPTIONS)))
+        raise ConfigError('config has unknown key %r (known keys: basics, log, queue)'
+                          % (unknown[0],))
+    if 'basics' not in config:
+        raise ConfigError('config.basics is required')
+    basics = _check_keys('basics', config['basics'], _BASICS_DEFAULTS)
+    name = _check_name('basics.name', basics['name'], _POOL_NAME_RE, '"_", "." or "-"')
+    _check_dir('basics.pid_path', basics['pid_path'])
+    _check_callable('basics.worker_start_handle', basics['worker_start_handle'])
+    secret = basics['secret']
+    if secret is not None:
+        if isinstance(secret, str):
+            secret = secret.encode()
+        if not isinstance(secret, bytes) or not secret:
+            raise ConfigError('basics.secret must be non-empty bytes or str, got %r' % (secret,))
+        basics['secret'] = secret
+    _check_number('basics.max_payload', basics['max_payload'], 1, integer=True)
+    _check_number('basics.stop_grace', basics['stop_grace'], 0)
+    if basics['app'] is None:
+        basics['app'] = _default_app()
+    elif not isinstance(basics['app'], str) or not basics['app']:
+        raise ConfigError('basics.app must be a non-empty string that names the application, '
+                          'got %r' % (basics['app'],))
+    if not isinstance(basics['immediate'], bool):
+        raise ConfigError('basics.immediate must be True or False, got %r'
+                          % (basics['immediate'],))
+    if basics['driver'] is None:
+        basics['driver'] = SqliteDriver(os.path.join(basics['pid_path'], name + '.db'))
+    elif not isinstance(basics['driver'], _Driver):
+        raise ConfigError('basics.driver must be a mpqueue.RedisDriver or mpqueue.SqliteDriver, '
+                          'got %r' % (basics['driver'],))
+    elif isinstance(basics['driver'], SqliteDriver) and basics['driver'].path == ':memory:':
+        raise ConfigError("basics.driver: SqliteDriver(':memory:') is one process's own, and a "
+                          'pool is many processes; give it a file path (immediate mode, for '
+                          'tests, needs none: see basics.immediate)')
+    elif isinstance(basics['driver'], SqliteDriver) and not os.path.isabs(basics['driver'].path):
+        file = basics['driver'].path
+        raise ConfigError('basics.driver: the SqliteDriver path must be absolute, got %r (a '
+                          'relative one means another file for a daemon or a pusher started '
+                          'elsewhere); use e.g. mpqueue.SqliteDriver(%s)'
+                          % (file, _absolute_hint(file)))
+
+    log = _check_keys('log', config.get('log', {}), _LOG_DEFAULTS)
+    _check_dir('log.path', log['path'])
+    level = log['level']
+    if isinstance(level, str) and isinstance(logging.getLevelName(level.upper()), int):
+        log['level'] = logging.getLevelName(level.upper())
+    elif not (isinstance(level, int) and not isinstance(level, bool)):
+        raise ConfigError('log.level must be a logging level such as logging.INFO or "DEBUG", '
+                          'got %r' % (level,))
+    if log['driver'] is not None and not (isinstance(log['driver'], logging.Handler)
+                                          or callable(log['driver'])):
+        raise ConfigError('log.driver must be a logging.Handler or a callable returning one, '
+                          'got %r' % (log['driver'],))
+
+    queues = config.get('queue')
+    if not isinstance(queues, list) or not queues:
+        raise ConfigError('config.queue must be a non-empty list of queue dicts, got %r' % (queues,))
+    checked, seen = [], set()
+    for i, given in enumerate(queues):
+        path = 'queue[%d]' % i
+        q = _check_keys(path, given, _QUEUE_DEFAULTS)
+        _check_name(path + '.name', q['name'], _QUEUE_NAME_RE, _QUEUE_NAME_CHARS)
+        if q['name'] in seen:
+            raise ConfigError('%s.name %r is used by an earlier queue; queue names must be unique'
+                              % (path, q['name']))
+        seen.add(q['name'])
+        _check_number(path + '.worker_number', q['worker_number'], 1, integer=True)
+        _check_number(path + '.memory_limit', q['memory_limit'], 0)
+        _check_number(path + '.sleep_seconds', q['sleep_seconds'], 0.001)
+        for option in _JOB_OPTIONS[:-1]:       # a queue has no priority of its own
+            q[option] = _check_option('%s.%s' % (path, option), option, q[option])
+        _check_number(path + '.coroutine_number', q['coroutine_number'], 1, integer=True)
+        _check_callable(path + '.fail_handle', q['fail_handle'])
+        _check_callable(path + '.worker_start_handle', q['worker_start_handle'])
+        if q['model'] not in (MODEL_DISTRIBUTE, MODEL_GRAB):
+            raise ConfigError('%s.model must be mpqueue.MODEL_DISTRIBUTE or mpqueue.MODEL_GRAB, '
+                              'got %r' % (path, q['model']))
+        if q['model'] == MODEL_GRAB and q['coroutine_number'] > 1:
+            raise ConfigError('%s.coroutine_number > 1 needs the distribute model; queue %r '
+                              'has model %r' % (path, q['name'], q['model']))
+        q['limits'] = _check_limits(path + '.limits', q['limits'])
+        q['schedule'] = _check_schedules(path + '.schedule', q, q['schedule'])
+        checked.append(q)
+    return {'basics': basics, 'log': log, 'queue': checked}
 
 
-class _JobFunction:
-    """A function decorated by :func:`job`: calling it calls the function;
-    ``push``, ``push_with`` and ``push_many`` push it."""
+def configure(config):
+    """Validate ``config`` and make it the configuration of this process.
 
-    def __init__(self, func, queue, options):
-        functools.update_wrapper(self, func)
-        self.queue, self.options = queue, options
-
-    def __repr__(self):
-        return '<mpqueue job %s of queue %r>' % (_job_name(self.__wrapped__), self.queue)
-
-    def __call__(self, *args, **kwargs):
-        return self.__wrapped__(*args, **kwargs)
-
-    def push(self, *args, **kwargs):
-        """Push a call of the function with these arguments; its :class:`JobId`."""
-        return self.push_with(args=args, kwargs=kwargs)
-
-    def push_with(self, args=(), kwargs=None, **options):
-        """Push a call with ``options`` of :func:`push` over the decorator's."""
-        _check_push_options(options)
-        if isinstance(options.get('key'), (list, tuple)):
-            raise ConfigError('key must be a string, got %r (a list of keys is for push_many)'
-                              % (options['key'],))
-        return self._push([(args, kwargs)], options)[0]
-
-    def push_many(self, calls, **options):
-        """Push many calls in one round trip; their :class:`JobId` in order.
-
-        :param calls: one item per job: a tuple of positional arguments, or a
-            dict of keyword arguments.
-        :param options: options of :func:`push` over the decorator's (``key``
-            may be a list, one key per job).
-        """
-        _check_push_options(options)
-        out = []
-        for i, call in enumerate(calls):
-            if isinstance(call, tuple):
-                out.append((call, None))
-            elif isinstance(call, dict):
-                out.append(((), call))
-            else:
-                raise TypeError('calls[%d] must be a tuple of arguments or a dict of keyword '
-                                'arguments, got %r (one argument x: (x,))' % (i, call))
-        return self._push(out, options)
-
-    def _push(self, calls, options):
-        given = dict(self.options, **options)
-        target = self._target()
-        delay, key, unique, limit, parents, opf = (given.pop(name, None) for name in (
-            'delay', 'key', 'unique', 'limit', 'depends_on', 'on_parent_failure'))
-        parents = _parents(self.queue, parents)
-        return _push_calls(self.queue, [(target, args, kwargs) for args, kwargs in calls],
-                           delay or 0, key, unique, limit, dict(dict.fromkeys(_JOB_OPTIONS),
-                                                                **given),
-                           parents and [parents] * len(calls), opf)
-
-    def _target(self):
-        """What is pushed: the import path of this object when a worker can
-        import it back (a module-level function of an importable module),
-        else the function itself, pickled by value."""
-        module, name = self.__module__, self.__qualname__
-        found = sys.modules.get(module) if module != '__main__' and '<' not in name else None
-        for part in name.split('.'):
-            found = getattr(found, part, None)
-        return '%s:%s' % (module, name) if found is self else self.__wrapped__
+    :param config: the dict described in the README (``basics``, ``log``, ``queue``).
+    :returns: the validated config with every default filled in.
+    :raises ConfigError: naming the key path and the bad value.
+    """
+    global _config
+    _config = _validate(config)
+    return _config
 
 
 # -- immediate mode ------------------------------------------------------------
@@ -7453,6 +7108,351 @@ def _outcome(queue, job_id, record, secret):
         job_id, queue, record.get('cancelled_by', '?')))
 
 
+class JobId(str):
+    """A job's id as ``push`` returns it: a ``str`` that knows its queue.
+
+    It equals, hashes and JSON-encodes as the plain id, and pickles as the
+    plain id too (a ``str``: what is stored does not depend on where this
+    file lives); rebuild the handle from a stored id with
+    ``JobId(stored_id, queue)``.  ``copy.copy`` keeps the handle.
+
+    :param job_id: the id.
+    :param queue: the name of the job's queue.
+    """
+
+    def __new__(cls, job_id, queue):
+        self = super().__new__(cls, job_id)
+        self.queue = queue
+        return self
+
+    def __repr__(self):
+        return 'JobId(%s, %r)' % (str.__repr__(self), self.queue)
+
+    def __reduce__(self):
+        return str, (str(self),)
+
+    def __copy__(self):
+        return self
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def info(self):
+        """:func:`job_info` of this job: a dict, or None."""
+        return job_info(self.queue, self)
+
+    def result(self, timeout=None):
+        """:func:`result` of this job: its return value, waiting up to
+        ``timeout`` seconds (None: as long as it takes; 0: not at all)."""
+        return result(self.queue, self, timeout)
+
+    def cancel(self):
+        """:func:`cancel` this job: the state it had, or None."""
+        return cancel(self.queue, self)
+
+
+def push(queue, job, delay=0, *, args=(), kwargs=None, timeout=None, fail_number=None,
+         fail_expire=None, result_ttl=None, key=None, unique=None, priority=None, limit=None,
+         depends_on=None, on_parent_failure=None, expires=None):
+    """Push one job; returns its id, a :class:`JobId` (or, when ``unique``
+    refuses it, the id of the job that holds ``key``).
+
+    :param queue: a queue name from the config.
+    :param job: a callable (function, lambda, closure, bound method,
+        ``functools.partial``), a ``mpqueue.Job`` subclass or instance, or an
+        import path ``'pkg.module:attr'`` resolved in the worker.
+    :param delay: seconds (ms precision) before the job may start.
+    :param args: positional arguments for the callable.
+    :param kwargs: keyword arguments for the callable.
+    :param timeout: seconds (0: none); default the Job's, else the queue's.
+    :param fail_number: retries before final failure; default likewise.
+    :param fail_expire: the wait before a retry: seconds, a list of seconds (the
+        wait before retry 1, 2, ...; the last repeats) or ``backoff(...)``;
+        default likewise.
+    :param result_ttl: seconds its outcome (state, result) stays readable after
+        it ended; default likewise (the queue's: 0, nothing kept after success).
+    :param key: a name for de-duplication (shown in ``job_info``); for
+        ``push_many``, one key for every job or a list of keys, one per job
+        (None: that job has none).
+    :param unique: ``'queued'`` (at most one job with this key waiting or
+        delayed), ``'active'`` (... waiting, delayed or running) or seconds (at
+        most one push of the key per that many seconds).
+    :param priority: 0-9, higher first; default the Job's, else 0.
+    :param limit: a limit name of the queue's ``limits`` (or a name a pattern
+        there matches), or a list of them: the job starts only when each has
+        room; default the Job's, else none.
+    :param depends_on: the id of a job of the same queue, or a list of them:
+        this one waits ``blocked`` until each has ended (its delay, if any,
+        counts from the push).
+    :param on_parent_failure: what a parent that ends failed, cancelled or
+        expired does to it: ``'cancel'`` (the default: it ends cancelled, and
+        so do its own dependents) or ``'run'`` (it runs all the same).
+    :param expires: seconds the job may wait once it is due (after its
+        delay, or its parents): not started by then, it ends ``expired``
+        and never runs (0: never); default the Job's, else the queue's.
+    :raises ConfigError: the queue is not configured, or an option is wrong
+        (a limit name no definition matches, say).
+    :raises JobNotFound: a parent the broker does not know (nothing is written).
+    :raises TypeError: ``job`` is not something a worker can run.
+    :raises SerializationError: the job cannot be pickled (nothing is written).
+    :raises DriverError: the broker cannot be reached.
+    """
+    if isinstance(key, (list, tuple)):
+        raise ConfigError('key must be a string, got %r (a list of keys is for push_many)'
+                          % (key,))
+    return push_many(queue, [job], delay, args=args, kwargs=kwargs, timeout=timeout,
+                     fail_number=fail_number, fail_expire=fail_expire, result_ttl=result_ttl,
+                     key=key, unique=unique, priority=priority, limit=limit,
+                     depends_on=depends_on, on_parent_failure=on_parent_failure,
+                     expires=expires)[0]
+
+
+def push_many(queue, jobs, delay=0, *, args=(), kwargs=None, timeout=None, fail_number=None,
+              fail_expire=None, result_ttl=None, key=None, unique=None, priority=None,
+              limit=None, depends_on=None, on_parent_failure=None, expires=None):
+    """Push several jobs in one broker round trip; returns their ids
+    (:class:`JobId`) in order.
+
+    Every job is checked and pickled before anything is written, so a bad one
+    leaves the broker untouched.  ``key`` is one key for every job or a list
+    of keys, one per job; with ``unique``, jobs that share a key are
+    de-duplicated within the batch too (each gets the id of the first, or of
+    the job in the broker that holds the key).  Parameters as for :func:`push`.
+    """
+    parents = _parents(queue, depends_on)
+    return _push_calls(queue, [(job, args, kwargs) for job in jobs], delay, key, unique, limit,
+                       dict(timeout=timeout, fail_number=fail_number, fail_expire=fail_expire,
+                            result_ttl=result_ttl, priority=priority, expires=expires),
+                       parents and [parents] * len(jobs), on_parent_failure)
+
+
+def chain(queue, jobs, **push_options):
+    """Push ``jobs`` so that each runs after the one before it ended done
+    (a failure cancels the rest; with ``on_parent_failure='run'`` they go on),
+    in one atomic step.  Their ids (:class:`JobId`) in order.  Options as for
+    :func:`push_many` (``depends_on``: the first job's parents)."""
+    return _linked(queue, jobs, push_options, lambda i, first: [i - 1] if i else first)
+
+
+def batch(queue, jobs, then=None, **push_options):
+    """Push ``jobs``, and ``then`` (a job, or None) to run once after every
+    one of them ended, however it ended, in one atomic step.  Returns
+    ``(ids, then_id)`` (``then_id`` None without ``then``).  Options as for
+    :func:`push_many`; ``then`` depends on the jobs alone."""
+    n = len(jobs)
+    ids = _linked(queue, list(jobs) + ([then] if then is not None else []), push_options,
+                  lambda i, first: list(range(n)) if i == n else first, last_runs=True)
+    return (ids[:n], ids[n]) if then is not None else (ids, None)
+
+
+#: The options ``push`` takes beside the job and its arguments.
+_PUSH_OPTIONS = ('delay',) + tuple(sorted(set(push.__kwdefaults__) - {'args', 'kwargs'}))
+
+
+def _check_push_options(options):
+    unknown = sorted(set(options) - set(_PUSH_OPTIONS))
+    if unknown:
+        raise TypeError('%r is not a push option (push options: %s)'
+                        % (unknown[0], ', '.join(_PUSH_OPTIONS)))
+
+
+def _linked(queue, jobs, options, parents_of, last_runs=False):
+    """chain() and batch(): ``jobs`` pushed at once, the parents of job i
+    ``parents_of(i, parents given)`` (ids, or indexes of jobs before it)."""
+    _check_push_options(options)
+    given = dict(dict.fromkeys(_JOB_OPTIONS), **options)
+    delay, limit, first, opf, key, unique = (given.pop(name, None) for name in (
+        'delay', 'limit', 'depends_on', 'on_parent_failure', 'key', 'unique'))
+    if key is not None or unique is not None:
+        raise ConfigError('key, unique: chain() and batch() take no unique key (a job left out '
+                          'for another that holds its key would leave its dependents without '
+                          'a parent)')
+    first = _parents(queue, first)
+    return _push_calls(queue, [(job, (), None) for job in jobs], delay or 0, None, None, limit,
+                       given, [parents_of(i, first) for i in range(len(jobs))], opf,
+                       len(jobs) - 1 if last_runs else None)
+
+
+def _parents(queue, depends_on):
+    """The ``depends_on`` option as a list of ids (None: no parents)."""
+    if depends_on is None:
+        return None
+    ids = [depends_on] if isinstance(depends_on, str) else depends_on
+    if not isinstance(ids, (list, tuple)) or not ids or \
+            not all(isinstance(i, str) and i for i in ids):
+        raise ConfigError('depends_on must be a job id or a non-empty list of job ids, got %r'
+                          % (depends_on,))
+    for i in ids:
+        if getattr(i, 'queue', queue) != queue:
+            raise ConfigError('depends_on: job %s is of queue %r, not %r (a job depends on jobs '
+                              'of its own queue)' % (i, i.queue, queue))
+    return [str(i) for i in ids]
+
+
+def _push_calls(queue, calls, delay, key, unique, limit, given, parents=None,
+                on_parent_failure=None, runs_anyway=None):
+    """``push_many`` of ``calls``, ``(job, args, kwargs)`` each: their
+    :class:`JobId` in order.  ``given``: the options of every job;
+    ``parents``: per call, its parents (ids, or the index of a call before
+    it); ``runs_anyway``: the index of a call that runs whatever became of
+    its parents."""
+    config = _get_config()
+    qconf = queue_config(queue)
+    _check_number('delay', delay, 0)
+    if on_parent_failure not in (None, 'cancel', 'run'):
+        raise ConfigError("on_parent_failure must be 'cancel' or 'run', got %r"
+                          % (on_parent_failure,))
+    jobs = [job for job, _, _ in calls]
+    if isinstance(key, (list, tuple)):
+        if len(key) != len(jobs):
+            raise ConfigError('key: %d keys for %d jobs; give one key per job, or one key for '
+                              'all of them' % (len(key), len(jobs)))
+        keys = list(key)
+        modes = [_check_unique(k, None if k is None else unique, 'key[%d]' % i)
+                 for i, k in enumerate(keys)]
+    else:
+        keys = [key] * len(jobs)
+        modes = [_check_unique(key, unique)] * len(jobs)
+    basics = config['basics']
+    # Pays: push_many 92,000 jobs/s against 63,000 working out each job's options
+    # (python examples/benchmark.py --driver sqlite --only push,push_many --jobs
+    # 20000; medians of 5 interleaved runs each, 2026-12-07).
+    plain = _push_options(None, qconf, **given)     # those of every job that is no Job
+    plain_limits = _limits_text(qconf, limit)
+    steps, ids = [], [_new_id() for _ in calls]
+    for i, ((job, args, kwargs), job_key, mode) in enumerate(zip(calls, keys, modes)):
+        _check_job(queue, job)
+        options, limits = plain, plain_limits
+        if _is_job(job):
+            options = _push_options(job, qconf, **given)
+            if limit is None and job.limit is not None:
+                limits = _limits_text(qconf, job.limit, '%s.limit' % _job_class(job).__name__)
+        payload = _encode(queue, job, args, kwargs, basics['secret'], basics['max_payload'])
+        mine = parents and parents[i]
+        steps.append(('push', ids[i], payload, delay, _job_name(job), options['timeout'],
+                      options['fail_number'], options['fail_expire'],
+                      options['priority'], job_key or '', mode, options['result_ttl'], limits,
+                      json.dumps(list(dict.fromkeys(p if isinstance(p, str) else ids[p]
+                                                    for p in mine))) if mine else '',
+                      ('run' if i == runs_anyway else on_parent_failure or 'cancel')
+                      if mine else '', options['expires']))
+    if _is_immediate(basics):
+        ids = _run_here(config, qconf, steps)
+    else:
+        ids = basics['driver'].execute(queue, steps)
+    for job_id in ids:
+        if job_id.startswith('!'):
+            raise JobNotFound(
+                'depends_on: queue %r does not know job %s (never pushed, or it ended and its '
+                'outcome was not kept: give the parent a result_ttl, or push parent and child '
+                'together with chain(), batch() or push_many(); nothing was pushed)'
+                % (queue, job_id[1:]))
+    return [JobId(job_id, queue) for job_id in ids]
+
+
+def job(queue, **options):
+    """Decorate a function with its queue and push options::
+
+        @mpqueue.job('mail', timeout=30, fail_number=5)
+        def send_welcome(to): ...
+
+        send_welcome('ada@example.org')         # a plain call: runs here
+        send_welcome.push('ada@example.org')    # a JobId; pushed with the options above
+        send_welcome.push_with(args=('bob@example.org',), delay=60)   # per-call options win
+        send_welcome.push_many([('a@x.org',), ('b@x.org',)])        # one round trip
+
+    The queue must be in the config when a push happens, not before.  A
+    function of an importable module travels as its import path (the worker
+    imports it); another one (in ``__main__``, or inside a function) is
+    pickled by value, as ``push`` does with it.
+
+    :param queue: the queue's name.
+    :param options: any option of :func:`push`: ``delay``, ``timeout``,
+        ``fail_number``, ``fail_expire``, ``result_ttl``, ``key``,
+        ``unique``, ``priority``.
+    :raises TypeError: an option that ``push`` does not take.
+    """
+    if not isinstance(queue, str):
+        raise TypeError("@mpqueue.job needs the queue's name first: "
+                        "@mpqueue.job('name', **options), got %r" % (queue,))
+    _check_push_options(options)
+
+    def decorate(func):
+        if not callable(func) or _is_job(func):
+            raise TypeError('@mpqueue.job decorates a function, got %r (push a mpqueue.Job '
+                            'as it is: it carries its own settings)' % (func,))
+        return _JobFunction(func, queue, options)
+    return decorate
+
+
+class _JobFunction:
+    """A function decorated by :func:`job`: calling it calls the function;
+    ``push``, ``push_with`` and ``push_many`` push it."""
+
+    def __init__(self, func, queue, options):
+        functools.update_wrapper(self, func)
+        self.queue, self.options = queue, options
+
+    def __repr__(self):
+        return '<mpqueue job %s of queue %r>' % (_job_name(self.__wrapped__), self.queue)
+
+    def __call__(self, *args, **kwargs):
+        return self.__wrapped__(*args, **kwargs)
+
+    def push(self, *args, **kwargs):
+        """Push a call of the function with these arguments; its :class:`JobId`."""
+        return self.push_with(args=args, kwargs=kwargs)
+
+    def push_with(self, args=(), kwargs=None, **options):
+        """Push a call with ``options`` of :func:`push` over the decorator's."""
+        _check_push_options(options)
+        if isinstance(options.get('key'), (list, tuple)):
+            raise ConfigError('key must be a string, got %r (a list of keys is for push_many)'
+                              % (options['key'],))
+        return self._push([(args, kwargs)], options)[0]
+
+    def push_many(self, calls, **options):
+        """Push many calls in one round trip; their :class:`JobId` in order.
+
+        :param calls: one item per job: a tuple of positional arguments, or a
+            dict of keyword arguments.
+        :param options: options of :func:`push` over the decorator's (``key``
+            may be a list, one key per job).
+        """
+        _check_push_options(options)
+        out = []
+        for i, call in enumerate(calls):
+            if isinstance(call, tuple):
+                out.append((call, None))
+            elif isinstance(call, dict):
+                out.append(((), call))
+            else:
+                raise TypeError('calls[%d] must be a tuple of arguments or a dict of keyword '
+                                'arguments, got %r (one argument x: (x,))' % (i, call))
+        return self._push(out, options)
+
+    def _push(self, calls, options):
+        given = dict(self.options, **options)
+        target = self._target()
+        delay, key, unique, limit, parents, opf = (given.pop(name, None) for name in (
+            'delay', 'key', 'unique', 'limit', 'depends_on', 'on_parent_failure'))
+        parents = _parents(self.queue, parents)
+        return _push_calls(self.queue, [(target, args, kwargs) for args, kwargs in calls],
+                           delay or 0, key, unique, limit, dict(dict.fromkeys(_JOB_OPTIONS),
+                                                                **given),
+                           parents and [parents] * len(calls), opf)
+
+    def _target(self):
+        """What is pushed: the import path of this object when a worker can
+        import it back (a module-level function of an importable module),
+        else the function itself, pickled by value."""
+        module, name = self.__module__, self.__qualname__
+        found = sys.modules.get(module) if module != '__main__' and '<' not in name else None
+        for part in name.split('.'):
+            found = getattr(found, part, None)
+        return '%s:%s' % (module, name) if found is self else self.__wrapped__
+
+
 def current_job():
     """What the running job knows of itself, a dict: ``queue``, ``id``,
     ``attempt``, ``depends_on``, ``job``, ``key``, ``exec_number``,
@@ -7560,7 +7560,7 @@ def queued_jobs(queue, state='waiting', count=100, cursor=None):
         no page after this one.
     """
     queue_config(queue)
-    if state not in ('waiting', 'delayed'):
+    if state not in (WAITING, DELAYED):
         raise ValueError("state must be 'waiting' or 'delayed', got %r" % (state,))
     jobs, after = _get_config()['basics']['driver'].run(queue, 'listing', state, count,
                                                          cursor or '')
