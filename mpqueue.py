@@ -271,8 +271,7 @@ class Retry(Exception):
     retries are used up, the job fails for good."""
 
     def __init__(self, delay=None):
-        if delay is not None and (not isinstance(delay, (int, float)) or isinstance(delay, bool)
-                                  or not 0 <= delay < float('inf')):
+        if delay is not None and not (_is_number(delay) and 0 <= delay < float('inf')):
             raise ValueError('Retry(delay): delay must be seconds >= 0 or None, got %r'
                              % (delay,))
         super().__init__('the job asked to be retried' + (
@@ -292,6 +291,10 @@ class _StopWorker(BaseException):
 ###############################################################################
 # Helpers
 ###############################################################################
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _seconds_text(seconds):
@@ -521,10 +524,6 @@ _LIMIT_NAME_RE = re.compile(r'^[^\s{}*]{1,200}$')
 _LIMIT_KEYS = ('concurrency', 'rate', 'per')
 
 _config = None   # the configuration given to configure(), validated
-
-
-def _is_number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _check_number(path, value, minimum, integer=False):
@@ -1707,9 +1706,9 @@ class _Driver:
 # for).  args: lease seconds, reservation seconds, fail handler attempts, how
 # long a cancelled job is kept, then the steps, each its name and its
 # arguments.  Times are the server's (TIME), so the servers of a pool need
-# not agree on the clock.  A library (not a script
-# run with EVALSHA) because a script defines its dozens of local functions
-# again at every call: that cost 12 µs of the server's time per call.
+# not agree on the clock.  A library (not a script run with EVALSHA) because
+# a script defines its dozens of local functions again at every call: that
+# cost 12 µs of the server's time per call.
 _LUA_LIBRARY = r"""
 -- Loaded once per server (FUNCTION LOAD): these locals live as long as the
 -- library; a call sets the ones that describe it (steps(), below).
@@ -3021,7 +3020,7 @@ class RedisDriver(_Driver):
             rest, _, self._url_query = rest.partition('#')[0].partition('?')
             netloc, _, path = rest.partition('/')
             self._url_auth, _, hosts = netloc.rpartition('@')
-            sentinels = [item for item in hosts.split(',')]
+            sentinels = hosts.split(',')
             parts = [unquote(p) for p in path.split('/')] if path else []
             if len(parts) > 2 or (len(parts) == 2 and not parts[1].isdigit()):
                 raise ConfigError('RedisDriver url: the path of a redis+sentinel:// URL is '
@@ -5702,8 +5701,8 @@ class _Master:
         rows = [_process_row(self.queue, 'master', os.getpid(), 'stopping' if self.stopping
                              else 'running', None, self.done, self.started)]
         for s in self.slots.values():
-            row = _process_row(self.queue, 'worker', s.pid, 'busy' if s.state == BUSY else
-                               'idle', next(iter(s.jobs), None), s.done, s.started)
+            row = _process_row(self.queue, 'worker', s.pid, BUSY if s.state == BUSY else IDLE,
+                               next(iter(s.jobs), None), s.done, s.started)
             if s.capacity > 1:
                 row['coroutines'] = '%d/%d' % (len(s.jobs), s.capacity)    # busy / all
             rows.append(row)
@@ -6858,6 +6857,9 @@ def _broker_of(queue, job_id):
             _immediate_broker.run(queue, 'info', job_id, '') is not None):
         return _immediate_broker
     return driver
+
+
+# -- jobs: look one up, cancel it, wait for it, push them ----------------------
 
 
 def job_info(queue, job_id):
