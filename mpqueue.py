@@ -96,12 +96,11 @@ __version__ = '0.2.0'
 
 __all__ = [
     'ConfigError', 'DriverError', 'Fail', 'Job', 'JobCancelled', 'JobExpired', 'JobFailed',
-    'JobId',
-    'JobNotFound', 'MODEL_DISTRIBUTE', 'MODEL_GRAB', 'MPQueueError', 'RedisDriver', 'Retry',
-    'SerializationError', 'SqliteDriver', 'TYPE_NORMAL', 'TYPE_TIMEOUT', 'backoff', 'cancel',
-    'batch', 'chain', 'clean', 'configure', 'current_job', 'delete_failed', 'failed_jobs',
-    'immediate', 'job', 'job_info', 'limits', 'pause', 'progress', 'push', 'push_many', 'result',
-    'resume', 'retry_failed', 'status',
+    'JobId', 'JobNotFound', 'MODEL_DISTRIBUTE', 'MODEL_GRAB', 'MPQueueError', 'RedisDriver',
+    'Retry', 'SerializationError', 'SqliteDriver', 'TYPE_NORMAL', 'TYPE_TIMEOUT', 'backoff',
+    'batch', 'cancel', 'chain', 'clean', 'configure', 'current_job', 'delete_failed',
+    'failed_jobs', 'immediate', 'job', 'job_info', 'limits', 'pause', 'progress', 'push',
+    'push_many', 'result', 'resume', 'retry_failed', 'status',
 ]
 
 logger = logging.getLogger('mpqueue')
@@ -1542,7 +1541,7 @@ LIVE_STATES = (WAITING, DELAYED, RESERVED, WORKING, FAILED, BLOCKED)
 _ENDED = (DONE, FAILED, CANCELLED, EXPIRED)
 _KEPT_STATES = (DONE, CANCELLED, EXPIRED)       # ended, their outcome kept for a time
 # A queue's counters: its live jobs per state, then the totals since `clean`.
-_DEPTH_FIELDS = LIVE_STATES + ('pushed', 'done', 'failed_total', 'cancelled', 'expired')
+_DEPTH_FIELDS = LIVE_STATES + ('pushed', DONE, 'failed_total', CANCELLED, EXPIRED)
 _SCHEDULE_FIELDS = ('last', 'fingerprint', 'owner', 'job', 'skipped')
 _PHASE_HANDLERS = 'handlers'    # phase of a job whose fail handlers are still to run
 # A parent's result_note when its worker did not send its value: the child
@@ -4482,7 +4481,7 @@ class SqliteDriver(_Driver):
         with _SQ_CONNECT_LOCK:
             if self._pid == os.getpid() and self._conn is not None:
                 return self._conn
-            if self._conn is not None:      # a parent's
+            if self._conn is not None:      # a parent's connection: see close()
                 self.close()
             import sqlite3
             self._lock = threading.Lock()
@@ -5062,15 +5061,14 @@ class _Worker:
             self.cancelled.add(job_id)
             task.cancel()
 
-    def _on_stop(self):
-        self._stop_when_idle()
-
     def _stop_when_idle(self, code=None):
         self.stopping = True
         if code is not None:
             self.exit_code = code
         if not self.tasks and not self.finished.done():
             self.finished.set_result(self.exit_code)
+
+    _on_stop = _stop_when_idle      # the master's ('stop',)
 
     async def _job_task(self, job):
         import asyncio
@@ -5695,9 +5693,6 @@ class _Master:
     # -- messages from the manage process ------------------------------------
 
     def _on_status(self):
-        self.control.send('status', self._status())
-
-    def _status(self):
         rows = [_process_row(self.queue, 'master', os.getpid(), 'stopping' if self.stopping
                              else 'running', None, self.done, self.started)]
         for s in self.slots.values():
@@ -5706,7 +5701,7 @@ class _Master:
             if s.capacity > 1:
                 row['coroutines'] = '%d/%d' % (len(s.jobs), s.capacity)    # busy / all
             rows.append(row)
-        return rows
+        self.control.send('status', rows)
 
     def _on_stop(self, how):
         if self.stopping == 'fast':
