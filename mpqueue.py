@@ -42,11 +42,12 @@ table, Redis, SQLite) -- Runtime (worker, master, manage) -- Public
 functions.
 
 For the command line and other tools (public, not in ``__all__``):
-``queue_config(name)``, ``pid_file(config=None)``, ``pool_pid(config=None)``,
-``start_pool(config=None, daemon=False)``, ``pool_status(config=None,
-timeout=10)``, ``depth(queue)``, ``fleet()``, ``foreign_pools(config=None)``,
-``schedules(queue=None)``, ``history(queue)`` and ``queued_jobs(queue,
-state='waiting', count=100, cursor=None)``, at the end of the file.
+``queue_config(name)`` (under Configuration) and, at the end of the file,
+``pid_file(config=None)``, ``pool_pid(config=None)``, ``start_pool(config=None,
+daemon=False)``, ``pool_status(config=None, timeout=10)``, ``depth(queue)``,
+``fleet()``, ``foreign_pools(config=None)``, ``schedules(queue=None)``,
+``history(queue)`` and ``queued_jobs(queue, state='waiting', count=100,
+cursor=None)``.
 """
 
 ###############################################################################
