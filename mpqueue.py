@@ -42,11 +42,12 @@ table, Redis, SQLite) -- Runtime (worker, master, manage) -- Public
 functions.
 
 For the command line and other tools (public, not in ``__all__``):
-``queue_config(name)``, ``pid_file(config=None)``, ``pool_pid(config=None)``,
-``start_pool(config=None, daemon=False)``, ``pool_status(config=None,
-timeout=10)``, ``depth(queue)``, ``fleet()``, ``foreign_pools(config=None)``,
-``schedules(queue=None)``, ``history(queue)`` and ``queued_jobs(queue,
-state='waiting', count=100, cursor=None)``, at the end of the file.
+``queue_config(name)`` (under Configuration) and, at the end of the file,
+``pid_file(config=None)``, ``pool_pid(config=None)``, ``start_pool(config=None,
+daemon=False)``, ``pool_status(config=None, timeout=10)``, ``depth(queue)``,
+``fleet()``, ``foreign_pools(config=None)``, ``schedules(queue=None)``,
+``history(queue)`` and ``queued_jobs(queue, state='waiting', count=100,
+cursor=None)``.
 """
 
 ###############################################################################
@@ -63,6 +64,7 @@ import gc
 import importlib
 import json
 import logging
+import logging.handlers
 import os
 import pickle
 import random
@@ -95,12 +97,11 @@ __version__ = '0.2.0'
 
 __all__ = [
     'ConfigError', 'DriverError', 'Fail', 'Job', 'JobCancelled', 'JobExpired', 'JobFailed',
-    'JobId',
-    'JobNotFound', 'MODEL_DISTRIBUTE', 'MODEL_GRAB', 'MPQueueError', 'RedisDriver', 'Retry',
-    'SerializationError', 'SqliteDriver', 'TYPE_NORMAL', 'TYPE_TIMEOUT', 'backoff', 'cancel',
-    'batch', 'chain', 'clean', 'configure', 'current_job', 'delete_failed', 'failed_jobs',
-    'immediate', 'job', 'job_info', 'limits', 'pause', 'progress', 'push', 'push_many', 'result',
-    'resume', 'retry_failed', 'status',
+    'JobId', 'JobNotFound', 'MODEL_DISTRIBUTE', 'MODEL_GRAB', 'MPQueueError', 'RedisDriver',
+    'Retry', 'SerializationError', 'SqliteDriver', 'TYPE_NORMAL', 'TYPE_TIMEOUT', 'backoff',
+    'batch', 'cancel', 'chain', 'clean', 'configure', 'current_job', 'delete_failed',
+    'failed_jobs', 'immediate', 'job', 'job_info', 'limits', 'pause', 'progress', 'push',
+    'push_many', 'result', 'resume', 'retry_failed', 'status',
 ]
 
 logger = logging.getLogger('mpqueue')
@@ -270,8 +271,7 @@ class Retry(Exception):
     retries are used up, the job fails for good."""
 
     def __init__(self, delay=None):
-        if delay is not None and (not isinstance(delay, (int, float)) or isinstance(delay, bool)
-                                  or not 0 <= delay < float('inf')):
+        if delay is not None and not (_is_number(delay) and 0 <= delay < float('inf')):
             raise ValueError('Retry(delay): delay must be seconds >= 0 or None, got %r'
                              % (delay,))
         super().__init__('the job asked to be retried' + (
@@ -293,18 +293,34 @@ class _StopWorker(BaseException):
 ###############################################################################
 
 
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _seconds_text(seconds):
+    """Seconds as a record shows them: to the millisecond, no trailing zeros."""
+    return ('%.3f' % seconds).rstrip('0').rstrip('.')
+
+
 def _set_title(title):
     if _setproctitle is not None:
         _setproctitle.setproctitle(title)
 
 
-def _rss_mb(pid='self'):
+def _rss_mb(pid):
     """Resident set size of a process in MB (Linux /proc), or None."""
     try:
         with open('/proc/%s/statm' % pid, 'rb') as f:
             return int(f.read().split()[1]) * _PAGE_SIZE / 1048576.0
     except (OSError, ValueError, IndexError):
         return None
+
+
+def _process_row(queue, kind, pid, state, job_id, done, started):
+    """One process as ``pool_status()`` shows it."""
+    return {'queue': queue, 'type': kind, 'pid': pid, 'state': state, 'job_id': job_id,
+            'done': done, 'rss_mb': _rss_mb(pid), 'started': started,
+            'uptime': time.time() - started}
 
 
 try:
@@ -321,10 +337,8 @@ def _doubled_wait(failures, first=BROKER_RETRY_FIRST, cap=BROKER_RETRY_MAX):
 def _kill(pids):
     """SIGKILL each of ``pids`` that is still there."""
     for pid in pids:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 class _Restarts:
@@ -401,10 +415,8 @@ def _fork(target, *args):
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     except BaseException:
-        try:
+        with contextlib.suppress(BaseException):
             logger.exception('process %d crashed', os.getpid())
-        except BaseException:
-            pass
     finally:
         try:
             logging.shutdown()
@@ -415,18 +427,14 @@ def _fork(target, *args):
 def _child_init(close_fds):
     """Child side of a fork: default signal handlers, no wakeup fd, and none
     of the parent's descriptors that the child must not hold."""
-    try:
+    with contextlib.suppress(ValueError):
         signal.set_wakeup_fd(-1)
-    except ValueError:
-        pass
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1,
                    signal.SIGUSR2, signal.SIGCHLD, signal.SIGHUP):
         signal.signal(signum, signal.SIG_DFL)
     for fd in close_fds:
-        try:
+        with contextlib.suppress(OSError):
             os.close(fd)
-        except OSError:
-            pass
 
 
 class _Signals:
@@ -450,11 +458,9 @@ class _Signals:
         self.pending.append(signum)
 
     def drain(self):
-        try:
+        with contextlib.suppress(BlockingIOError, InterruptedError):
             while self._r.recv(4096):
                 pass
-        except (BlockingIOError, InterruptedError):
-            pass
         signums, self.pending[:] = list(self.pending), []
         return signums
 
@@ -464,11 +470,9 @@ class _Signals:
         self._w.close()
 
 
-def _is_stdlib_or_installed(module):
-    path = getattr(module, '__file__', None)
-    if not path:
-        return True
-    return os.path.realpath(path).startswith(_INSTALL_DIRS)
+def _unregister(selector, fileobj):
+    with contextlib.suppress(KeyError, ValueError, OSError):
+        selector.unregister(fileobj)
 
 
 _INSTALL_DIRS = tuple(sorted({os.path.join(os.path.realpath(p), '') for p in (
@@ -482,9 +486,9 @@ def _forget_user_modules():
     site-packages) from ``sys.modules`` so that jobs import them anew: this is
     what makes ``worker:reload`` load changed code."""
     for name, module in list(sys.modules.items()):
-        if name in ('__main__', __name__, 'mpqueue', 'mpqueue_cli') or module is None:
-            continue
-        if not _is_stdlib_or_installed(module):
+        path = getattr(module, '__file__', None)
+        if path and name not in ('__main__', __name__, 'mpqueue', 'mpqueue_cli') and \
+                not os.path.realpath(path).startswith(_INSTALL_DIRS):
             del sys.modules[name]
     importlib.invalidate_caches()
 
@@ -522,16 +526,32 @@ _LIMIT_KEYS = ('concurrency', 'rate', 'per')
 _config = None   # the configuration given to configure(), validated
 
 
-def _is_number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _check_number(path, value, minimum, integer=False):
     kind = 'an int' if integer else 'a number'
     ok = (isinstance(value, int) and not isinstance(value, bool)) if integer else _is_number(value)
     if not ok or value < minimum or value != value or value == float('inf'):
         raise ConfigError('%s must be %s >= %s, got %r' % (path, kind, minimum, value))
     return value
+
+
+class _Backoff(collections.namedtuple('_Backoff', 'first factor max jitter')):
+    """An exponential retry policy, made by :func:`backoff`."""
+
+
+def backoff(first, factor=2.0, max=3600, jitter=0.1):   # noqa: A002 (the name the user writes)
+    """A retry policy for ``fail_expire``: ``first`` seconds before retry 1,
+    ``factor`` times longer before each next one, at most ``max`` seconds,
+    each give or take ``jitter`` (a fraction) of itself.
+
+    :raises ConfigError: a value out of range, named.
+    """
+    _check_number('backoff first', first, 0)
+    _check_number('backoff factor', factor, 1)
+    _check_number('backoff max', max, first)
+    _check_number('backoff jitter', jitter, 0)
+    if jitter > 1:
+        raise ConfigError('backoff jitter must be a fraction from 0 to 1, got %r' % (jitter,))
+    return _Backoff(first, factor, max, jitter)
 
 
 def _check_fail_expire(path, value):
@@ -679,128 +699,7 @@ def _check_keys(path, given, defaults):
     if unknown:
         raise ConfigError('%s has unknown key %r (known keys: %s)' % (
             path, unknown[0], ', '.join(sorted(defaults))))
-    merged = dict(defaults)
-    merged.update(given)
-    return merged
-
-
-def _default_app():
-    """What names the application when ``basics.app`` is not set: the
-    directory of the script that runs (``manage.py``, a script of the user's
-    that starts the pool), else the current directory.  The command line sets
-    it to the directory of the config file it loaded."""
-    script = sys.argv[0] if sys.argv else ''
-    if script and not script.startswith('-') and os.path.exists(script):
-        return os.path.dirname(os.path.abspath(script))
-    try:
-        return os.getcwd()
-    except OSError:         # the directory was removed under us
-        return '?'
-
-
-def _validate(config):
-    """Return a validated copy of ``config`` with every default filled in."""
-    if not isinstance(config, dict):
-        raise ConfigError('config must be a dict, got %r' % (config,))
-    unknown = sorted(set(config) - {'basics', 'log', 'queue'}, key=str)
-    if unknown:
-        raise ConfigError('config has unknown key %r (known keys: basics, log, queue)'
-                          % (unknown[0],))
-    if 'basics' not in config:
-        raise ConfigError('config.basics is required')
-    basics = _check_keys('basics', config['basics'], _BASICS_DEFAULTS)
-    name = _check_name('basics.name', basics['name'], _POOL_NAME_RE, '"_", "." or "-"')
-    _check_dir('basics.pid_path', basics['pid_path'])
-    _check_callable('basics.worker_start_handle', basics['worker_start_handle'])
-    secret = basics['secret']
-    if secret is not None:
-        if isinstance(secret, str):
-            secret = secret.encode()
-        if not isinstance(secret, bytes) or not secret:
-            raise ConfigError('basics.secret must be non-empty bytes or str, got %r' % (secret,))
-        basics['secret'] = secret
-    _check_number('basics.max_payload', basics['max_payload'], 1, integer=True)
-    _check_number('basics.stop_grace', basics['stop_grace'], 0)
-    if basics['app'] is None:
-        basics['app'] = _default_app()
-    elif not isinstance(basics['app'], str) or not basics['app']:
-        raise ConfigError('basics.app must be a non-empty string that names the application, '
-                          'got %r' % (basics['app'],))
-    if not isinstance(basics['immediate'], bool):
-        raise ConfigError('basics.immediate must be True or False, got %r'
-                          % (basics['immediate'],))
-    if basics['driver'] is None:
-        basics['driver'] = SqliteDriver(os.path.join(basics['pid_path'], name + '.db'))
-    elif not isinstance(basics['driver'], _Driver):
-        raise ConfigError('basics.driver must be a mpqueue.RedisDriver or mpqueue.SqliteDriver, '
-                          'got %r' % (basics['driver'],))
-    elif isinstance(basics['driver'], SqliteDriver) and basics['driver'].path == ':memory:':
-        raise ConfigError("basics.driver: SqliteDriver(':memory:') is one process's own, and a "
-                          'pool is many processes; give it a file path (immediate mode, for '
-                          'tests, needs none: see basics.immediate)')
-    elif isinstance(basics['driver'], SqliteDriver) and not os.path.isabs(basics['driver'].path):
-        file = basics['driver'].path
-        raise ConfigError('basics.driver: the SqliteDriver path must be absolute, got %r (a '
-                          'relative one means another file for a daemon or a pusher started '
-                          'elsewhere); use e.g. mpqueue.SqliteDriver(%s)'
-                          % (file, _absolute_hint(file)))
-
-    log = _check_keys('log', config.get('log', {}), _LOG_DEFAULTS)
-    _check_dir('log.path', log['path'])
-    level = log['level']
-    if isinstance(level, str) and isinstance(logging.getLevelName(level.upper()), int):
-        log['level'] = logging.getLevelName(level.upper())
-    elif not (isinstance(level, int) and not isinstance(level, bool)):
-        raise ConfigError('log.level must be a logging level such as logging.INFO or "DEBUG", '
-                          'got %r' % (level,))
-    if log['driver'] is not None and not (isinstance(log['driver'], logging.Handler)
-                                          or callable(log['driver'])):
-        raise ConfigError('log.driver must be a logging.Handler or a callable returning one, '
-                          'got %r' % (log['driver'],))
-
-    queues = config.get('queue')
-    if not isinstance(queues, list) or not queues:
-        raise ConfigError('config.queue must be a non-empty list of queue dicts, got %r' % (queues,))
-    checked, seen = [], set()
-    for i, given in enumerate(queues):
-        path = 'queue[%d]' % i
-        q = _check_keys(path, given, _QUEUE_DEFAULTS)
-        _check_name(path + '.name', q['name'], _QUEUE_NAME_RE, _QUEUE_NAME_CHARS)
-        if q['name'] in seen:
-            raise ConfigError('%s.name %r is used by an earlier queue; queue names must be unique'
-                              % (path, q['name']))
-        seen.add(q['name'])
-        _check_number(path + '.worker_number', q['worker_number'], 1, integer=True)
-        _check_number(path + '.memory_limit', q['memory_limit'], 0)
-        _check_number(path + '.sleep_seconds', q['sleep_seconds'], 0.001)
-        for option in _JOB_OPTIONS[:-1]:       # a queue has no priority of its own
-            q[option] = _check_option('%s.%s' % (path, option), option, q[option])
-        _check_number(path + '.coroutine_number', q['coroutine_number'], 1, integer=True)
-        _check_callable(path + '.fail_handle', q['fail_handle'])
-        _check_callable(path + '.worker_start_handle', q['worker_start_handle'])
-        if q['model'] not in (MODEL_DISTRIBUTE, MODEL_GRAB):
-            raise ConfigError('%s.model must be mpqueue.MODEL_DISTRIBUTE or mpqueue.MODEL_GRAB, '
-                              'got %r' % (path, q['model']))
-        if q['model'] == MODEL_GRAB and q['coroutine_number'] > 1:
-            raise ConfigError('%s.coroutine_number > 1 needs the distribute model; queue %r '
-                              'has model %r' % (path, q['name'], q['model']))
-        q['limits'] = _check_limits(path + '.limits', q['limits'])
-        q['schedule'] = _check_schedules(path + '.schedule', q, q['schedule'])
-        checked.append(q)
-    return {'basics': basics, 'log': log, 'queue': checked}
-
-
-def configure(config):
-    """Validate ``config`` and make it the configuration of this process.
-
-    :param config: the dict described in docs/getting-started.md (``basics``, ``log``,
-        ``queue``).
-    :returns: the validated config with every default filled in.
-    :raises ConfigError: naming the key path and the bad value.
-    """
-    global _config
-    _config = _validate(config)
-    return _config
+    return dict(defaults, **given)
 
 
 def _get_config():
@@ -820,6 +719,12 @@ def queue_config(name):
             return q
     raise ConfigError('queue %r is not in the config (configured queues: %s)' % (
         name, ', '.join(q['name'] for q in config['queue'])))
+
+
+def _driver(queue):
+    """The configured broker, once ``queue`` is found configured."""
+    queue_config(queue)
+    return _get_config()['basics']['driver']
 
 
 ###############################################################################
@@ -852,7 +757,7 @@ class Job:
     fail_expire = None
     result_ttl = None       # seconds its outcome stays readable (None: the queue's)
     expires = None          # seconds it may wait, once due, before it is too late (None: ...)
-    priority = None         # 0-9, higher first (None: 0)
+    priority = None         # 0 to MAX_PRIORITY, higher first (None: 0)
     limit = None            # a limit name of the queue, or a list of them (None: none)
     retry_on = None         # exception classes that are retried (None: all)
     dont_retry_on = ()      # exception classes that fail the job at once
@@ -1027,26 +932,6 @@ def _job_setting(name, given, job, default):
     return default
 
 
-class _Backoff(collections.namedtuple('_Backoff', 'first factor max jitter')):
-    """An exponential retry policy, made by :func:`backoff`."""
-
-
-def backoff(first, factor=2.0, max=3600, jitter=0.1):   # noqa: A002 (the name the user writes)
-    """A retry policy for ``fail_expire``: ``first`` seconds before retry 1,
-    ``factor`` times longer before each next one, at most ``max`` seconds,
-    each give or take ``jitter`` (a fraction) of itself.
-
-    :raises ConfigError: a value out of range, named.
-    """
-    _check_number('backoff first', first, 0)
-    _check_number('backoff factor', factor, 1)
-    _check_number('backoff max', max, first)
-    _check_number('backoff jitter', jitter, 0)
-    if jitter > 1:
-        raise ConfigError('backoff jitter must be a fraction from 0 to 1, got %r' % (jitter,))
-    return _Backoff(first, factor, max, jitter)
-
-
 def _policy_text(policy):
     """A retry policy as its record keeps it: JSON."""
     if isinstance(policy, _Backoff):
@@ -1064,11 +949,6 @@ def _retry_delay(text, retry):
         base = min(policy['max'], policy['first'] * policy['factor'] ** (retry - 1))
         return max(0.0, base * (1 + random.uniform(-policy['jitter'], policy['jitter'])))
     return policy if _is_number(policy) else 0
-
-
-def _seconds_text(seconds):
-    """Seconds as a record shows them: to the millisecond, no trailing zeros."""
-    return ('%.3f' % seconds).rstrip('0').rstrip('.')
 
 
 def _fail_expire(text):
@@ -1676,7 +1556,7 @@ LIVE_STATES = (WAITING, DELAYED, RESERVED, WORKING, FAILED, BLOCKED)
 _ENDED = (DONE, FAILED, CANCELLED, EXPIRED)
 _KEPT_STATES = (DONE, CANCELLED, EXPIRED)       # ended, their outcome kept for a time
 # A queue's counters: its live jobs per state, then the totals since `clean`.
-_DEPTH_FIELDS = LIVE_STATES + ('pushed', 'done', 'failed_total', 'cancelled', 'expired')
+_DEPTH_FIELDS = LIVE_STATES + ('pushed', DONE, 'failed_total', CANCELLED, EXPIRED)
 _SCHEDULE_FIELDS = ('last', 'fingerprint', 'owner', 'job', 'skipped')
 _PHASE_HANDLERS = 'handlers'    # phase of a job whose fail handlers are still to run
 # A parent's result_note when its worker did not send its value: the child
@@ -1823,7 +1703,7 @@ class _Driver:
 # once per server.  Its function steps(keys, args) applies steps of _STEPS in
 # order.  keys[1] is the queue's key prefix, '{prefix}:{queue}:'; its hash tag
 # puts every key of the queue in one Redis Cluster slot.  Below it:
-#   waiting, waiting:1 .. waiting:9  lists: ids ready to run, of priority 0, 1..9
+#   waiting, waiting:1 ..  lists: ids ready to run, of priority 0, 1 .. MAX_PRIORITY
 #   delayed   zset  id -> due time        working  zset  id -> lease expiry
 #   reserved  zset  id -> time it goes    failed   zset  id -> time it failed
 #                   back to waiting       kept     zset  id -> time its kept
@@ -1836,13 +1716,13 @@ class _Driver:
 #   history   list  'time done failed': the counters every HISTORY_SECONDS
 #   paused    string there while the queue is paused ('clean' leaves it)
 # Channels: notify ('1': work to do; 'c:<id>': a started job was cancelled;
-# 'p': the queue was paused)
-# and ended (the id of an ended job somebody waits for).
-# args: lease seconds, reservation seconds, fail handler attempts, how long a
-# cancelled job is kept, then the steps, each its name and its arguments.  Times are the server's (TIME), so
-# the servers of a pool need not agree on the clock.  A library (not a script
-# run with EVALSHA) because a script defines its dozens of local functions
-# again at every call: that cost 12 µs of the server's time per call.
+# 'p': the queue was paused) and ended (the id of an ended job somebody waits
+# for).  args: lease seconds, reservation seconds, fail handler attempts, how
+# long a cancelled job is kept, then the steps, each its name and its
+# arguments.  Times are the server's (TIME), so the servers of a pool need
+# not agree on the clock.  A library (not a script run with EVALSHA) because
+# a script defines its dozens of local functions again at every call: that
+# cost 12 µs of the server's time per call.
 _LUA_LIBRARY = r"""
 -- Loaded once per server (FUNCTION LOAD): these locals live as long as the
 -- library; a call sets the ones that describe it (steps(), below).
@@ -2467,7 +2347,11 @@ OPS.fail = function(id, attempt, typ, errors, job)
   for _, e in ipairs(cjson.decode(errors)) do add_error(id, e) end
   if job ~= '' then redis.call('HSET', rec(id), 'job', job) end
   redis.call('HSET', rec(id), 'type', typ)
-  if redis.call('HGET', rec(id), 'cancel_time') then finish(id, S_CANCELLED, nil) else to_failed(id) end
+  if redis.call('HGET', rec(id), 'cancel_time') then
+    finish(id, S_CANCELLED, nil)
+  else
+    to_failed(id)
+  end
   return true
 end
 OPS.lost = function(id, attempt, err, timeout)
@@ -2587,7 +2471,7 @@ OPS.info = function(id, watch)
 end
 OPS.depth = function()
   local n, oldest = 0, false
-  for level = 0, 9 do
+  for level = 0, %(MAX_PRIORITY)d do
     local len = redis.call('LLEN', waiting(level))
     if len > 0 then
       n = n + len
@@ -2620,7 +2504,7 @@ end
 OPS.listing = function(state, count, cursor)
   local out, n = {}, tonumber(count)
   if n <= 0 then return {out, ''} end
-  if state == 'delayed' then
+  if state == S_DELAYED then
     local after, id = string.match(cursor, '^([^:]*):(.*)$')
     local start = 0
     if id and tonumber(after) then
@@ -2686,7 +2570,7 @@ OPS.clean = function(limit)
       n = n + #ids
     end
   end
-  for level = 0, 9 do
+  for level = 0, %(MAX_PRIORITY)d do
     while n < limit do
       local ids = redis.call('LPOP', waiting(level), limit - n)
       if not ids then break end
@@ -2920,14 +2804,19 @@ def _redacted_address(url):
     return ','.join(out)
 
 
-class _RedisWatch:
-    """A subscription to a queue's ``ended`` channel, confirmed before the
-    caller looks at the job, so that no end slips between the two.  When the
-    server goes away while it waits (a restart, a Sentinel failover), it
-    subscribes again, on the master the sentinels name now, and returns: the
-    caller then looks at the job again."""
+class _RedisSubscription:
+    """A confirmed subscription to a queue's channel.  As a master's *waker*
+    (``notify``) its socket goes in the master's selector: redis-py has no
+    public call for a connection's socket, so ``fileno`` reads
+    ``PubSub.connection._sock``, which tests/test_drivers.py checks on the
+    installed redis-py.  It is made on the master of the queue's slot (on a
+    cluster) or the master the sentinels name; when that node dies the socket
+    closes and the master subscribes again.  As a *watch* (``ended``) it is
+    confirmed before the caller looks at the job, so that no end slips
+    between the two; when the server goes away while it waits (a restart, a
+    failover), it subscribes again and returns: the caller looks again."""
 
-    address = '1'
+    address = '1'       # a watch's address for the info step: the channel says the rest
 
     def __init__(self, driver, channel, queue):
         self._driver, self._channel, self._queue = driver, channel, queue
@@ -2937,7 +2826,7 @@ class _RedisWatch:
     def _subscribe(self):
         import redis
         try:
-            self._pubsub = self._driver._redis().pubsub()
+            self._pubsub = self._driver._redis().pubsub(ignore_subscribe_messages=True)
             self._pubsub.subscribe(self._channel)
             self._pubsub.get_message(timeout=5)     # the confirmation
             if self._driver.service_name is not None:
@@ -2945,6 +2834,26 @@ class _RedisWatch:
         except (redis.exceptions.RedisError, OSError) as exc:
             self.close()
             raise self._driver._error(self._queue, exc) from exc
+
+    def fileno(self):
+        sock = getattr(self._pubsub.connection, '_sock', None)
+        return sock.fileno() if sock is not None else -1
+
+    def drain(self):
+        import redis
+        cancelled, paused = [], False
+        try:
+            while True:
+                msg = self._pubsub.get_message(timeout=0)
+                if msg is None:
+                    return cancelled, paused
+                data = msg.get('data')
+                if isinstance(data, bytes) and data.startswith(b'c:'):
+                    cancelled.append(data[2:].decode())
+                paused = paused or data == b'p'
+        except (redis.exceptions.RedisError, OSError, AttributeError) as exc:
+            raise DriverError('lost the Redis connection at %s: %s'
+                              % (self._driver.address, exc)) from exc
 
     def wait(self, timeout):
         import redis
@@ -2967,59 +2876,9 @@ class _RedisWatch:
 
     def close(self):
         if self._pubsub is not None:
-            try:
+            with contextlib.suppress(Exception):
                 self._pubsub.close()
-            except Exception:
-                pass
             self._pubsub = None
-
-
-class _RedisWaker:
-    """A pub/sub subscription to the queue's notify channel; its socket goes in
-    the master's selector.  On a cluster it is made on the master of the queue's
-    slot, through Sentinel on the master the sentinels name; when that node
-    dies the socket closes and the master subscribes again.
-
-    redis-py has no public call for a connection's socket, and a selector
-    needs one: ``fileno`` reads ``PubSub.connection._sock``, which
-    tests/test_drivers.py checks on the installed redis-py."""
-
-    def __init__(self, driver, channel, queue):
-        import redis
-        try:
-            self._pubsub = driver._redis().pubsub(ignore_subscribe_messages=True)
-            self._pubsub.subscribe(channel)
-            self._pubsub.get_message(timeout=0)   # make sure the connection is up
-            if driver.service_name is not None:
-                driver._note_master(self._pubsub.connection)
-        except (redis.exceptions.RedisError, OSError) as exc:
-            raise driver._error(queue, exc) from exc
-        self._address = driver.address
-
-    def fileno(self):
-        sock = getattr(self._pubsub.connection, '_sock', None)
-        return sock.fileno() if sock is not None else -1
-
-    def drain(self):
-        import redis
-        cancelled, paused = [], False
-        try:
-            while True:
-                msg = self._pubsub.get_message(timeout=0)
-                if msg is None:
-                    return cancelled, paused
-                data = msg.get('data')
-                if isinstance(data, bytes) and data.startswith(b'c:'):
-                    cancelled.append(data[2:].decode())
-                paused = paused or data == b'p'
-        except (redis.exceptions.RedisError, OSError, AttributeError) as exc:
-            raise DriverError('lost the Redis connection at %s: %s' % (self._address, exc)) from exc
-
-    def close(self):
-        try:
-            self._pubsub.close()
-        except Exception:
-            pass
 
 
 def _lua_library():
@@ -3175,7 +3034,7 @@ class RedisDriver(_Driver):
             rest, _, self._url_query = rest.partition('#')[0].partition('?')
             netloc, _, path = rest.partition('/')
             self._url_auth, _, hosts = netloc.rpartition('@')
-            sentinels = [item for item in hosts.split(',')]
+            sentinels = hosts.split(',')
             parts = [unquote(p) for p in path.split('/')] if path else []
             if len(parts) > 2 or (len(parts) == 2 and not parts[1].isdigit()):
                 raise ConfigError('RedisDriver url: the path of a redis+sentinel:// URL is '
@@ -3587,10 +3446,10 @@ class RedisDriver(_Driver):
         return reply
 
     def waker(self, queue):
-        return _RedisWaker(self, '%s:{%s}:notify' % (self.prefix, queue), queue)
+        return _RedisSubscription(self, '%s:{%s}:notify' % (self.prefix, queue), queue)
 
     def watch(self, queue):
-        return _RedisWatch(self, '%s:{%s}:ended' % (self.prefix, queue), queue)
+        return _RedisSubscription(self, '%s:{%s}:ended' % (self.prefix, queue), queue)
 
     def close(self):
         if self._pid == os.getpid():
@@ -4288,17 +4147,14 @@ class _SqliteSteps:
                                                counts[1] + self.delta['failed_total']))
             self.conn.execute('DELETE FROM mpq_history WHERE queue = ? AND t < ?',
                               (queue, now - HISTORY_SECONDS * (HISTORY_KEEP - 0.5)))
-        nxt = None
         firsts = [self.conn.execute('SELECT MIN(score) FROM mpq_job WHERE queue = ? AND '
                                     'state = ? AND level = 0', (queue, state)).fetchone()[0]
                   for state in (DELAYED, RESERVED, WORKING)]
         firsts.append(self.conn.execute(
             'SELECT MIN(expire_time) FROM mpq_job WHERE queue = ? AND expire_time IS NOT NULL '
             'AND state IN (?, ?)', (queue, WAITING, DELAYED)).fetchone()[0])
-        for first in firsts:
-            if first is not None and (nxt is None or first - now < nxt):
-                nxt = max(0.0, first - now)
-        return nxt, now
+        firsts = [first for first in firsts if first is not None]
+        return (max(0.0, min(firsts) - now) if firsts else None), now
 
     def cancel(self, job_id, by):
         row = self.live(job_id, 'state', 'cancel_time', 'limits')
@@ -4320,14 +4176,16 @@ class _SqliteSteps:
 
     def info(self, job_id, watch):
         found = self.record(job_id)
-        if found is not None and watch and found['state'] not in _ENDED:
+        if found is None:
+            return None
+        if watch and found['state'] not in _ENDED:
             waiter = self.get(job_id, 'waiter')[0]
             self.update(job_id, waiter='%s\n%s' % (waiter, watch) if waiter else watch)
-        if found is not None and found['state'] == BLOCKED:      # the parents it waits for
+        if found['state'] == BLOCKED:       # the parents it waits for
             found['waiting_for'] = json.dumps([p for p, in self.conn.execute(
                 'SELECT parent FROM mpq_dep WHERE queue = ? AND child = ? AND open = 1',
                 (self.queue, job_id))])
-        if found is not None and found.get('has_children'):
+        if found.get('has_children'):
             found['dependents'] = [c for c, in self.conn.execute(
                 'SELECT child FROM mpq_dep WHERE queue = ? AND parent = ?', (self.queue, job_id))]
         return found
@@ -4364,7 +4222,7 @@ class _SqliteSteps:
         try:
             level, score, rowid = (float(x) for x in cursor.split(':'))
         except ValueError:
-            level, score, rowid = MAX_PRIORITY if state == 'waiting' else 0, float('-inf'), -1
+            level, score, rowid = MAX_PRIORITY if state == WAITING else 0, float('-inf'), -1
         rows = self.conn.execute(
             'SELECT id, score, rowid, level, %s FROM mpq_job WHERE queue = ? AND state = ? AND '
             'level = ? AND (score, rowid) > (?, ?) ORDER BY level DESC, score, rowid LIMIT ?'
@@ -4375,7 +4233,7 @@ class _SqliteSteps:
                 'AND level < ? ORDER BY level DESC, score, rowid LIMIT ?' % _SQ_RECORD,
                 (self.queue, state, level, count + 1 - len(rows))).fetchall()
         jobs = [dict(_record(zip(_FIELDS_BUT_PAYLOAD, row[4:])), id=row[0], **(
-            {'due_time': row[1]} if state == 'delayed' else {})) for row in rows[:count]]
+            {'due_time': row[1]} if state == DELAYED else {})) for row in rows[:count]]
         last = rows[count - 1] if count > 0 and len(rows) > count else None
         return jobs, last and '%d:%r:%d' % (last[3], last[1], last[2]) or ''
 
@@ -4487,6 +4345,7 @@ class _SqliteSteps:
                 self.conn.execute(_SQ_COUNT_FIRST, [self.queue] + values)
 
 
+@functools.lru_cache(maxsize=None)
 def _sqlite_wake_paths(db_file, queue):
     """The datagram socket paths a queue's masters listen on for wake-ups."""
     base = '%s.%s.wake' % (db_file, queue)
@@ -4498,52 +4357,26 @@ def _sqlite_wake_paths(db_file, queue):
     return [base] + ['%s.%d' % (base, i) for i in range(1, _SQ_WAKE_SLOTS)]
 
 
-class _SqliteWatch:
-    """A Unix datagram socket of its own, whose path the ``info`` step stores
-    with the job; the step that ends the job sends it a byte."""
-
-    def __init__(self):
-        import tempfile
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.address = os.path.join(tempfile.gettempdir(), 'mpq-wait-%d-%06x' % (
-            os.getpid(), random.getrandbits(24)))
-        self._sock.bind(self.address)
-
-    def wait(self, timeout):
-        if select.select([self._sock], [], [], timeout)[0]:
-            self._sock.recv(64)
-
-    def close(self):
-        self._sock.close()
-        try:
-            os.unlink(self.address)
-        except OSError:
-            pass
-
-
-class _SqliteWaker:
-    """A Unix datagram socket that a queue's master selects on; ``execute()``
-    sends it ``1`` when a step makes work, ``c:<id>`` when a started job is
-    cancelled and ``p`` when the queue is paused.  Up to ``_SQ_WAKE_SLOTS``
-    masters of one queue can listen (each on its own path); a socket file left
-    by a dead process is taken over."""
+class _SqliteSocket:
+    """A Unix datagram socket that ``execute()`` sends to.  A master's *waker*
+    listens on one of its queue's paths (up to ``_SQ_WAKE_SLOTS`` masters of a
+    queue at once; a socket file left by a dead process is taken over) and
+    gets ``1`` when a step makes work, ``c:<id>`` when a started job is
+    cancelled and ``p`` when the queue is paused.  A *watch* listens on a path
+    of its own, which the ``info`` step stores with the job: the step that
+    ends the job sends it a byte."""
 
     def __init__(self, paths, db_path, queue):
         directory = os.path.dirname(paths[0])
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._path = None
-        lock = None
+        self.address = lock = None
         try:
             os.makedirs(directory, exist_ok=True)
-            try:   # serialize the stale-socket check with other masters binding
+            # serialize the stale-socket check with other masters binding
+            with contextlib.suppress(OSError):
                 lock = os.open(directory, os.O_RDONLY)
                 fcntl.flock(lock, fcntl.LOCK_EX)
-            except OSError:
-                pass
-            for path in paths:
-                if self._bind(path):
-                    self._path = path
-                    break
+            self.address = next((path for path in paths if self._bind(path)), None)
         except OSError as exc:
             self._sock.close()
             raise DriverError('SQLite database %s: cannot listen for wake-ups of queue %r on '
@@ -4551,12 +4384,12 @@ class _SqliteWaker:
         finally:
             if lock is not None:
                 os.close(lock)     # releases the flock
-        if self._path is None:
+        if self.address is None:
             self._sock.close()
             raise DriverError('SQLite database %s: %d masters of queue %r already listen for '
                               'wake-ups (%s)' % (db_path, len(paths), queue, paths[0]))
         self._sock.setblocking(False)
-        self._ino = os.stat(self._path).st_ino
+        self._ino = os.stat(self.address).st_ino
 
     def _bind(self, path):
         """Bind to path; False if a live socket holds it.  A stale one is replaced."""
@@ -4574,10 +4407,8 @@ class _SqliteWaker:
             pass
         finally:
             probe.close()
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
-        except FileNotFoundError:
-            pass
         self._sock.bind(path)
         return True
 
@@ -4595,18 +4426,20 @@ class _SqliteWaker:
         except BlockingIOError:
             return cancelled, paused
         except OSError as exc:
-            raise DriverError('wake-up socket %s: %s' % (self._path, exc)) from exc
+            raise DriverError('wake-up socket %s: %s' % (self.address, exc)) from exc
+
+    def wait(self, timeout):
+        if select.select([self._sock], [], [], timeout)[0]:
+            self._sock.recv(64)
 
     def close(self):
         if self._sock is None:
             return
         self._sock.close()
         self._sock = None
-        try:
-            if os.stat(self._path).st_ino == self._ino:    # still ours
-                os.unlink(self._path)
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):
+            if os.stat(self.address).st_ino == self._ino:    # still ours
+                os.unlink(self.address)
 
 
 class SqliteDriver(_Driver):
@@ -4647,7 +4480,6 @@ class SqliteDriver(_Driver):
         self._file = path if self._memory else os.path.abspath(path)    # daemons chdir('/')
         self._pid = self._conn = self._lock = self._sender = self._lock_fd = None
         self._writes = 0
-        self._wake_paths = {}
 
     def __repr__(self):
         return 'SqliteDriver(%r)' % self.path
@@ -4662,14 +4494,8 @@ class SqliteDriver(_Driver):
         with _SQ_CONNECT_LOCK:
             if self._pid == os.getpid() and self._conn is not None:
                 return self._conn
-            if self._conn is not None:
-                # a parent's connection: closing it here could disturb the parent's locks
-                SqliteDriver._inherited.append(self._conn)
-                if self._sender is not None:
-                    self._sender.close()
-                if self._lock_fd is not None:
-                    os.close(self._lock_fd)     # holds no lock of this process
-                self._conn = self._sender = self._lock_fd = None
+            if self._conn is not None:      # a parent's connection: see close()
+                self.close()
             import sqlite3
             self._lock = threading.Lock()
             conn = None
@@ -4770,10 +4596,7 @@ class SqliteDriver(_Driver):
     # -- wake-ups --------------------------------------------------------------
 
     def _paths(self, queue):
-        paths = self._wake_paths.get(queue)
-        if paths is None:
-            paths = self._wake_paths[queue] = _sqlite_wake_paths(self._file, queue)
-        return paths
+        return _sqlite_wake_paths(self._file, queue)
 
     def _notify(self, paths, messages):
         """Datagrams to whoever listens on ``paths``; nobody listening is fine."""
@@ -4791,52 +4614,25 @@ class SqliteDriver(_Driver):
             pass
 
     def waker(self, queue):
-        return _SqliteWaker(self._paths(queue), self.path, queue)
+        return _SqliteSocket(self._paths(queue), self.path, queue)
 
     def watch(self, queue):
-        return _SqliteWatch()
+        import tempfile
+        return _SqliteSocket([os.path.join(tempfile.gettempdir(), 'mpq-wait-%d-%06x' % (
+            os.getpid(), random.getrandbits(24)))], self.path, queue)
 
     def close(self):
         if self._pid == os.getpid():
             if self._conn is not None:
                 self._conn.close()
-            if self._sender is not None:
-                self._sender.close()
         elif self._conn is not None:
+            # a parent's connection: closing it here could disturb the parent's locks
             SqliteDriver._inherited.append(self._conn)
+        if self._sender is not None:
+            self._sender.close()
         if self._lock_fd is not None:
-            os.close(self._lock_fd)
+            os.close(self._lock_fd)     # (a parent's holds no lock of this process)
         self._conn = self._sender = self._pid = self._lock_fd = None
-
-
-def _foreign(pools, app, queues):
-    """The pools of ``pools`` (``fleet()`` dicts) whose application is not
-    ``app`` and that serve one of ``queues``, each with ``shared``.  Pools
-    of a version that published no application are left out."""
-    out = []
-    for pool in pools:
-        shared = sorted(set(pool.get('queues') or ()) & set(queues))
-        if shared and app and pool.get('app') and pool['app'] != app:
-            out.append(dict(pool, shared=shared))
-    return out
-
-
-def _foreign_warning(pool, driver):
-    if isinstance(driver, RedisDriver):
-        where = '%s, prefix %r' % (driver.address, driver.prefix)
-        fix = "a key prefix of its own: RedisDriver(..., prefix='myapp')"
-    else:
-        where = driver.address
-        fix = 'a SQLite file of its own: its own basics.pid_path, or SqliteDriver(path)'
-    return ('queue%s %s also served by pool %r of another application on this broker (%s): '
-            'host %s, pid %s, app %s (basics.app: by default the directory of its config); '
-            'each pool may run the other\'s jobs. Give each application %s; if both are one '
-            'application, give them the same basics.app' % (
-                's' if len(pool['shared']) > 1 else '',
-                ', '.join(repr(q) for q in pool['shared']) + (
-                    ' are' if len(pool['shared']) > 1 else ' is'),
-                pool.get('name'), where, pool.get('host'), pool.get('pid'), pool.get('app'),
-                fix))
 
 
 ###############################################################################
@@ -5196,11 +4992,10 @@ class _Worker:
         except BaseException as exc:
             logger.exception('worker %s of queue %r: a worker_start_handle raised; exiting',
                              self.id, self.queue)
-            try:        # the master passes it on to a `worker:start -d` that waits
+            # the master passes it on to a `worker:start -d` that waits
+            with contextlib.suppress(OSError):
                 self.conn.send('boot_error', ' '.join(''.join(
                     traceback.format_exception_only(type(exc), exc)).split()))
-            except OSError:
-                pass
             return EXIT_BOOT_ERROR
         logger.info('worker %s of queue %r started', self.id, self.queue)
         try:
@@ -5286,15 +5081,14 @@ class _Worker:
             self.cancelled.add(job_id)
             task.cancel()
 
-    def _on_stop(self):
-        self._stop_when_idle()
-
     def _stop_when_idle(self, code=None):
         self.stopping = True
         if code is not None:
             self.exit_code = code
         if not self.tasks and not self.finished.done():
             self.finished.set_result(self.exit_code)
+
+    _on_stop = _stop_when_idle      # the master's ('stop',)
 
     async def _job_task(self, job):
         import asyncio
@@ -5508,29 +5302,23 @@ class _Worker:
         False, the queue's ``fail_handle``.  Returns the handlers' own errors
         (a generator like ``_attempt``: it yields what the handlers await)."""
         errors = []
-        info['error_info'] = list(error_info)
-        run_queue_handler = True
-        if job_obj is not None:
-            try:
-                returned = job_obj.fail_handle(info, exc)
-                if _isawaitable(returned):
-                    returned = yield returned
-                run_queue_handler = returned is False
-            except BaseException as handler_exc:
-                errors.append('fail_handle of the job raised: ' + _format_exc(handler_exc, False))
-                logger.error('job %s: its fail_handle raised:\n%s', info['id'], errors[-1])
-        handler = self.qconf['fail_handle']
-        if run_queue_handler and handler is not None:
+        for handler, whose in ((job_obj and job_obj.fail_handle, 'of the job'),
+                               (self.qconf['fail_handle'], 'of queue %r' % self.queue)):
+            if handler is None:
+                continue
             info['error_info'] = list(error_info) + errors
             try:
                 returned = handler(info, exc)
                 if _isawaitable(returned):
-                    yield returned
+                    returned = yield returned
             except BaseException as handler_exc:
-                errors.append('fail_handle of queue %r raised: %s' % (
-                    self.queue, _format_exc(handler_exc, False)))
-                logger.error('job %s: the fail_handle of queue %r raised:\n%s', info['id'],
-                             self.queue, errors[-1])
+                errors.append('fail_handle %s raised: %s'
+                              % (whose, _format_exc(handler_exc, False)))
+                logger.error('job %s: the fail_handle %s raised:\n%s', info['id'], whose,
+                             errors[-1])
+            else:
+                if whose == 'of the job' and returned is not False:
+                    break       # the job's handler returned something: the queue's is skipped
         return errors
 
     def _event_loop(self):
@@ -5565,10 +5353,9 @@ def _whole_lines():
     what a job printed at each newline (a line longer than the 8 KB buffer
     may still be cut)."""
     for stream in (sys.stdout, sys.stderr):
-        try:
+        # AttributeError, ValueError, OSError: replaced by the user, or closed
+        with contextlib.suppress(AttributeError, ValueError, OSError):
             stream.reconfigure(line_buffering=True, write_through=False)
-        except (AttributeError, ValueError, OSError):   # replaced by the user, or closed
-            pass
 
 
 #: True in a worker of a pool: everything it runs belongs to a job, so
@@ -5717,6 +5504,36 @@ class _Ticker:
             self.overwrote.add(name)
 
 
+def _foreign(pools, app, queues):
+    """The pools of ``pools`` (``fleet()`` dicts) whose application is not
+    ``app`` and that serve one of ``queues``, each with ``shared``.  Pools
+    of a version that published no application are left out."""
+    out = []
+    for pool in pools:
+        shared = sorted(set(pool.get('queues') or ()) & set(queues))
+        if shared and app and pool.get('app') and pool['app'] != app:
+            out.append(dict(pool, shared=shared))
+    return out
+
+
+def _foreign_warning(pool, driver):
+    if isinstance(driver, RedisDriver):
+        where = '%s, prefix %r' % (driver.address, driver.prefix)
+        fix = "a key prefix of its own: RedisDriver(..., prefix='myapp')"
+    else:
+        where = driver.address
+        fix = 'a SQLite file of its own: its own basics.pid_path, or SqliteDriver(path)'
+    return ('queue%s %s also served by pool %r of another application on this broker (%s): '
+            'host %s, pid %s, app %s (basics.app: by default the directory of its config); '
+            'each pool may run the other\'s jobs. Give each application %s; if both are one '
+            'application, give them the same basics.app' % (
+                's' if len(pool['shared']) > 1 else '',
+                ', '.join(repr(q) for q in pool['shared']) + (
+                    ' are' if len(pool['shared']) > 1 else ' is'),
+                pool.get('name'), where, pool.get('host'), pool.get('pid'), pool.get('app'),
+                fix))
+
+
 class _Master:
     """One per queue: watches the broker, hands jobs to idle workers, enforces
     timeouts, renews leases and recovers jobs, in one ``selectors`` loop."""
@@ -5785,10 +5602,8 @@ class _Master:
         if self.pending:
             logger.error('master of queue %r exits with %d unrecorded step(s); their jobs are '
                          'recovered when their leases expire', self.queue, len(self.pending))
-        try:
+        with contextlib.suppress(DriverError):
             self.driver.forget(self.pool['id'], self.queue)
-        except DriverError:
-            pass
 
     def _timeout(self):
         now = time.monotonic()
@@ -5841,7 +5656,7 @@ class _Master:
             try:
                 messages = tag.conn.recv_ready()
             except (EOFError, OSError):
-                self._unregister(tag.conn)
+                _unregister(self.sel, tag.conn)
                 return
             _dispatch_messages(self, messages, tag)
         elif tag == 'waker':
@@ -5862,7 +5677,7 @@ class _Master:
             try:
                 messages = self.control.recv_ready()
             except (EOFError, OSError):     # the manage process is gone: nobody would restart us
-                self._unregister(self.control)
+                _unregister(self.sel, self.control)
                 logger.warning('master of queue %r: the manage process went away; stopping',
                                self.queue)
                 messages = [('stop', 'graceful')]
@@ -5874,12 +5689,6 @@ class _Master:
                 elif signum == signal.SIGUSR1:
                     self._on_reload()
 
-    def _unregister(self, fileobj):
-        try:
-            self.sel.unregister(fileobj)
-        except (KeyError, ValueError, OSError):
-            pass
-
     def _ensure_waker(self):
         if self.waker is not None or self.stopping or time.monotonic() < self.waker_retry:
             return
@@ -5888,15 +5697,15 @@ class _Master:
             self.sel.register(self.waker.fileno(), selectors.EVENT_READ, 'waker')
             self.next_sweep = 0.0
         except DriverError as exc:
-            self.waker = None
-            self._broker_down(exc)
-            self.waker_retry = time.monotonic() + _doubled_wait(self.failures, WAKER_RETRY_FIRST)
+            self._drop_waker(exc)
 
     def _drop_waker(self, exc):
+        """The waker could not be made, or was lost: made again after a back-off."""
         for key in list(self.sel.get_map().values()):
             if key.data == 'waker':
-                self._unregister(key.fileobj)
-        self.waker.close()
+                _unregister(self.sel, key.fileobj)
+        if self.waker is not None:
+            self.waker.close()
         self.waker = None
         self._broker_down(exc)
         self.waker_retry = time.monotonic() + _doubled_wait(self.failures, WAKER_RETRY_FIRST)
@@ -5904,22 +5713,15 @@ class _Master:
     # -- messages from the manage process ------------------------------------
 
     def _on_status(self):
-        self.control.send('status', self._status())
-
-    def _status(self):
-        now = time.time()
-        rows = [{'queue': self.queue, 'type': 'master', 'pid': os.getpid(), 'state':
-                 'stopping' if self.stopping else 'running', 'job_id': None, 'done': self.done,
-                 'rss_mb': _rss_mb(), 'started': self.started, 'uptime': now - self.started}]
+        rows = [_process_row(self.queue, 'master', os.getpid(), 'stopping' if self.stopping
+                             else 'running', None, self.done, self.started)]
         for s in self.slots.values():
-            row = {'queue': self.queue, 'type': 'worker', 'pid': s.pid,
-                   'state': 'busy' if s.state == BUSY else 'idle',
-                   'job_id': next(iter(s.jobs), None), 'done': s.done, 'rss_mb': _rss_mb(s.pid),
-                   'started': s.started, 'uptime': now - s.started}
+            row = _process_row(self.queue, 'worker', s.pid, BUSY if s.state == BUSY else IDLE,
+                               next(iter(s.jobs), None), s.done, s.started)
             if s.capacity > 1:
                 row['coroutines'] = '%d/%d' % (len(s.jobs), s.capacity)    # busy / all
             rows.append(row)
-        return rows
+        self.control.send('status', rows)
 
     def _on_stop(self, how):
         if self.stopping == 'fast':
@@ -5956,13 +5758,11 @@ class _Master:
             if not self.grab:
                 return      # told once its job ends
         slot.state = STOPPING
-        try:
+        with contextlib.suppress(OSError):
             if self.grab:
                 os.kill(slot.pid, signal.SIGTERM)
             else:
                 slot.conn.send('stop')
-        except OSError:
-            pass
 
     def _kill(self, slot, why, job_id=None):
         if slot.killed_for is None:
@@ -5988,10 +5788,8 @@ class _Master:
         if not self.ready_sent and len(self.slots) >= self.qconf['worker_number'] and \
                 all(s.state != BOOTING for s in self.slots.values()):
             self.ready_sent = True
-            try:
+            with contextlib.suppress(OSError):
                 self.control.send('ready')
-            except OSError:
-                pass
         self._dispatch()
 
     def _on_boot_error(self, slot, text):   # its start hook raised; it exits next
@@ -6057,10 +5855,8 @@ class _Master:
 
     def _wake_grab(self, slot):
         slot.state, slot.woken_at = BUSY, self.wakes
-        try:
+        with contextlib.suppress(OSError):
             slot.conn.send('wake')
-        except OSError:
-            pass
 
     def _put_back(self):
         """Put the jobs reserved but not handed out back at the head of the
@@ -6079,12 +5875,11 @@ class _Master:
         slot = self.slots.pop(pid, None)
         if slot is None:
             return
-        self._unregister(slot.conn)
-        try:    # what it wrote before it died (a job it started, an outcome)
+        _unregister(self.sel, slot.conn)
+        # what it wrote before it died (a job it started, an outcome)
+        with contextlib.suppress(EOFError, OSError):
             while True:
                 _dispatch_messages(self, slot.conn.recv_ready(), slot)
-        except (EOFError, OSError):
-            pass
         slot.conn.close()
         self.reloading.discard(pid)
         how = _describe_exit(status)
@@ -6098,22 +5893,19 @@ class _Master:
                 continue
             if slot.killed_for == 'timeout':
                 error = _timeout_error(run.timeout, run.handlers)
-            elif slot.killed_for == 'cancel':
-                error = 'cancelled while running: worker %s:%d stopped' % (_HOST, pid)
-            else:
-                error = 'worker %s:%d %s while running the job' % (_HOST, pid, how)
-            self.pending.append(('lost', job_id, run.attempt, error,
-                                 1 if slot.killed_for == 'timeout' else 0))
-            if slot.killed_for == 'cancel':
-                logger.info('job %s of queue %r was cancelled while running: worker %d stopped',
-                            job_id, self.queue, pid)
-            elif slot.killed_for == 'timeout':
                 logger.warning('worker %d of queue %r was killed at the timeout of job %s; %s',
                                pid, self.queue, job_id, 'the job goes to the failed list'
                                if run.handlers else 'the job fails as a timeout, not retried')
+            elif slot.killed_for == 'cancel':
+                error = 'cancelled while running: worker %s:%d stopped' % (_HOST, pid)
+                logger.info('job %s of queue %r was cancelled while running: worker %d stopped',
+                            job_id, self.queue, pid)
             else:
+                error = 'worker %s:%d %s while running the job' % (_HOST, pid, how)
                 logger.error('worker %d of queue %r %s while running job %s; job recovered',
                              pid, self.queue, how, job_id)
+            self.pending.append(('lost', job_id, run.attempt, error,
+                                 int(slot.killed_for == 'timeout')))
         if os.WIFEXITED(status) and os.WEXITSTATUS(status) == EXIT_BOOT_ERROR or \
                 slot.state == BOOTING and slot.killed_for is None:
             delay = self.restarts.failed()
@@ -6121,10 +5913,8 @@ class _Master:
                          'forking again (failure %d in a row)', pid, self.queue, how,
                          '' if slot.state != BOOTING else ', before it was ready', delay,
                          self.restarts.failures)
-            try:        # a manage process still starting as a daemon gives up on it
+            with contextlib.suppress(OSError):  # a manage process starting as a daemon gives up
                 self.control.send('boot_failed', self.queue, self.boot_error or how)
-            except OSError:
-                pass
             self.boot_error = None
             return
         if slot.state != BOOTING:
@@ -6392,49 +6182,32 @@ def _master_main(config, qconf, control, close_fds, pool, recover):
 ###############################################################################
 
 
-class _LogHandler(logging.FileHandler):
+class _LogHandler(logging.handlers.WatchedFileHandler):
     """A log file shared by every process of the pool, rotated at ``max_bytes``
-    under an flock so that only one process rotates, and reopened by the
-    others when they see that the file was replaced."""
+    under an flock so that only one process rotates; the others reopen it
+    when they see that it was replaced (as WatchedFileHandler does)."""
 
     def __init__(self, path, max_bytes=10 * 1024 * 1024, backups=5):
-        super().__init__(path, delay=False)
+        super().__init__(path)
         self.max_bytes, self.backups = max_bytes, backups
 
     def emit(self, record):
-        try:
-            self._maybe_rotate()
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):
+            if self.stream is not None and \
+                    os.fstat(self.stream.fileno()).st_size >= self.max_bytes:
+                self._rotate()
         super().emit(record)
 
-    def _maybe_rotate(self):
-        if self.stream is None:
-            return
-        try:
-            st = os.stat(self.baseFilename)
-        except FileNotFoundError:
-            st = None
-        own = os.fstat(self.stream.fileno())
-        if st is None or st.st_ino != own.st_ino:
-            self._reopen()
-            return
-        if st.st_size < self.max_bytes:
-            return
+    def _rotate(self):
         with open(self.baseFilename + '.lock', 'a') as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            st = os.stat(self.baseFilename)
-            if st.st_ino == own.st_ino and st.st_size >= self.max_bytes:
+            st, own = os.stat(self.baseFilename), os.fstat(self.stream.fileno())
+            if st.st_ino == own.st_ino and st.st_size >= self.max_bytes:   # not rotated yet
                 for i in range(self.backups - 1, 0, -1):
                     src = '%s.%d' % (self.baseFilename, i)
                     if os.path.exists(src):
                         os.replace(src, '%s.%d' % (self.baseFilename, i + 1))
                 os.replace(self.baseFilename, self.baseFilename + '.1')
-            self._reopen()
-
-    def _reopen(self):
-        self.stream.close()
-        self.stream = self._open()
 
 
 def _setup_logging(config, to_stderr):
@@ -6463,6 +6236,16 @@ def _setup_logging(config, to_stderr):
     return handler
 
 
+def _proc_stat(pid):
+    """The fields of ``/proc/<pid>/stat`` after the command name, from field 3
+    (the state) on; [] where there is no /proc to ask."""
+    try:
+        with open('/proc/%s/stat' % pid, 'rb') as f:
+            return f.read().rsplit(b')', 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
 def _alive(pid):
     """True while ``pid`` runs (a zombie that nobody reaped yet counts as gone)."""
     try:
@@ -6471,19 +6254,14 @@ def _alive(pid):
         return False
     except PermissionError:
         return True
-    try:
-        with open('/proc/%d/stat' % pid, 'rb') as f:
-            return f.read().rsplit(b')', 1)[1].split()[0] != b'Z'
-    except (OSError, IndexError):
-        return True
+    return _proc_stat(pid)[:1] != [b'Z']
 
 
 def _start_time(pid):
     """When ``pid`` started (seconds since the epoch), read from /proc; None
     where there is no /proc to ask."""
     try:
-        with open('/proc/%d/stat' % pid, 'rb') as f:
-            ticks = int(f.read().rsplit(b')', 1)[1].split()[19])    # field 22: starttime
+        ticks = int(_proc_stat(pid)[19])      # field 22: starttime
         with open('/proc/stat', 'rb') as f:
             boot = next(int(line.split()[1]) for line in f if line.startswith(b'btime '))
         return boot + ticks / os.sysconf('SC_CLK_TCK')
@@ -6536,13 +6314,11 @@ class _PidFile:
         os.replace(tmp, self.path)
 
     def remove(self, pid):
-        try:
+        with contextlib.suppress(OSError, ValueError):
             with open(self.path) as f:
-                if int(f.read().strip() or 0) != pid:
-                    return
-            os.unlink(self.path)
-        except (OSError, ValueError):
-            pass
+                ours = int(f.read().strip() or 0) == pid
+            if ours:
+                os.unlink(self.path)
 
 
 def _pool_file(config, suffix):
@@ -6591,10 +6367,8 @@ class _Manager:
         logger.info('manage process of %r started (pid %d, mpqueue %s, queues: %s)', name,
                     os.getpid(), __version__, ', '.join(q['name'] for q in self.config['queue']))
         self.config['basics']['driver'].preload()
-        try:
+        with contextlib.suppress(ImportError):
             import ctypes  # noqa: F401  (used by every worker: load it once, shared)
-        except ImportError:
-            pass
         while True:
             self._respawn()
             for key, _ in self.sel.select(self._timeout()):
@@ -6640,22 +6414,14 @@ class _Manager:
         try:
             _dispatch_messages(self, info['conn'].recv_ready(), info)
         except (EOFError, OSError):
-            try:
-                self.sel.unregister(info['conn'])
-            except (KeyError, ValueError):
-                pass
+            _unregister(self.sel, info['conn'])
 
     def _on_ready(self, info):
         info['ready'] = True
         self.restarts[info['queue']['name']].ok()
         if self.ready_fd is not None and all(m['ready'] for m in self.masters.values()) \
                 and len(self.masters) == len(self.config['queue']):
-            try:
-                os.write(self.ready_fd, b'1')
-                os.close(self.ready_fd)
-            except OSError:
-                pass
-            self.ready_fd = None
+            self._answer(b'1')
 
     def _on_status(self, info, rows):
         info['status'] = rows
@@ -6665,13 +6431,16 @@ class _Manager:
             return      # up already: its master backs off and forks again
         why = 'workers of queue %r fail to boot: %s' % (queue, why)
         logger.error('%s; stopping the pool', why)     # -d gets no pool rather than a broken one
-        try:
-            os.write(self.ready_fd, b'0' + why.encode(errors='replace')[:1000])
-            os.close(self.ready_fd)
-        except OSError:
-            pass
-        self.ready_fd = None
+        self._answer(b'0' + why.encode(errors='replace')[:1000])
         self._stop('fast')
+
+    def _answer(self, data):
+        """Tell the ``worker:start -d`` that waits (``_await_daemon``) whether
+        the pool is up: once."""
+        with contextlib.suppress(OSError):
+            os.write(self.ready_fd, data)
+            os.close(self.ready_fd)
+        self.ready_fd = None
 
     def _on_signal(self, signum):
         if signum in (signal.SIGTERM, signal.SIGINT):
@@ -6699,10 +6468,8 @@ class _Manager:
 
     def _tell_masters(self, *msg):
         for info in self.masters.values():
-            try:
+            with contextlib.suppress(OSError):
                 info['conn'].send(*msg)
-            except OSError:
-                pass
 
     def _write_status(self):
         """Once the masters answered a SIGUSR2 (or STATUS_WAIT passed), write
@@ -6712,9 +6479,8 @@ class _Manager:
                 time.monotonic() < self.status_asked + STATUS_WAIT):
             return
         self.status_asked = None
-        rows = [{'queue': '-', 'type': 'manage', 'pid': os.getpid(), 'state': self.stopping
-                 and 'stopping' or 'running', 'job_id': None, 'done': None, 'rss_mb': _rss_mb(),
-                 'started': self.started, 'uptime': time.time() - self.started}]
+        rows = [_process_row('-', 'manage', os.getpid(), self.stopping and 'stopping' or
+                             'running', None, None, self.started)]
         for pid, info in self.masters.items():
             rows += info['status'] or [{'queue': info['queue']['name'], 'type': 'master',
                                         'pid': pid, 'state': 'unresponsive'}]
@@ -6727,10 +6493,7 @@ class _Manager:
         info = self.masters.pop(pid, None)
         if info is None:
             return
-        try:
-            self.sel.unregister(info['conn'])
-        except (KeyError, ValueError):
-            pass
+        _unregister(self.sel, info['conn'])
         info['conn'].close()
         if self.stopping:
             return
@@ -6771,23 +6534,12 @@ class _Manager:
 
 def _children_of(pid):
     """Pids whose parent is ``pid`` (Linux /proc; empty elsewhere)."""
-    out = []
     try:
         names = os.listdir('/proc')
     except OSError:
-        return out
-    for name in names:
-        if not name.isdigit():
-            continue
-        try:
-            with open('/proc/%s/stat' % name, 'rb') as f:
-                stat = f.read()
-            ppid = int(stat[stat.rindex(b')') + 2:].split()[1])
-        except (OSError, ValueError):
-            continue
-        if ppid == pid:
-            out.append(int(name))
-    return out
+        return []
+    return [int(name) for name in names
+            if name.isdigit() and _proc_stat(name)[1:2] == [b'%d' % pid]]    # field 4: ppid
 
 
 #: How long ``worker:start -d`` waits for every queue's workers to be up (seconds).
@@ -6837,10 +6589,8 @@ def _daemonize(config):
         code = manager.run()
     except BaseException as exc:
         if manager is None or manager.ready_fd is not None:    # w is still open: say why
-            try:
+            with contextlib.suppress(OSError):
                 os.write(w, b'0' + ' '.join(str(exc).split()).encode(errors='replace')[:1000])
-            except OSError:
-                pass
         logger.exception('the manage process failed')
     finally:
         logging.shutdown()
@@ -6851,7 +6601,7 @@ def _await_daemon(config, r):
     """The caller's side of ``_daemonize``: the daemon's pid once it is up."""
     deadline = time.monotonic() + _DAEMON_START_WAIT
     got = b''
-    while b'\n' not in got or got.partition(b'\n')[2][:1] not in (b'1', b'0'):
+    while True:         # up to EOF: the daemon closes its end once it has answered
         wait = deadline - time.monotonic()
         if wait <= 0 or not select.select([r], [], [], wait)[0]:
             break
@@ -6859,14 +6609,9 @@ def _await_daemon(config, r):
         if not chunk:
             break
         got += chunk
-    while got.partition(b'\n')[2][:1] == b'0' and select.select([r], [], [], 1)[0]:
-        chunk = os.read(r, 1024)        # the rest of the reason, up to EOF
-        if not chunk:
-            break
-        got += chunk
     head, _, answer = got.partition(b'\n')
     pid = int(head) if head.isdigit() else None
-    if answer[:1] == b'1' and pid and pool_pid(config) == pid:
+    if answer[:1] == b'1' and pid and _PidFile(_pool_file(config, '.pid')).read() == pid:
         return pid
     if answer[:1] == b'0':
         why = answer[1:].decode(errors='replace').strip() or 'its manage process failed'
@@ -6903,6 +6648,331 @@ def _stop_daemon(pid):
 ###############################################################################
 # Public functions
 ###############################################################################
+
+
+def _default_app():
+    """What names the application when ``basics.app`` is not set: the
+    directory of the script that runs (``manage.py``, a script of the user's
+    that starts the pool), else the current directory.  The command line sets
+    it to the directory of the config file it loaded."""
+    script = sys.argv[0] if sys.argv else ''
+    if script and not script.startswith('-') and os.path.exists(script):
+        return os.path.dirname(os.path.abspath(script))
+    try:
+        return os.getcwd()
+    except OSError:         # the directory was removed under us
+        return '?'
+
+
+def _validate(config):
+    """Return a validated copy of ``config`` with every default filled in."""
+    _check_keys('config', config, dict.fromkeys(('basics', 'log', 'queue')))
+    if 'basics' not in config:
+        raise ConfigError('config.basics is required')
+    basics = _check_keys('basics', config['basics'], _BASICS_DEFAULTS)
+    name = _check_name('basics.name', basics['name'], _POOL_NAME_RE, '"_", "." or "-"')
+    _check_dir('basics.pid_path', basics['pid_path'])
+    _check_callable('basics.worker_start_handle', basics['worker_start_handle'])
+    secret = basics['secret']
+    if secret is not None:
+        if isinstance(secret, str):
+            secret = secret.encode()
+        if not isinstance(secret, bytes) or not secret:
+            raise ConfigError('basics.secret must be non-empty bytes or str, got %r' % (secret,))
+        basics['secret'] = secret
+    _check_number('basics.max_payload', basics['max_payload'], 1, integer=True)
+    _check_number('basics.stop_grace', basics['stop_grace'], 0)
+    if basics['app'] is None:
+        basics['app'] = _default_app()
+    elif not isinstance(basics['app'], str) or not basics['app']:
+        raise ConfigError('basics.app must be a non-empty string that names the application, '
+                          'got %r' % (basics['app'],))
+    if not isinstance(basics['immediate'], bool):
+        raise ConfigError('basics.immediate must be True or False, got %r'
+                          % (basics['immediate'],))
+    if basics['driver'] is None:
+        basics['driver'] = SqliteDriver(os.path.join(basics['pid_path'], name + '.db'))
+    elif not isinstance(basics['driver'], _Driver):
+        raise ConfigError('basics.driver must be a mpqueue.RedisDriver or mpqueue.SqliteDriver, '
+                          'got %r' % (basics['driver'],))
+    elif isinstance(basics['driver'], SqliteDriver) and basics['driver'].path == ':memory:':
+        raise ConfigError("basics.driver: SqliteDriver(':memory:') is one process's own, and a "
+                          'pool is many processes; give it a file path (immediate mode, for '
+                          'tests, needs none: see basics.immediate)')
+    elif isinstance(basics['driver'], SqliteDriver) and not os.path.isabs(basics['driver'].path):
+        file = basics['driver'].path
+        raise ConfigError('basics.driver: the SqliteDriver path must be absolute, got %r (a '
+                          'relative one means another file for a daemon or a pusher started '
+                          'elsewhere); use e.g. mpqueue.SqliteDriver(%s)'
+                          % (file, _absolute_hint(file)))
+
+    log = _check_keys('log', config.get('log', {}), _LOG_DEFAULTS)
+    _check_dir('log.path', log['path'])
+    level = log['level']
+    if isinstance(level, str) and isinstance(logging.getLevelName(level.upper()), int):
+        log['level'] = logging.getLevelName(level.upper())
+    elif not (isinstance(level, int) and not isinstance(level, bool)):
+        raise ConfigError('log.level must be a logging level such as logging.INFO or "DEBUG", '
+                          'got %r' % (level,))
+    if log['driver'] is not None and not (isinstance(log['driver'], logging.Handler)
+                                          or callable(log['driver'])):
+        raise ConfigError('log.driver must be a logging.Handler or a callable returning one, '
+                          'got %r' % (log['driver'],))
+
+    queues = config.get('queue')
+    if not isinstance(queues, list) or not queues:
+        raise ConfigError('config.queue must be a non-empty list of queue dicts, got %r'
+                          % (queues,))
+    checked, seen = [], set()
+    for i, given in enumerate(queues):
+        path = 'queue[%d]' % i
+        q = _check_keys(path, given, _QUEUE_DEFAULTS)
+        _check_name(path + '.name', q['name'], _QUEUE_NAME_RE, _QUEUE_NAME_CHARS)
+        if q['name'] in seen:
+            raise ConfigError('%s.name %r is used by an earlier queue; queue names must be unique'
+                              % (path, q['name']))
+        seen.add(q['name'])
+        _check_number(path + '.worker_number', q['worker_number'], 1, integer=True)
+        _check_number(path + '.memory_limit', q['memory_limit'], 0)
+        _check_number(path + '.sleep_seconds', q['sleep_seconds'], 0.001)
+        for option in _JOB_OPTIONS[:-1]:       # a queue has no priority of its own
+            q[option] = _check_option('%s.%s' % (path, option), option, q[option])
+        _check_number(path + '.coroutine_number', q['coroutine_number'], 1, integer=True)
+        _check_callable(path + '.fail_handle', q['fail_handle'])
+        _check_callable(path + '.worker_start_handle', q['worker_start_handle'])
+        if q['model'] not in (MODEL_DISTRIBUTE, MODEL_GRAB):
+            raise ConfigError('%s.model must be mpqueue.MODEL_DISTRIBUTE or mpqueue.MODEL_GRAB, '
+                              'got %r' % (path, q['model']))
+        if q['model'] == MODEL_GRAB and q['coroutine_number'] > 1:
+            raise ConfigError('%s.coroutine_number > 1 needs the distribute model; queue %r '
+                              'has model %r' % (path, q['name'], q['model']))
+        q['limits'] = _check_limits(path + '.limits', q['limits'])
+        q['schedule'] = _check_schedules(path + '.schedule', q, q['schedule'])
+        checked.append(q)
+    return {'basics': basics, 'log': log, 'queue': checked}
+
+
+def configure(config):
+    """Validate ``config`` and make it the configuration of this process.
+
+    :param config: the dict described in docs/getting-started.md (``basics``, ``log``,
+        ``queue``).
+    :returns: the validated config with every default filled in.
+    :raises ConfigError: naming the key path and the bad value.
+    """
+    global _config
+    _config = _validate(config)
+    return _config
+
+
+# -- immediate mode ------------------------------------------------------------
+#
+# With basics.immediate, or inside ``with immediate():``, push and push_many
+# run each job in the calling process before they return.  Their broker is
+# then an SQLite database in this process's memory, moved by the steps of
+# _STEPS as any broker is, so unique keys, priorities, result_ttl and cancels
+# follow the broker's rules.  Immediate mode adds two of its own: nothing
+# waits (a push's or a retry's delay is made 0), and a job runs here through
+# the worker's own code (_Worker._attempt), its payload checked and unpickled
+# as a worker does.  Each round trip that makes a job waiting pops it too.
+
+_immediate_block = None     # inside immediate(): True or False; else basics.immediate decides
+_immediate_broker = SqliteDriver(':memory:')   # it connects when first used
+_immediate_working = set()  # ids of its jobs popped and not ended
+_immediate_sweeps = {}       # queue -> when its broker is ticked next
+_running_here = threading.local()   # .depth: jobs that run in this thread's call stack
+
+
+@contextlib.contextmanager
+def immediate(enabled=True):
+    """Run the jobs pushed inside the block at once, in this process, before
+    ``push`` returns (for tests); ``immediate(False)`` sends them to the broker
+    again inside a block, or with ``basics.immediate = True``.  It applies to
+    the whole process (every thread) while the block runs, and also decorates
+    a function: ``@mpqueue.immediate()``.
+    """
+    global _immediate_block
+    before, _immediate_block = _immediate_block, bool(enabled)
+    try:
+        yield
+    finally:
+        _immediate_block = before
+
+
+def _is_immediate(basics):
+    return basics['immediate'] if _immediate_block is None else _immediate_block
+
+
+def _no_wait(step):
+    """``step`` with its ``delay`` (push, retry) made 0: immediate mode waits for nothing."""
+    names = ['name'] + next(args for name, args, _ in _STEPS if name == step[0]).split()
+    return tuple(0 if name == 'delay' else value for name, value in zip(names, step))
+
+
+def _run_here(config, qconf, steps):
+    """``push_many`` in immediate mode: push the jobs and pop the new ones in
+    one round trip, then run each here to its end; the round trip recording
+    an outcome pops the job's next attempt (a retry), if any.  Returns the
+    ids as the push steps gave them."""
+    queue, now, sweeps = qconf['name'], time.time(), []
+    # a sweep every sleep_seconds, as a master's, drops expired outcomes and holds;
+    # never while a job runs here: its lease, renewed by nobody, would look lost
+    if now >= _immediate_sweeps.get(queue, 0) and not _immediate_working:
+        sweeps, _immediate_sweeps[queue] = [('sweep', SWEEP_LIMIT)], now + qconf['sleep_seconds']
+    worker = _Worker(config, qconf, None, None, 0)
+    worker.id, worker.driver = '%s:%d' % (_HOST, os.getpid()), _immediate_broker
+    *ids, jobs = _immediate_broker.execute(queue, sweeps + [_no_wait(step) for step in steps] + [
+        ('pop', len(steps), worker.id, '')])[len(sweeps):]
+    _immediate_working.update(job['id'] for job in jobs)
+    _running_here.depth = getattr(_running_here, 'depth', 0) + 1
+    try:
+        while jobs:
+            step = _no_wait(_attempt_here(worker, jobs[0]))
+            again = _immediate_broker.execute(queue, [step, ('pop', 1, worker.id, '')])[1]
+            _immediate_working.discard(jobs.pop(0)['id'])
+            _immediate_working.update(job['id'] for job in again)
+            jobs[:0] = again
+            if step[0] == 'fail':
+                _forget_failed(queue)
+    finally:
+        _immediate_working.difference_update(job['id'] for job in jobs)
+        _running_here.depth -= 1
+    return ids
+
+
+def _forget_failed(queue):
+    """Delete the oldest failed jobs of immediate mode's broker beyond
+    IMMEDIATE_KEEP (delete_failed and clean go to the configured broker)."""
+    over = _immediate_broker.run(queue, 'depth')['failed'] - IMMEDIATE_KEEP
+    if over > 0:
+        _immediate_broker.execute(queue, [('delete_failed', job['id']) for job in
+                                          _immediate_broker.run(queue, 'failed', 0, over, '')])
+
+
+def _attempt_here(worker, job):
+    """One attempt of ``job`` in this process; the step recording its outcome.
+    A coroutine job runs on an event loop of its own, in a thread of its own
+    when this thread's loop is running (it was pushed from a coroutine)."""
+    steps = worker._attempt(job)
+    resumed = _resume(steps)
+    if resumed[0]:
+        return resumed[1]
+    import asyncio
+
+    def run():
+        with contextlib.closing(asyncio.new_event_loop()) as loop:
+            return loop.run_until_complete(worker._drive(steps, resumed))
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return run()
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(1, 'mpqueue-immediate') as thread:    # current_job() goes along
+        return thread.submit(contextvars.copy_context().run, run).result()
+
+
+def _broker_of(queue, job_id):
+    """The broker that knows ``job_id``: immediate mode's while that mode is
+    on, and after it for a job that ran there; else the configured one."""
+    driver = _driver(queue)
+    if _is_immediate(_get_config()['basics']) or (
+            _immediate_broker._conn is not None and            # else no job ran here
+            _immediate_broker.run(queue, 'info', job_id, '') is not None):
+        return _immediate_broker
+    return driver
+
+
+# -- jobs: look one up, cancel it, wait for it, push them ----------------------
+
+
+def job_info(queue, job_id):
+    """What the broker knows of one job: the ``job_info`` of the fail handlers,
+    plus ``state`` (waiting, delayed, reserved, working, done, failed,
+    cancelled), ``end_time``, ``priority``, ``key``, ``result_repr`` and,
+    for a cancelled job, ``cancelled_by`` and ``cancel_time``.  None when the
+    id is unknown, or its outcome was not kept (``result_ttl``) or expired."""
+    record = _broker_of(queue, job_id).run(queue, 'info', job_id, '')
+    return None if record is None else _public_info(queue, dict(record, id=job_id))
+
+
+def cancel(queue, job_id):
+    """Cancel a job.  A waiting, delayed or reserved one is removed at once; a
+    running one's worker is stopped (a coroutine job's task is cancelled).
+    The job ends ``cancelled``: no retry, no fail handlers.  The flag is in
+    the broker, so a recovery after a crash does not run the job again.
+
+    :returns: the state it had, or None for an unknown id (nothing is written).
+        A finished job is left as it is.
+    """
+    by = '%s:%d' % (_HOST, os.getpid())
+    return _broker_of(queue, job_id).run(queue, 'cancel', job_id, by)
+
+
+def result(queue, job_id, timeout=None):
+    """The return value of a job, waiting up to ``timeout`` seconds (None: as
+    long as it takes; 0: not at all) for it to end.  Waiting listens on the
+    broker for the job's end: it does not poll.  Inside a running job
+    ``timeout`` must be given: a pool whose workers all wait for jobs that
+    need a worker would wait for ever.
+
+    :raises JobFailed: the job failed for good (``.job_info`` says how).
+    :raises JobCancelled: it was cancelled.
+    :raises JobExpired: it did not start within its ``expires``.
+    :raises JobNotFound: the id is unknown, or its outcome was not kept
+        (``result_ttl``) or expired.
+    :raises TimeoutError: ``timeout`` passed first.
+    :raises SerializationError: its result could not be kept, or does not
+        pass the signature check (it is never unpickled then).
+    :raises MPQueueError: called inside a running job without a timeout.
+    """
+    driver, secret = _broker_of(queue, job_id), _get_config()['basics']['secret']
+    if timeout is None and (_in_worker or getattr(_running_here, 'depth', 0)):
+        raise MPQueueError('result() of job %s of queue %r inside a running job needs a '
+                           'timeout: a job that waits for another one for ever can hold the '
+                           'worker that one needs; pass timeout=SECONDS (0: do not wait)'
+                           % (job_id, queue))
+    if driver is _immediate_broker:     # immediate mode: it has ended already
+        return _outcome(queue, job_id, driver.run(queue, 'info', job_id, ''), secret)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    watch = driver.watch(queue) if timeout != 0 else None
+    try:
+        while True:
+            record = driver.run(queue, 'info', job_id, watch.address if watch else '')
+            state = record and record['state']
+            if state is None or state in _ENDED:
+                return _outcome(queue, job_id, record, secret)
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise TimeoutError('job %s of queue %r has not ended within %gs (it is %s)'
+                                   % (job_id, queue, timeout, state))
+            watch.wait(left)
+    finally:
+        if watch is not None:
+            watch.close()
+
+
+def _outcome(queue, job_id, record, secret):
+    """``result()`` of a job that ended (or of None: an unknown job)."""
+    state = record and record['state']
+    if state is None:
+        raise JobNotFound('job %s of queue %r is unknown, or it ended and its outcome '
+                          'was not kept (result_ttl) or has expired' % (job_id, queue))
+    if state == DONE:
+        if record.get('result_note'):
+            raise SerializationError('job %s of queue %r is done, but %s' % (
+                job_id, queue, record['result_note']))
+        if 'result' not in record:
+            return None
+        return _unseal(record['result'], secret, 'result of job %s' % job_id)
+    if state == FAILED:
+        info = _public_info(queue, dict(record, id=job_id))
+        raise JobFailed('job %s of queue %r failed: %s' % (job_id, queue, (
+            info['error_info'] or ['?'])[-1].strip().splitlines()[-1]), info)
+    if state == EXPIRED:
+        raise JobExpired('job %s of queue %r expired: it had not started %s s after it was '
+                         'due' % (job_id, queue, _seconds_text(record.get('expires', 0))))
+    raise JobCancelled('job %s of queue %r was cancelled by %s' % (
+        job_id, queue, record.get('cancelled_by', '?')))
 
 
 class JobId(str):
@@ -7042,21 +7112,37 @@ def batch(queue, jobs, then=None, **push_options):
     return (ids[:n], ids[n]) if then is not None else (ids, None)
 
 
+#: The options ``push`` takes beside the job and its arguments.
+_PUSH_OPTIONS = ('delay',) + tuple(sorted(set(push.__kwdefaults__) - {'args', 'kwargs'}))
+
+
+def _check_push_options(options):
+    unknown = sorted(set(options) - set(_PUSH_OPTIONS))
+    if unknown:
+        raise TypeError('%r is not a push option (push options: %s)'
+                        % (unknown[0], ', '.join(_PUSH_OPTIONS)))
+
+
 def _linked(queue, jobs, options, parents_of, last_runs=False):
-    """chain() and batch(): ``jobs`` pushed at once, the parents of job i
-    ``parents_of(i, parents given)`` (ids, or indexes of jobs before it)."""
+    """chain() and batch(): ``jobs`` pushed at once."""
     _check_push_options(options)
-    given = dict(dict.fromkeys(_JOB_OPTIONS), **options)
-    delay, limit, first, opf, key, unique = (given.pop(name, None) for name in (
-        'delay', 'limit', 'depends_on', 'on_parent_failure', 'key', 'unique'))
-    if key is not None or unique is not None:
+    if options.get('key') is not None or options.get('unique') is not None:
         raise ConfigError('key, unique: chain() and batch() take no unique key (a job left out '
                           'for another that holds its key would leave its dependents without '
                           'a parent)')
-    first = _parents(queue, first)
-    return _push_calls(queue, [(job, (), None) for job in jobs], delay or 0, None, None, limit,
-                       given, [parents_of(i, first) for i in range(len(jobs))], opf,
+    return _push_given(queue, [(job, (), None) for job in jobs], options, parents_of,
                        len(jobs) - 1 if last_runs else None)
+
+
+def _push_given(queue, calls, options, parents_of=lambda i, given: given, runs_anyway=None):
+    """``_push_calls`` with ``options`` as push takes them (a dict); the
+    parents of call i are ``parents_of(i, the depends_on given)``."""
+    given = dict(dict.fromkeys(_JOB_OPTIONS), **options)
+    delay, key, unique, limit, first, opf = (given.pop(name, None) for name in (
+        'delay', 'key', 'unique', 'limit', 'depends_on', 'on_parent_failure'))
+    first = _parents(queue, first)
+    return _push_calls(queue, calls, delay or 0, key, unique, limit, given,
+                       [parents_of(i, first) for i in range(len(calls))], opf, runs_anyway)
 
 
 def _parents(queue, depends_on):
@@ -7171,17 +7257,6 @@ def job(queue, **options):
     return decorate
 
 
-#: The options ``push`` takes beside the job and its arguments.
-_PUSH_OPTIONS = ('delay',) + tuple(sorted(set(push.__kwdefaults__) - {'args', 'kwargs'}))
-
-
-def _check_push_options(options):
-    unknown = sorted(set(options) - set(_PUSH_OPTIONS))
-    if unknown:
-        raise TypeError('%r is not a push option (push options: %s)'
-                        % (unknown[0], ', '.join(_PUSH_OPTIONS)))
-
-
 class _JobFunction:
     """A function decorated by :func:`job`: calling it calls the function;
     ``push``, ``push_with`` and ``push_many`` push it."""
@@ -7229,15 +7304,9 @@ class _JobFunction:
         return self._push(out, options)
 
     def _push(self, calls, options):
-        given = dict(self.options, **options)
         target = self._target()
-        delay, key, unique, limit, parents, opf = (given.pop(name, None) for name in (
-            'delay', 'key', 'unique', 'limit', 'depends_on', 'on_parent_failure'))
-        parents = _parents(self.queue, parents)
-        return _push_calls(self.queue, [(target, args, kwargs) for args, kwargs in calls],
-                           delay or 0, key, unique, limit, dict(dict.fromkeys(_JOB_OPTIONS),
-                                                                **given),
-                           parents and [parents] * len(calls), opf)
+        return _push_given(self.queue, [(target, args, kwargs) for args, kwargs in calls],
+                           dict(self.options, **options))
 
     def _target(self):
         """What is pushed: the import path of this object when a worker can
@@ -7248,236 +7317,6 @@ class _JobFunction:
         for part in name.split('.'):
             found = getattr(found, part, None)
         return '%s:%s' % (module, name) if found is self else self.__wrapped__
-
-
-# -- immediate mode ------------------------------------------------------------
-#
-# With basics.immediate, or inside ``with immediate():``, push and push_many
-# run each job in the calling process before they return.  Their broker is
-# then an SQLite database in this process's memory, moved by the steps of
-# _STEPS as any broker is, so unique keys, priorities, result_ttl and cancels
-# follow the broker's rules.  Immediate mode adds two of its own: nothing
-# waits (a push's or a retry's delay is made 0), and a job runs here through
-# the worker's own code (_Worker._attempt), its payload checked and unpickled
-# as a worker does.  Each round trip that makes a job waiting pops it too.
-
-_immediate_block = None     # inside immediate(): True or False; else basics.immediate decides
-_immediate_broker = SqliteDriver(':memory:')   # it connects when first used
-_immediate_working = set()  # ids of its jobs popped and not ended
-_immediate_sweeps = {}       # queue -> when its broker is ticked next
-_ASK_BROKER = object()      # _job_here(): not a job of immediate mode
-_running_here = threading.local()   # .depth: jobs that run in this thread's call stack
-
-
-@contextlib.contextmanager
-def immediate(enabled=True):
-    """Run the jobs pushed inside the block at once, in this process, before
-    ``push`` returns (for tests); ``immediate(False)`` sends them to the broker
-    again inside a block, or with ``basics.immediate = True``.  It applies to
-    the whole process (every thread) while the block runs, and also decorates
-    a function: ``@mpqueue.immediate()``.
-    """
-    global _immediate_block
-    before, _immediate_block = _immediate_block, bool(enabled)
-    try:
-        yield
-    finally:
-        _immediate_block = before
-
-
-def _is_immediate(basics):
-    return basics['immediate'] if _immediate_block is None else _immediate_block
-
-
-def _no_wait(step):
-    """``step`` with its ``delay`` (push, retry) made 0: immediate mode waits for nothing."""
-    names = ['name'] + next(args for name, args, _ in _STEPS if name == step[0]).split()
-    return tuple(0 if name == 'delay' else value for name, value in zip(names, step))
-
-
-def _run_here(config, qconf, steps):
-    """``push_many`` in immediate mode: push the jobs and pop the new ones in
-    one round trip, then run each here to its end; the round trip recording
-    an outcome pops the job's next attempt (a retry), if any.  Returns the
-    ids as the push steps gave them."""
-    queue, now, sweeps = qconf['name'], time.time(), []
-    # a sweep every sleep_seconds, as a master's, drops expired outcomes and holds;
-    # never while a job runs here: its lease, renewed by nobody, would look lost
-    if now >= _immediate_sweeps.get(queue, 0) and not _immediate_working:
-        sweeps, _immediate_sweeps[queue] = [('sweep', SWEEP_LIMIT)], now + qconf['sleep_seconds']
-    worker = _Worker(config, qconf, None, None, 0)
-    worker.id, worker.driver = '%s:%d' % (_HOST, os.getpid()), _immediate_broker
-    *ids, jobs = _immediate_broker.execute(queue, sweeps + [_no_wait(step) for step in steps] + [
-        ('pop', len(steps), worker.id, '')])[len(sweeps):]
-    _immediate_working.update(job['id'] for job in jobs)
-    _running_here.depth = getattr(_running_here, 'depth', 0) + 1
-    try:
-        while jobs:
-            step = _no_wait(_attempt_here(worker, jobs[0]))
-            again = _immediate_broker.execute(queue, [step, ('pop', 1, worker.id, '')])[1]
-            _immediate_working.discard(jobs.pop(0)['id'])
-            _immediate_working.update(job['id'] for job in again)
-            jobs[:0] = again
-            if step[0] == 'fail':
-                _forget_failed(queue)
-    finally:
-        _immediate_working.difference_update(job['id'] for job in jobs)
-        _running_here.depth -= 1
-    return ids
-
-
-def _forget_failed(queue):
-    """Delete the oldest failed jobs of immediate mode's broker beyond
-    IMMEDIATE_KEEP (delete_failed and clean go to the configured broker)."""
-    over = _immediate_broker.run(queue, 'depth')['failed'] - IMMEDIATE_KEEP
-    if over > 0:
-        _immediate_broker.execute(queue, [('delete_failed', job['id']) for job in
-                                          _immediate_broker.run(queue, 'failed', 0, over, '')])
-
-
-def _attempt_here(worker, job):
-    """One attempt of ``job`` in this process; the step recording its outcome.
-    A coroutine job runs on an event loop of its own, in a thread of its own
-    when this thread's loop is running (it was pushed from a coroutine)."""
-    steps = worker._attempt(job)
-    finished, got = _resume(steps)
-    if finished:
-        return got
-
-    def run(out):
-        import asyncio
-        loop = asyncio.new_event_loop()
-        try:
-            out.append(loop.run_until_complete(worker._drive(steps, (finished, got))))
-        except BaseException as exc:
-            out.append(exc)
-        finally:
-            loop.close()
-
-    out = []
-    try:
-        import asyncio
-        asyncio.get_running_loop()
-    except RuntimeError:
-        run(out)
-    else:
-        thread = threading.Thread(target=contextvars.copy_context().run, args=(run, out),
-                                  name='mpqueue-immediate')     # current_job() goes along
-        thread.start()
-        thread.join()
-    if isinstance(out[0], BaseException):
-        raise out[0]
-    return out[0]
-
-
-def _job_here(queue, job_id):
-    """The record of ``job_id`` in immediate mode's broker (None: unknown
-    there) while immediate mode is on; after it, that of a job that ran
-    there, else ``_ASK_BROKER``."""
-    on = _is_immediate(_get_config()['basics'])
-    record = None
-    if on or _immediate_broker._conn is not None:      # else no job ran here
-        record = _immediate_broker.run(queue, 'info', job_id, '')
-    return record if on or record else _ASK_BROKER
-
-
-def job_info(queue, job_id):
-    """What the broker knows of one job: the ``job_info`` of the fail handlers,
-    plus ``state`` (waiting, delayed, reserved, working, done, failed,
-    cancelled), ``end_time``, ``priority``, ``key``, ``result_repr`` and,
-    for a cancelled job, ``cancelled_by`` and ``cancel_time``.  None when the
-    id is unknown, or its outcome was not kept (``result_ttl``) or expired."""
-    queue_config(queue)
-    record = _job_here(queue, job_id)
-    if record is _ASK_BROKER:
-        record = _get_config()['basics']['driver'].run(queue, 'info', job_id, '')
-    return None if record is None else _public_info(queue, dict(record, id=job_id))
-
-
-def cancel(queue, job_id):
-    """Cancel a job.  A waiting, delayed or reserved one is removed at once; a
-    running one's worker is stopped (a coroutine job's task is cancelled).
-    The job ends ``cancelled``: no retry, no fail handlers.  The flag is in
-    the broker, so a recovery after a crash does not run the job again.
-
-    :returns: the state it had, or None for an unknown id (nothing is written).
-        A finished job is left as it is.
-    """
-    queue_config(queue)
-    by = '%s:%d' % (_HOST, os.getpid())
-    record = _job_here(queue, job_id)
-    if record is not _ASK_BROKER:       # immediate mode's broker knows it, or nobody does
-        return record and _immediate_broker.run(queue, 'cancel', job_id, by)
-    return _get_config()['basics']['driver'].run(queue, 'cancel', job_id, by)
-
-
-def result(queue, job_id, timeout=None):
-    """The return value of a job, waiting up to ``timeout`` seconds (None: as
-    long as it takes; 0: not at all) for it to end.  Waiting listens on the
-    broker for the job's end: it does not poll.  Inside a running job
-    ``timeout`` must be given: a pool whose workers all wait for jobs that
-    need a worker would wait for ever.
-
-    :raises JobFailed: the job failed for good (``.job_info`` says how).
-    :raises JobCancelled: it was cancelled.
-    :raises JobExpired: it did not start within its ``expires``.
-    :raises JobNotFound: the id is unknown, or its outcome was not kept
-        (``result_ttl``) or expired.
-    :raises TimeoutError: ``timeout`` passed first.
-    :raises SerializationError: its result could not be kept, or does not
-        pass the signature check (it is never unpickled then).
-    :raises MPQueueError: called inside a running job without a timeout.
-    """
-    queue_config(queue)
-    if timeout is None and (_in_worker or getattr(_running_here, 'depth', 0)):
-        raise MPQueueError('result() of job %s of queue %r inside a running job needs a '
-                           'timeout: a job that waits for another one for ever can hold the '
-                           'worker that one needs; pass timeout=SECONDS (0: do not wait)'
-                           % (job_id, queue))
-    driver, secret = _get_config()['basics']['driver'], _get_config()['basics']['secret']
-    record = _job_here(queue, job_id)
-    if record is not _ASK_BROKER:       # immediate mode: it has ended already
-        return _outcome(queue, job_id, record, secret)
-    deadline = None if timeout is None else time.monotonic() + timeout
-    watch = driver.watch(queue) if timeout != 0 else None
-    try:
-        while True:
-            record = driver.run(queue, 'info', job_id, watch.address if watch else '')
-            state = record and record['state']
-            if state is None or state in _ENDED:
-                return _outcome(queue, job_id, record, secret)
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                raise TimeoutError('job %s of queue %r has not ended within %gs (it is %s)'
-                                   % (job_id, queue, timeout, state))
-            watch.wait(left)
-    finally:
-        if watch is not None:
-            watch.close()
-
-
-def _outcome(queue, job_id, record, secret):
-    """``result()`` of a job that ended (or of None: an unknown job)."""
-    state = record and record['state']
-    if state is None:
-        raise JobNotFound('job %s of queue %r is unknown, or it ended and its outcome '
-                          'was not kept (result_ttl) or has expired' % (job_id, queue))
-    if state == DONE:
-        if record.get('result_note'):
-            raise SerializationError('job %s of queue %r is done, but %s' % (
-                job_id, queue, record['result_note']))
-        if 'result' not in record:
-            return None
-        return _unseal(record['result'], secret, 'result of job %s' % job_id)
-    if state == FAILED:
-        info = _public_info(queue, dict(record, id=job_id))
-        raise JobFailed('job %s of queue %r failed: %s' % (job_id, queue, (
-            info['error_info'] or ['?'])[-1].strip().splitlines()[-1]), info)
-    if state == EXPIRED:
-        raise JobExpired('job %s of queue %r expired: it had not started %s s after it was '
-                         'due' % (job_id, queue, _seconds_text(record.get('expires', 0))))
-    raise JobCancelled('job %s of queue %r was cancelled by %s' % (
-        job_id, queue, record.get('cancelled_by', '?')))
 
 
 def current_job():
@@ -7553,8 +7392,7 @@ def depth(queue):
     failed, blocked), its counters since it was last cleaned (pushed, done,
     failed_total, cancelled, expired), ``oldest_waiting_seconds`` (0: none waits) and
     ``paused`` (True between ``pause`` and ``resume``)."""
-    queue_config(queue)
-    out, paused = _get_config()['basics']['driver'].execute(queue, [('depth',), ('paused',)])
+    out, paused = _driver(queue).execute(queue, [('depth',), ('paused',)])
     out['paused'] = paused
     oldest = out.pop('oldest_created')
     out['oldest_waiting_seconds'] = max(0.0, time.time() - oldest) if oldest else 0
@@ -7568,9 +7406,8 @@ def failed_jobs(queue, offset=0, count=100, after=None):
         after it, as fast at any depth; ``offset`` counts only when that job
         is no longer in the failed list (retried or deleted meanwhile).
     """
-    queue_config(queue)
     return [_public_info(queue, record) for record in
-            _get_config()['basics']['driver'].run(queue, 'failed', offset, count, after or '')]
+            _driver(queue).run(queue, 'failed', offset, count, after or '')]
 
 
 def queued_jobs(queue, state='waiting', count=100, cursor=None):
@@ -7586,11 +7423,10 @@ def queued_jobs(queue, state='waiting', count=100, cursor=None):
     :returns: ``{'jobs': [...], 'cursor': text or None}``: None when there is
         no page after this one.
     """
-    queue_config(queue)
-    if state not in ('waiting', 'delayed'):
-        raise ValueError("state must be 'waiting' or 'delayed', got %r" % (state,))
-    jobs, after = _get_config()['basics']['driver'].run(queue, 'listing', state, count,
-                                                         cursor or '')
+    driver = _driver(queue)
+    if state not in (WAITING, DELAYED):
+        raise ValueError('state must be %r or %r, got %r' % (WAITING, DELAYED, state))
+    jobs, after = driver.run(queue, 'listing', state, count, cursor or '')
     return {'jobs': [_public_info(queue, record) for record in jobs], 'cursor': after or None}
 
 
@@ -7601,8 +7437,7 @@ def limits(queue):
     such as ``'customer:*'`` for ``'customer:42'``; None when this config
     defines none), its settings None where it sets none; ``running``: jobs
     holding a slot (reserved or working), ``waiting``: jobs waiting for it."""
-    defs = queue_config(queue)['limits']
-    used = _get_config()['basics']['driver'].run(queue, 'limits')
+    defs, used = queue_config(queue)['limits'], _driver(queue).run(queue, 'limits')
     out = []
     for name in sorted(set(used) | {name for name in defs if not name.endswith('*')}):
         pattern = _limit_of(name, defs)
@@ -7616,8 +7451,7 @@ def limits(queue):
 
 def _bulk(queue, step, *args):
     """Run a bulk step in chunks of BULK_CHUNK until it is done; the total."""
-    queue_config(queue)
-    driver, total = _get_config()['basics']['driver'], 0
+    driver, total = _driver(queue), 0
     while True:
         started = time.monotonic()
         n = driver.run(queue, step, *args, BULK_CHUNK)
@@ -7632,15 +7466,13 @@ def _bulk(queue, step, *args):
 def retry_failed(queue, job_id=None):
     """Put one failed job (or all of them) back in the queue; returns how many."""
     if job_id:
-        queue_config(queue)
-        return _get_config()['basics']['driver'].run(queue, 'retry_failed', job_id, 1)
+        return _driver(queue).run(queue, 'retry_failed', job_id, 1)
     return _bulk(queue, 'retry_failed', '')
 
 
 def delete_failed(queue, job_id):
     """Delete one failed job; returns 1 if it was there, else 0."""
-    queue_config(queue)
-    return int(_get_config()['basics']['driver'].run(queue, 'delete_failed', job_id))
+    return int(_driver(queue).run(queue, 'delete_failed', job_id))
 
 
 def clean(queue):
@@ -7659,8 +7491,7 @@ def pause(queue):
     :returns: True, or False if the queue was paused already.
     :raises ConfigError: the queue is not configured (nothing is written).
     """
-    queue_config(queue)
-    return _get_config()['basics']['driver'].run(queue, 'pause')
+    return _driver(queue).run(queue, 'pause')
 
 
 def resume(queue):
@@ -7670,8 +7501,7 @@ def resume(queue):
     :returns: True, or False if the queue was not paused.
     :raises ConfigError: the queue is not configured (nothing is written).
     """
-    queue_config(queue)
-    return _get_config()['basics']['driver'].run(queue, 'resume')
+    return _driver(queue).run(queue, 'resume')
 
 
 def schedules(queue=None):
@@ -7703,8 +7533,7 @@ def history(queue):
     """A queue's counters sampled every HISTORY_SECONDS over the last
     HISTORY_KEEP samples: ``[{'t', 'done', 'failed'}, ...]``, oldest first
     (``done``, ``failed``: totals since the queue was last cleaned)."""
-    queue_config(queue)
-    return _get_config()['basics']['driver'].run(queue, 'history')
+    return _driver(queue).run(queue, 'history')
 
 
 def fleet():
