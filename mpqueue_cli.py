@@ -659,6 +659,7 @@ class _HTTPServer(http.server.ThreadingHTTPServer):
             raise UserError('cannot serve %s on %s:%s: %s' % (
                 what, address[0], address[1], getattr(exc, 'strerror', None) or exc)) from exc
         self.slots = threading.BoundedSemaphore(_HTTP_CONNECTIONS_MAX)
+        self.stopping = threading.Event()       # set first: long answers (streams) end
 
     def url(self, path):
         host, port = self.server_address[:2]
@@ -668,6 +669,7 @@ class _HTTPServer(http.server.ThreadingHTTPServer):
         """Print ``started`` (the first line, which says where it listens),
         then serve until SIGINT or SIGTERM; exit code 0."""
         def stop(signum, frame):    # serve_forever() ends at its next poll
+            self.stopping.set()
             threading.Thread(target=self.shutdown, daemon=True).start()
         signal.signal(signal.SIGTERM, stop)
         print(started, flush=True)
@@ -676,6 +678,7 @@ class _HTTPServer(http.server.ThreadingHTTPServer):
         except KeyboardInterrupt:   # Ctrl-C
             pass
         finally:
+            self.stopping.set()
             self.server_close()
         return 0
 
@@ -946,6 +949,12 @@ _WEB_SESSION_SECONDS = 12 * 3600   # a login lasts a working day, then the form 
 _WEB_SESSIONS_MAX = 1000      # signed-in browsers kept; past that the oldest session ends
 _WEB_OFFSET_MAX = 10 ** 9     # an offset into the failed list beyond any list a broker keeps
 _WEB_RELATIVES_MAX = 100      # parents, children: the most a job's page shows (one lookup each)
+_WEB_TEXT_MAX = 1000          # characters of a text to search for
+_WEB_STREAMS_MAX = 8          # pages sent events at once (a thread each); more poll every 2 s
+_WEB_EVENTS_EVERY = 0.2       # s: a stream looks at the broker this often, says if it changed
+_WEB_EVENTS_QUIET = 15        # s: and writes at least this often, to find pages that went
+_DONE = {'retry': 'retried', 'delete': 'deleted'}    # what an answer calls a verb's jobs
+_STREAMED = object()          # what a handler returns that has answered by itself
 _WEB_COOKIE = 'mpqueue_session_%d'    # the port is in the names: two dashboards on one host
 _WEB_LOGIN_COOKIE = 'mpqueue_login_%d'    # keep their sessions apart
 _WEB_LOOPBACK_NAMES = ('localhost', '127.0.0.1', '::1')
@@ -1043,6 +1052,7 @@ class _WebServer(_HTTPServer):
         self.failures = threading.Lock()            # wrong tokens wait their turn here
         self.broker = _BoundedCalls(_WEB_BROKER_THREADS, WEB_BROKER_TIMEOUT,
                                     self.driver.address)
+        self.streams = threading.BoundedSemaphore(_WEB_STREAMS_MAX)
 
     def new_session(self):
         """A new session's (id, CSRF token)."""
@@ -1092,12 +1102,13 @@ class _WebHandler(_Handler):
         ('GET', r'/api/queues/(?P<queue>[^/]+)/limits', 'api_limits'),
         ('GET', r'/api/fleet', 'api_fleet'),
         ('GET', r'/api/schedules', 'api_schedules'),
-        ('POST', r'/api/queues/(?P<queue>[^/]+)/failed/retry', 'api_retry_all'),
-        ('POST', r'/api/queues/(?P<queue>[^/]+)/failed/(?P<job_id>[^/]+)/retry', 'api_retry'),
-        ('POST', r'/api/queues/(?P<queue>[^/]+)/failed/(?P<job_id>[^/]+)/delete', 'api_delete'),
+        ('GET', r'/api/search', 'api_search'),
+        ('GET', r'/api/events', 'api_events'),
+        ('POST', r'/api/queues/(?P<queue>[^/]+)/failed/(?P<verb>retry|delete)', 'api_bulk'),
+        ('POST', r'/api/queues/(?P<queue>[^/]+)/failed/(?P<job_id>[^/]+)/(?P<verb>retry|delete)',
+         'api_failed_job'),
         ('POST', r'/api/queues/(?P<queue>[^/]+)/jobs/(?P<job_id>[^/]+)/cancel', 'api_cancel'),
-        ('POST', r'/api/queues/(?P<queue>[^/]+)/pause', 'api_pause'),
-        ('POST', r'/api/queues/(?P<queue>[^/]+)/resume', 'api_resume'))
+        ('POST', r'/api/queues/(?P<queue>[^/]+)/(?P<verb>pause|resume)', 'api_pause'))
 
     def end_headers(self):
         for name, value in _WEB_HEADERS:
@@ -1161,7 +1172,9 @@ class _WebHandler(_Handler):
             if self.server.read_only:
                 raise _HTTPError(403, 'the dashboard is read-only (started with --read-only)')
             self._check_csrf(self.headers.get('X-CSRF-Token', ''), self.csrf)
-        return self._json(200, handler(query=urllib.parse.parse_qs(query), **params), method)
+        value = handler(query=urllib.parse.parse_qs(query), **params)
+        if value is not _STREAMED:
+            self._json(200, value, method)
 
     def _host_allowed(self, host):
         """Without a token, only loopback names (or the address bound), with
@@ -1278,10 +1291,13 @@ class _WebHandler(_Handler):
         offset = _int_param(query, 'offset', 0, 0, _WEB_OFFSET_MAX)
         count = _int_param(query, 'count', 50, 1, _WEB_PAGE_MAX)
         after = query.get('after', [''])[0]     # the last job of the page before
+        match, cursor = _text_param(query, 'match'), query.get('cursor', [''])[0]
 
-        def page():
-            return {'total': mpqueue.depth(queue)['failed'],
-                    'jobs': mpqueue.failed_jobs(queue, offset, count, after)}
+        def page():     # with `match`: the page by cursor, and how many match in all
+            return dict({'total': mpqueue.depth(queue)['failed']}, **(dict(
+                mpqueue.search_failed(queue, match, count, cursor),
+                matched=mpqueue.count_failed(queue, match)) if match else {
+                    'jobs': mpqueue.failed_jobs(queue, offset, count, after)}))
         return self.server.broker(page)
 
     def api_queued(self, query, queue):
@@ -1322,19 +1338,88 @@ class _WebHandler(_Handler):
     def api_schedules(self, query):
         return self.server.broker(mpqueue.schedules)
 
-    def api_retry(self, query, queue, job_id):
-        if not self.server.broker(mpqueue.retry_failed, queue, job_id, action=True):
-            raise _HTTPError(404, 'job %r is not in the failed list of queue %r' % (job_id, queue))
-        return {'ok': True, 'retried': 1}
+    def api_search(self, query):
+        text = _text_param(query, 'q')
+        if not text:
+            raise _HTTPError(400, 'q: the text to look for (a job id or key, or failed jobs\' '
+                                  'text) is missing')
 
-    def api_retry_all(self, query, queue):
-        return {'ok': True, 'retried': self.server.broker(mpqueue.retry_failed, queue,
-                                                          action=True)}
+        def search():   # a job by id or key (one lookup each), failed jobs by text (a walk)
+            found = [mpqueue.find_job(q, text) for q in self.server.queues]
+            return {'jobs': [dict(info, found_by='id' if info['id'] == text else 'key')
+                             for info in found if info],
+                    'failed': [{'queue': q, 'matched': mpqueue.count_failed(q, text)}
+                               for q in self.server.queues]}
+        return self.server.broker(search)
 
-    def api_delete(self, query, queue, job_id):
-        if not self.server.broker(mpqueue.delete_failed, queue, job_id, action=True):
+    def api_events(self, query):
+        """Server-sent events: ``change`` each time what the page's view shows
+        has changed, as the server sees it looking every _WEB_EVENTS_EVERY s
+        (one request per page; the page then reads the API as it does).  At
+        most _WEB_STREAMS_MAX at once (more get 503, and poll); each ends when
+        its page goes or the server stops."""
+        look, server = self._probe(query), self.server
+        if self.command != 'GET':
+            raise _HTTPError(405, 'method not allowed (use GET)')
+        if not server.streams.acquire(blocking=False):
+            raise _HTTPError(503, '%d pages have live events already: this one polls'
+                             % _WEB_STREAMS_MAX)
+        try:
+            last, written = look(), time.monotonic()    # what changes after the answer counts
+            self.close_connection = True
+            self.send_response(200)
+            for name, value in (('Content-Type', 'text/event-stream'),
+                                ('Cache-Control', 'no-store'), ('Connection', 'close')):
+                self.send_header(name, value)
+            self.end_headers()
+            while not server.stopping.wait(_WEB_EVENTS_EVERY):
+                now = look()
+                if now != last or time.monotonic() - written > _WEB_EVENTS_QUIET:
+                    self.wfile.write(b': quiet\n\n' if now == last else b'data: change\n\n')
+                    written, last = time.monotonic(), now
+        except OSError:
+            pass            # the page went
+        finally:
+            server.streams.release()
+        return _STREAMED
+
+    def _probe(self, query):
+        """For api_events: a function whose value changes with what the page
+        shows: the counts of every queue, and the job, limits, fleet or
+        schedules of its view (without ages, which change by themselves)."""
+        view, queue, job_id = (query.get(name, [''])[0] for name in ('view', 'queue', 'id'))
+        if queue and queue not in self.server.queues:
+            raise _HTTPError(404, 'queue %r is not in the config' % queue)
+        more = {'job': lambda: queue and job_id and mpqueue.job_info(queue, job_id),
+                'limits': lambda: queue and mpqueue.limits(queue),
+                'fleet': lambda: [dict(p, age=0, last_seen=0) for p in mpqueue.fleet()],
+                'schedules': mpqueue.schedules}.get(view, lambda: None)
+
+        def probe():
+            return json.dumps([more()] + [dict(mpqueue.depth(q), oldest_waiting_seconds=0)
+                                          for q in self.server.queues], default=str)
+
+        def look():
+            try:
+                return self.server.broker(probe)
+            except _HTTPError as exc:       # the broker is down: the page's calls say so
+                return str(exc)
+        return look
+
+    def api_failed_job(self, query, queue, job_id, verb):
+        if not self.server.broker(getattr(mpqueue, verb + '_failed'), queue, job_id,
+                                  action=True):
             raise _HTTPError(404, 'job %r is not in the failed list of queue %r' % (job_id, queue))
-        return {'ok': True, 'deleted': 1}
+        return {'ok': True, _DONE[verb]: 1}
+
+    def api_bulk(self, query, queue, verb):
+        """Retry every failed job (or those that contain ``match``), or delete
+        those that contain ``match`` (there is no "delete all")."""
+        match = _text_param(query, 'match')
+        if verb == 'delete' and not match:
+            raise _HTTPError(400, 'match: deleting failed jobs takes the text they contain')
+        return {'ok': True, _DONE[verb]: self.server.broker(
+            getattr(mpqueue, verb + '_failed'), queue, None, match, action=True)}
 
     def api_cancel(self, query, queue, job_id):
         state = self.server.broker(mpqueue.cancel, queue, job_id, action=True)
@@ -1342,13 +1427,9 @@ class _WebHandler(_Handler):
             raise _HTTPError(404, 'no job %r in queue %r' % (job_id, queue))
         return {'ok': True, 'state': state}
 
-    def api_pause(self, query, queue):
-        changed = self.server.broker(mpqueue.pause, queue, action=True)
-        return {'ok': True, 'paused': True, 'changed': changed}
-
-    def api_resume(self, query, queue):
-        changed = self.server.broker(mpqueue.resume, queue, action=True)
-        return {'ok': True, 'paused': False, 'changed': changed}
+    def api_pause(self, query, queue, verb):
+        changed = self.server.broker(getattr(mpqueue, verb), queue, action=True)
+        return {'ok': True, 'paused': verb == 'pause', 'changed': changed}
 
 
 def _int_param(query, name, default, low, high):
@@ -1361,6 +1442,15 @@ def _int_param(query, name, default, low, high):
         raise _HTTPError(400, '%s must be an integer %s, got %r' % (
             name, 'from %d to %d' % (low, high) if high is not None else '>= %d' % low, text))
     return value
+
+
+def _text_param(query, name):
+    """A text parameter (None when missing or empty), at most _WEB_TEXT_MAX long."""
+    text = query.get(name, [''])[0]
+    if len(text) > _WEB_TEXT_MAX:
+        raise _HTTPError(400, '%s must be at most %d characters, got %d' % (
+            name, _WEB_TEXT_MAX, len(text)))
+    return text or None
 
 
 def _web_render(name, **values):
@@ -1735,6 +1825,11 @@ _WEB_ASSETS = {
     <a class="brand" href="#queues"><img class="logo" src="favicon.svg" alt="">mpqueue</a>
     <span class="broker" title="The broker this dashboard reads">{{broker}}</span>
     <span id="read-only" class="badge muted" hidden>read-only</span>
+    <form id="search" class="search" role="search">
+      <input id="search-text" type="search" placeholder="Job id or key, failed job text"
+             aria-label="Find a job by id or unique key, or failed jobs by their text"
+             autocomplete="off" spellcheck="false">
+    </form>
     <span class="spacer"></span>
     <span id="summary" class="summary"></span>
     <span id="live" class="live">connecting&hellip;</span>
@@ -1844,6 +1939,9 @@ _WEB_ASSETS = {
       <h1 id="h-failed">Failed jobs</h1>
       <div class="tools">
         <label class="field">Queue <select id="failed-queue"></select></label>
+        <form id="failed-filter"><label class="field">Containing <input id="failed-match"
+          type="search" placeholder="name, key or error" autocomplete="off" spellcheck="false">
+        </label></form>
         <span id="failed-tools"></span>
       </div>
     </div>
@@ -1864,6 +1962,15 @@ _WEB_ASSETS = {
     <div id="job-box"></div>
   </section>
 
+  <section id="view-search" class="view" aria-labelledby="h-search" hidden>
+    <div class="head">
+      <h1 id="h-search">Search</h1>
+      <p class="sub">A job whose id or unique key is the text, in every queue; the failed jobs
+        that contain it in their name, key or errors (ASCII letters in either case).</p>
+    </div>
+    <div id="search-box"></div>
+  </section>
+
   <section id="view-schedules" class="view" aria-labelledby="h-schedules" hidden>
     <div class="head">
       <h1 id="h-schedules">Schedules</h1>
@@ -1874,7 +1981,8 @@ _WEB_ASSETS = {
 </main>
 
 <div id="toast" class="toast" role="status" aria-live="polite" hidden></div>
-<footer>mpqueue {{version}} &middot; refreshes every 2 s</footer>
+<footer>mpqueue {{version}} &middot; refreshes as the broker changes (server-sent events), or
+  every 2 s</footer>
 </body>
 </html>
 ''',
@@ -1956,6 +2064,8 @@ code, pre, .mono, .broker, summary { font-family: ui-monospace, "SFMono-Regular"
 .live.ok::before { background: #32d583; box-shadow: 0 0 0 3px rgba(50, 213, 131, .2); }
 .live.bad::before { background: #f97066; box-shadow: 0 0 0 3px rgba(249, 112, 102, .25); }
 .top .link { color: #cbd5e1; }
+.search input { width: 270px; background: #1d2939; border-color: #475467; color: #fff; }
+.search input::placeholder { color: #98a2b3; }
 .top nav ul { list-style: none; display: flex; gap: 4px; margin: 0 auto; padding-top: 4px;
   padding-bottom: 0; overflow-x: auto; }
 .top nav a { display: block; padding: 9px 14px 10px; color: #cbd5e1; font-weight: 500;
@@ -2139,16 +2249,20 @@ form.login .btn { margin-top: 8px; padding: 9px; }
 'use strict';
 
 (function () {
-  const REFRESH_MS = 2000;          // one round of API calls every 2 s
+  const REFRESH_MS = 2000;          // one round of API calls every 2 s, without events
+  const QUIET_MS = 10000;           // and with them: ages and the chart's right edge move
   const FETCH_TIMEOUT_MS = 8000;    // the server gives up on the broker after 3 s
   const WINDOW_S = 15 * 60;         // the chart's time span
   const RATE_SPAN_S = 10;           // a rate is taken over about this many seconds
   const GAP_S = 60;                 // samples further apart than this leave a gap
   const PAGE_SIZE = 50;             // failed jobs, waiting jobs per page
   const RELATIVES_SHOWN = 100;      // a job's parents, children: as many as the API looks up
-  const VIEWS = ['queues', 'fleet', 'queued', 'limits', 'failed', 'job', 'schedules'];
   const TITLES = {queues: 'Queues', fleet: 'Fleet', queued: 'Waiting jobs', limits: 'Limits',
-                  failed: 'Failed jobs', job: 'Job', schedules: 'Schedules'};
+                  failed: 'Failed jobs', job: 'Job', schedules: 'Schedules', search: 'Search'};
+  const VIEWS = Object.keys(TITLES);
+  // what a view's address holds after its name: #failed/Q/OFFSET/AFTER/MATCH, ...
+  const ADDRESS = {queued: ['queue', 'state', 'cursor'], limits: ['queue'], job: ['queue', 'id'],
+                   failed: ['queue', 'offset', 'after', 'match'], search: ['text']};
   const UNFINISHED = ['waiting', 'delayed', 'reserved', 'working', 'blocked'];
   const QUEUE_COLUMNS = ['Queue', 'Waiting', 'Delayed', 'Reserved', 'Working', 'Failed',
                          'Blocked', 'Cancelled', 'Expired', 'Oldest waiting', 'Pushed', 'Done',
@@ -2177,13 +2291,16 @@ form.login .btn { margin-top: 8px; padding: 9px; }
     history: 'unknown',           // 'broker': mpqueue.history(); 'local': our samples
     historyData: new Map(),
     chartQueue: QUEUES[0] || null,
-    failed: {queue: QUEUES[0] || null, offset: 0, after: '', key: ''},
+    // each view's place (ADDRESS) and `key`: what it shows, to redraw only what changed
+    failed: {queue: QUEUES[0] || null, offset: 0, after: '', match: '', key: ''},
     queued: {queue: QUEUES[0] || null, state: 'waiting', cursor: '', key: ''},
     limits: {queue: QUEUES[0] || null, key: ''},
-    open: new Set(),              // error <details> the user opened: 'id:index'
     job: {queue: QUEUES[0] || null, id: '', key: ''},
-    schedulesKey: '',
+    schedules: {key: ''},
+    search: {text: '', key: ''},
+    open: new Set(),              // error <details> the user opened: 'id:index'
     lastUpdate: null,
+    pushed: false,                // server-sent events come: no poll every 2 s
   };
 
   // -- DOM: elements and text nodes only -------------------------------------
@@ -2295,6 +2412,18 @@ form.login .btn { margin-top: 8px; padding: 9px; }
     return el('td', {class: cls, 'data-col': name}, fmtInt(value));
   }
 
+  function dataTable(id, caption, head, numeric, rows, cls) {
+    // a table that scrolls sideways in its card; `caption` is for screen readers
+    return el('div', {class: 'scroll'}, el('table', {class: 'data ' + (cls || ''), id: id}, [
+      el('caption', {class: 'sr-only'}, caption),
+      el('colgroup', {}, head.map((h) => el('col', {class: 'c-' + h.toLowerCase()}))),
+      el('thead', {}, headRow(head, numeric)), el('tbody', {}, rows)]));
+  }
+
+  function say(box, text) {         // a box that has nothing to show says why
+    box.replaceChildren(el('p', {class: 'empty'}, text));
+  }
+
   // -- the API -----------------------------------------------------------------------
 
   class ApiError extends Error {
@@ -2333,6 +2462,21 @@ form.login .btn { margin-top: 8px; padding: 9px; }
     return body;
   }
 
+  async function fresh(view, path) {
+    // the answer to `path` for a view, or null while it is what the view shows already
+    let data;
+    try {
+      data = await api(path);
+    } catch (err) {
+      state[view].key = '';
+      throw err;
+    }
+    const key = path + '\n' + JSON.stringify(data);
+    if (key === state[view].key) return null;
+    state[view].key = key;
+    return data;
+  }
+
   // -- refreshing ----------------------------------------------------------------------
 
   let timer = null, running = false, again = false;
@@ -2348,7 +2492,8 @@ form.login .btn { margin-top: 8px; padding: 9px; }
     } finally {
       running = false;
       showHealth(results.filter((r) => r.status === 'rejected').map((r) => r.reason));
-      if (again) { again = false; tick(); } else timer = setTimeout(tick, REFRESH_MS);
+      if (again) { again = false; tick(); } else timer = setTimeout(tick, state.pushed ? QUIET_MS
+                                                                      : REFRESH_MS);
     }
   }
 
@@ -2364,6 +2509,9 @@ form.login .btn { margin-top: 8px; padding: 9px; }
       $('main').classList.remove('stale-data');
       live.className = 'live ok';
       live.textContent = 'Live \u00b7 ' + fmtClock(state.lastUpdate);
+      live.dataset.mode = state.pushed ? 'events' : 'poll';
+      live.title = state.pushed ? 'Refreshed as the broker changes (server-sent events)'
+        : 'Refreshed every 2 s';
       return;
     }
     const title = server ? 'Dashboard server unreachable'
@@ -2397,18 +2545,12 @@ form.login .btn { margin-top: 8px; padding: 9px; }
   }
 
   function loadView() {
-    switch (state.view) {
-      case 'queued': return loadQueued();
-      case 'limits': return loadLimits();
-      case 'failed': return loadFailed();
-      case 'job': return loadJob();
-      case 'schedules': return loadSchedules();
-      default: return null;
-    }
+    const load = {queued: loadQueued, limits: loadLimits, failed: loadFailed, job: loadJob,
+                  schedules: loadSchedules, search: loadSearch}[state.view];
+    return load ? load() : null;
   }
 
-  // -- routing: #queues, #fleet, #queued/Q/STATE/CURSOR, #limits/Q, #failed/Q/OFFSET/AFTER,
-  //    #job/Q/ID, #schedules
+  // -- routing: #VIEW and then its place (ADDRESS), each part URI-encoded
 
   function route() {
     let parts;
@@ -2417,37 +2559,29 @@ form.login .btn { margin-top: 8px; padding: 9px; }
     } catch (err) {
       parts = [];
     }
-    state.view = VIEWS.includes(parts[0]) ? parts[0] : 'queues';
-    if (state.view === 'failed' && parts[1]) {
-      state.failed.queue = parts[1];
-      state.failed.offset = Math.max(0, parseInt(parts[2], 10) || 0);
-      state.failed.after = parts[3] || '';      // the id of the job before the page
-      state.failed.key = '';
+    const view = state.view = VIEWS.includes(parts[0]) ? parts[0] : 'queues';
+    if (ADDRESS[view] && (parts[1] || view === 'job' || view === 'search')) {
+      ADDRESS[view].forEach((name, i) => {       // a view's queue stays when none is given
+        if (name !== 'queue' || parts[i + 1]) state[view][name] = parts[i + 1] || '';
+      });
+      state[view].key = '';
     }
-    if (state.view === 'queued' && parts[1]) {
-      state.queued.queue = parts[1];
-      state.queued.state = parts[2] === 'delayed' ? 'delayed' : 'waiting';
-      state.queued.cursor = parts[3] || '';     // the page before gave it
-      state.queued.key = '';
-    }
-    if (state.view === 'limits' && parts[1]) {
-      state.limits.queue = parts[1];
-      state.limits.key = '';
-    }
-    if (state.view === 'job') {
-      if (parts[1]) state.job.queue = parts[1];
-      state.job.id = parts[2] || '';
-      state.job.key = '';
+    state.failed.offset = Math.max(0, parseInt(state.failed.offset, 10) || 0);
+    if (state.queued.state !== 'delayed') state.queued.state = 'waiting';
+    $('failed-match').value = state.failed.match;
+    $('search-text').value = state.search.text;
+    if (view === 'job') {
       $('job-id').value = state.job.id;
       if (!state.job.id) $('job-box').replaceChildren();
     }
-    for (const view of VIEWS) $('view-' + view).hidden = view !== state.view;
+    for (const name of VIEWS) $('view-' + name).hidden = name !== view;
     for (const link of document.querySelectorAll('.top nav a')) {
       if (link.dataset.view === state.view) link.setAttribute('aria-current', 'page');
       else link.removeAttribute('aria-current');
     }
     document.title = TITLES[state.view] + ' \u00b7 mpqueue';
     fillSelects();
+    listen();
     tick();
   }
 
@@ -2767,10 +2901,13 @@ form.login .btn { margin-top: 8px; padding: 9px; }
   }
 
   async function act(button, path, question, done) {
+    // POST an action; `question` (or what the function `question` returns: false stops
+    // it) is asked first; what `done(answer)` returns is said
     if (READ_ONLY) return;
-    if (question && !window.confirm(question)) return;
     if (button) button.disabled = true;
     try {
+      if (typeof question === 'function') question = await question();
+      if (question === false || (question && !window.confirm(question))) return;
       toast(done(await api(path, 'POST')));
     } catch (err) {
       toast(err.message, true);
@@ -2780,55 +2917,76 @@ form.login .btn { margin-top: 8px; padding: 9px; }
       }
     } finally {
       if (button) button.disabled = false;
-      state.failed.key = state.job.key = '';
+      state.failed.key = state.job.key = state.search.key = '';
       tick();
     }
+  }
+
+  function bulkButton(verb, queue, match) {
+    // retry or delete each failed job of `queue` that matches: the count is asked for first
+    const base = 'api/queues/' + enc(queue) + '/failed', quoted = "'" + match + "'";
+    const title = verb[0].toUpperCase() + verb.slice(1);
+    return actionButton(title + ' matching', verb + '-matching', title + ' the failed jobs of ' +
+                        'queue ' + queue + ' matching ' + quoted, (e) => act(
+      e.currentTarget, base + '/' + verb + '?match=' + enc(match), async () => {
+        const n = (await api(base + '?count=1&match=' + enc(match))).matched;
+        if (!n) toast('No failed job of queue ' + queue + ' matches ' + quoted);
+        return Boolean(n) && title + ' ' + fmtInt(n) + ' failed job' + (n === 1 ? '' : 's') +
+          ' matching ' + quoted + '?' + (verb === 'delete' ? ' This cannot be undone.' : '');
+      }, (r) => fmtInt(r.retried === undefined ? r.deleted : r.retried) + ' job(s) of queue ' +
+        queue + (verb === 'retry' ? ' put back' : ' deleted')), verb === 'delete');
   }
 
   function queueBox(view) {
     // [the box, the queue] of a view that shows one queue; without a queue the box says so
     const box = $(view + '-box'), queue = state[view].queue;
-    if (!queue) box.replaceChildren(el('p', {class: 'empty'}, 'No queue in the config.'));
+    if (!queue) say(box, 'No queue in the config.');
     return [box, queue];
   }
 
+  function jobCell(queue, job) {      // a job's name, and its id linked to its page
+    return el('td', {class: 'job'}, [
+      el('div', {class: 'name', 'data-col': 'name'}, job.job || '(unnamed)'),
+      el('a', {class: 'id mono', href: '#job/' + enc(queue) + '/' + enc(job.id),
+               title: 'Look this job up'}, job.id)]);
+  }
+
+  function pager(what, text, links) {
+    return el('nav', {class: 'pager', 'aria-label': 'Pages of ' + what},
+              [el('span', {}, text), el('span', {class: 'spacer'}), links]);
+  }
+
   async function loadFailed() {
+    // a page by offset (and the id of the job before it), or, filtered by `match`, by cursor
     const [box, queue] = queueBox('failed');
     if (!queue) return;
+    const {offset, after, match} = state.failed, quoted = "'" + match + "'";
     const base = 'api/queues/' + enc(queue) + '/failed';
-    const data = await api(base + '?offset=' + state.failed.offset + '&count=' + PAGE_SIZE +
-                           (state.failed.after ? '&after=' + enc(state.failed.after) : ''));
-    if (state.failed.offset && state.failed.offset >= data.total) {
+    const data = await fresh('failed', base + '?count=' + PAGE_SIZE + (match
+      ? '&match=' + enc(match) + (after ? '&cursor=' + enc(after) : '')
+      : '&offset=' + offset + (after ? '&after=' + enc(after) : '')));
+    if (!data) return;
+    if (!match && offset && offset >= data.total) {
       // the page emptied (jobs retried or deleted): show the last one that has jobs
       const last = Math.max(0, Math.floor((data.total - 1) / PAGE_SIZE) * PAGE_SIZE);
-      go('#failed/' + enc(queue) + (last ? '/' + last : ''));
-      return;
+      return go('#failed/' + enc(queue) + (last ? '/' + last : ''));
     }
-    const key = queue + '\n' + JSON.stringify(data);
-    if (key === state.failed.key) return;
-    state.failed.key = key;
-
-    const tools = [];
-    if (!READ_ONLY && data.total) {
-      tools.push(actionButton('Retry all', 'retry-all',
-        'Retry all ' + data.total + ' failed jobs of queue ' + queue, (e) => act(
+    $('failed-tools').replaceChildren(...(READ_ONLY || !data.total ? [] : match
+      ? [bulkButton('retry', queue, match), bulkButton('delete', queue, match)]
+      : [actionButton('Retry all', 'retry-all', 'Retry all ' + data.total +
+                      ' failed jobs of queue ' + queue, (e) => act(
           e.currentTarget, base + '/retry',
           'Put all ' + fmtInt(data.total) + ' failed jobs of queue ' + queue + ' back?',
-          (r) => r.retried + ' job(s) of queue ' + queue + ' put back')));
-    }
-    $('failed-tools').replaceChildren(...tools);
+          (r) => r.retried + ' job(s) of queue ' + queue + ' put back'))]));
     if (!data.jobs.length) {
-      box.replaceChildren(el('p', {class: 'empty'}, 'No failed jobs in queue ' + queue + '.'));
-      return;
+      return say(box, match ? 'No failed job of queue ' + queue + ' matches ' + quoted + '.'
+        : 'No failed jobs in queue ' + queue + '.');
     }
     const rows = data.jobs.map((job) => {
       const jobPath = 'api/queues/' + enc(queue) + '/failed/' + enc(job.id);
       const name = job.job || '(unnamed)';
       const cells = [
-        el('td', {class: 'job'}, [
-          el('div', {class: 'name', 'data-col': 'name'}, name),
-          el('a', {class: 'id mono', href: '#job/' + enc(queue) + '/' + enc(job.id),
-                   title: 'Look this job up'}, job.id)]),
+        jobCell(queue, job),
         el('td', {class: 'num', 'data-col': 'attempts',
                   title: 'attempts made; the job allowed ' + ((job.fail_number || 0) + 1)},
            fmtInt(job.exec_number)),
@@ -2850,23 +3008,19 @@ form.login .btn { margin-top: 8px; padding: 9px; }
       return el('tr', {'data-job-id': job.id}, cells);
     });
     const head = ['Job', 'Attempts', 'Failed', 'Errors'].concat(READ_ONLY ? [] : ['Actions']);
-    const first = state.failed.offset + 1, last = state.failed.offset + data.jobs.length;
-    const prev = state.failed.offset > 0, next = last < data.total;
-    const pageLink = (offset, label, rel, after) => el('a', {href: '#failed/' + enc(queue) +
-      (offset ? '/' + offset : '') + (after ? '/' + enc(after) : ''), rel: rel}, label);
+    const last = offset + data.jobs.length, lastId = data.jobs[data.jobs.length - 1].id;
+    const page = (to, label, rel, cursor) => el('a', {rel: rel, href: '#failed/' + enc(queue) +
+      (to || match ? '/' + to : '') + (cursor || match ? '/' + enc(cursor) : '') +
+      (match ? '/' + enc(match) : '')}, label);
     box.replaceChildren(
-      el('div', {class: 'scroll'}, el('table', {class: 'data failed-jobs', id: 'failed-table'}, [
-        el('caption', {class: 'sr-only'}, 'Failed jobs of queue ' + queue),
-        el('colgroup', {}, head.map((h) => el('col', {class: 'c-' + h.toLowerCase()}))),
-        el('thead', {}, headRow(head, ['Attempts'])),
-        el('tbody', {}, rows)])),
-      el('nav', {class: 'pager', 'aria-label': 'Pages of failed jobs'}, [
-        el('span', {}, fmtInt(first) + '\u2013' + fmtInt(last) + ' of ' + fmtInt(data.total)),
-        el('span', {class: 'spacer'}),
-        prev ? pageLink(Math.max(0, state.failed.offset - PAGE_SIZE), '\u2190 Previous', 'prev')
-          : null,
-        next ? pageLink(state.failed.offset + PAGE_SIZE, 'Next \u2192', 'next',
-                        data.jobs[data.jobs.length - 1].id) : null]));
+      dataTable('failed-table', 'Failed jobs of queue ' + queue, head, ['Attempts'], rows,
+                'failed-jobs'),
+      pager('failed jobs', fmtInt(offset + 1) + '\u2013' + fmtInt(last) + ' of ' + (match
+        ? fmtInt(data.matched) + ' matching ' + quoted : fmtInt(data.total)), match ? [
+        offset ? page(0, '\u2190 First page', 'first', '') : null,
+        data.cursor ? page(last, 'Next \u2192', 'next', data.cursor) : null] : [
+        offset ? page(Math.max(0, offset - PAGE_SIZE), '\u2190 Previous', 'prev') : null,
+        last < data.total ? page(last, 'Next \u2192', 'next', lastId) : null]));
   }
 
   // -- waiting and delayed jobs ---------------------------------------------------------
@@ -2875,24 +3029,15 @@ form.login .btn { margin-top: 8px; padding: 9px; }
     const {cursor} = state.queued, which = state.queued.state;
     const [box, queue] = queueBox('queued');
     if (!queue) return;
-    const data = await api('api/queues/' + enc(queue) + '/jobs?state=' + which + '&count=' +
-                           PAGE_SIZE + (cursor ? '&cursor=' + enc(cursor) : ''));
-    const key = queue + '\n' + JSON.stringify(data);
-    if (key === state.queued.key) return;
-    state.queued.key = key;
+    const data = await fresh('queued', 'api/queues/' + enc(queue) + '/jobs?state=' + which +
+                             '&count=' + PAGE_SIZE + (cursor ? '&cursor=' + enc(cursor) : ''));
+    if (!data) return;
     if (!data.jobs.length) {
-      box.replaceChildren(el('p', {class: 'empty'}, cursor
-        ? 'No more ' + which + ' jobs in queue ' + queue + '.'
-        : 'No ' + which + ' jobs in queue ' + queue + '.'));
-      return;
+      return say(box, (cursor ? 'No more ' : 'No ') + which + ' jobs in queue ' + queue + '.');
     }
     const when = which === 'delayed' ? 'due_time' : 'create_time';
     const rows = data.jobs.map((job) => el('tr', {'data-job-id': job.id}, [
-      el('td', {class: 'job'}, [
-        el('div', {class: 'name', 'data-col': 'name'}, job.job || '(unnamed)'),
-        el('a', {class: 'id mono', href: '#job/' + enc(queue) + '/' + enc(job.id),
-                 title: 'Look this job up'}, job.id)]),
-      numCell(job.priority, 'priority'),
+      jobCell(queue, job), numCell(job.priority, 'priority'),
       el('td', {'data-col': when}, timeCell(job[when])),
       numCell(job.exec_number, 'attempts'),
       el('td', {'data-col': 'key'}, job.key === null || job.key === undefined ? '\u2014'
@@ -2900,14 +3045,10 @@ form.login .btn { margin-top: 8px; padding: 9px; }
     const base = '#queued/' + enc(queue) + '/' + which;
     const head = ['Job', 'Priority', which === 'delayed' ? 'Due' : 'Created', 'Attempts', 'Key'];
     box.replaceChildren(
-      el('div', {class: 'scroll'}, el('table', {class: 'data failed-jobs', id: 'queued-table'}, [
-        el('caption', {class: 'sr-only'}, 'The ' + which + ' jobs of queue ' + queue),
-        el('thead', {}, headRow(head, ['Priority', 'Attempts'])),
-        el('tbody', {}, rows)])),
-      el('nav', {class: 'pager', 'aria-label': 'Pages of ' + which + ' jobs'}, [
-        el('span', {}, fmtInt(data.jobs.length) + ' shown of ' + fmtInt(data.total) + ' ' + which),
-        el('span', {class: 'spacer'}),
-        cursor ? el('a', {href: base, rel: 'first'}, '\u2190 First page') : null,
+      dataTable('queued-table', 'The ' + which + ' jobs of queue ' + queue, head,
+                ['Priority', 'Attempts'], rows, 'failed-jobs'),
+      pager(which + ' jobs', fmtInt(data.jobs.length) + ' shown of ' + fmtInt(data.total) + ' ' +
+            which, [cursor ? el('a', {href: base, rel: 'first'}, '\u2190 First page') : null,
         data.cursor ? el('a', {href: base + '/' + enc(data.cursor), rel: 'next'}, 'Next \u2192')
           : null]));
   }
@@ -2917,15 +3058,9 @@ form.login .btn { margin-top: 8px; padding: 9px; }
   async function loadLimits() {
     const [box, queue] = queueBox('limits');
     if (!queue) return;
-    const data = await api('api/queues/' + enc(queue) + '/limits');
-    const key = queue + '\n' + JSON.stringify(data);
-    if (key === state.limits.key) return;
-    state.limits.key = key;
-    if (!data.length) {
-      box.replaceChildren(el('p', {class: 'empty'}, 'No limit defined or in use in queue ' +
-                                                    queue + '.'));
-      return;
-    }
+    const data = await fresh('limits', 'api/queues/' + enc(queue) + '/limits');
+    if (!data) return;
+    if (!data.length) return say(box, 'No limit defined or in use in queue ' + queue + '.');
     const head = ['Name', 'Limit', 'Concurrency', 'Rate', 'Running', 'Waiting'];
     const rows = data.map((r) => el('tr', {'data-limit': r.name}, [
       el('th', {scope: 'row', class: 'mono'}, r.name),
@@ -2936,11 +3071,8 @@ form.login .btn { margin-top: 8px; padding: 9px; }
          r.rate ? fmtInt(r.rate) + ' per ' + fmtInt(r.per) + ' s' : '\u2014'),
       numCell(r.running, 'running', r.concurrency && r.running >= r.concurrency ? 'warn' : ''),
       numCell(r.waiting, 'waiting')]));
-    box.replaceChildren(el('div', {class: 'scroll'}, el('table', {class: 'data',
-                                                                  id: 'limits-table'}, [
-      el('caption', {class: 'sr-only'}, 'The limits of queue ' + queue),
-      el('thead', {}, headRow(head, ['Concurrency', 'Rate', 'Running', 'Waiting'])),
-      el('tbody', {}, rows)])));
+    box.replaceChildren(dataTable('limits-table', 'The limits of queue ' + queue, head,
+                                  ['Concurrency', 'Rate', 'Running', 'Waiting'], rows));
   }
 
   // -- a job by id ---------------------------------------------------------------------
@@ -2986,18 +3118,13 @@ form.login .btn { margin-top: 8px; padding: 9px; }
     if (!queue || !id) return;
     let info;
     try {
-      info = await api('api/queues/' + enc(queue) + '/jobs/' + enc(id));
+      info = await fresh('job', 'api/queues/' + enc(queue) + '/jobs/' + enc(id));
     } catch (err) {
-      state.job.key = '';
-      if (err.status === 404) {
-        return box.replaceChildren(el('div', {class: 'card'}, el('p', {class: 'empty'},
-          'No job ' + id + ' in queue ' + queue + ': the id is unknown, or its record expired.')));
-      }
-      throw err;
+      if (err.status !== 404) throw err;
+      return box.replaceChildren(el('div', {class: 'card'}, el('p', {class: 'empty'},
+        'No job ' + id + ' in queue ' + queue + ': the id is unknown, or its record expired.')));
     }
-    const key = JSON.stringify(info);
-    if (key === state.job.key) return;
-    state.job.key = key;
+    if (!info) return;
     const cancellable = !READ_ONLY && UNFINISHED.includes(info.state);
     const limitLink = (name) => el('a', {class: 'mono', href: '#limits/' + enc(queue),
                                          title: 'Show the limits of queue ' + queue}, name);
@@ -3051,26 +3178,13 @@ form.login .btn { margin-top: 8px; padding: 9px; }
   // -- schedules -----------------------------------------------------------------------
 
   async function loadSchedules() {
-    const box = $('schedules-box');
-    let data;
-    try {
-      data = await api('api/schedules');
-    } catch (err) {
-      state.schedulesKey = '';
-      throw err;
-    }
-    const key = JSON.stringify(data);
-    if (key === state.schedulesKey) return;
-    state.schedulesKey = key;
-    if (!data.length) {
-      return box.replaceChildren(el('p', {class: 'empty'}, 'No schedule in the config.'));
-    }
+    const box = $('schedules-box'), data = await fresh('schedules', 'api/schedules');
+    if (!data) return;
+    if (!data.length) return say(box, 'No schedule in the config.');
     const head = ['Queue', 'Name', 'Expression', 'Timezone', 'Last tick', 'Next tick',
                   'Last job', 'State', 'Skipped'];
-    const table = el('table', {class: 'data', id: 'schedules-table'}, [
-      el('caption', {class: 'sr-only'}, 'Schedules'),
-      el('thead', {}, headRow(head, ['Skipped'])),
-      el('tbody', {}, data.map((s) => el('tr', {'data-schedule': s.queue + '/' + s.name}, [
+    box.replaceChildren(dataTable('schedules-table', 'Schedules', head, ['Skipped'], data.map(
+      (s) => el('tr', {'data-schedule': s.queue + '/' + s.name}, [
         el('td', {}, s.queue), el('th', {scope: 'row'}, s.name),
         el('td', {class: 'mono'}, s.expression), el('td', {}, s.timezone || 'UTC'),
         el('td', {}, timeCell(s.last_tick)), el('td', {}, timeCell(s.next_tick)),
@@ -3078,8 +3192,54 @@ form.login .btn { margin-top: 8px; padding: 9px; }
                                              enc(s.last_job_id)}, s.last_job_id) : '\u2014'),
         el('td', {}, s.last_job_state ? el('span', {class: 'badge ' + s.last_job_state},
                                            s.last_job_state) : '\u2014'),
-        numCell(s.skipped, 'skipped')])))]);
-    box.replaceChildren(el('div', {class: 'scroll'}, table));
+        numCell(s.skipped, 'skipped')]))));
+  }
+
+  // -- search: a job by id or unique key in every queue, failed jobs by text -----------
+
+  async function loadSearch() {
+    const {text} = state.search, box = $('search-box'), quoted = "'" + text + "'";
+    if (!text) return say(box, 'Type a job id or key, or a text of failed jobs, above.');
+    const data = await fresh('search', 'api/search?q=' + enc(text));
+    if (!data) return;
+    const jobs = data.jobs.map((job) => el('tr', {'data-job-id': job.id}, [
+      el('td', {'data-col': 'queue'}, job.queue), jobCell(job.queue, job),
+      el('td', {'data-col': 'found_by'}, job.found_by),
+      el('td', {'data-col': 'state'}, el('span', {class: 'badge ' + job.state}, job.state))]));
+    const failed = data.failed.map((f) => el('tr', {'data-queue': f.queue}, [
+      el('td', {'data-col': 'queue'}, f.queue), numCell(f.matched, 'matched'),
+      el('td', {}, f.matched ? el('a', {href: '#failed/' + enc(f.queue) + '/0//' + enc(text)},
+                                  'Show them') : '\u2014')]));
+    box.replaceChildren(
+      el('div', {class: 'card'}, [el('h2', {class: 'card-head'}, 'Id or unique key ' + quoted),
+        jobs.length ? dataTable('search-jobs', 'Jobs whose id or unique key is ' + quoted,
+                                ['Queue', 'Job', 'Found by', 'State'], [], jobs)
+          : el('p', {class: 'empty'}, 'No queue has a job with the id or unique key ' + quoted +
+               ' (a key is found while a job holds it: see unique in push()).')]),
+      el('div', {class: 'card'}, [el('h2', {class: 'card-head'}, 'Failed jobs that contain ' +
+                                        quoted + ' in their name, key or errors'),
+        dataTable('search-failed', 'Failed jobs that contain ' + quoted, ['Queue', 'Matching',
+                                                                         ''], ['Matching'],
+                  failed)]));
+  }
+
+  // -- live: server-sent events when the server sends them, else a poll every 2 s -----
+
+  let events = null;
+
+  function listen() {
+    // the events of what the page shows now; each 'change' refreshes it
+    if (events) events.close();
+    state.pushed = false;
+    events = window.EventSource ? new EventSource('api/events?' + new URLSearchParams({
+      view: state.view, queue: (state[state.view] || {}).queue || '', id: state.job.id})) : null;
+    if (!events) return;
+    events.onopen = () => { state.pushed = true; };
+    events.onmessage = () => tick();
+    events.onerror = () => {       // it tries again by itself unless refused (CLOSED)
+      state.pushed = false;
+      tick();
+    };
   }
 
   // -- start ---------------------------------------------------------------------------
@@ -3105,7 +3265,16 @@ form.login .btn { margin-top: 8px; padding: 9px; }
       renderChart();
       tick();
     });
-    $('failed-queue').addEventListener('change', (e) => go('#failed/' + enc(e.target.value)));
+    $('failed-queue').addEventListener('change', (e) => go('#failed/' + enc(e.target.value) +
+      (state.failed.match ? '/0//' + enc(state.failed.match) : '')));
+    for (const [form, field, hash] of [['failed-filter', 'failed-match', () => '#failed/' +
+                                        enc(state.failed.queue || '') + '/0//'],
+                                       ['search', 'search-text', () => '#search/']]) {
+      $(form).addEventListener('submit', (e) => {
+        e.preventDefault();
+        go(hash() + enc($(field).value.trim()));
+      });
+    }
     $('queued-queue').addEventListener('change', (e) => go('#queued/' + enc(e.target.value) +
                                                            '/' + $('queued-state').value));
     $('queued-state').addEventListener('change', (e) => go('#queued/' +
