@@ -634,8 +634,9 @@ class _HTTPError(Exception):
 
 
 def _routes(*table):
-    """A handler's routes: (method, path pattern, handler method name), the
-    pattern compiled to match the whole path."""
+    """A handler's routes: (method, path pattern, the name of the handler's
+    method, or a function of the path's parts), the pattern compiled to match
+    the whole path."""
     return [(method, re.compile('^%s$' % pattern), name) for method, pattern, name in table]
 
 
@@ -784,8 +785,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             if route_method != ('GET' if method == 'HEAD' else method):
                 allowed.append(route_method)
                 continue
-            return getattr(self, name), {k: urllib.parse.unquote(v, errors='replace')
-                                         for k, v in match.groupdict().items()}
+            return getattr(self, name) if isinstance(name, str) else name, {
+                k: urllib.parse.unquote(v, errors='replace') for k, v in match.groupdict().items()}
         if allowed:
             raise _HTTPError(405, 'method not allowed (use %s)' % ', '.join(allowed))
         raise _HTTPError(404, 'no such path: %s' % path)
@@ -1095,13 +1096,13 @@ class _WebHandler(_Handler):
 
     routes = _routes(
         ('GET', r'/api/queues', 'api_queues'),
-        ('GET', r'/api/queues/(?P<queue>[^/]+)/history', 'api_history'),
+        ('GET', r'/api/queues/(?P<queue>[^/]+)/history', mpqueue.history),
         ('GET', r'/api/queues/(?P<queue>[^/]+)/failed', 'api_failed'),
         ('GET', r'/api/queues/(?P<queue>[^/]+)/jobs', 'api_queued'),
         ('GET', r'/api/queues/(?P<queue>[^/]+)/jobs/(?P<job_id>[^/]+)', 'api_job'),
-        ('GET', r'/api/queues/(?P<queue>[^/]+)/limits', 'api_limits'),
-        ('GET', r'/api/fleet', 'api_fleet'),
-        ('GET', r'/api/schedules', 'api_schedules'),
+        ('GET', r'/api/queues/(?P<queue>[^/]+)/limits', mpqueue.limits),
+        ('GET', r'/api/fleet', mpqueue.fleet),
+        ('GET', r'/api/schedules', mpqueue.schedules),
         ('GET', r'/api/search', 'api_search'),
         ('GET', r'/api/events', 'api_events'),
         ('POST', r'/api/queues/(?P<queue>[^/]+)/failed/(?P<verb>retry|delete)', 'api_bulk'),
@@ -1172,7 +1173,10 @@ class _WebHandler(_Handler):
             if self.server.read_only:
                 raise _HTTPError(403, 'the dashboard is read-only (started with --read-only)')
             self._check_csrf(self.headers.get('X-CSRF-Token', ''), self.csrf)
-        value = handler(query=urllib.parse.parse_qs(query), **params)
+        if getattr(handler, '__self__', None) is not self:     # a read of mpqueue's
+            value = self.server.broker(handler, *params.values())
+        else:
+            value = handler(query=urllib.parse.parse_qs(query), **params)
         if value is not _STREAMED:
             self._json(200, value, method)
 
@@ -1284,9 +1288,6 @@ class _WebHandler(_Handler):
             return [dict(mpqueue.depth(q), name=q) for q in names]
         return self.server.broker(depths)
 
-    def api_history(self, query, queue):
-        return self.server.broker(mpqueue.history, queue)
-
     def api_failed(self, query, queue):
         offset = _int_param(query, 'offset', 0, 0, _WEB_OFFSET_MAX)
         count = _int_param(query, 'count', 50, 1, _WEB_PAGE_MAX)
@@ -1329,15 +1330,6 @@ class _WebHandler(_Handler):
                             % (job_id, queue))
         return info
 
-    def api_limits(self, query, queue):
-        return self.server.broker(mpqueue.limits, queue)
-
-    def api_fleet(self, query):
-        return self.server.broker(mpqueue.fleet)
-
-    def api_schedules(self, query):
-        return self.server.broker(mpqueue.schedules)
-
     def api_search(self, query):
         text = _text_param(query, 'q')
         if not text:
@@ -1353,12 +1345,26 @@ class _WebHandler(_Handler):
         return self.server.broker(search)
 
     def api_events(self, query):
-        """Server-sent events: ``change`` each time what the page's view shows
-        has changed, as the server sees it looking every _WEB_EVENTS_EVERY s
-        (one request per page; the page then reads the API as it does).  At
-        most _WEB_STREAMS_MAX at once (more get 503, and poll); each ends when
-        its page goes or the server stops."""
-        look, server = self._probe(query), self.server
+        """Server-sent events: ``change`` each time what the page shows may have
+        changed (a queue's counts, or the job ``id`` of ``queue``), as the
+        server sees it looking every _WEB_EVENTS_EVERY s: one request per page,
+        which then reads the API as it does.  At most _WEB_STREAMS_MAX at once
+        (more get 503, and poll); each ends when its page goes or the server stops."""
+        server, queue, job_id = (self.server,) + tuple(
+            query.get(name, [''])[0] for name in ('queue', 'id'))
+        if queue and queue not in server.queues:
+            raise _HTTPError(404, 'queue %r is not in the config' % queue)
+
+        def probe():    # what the page shows changes with it: the counts, the job it shows
+            return json.dumps([dict(mpqueue.depth(q), oldest_waiting_seconds=0) for q in
+                               server.queues] + [job_id and mpqueue.job_info(queue, job_id)],
+                              default=str)
+
+        def look():
+            try:
+                return server.broker(probe)
+            except _HTTPError as exc:       # the broker is down: the page's calls say so
+                return str(exc)
         if self.command != 'GET':
             raise _HTTPError(405, 'method not allowed (use GET)')
         if not server.streams.acquire(blocking=False):
@@ -1382,29 +1388,6 @@ class _WebHandler(_Handler):
         finally:
             server.streams.release()
         return _STREAMED
-
-    def _probe(self, query):
-        """For api_events: a function whose value changes with what the page
-        shows: the counts of every queue, and the job, limits, fleet or
-        schedules of its view (without ages, which change by themselves)."""
-        view, queue, job_id = (query.get(name, [''])[0] for name in ('view', 'queue', 'id'))
-        if queue and queue not in self.server.queues:
-            raise _HTTPError(404, 'queue %r is not in the config' % queue)
-        more = {'job': lambda: queue and job_id and mpqueue.job_info(queue, job_id),
-                'limits': lambda: queue and mpqueue.limits(queue),
-                'fleet': lambda: [dict(p, age=0, last_seen=0) for p in mpqueue.fleet()],
-                'schedules': mpqueue.schedules}.get(view, lambda: None)
-
-        def probe():
-            return json.dumps([more()] + [dict(mpqueue.depth(q), oldest_waiting_seconds=0)
-                                          for q in self.server.queues], default=str)
-
-        def look():
-            try:
-                return self.server.broker(probe)
-            except _HTTPError as exc:       # the broker is down: the page's calls say so
-                return str(exc)
-        return look
 
     def api_failed_job(self, query, queue, job_id, verb):
         if not self.server.broker(getattr(mpqueue, verb + '_failed'), queue, job_id,
@@ -1838,146 +1821,13 @@ _WEB_ASSETS = {
       <button type="submit" class="link">Sign out</button>
     </form>
   </div>
-  <nav aria-label="Views">
-    <ul>
-      <li><a href="#queues" data-view="queues">Queues</a></li>
-      <li><a href="#fleet" data-view="fleet">Fleet</a></li>
-      <li><a href="#queued" data-view="queued">Waiting</a></li>
-      <li><a href="#limits" data-view="limits">Limits</a></li>
-      <li><a href="#failed" data-view="failed">Failed
-        <span id="failed-count" class="count"></span></a></li>
-      <li><a href="#job" data-view="job">Job</a></li>
-      <li><a href="#schedules" data-view="schedules">Schedules</a></li>
-    </ul>
-  </nav>
+  <nav aria-label="Views"><ul id="nav"></ul></nav>
 </header>
 
 <div id="banner" class="banner" role="alert" hidden></div>
 
 <main id="main">
   <noscript><p class="unavailable">This dashboard needs JavaScript.</p></noscript>
-
-  <section id="view-queues" class="view" aria-labelledby="h-queues" hidden>
-    <div class="head">
-      <h1 id="h-queues">Queues</h1>
-      <p class="sub">Jobs in each state now; totals since the queue was last cleaned.</p>
-    </div>
-    <div class="card">
-      <div class="scroll">
-        <table id="queues-table" class="data">
-          <caption class="sr-only">Jobs per queue and state</caption>
-          <thead id="queues-head"></thead>
-          <tbody id="queues-body"></tbody>
-        </table>
-      </div>
-    </div>
-
-    <div class="card chart-card">
-      <div class="card-head">
-        <h2 id="h-chart">Throughput, last 15 minutes</h2>
-        <label class="field">Queue <select id="chart-queue"></select></label>
-        <ul class="legend" aria-label="Latest rates">
-          <li class="done"><span class="swatch" aria-hidden="true"></span>done/s
-            <b id="legend-done">&mdash;</b></li>
-          <li class="failed"><span class="swatch" aria-hidden="true"></span>failed/s
-            <b id="legend-failed">&mdash;</b></li>
-        </ul>
-      </div>
-      <div id="chart" class="chart"></div>
-      <p id="chart-note" class="note"></p>
-    </div>
-  </section>
-
-  <section id="view-fleet" class="view" aria-labelledby="h-fleet" hidden>
-    <div class="head">
-      <h1 id="h-fleet">Fleet</h1>
-      <p class="sub">Every pool whose heartbeat the broker holds. A pool that missed its last
-        heartbeats is marked stale; it drops off once its heartbeat expires.</p>
-    </div>
-    <div class="card">
-      <div class="scroll">
-        <table id="fleet-table" class="data">
-          <caption class="sr-only">Pools and their workers per queue</caption>
-          <thead id="fleet-head"></thead>
-          <tbody id="fleet-body"></tbody>
-        </table>
-      </div>
-      <p id="fleet-empty" class="empty" hidden>No pool has sent a heartbeat to this broker
-        lately.</p>
-    </div>
-  </section>
-
-  <section id="view-queued" class="view" aria-labelledby="h-queued" hidden>
-    <div class="head">
-      <h1 id="h-queued">Waiting jobs</h1>
-      <div class="tools">
-        <label class="field">Queue <select id="queued-queue"></select></label>
-        <label class="field">State <select id="queued-state">
-          <option value="waiting">waiting</option><option value="delayed">delayed</option>
-        </select></label>
-      </div>
-    </div>
-    <p class="sub">Jobs that have not started: waiting ones in the order they will start,
-      delayed ones soonest due first.</p>
-    <div id="queued-box" class="card"></div>
-  </section>
-
-  <section id="view-limits" class="view" aria-labelledby="h-limits" hidden>
-    <div class="head">
-      <h1 id="h-limits">Limits</h1>
-      <div class="tools">
-        <label class="field">Queue <select id="limits-queue"></select></label>
-      </div>
-    </div>
-    <p class="sub">Each limit name defined or in use: the definition it matched, the jobs
-      holding a slot (reserved or working) and the jobs waiting for one.</p>
-    <div id="limits-box" class="card"></div>
-  </section>
-
-  <section id="view-failed" class="view" aria-labelledby="h-failed" hidden>
-    <div class="head">
-      <h1 id="h-failed">Failed jobs</h1>
-      <div class="tools">
-        <label class="field">Queue <select id="failed-queue"></select></label>
-        <form id="failed-filter"><label class="field">Containing <input id="failed-match"
-          type="search" placeholder="name, key or error" autocomplete="off" spellcheck="false">
-        </label></form>
-        <span id="failed-tools"></span>
-      </div>
-    </div>
-    <div id="failed-box" class="card"></div>
-  </section>
-
-  <section id="view-job" class="view" aria-labelledby="h-job" hidden>
-    <div class="head">
-      <h1 id="h-job">Job</h1>
-      <p class="sub">Look a job up by its id: the id <code>push()</code> returned.</p>
-    </div>
-    <form id="job-form" class="card lookup">
-      <label class="field">Queue <select id="job-queue" name="queue"></select></label>
-      <label class="field grow">Job id
-        <input id="job-id" name="id" autocomplete="off" spellcheck="false" required></label>
-      <button type="submit" class="btn primary">Look up</button>
-    </form>
-    <div id="job-box"></div>
-  </section>
-
-  <section id="view-search" class="view" aria-labelledby="h-search" hidden>
-    <div class="head">
-      <h1 id="h-search">Search</h1>
-      <p class="sub">A job whose id or unique key is the text, in every queue; the failed jobs
-        that contain it in their name, key or errors (ASCII letters in either case).</p>
-    </div>
-    <div id="search-box"></div>
-  </section>
-
-  <section id="view-schedules" class="view" aria-labelledby="h-schedules" hidden>
-    <div class="head">
-      <h1 id="h-schedules">Schedules</h1>
-      <p class="sub">Periodic jobs: each tick pushes exactly one job.</p>
-    </div>
-    <div id="schedules-box" class="card"></div>
-  </section>
 </main>
 
 <div id="toast" class="toast" role="status" aria-live="polite" hidden></div>
@@ -2096,6 +1946,7 @@ h1 { font-size: 22px; margin: 0; letter-spacing: -.015em; }
 h2 { font-size: 15px; margin: 0; }
 .sub { margin: 0; color: var(--muted); }
 .tools { display: flex; align-items: center; gap: 12px; flex-wrap: wrap; margin-left: auto; }
+#failed-tools { display: flex; gap: 6px; }
 .card { background: var(--card); border: 1px solid var(--line); border-radius: var(--radius);
   box-shadow: 0 1px 2px rgba(16, 24, 40, .05); margin-bottom: 18px; }
 .card-head { display: flex; align-items: center; gap: 10px 20px; flex-wrap: wrap;
@@ -2103,8 +1954,6 @@ h2 { font-size: 15px; margin: 0; }
 .scroll { overflow-x: auto; }
 footer { width: 100%; color: var(--faint); font-size: 12px; padding-bottom: 18px; }
 .empty, .unavailable { margin: 0; padding: 28px 18px; text-align: center; color: var(--muted); }
-.unavailable strong { display: block; color: var(--ink); margin-bottom: 4px; }
-.unavailable p { margin: 0; }
 
 /* -- tables ------------------------------------------------------------------ */
 table.data { width: 100%; border-collapse: collapse; font-variant-numeric: tabular-nums; }
@@ -2124,7 +1973,6 @@ table.data { width: 100%; border-collapse: collapse; font-variant-numeric: tabul
 .bad { color: var(--failed); font-weight: 600; }
 .bad a { color: inherit; }
 .warn { color: var(--warn); font-weight: 600; }
-.good { color: var(--done); }
 tr.stale > * { background: #fffaeb; }
 #queues-table tbody th, #queues-table thead tr:last-child th:first-child {
   position: sticky; left: 0; background: var(--card); z-index: 1; }
@@ -2156,8 +2004,6 @@ tr.stale > * { background: #fffaeb; }
   cursor: pointer; }
 .field { display: inline-flex; align-items: center; gap: 8px; color: var(--muted);
   font-weight: 500; }
-.field.grow { flex: 1; min-width: 220px; }
-.field.grow input { flex: 1; }
 select, input { font: inherit; color: var(--ink); padding: 6px 10px; border: 1px solid #d0d5dd;
   border-radius: 7px; background: #fff; min-width: 0; }
 input { font-family: ui-monospace, Menlo, Consolas, "Liberation Mono", monospace; }
@@ -2204,7 +2050,6 @@ details pre { margin: 0; padding: 10px 12px; border-top: 1px solid var(--line); 
 .pager { display: flex; align-items: center; gap: 14px; padding: 10px 16px;
   border-top: 1px solid var(--line); color: var(--muted); }
 .pager .spacer { flex: 1; }
-.lookup { display: flex; align-items: center; gap: 12px; padding: 14px 18px; flex-wrap: wrap; }
 .job-card { padding: 18px; }
 .job-title { display: flex; align-items: center; gap: 12px; flex-wrap: wrap; margin-bottom: 14px; }
 .job-title h2 { font-size: 17px; overflow-wrap: anywhere; }
@@ -2257,12 +2102,28 @@ form.login .btn { margin-top: 8px; padding: 9px; }
   const GAP_S = 60;                 // samples further apart than this leave a gap
   const PAGE_SIZE = 50;             // failed jobs, waiting jobs per page
   const RELATIVES_SHOWN = 100;      // a job's parents, children: as many as the API looks up
-  const TITLES = {queues: 'Queues', fleet: 'Fleet', queued: 'Waiting jobs', limits: 'Limits',
-                  failed: 'Failed jobs', job: 'Job', schedules: 'Schedules', search: 'Search'};
-  const VIEWS = Object.keys(TITLES);
+  // each view: its tab (none: the search box opens it), its title and what it shows
+  const VIEWS = {
+    queues: ['Queues', 'Queues', 'Jobs in each state now; totals since the queue was last ' +
+             'cleaned.'],
+    fleet: ['Fleet', 'Fleet', 'Every pool whose heartbeat the broker holds. A pool that missed ' +
+            'its last heartbeats is marked stale; it drops off once its heartbeat expires.'],
+    queued: ['Waiting', 'Waiting jobs', 'Jobs that have not started: waiting ones in the order ' +
+             'they will start, delayed ones soonest due first.'],
+    limits: ['Limits', 'Limits', 'Each limit name defined or in use: the definition it matched, ' +
+             'the jobs holding a slot (reserved or working) and the jobs waiting for one.'],
+    failed: ['Failed', 'Failed jobs', ''],
+    job: ['Job', 'Job', 'A job by its id: the search box above finds it in any queue, by its id ' +
+          'or by the unique key it holds.'],
+    search: [null, 'Search', 'A job whose id or unique key is the text, in every queue; the ' +
+             'failed jobs that contain it in their name, key or errors (ASCII letters in ' +
+             'either case).'],
+    schedules: ['Schedules', 'Schedules', 'Periodic jobs: each tick pushes exactly one job.'],
+  };
   // what a view's address holds after its name: #failed/Q/OFFSET/AFTER/MATCH, ...
   const ADDRESS = {queued: ['queue', 'state', 'cursor'], limits: ['queue'], job: ['queue', 'id'],
                    failed: ['queue', 'offset', 'after', 'match'], search: ['text']};
+  const PAGING = ['offset', 'after', 'cursor'];     // a new place shows its first page
   const UNFINISHED = ['waiting', 'delayed', 'reserved', 'working', 'blocked'];
   const QUEUE_COLUMNS = ['Queue', 'Waiting', 'Delayed', 'Reserved', 'Working', 'Failed',
                          'Blocked', 'Cancelled', 'Expired', 'Oldest waiting', 'Pushed', 'Done',
@@ -2285,11 +2146,8 @@ form.login .btn { margin-top: 8px; padding: 9px; }
   const state = {
     view: 'queues',
     queues: null,                 // the last /api/queues
-    fleet: null,
     samples: new Map(),           // queue -> [{t, done, failed}] taken by this page
-    since: Date.now() / 1000,
-    history: 'unknown',           // 'broker': mpqueue.history(); 'local': our samples
-    historyData: new Map(),
+    history: new Map(),           // queue -> the broker's samples (mpqueue.history())
     chartQueue: QUEUES[0] || null,
     // each view's place (ADDRESS) and `key`: what it shows, to redraw only what changed
     failed: {queue: QUEUES[0] || null, offset: 0, after: '', match: '', key: ''},
@@ -2412,12 +2270,14 @@ form.login .btn { margin-top: 8px; padding: 9px; }
     return el('td', {class: cls, 'data-col': name}, fmtInt(value));
   }
 
-  function dataTable(id, caption, head, numeric, rows, cls) {
-    // a table that scrolls sideways in its card; `caption` is for screen readers
-    return el('div', {class: 'scroll'}, el('table', {class: 'data ' + (cls || ''), id: id}, [
+  function dataTable(name, caption, head, numeric, rows, cls, above) {
+    // table #NAME-table (its body #NAME-body) that scrolls sideways in its card: a caption
+    // for screen readers, a row `above` the titles `head` (those in `numeric` align right)
+    return el('div', {class: 'scroll'}, el('table', {class: 'data ' + (cls || ''),
+                                                     id: name + '-table'}, [
       el('caption', {class: 'sr-only'}, caption),
       el('colgroup', {}, head.map((h) => el('col', {class: 'c-' + h.toLowerCase()}))),
-      el('thead', {}, headRow(head, numeric)), el('tbody', {}, rows)]));
+      el('thead', {}, [above, headRow(head, numeric)]), el('tbody', {id: name + '-body'}, rows)]));
   }
 
   function say(box, text) {         // a box that has nothing to show says why
@@ -2427,10 +2287,9 @@ form.login .btn { margin-top: 8px; padding: 9px; }
   // -- the API -----------------------------------------------------------------------
 
   class ApiError extends Error {
-    constructor(status, message, body) {
+    constructor(status, message) {
       super(message);
       this.status = status;          // 0: the dashboard server itself did not answer
-      this.body = body || {};
     }
   }
 
@@ -2457,21 +2316,14 @@ form.login .btn { margin-top: 8px; padding: 9px; }
       throw new ApiError(401, 'signed out');
     }
     if (!response.ok) {
-      throw new ApiError(response.status, (body && body.error) || 'HTTP ' + response.status, body);
+      throw new ApiError(response.status, (body && body.error) || 'HTTP ' + response.status);
     }
     return body;
   }
 
   async function fresh(view, path) {
     // the answer to `path` for a view, or null while it is what the view shows already
-    let data;
-    try {
-      data = await api(path);
-    } catch (err) {
-      state[view].key = '';
-      throw err;
-    }
-    const key = path + '\n' + JSON.stringify(data);
+    const data = await api(path), key = path + '\n' + JSON.stringify(data);
     if (key === state[view].key) return null;
     state[view].key = key;
     return data;
@@ -2559,7 +2411,7 @@ form.login .btn { margin-top: 8px; padding: 9px; }
     } catch (err) {
       parts = [];
     }
-    const view = state.view = VIEWS.includes(parts[0]) ? parts[0] : 'queues';
+    const view = state.view = VIEWS[parts[0]] ? parts[0] : 'queues';
     if (ADDRESS[view] && (parts[1] || view === 'job' || view === 'search')) {
       ADDRESS[view].forEach((name, i) => {       // a view's queue stays when none is given
         if (name !== 'queue' || parts[i + 1]) state[view][name] = parts[i + 1] || '';
@@ -2570,19 +2422,21 @@ form.login .btn { margin-top: 8px; padding: 9px; }
     if (state.queued.state !== 'delayed') state.queued.state = 'waiting';
     $('failed-match').value = state.failed.match;
     $('search-text').value = state.search.text;
-    if (view === 'job') {
-      $('job-id').value = state.job.id;
-      if (!state.job.id) $('job-box').replaceChildren();
-    }
-    for (const name of VIEWS) $('view-' + name).hidden = name !== view;
+    for (const name in VIEWS) $('view-' + name).hidden = name !== view;
     for (const link of document.querySelectorAll('.top nav a')) {
-      if (link.dataset.view === state.view) link.setAttribute('aria-current', 'page');
+      if (link.dataset.view === view) link.setAttribute('aria-current', 'page');
       else link.removeAttribute('aria-current');
     }
-    document.title = TITLES[state.view] + ' \u00b7 mpqueue';
+    document.title = VIEWS[view][1] + ' \u00b7 mpqueue';
     fillSelects();
     listen();
     tick();
+  }
+
+  function place(view, changes) {
+    // the address of the view's place now, with `changes` (a new place: its first page)
+    return ('#' + view + '/' + ADDRESS[view].map((name) => enc(name in changes ? changes[name]
+      : PAGING.includes(name) ? '' : state[view][name] || '')).join('/')).replace(/\/+$/, '');
   }
 
   function go(hash) {
@@ -2592,19 +2446,63 @@ form.login .btn { margin-top: 8px; padding: 9px; }
 
   function fillSelects() {
     const names = state.queues ? state.queues.map((q) => q.name) : QUEUES;
-    for (const [id, current] of [['chart-queue', state.chartQueue],
-                                 ['failed-queue', state.failed.queue],
-                                 ['queued-queue', state.queued.queue],
-                                 ['limits-queue', state.limits.queue],
-                                 ['job-queue', state.job.queue]]) {
-      const select = $(id);
-      const have = Array.from(select.options).map((o) => o.value);
-      if (have.join('\n') !== names.join('\n')) {
+    for (const select of document.querySelectorAll('select[data-queue-of]')) {
+      const of = select.dataset.queueOf;
+      const current = of === 'chart' ? state.chartQueue : state[of].queue;
+      if (Array.from(select.options, (o) => o.value).join('\n') !== names.join('\n')) {
         select.replaceChildren(...names.map((name) => el('option', {value: name}, name)));
       }
       if (current !== null && names.includes(current)) select.value = current;
     }
     $('queued-state').value = state.queued.state;
+  }
+
+  function queuePicker(view, onchange) {      // view: its place; 'chart': the chart's queue
+    return el('label', {class: 'field'}, ['Queue ', el('select', {
+      id: view + '-queue', 'data-queue-of': view,
+      onchange: onchange || ((e) => go(place(view, {queue: e.target.value})))})]);
+  }
+
+  function buildPage() {
+    // the tabs, and each view's section: its title, tools and what it shows, and its box
+    const field = (label, attrs) => el('label', {class: 'field'}, [label + ' ', el('input',
+      Object.assign({type: 'search', autocomplete: 'off', spellcheck: 'false'}, attrs))]);
+    const tools = {
+      queued: [queuePicker('queued'), el('label', {class: 'field'}, ['State ', el('select', {
+        id: 'queued-state', onchange: (e) => go(place('queued', {state: e.target.value}))},
+        ['waiting', 'delayed'].map((s) => el('option', {value: s}, s)))])],
+      limits: [queuePicker('limits')],
+      failed: [queuePicker('failed'), el('form', {id: 'failed-filter', onsubmit: (e) => {
+        e.preventDefault();
+        go(place('failed', {match: $('failed-match').value.trim()}));
+      }}, field('Containing', {id: 'failed-match', placeholder: 'name, key or error'})),
+               el('span', {id: 'failed-tools'})],
+    };
+    $('nav').replaceChildren(...Object.entries(VIEWS).filter(([, v]) => v[0]).map(([view, v]) =>
+      el('li', {}, el('a', {href: '#' + view, 'data-view': view}, [v[0], view === 'failed'
+        ? [' ', el('span', {id: 'failed-count', class: 'count'})] : null]))));
+    $('main').append(...Object.entries(VIEWS).map(([view, [, title, sub]]) => el('section', {
+      id: 'view-' + view, class: 'view', 'aria-labelledby': 'h-' + view, hidden: true}, [
+      el('div', {class: 'head'}, [el('h1', {id: 'h-' + view}, title), tools[view]
+        ? el('div', {class: 'tools'}, tools[view]) : sub && el('p', {class: 'sub'}, sub)]),
+      tools[view] && sub ? el('p', {class: 'sub'}, sub) : null,
+      el('div', {id: view + '-box', class: ['job', 'search'].includes(view) ? '' : 'card'}),
+      view === 'queues' ? el('div', {class: 'card chart-card'}, [
+        el('div', {class: 'card-head'}, [
+          el('h2', {id: 'h-chart'}, 'Throughput, last 15 minutes'),
+          queuePicker('chart', (e) => {
+            state.chartQueue = e.target.value;
+            renderChart();
+            tick();
+          }),
+          el('ul', {class: 'legend', 'aria-label': 'Latest rates'}, ['done', 'failed'].map(
+            (key) => el('li', {class: key}, [el('span', {class: 'swatch', 'aria-hidden': 'true'}),
+                                             key + '/s ', el('b', {id: 'legend-' + key},
+                                                             '\u2014')])))]),
+        el('div', {id: 'chart', class: 'chart'}), el('p', {id: 'chart-note', class: 'note'},
+          'Rates from the counters the broker samples about every 10 s, and from this ' +
+          'page\'s own samples since the last of them.')])
+        : null])));
   }
 
   // -- queues ----------------------------------------------------------------------------
@@ -2621,7 +2519,10 @@ form.login .btn { margin-top: 8px; padding: 9px; }
     }
     if (!state.chartQueue && queues.length) state.chartQueue = queues[0].name;
     try {
-      await loadHistory();
+      if (state.chartQueue) {
+        state.history.set(state.chartQueue, await api('api/queues/' + enc(state.chartQueue) +
+                                                      '/history'));
+      }
     } finally {
       renderQueues();
       renderChart();
@@ -2631,19 +2532,11 @@ form.login .btn { margin-top: 8px; padding: 9px; }
     }
   }
 
-  async function loadHistory() {
-    if (!state.chartQueue) return;
-    const data = await api('api/queues/' + enc(state.chartQueue) + '/history');
-    state.history = 'broker';
-    state.historyData.set(state.chartQueue, data);
-  }
-
   function samplesOf(queue) {
-    // The broker's history (when this version keeps one), then this page's
-    // own samples taken since its last point: the chart's right edge moves
-    // every 2 s either way.
+    // The broker's history, then this page's own samples taken since its
+    // last point: the chart's right edge moves as the page refreshes.
     const local = state.samples.get(queue) || [];
-    const broker = state.history === 'broker' ? state.historyData.get(queue) || [] : [];
+    const broker = state.history.get(queue) || [];
     const last = broker.length ? broker[broker.length - 1].t : -Infinity;
     return broker.concat(local.filter((s) => s.t > last));
   }
@@ -2706,10 +2599,11 @@ form.login .btn { margin-top: 8px; padding: 9px; }
         pausedCell(q),
       ]);
     });
-    if (!rows.length) {
-      rows.push(el('tr', {}, el('td', {colspan: 14, class: 'empty'}, 'No queue in the config.')));
-    }
-    $('queues-body').replaceChildren(...rows);
+    if (!rows.length) return say($('queues-box'), 'No queue in the config.');
+    const group = (span, title) => el('th', {scope: 'colgroup', colspan: span}, title);
+    $('queues-box').replaceChildren(dataTable('queues', 'Jobs per queue and state', QUEUE_COLUMNS,
+      QUEUE_COLUMNS.slice(1), rows, '', el('tr', {class: 'groups'}, [
+        el('td'), group(7, 'Now'), el('td'), group(2, 'Total'), group(2, 'Rate'), el('td')])));
   }
 
   function pausedCell(q) {
@@ -2764,37 +2658,30 @@ form.login .btn { margin-top: 8px; padding: 9px; }
       parts.push(svg('text', {class: 'axis', x: X(t), y: height - 6, 'text-anchor': 'middle'},
                      pad(d.getHours()) + ':' + pad(d.getMinutes())));
     }
-    let count = 0;
-    for (const [key, cls] of [['done', 'done'], ['failed', 'failed']]) {
-      const segments = [[]];
-      for (const p of points) {
-        if (p.gap) segments.push([]);
-        else segments[segments.length - 1].push(p);
-      }
-      const drawn = segments.filter((s) => s.length);
-      const line = drawn.map((s) => 'M' + s.map((p) => X(p.t) + ',' + Y(p[key])).join('L'))
-        .join('');
-      const n = drawn.reduce((sum, s) => sum + s.length, 0);
-      count = Math.max(count, n);
-      if (key === 'done' && n) {
-        const base = Y(0);
-        parts.push(svg('path', {class: 'area-done', d: drawn.map((s) =>
-          'M' + X(s[0].t) + ',' + base + 'L' + s.map((p) => X(p.t) + ',' + Y(p[key])).join('L') +
-          'L' + X(s[s.length - 1].t) + ',' + base + 'Z').join('')}));
-      }
-      parts.push(svg('path', {class: 'line series-' + cls, d: line || 'M0,0',
-                              'data-points': n}));
-      const last = drawn.length ? drawn[drawn.length - 1] : null;
-      if (last) {
-        const p = last[last.length - 1];
-        parts.push(svg('circle', {class: 'dot-' + cls, cx: X(p.t), cy: Y(p[key]), r: 3.5},
+    const drawn = [[]];       // the runs of points between gaps
+    for (const p of points) {
+      if (p.gap) drawn.push([]);
+      else drawn[drawn.length - 1].push(p);
+    }
+    const runs = drawn.filter((s) => s.length), n = points.filter((p) => !p.gap).length;
+    const path = (s, key) => s.map((p) => X(p.t) + ',' + Y(p[key])).join('L');
+    if (n) {
+      parts.push(svg('path', {class: 'area-done', d: runs.map((s) => 'M' + X(s[0].t) + ',' +
+        Y(0) + 'L' + path(s, 'done') + 'L' + X(s[s.length - 1].t) + ',' + Y(0) + 'Z').join('')}));
+    }
+    for (const key of ['done', 'failed']) {
+      parts.push(svg('path', {class: 'line series-' + key, 'data-points': n,
+                              d: runs.map((s) => 'M' + path(s, key)).join('') || 'M0,0'}));
+      const p = n && runs[runs.length - 1][runs[runs.length - 1].length - 1];
+      if (p) {
+        parts.push(svg('circle', {class: 'dot-' + key, cx: X(p.t), cy: Y(p[key]), r: 3.5},
                        svg('title', {}, key + '/s ' + fmtRate(p[key]) + ' at ' + fmtClock(p.t))));
       }
     }
-    if (!count) {
+    if (!n) {
       parts.push(svg('text', {class: 'waiting', x: m.left + pw / 2, y: m.top + ph / 2,
                               'text-anchor': 'middle'},
-                     'Collecting: the first rate needs two samples, 2 s apart'));
+                     'Collecting: the first rate needs two samples'));
     }
     box.replaceChildren(svg('svg', {viewBox: '0 0 ' + width + ' ' + height, width: width,
                                     height: height, role: 'img',
@@ -2803,18 +2690,12 @@ form.login .btn { margin-top: 8px; padding: 9px; }
     const rate = latestRate(queue);
     $('legend-done').textContent = fmtRate(rate && rate.done);
     $('legend-failed').textContent = fmtRate(rate && rate.failed);
-    $('chart-note').textContent = state.history === 'broker'
-      ? 'Rates from the counters the broker samples about every 10 s, and from this page\'s ' +
-        'own samples since the last of them.'
-      : 'Rates computed by this page from its own samples, every 2 s since ' +
-        fmtClock(state.since) + ': this version of mpqueue keeps no history in the broker.';
   }
 
   // -- fleet ----------------------------------------------------------------------------------
 
   async function loadFleet() {
     const pools = await api('api/fleet');
-    state.fleet = pools;
     let workers = 0, busy = 0;
     const rows = [];
     for (const pool of pools) {
@@ -2827,8 +2708,11 @@ form.login .btn { margin-top: 8px; padding: 9px; }
                      el('td', {colspan: 11}, 'A heartbeat that cannot be shown: ' + err.message)));
       }
     }
-    $('fleet-body').replaceChildren(...rows);
-    $('fleet-empty').hidden = pools.length > 0;
+    if (!pools.length) say($('fleet-box'), 'No pool has sent a heartbeat to this broker lately.');
+    else {
+      $('fleet-box').replaceChildren(dataTable('fleet', 'Pools and their workers per queue',
+        FLEET_COLUMNS, ['PID', 'Last seen', 'Workers', 'Busy', 'Idle', 'Done'], rows));
+    }
     $('summary').textContent = pools.length
       ? pools.length + (pools.length === 1 ? ' pool' : ' pools') + ' \u00b7 ' + busy + ' of ' +
         workers + ' workers busy'
@@ -2910,11 +2794,7 @@ form.login .btn { margin-top: 8px; padding: 9px; }
       if (question === false || (question && !window.confirm(question))) return;
       toast(done(await api(path, 'POST')));
     } catch (err) {
-      toast(err.message, true);
-      if (err.status === 0 || err.status === 503) {
-        showBanner(err.status ? 'Broker unreachable' : 'Dashboard server unreachable',
-                   err.message);
-      }
+      toast(err.message, true);       // (and the refresh below shows the banner)
     } finally {
       if (button) button.disabled = false;
       state.failed.key = state.job.key = state.search.key = '';
@@ -2952,8 +2832,11 @@ form.login .btn { margin-top: 8px; padding: 9px; }
   }
 
   function pager(what, text, links) {
-    return el('nav', {class: 'pager', 'aria-label': 'Pages of ' + what},
-              [el('span', {}, text), el('span', {class: 'spacer'}), links]);
+    // what the page shows, and links [rel, address] to others (null: none there)
+    const labels = {first: '\u2190 First page', prev: '\u2190 Previous', next: 'Next \u2192'};
+    return el('nav', {class: 'pager', 'aria-label': 'Pages of ' + what}, [
+      el('span', {}, text), el('span', {class: 'spacer'}),
+      links.map((l) => l && el('a', {rel: l[0], href: l[1]}, labels[l[0]]))]);
   }
 
   async function loadFailed() {
@@ -2969,7 +2852,7 @@ form.login .btn { margin-top: 8px; padding: 9px; }
     if (!match && offset && offset >= data.total) {
       // the page emptied (jobs retried or deleted): show the last one that has jobs
       const last = Math.max(0, Math.floor((data.total - 1) / PAGE_SIZE) * PAGE_SIZE);
-      return go('#failed/' + enc(queue) + (last ? '/' + last : ''));
+      return go(place('failed', {offset: last || ''}));
     }
     $('failed-tools').replaceChildren(...(READ_ONLY || !data.total ? [] : match
       ? [bulkButton('retry', queue, match), bulkButton('delete', queue, match)]
@@ -3009,18 +2892,16 @@ form.login .btn { margin-top: 8px; padding: 9px; }
     });
     const head = ['Job', 'Attempts', 'Failed', 'Errors'].concat(READ_ONLY ? [] : ['Actions']);
     const last = offset + data.jobs.length, lastId = data.jobs[data.jobs.length - 1].id;
-    const page = (to, label, rel, cursor) => el('a', {rel: rel, href: '#failed/' + enc(queue) +
-      (to || match ? '/' + to : '') + (cursor || match ? '/' + enc(cursor) : '') +
-      (match ? '/' + enc(match) : '')}, label);
+    const next = match ? data.cursor : last < data.total && lastId;     // the page after
     box.replaceChildren(
-      dataTable('failed-table', 'Failed jobs of queue ' + queue, head, ['Attempts'], rows,
+      dataTable('failed', 'Failed jobs of queue ' + queue, head, ['Attempts'], rows,
                 'failed-jobs'),
       pager('failed jobs', fmtInt(offset + 1) + '\u2013' + fmtInt(last) + ' of ' + (match
-        ? fmtInt(data.matched) + ' matching ' + quoted : fmtInt(data.total)), match ? [
-        offset ? page(0, '\u2190 First page', 'first', '') : null,
-        data.cursor ? page(last, 'Next \u2192', 'next', data.cursor) : null] : [
-        offset ? page(Math.max(0, offset - PAGE_SIZE), '\u2190 Previous', 'prev') : null,
-        last < data.total ? page(last, 'Next \u2192', 'next', lastId) : null]));
+        ? fmtInt(data.matched) + ' matching ' + quoted : fmtInt(data.total)), [
+        offset && match ? ['first', place('failed', {})] : null,
+        offset && !match ? ['prev', place('failed', {offset: Math.max(0, offset - PAGE_SIZE) || ''})]
+          : null,
+        next ? ['next', place('failed', {offset: last, after: next})] : null]));
   }
 
   // -- waiting and delayed jobs ---------------------------------------------------------
@@ -3042,15 +2923,13 @@ form.login .btn { margin-top: 8px; padding: 9px; }
       numCell(job.exec_number, 'attempts'),
       el('td', {'data-col': 'key'}, job.key === null || job.key === undefined ? '\u2014'
                                                                             : job.key)]));
-    const base = '#queued/' + enc(queue) + '/' + which;
     const head = ['Job', 'Priority', which === 'delayed' ? 'Due' : 'Created', 'Attempts', 'Key'];
     box.replaceChildren(
-      dataTable('queued-table', 'The ' + which + ' jobs of queue ' + queue, head,
+      dataTable('queued', 'The ' + which + ' jobs of queue ' + queue, head,
                 ['Priority', 'Attempts'], rows, 'failed-jobs'),
       pager(which + ' jobs', fmtInt(data.jobs.length) + ' shown of ' + fmtInt(data.total) + ' ' +
-            which, [cursor ? el('a', {href: base, rel: 'first'}, '\u2190 First page') : null,
-        data.cursor ? el('a', {href: base + '/' + enc(data.cursor), rel: 'next'}, 'Next \u2192')
-          : null]));
+            which, [cursor ? ['first', place('queued', {})] : null,
+                    data.cursor ? ['next', place('queued', {cursor: data.cursor})] : null]));
   }
 
   // -- limits ----------------------------------------------------------------------------
@@ -3071,7 +2950,7 @@ form.login .btn { margin-top: 8px; padding: 9px; }
          r.rate ? fmtInt(r.rate) + ' per ' + fmtInt(r.per) + ' s' : '\u2014'),
       numCell(r.running, 'running', r.concurrency && r.running >= r.concurrency ? 'warn' : ''),
       numCell(r.waiting, 'waiting')]));
-    box.replaceChildren(dataTable('limits-table', 'The limits of queue ' + queue, head,
+    box.replaceChildren(dataTable('limits', 'The limits of queue ' + queue, head,
                                   ['Concurrency', 'Rate', 'Running', 'Waiting'], rows));
   }
 
@@ -3113,9 +2992,8 @@ form.login .btn { margin-top: 8px; padding: 9px; }
   }
 
   async function loadJob() {
-    const {queue, id} = state.job;
-    const box = $('job-box');
-    if (!queue || !id) return;
+    const {queue, id} = state.job, box = $('job-box');
+    if (!queue || !id) return say(box, 'No job chosen: find one with the search box above.');
     let info;
     try {
       info = await fresh('job', 'api/queues/' + enc(queue) + '/jobs/' + enc(id));
@@ -3183,7 +3061,7 @@ form.login .btn { margin-top: 8px; padding: 9px; }
     if (!data.length) return say(box, 'No schedule in the config.');
     const head = ['Queue', 'Name', 'Expression', 'Timezone', 'Last tick', 'Next tick',
                   'Last job', 'State', 'Skipped'];
-    box.replaceChildren(dataTable('schedules-table', 'Schedules', head, ['Skipped'], data.map(
+    box.replaceChildren(dataTable('schedules', 'Schedules', head, ['Skipped'], data.map(
       (s) => el('tr', {'data-schedule': s.queue + '/' + s.name}, [
         el('td', {}, s.queue), el('th', {scope: 'row'}, s.name),
         el('td', {class: 'mono'}, s.expression), el('td', {}, s.timezone || 'UTC'),
@@ -3208,17 +3086,17 @@ form.login .btn { margin-top: 8px; padding: 9px; }
       el('td', {'data-col': 'state'}, el('span', {class: 'badge ' + job.state}, job.state))]));
     const failed = data.failed.map((f) => el('tr', {'data-queue': f.queue}, [
       el('td', {'data-col': 'queue'}, f.queue), numCell(f.matched, 'matched'),
-      el('td', {}, f.matched ? el('a', {href: '#failed/' + enc(f.queue) + '/0//' + enc(text)},
+      el('td', {}, f.matched ? el('a', {href: '#failed/' + enc(f.queue) + '///' + enc(text)},
                                   'Show them') : '\u2014')]));
     box.replaceChildren(
       el('div', {class: 'card'}, [el('h2', {class: 'card-head'}, 'Id or unique key ' + quoted),
-        jobs.length ? dataTable('search-jobs', 'Jobs whose id or unique key is ' + quoted,
+        jobs.length ? dataTable('found', 'Jobs whose id or unique key is ' + quoted,
                                 ['Queue', 'Job', 'Found by', 'State'], [], jobs)
           : el('p', {class: 'empty'}, 'No queue has a job with the id or unique key ' + quoted +
                ' (a key is found while a job holds it: see unique in push()).')]),
       el('div', {class: 'card'}, [el('h2', {class: 'card-head'}, 'Failed jobs that contain ' +
                                         quoted + ' in their name, key or errors'),
-        dataTable('search-failed', 'Failed jobs that contain ' + quoted, ['Queue', 'Matching',
+        dataTable('matching', 'Failed jobs that contain ' + quoted, ['Queue', 'Matching',
                                                                          ''], ['Matching'],
                   failed)]));
   }
@@ -3228,11 +3106,14 @@ form.login .btn { margin-top: 8px; padding: 9px; }
   let events = null;
 
   function listen() {
-    // the events of what the page shows now; each 'change' refreshes it
+    // the events of what the page shows now (its job's, or every queue's counts); each
+    // 'change' refreshes it
+    const url = new URL('api/events?' + new URLSearchParams(state.view === 'job'
+      ? {queue: state.job.queue, id: state.job.id} : {}), window.location.href).href;
+    if (events && events.readyState !== 2 && events.url === url) return;
     if (events) events.close();
     state.pushed = false;
-    events = window.EventSource ? new EventSource('api/events?' + new URLSearchParams({
-      view: state.view, queue: (state[state.view] || {}).queue || '', id: state.job.id})) : null;
+    events = window.EventSource ? new EventSource(url) : null;
     if (!events) return;
     events.onopen = () => { state.pushed = true; };
     events.onmessage = () => tick();
@@ -3250,41 +3131,12 @@ form.login .btn { margin-top: 8px; padding: 9px; }
   }
 
   function init() {
-    const colgroup = (span, title) => el('th', {scope: 'colgroup', colspan: span}, title);
-    $('queues-head').replaceChildren(
-      el('tr', {class: 'groups'}, [el('td'), colgroup(7, 'Now'), el('td'), colgroup(2, 'Total'),
-                                   colgroup(2, 'Rate'), el('td')]),
-      headRow(QUEUE_COLUMNS, QUEUE_COLUMNS.slice(1)));
-    $('fleet-head').replaceChildren(headRow(FLEET_COLUMNS, ['PID', 'Last seen', 'Workers',
-                                                           'Busy', 'Idle', 'Done']));
+    buildPage();
     $('read-only').hidden = !READ_ONLY;
     $('logout').hidden = !SIGNED_IN;
-    $('chart-queue').addEventListener('change', (e) => {
-      state.chartQueue = e.target.value;
-      if (state.history === 'broker') state.history = 'unknown';
-      renderChart();
-      tick();
-    });
-    $('failed-queue').addEventListener('change', (e) => go('#failed/' + enc(e.target.value) +
-      (state.failed.match ? '/0//' + enc(state.failed.match) : '')));
-    for (const [form, field, hash] of [['failed-filter', 'failed-match', () => '#failed/' +
-                                        enc(state.failed.queue || '') + '/0//'],
-                                       ['search', 'search-text', () => '#search/']]) {
-      $(form).addEventListener('submit', (e) => {
-        e.preventDefault();
-        go(hash() + enc($(field).value.trim()));
-      });
-    }
-    $('queued-queue').addEventListener('change', (e) => go('#queued/' + enc(e.target.value) +
-                                                           '/' + $('queued-state').value));
-    $('queued-state').addEventListener('change', (e) => go('#queued/' +
-      enc($('queued-queue').value) + '/' + e.target.value));
-    $('limits-queue').addEventListener('change', (e) => go('#limits/' + enc(e.target.value)));
-    $('job-queue').addEventListener('change', (e) => { state.job.queue = e.target.value; });
-    $('job-form').addEventListener('submit', (e) => {
+    $('search').addEventListener('submit', (e) => {
       e.preventDefault();
-      const id = $('job-id').value.trim();
-      if (id) go('#job/' + enc($('job-queue').value) + '/' + enc(id));
+      go('#search/' + enc($('search-text').value.trim()));
     });
     window.addEventListener('hashchange', route);
     window.addEventListener('resize', debounce(() => { if (state.queues) renderChart(); }, 150));

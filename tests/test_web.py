@@ -126,6 +126,23 @@ def failed_rows(driver):
         return out;""")
 
 
+def search(browser, text):
+    """Type ``text`` in the search box; once the page shows what it found:
+    {'jobs': {id: {column: text}}, 'failed': {queue: {column: text}}}."""
+    field = browser.find_element(By.ID, 'search-text')
+    field.clear()
+    field.send_keys(text)
+    field.submit()
+
+    def results():
+        heading = look(browser, "const h = document.querySelector('#search-box h2');"
+                                "return h && h.textContent;")
+        return heading == "Id or unique key '%s'" % text and {
+            'jobs': table_rows(browser, '#found-body tr', 'jobId'),
+            'failed': table_rows(browser, '#matching-body tr', 'queue')}
+    return wait_page(browser, results, 'what the search for %r found' % text)
+
+
 def banner(driver):
     return look(driver, "const b = document.getElementById('banner');"
                         "return b.hidden ? null : b.textContent;")
@@ -352,9 +369,10 @@ def test_a_job_is_looked_up_by_id_and_cancelled(e2e, browser, tmp_path):
     status, api = web.json('GET', '/api/queues/q/jobs/' + done)
     assert status == 200 and api['key'] is None and api['end_time'] >= api['start_time'], api
     browser.get(web.url + '#job')
-    field = browser.find_element(By.ID, 'job-id')
-    field.send_keys(done)
-    field.submit()
+    assert 'search box' in browser.find_element(By.ID, 'job-box').text
+    assert search(browser, done)['jobs'] == {done: {'queue': 'q', 'found_by': 'id',
+                                                    'state': 'done'}}
+    click(browser, '#found-table a.id', 'the link to the job')
 
     def shown():
         return look(browser, """
@@ -588,23 +606,6 @@ def test_a_queue_is_paused_and_resumed_from_the_dashboard(e2e, browser, tmp_path
 
 # -- search, filtered bulk actions, live updates ------------------------------------------
 
-def search(browser, text):
-    """Type ``text`` in the search box; once the page shows what it found:
-    {'jobs': {id: {column: text}}, 'failed': {queue: {column: text}}}."""
-    field = browser.find_element(By.ID, 'search-text')
-    field.clear()
-    field.send_keys(text)
-    field.submit()
-
-    def results():
-        heading = look(browser, "const h = document.querySelector('#search-box h2');"
-                                "return h && h.textContent;")
-        return heading == "Id or unique key '%s'" % text and {
-            'jobs': table_rows(browser, '#search-jobs tbody tr', 'jobId'),
-            'failed': table_rows(browser, '#search-failed tbody tr', 'queue')}
-    return wait_page(browser, results, 'what the search for %r found' % text)
-
-
 def test_the_search_box_finds_a_job_by_id_or_key_and_failed_jobs_by_text(e2e, browser,
                                                                           tmp_path):
     e2e.write_jobs(OPTION_JOBS + WEB_JOBS)
@@ -634,9 +635,9 @@ def test_the_search_box_finds_a_job_by_id_or_key_and_failed_jobs_by_text(e2e, br
     found = search(browser, 'report:2024')
     assert browser.current_url.endswith('#search/report%3A2024')
     assert found['jobs'] == {held: {'queue': 'q', 'found_by': 'key', 'state': 'working'}}, found
-    assert browser.find_element(By.CSS_SELECTOR, '#search-jobs .name').text == \
+    assert browser.find_element(By.CSS_SELECTOR, '#found-table .name').text == \
         e2e.jobs_name + '.gated'
-    click(browser, '#search-jobs a.id', 'the link to the job')
+    click(browser, '#found-table a.id', 'the link to the job')
     wait_page(browser, lambda: (job_card(browser, 'state') or {}).get('id') == held, 'its page')
 
     assert search(browser, held)['jobs'][held]['found_by'] == 'id'
@@ -647,9 +648,9 @@ def test_the_search_box_finds_a_job_by_id_or_key_and_failed_jobs_by_text(e2e, br
         By.ID, 'search-box').text
     assert_fits(browser, 'search at 1280x800')
     screenshot(browser, tmp_path, 'search')
-    click(browser, '#search-failed tr[data-queue=q] a', 'Show them')
+    click(browser, '#matching-table tr[data-queue=q] a', 'Show them')
     wait_page(browser, lambda: set(failed_rows(browser)) == {flaky, markup}, 'the two of q')
-    assert browser.current_url.endswith('#failed/q/0//valueerror')
+    assert browser.current_url.endswith('#failed/q///valueerror')
     assert look(browser, "return document.getElementById('failed-match').value") == 'valueerror'
     assert "1\u20132 of 2 matching 'valueerror'" in browser.find_element(By.ID, 'failed-box').text
 
@@ -687,7 +688,7 @@ def test_failed_jobs_that_contain_a_text_are_retried_or_deleted_together(e2e, br
     wait_page(browser, lambda: "No failed job of queue q matches 'FLAKY'." in
               browser.find_element(By.ID, 'failed-box').text, 'none left that matches')
 
-    browser.get(web.url + '#failed/q/0//boom-')
+    browser.get(web.url + '#failed/q///boom-')
     wait_page(browser, lambda: set(failed_rows(browser)) == set(boom), 'the booms')
     click(browser, 'button[data-action=delete-matching]', 'Delete matching')
     assert accept_confirm(browser) == ("Delete 2 failed jobs matching 'boom-'? This cannot be "
