@@ -950,7 +950,6 @@ _WEB_SESSION_SECONDS = 12 * 3600   # a login lasts a working day, then the form 
 _WEB_SESSIONS_MAX = 1000      # signed-in browsers kept; past that the oldest session ends
 _WEB_OFFSET_MAX = 10 ** 9     # an offset into the failed list beyond any list a broker keeps
 _WEB_RELATIVES_MAX = 100      # parents, children: the most a job's page shows (one lookup each)
-_WEB_TEXT_MAX = 1000          # characters of a text to search for
 _WEB_STREAMS_MAX = 8          # pages sent events at once (a thread each); more poll every 2 s
 _WEB_EVENTS_EVERY = 0.2       # s: a stream looks at the broker this often, says if it changed
 _WEB_EVENTS_QUIET = 15        # s: and writes at least this often, to find pages that went
@@ -1247,11 +1246,10 @@ class _WebHandler(_Handler):
 
     def _page(self):
         server = self.server
-        return _web_render('index.html', csrf_token=self.csrf, queues=json.dumps(server.queues),
-                           broker=server.driver.address,
-                           version=mpqueue.__version__, read_only='1' if server.read_only else '0',
-                           stale_seconds='%g' % (3 * mpqueue.HEARTBEAT_SECONDS),
-                           signed_in='1' if server.token else '0')
+        return _web_render('index.html', csrf_token=self.csrf, settings=json.dumps({
+            'queues': server.queues, 'read_only': server.read_only, 'signed_in': bool(
+                server.token), 'stale_seconds': 3 * mpqueue.HEARTBEAT_SECONDS}),
+            broker=server.driver.address, version=mpqueue.__version__)
 
     def _login(self, method, body):
         server = self.server
@@ -1292,7 +1290,7 @@ class _WebHandler(_Handler):
         offset = _int_param(query, 'offset', 0, 0, _WEB_OFFSET_MAX)
         count = _int_param(query, 'count', 50, 1, _WEB_PAGE_MAX)
         after = query.get('after', [''])[0]     # the last job of the page before
-        match, cursor = _text_param(query, 'match'), query.get('cursor', [''])[0]
+        match, cursor = query.get('match', [None])[0], query.get('cursor', [''])[0]
 
         def page():     # with `match`: the page by cursor, and how many match in all
             return dict({'total': mpqueue.depth(queue)['failed']}, **(dict(
@@ -1331,7 +1329,7 @@ class _WebHandler(_Handler):
         return info
 
     def api_search(self, query):
-        text = _text_param(query, 'q')
+        text = query.get('q', [''])[0]
         if not text:
             raise _HTTPError(400, 'q: the text to look for (a job id or key, or failed jobs\' '
                                   'text) is missing')
@@ -1350,19 +1348,15 @@ class _WebHandler(_Handler):
         server sees it looking every _WEB_EVENTS_EVERY s: one request per page,
         which then reads the API as it does.  At most _WEB_STREAMS_MAX at once
         (more get 503, and poll); each ends when its page goes or the server stops."""
-        server, queue, job_id = (self.server,) + tuple(
-            query.get(name, [''])[0] for name in ('queue', 'id'))
+        server, (queue, job_id) = self.server, (query.get(n, [''])[0] for n in ('queue', 'id'))
         if queue and queue not in server.queues:
             raise _HTTPError(404, 'queue %r is not in the config' % queue)
 
-        def probe():    # what the page shows changes with it: the counts, the job it shows
-            return json.dumps([dict(mpqueue.depth(q), oldest_waiting_seconds=0) for q in
-                               server.queues] + [job_id and mpqueue.job_info(queue, job_id)],
-                              default=str)
-
-        def look():
+        def look():     # what the page shows changes with it: the counts, the job it shows
             try:
-                return server.broker(probe)
+                return server.broker(lambda: json.dumps([dict(
+                    mpqueue.depth(q), oldest_waiting_seconds=0) for q in server.queues] + [
+                        job_id and mpqueue.job_info(queue, job_id)], default=str))
             except _HTTPError as exc:       # the broker is down: the page's calls say so
                 return str(exc)
         if self.command != 'GET':
@@ -1398,7 +1392,7 @@ class _WebHandler(_Handler):
     def api_bulk(self, query, queue, verb):
         """Retry every failed job (or those that contain ``match``), or delete
         those that contain ``match`` (there is no "delete all")."""
-        match = _text_param(query, 'match')
+        match = query.get('match', [None])[0]
         if verb == 'delete' and not match:
             raise _HTTPError(400, 'match: deleting failed jobs takes the text they contain')
         return {'ok': True, _DONE[verb]: self.server.broker(
@@ -1425,15 +1419,6 @@ def _int_param(query, name, default, low, high):
         raise _HTTPError(400, '%s must be an integer %s, got %r' % (
             name, 'from %d to %d' % (low, high) if high is not None else '>= %d' % low, text))
     return value
-
-
-def _text_param(query, name):
-    """A text parameter (None when missing or empty), at most _WEB_TEXT_MAX long."""
-    text = query.get(name, [''])[0]
-    if len(text) > _WEB_TEXT_MAX:
-        raise _HTTPError(400, '%s must be at most %d characters, got %d' % (
-            name, _WEB_TEXT_MAX, len(text)))
-    return text or None
 
 
 def _web_render(name, **values):
@@ -1793,10 +1778,7 @@ _WEB_ASSETS = {
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta name="csrf-token" content="{{csrf_token}}">
-<meta name="mpq-queues" content="{{queues}}">
-<meta name="mpq-read-only" content="{{read_only}}">
-<meta name="mpq-signed-in" content="{{signed_in}}">
-<meta name="mpq-stale-seconds" content="{{stale_seconds}}">
+<meta name="mpq-settings" content="{{settings}}">
 <title>mpqueue</title>
 <link rel="icon" href="favicon.svg" type="image/svg+xml">
 <link rel="stylesheet" href="app.css">
@@ -2132,16 +2114,12 @@ form.login .btn { margin-top: 8px; padding: 9px; }
                          'Workers', 'Busy', 'Idle', 'Done'];
 
   const $ = (id) => document.getElementById(id);
-  const meta = (name) => {
-    const node = document.querySelector('meta[name="' + name + '"]');
-    return node ? node.getAttribute('content') : '';
-  };
+  const meta = (name) => document.querySelector('meta[name="' + name + '"]').content;
   const enc = encodeURIComponent;
   const CSRF = meta('csrf-token');
-  const READ_ONLY = meta('mpq-read-only') === '1';
-  const SIGNED_IN = meta('mpq-signed-in') === '1';
-  const STALE_S = Number(meta('mpq-stale-seconds')) || 6;
-  const QUEUES = JSON.parse(meta('mpq-queues') || '[]');
+  // the server's settings: {queues, read_only, signed_in, stale_seconds}
+  const {queues: QUEUES, read_only: READ_ONLY, signed_in: SIGNED_IN,
+         stale_seconds: STALE_S} = JSON.parse(meta('mpq-settings'));
 
   const state = {
     view: 'queues',
@@ -2572,21 +2550,17 @@ form.login .btn { margin-top: 8px; padding: 9px; }
   function renderQueues() {
     const rows = state.queues.map((q) => {
       const rate = latestRate(q.name);
-      const failedCell = q.failed
-        ? el('td', {class: 'num bad', 'data-col': 'failed'},
-             el('a', {href: '#failed/' + enc(q.name), title: 'Show the failed jobs of ' + q.name},
-                fmtInt(q.failed)))
-        : numCell(q.failed, 'failed');
-      const queuedCell = (col) => q[col]
-        ? el('td', {class: 'num', 'data-col': col},
-             el('a', {href: '#queued/' + enc(q.name) + '/' + col,
-                      title: 'Show the ' + col + ' jobs of ' + q.name}, fmtInt(q[col])))
+      const linked = (col, href, cls) => q[col]       // a count not 0: a link to its jobs
+        ? el('td', {class: 'num ' + cls, 'data-col': col}, el('a', {
+          href: href, title: 'Show the ' + col + ' jobs of ' + q.name}, fmtInt(q[col])))
         : numCell(q[col], col);
+      const queuedCell = (col) => linked(col, '#queued/' + enc(q.name) + '/' + col, '');
       const age = q.waiting ? q.oldest_waiting_seconds : null;
       return el('tr', {'data-queue': q.name}, [
         el('th', {scope: 'row'}, q.name),
         queuedCell('waiting'), queuedCell('delayed'),
-        numCell(q.reserved, 'reserved'), numCell(q.working, 'working'), failedCell,
+        numCell(q.reserved, 'reserved'), numCell(q.working, 'working'),
+        linked('failed', '#failed/' + enc(q.name), 'bad'),
         numCell(q.blocked, 'blocked'), numCell(q.cancelled, 'cancelled'),
         numCell(q.expired, 'expired'),
         el('td', {class: 'num' + (age === null || age === undefined ? ' zero'
@@ -2803,18 +2777,21 @@ form.login .btn { margin-top: 8px; padding: 9px; }
   }
 
   function bulkButton(verb, queue, match) {
-    // retry or delete each failed job of `queue` that matches: the count is asked for first
-    const base = 'api/queues/' + enc(queue) + '/failed', quoted = "'" + match + "'";
-    const title = verb[0].toUpperCase() + verb.slice(1);
-    return actionButton(title + ' matching', verb + '-matching', title + ' the failed jobs of ' +
-                        'queue ' + queue + ' matching ' + quoted, (e) => act(
-      e.currentTarget, base + '/' + verb + '?match=' + enc(match), async () => {
-        const n = (await api(base + '?count=1&match=' + enc(match))).matched;
-        if (!n) toast('No failed job of queue ' + queue + ' matches ' + quoted);
+    // retry (or delete) every failed job of `queue` (that contains `match`): the question
+    // says how many, counted first
+    const base = 'api/queues/' + enc(queue) + '/failed', what = match
+      ? " matching '" + match + "'" : ' of queue ' + queue, done = {retry: 'retried',
+                                                                    delete: 'deleted'}[verb];
+    const title = verb[0].toUpperCase() + verb.slice(1) + (match ? '' : ' all');
+    return actionButton(title + (match ? ' matching' : ''), verb + (match ? '-matching' : '-all'),
+                        title + ' the failed jobs' + what, (e) => act(
+      e.currentTarget, base + '/' + verb + (match ? '?match=' + enc(match) : ''), async () => {
+        const page = await api(base + '?count=1' + (match ? '&match=' + enc(match) : ''));
+        const n = match ? page.matched : page.total;
+        if (!n) toast('No failed job' + what);
         return Boolean(n) && title + ' ' + fmtInt(n) + ' failed job' + (n === 1 ? '' : 's') +
-          ' matching ' + quoted + '?' + (verb === 'delete' ? ' This cannot be undone.' : '');
-      }, (r) => fmtInt(r.retried === undefined ? r.deleted : r.retried) + ' job(s) of queue ' +
-        queue + (verb === 'retry' ? ' put back' : ' deleted')), verb === 'delete');
+          what + '?' + (verb === 'delete' ? ' This cannot be undone.' : '');
+      }, (r) => fmtInt(r[done]) + ' job(s) of queue ' + queue + ' ' + done), verb === 'delete');
   }
 
   function queueBox(view) {
@@ -2854,13 +2831,9 @@ form.login .btn { margin-top: 8px; padding: 9px; }
       const last = Math.max(0, Math.floor((data.total - 1) / PAGE_SIZE) * PAGE_SIZE);
       return go(place('failed', {offset: last || ''}));
     }
-    $('failed-tools').replaceChildren(...(READ_ONLY || !data.total ? [] : match
-      ? [bulkButton('retry', queue, match), bulkButton('delete', queue, match)]
-      : [actionButton('Retry all', 'retry-all', 'Retry all ' + data.total +
-                      ' failed jobs of queue ' + queue, (e) => act(
-          e.currentTarget, base + '/retry',
-          'Put all ' + fmtInt(data.total) + ' failed jobs of queue ' + queue + ' back?',
-          (r) => r.retried + ' job(s) of queue ' + queue + ' put back'))]));
+    $('failed-tools').replaceChildren();
+    append($('failed-tools'), !READ_ONLY && data.total && [
+      bulkButton('retry', queue, match), match && bulkButton('delete', queue, match)]);
     if (!data.jobs.length) {
       return say(box, match ? 'No failed job of queue ' + queue + ' matches ' + quoted + '.'
         : 'No failed jobs in queue ' + queue + '.');
@@ -2899,8 +2872,8 @@ form.login .btn { margin-top: 8px; padding: 9px; }
       pager('failed jobs', fmtInt(offset + 1) + '\u2013' + fmtInt(last) + ' of ' + (match
         ? fmtInt(data.matched) + ' matching ' + quoted : fmtInt(data.total)), [
         offset && match ? ['first', place('failed', {})] : null,
-        offset && !match ? ['prev', place('failed', {offset: Math.max(0, offset - PAGE_SIZE) || ''})]
-          : null,
+        offset && !match ? ['prev', place('failed', {offset: offset > PAGE_SIZE
+          ? offset - PAGE_SIZE : ''})] : null,
         next ? ['next', place('failed', {offset: last, after: next})] : null]));
   }
 
@@ -3000,7 +2973,7 @@ form.login .btn { margin-top: 8px; padding: 9px; }
     } catch (err) {
       if (err.status !== 404) throw err;
       return box.replaceChildren(el('div', {class: 'card'}, el('p', {class: 'empty'},
-        'No job ' + id + ' in queue ' + queue + ': the id is unknown, or its record expired.')));
+                                                             err.message)));
     }
     if (!info) return;
     const cancellable = !READ_ONLY && UNFINISHED.includes(info.state);

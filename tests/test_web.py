@@ -396,7 +396,7 @@ def test_a_job_is_looked_up_by_id_and_cancelled(e2e, browser, tmp_path):
     wait_page(browser, lambda: (shown() or {}).get('state') == 'cancelled', 'the job cancelled')
 
     browser.get(web.url + '#job/q/no-such-job')
-    wait_page(browser, lambda: 'No job no-such-job' in browser.find_element(
+    wait_page(browser, lambda: "no job 'no-such-job' in queue 'q'" in browser.find_element(
         By.ID, 'job-box').text, 'the unknown id to be reported')
     web.stop()
 
