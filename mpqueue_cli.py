@@ -19,6 +19,7 @@ JavaScript (the banner "The dashboard's page").
 """
 
 import argparse
+import concurrent.futures
 import hashlib
 import hmac
 import html
@@ -979,17 +980,10 @@ def _is_loopback(host):
 
 
 class _BoundedCalls:
-    """Runs broker calls on a few threads of its own and waits ``timeout``
-    seconds for each at most, so that a broker that does not answer cannot
-    hang a request.  A call that is still waiting for a thread when its
-    request gives up is dropped, never run later."""
-
-    class _Call:
-        def __init__(self, func, args):
-            self.func, self.args = func, args
-            self.lock, self.done = threading.Lock(), threading.Event()
-            self.started = self.abandoned = False
-            self.value = self.error = None
+    """Runs broker calls on a few threads of its own (daemons: a stop does not
+    wait for them) and waits ``timeout`` seconds for each at most, so that a
+    broker that does not answer cannot hang a request.  A call that is still
+    waiting for a thread when its request gives up is dropped, never run later."""
 
     def __init__(self, threads, timeout, address):
         self.timeout, self.address = timeout, address
@@ -1000,35 +994,28 @@ class _BoundedCalls:
 
     def _serve(self):
         while True:
-            call = self.calls.get()
-            with call.lock:
-                if call.abandoned:
-                    continue
-                call.started = True
-            try:
-                call.value = call.func(*call.args)
-            except BaseException as exc:    # handed to the request's thread
-                call.error = exc
-            call.done.set()
+            future, func, args = self.calls.get()
+            if future.set_running_or_notify_cancel():     # else its request gave up
+                try:
+                    future.set_result(func(*args))
+                except BaseException as exc:    # handed to the request's thread
+                    future.set_exception(exc)
 
     def __call__(self, func, *args, action=False):
         """``func(*args)``; ``action``: it changes something (said in a timeout's message)."""
-        call = self._Call(func, args)
-        self.calls.put(call)
-        if not call.done.wait(self.timeout):
-            with call.lock:
-                call.abandoned = True
-                started = call.started
+        future = concurrent.futures.Future()
+        self.calls.put((future, func, args))
+        try:
+            return future.result(self.timeout)
+        except concurrent.futures.TimeoutError:
+            started = not future.cancel()
             raise _HTTPError(503, 'the broker %s did not answer within %gs%s' % (
                 self.address, self.timeout,
-                ' (the action may still take effect)' if started and action else ''))
-        if isinstance(call.error, mpqueue.DriverError):
-            raise _HTTPError(503, _one_line(call.error))
-        if isinstance(call.error, mpqueue.ConfigError):
-            raise _HTTPError(404, _one_line(call.error))
-        if call.error is not None:
-            raise call.error
-        return call.value
+                ' (the action may still take effect)' if started and action else '')) from None
+        except mpqueue.DriverError as exc:
+            raise _HTTPError(503, _one_line(exc)) from exc
+        except mpqueue.ConfigError as exc:
+            raise _HTTPError(404, _one_line(exc)) from exc
 
 
 class _WebServer(_HTTPServer):
@@ -1913,7 +1900,6 @@ code, pre, .mono, .broker, summary { font-family: ui-monospace, "SFMono-Regular"
 .banner { max-width: 1240px; margin: 16px auto 0; width: calc(100% - 48px); padding: 12px 16px;
   border-radius: var(--radius); background: #fef3f2; border: 1px solid #fecdca;
   color: #912018; display: flex; gap: 10px; flex-wrap: wrap; align-items: baseline; }
-.banner strong { font-weight: 700; }
 .banner .when { color: #b42318; opacity: .8; }
 .toast { position: fixed; right: 20px; bottom: 20px; max-width: min(460px, calc(100% - 40px));
   padding: 11px 16px; border-radius: 8px; background: var(--head); color: #fff;
@@ -2031,7 +2017,6 @@ details pre { margin: 0; padding: 10px 12px; border-top: 1px solid var(--line); 
   border-radius: 0 0 7px 7px; }
 .pager { display: flex; align-items: center; gap: 14px; padding: 10px 16px;
   border-top: 1px solid var(--line); color: var(--muted); }
-.pager .spacer { flex: 1; }
 .job-card { padding: 18px; }
 .job-title { display: flex; align-items: center; gap: 12px; flex-wrap: wrap; margin-bottom: 14px; }
 .job-title h2 { font-size: 17px; overflow-wrap: anywhere; }
@@ -2141,13 +2126,9 @@ form.login .btn { margin-top: 8px; padding: 9px; }
 
   // -- DOM: elements and text nodes only -------------------------------------
 
-  function el(tag, attrs, children) {
-    return fill(document.createElement(tag), attrs, children);
-  }
-
-  function svg(tag, attrs, children) {
-    return fill(document.createElementNS('http://www.w3.org/2000/svg', tag), attrs, children);
-  }
+  const el = (tag, attrs, children) => fill(document.createElement(tag), attrs, children);
+  const svg = (tag, attrs, children) => fill(
+    document.createElementNS('http://www.w3.org/2000/svg', tag), attrs, children);
 
   function fill(node, attrs, children) {
     for (const [key, value] of Object.entries(attrs || {})) {
@@ -2159,10 +2140,8 @@ form.login .btn { margin-top: 8px; padding: 9px; }
     return node;
   }
 
-  function append(node, children) {
-    if (children === null || children === undefined || children === false) return;
-    if (!Array.isArray(children)) children = [children];
-    for (const child of children) {
+  function append(node, children) {     // arrays nest; null, undefined and false are none
+    for (const child of [].concat(children)) {
       if (Array.isArray(child)) append(node, child);
       else if (child !== null && child !== undefined && child !== false) {
         node.appendChild(child instanceof Node ? child : document.createTextNode(String(child)));
@@ -2175,13 +2154,9 @@ form.login .btn { margin-top: 8px; padding: 9px; }
   const NUMBER = new Intl.NumberFormat('en-US');
   const pad = (n) => String(n).padStart(2, '0');
 
-  function fmtInt(n) {
-    return n === null || n === undefined ? '\u2014' : NUMBER.format(n);
-  }
-
-  function fmtPercent(fraction) {     // 0.4 -> '40 %', 0.123 -> '12.3 %'
-    return NUMBER.format(Math.round(fraction * 1000) / 10) + ' %';
-  }
+  const fmtInt = (n) => n === null || n === undefined ? '\u2014' : NUMBER.format(n);
+  // 0.4 -> '40 %', 0.123 -> '12.3 %'
+  const fmtPercent = (fraction) => NUMBER.format(Math.round(fraction * 1000) / 10) + ' %';
 
   function metaList(meta) {           // a job's progress meta, as text: rows 4, stage load
     return Object.entries(meta).map(([name, value], i) => [i ? ', ' : '',
@@ -2223,18 +2198,12 @@ form.login .btn { margin-top: 8px; padding: 9px; }
     return pad(d.getHours()) + ':' + pad(d.getMinutes()) + ':' + pad(d.getSeconds());
   }
 
-  function fmtTime(t) {
-    if (!t) return '\u2014';
-    const d = new Date(t * 1000), now = new Date();
-    if (d.toDateString() === now.toDateString()) return fmtClock(t);
-    return d.getFullYear() + '-' + pad(d.getMonth() + 1) + '-' + pad(d.getDate()) + ' ' +
-      fmtClock(t);
-  }
-
-  function timeCell(t) {
+  function timeCell(t) {           // today's as the time of day, others with their date
     const d = new Date(Number(t) * 1000);
     if (!t || isNaN(d)) return '\u2014';
-    return el('time', {datetime: d.toISOString(), title: d.toString()}, fmtTime(t));
+    return el('time', {datetime: d.toISOString(), title: d.toString()}, (
+      d.toDateString() === new Date().toDateString() ? '' : d.getFullYear() + '-' +
+      pad(d.getMonth() + 1) + '-' + pad(d.getDate()) + ' ') + fmtClock(t));
   }
 
   function headRow(titles, numeric) {
@@ -2258,9 +2227,8 @@ form.login .btn { margin-top: 8px; padding: 9px; }
       el('thead', {}, [above, headRow(head, numeric)]), el('tbody', {id: name + '-body'}, rows)]));
   }
 
-  function say(box, text) {         // a box that has nothing to show says why
-    box.replaceChildren(el('p', {class: 'empty'}, text));
-  }
+  // a box that has nothing to show says why
+  const say = (box, text) => box.replaceChildren(el('p', {class: 'empty'}, text));
 
   // -- the API -----------------------------------------------------------------------
 
@@ -2344,23 +2312,16 @@ form.login .btn { margin-top: 8px; padding: 9px; }
         : 'Refreshed every 2 s';
       return;
     }
-    const title = server ? 'Dashboard server unreachable'
-      : broker ? 'Broker unreachable' : 'Error';
-    showBanner(title, problem.message);
+    $('banner').replaceChildren(
+      el('strong', {}, server ? 'Dashboard server unreachable' : broker ? 'Broker unreachable'
+        : 'Error'), el('span', {}, problem.message), el('span', {class: 'when'}, (
+        state.lastUpdate ? 'Showing data from ' + fmtClock(state.lastUpdate) + '; t' : 'T') +
+        'rying again every 2 s.'));
+    $('banner').hidden = false;
     $('main').classList.toggle('stale-data', Boolean(server || broker));
     live.className = 'live bad';
     live.textContent = server || broker ? 'Offline' : 'Error';
     if (!(problem instanceof ApiError)) console.error(problem);
-  }
-
-  function showBanner(title, message) {
-    const when = state.lastUpdate
-      ? 'Showing data from ' + fmtClock(state.lastUpdate) + '; trying again every 2 s.'
-      : 'Trying again every 2 s.';
-    const banner = $('banner');
-    banner.replaceChildren(el('strong', {}, title), el('span', {}, message),
-                           el('span', {class: 'when'}, when));
-    banner.hidden = false;
   }
 
   let toastTimer = null;
@@ -2402,8 +2363,7 @@ form.login .btn { margin-top: 8px; padding: 9px; }
     $('search-text').value = state.search.text;
     for (const name in VIEWS) $('view-' + name).hidden = name !== view;
     for (const link of document.querySelectorAll('.top nav a')) {
-      if (link.dataset.view === view) link.setAttribute('aria-current', 'page');
-      else link.removeAttribute('aria-current');
+      link.setAttribute('aria-current', link.dataset.view === view ? 'page' : 'false');
     }
     document.title = VIEWS[view][1] + ' \u00b7 mpqueue';
     fillSelects();
@@ -2582,13 +2542,12 @@ form.login .btn { margin-top: 8px; padding: 9px; }
 
   function pausedCell(q) {
     // a badge while the queue is paused, and the button that flips it
-    const path = 'api/queues/' + enc(q.name) + '/' + (q.paused ? 'resume' : 'pause');
-    const button = READ_ONLY ? null : q.paused
-      ? actionButton('Resume', 'resume', 'Resume queue ' + q.name, (e) => act(
-          e.currentTarget, path, null, () => 'Queue ' + q.name + ' resumed'))
-      : actionButton('Pause', 'pause', 'Pause queue ' + q.name, (e) => act(
-          e.currentTarget, path, 'Pause queue ' + q.name + '? No pool starts its jobs until ' +
-          'it is resumed; running jobs finish.', () => 'Queue ' + q.name + ' paused'), true);
+    const verb = q.paused ? 'Resume' : 'Pause';
+    const button = !READ_ONLY && actionButton(
+      verb, verb + ' queue ' + q.name, 'api/queues/' + enc(q.name) + '/' + verb.toLowerCase(),
+      q.paused ? null : 'Pause queue ' + q.name + '? No pool starts its jobs until it is ' +
+      'resumed; running jobs finish.', () => 'Queue ' + q.name + ' ' + verb.toLowerCase() + 'd',
+      !q.paused);
     return el('td', {'data-col': 'paused', 'data-paused': q.paused ? 'true' : 'false'}, [
       q.paused ? el('span', {class: 'badge paused'}, 'paused') : null,
       q.paused && button ? ' ' : null, button]);
@@ -2694,39 +2653,30 @@ form.login .btn { margin-top: 8px; padding: 9px; }
   }
 
   function fleetRows(pool, rows) {
-    // the rows of one pool, added to rows once all are made; its [workers, busy]
-    let workers = 0, busy = 0;
-    const out = [];
+    // the rows of one pool (its own cells span its queues' rows), added to rows once all
+    // are made; its [workers, busy]
     const queues = Object.entries(pool.queues || {}).sort((a, b) => a[0] < b[0] ? -1 : 1);
     const stale = pool.age > STALE_S;
-    const span = Math.max(1, queues.length);
-    const status = stale
-      ? el('span', {class: 'badge stale', title: 'no heartbeat for ' + fmtAge(pool.age)}, 'stale')
-      : el('span', {class: 'badge ' + (pool.state === 'running' ? 'running' : 'stopping')},
-           pool.state || '?');
     const head = [
-      el('th', {scope: 'row', rowspan: span}, pool.name),
-      el('td', {rowspan: span}, pool.host),
-      el('td', {rowspan: span, class: 'num'}, pool.pid),
-      el('td', {rowspan: span, 'data-col': 'state'}, status),
-      el('td', {rowspan: span}, timeCell(pool.started)),
-      el('td', {rowspan: span, class: 'num' + (stale ? ' bad' : '')}, fmtAge(pool.age) + ' ago'),
-    ];
-    const cells = (q) => [
-      el('td', {'data-col': 'queue'}, q[0]), numCell(q[1].workers, 'workers'),
-      numCell(q[1].busy, 'busy'), numCell(q[1].idle, 'idle'), numCell(q[1].done, 'done')];
-    const attrs = (i) => ({class: (stale ? 'stale' : '') + (i === 0 ? ' group-start' : ''),
-                           'data-pool': pool.name, 'data-stale': stale ? 'true' : 'false'});
-    if (!queues.length) out.push(el('tr', attrs(0), [head, el('td', {colspan: 5}, '\u2014')]));
-    queues.forEach((q, i) => {
-      out.push(el('tr', attrs(i), i === 0 ? [head, cells(q)] : cells(q)));
-    });
+      el('th', {scope: 'row'}, pool.name), el('td', {}, pool.host),
+      el('td', {class: 'num'}, pool.pid),
+      el('td', {'data-col': 'state'}, stale
+        ? el('span', {class: 'badge stale', title: 'no heartbeat for ' + fmtAge(pool.age)}, 'stale')
+        : el('span', {class: 'badge ' + (pool.state === 'running' ? 'running' : 'stopping')},
+             pool.state || '?')),
+      el('td', {}, timeCell(pool.started)),
+      el('td', {class: 'num' + (stale ? ' bad' : '')}, fmtAge(pool.age) + ' ago')];
+    for (const cell of head) cell.rowSpan = Math.max(1, queues.length);
+    const attrs = {class: stale ? 'stale' : '', 'data-pool': pool.name,
+                   'data-stale': String(stale)};
+    const out = queues.length ? queues.map(([name, q], i) => el('tr', attrs, [
+      i ? null : head, el('td', {'data-col': 'queue'}, name),
+      ['workers', 'busy', 'idle', 'done'].map((col) => numCell(q[col], col))]))
+      : [el('tr', attrs, [head, el('td', {colspan: 5}, '\u2014')])];
+    out[0].classList.add('group-start');
     rows.push(...out);
-    for (const [, q] of queues) {
-      workers += Number(q.workers) || 0;
-      busy += Number(q.busy) || 0;
-    }
-    return [workers, busy];
+    return queues.reduce(([workers, busy], [, q]) => [workers + (Number(q.workers) || 0),
+                                                       busy + (Number(q.busy) || 0)], [0, 0]);
   }
 
   // -- failed jobs -------------------------------------------------------------------------------
@@ -2752,10 +2702,12 @@ form.login .btn { margin-top: 8px; padding: 9px; }
     });
   }
 
-  function actionButton(label, action, description, onclick, danger) {
+  function actionButton(label, description, path, question, done, danger) {
+    // a button (its data-action: its label) that POSTs `path` as act() does
     return el('button', {type: 'button', class: 'btn' + (danger ? ' danger' : ''),
-                         'data-action': action, 'aria-label': description, title: description,
-                         onclick: onclick}, label);
+                         'data-action': label.toLowerCase().replace(' ', '-'),
+                         'aria-label': description, title: description,
+                         onclick: (e) => act(e.currentTarget, path, question, done)}, label);
   }
 
   async function act(button, path, question, done) {
@@ -2783,15 +2735,14 @@ form.login .btn { margin-top: 8px; padding: 9px; }
       ? " matching '" + match + "'" : ' of queue ' + queue, done = {retry: 'retried',
                                                                     delete: 'deleted'}[verb];
     const title = verb[0].toUpperCase() + verb.slice(1) + (match ? '' : ' all');
-    return actionButton(title + (match ? ' matching' : ''), verb + (match ? '-matching' : '-all'),
-                        title + ' the failed jobs' + what, (e) => act(
-      e.currentTarget, base + '/' + verb + (match ? '?match=' + enc(match) : ''), async () => {
-        const page = await api(base + '?count=1' + (match ? '&match=' + enc(match) : ''));
-        const n = match ? page.matched : page.total;
-        if (!n) toast('No failed job' + what);
-        return Boolean(n) && title + ' ' + fmtInt(n) + ' failed job' + (n === 1 ? '' : 's') +
-          what + '?' + (verb === 'delete' ? ' This cannot be undone.' : '');
-      }, (r) => fmtInt(r[done]) + ' job(s) of queue ' + queue + ' ' + done), verb === 'delete');
+    return actionButton(title + (match ? ' matching' : ''), title + ' the failed jobs' + what,
+                        base + '/' + verb + (match ? '?match=' + enc(match) : ''), async () => {
+      const page = await api(base + '?count=1' + (match ? '&match=' + enc(match) : ''));
+      const n = match ? page.matched : page.total;
+      if (!n) toast('No failed job' + what);
+      return Boolean(n) && title + ' ' + fmtInt(n) + ' failed job' + (n === 1 ? '' : 's') +
+        what + '?' + (verb === 'delete' ? ' This cannot be undone.' : '');
+    }, (r) => fmtInt(r[done]) + ' job(s) of queue ' + queue + ' ' + done, verb === 'delete');
   }
 
   function queueBox(view) {
@@ -2852,14 +2803,11 @@ form.login .btn { margin-top: 8px; padding: 9px; }
         el('td', {class: 'errors'}, errorList(job)),
       ];
       if (!READ_ONLY) {
-        cells.push(el('td', {class: 'actions'}, [
-          actionButton('Retry', 'retry', 'Retry job ' + job.id + ' (' + name + ')',
-            (e) => act(e.currentTarget, jobPath + '/retry', null,
-                       () => 'Job ' + job.id + ' put back in queue ' + queue)),
-          actionButton('Delete', 'delete', 'Delete job ' + job.id + ' (' + name + ')',
-            (e) => act(e.currentTarget, jobPath + '/delete',
-                       'Delete failed job ' + job.id + ' (' + name + ')? This cannot be undone.',
-                       () => 'Job ' + job.id + ' deleted'), true)]));
+        cells.push(el('td', {class: 'actions'}, ['Retry', 'Delete'].map((verb) => actionButton(
+          verb, verb + ' job ' + job.id + ' (' + name + ')', jobPath + '/' + verb.toLowerCase(),
+          verb === 'Delete' ? 'Delete failed job ' + job.id + ' (' + name + ')? This cannot ' +
+          'be undone.' : null, () => 'Job ' + job.id + (verb === 'Delete' ? ' deleted'
+            : ' put back in queue ' + queue), verb === 'Delete'))));
       }
       return el('tr', {'data-job-id': job.id}, cells);
     });
@@ -2984,10 +2932,10 @@ form.login .btn { margin-top: 8px; padding: 9px; }
       el('div', {class: 'job-title'}, [
         el('h2', {}, info.job || '(unnamed)'),
         el('span', {class: 'badge ' + info.state, 'data-col': 'state'}, info.state),
-        cancellable ? actionButton('Cancel', 'cancel', 'Cancel job ' + info.id, (e) => act(
-          e.currentTarget, 'api/queues/' + enc(queue) + '/jobs/' + enc(info.id) + '/cancel',
-          'Cancel job ' + info.id + ' (' + (info.job || '') + ')?',
-          (r) => 'Job ' + info.id + ' cancelled (it was ' + r.state + ')'), true) : null]),
+        cancellable ? actionButton('Cancel', 'Cancel job ' + info.id, 'api/queues/' +
+          enc(queue) + '/jobs/' + enc(info.id) + '/cancel', 'Cancel job ' + info.id + ' (' +
+          (info.job || '') + ')?', (r) => 'Job ' + info.id + ' cancelled (it was ' + r.state +
+          ')', true) : null]),
       el('dl', {class: 'facts'}, [
         fact('Id', el('span', {class: 'mono'}, info.id), 'id'),
         fact('Queue', info.queue),
@@ -3098,11 +3046,6 @@ form.login .btn { margin-top: 8px; padding: 9px; }
 
   // -- start ---------------------------------------------------------------------------
 
-  function debounce(fn, ms) {
-    let t = null;
-    return () => { clearTimeout(t); t = setTimeout(fn, ms); };
-  }
-
   function init() {
     buildPage();
     $('read-only').hidden = !READ_ONLY;
@@ -3112,7 +3055,11 @@ form.login .btn { margin-top: 8px; padding: 9px; }
       go('#search/' + enc($('search-text').value.trim()));
     });
     window.addEventListener('hashchange', route);
-    window.addEventListener('resize', debounce(() => { if (state.queues) renderChart(); }, 150));
+    let resized = null;         // the chart is drawn again once the window stops changing
+    window.addEventListener('resize', () => {
+      clearTimeout(resized);
+      resized = setTimeout(() => state.queues && renderChart(), 150);
+    });
     route();
   }
 
