@@ -2688,7 +2688,9 @@ end
 local function walk_failed(cursor, limit, each)
   local bound, score, last = string.match(cursor, '^([^:]+):([^:]+):(.*)$')
   local start = 0
-  if last then
+  if last and tonumber(redis.call('ZSCORE', FAILED, last)) == tonumber(score) then
+    start = redis.call('ZRANK', FAILED, last) + 1
+  elseif last then      -- it left the list: after the jobs before it, ties by id as Redis has them
     start = redis.call('ZCOUNT', FAILED, '-inf', '(' .. score)
     for _, id in ipairs(redis.call('ZRANGE', FAILED, score, score, 'BYSCORE')) do
       if id <= last then start = start + 1 end
@@ -2705,9 +2707,16 @@ local function walk_failed(cursor, limit, each)
   end
   return ''
 end
--- its name, key or an error contains `needle` (lower case)
+-- its name, key or an error contains `needle` (lower case); a needle that JSON
+-- writes as it is (printable ASCII but " \ /) is looked for in the stored text
+-- first: most jobs do not hold it, and are not decoded
 local function matches(id, needle)
   local f = redis.call('HMGET', rec(id), 'job', 'key', 'error_info')
+  if not string.find(needle, '[^ -~]') and not string.find(needle, '["/\\]') and not
+      string.find(string.lower((f[1] or '') .. '\n' .. (f[2] or '') .. '\n' .. (f[3] or '')),
+                  needle, 1, true) then
+    return false
+  end
   local texts = f[3] and f[3] ~= '' and cjson.decode(f[3]) or {}
   table.insert(texts, f[1] or '')
   table.insert(texts, f[2] or '')
@@ -3769,7 +3778,7 @@ _SQ_SUN_PATH_MAX = 107     # AF_UNIX path bytes, leaving room for the final NUL
 def _folded(text):
     """``text`` with its ASCII letters in lower case, as Lua's string.lower
     has them: both brokers match a search alike."""
-    return text.translate(_ASCII_LOWER)
+    return text.lower() if text.isascii() else text.translate(_ASCII_LOWER)
 
 
 def _keep_seconds(state, result_ttl):
@@ -4478,39 +4487,42 @@ class _SqliteSteps:
         return text if self.live(text, 'id') else self.holder(text)
 
     def walk_failed(self, text, cursor, limit, stop=0):
-        """The failed jobs after ``cursor`` ('until:score:rowid'; '': the
-        oldest on, until now) that match ``text``, among ``limit`` of them at
-        most, up to ``stop`` (0: all); and the cursor after the last one walked."""
+        """The ids of the failed jobs after ``cursor`` ('until:score:rowid';
+        '': the oldest on, until now) that match ``text``, among ``limit`` of
+        them at most, up to ``stop`` (0: all); and the cursor after the last
+        one walked."""
         try:
             until, score, rowid = (float(x) for x in cursor.split(':'))
         except ValueError:
             until, score, rowid = self.now, float('-inf'), -1
         rows = self.conn.execute(
-            'SELECT score, rowid, id, %s FROM mpq_job WHERE queue = ? AND state = ? AND level = 0 '
-            'AND (score, rowid) > (?, ?) AND score <= ? ORDER BY level DESC, score, rowid LIMIT ?'
-            % _SQ_RECORD, (self.queue, FAILED, score, rowid, until, limit)).fetchall()
+            'SELECT score, rowid, id, job, key, error_info FROM mpq_job WHERE queue = ? AND '
+            'state = ? AND level = 0 AND (score, rowid) > (?, ?) AND score <= ? ORDER BY '
+            'level DESC, score, rowid LIMIT ?',
+            (self.queue, FAILED, score, rowid, until, limit)).fetchall()
         needle, found = _folded(text), []
-        for i, row in enumerate(rows, 1):
-            record = dict(_record(zip(_FIELDS_BUT_PAYLOAD, row[3:])), id=row[2])
-            if any(needle in _folded(str(t)) for t in [record.get('job', ''),
-                                                        record.get('key', '')] +
-                   record['error_info']):
-                found.append(record)
+        plain = not re.search(r'[^ -~]|["\\/]', needle)    # JSON writes it as it is: as Lua
+        for i, (score, rowid, job_id, job, key, errors) in enumerate(rows, 1):
+            texts = [job or '', key or '']
+            if (not plain or needle in _folded('\n'.join(texts + [errors or '']))) and any(
+                    needle in _folded(str(t)) for t in texts + (json.loads(errors or '[]') or [])):
+                found.append(job_id)
             if (stop and len(found) == stop) or i == limit:
-                return found, '%r:%r:%d' % (until, row[0], row[1])
+                return found, '%r:%r:%d' % (until, score, rowid)
         return found, ''
 
     def match_failed(self, text, count, cursor, limit):
         found, after = self.walk_failed(text, cursor, limit, count)
-        return len(found), found if count else [], after
+        return len(found), [dict(self.record(job_id), id=job_id)
+                            for job_id in found[:count]], after
 
     def retry_matching(self, text, cursor, limit):
         found, after = self.walk_failed(text, cursor, limit)
-        return sum(self.retry_failed(job['id'], 1) for job in found), after
+        return sum(self.retry_failed(job_id, 1) for job_id in found), after
 
     def delete_matching(self, text, cursor, limit):
         found, after = self.walk_failed(text, cursor, limit)
-        return sum(self.delete_failed(job['id']) for job in found), after
+        return sum(self.delete_failed(job_id) for job_id in found), after
 
     def clean(self, limit):
         rows = self.conn.execute('SELECT id, state FROM mpq_job WHERE queue = ? LIMIT ?',

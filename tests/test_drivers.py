@@ -794,6 +794,7 @@ def test_match_failed_finds_the_text_in_the_name_key_or_errors_ascii_case_blind(
     assert match(driver, queue, '\u00e9T\u00c9') == (0, [], '')     # ASCII letters only
     assert match(driver, queue, '') == (4, [a, b, c, d], '')
     assert match(driver, queue, 'nothing') == (0, [], '')
+    assert match(driver, queue, 'nValueError') == (0, [], '')     # the stored text has '\\n'
     n, found, after = match(driver, queue, 'mod.', count=2)      # stops at the count-th
     assert (n, found) == (2, [a, b]) and after
     assert match(driver, queue, 'mod.', cursor=after) == (2, [c, d], '')
