@@ -1928,8 +1928,9 @@ table.data { width: 100%; border-collapse: collapse; font-variant-numeric: tabul
 .data th, .data td { padding: 10px 14px; border-bottom: 1px solid var(--line);
   text-align: left; vertical-align: top; }
 .data tbody tr:last-child > * { border-bottom: 0; }
-.data thead th { font-size: 11.5px; font-weight: 600; letter-spacing: .04em;
-  text-transform: uppercase; color: var(--muted); background: #f9fafb; white-space: nowrap; }
+.data thead th, dl.facts dt, .job-card h3 { font-size: 11.5px; font-weight: 600;
+  letter-spacing: .04em; text-transform: uppercase; color: var(--muted); }
+.data thead th { background: #f9fafb; white-space: nowrap; }
 .data thead tr.groups th, .data thead tr.groups td { background: var(--card); color: var(--faint);
   font-size: 10.5px; padding-top: 8px; padding-bottom: 2px; border-bottom: 0; text-align: center; }
 .data thead tr.groups th { border-bottom: 2px solid var(--line); }
@@ -2024,15 +2025,12 @@ details pre { margin: 0; padding: 10px 12px; border-top: 1px solid var(--line); 
 dl.facts { display: grid; grid-template-columns: repeat(auto-fill, minmax(200px, 1fr));
   gap: 14px 24px; margin: 0 0 16px; }
 dl.facts div { min-width: 0; }
-dl.facts dt { font-size: 11.5px; text-transform: uppercase; letter-spacing: .04em;
-  color: var(--muted); font-weight: 600; }
 dl.facts dd { margin: 2px 0 0; font-variant-numeric: tabular-nums; overflow-wrap: anywhere; }
 dl.facts.relatives { grid-template-columns: repeat(auto-fill, minmax(280px, 1fr)); }
 ul.relatives { margin: 0; padding: 0; list-style: none; max-height: 240px; overflow-y: auto; }
 ul.relatives li { padding: 1px 0; }
 dl.facts progress { width: 96px; vertical-align: middle; margin-right: 6px; }
-.job-card h3 { font-size: 13px; margin: 16px 0 8px; color: var(--muted); text-transform: uppercase;
-  letter-spacing: .04em; }
+.job-card h3 { font-size: 13px; margin: 16px 0 8px; }
 pre.result { margin: 0; padding: 10px 12px; border: 1px solid var(--line); border-radius: 7px;
   background: #fcfcfd; overflow-x: auto; white-space: pre-wrap; overflow-wrap: anywhere; }
 
@@ -2111,12 +2109,12 @@ form.login .btn { margin-top: 8px; padding: 9px; }
     queues: null,                 // the last /api/queues
     samples: new Map(),           // queue -> [{t, done, failed}] taken by this page
     history: new Map(),           // queue -> the broker's samples (mpqueue.history())
-    chartQueue: QUEUES[0] || null,
+    chartQueue: QUEUES[0],        // (a config has one queue at least)
     // each view's place (ADDRESS) and `key`: what it shows, to redraw only what changed
-    failed: {queue: QUEUES[0] || null, offset: 0, after: '', match: '', key: ''},
-    queued: {queue: QUEUES[0] || null, state: 'waiting', cursor: '', key: ''},
-    limits: {queue: QUEUES[0] || null, key: ''},
-    job: {queue: QUEUES[0] || null, id: '', key: ''},
+    failed: {queue: QUEUES[0], offset: 0, after: '', match: '', key: ''},
+    queued: {queue: QUEUES[0], state: 'waiting', cursor: '', key: ''},
+    limits: {queue: QUEUES[0], key: ''},
+    job: {queue: QUEUES[0], id: '', key: ''},
     schedules: {key: ''},
     search: {text: '', key: ''},
     open: new Set(),              // error <details> the user opened: 'id:index'
@@ -2382,15 +2380,10 @@ form.login .btn { margin-top: 8px; padding: 9px; }
     else window.location.hash = hash;
   }
 
-  function fillSelects() {
-    const names = state.queues ? state.queues.map((q) => q.name) : QUEUES;
+  function fillSelects() {           // the pickers show their views' places
     for (const select of document.querySelectorAll('select[data-queue-of]')) {
       const of = select.dataset.queueOf;
-      const current = of === 'chart' ? state.chartQueue : state[of].queue;
-      if (Array.from(select.options, (o) => o.value).join('\n') !== names.join('\n')) {
-        select.replaceChildren(...names.map((name) => el('option', {value: name}, name)));
-      }
-      if (current !== null && names.includes(current)) select.value = current;
+      select.value = of === 'chart' ? state.chartQueue : state[of].queue;
     }
     $('queued-state').value = state.queued.state;
   }
@@ -2398,7 +2391,8 @@ form.login .btn { margin-top: 8px; padding: 9px; }
   function queuePicker(view, onchange) {      // view: its place; 'chart': the chart's queue
     return el('label', {class: 'field'}, ['Queue ', el('select', {
       id: view + '-queue', 'data-queue-of': view,
-      onchange: onchange || ((e) => go(place(view, {queue: e.target.value})))})]);
+      onchange: onchange || ((e) => go(place(view, {queue: e.target.value})))},
+      QUEUES.map((name) => el('option', {value: name}, name)))]);
   }
 
   function buildPage() {
@@ -2455,16 +2449,12 @@ form.login .btn { margin-top: 8px; padding: 9px; }
       while (list.length && list[0].t < now - WINDOW_S - RATE_SPAN_S) list.shift();
       state.samples.set(q.name, list);
     }
-    if (!state.chartQueue && queues.length) state.chartQueue = queues[0].name;
     try {
-      if (state.chartQueue) {
-        state.history.set(state.chartQueue, await api('api/queues/' + enc(state.chartQueue) +
-                                                      '/history'));
-      }
+      state.history.set(state.chartQueue, await api('api/queues/' + enc(state.chartQueue) +
+                                                    '/history'));
     } finally {
       renderQueues();
       renderChart();
-      fillSelects();
       const failed = queues.reduce((sum, q) => sum + q.failed, 0);
       $('failed-count').textContent = failed ? fmtInt(failed) : '';
     }
@@ -2533,7 +2523,6 @@ form.login .btn { margin-top: 8px; padding: 9px; }
         pausedCell(q),
       ]);
     });
-    if (!rows.length) return say($('queues-box'), 'No queue in the config.');
     const group = (span, title) => el('th', {scope: 'colgroup', colspan: span}, title);
     $('queues-box').replaceChildren(dataTable('queues', 'Jobs per queue and state', QUEUE_COLUMNS,
       QUEUE_COLUMNS.slice(1), rows, '', el('tr', {class: 'groups'}, [
@@ -2745,13 +2734,6 @@ form.login .btn { margin-top: 8px; padding: 9px; }
     }, (r) => fmtInt(r[done]) + ' job(s) of queue ' + queue + ' ' + done, verb === 'delete');
   }
 
-  function queueBox(view) {
-    // [the box, the queue] of a view that shows one queue; without a queue the box says so
-    const box = $(view + '-box'), queue = state[view].queue;
-    if (!queue) say(box, 'No queue in the config.');
-    return [box, queue];
-  }
-
   function jobCell(queue, job) {      // a job's name, and its id linked to its page
     return el('td', {class: 'job'}, [
       el('div', {class: 'name', 'data-col': 'name'}, job.job || '(unnamed)'),
@@ -2769,8 +2751,7 @@ form.login .btn { margin-top: 8px; padding: 9px; }
 
   async function loadFailed() {
     // a page by offset (and the id of the job before it), or, filtered by `match`, by cursor
-    const [box, queue] = queueBox('failed');
-    if (!queue) return;
+    const box = $('failed-box'), {queue} = state.failed;
     const {offset, after, match} = state.failed, quoted = "'" + match + "'";
     const base = 'api/queues/' + enc(queue) + '/failed';
     const data = await fresh('failed', base + '?count=' + PAGE_SIZE + (match
@@ -2829,8 +2810,7 @@ form.login .btn { margin-top: 8px; padding: 9px; }
 
   async function loadQueued() {
     const {cursor} = state.queued, which = state.queued.state;
-    const [box, queue] = queueBox('queued');
-    if (!queue) return;
+    const box = $('queued-box'), {queue} = state.queued;
     const data = await fresh('queued', 'api/queues/' + enc(queue) + '/jobs?state=' + which +
                              '&count=' + PAGE_SIZE + (cursor ? '&cursor=' + enc(cursor) : ''));
     if (!data) return;
@@ -2856,8 +2836,7 @@ form.login .btn { margin-top: 8px; padding: 9px; }
   // -- limits ----------------------------------------------------------------------------
 
   async function loadLimits() {
-    const [box, queue] = queueBox('limits');
-    if (!queue) return;
+    const box = $('limits-box'), {queue} = state.limits;
     const data = await fresh('limits', 'api/queues/' + enc(queue) + '/limits');
     if (!data) return;
     if (!data.length) return say(box, 'No limit defined or in use in queue ' + queue + '.');
@@ -2914,7 +2893,7 @@ form.login .btn { margin-top: 8px; padding: 9px; }
 
   async function loadJob() {
     const {queue, id} = state.job, box = $('job-box');
-    if (!queue || !id) return say(box, 'No job chosen: find one with the search box above.');
+    if (!id) return say(box, 'No job chosen: find one with the search box above.');
     let info;
     try {
       info = await fresh('job', 'api/queues/' + enc(queue) + '/jobs/' + enc(id));
