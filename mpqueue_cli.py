@@ -1244,14 +1244,17 @@ class _WebHandler(_Handler):
             return self._redirect('./')
         # The form's CSRF token is bound to a cookie of its own, set here.
         nonce = self._cookies().get(server.login_cookie, '')
+
+        def page(status, error, headers=()):
+            return self._send(status, _web_render('login.html', error=error, csrf_token=
+                                                  server.login_csrf(nonce)),
+                              'text/html; charset=utf-8', method, headers=headers)
         if method != 'POST':
-            headers = ()
-            if len(nonce) < 32:
-                nonce = secrets.token_urlsafe(32)
-                headers = (('Set-Cookie', self._cookie_header(server.login_cookie, nonce)),)
-            return self._send(200, _web_render('login.html', csrf_token=server.login_csrf(nonce),
-                                               error=''), 'text/html; charset=utf-8', method,
-                              headers=headers)
+            if len(nonce) >= 32:
+                return page(200, '')
+            nonce = secrets.token_urlsafe(32)
+            return page(200, '', (('Set-Cookie', self._cookie_header(server.login_cookie,
+                                                                      nonce)),))
         form = urllib.parse.parse_qs(body.decode('utf-8', 'replace'))
         self._check_csrf(form.get('csrf_token', [''])[0],
                          server.login_csrf(nonce) if len(nonce) >= 32 else None)
@@ -1261,17 +1264,13 @@ class _WebHandler(_Handler):
                 ('Set-Cookie', self._cookie_header(server.cookie, sid, _WEB_SESSION_SECONDS)),
                 ('Set-Cookie', self._cookie_header(server.login_cookie, '', 0))))
         server.failed_guess()
-        return self._send(401, _web_render('login.html', csrf_token=server.login_csrf(nonce),
-                                           error='Wrong token.'), 'text/html; charset=utf-8')
+        return page(401, 'Wrong token.')
 
     # -- the API -------------------------------------------------------------------
 
     def api_queues(self, query):
-        names = self.server.queues
-
-        def depths():
-            return [dict(mpqueue.depth(q), name=q) for q in names]
-        return self.server.broker(depths)
+        return self.server.broker(lambda: [dict(mpqueue.depth(q), name=q)
+                                           for q in self.server.queues])
 
     def api_failed(self, query, queue):
         offset = _int_param(query, 'offset', 0, 0, _WEB_OFFSET_MAX)
@@ -1330,11 +1329,10 @@ class _WebHandler(_Handler):
         return self.server.broker(search)
 
     def api_events(self, query):
-        """Server-sent events: ``change`` each time what the page shows may have
-        changed (a queue's counts, or the job ``id`` of ``queue``), as the
-        server sees it looking every _WEB_EVENTS_EVERY s: one request per page,
-        which then reads the API as it does.  At most _WEB_STREAMS_MAX at once
-        (more get 503, and poll); each ends when its page goes or the server stops."""
+        """Server-sent events: ``change`` when the counts of a queue (or the job
+        ``id`` of ``queue``) changed, looked at every _WEB_EVENTS_EVERY s; the
+        page then reads the API.  At most _WEB_STREAMS_MAX at once (more get
+        503, and poll), each until its page goes or the server stops."""
         server, (queue, job_id) = self.server, (query.get(n, [''])[0] for n in ('queue', 'id'))
         if queue and queue not in server.queues:
             raise _HTTPError(404, 'queue %r is not in the config' % queue)
@@ -1778,7 +1776,7 @@ _WEB_ASSETS = {
     <span class="broker" title="The broker this dashboard reads">{{broker}}</span>
     <span id="read-only" class="badge muted" hidden>read-only</span>
     <form id="search" class="search" role="search">
-      <input id="search-text" type="search" placeholder="Job id or key, failed job text"
+      <input id="search-text" type="search" placeholder="Job id or key, or error text"
              aria-label="Find a job by id or unique key, or failed jobs by their text"
              autocomplete="off" spellcheck="false">
     </form>
@@ -1931,9 +1929,6 @@ table.data { width: 100%; border-collapse: collapse; font-variant-numeric: tabul
 .data thead th, dl.facts dt, .job-card h3 { font-size: 11.5px; font-weight: 600;
   letter-spacing: .04em; text-transform: uppercase; color: var(--muted); }
 .data thead th { background: #f9fafb; white-space: nowrap; }
-.data thead tr.groups th, .data thead tr.groups td { background: var(--card); color: var(--faint);
-  font-size: 10.5px; padding-top: 8px; padding-bottom: 2px; border-bottom: 0; text-align: center; }
-.data thead tr.groups th { border-bottom: 2px solid var(--line); }
 .data tbody th { font-weight: 600; }
 .data tbody tr:hover > * { background: #fafbfc; }
 .data .num { text-align: right; white-space: nowrap; }
@@ -1980,7 +1975,6 @@ input { font-family: ui-monospace, Menlo, Consolas, "Liberation Mono", monospace
 /* -- chart --------------------------------------------------------------------- */
 .legend { list-style: none; display: flex; gap: 18px; margin: 0 0 0 auto; padding: 0;
   color: var(--muted); font-variant-numeric: tabular-nums; }
-.legend b { color: var(--ink); margin-left: 4px; }
 .swatch { display: inline-block; width: 12px; height: 3px; border-radius: 2px;
   vertical-align: middle; margin-right: 6px; }
 .legend .done .swatch { background: var(--done); }
@@ -2215,14 +2209,14 @@ form.login .btn { margin-top: 8px; padding: 9px; }
     return el('td', {class: cls, 'data-col': name}, fmtInt(value));
   }
 
-  function dataTable(name, caption, head, numeric, rows, cls, above) {
+  function dataTable(name, caption, head, numeric, rows, cls) {
     // table #NAME-table (its body #NAME-body) that scrolls sideways in its card: a caption
-    // for screen readers, a row `above` the titles `head` (those in `numeric` align right)
+    // for screen readers, the titles `head` (those in `numeric` align right), the rows
     return el('div', {class: 'scroll'}, el('table', {class: 'data ' + (cls || ''),
                                                      id: name + '-table'}, [
       el('caption', {class: 'sr-only'}, caption),
       el('colgroup', {}, head.map((h) => el('col', {class: 'c-' + h.toLowerCase()}))),
-      el('thead', {}, [above, headRow(head, numeric)]), el('tbody', {id: name + '-body'}, rows)]));
+      el('thead', {}, headRow(head, numeric)), el('tbody', {id: name + '-body'}, rows)]));
   }
 
   // a box that has nothing to show says why
@@ -2427,10 +2421,8 @@ form.login .btn { margin-top: 8px; padding: 9px; }
             renderChart();
             tick();
           }),
-          el('ul', {class: 'legend', 'aria-label': 'Latest rates'}, ['done', 'failed'].map(
-            (key) => el('li', {class: key}, [el('span', {class: 'swatch', 'aria-hidden': 'true'}),
-                                             key + '/s ', el('b', {id: 'legend-' + key},
-                                                             '\u2014')])))]),
+          el('ul', {class: 'legend'}, ['done', 'failed'].map((key) => el('li', {class: key}, [
+            el('span', {class: 'swatch', 'aria-hidden': 'true'}), key + '/s'])))]),
         el('div', {id: 'chart', class: 'chart'}), el('p', {id: 'chart-note', class: 'note'},
           'Rates from the counters the broker samples about every 10 s, and from this ' +
           'page\'s own samples since the last of them.')])
@@ -2523,10 +2515,8 @@ form.login .btn { margin-top: 8px; padding: 9px; }
         pausedCell(q),
       ]);
     });
-    const group = (span, title) => el('th', {scope: 'colgroup', colspan: span}, title);
     $('queues-box').replaceChildren(dataTable('queues', 'Jobs per queue and state', QUEUE_COLUMNS,
-      QUEUE_COLUMNS.slice(1), rows, '', el('tr', {class: 'groups'}, [
-        el('td'), group(7, 'Now'), el('td'), group(2, 'Total'), group(2, 'Rate'), el('td')])));
+                                              QUEUE_COLUMNS.slice(1), rows));
   }
 
   function pausedCell(q) {
@@ -2609,9 +2599,6 @@ form.login .btn { margin-top: 8px; padding: 9px; }
                                     height: height, role: 'img',
                                     'aria-labelledby': 'chart-title',
                                     'data-queue': queue || ''}, parts));
-    const rate = latestRate(queue);
-    $('legend-done').textContent = fmtRate(rate && rate.done);
-    $('legend-failed').textContent = fmtRate(rate && rate.failed);
   }
 
   // -- fleet ----------------------------------------------------------------------------------
@@ -2988,17 +2975,16 @@ form.login .btn { margin-top: 8px; padding: 9px; }
       el('td', {'data-col': 'queue'}, f.queue), numCell(f.matched, 'matched'),
       el('td', {}, f.matched ? el('a', {href: '#failed/' + enc(f.queue) + '///' + enc(text)},
                                   'Show them') : '\u2014')]));
+    const card = (title, table) => el('div', {class: 'card'}, [
+      el('h2', {class: 'card-head'}, title + quoted), table]);
     box.replaceChildren(
-      el('div', {class: 'card'}, [el('h2', {class: 'card-head'}, 'Id or unique key ' + quoted),
-        jobs.length ? dataTable('found', 'Jobs whose id or unique key is ' + quoted,
-                                ['Queue', 'Job', 'Found by', 'State'], [], jobs)
-          : el('p', {class: 'empty'}, 'No queue has a job with the id or unique key ' + quoted +
-               ' (a key is found while a job holds it: see unique in push()).')]),
-      el('div', {class: 'card'}, [el('h2', {class: 'card-head'}, 'Failed jobs that contain ' +
-                                        quoted + ' in their name, key or errors'),
-        dataTable('matching', 'Failed jobs that contain ' + quoted, ['Queue', 'Matching',
-                                                                         ''], ['Matching'],
-                  failed)]));
+      card('Id or unique key ', jobs.length ? dataTable('found', 'Jobs found', ['Queue', 'Job',
+                                                        'Found by', 'State'], [], jobs)
+        : el('p', {class: 'empty'}, 'No queue has a job with this id or unique key (a key is ' +
+             'found while a job holds it: see unique in push()).')),
+      card('Failed jobs whose name, key or errors contain ', dataTable(
+        'matching', 'Failed jobs that contain the text', ['Queue', 'Matching', ''], ['Matching'],
+        failed)));
   }
 
   // -- live: server-sent events when the server sends them, else a poll every 2 s -----
