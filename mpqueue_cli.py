@@ -219,6 +219,18 @@ def _table(columns, rows):
     return '\n'.join(line % tuple(row) for row in [[t for t, _ in columns]] + list(rows))
 
 
+def _print_rows(args, rows, empty, columns, cells):
+    """``rows`` as JSON (``--json``), as the line ``empty`` when there are
+    none, or as a table of ``columns`` with ``cells(row)`` per row."""
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    elif not rows:
+        print(empty)
+    else:
+        print(_table(columns, (cells(r) for r in rows)))
+    return 0
+
+
 def _when(ts, ms=False):
     """Unix time ``ts`` as local time (with milliseconds: ``ms``); '-' for none."""
     if not ts:
@@ -345,18 +357,14 @@ def cmd_reload(cfg, args):
 def cmd_worker_status(cfg, args):
     if args.all:
         return cmd_fleet_status(cfg, args)
-    rows = mpqueue.pool_status(cfg)
-    if args.json:
-        print(json.dumps(rows, indent=1))
-        return 0
-    print(_table((('queue', -16), ('type', -7), ('pid', 8), ('state', -10), ('job', -24),
-                  ('done', 7), ('rss_mb', 8), ('started', -19), ('uptime', 0)), (
-        (r.get('queue'), r.get('type'), r.get('pid'),
-         '%s%s' % (r.get('state'),    # and busy / all coroutines of a coroutine worker
-                   ':' + r['coroutines'] if r.get('coroutines') else ''),
-         r.get('job_id') or '-', _dash(r.get('done')), _dash(r.get('rss_mb'), '%.1f'),
-         _when(r.get('started')), _duration(r.get('uptime'))) for r in rows)))
-    return 0
+    return _print_rows(args, mpqueue.pool_status(cfg), 'no process', (
+        ('queue', -16), ('type', -7), ('pid', 8), ('state', -10), ('job', -24), ('done', 7),
+        ('rss_mb', 8), ('started', -19), ('uptime', 0)), lambda r: (
+        r.get('queue'), r.get('type'), r.get('pid'),
+        '%s%s' % (r.get('state'),    # and busy / all coroutines of a coroutine worker
+                  ':' + r['coroutines'] if r.get('coroutines') else ''),
+        r.get('job_id') or '-', _dash(r.get('done')), _dash(r.get('rss_mb'), '%.1f'),
+        _when(r.get('started')), _duration(r.get('uptime'))))
 
 
 def cmd_fleet_status(cfg, args):
@@ -551,18 +559,6 @@ def cmd_job_cancel(cfg, args):
               'cancelled' % (args.id, queue))
     else:
         print('job %s of queue %r cancelled (it was %s)' % (args.id, queue, before))
-    return 0
-
-
-def _print_rows(args, rows, empty, columns, cells):
-    """``rows`` as JSON (``--json``), as the line ``empty`` when there are
-    none, or as a table of ``columns`` with ``cells(row)`` per row."""
-    if args.json:
-        print(json.dumps(rows, indent=1))
-    elif not rows:
-        print(empty)
-    else:
-        print(_table(columns, (cells(r) for r in rows)))
     return 0
 
 
@@ -971,10 +967,8 @@ _WEB_STATIC = {'/app.js': ('app.js', 'text/javascript; charset=utf-8'),
                '/favicon.svg': ('favicon.svg', 'image/svg+xml')}
 
 def _is_loopback(host):
-    if host.lower() == 'localhost':
-        return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return host.lower() == 'localhost' or ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
 
@@ -1104,9 +1098,6 @@ class _WebHandler(_Handler):
 
     # -- plumbing --------------------------------------------------------------
 
-    def _json(self, status, value, method='GET'):
-        self._send(status, json.dumps(value, default=str), 'application/json', method)
-
     def _redirect(self, location, headers=()):
         """303 to ``location``, relative to this path, so that the dashboard also
         works behind a proxy that serves it under a path of its own."""
@@ -1164,7 +1155,7 @@ class _WebHandler(_Handler):
         else:
             value = handler(query=urllib.parse.parse_qs(query), **params)
         if value is not _STREAMED:
-            self._json(200, value, method)
+            self._send(200, json.dumps(value, default=str), 'application/json', method)
 
     def _host_allowed(self, host):
         """Without a token, only loopback names (or the address bound), with
@@ -1291,11 +1282,8 @@ class _WebHandler(_Handler):
             raise _HTTPError(400, 'state must be waiting or delayed, got %r' % state)
         count = _int_param(query, 'count', 50, 1, _WEB_PAGE_MAX)
         cursor = query.get('cursor', [''])[0]       # the page before gave it
-
-        def page():
-            return dict(mpqueue.queued_jobs(queue, state, count, cursor),
-                        total=mpqueue.depth(queue)[state])
-        return self.server.broker(page)
+        return self.server.broker(lambda: dict(mpqueue.queued_jobs(queue, state, count, cursor),
+                                               total=mpqueue.depth(queue)[state]))
 
     def api_job(self, query, queue, job_id):
         def states(ids):        # [{id, state}] of the first ids; state None: forgotten
@@ -1396,14 +1384,10 @@ class _WebHandler(_Handler):
 
 def _int_param(query, name, default, low, high):
     text = query.get(name, [str(default)])[0]
-    try:
-        value = int(text)
-    except ValueError:
-        value = None
-    if value is None or value < low or (high is not None and value > high):
-        raise _HTTPError(400, '%s must be an integer %s, got %r' % (
-            name, 'from %d to %d' % (low, high) if high is not None else '>= %d' % low, text))
-    return value
+    if not re.fullmatch('[0-9]{1,20}', text) or not low <= int(text) <= high:
+        raise _HTTPError(400, '%s must be an integer from %d to %d, got %r' % (
+            name, low, high, text))
+    return int(text)
 
 
 def _web_render(name, **values):
@@ -1798,8 +1782,7 @@ _WEB_ASSETS = {
 </main>
 
 <div id="toast" class="toast" role="status" aria-live="polite" hidden></div>
-<footer>mpqueue {{version}} &middot; refreshes as the broker changes (server-sent events), or
-  every 2 s</footer>
+<footer>mpqueue {{version}} &middot; live by server-sent events, else refreshed every 2 s</footer>
 </body>
 </html>
 ''',
@@ -1987,8 +1970,8 @@ input { font-family: ui-monospace, Menlo, Consolas, "Liberation Mono", monospace
 .chart .line { fill: none; stroke-width: 2; stroke-linejoin: round; stroke-linecap: round; }
 .chart .series-done { stroke: var(--done); }
 .chart .series-failed { stroke: var(--failed); }
-.chart .area-done { fill: var(--done); opacity: .09; stroke: none; }
-.chart .dot-done { fill: var(--done); }
+.chart .area-done, .chart .dot-done { fill: var(--done); }
+.chart .area-done { opacity: .09; stroke: none; }
 .chart .dot-failed { fill: var(--failed); }
 .chart .waiting { fill: var(--muted); font-size: 13px; }
 .note { margin: 0; padding: 2px 18px 14px; color: var(--muted); font-size: 12.5px; }
@@ -2063,8 +2046,7 @@ form.login .btn { margin-top: 8px; padding: 9px; }
   const RELATIVES_SHOWN = 100;      // a job's parents, children: as many as the API looks up
   // each view: its tab (none: the search box opens it), its title and what it shows
   const VIEWS = {
-    queues: ['Queues', 'Queues', 'Jobs in each state now; totals since the queue was last ' +
-             'cleaned.'],
+    queues: ['Queues', 'Queues', 'Jobs in each state now; totals since the last clean.'],
     fleet: ['Fleet', 'Fleet', 'Every pool whose heartbeat the broker holds. A pool that missed ' +
             'its last heartbeats is marked stale; it drops off once its heartbeat expires.'],
     queued: ['Waiting', 'Waiting jobs', 'Jobs that have not started: waiting ones in the order ' +
@@ -2072,11 +2054,8 @@ form.login .btn { margin-top: 8px; padding: 9px; }
     limits: ['Limits', 'Limits', 'Each limit name defined or in use: the definition it matched, ' +
              'the jobs holding a slot (reserved or working) and the jobs waiting for one.'],
     failed: ['Failed', 'Failed jobs', ''],
-    job: ['Job', 'Job', 'A job by its id: the search box above finds it in any queue, by its id ' +
-          'or by the unique key it holds.'],
-    search: [null, 'Search', 'A job whose id or unique key is the text, in every queue; the ' +
-             'failed jobs that contain it in their name, key or errors (ASCII letters in ' +
-             'either case).'],
+    job: ['Job', 'Job', ''],            // (its box says how to find one)
+    search: [null, 'Search', 'In every queue; ASCII letters match in either case.'],
     schedules: ['Schedules', 'Schedules', 'Periodic jobs: each tick pushes exactly one job.'],
   };
   // what a view's address holds after its name: #failed/Q/OFFSET/AFTER/MATCH, ...
@@ -2224,37 +2203,28 @@ form.login .btn { margin-top: 8px; padding: 9px; }
 
   // -- the API -----------------------------------------------------------------------
 
-  class ApiError extends Error {
-    constructor(status, message) {
-      super(message);
-      this.status = status;          // 0: the dashboard server itself did not answer
-    }
-  }
+  // an answer of the API that is not ok (status 0: the dashboard server did not answer)
+  const apiError = (status, message) => Object.assign(new Error(message), {status: status});
 
   async function api(path, method) {
-    const controller = new AbortController();
-    const timer = setTimeout(() => controller.abort(), FETCH_TIMEOUT_MS);
-    const headers = {'Accept': 'application/json'};
-    if (method === 'POST') headers['X-CSRF-Token'] = CSRF;
-    let response, body = null;
+    let response, body;
     try {
-      response = await fetch(path, {method: method || 'GET', headers: headers,
-                                    credentials: 'same-origin', cache: 'no-store',
-                                    signal: controller.signal});
-      try { body = await response.json(); } catch (err) { body = null; }
+      response = await fetch(path, {
+        method: method || 'GET', credentials: 'same-origin', cache: 'no-store',
+        signal: AbortSignal.timeout(FETCH_TIMEOUT_MS), headers: Object.assign(
+          {'Accept': 'application/json'}, method === 'POST' ? {'X-CSRF-Token': CSRF} : {})});
+      body = await response.json().catch(() => null);
     } catch (err) {
-      throw new ApiError(0, controller.signal.aborted
+      throw apiError(0, err.name === 'TimeoutError'
         ? 'the dashboard server did not answer within ' + FETCH_TIMEOUT_MS / 1000 + ' s'
         : 'the dashboard server cannot be reached');
-    } finally {
-      clearTimeout(timer);
     }
     if (response.status === 401) {
       window.location.assign('login');
-      throw new ApiError(401, 'signed out');
+      throw apiError(401, 'signed out');
     }
     if (!response.ok) {
-      throw new ApiError(response.status, (body && body.error) || 'HTTP ' + response.status);
+      throw apiError(response.status, (body && body.error) || 'HTTP ' + response.status);
     }
     return body;
   }
@@ -2299,9 +2269,7 @@ form.login .btn { margin-top: 8px; padding: 9px; }
       $('main').classList.remove('stale-data');
       live.className = 'live ok';
       live.textContent = 'Live \u00b7 ' + fmtClock(state.lastUpdate);
-      live.dataset.mode = state.pushed ? 'events' : 'poll';
-      live.title = state.pushed ? 'Refreshed as the broker changes (server-sent events)'
-        : 'Refreshed every 2 s';
+      live.dataset.mode = state.pushed ? 'events' : 'poll';     // (the footer says both)
       return;
     }
     $('banner').replaceChildren(
@@ -2313,7 +2281,7 @@ form.login .btn { margin-top: 8px; padding: 9px; }
     $('main').classList.toggle('stale-data', Boolean(server || broker));
     live.className = 'live bad';
     live.textContent = server || broker ? 'Offline' : 'Error';
-    if (!(problem instanceof ApiError)) console.error(problem);
+    if (problem.status === undefined) console.error(problem);     // not the API's
   }
 
   let toastTimer = null;
@@ -2391,8 +2359,6 @@ form.login .btn { margin-top: 8px; padding: 9px; }
 
   function buildPage() {
     // the tabs, and each view's section: its title, tools and what it shows, and its box
-    const field = (label, attrs) => el('label', {class: 'field'}, [label + ' ', el('input',
-      Object.assign({type: 'search', autocomplete: 'off', spellcheck: 'false'}, attrs))]);
     const tools = {
       queued: [queuePicker('queued'), el('label', {class: 'field'}, ['State ', el('select', {
         id: 'queued-state', onchange: (e) => go(place('queued', {state: e.target.value}))},
@@ -2401,8 +2367,9 @@ form.login .btn { margin-top: 8px; padding: 9px; }
       failed: [queuePicker('failed'), el('form', {id: 'failed-filter', onsubmit: (e) => {
         e.preventDefault();
         go(place('failed', {match: $('failed-match').value.trim()}));
-      }}, field('Containing', {id: 'failed-match', placeholder: 'name, key or error'})),
-               el('span', {id: 'failed-tools'})],
+      }}, el('label', {class: 'field'}, ['Containing ', el('input', {
+        id: 'failed-match', type: 'search', placeholder: 'name, key or error', autocomplete: 'off',
+        spellcheck: 'false'})])), el('span', {id: 'failed-tools'})],
     };
     $('nav').replaceChildren(...Object.entries(VIEWS).filter(([, v]) => v[0]).map(([view, v]) =>
       el('li', {}, el('a', {href: '#' + view, 'data-view': view}, [v[0], view === 'failed'
@@ -2604,14 +2571,10 @@ form.login .btn { margin-top: 8px; padding: 9px; }
   // -- fleet ----------------------------------------------------------------------------------
 
   async function loadFleet() {
-    const pools = await api('api/fleet');
-    let workers = 0, busy = 0;
-    const rows = [];
+    const pools = await api('api/fleet'), rows = [];
     for (const pool of pools) {
       try {
-        const counts = fleetRows(pool, rows);
-        workers += counts[0];
-        busy += counts[1];
+        fleetRows(pool, rows);
       } catch (err) {     // one heartbeat of another version (or garbage): the others still show
         rows.push(el('tr', {class: 'stale group-start', 'data-pool': String(pool && pool.name)},
                      el('td', {colspan: 11}, 'A heartbeat that cannot be shown: ' + err.message)));
@@ -2622,15 +2585,16 @@ form.login .btn { margin-top: 8px; padding: 9px; }
       $('fleet-box').replaceChildren(dataTable('fleet', 'Pools and their workers per queue',
         FLEET_COLUMNS, ['PID', 'Last seen', 'Workers', 'Busy', 'Idle', 'Done'], rows));
     }
-    $('summary').textContent = pools.length
-      ? pools.length + (pools.length === 1 ? ' pool' : ' pools') + ' \u00b7 ' + busy + ' of ' +
-        workers + ' workers busy'
+    const queues = pools.flatMap((p) => Object.values((p && p.queues) || {}));
+    const sum = (key) => queues.reduce((n, q) => n + (Number(q && q[key]) || 0), 0);
+    $('summary').textContent = pools.length ? pools.length + (pools.length === 1 ? ' pool'
+      : ' pools') + ' \u00b7 ' + sum('busy') + ' of ' + sum('workers') + ' workers busy'
       : 'no pool running';
   }
 
   function fleetRows(pool, rows) {
     // the rows of one pool (its own cells span its queues' rows), added to rows once all
-    // are made; its [workers, busy]
+    // are made
     const queues = Object.entries(pool.queues || {}).sort((a, b) => a[0] < b[0] ? -1 : 1);
     const stale = pool.age > STALE_S;
     const head = [
@@ -2651,15 +2615,12 @@ form.login .btn { margin-top: 8px; padding: 9px; }
       : [el('tr', attrs, [head, el('td', {colspan: 5}, '\u2014')])];
     out[0].classList.add('group-start');
     rows.push(...out);
-    return queues.reduce(([workers, busy], [, q]) => [workers + (Number(q.workers) || 0),
-                                                       busy + (Number(q.busy) || 0)], [0, 0]);
   }
 
   // -- failed jobs -------------------------------------------------------------------------------
 
   function lastLine(text) {
-    const lines = String(text).split('\n').map((s) => s.trim()).filter(Boolean);
-    const line = lines.length ? lines[lines.length - 1] : '(empty)';
+    const line = String(text).split('\n').map((s) => s.trim()).filter(Boolean).pop() || '(empty)';
     return line.length > 200 ? line.slice(0, 199) + '\u2026' : line;
   }
 
@@ -2667,14 +2628,11 @@ form.login .btn { margin-top: 8px; padding: 9px; }
     const errors = job.error_info || [];
     if (!errors.length) return el('span', {class: 'zero'}, 'no error recorded');
     return errors.map((text, i) => {
-      const key = job.id + ':' + i;
-      const details = el('details', {open: state.open.has(key), 'data-error': i}, [
+      const key = job.id + ':' + i;       // (one the user opened stays open as the page redraws)
+      return el('details', {open: state.open.has(key), 'data-error': i, ontoggle: (e) =>
+        state.open[e.target.open ? 'add' : 'delete'](key)}, [
         el('summary', {}, [el('span', {class: 'n'}, '#' + (i + 1)), lastLine(text)]),
         el('pre', {}, text)]);
-      details.addEventListener('toggle', () => {
-        if (details.open) state.open.add(key); else state.open.delete(key);
-      });
-      return details;
     });
   }
 
@@ -2992,21 +2950,16 @@ form.login .btn { margin-top: 8px; padding: 9px; }
   let events = null;
 
   function listen() {
-    // the events of what the page shows now (its job's, or every queue's counts); each
-    // 'change' refreshes it
+    // the events of what the page shows now (its job's, or every queue's counts): each
+    // 'change' refreshes it; after an error it tries again by itself, unless refused (CLOSED)
     const url = new URL('api/events?' + new URLSearchParams(state.view === 'job'
       ? {queue: state.job.queue, id: state.job.id} : {}), window.location.href).href;
-    if (events && events.readyState !== 2 && events.url === url) return;
+    if (!window.EventSource || (events && events.readyState !== 2 && events.url === url)) return;
     if (events) events.close();
     state.pushed = false;
-    events = window.EventSource ? new EventSource(url) : null;
-    if (!events) return;
-    events.onopen = () => { state.pushed = true; };
-    events.onmessage = () => tick();
-    events.onerror = () => {       // it tries again by itself unless refused (CLOSED)
-      state.pushed = false;
-      tick();
-    };
+    events = Object.assign(new EventSource(url), {
+      onopen: () => { state.pushed = true; }, onmessage: () => tick(),
+      onerror: () => { state.pushed = false; tick(); }});
   }
 
   // -- start ---------------------------------------------------------------------------
