@@ -46,8 +46,9 @@ For the command line and other tools (public, not in ``__all__``):
 ``pid_file(config=None)``, ``pool_pid(config=None)``, ``start_pool(config=None,
 daemon=False)``, ``pool_status(config=None, timeout=10)``, ``depth(queue)``,
 ``fleet()``, ``foreign_pools(config=None)``, ``schedules(queue=None)``,
-``history(queue)`` and ``queued_jobs(queue, state='waiting', count=100,
-cursor=None)``.
+``history(queue)``, ``queued_jobs(queue, state='waiting', count=100,
+cursor=None)``, ``find_job(queue, id_or_key)``, ``search_failed(queue, text,
+count=100, cursor=None)`` and ``count_failed(queue, text)``.
 """
 
 ###############################################################################
@@ -1451,6 +1452,20 @@ _STEPS = (
     ('retry_failed', 'id limit', 'int'),
     # put one failed job (or up to `limit`, oldest first) back; how many
     ('delete_failed', 'id', 'bool'),
+    ('find', 'text', 'text'),
+    # the id of job `text` if the broker has its record, else of the job that
+    # holds unique key `text` now, else None: one lookup each, at any size
+    ('match_failed', 'text count cursor limit', 'matches'),
+    # walk the failed list from `cursor` ('': the oldest), at most `limit`
+    # jobs, for those whose name, key or an error contains `text` (ASCII
+    # letters in either case), stopping at the count-th (0: counting only);
+    # (how many matched, the records of the first `count`, the cursor after
+    # the last job walked: '' at the end).  A walk ends at the jobs that
+    # failed by its first step: one failing again meanwhile is not met twice
+    ('retry_matching', 'text cursor limit', 'walk'),
+    ('delete_matching', 'text cursor limit', 'walk'),
+    # retry_failed or delete_failed each matching job of a walk's chunk, as
+    # match_failed walks; (how many, the cursor after the chunk)
     ('clean', 'limit', 'int'),
     # forget up to `limit` jobs of the queue, and its counters once none is
     # left; how many jobs (call it again until it returns less than limit)
@@ -1481,7 +1496,8 @@ _STEP_KIND = {name: kind for name, _, kind in _STEPS}
 # the arguments of a schedule step that moves its tick and pushes nothing:
 # every push argument after the id, empty
 _NO_PUSH = ('',) * (_STEP_ARGS['push'] - 1)
-_READ_STEPS = ('depth', 'failed', 'listing', 'schedules', 'history', 'paused', 'limits')
+_READ_STEPS = ('depth', 'failed', 'listing', 'schedules', 'history', 'paused', 'limits',
+               'find', 'match_failed')
 
 # Limits.  A job's `limits` field (only jobs pushed with limit= have one) is
 # JSON: [[name, concurrency, rate, per], ...] (0: no such limit), the
@@ -2558,6 +2574,82 @@ OPS.delete_failed = function(id)
   forget(id)
   return true
 end
+OPS.find = function(text)
+  -- (an id has no ':': job:<id>:parents is not a record)
+  if not string.find(text, ':', 1, true) and redis.call('EXISTS', rec(text)) == 1 then
+    return text
+  end
+  local holder = redis.call('HGET', UNIQUE, text)
+  if holder and holds(holder, text) then return holder end
+  return false
+end
+-- each(id) for the failed jobs after `cursor`, 'until:score:id' ('': the
+-- oldest on; until: the time of the walk's first step), at most `limit` of
+-- them, until it says true; the cursor after the last one ('' at the end)
+local function walk_failed(cursor, limit, each)
+  local bound, score, last = string.match(cursor, '^([^:]+):([^:]+):(.*)$')
+  local start = 0
+  if last and tonumber(redis.call('ZSCORE', FAILED, last)) == tonumber(score) then
+    start = redis.call('ZRANK', FAILED, last) + 1
+  elseif last then      -- it left the list: after the jobs before it, ties by id as Redis has them
+    start = redis.call('ZCOUNT', FAILED, '-inf', '(' .. score)
+    for _, id in ipairs(redis.call('ZRANGE', FAILED, score, score, 'BYSCORE')) do
+      if id <= last then start = start + 1 end
+    end
+  else
+    bound = string.format('%%.6f', now)
+  end
+  local got = redis.call('ZRANGE', FAILED, start, start + limit - 1, 'WITHSCORES')
+  for i = 1, #got, 2 do
+    if tonumber(got[i + 1]) > tonumber(bound) then return '' end
+    if each(got[i]) or i + 1 == 2 * limit then
+      return bound .. ':' .. got[i + 1] .. ':' .. got[i]
+    end
+  end
+  return ''
+end
+-- its name, key or an error contains `needle` (lower case); a needle that JSON
+-- writes as it is (printable ASCII but " \ /) is looked for in the stored text
+-- first: most jobs do not hold it, and are not decoded
+local function matches(id, needle)
+  local f = redis.call('HMGET', rec(id), 'job', 'key', 'error_info')
+  if not string.find(needle, '[^ -~]') and not string.find(needle, '["/\\]') and not
+      string.find(string.lower((f[1] or '') .. '\n' .. (f[2] or '') .. '\n' .. (f[3] or '')),
+                  needle, 1, true) then
+    return false
+  end
+  local texts = f[3] and f[3] ~= '' and cjson.decode(f[3]) or {}
+  table.insert(texts, f[1] or '')
+  table.insert(texts, f[2] or '')
+  for _, text in ipairs(texts) do
+    if string.find(string.lower(tostring(text)), needle, 1, true) then return true end
+  end
+  return false
+end
+OPS.match_failed = function(text, count, cursor, limit)
+  local needle, n, out = string.lower(text), 0, {}
+  count = tonumber(count)
+  local after = walk_failed(cursor, tonumber(limit), function(id)
+    if not matches(id, needle) then return false end
+    n = n + 1
+    if count > 0 then table.insert(out, {id, record(id, 'result')}) end
+    return n == count
+  end)
+  return {n, out, after}
+end
+local function act_on_matching(text, cursor, limit, act)
+  local needle, n = string.lower(text), 0
+  local after = walk_failed(cursor, tonumber(limit), function(id)
+    if matches(id, needle) and act(id) then n = n + 1 end
+  end)
+  return {n, after}
+end
+OPS.retry_matching = function(text, cursor, limit)
+  return act_on_matching(text, cursor, limit, function(id) return OPS.retry_failed(id) == 1 end)
+end
+OPS.delete_matching = function(text, cursor, limit)
+  return act_on_matching(text, cursor, limit, OPS.delete_failed)
+end
 OPS.clean = function(limit)
   limit = tonumber(limit)
   local n = 0
@@ -2731,6 +2823,10 @@ def _work_items(flat):
     return [dict(_record(_pairs(fields)), id=_text(job_id)) for job_id, fields in _pairs(flat)]
 
 
+def _id_records(pairs):
+    return [dict(_record(_pairs(fields)), id=_text(i)) for i, fields in pairs]
+
+
 # Redis replies to Python values, by the kind of the step (_STEPS)
 _REDIS_REPLY = {
     'text': lambda r: None if r is None else _text(r),
@@ -2739,7 +2835,7 @@ _REDIS_REPLY = {
     'jobs': _work_items,
     'sweep': lambda r: (None if float(r[0]) < 0 else float(r[0]), float(r[1])),
     'record': lambda r: None if r is None else _record(_pairs(r)),
-    'records': lambda r: [dict(_record(_pairs(fields)), id=_text(i)) for i, fields in r],
+    'records': _id_records,
     'listing': lambda r: ([dict(_record(_pairs(item[1])), id=_text(item[0]), **(
         {'due_time': float(item[2])} if len(item) > 2 else {})) for item in r[0]], _text(r[1])),
     'depth': lambda r: dict(zip(_DEPTH_FIELDS, map(int, r[:-1])),
@@ -2750,6 +2846,8 @@ _REDIS_REPLY = {
     'history': lambda r: [_sample(*_text(x).split()) for x in r],
     'limits': lambda r: {_text(name): (int(running), int(waiting))
                          for name, running, waiting in r},
+    'matches': lambda r: (int(r[0]), _id_records(r[1]), _text(r[2])),
+    'walk': lambda r: (int(r[0]), _text(r[1])),
 }
 
 
@@ -3545,9 +3643,16 @@ _SQ_COUNT = 'UPDATE mpq_queue SET %s WHERE queue = ?' % ', '.join(
     '%s = %s + ?' % (name, name) for name in _DEPTH_FIELDS)
 _SQ_COUNT_FIRST = 'INSERT INTO mpq_queue (queue, %s) VALUES (?%s)' % (
     ', '.join(_DEPTH_FIELDS), ', ?' * len(_DEPTH_FIELDS))
+_ASCII_LOWER = {n: n + 32 for n in range(ord('A'), ord('Z') + 1)}
 _SQ_CONNECT_LOCK = threading.Lock()
 _SQ_WAKE_SLOTS = 4         # masters of one queue that can listen for wake-ups at once
 _SQ_SUN_PATH_MAX = 107     # AF_UNIX path bytes, leaving room for the final NUL
+
+
+def _folded(text):
+    """``text`` with its ASCII letters in lower case, as Lua's string.lower
+    has them: both brokers match a search alike."""
+    return text.lower() if text.isascii() else text.translate(_ASCII_LOWER)
 
 
 def _keep_seconds(state, result_ttl):
@@ -4250,6 +4355,47 @@ class _SqliteSteps:
                                 (self.queue, job_id, FAILED))
         self.count(FAILED, -cur.rowcount)
         return cur.rowcount > 0
+
+    def find(self, text):
+        return text if self.live(text, 'id') else self.holder(text)
+
+    def walk_failed(self, text, cursor, limit, stop=0):
+        """The ids of the failed jobs after ``cursor`` ('until:score:rowid';
+        '': the oldest on, until now) that match ``text``, among ``limit`` of
+        them at most, up to ``stop`` (0: all); and the cursor after the last
+        one walked."""
+        try:
+            until, score, rowid = (float(x) for x in cursor.split(':'))
+        except ValueError:
+            until, score, rowid = self.now, float('-inf'), -1
+        rows = self.conn.execute(
+            'SELECT score, rowid, id, job, key, error_info FROM mpq_job WHERE queue = ? AND '
+            'state = ? AND level = 0 AND (score, rowid) > (?, ?) AND score <= ? ORDER BY '
+            'level DESC, score, rowid LIMIT ?',
+            (self.queue, FAILED, score, rowid, until, limit)).fetchall()
+        needle, found = _folded(text), []
+        plain = not re.search(r'[^ -~]|["\\/]', needle)    # JSON writes it as it is: as Lua
+        for i, (score, rowid, job_id, job, key, errors) in enumerate(rows, 1):
+            texts = [job or '', key or '']
+            if (not plain or needle in _folded('\n'.join(texts + [errors or '']))) and any(
+                    needle in _folded(str(t)) for t in texts + (json.loads(errors or '[]') or [])):
+                found.append(job_id)
+            if (stop and len(found) == stop) or i == limit:
+                return found, '%r:%r:%d' % (until, score, rowid)
+        return found, ''
+
+    def match_failed(self, text, count, cursor, limit):
+        found, after = self.walk_failed(text, cursor, limit, count)
+        return len(found), [dict(self.record(job_id), id=job_id)
+                            for job_id in found[:count]], after
+
+    def retry_matching(self, text, cursor, limit):
+        found, after = self.walk_failed(text, cursor, limit)
+        return sum(self.retry_failed(job_id, 1) for job_id in found), after
+
+    def delete_matching(self, text, cursor, limit):
+        found, after = self.walk_failed(text, cursor, limit)
+        return sum(self.delete_failed(job_id) for job_id in found), after
 
     def clean(self, limit):
         rows = self.conn.execute('SELECT id, state FROM mpq_job WHERE queue = ? LIMIT ?',
@@ -7463,15 +7609,79 @@ def _bulk(queue, step, *args):
         time.sleep(time.monotonic() - started)
 
 
-def retry_failed(queue, job_id=None):
-    """Put one failed job (or all of them) back in the queue; returns how many."""
+def find_job(queue, id_or_key):
+    """The ``job_info`` of the job with id ``id_or_key``, else of the job that
+    holds unique key ``id_or_key`` now (see ``push``: ``unique``); None when
+    neither is known.  One lookup each in the broker, at any size of the queue."""
+    queue_config(queue)
+    basics, found = _get_config()['basics'], None
+    if _is_immediate(basics) or _immediate_broker._conn is not None:    # as job_info
+        found = _immediate_broker.run(queue, 'find', id_or_key)
+    if found is None and not _is_immediate(basics):
+        found = basics['driver'].run(queue, 'find', id_or_key)
+    return found and job_info(queue, found)
+
+
+def _walk(queue, step, *args):
+    """Run a step that walks the failed list (match_failed, retry_matching,
+    delete_matching) chunk by chunk from its start to its end; the total."""
+    driver, total, cursor = _driver(queue), 0, ''
+    while True:
+        started = time.monotonic()
+        reply = driver.run(queue, step, *args, cursor, BULK_CHUNK)
+        total, cursor = total + reply[0], reply[-1]
+        if not cursor:
+            return total
+        if step != 'match_failed':      # it writes: as long again for the others (_bulk)
+            time.sleep(time.monotonic() - started)
+
+
+def search_failed(queue, text, count=100, cursor=None):
+    """A page of the failed jobs of a queue whose function name, key or an
+    error (its whole traceback) contains ``text`` (ASCII letters in either
+    case), oldest first, as ``job_info`` dicts.  It walks the failed list
+    only, BULK_CHUNK jobs a broker step: no index to keep at push.
+
+    :param cursor: the ``cursor`` of the page before (None: the first page).
+    :returns: ``{'jobs': [...], 'cursor': text or None}``: None when the walk
+        is over.  A walk ends at the jobs that had failed at its first page.
+    """
+    driver = _driver(queue)
+    if count < 1:
+        raise ValueError('count must be 1 or more, got %r' % (count,))
+    jobs, cursor = [], cursor or ''
+    while len(jobs) < count:
+        _, found, cursor = driver.run(queue, 'match_failed', text, count - len(jobs), cursor,
+                                      BULK_CHUNK)
+        jobs += found
+        if not cursor:
+            break
+    return {'jobs': [_public_info(queue, record) for record in jobs], 'cursor': cursor or None}
+
+
+def count_failed(queue, text):
+    """How many failed jobs of a queue ``search_failed`` finds for ``text``."""
+    return _walk(queue, 'match_failed', text, 0)
+
+
+def retry_failed(queue, job_id=None, match=None):
+    """Put one failed job (or all of them, or those ``search_failed`` finds
+    for ``match``) back in the queue; returns how many."""
     if job_id:
         return _driver(queue).run(queue, 'retry_failed', job_id, 1)
+    if match is not None:
+        return _walk(queue, 'retry_matching', match)
     return _bulk(queue, 'retry_failed', '')
 
 
-def delete_failed(queue, job_id):
-    """Delete one failed job; returns 1 if it was there, else 0."""
+def delete_failed(queue, job_id=None, match=None):
+    """Delete one failed job (or those ``search_failed`` finds for ``match``);
+    returns how many (for one: 1 if it was there, else 0)."""
+    if match is not None and not job_id:
+        return _walk(queue, 'delete_matching', match)
+    if not job_id:
+        raise ValueError('delete_failed() deletes one failed job (job_id) or those that '
+                         'match a text (match=TEXT; \'\' for every one), got neither')
     return int(_driver(queue).run(queue, 'delete_failed', job_id))
 
 

@@ -19,6 +19,7 @@ JavaScript (the banner "The dashboard's page").
 """
 
 import argparse
+import concurrent.futures
 import hashlib
 import hmac
 import html
@@ -218,6 +219,18 @@ def _table(columns, rows):
     return '\n'.join(line % tuple(row) for row in [[t for t, _ in columns]] + list(rows))
 
 
+def _print_rows(args, rows, empty, columns, cells):
+    """``rows`` as JSON (``--json``), as the line ``empty`` when there are
+    none, or as a table of ``columns`` with ``cells(row)`` per row."""
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    elif not rows:
+        print(empty)
+    else:
+        print(_table(columns, (cells(r) for r in rows)))
+    return 0
+
+
 def _when(ts, ms=False):
     """Unix time ``ts`` as local time (with milliseconds: ``ms``); '-' for none."""
     if not ts:
@@ -344,18 +357,14 @@ def cmd_reload(cfg, args):
 def cmd_worker_status(cfg, args):
     if args.all:
         return cmd_fleet_status(cfg, args)
-    rows = mpqueue.pool_status(cfg)
-    if args.json:
-        print(json.dumps(rows, indent=1))
-        return 0
-    print(_table((('queue', -16), ('type', -7), ('pid', 8), ('state', -10), ('job', -24),
-                  ('done', 7), ('rss_mb', 8), ('started', -19), ('uptime', 0)), (
-        (r.get('queue'), r.get('type'), r.get('pid'),
-         '%s%s' % (r.get('state'),    # and busy / all coroutines of a coroutine worker
-                   ':' + r['coroutines'] if r.get('coroutines') else ''),
-         r.get('job_id') or '-', _dash(r.get('done')), _dash(r.get('rss_mb'), '%.1f'),
-         _when(r.get('started')), _duration(r.get('uptime'))) for r in rows)))
-    return 0
+    return _print_rows(args, mpqueue.pool_status(cfg), 'no process', (
+        ('queue', -16), ('type', -7), ('pid', 8), ('state', -10), ('job', -24), ('done', 7),
+        ('rss_mb', 8), ('started', -19), ('uptime', 0)), lambda r: (
+        r.get('queue'), r.get('type'), r.get('pid'),
+        '%s%s' % (r.get('state'),    # and busy / all coroutines of a coroutine worker
+                  ':' + r['coroutines'] if r.get('coroutines') else ''),
+        r.get('job_id') or '-', _dash(r.get('done')), _dash(r.get('rss_mb'), '%.1f'),
+        _when(r.get('started')), _duration(r.get('uptime'))))
 
 
 def cmd_fleet_status(cfg, args):
@@ -553,18 +562,6 @@ def cmd_job_cancel(cfg, args):
     return 0
 
 
-def _print_rows(args, rows, empty, columns, cells):
-    """``rows`` as JSON (``--json``), as the line ``empty`` when there are
-    none, or as a table of ``columns`` with ``cells(row)`` per row."""
-    if args.json:
-        print(json.dumps(rows, indent=1))
-    elif not rows:
-        print(empty)
-    else:
-        print(_table(columns, (cells(r) for r in rows)))
-    return 0
-
-
 def cmd_schedule_list(cfg, args):
     rows = mpqueue.schedules(_queues(cfg, args)[0] if args.queue else None)
     return _print_rows(args, rows, 'no schedules in the config', (
@@ -634,8 +631,9 @@ class _HTTPError(Exception):
 
 
 def _routes(*table):
-    """A handler's routes: (method, path pattern, handler method name), the
-    pattern compiled to match the whole path."""
+    """A handler's routes: (method, path pattern, the name of the handler's
+    method, or a function of the path's parts), the pattern compiled to match
+    the whole path."""
     return [(method, re.compile('^%s$' % pattern), name) for method, pattern, name in table]
 
 
@@ -659,6 +657,7 @@ class _HTTPServer(http.server.ThreadingHTTPServer):
             raise UserError('cannot serve %s on %s:%s: %s' % (
                 what, address[0], address[1], getattr(exc, 'strerror', None) or exc)) from exc
         self.slots = threading.BoundedSemaphore(_HTTP_CONNECTIONS_MAX)
+        self.stopping = threading.Event()       # set first: long answers (streams) end
 
     def url(self, path):
         host, port = self.server_address[:2]
@@ -668,6 +667,7 @@ class _HTTPServer(http.server.ThreadingHTTPServer):
         """Print ``started`` (the first line, which says where it listens),
         then serve until SIGINT or SIGTERM; exit code 0."""
         def stop(signum, frame):    # serve_forever() ends at its next poll
+            self.stopping.set()
             threading.Thread(target=self.shutdown, daemon=True).start()
         signal.signal(signal.SIGTERM, stop)
         print(started, flush=True)
@@ -676,6 +676,7 @@ class _HTTPServer(http.server.ThreadingHTTPServer):
         except KeyboardInterrupt:   # Ctrl-C
             pass
         finally:
+            self.stopping.set()
             self.server_close()
         return 0
 
@@ -781,8 +782,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             if route_method != ('GET' if method == 'HEAD' else method):
                 allowed.append(route_method)
                 continue
-            return getattr(self, name), {k: urllib.parse.unquote(v, errors='replace')
-                                         for k, v in match.groupdict().items()}
+            return getattr(self, name) if isinstance(name, str) else name, {
+                k: urllib.parse.unquote(v, errors='replace') for k, v in match.groupdict().items()}
         if allowed:
             raise _HTTPError(405, 'method not allowed (use %s)' % ', '.join(allowed))
         raise _HTTPError(404, 'no such path: %s' % path)
@@ -946,6 +947,11 @@ _WEB_SESSION_SECONDS = 12 * 3600   # a login lasts a working day, then the form 
 _WEB_SESSIONS_MAX = 1000      # signed-in browsers kept; past that the oldest session ends
 _WEB_OFFSET_MAX = 10 ** 9     # an offset into the failed list beyond any list a broker keeps
 _WEB_RELATIVES_MAX = 100      # parents, children: the most a job's page shows (one lookup each)
+_WEB_STREAMS_MAX = 8          # pages sent events at once (a thread each); more poll every 2 s
+_WEB_EVENTS_EVERY = 0.2       # s: a stream looks at the broker this often, says if it changed
+_WEB_EVENTS_QUIET = 15        # s: and writes at least this often, to find pages that went
+_DONE = {'retry': 'retried', 'delete': 'deleted'}    # what an answer calls a verb's jobs
+_STREAMED = object()          # what a handler returns that has answered by itself
 _WEB_COOKIE = 'mpqueue_session_%d'    # the port is in the names: two dashboards on one host
 _WEB_LOGIN_COOKIE = 'mpqueue_login_%d'    # keep their sessions apart
 _WEB_LOOPBACK_NAMES = ('localhost', '127.0.0.1', '::1')
@@ -961,26 +967,17 @@ _WEB_STATIC = {'/app.js': ('app.js', 'text/javascript; charset=utf-8'),
                '/favicon.svg': ('favicon.svg', 'image/svg+xml')}
 
 def _is_loopback(host):
-    if host.lower() == 'localhost':
-        return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return host.lower() == 'localhost' or ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
 
 
 class _BoundedCalls:
-    """Runs broker calls on a few threads of its own and waits ``timeout``
-    seconds for each at most, so that a broker that does not answer cannot
-    hang a request.  A call that is still waiting for a thread when its
-    request gives up is dropped, never run later."""
-
-    class _Call:
-        def __init__(self, func, args):
-            self.func, self.args = func, args
-            self.lock, self.done = threading.Lock(), threading.Event()
-            self.started = self.abandoned = False
-            self.value = self.error = None
+    """Runs broker calls on a few threads of its own (daemons: a stop does not
+    wait for them) and waits ``timeout`` seconds for each at most, so that a
+    broker that does not answer cannot hang a request.  A call that is still
+    waiting for a thread when its request gives up is dropped, never run later."""
 
     def __init__(self, threads, timeout, address):
         self.timeout, self.address = timeout, address
@@ -991,35 +988,28 @@ class _BoundedCalls:
 
     def _serve(self):
         while True:
-            call = self.calls.get()
-            with call.lock:
-                if call.abandoned:
-                    continue
-                call.started = True
-            try:
-                call.value = call.func(*call.args)
-            except BaseException as exc:    # handed to the request's thread
-                call.error = exc
-            call.done.set()
+            future, func, args = self.calls.get()
+            if future.set_running_or_notify_cancel():     # else its request gave up
+                try:
+                    future.set_result(func(*args))
+                except BaseException as exc:    # handed to the request's thread
+                    future.set_exception(exc)
 
     def __call__(self, func, *args, action=False):
         """``func(*args)``; ``action``: it changes something (said in a timeout's message)."""
-        call = self._Call(func, args)
-        self.calls.put(call)
-        if not call.done.wait(self.timeout):
-            with call.lock:
-                call.abandoned = True
-                started = call.started
+        future = concurrent.futures.Future()
+        self.calls.put((future, func, args))
+        try:
+            return future.result(self.timeout)
+        except concurrent.futures.TimeoutError:
+            started = not future.cancel()
             raise _HTTPError(503, 'the broker %s did not answer within %gs%s' % (
                 self.address, self.timeout,
-                ' (the action may still take effect)' if started and action else ''))
-        if isinstance(call.error, mpqueue.DriverError):
-            raise _HTTPError(503, _one_line(call.error))
-        if isinstance(call.error, mpqueue.ConfigError):
-            raise _HTTPError(404, _one_line(call.error))
-        if call.error is not None:
-            raise call.error
-        return call.value
+                ' (the action may still take effect)' if started and action else '')) from None
+        except mpqueue.DriverError as exc:
+            raise _HTTPError(503, _one_line(exc)) from exc
+        except mpqueue.ConfigError as exc:
+            raise _HTTPError(404, _one_line(exc)) from exc
 
 
 class _WebServer(_HTTPServer):
@@ -1043,6 +1033,7 @@ class _WebServer(_HTTPServer):
         self.failures = threading.Lock()            # wrong tokens wait their turn here
         self.broker = _BoundedCalls(_WEB_BROKER_THREADS, WEB_BROKER_TIMEOUT,
                                     self.driver.address)
+        self.streams = threading.BoundedSemaphore(_WEB_STREAMS_MAX)
 
     def new_session(self):
         """A new session's (id, CSRF token)."""
@@ -1085,19 +1076,20 @@ class _WebHandler(_Handler):
 
     routes = _routes(
         ('GET', r'/api/queues', 'api_queues'),
-        ('GET', r'/api/queues/(?P<queue>[^/]+)/history', 'api_history'),
+        ('GET', r'/api/queues/(?P<queue>[^/]+)/history', mpqueue.history),
         ('GET', r'/api/queues/(?P<queue>[^/]+)/failed', 'api_failed'),
         ('GET', r'/api/queues/(?P<queue>[^/]+)/jobs', 'api_queued'),
         ('GET', r'/api/queues/(?P<queue>[^/]+)/jobs/(?P<job_id>[^/]+)', 'api_job'),
-        ('GET', r'/api/queues/(?P<queue>[^/]+)/limits', 'api_limits'),
-        ('GET', r'/api/fleet', 'api_fleet'),
-        ('GET', r'/api/schedules', 'api_schedules'),
-        ('POST', r'/api/queues/(?P<queue>[^/]+)/failed/retry', 'api_retry_all'),
-        ('POST', r'/api/queues/(?P<queue>[^/]+)/failed/(?P<job_id>[^/]+)/retry', 'api_retry'),
-        ('POST', r'/api/queues/(?P<queue>[^/]+)/failed/(?P<job_id>[^/]+)/delete', 'api_delete'),
+        ('GET', r'/api/queues/(?P<queue>[^/]+)/limits', mpqueue.limits),
+        ('GET', r'/api/fleet', mpqueue.fleet),
+        ('GET', r'/api/schedules', mpqueue.schedules),
+        ('GET', r'/api/search', 'api_search'),
+        ('GET', r'/api/events', 'api_events'),
+        ('POST', r'/api/queues/(?P<queue>[^/]+)/failed/(?P<verb>retry|delete)', 'api_bulk'),
+        ('POST', r'/api/queues/(?P<queue>[^/]+)/failed/(?P<job_id>[^/]+)/(?P<verb>retry|delete)',
+         'api_failed_job'),
         ('POST', r'/api/queues/(?P<queue>[^/]+)/jobs/(?P<job_id>[^/]+)/cancel', 'api_cancel'),
-        ('POST', r'/api/queues/(?P<queue>[^/]+)/pause', 'api_pause'),
-        ('POST', r'/api/queues/(?P<queue>[^/]+)/resume', 'api_resume'))
+        ('POST', r'/api/queues/(?P<queue>[^/]+)/(?P<verb>pause|resume)', 'api_pause'))
 
     def end_headers(self):
         for name, value in _WEB_HEADERS:
@@ -1105,9 +1097,6 @@ class _WebHandler(_Handler):
         super().end_headers()
 
     # -- plumbing --------------------------------------------------------------
-
-    def _json(self, status, value, method='GET'):
-        self._send(status, json.dumps(value, default=str), 'application/json', method)
 
     def _redirect(self, location, headers=()):
         """303 to ``location``, relative to this path, so that the dashboard also
@@ -1161,7 +1150,12 @@ class _WebHandler(_Handler):
             if self.server.read_only:
                 raise _HTTPError(403, 'the dashboard is read-only (started with --read-only)')
             self._check_csrf(self.headers.get('X-CSRF-Token', ''), self.csrf)
-        return self._json(200, handler(query=urllib.parse.parse_qs(query), **params), method)
+        if getattr(handler, '__self__', None) is not self:     # a read of mpqueue's
+            value = self.server.broker(handler, *params.values())
+        else:
+            value = handler(query=urllib.parse.parse_qs(query), **params)
+        if value is not _STREAMED:
+            self._send(200, json.dumps(value, default=str), 'application/json', method)
 
     def _host_allowed(self, host):
         """Without a token, only loopback names (or the address bound), with
@@ -1230,11 +1224,10 @@ class _WebHandler(_Handler):
 
     def _page(self):
         server = self.server
-        return _web_render('index.html', csrf_token=self.csrf, queues=json.dumps(server.queues),
-                           broker=server.driver.address,
-                           version=mpqueue.__version__, read_only='1' if server.read_only else '0',
-                           stale_seconds='%g' % (3 * mpqueue.HEARTBEAT_SECONDS),
-                           signed_in='1' if server.token else '0')
+        return _web_render('index.html', csrf_token=self.csrf, settings=json.dumps({
+            'queues': server.queues, 'read_only': server.read_only, 'signed_in': bool(
+                server.token), 'stale_seconds': 3 * mpqueue.HEARTBEAT_SECONDS}),
+            broker=server.driver.address, version=mpqueue.__version__)
 
     def _login(self, method, body):
         server = self.server
@@ -1242,14 +1235,17 @@ class _WebHandler(_Handler):
             return self._redirect('./')
         # The form's CSRF token is bound to a cookie of its own, set here.
         nonce = self._cookies().get(server.login_cookie, '')
+
+        def page(status, error, headers=()):
+            return self._send(status, _web_render('login.html', error=error, csrf_token=
+                                                  server.login_csrf(nonce)),
+                              'text/html; charset=utf-8', method, headers=headers)
         if method != 'POST':
-            headers = ()
-            if len(nonce) < 32:
-                nonce = secrets.token_urlsafe(32)
-                headers = (('Set-Cookie', self._cookie_header(server.login_cookie, nonce)),)
-            return self._send(200, _web_render('login.html', csrf_token=server.login_csrf(nonce),
-                                               error=''), 'text/html; charset=utf-8', method,
-                              headers=headers)
+            if len(nonce) >= 32:
+                return page(200, '')
+            nonce = secrets.token_urlsafe(32)
+            return page(200, '', (('Set-Cookie', self._cookie_header(server.login_cookie,
+                                                                      nonce)),))
         form = urllib.parse.parse_qs(body.decode('utf-8', 'replace'))
         self._check_csrf(form.get('csrf_token', [''])[0],
                          server.login_csrf(nonce) if len(nonce) >= 32 else None)
@@ -1259,29 +1255,25 @@ class _WebHandler(_Handler):
                 ('Set-Cookie', self._cookie_header(server.cookie, sid, _WEB_SESSION_SECONDS)),
                 ('Set-Cookie', self._cookie_header(server.login_cookie, '', 0))))
         server.failed_guess()
-        return self._send(401, _web_render('login.html', csrf_token=server.login_csrf(nonce),
-                                           error='Wrong token.'), 'text/html; charset=utf-8')
+        return page(401, 'Wrong token.')
 
     # -- the API -------------------------------------------------------------------
 
     def api_queues(self, query):
-        names = self.server.queues
-
-        def depths():
-            return [dict(mpqueue.depth(q), name=q) for q in names]
-        return self.server.broker(depths)
-
-    def api_history(self, query, queue):
-        return self.server.broker(mpqueue.history, queue)
+        return self.server.broker(lambda: [dict(mpqueue.depth(q), name=q)
+                                           for q in self.server.queues])
 
     def api_failed(self, query, queue):
         offset = _int_param(query, 'offset', 0, 0, _WEB_OFFSET_MAX)
         count = _int_param(query, 'count', 50, 1, _WEB_PAGE_MAX)
         after = query.get('after', [''])[0]     # the last job of the page before
+        match, cursor = query.get('match', [None])[0], query.get('cursor', [''])[0]
 
-        def page():
-            return {'total': mpqueue.depth(queue)['failed'],
-                    'jobs': mpqueue.failed_jobs(queue, offset, count, after)}
+        def page():     # with `match`: the page by cursor, and how many match in all
+            return dict({'total': mpqueue.depth(queue)['failed']}, **(dict(
+                mpqueue.search_failed(queue, match, count, cursor),
+                matched=mpqueue.count_failed(queue, match)) if match else {
+                    'jobs': mpqueue.failed_jobs(queue, offset, count, after)}))
         return self.server.broker(page)
 
     def api_queued(self, query, queue):
@@ -1290,11 +1282,8 @@ class _WebHandler(_Handler):
             raise _HTTPError(400, 'state must be waiting or delayed, got %r' % state)
         count = _int_param(query, 'count', 50, 1, _WEB_PAGE_MAX)
         cursor = query.get('cursor', [''])[0]       # the page before gave it
-
-        def page():
-            return dict(mpqueue.queued_jobs(queue, state, count, cursor),
-                        total=mpqueue.depth(queue)[state])
-        return self.server.broker(page)
+        return self.server.broker(lambda: dict(mpqueue.queued_jobs(queue, state, count, cursor),
+                                               total=mpqueue.depth(queue)[state]))
 
     def api_job(self, query, queue, job_id):
         def states(ids):        # [{id, state}] of the first ids; state None: forgotten
@@ -1313,28 +1302,74 @@ class _WebHandler(_Handler):
                             % (job_id, queue))
         return info
 
-    def api_limits(self, query, queue):
-        return self.server.broker(mpqueue.limits, queue)
+    def api_search(self, query):
+        text = query.get('q', [''])[0]
+        if not text:
+            raise _HTTPError(400, 'q: the text to look for (a job id or key, or failed jobs\' '
+                                  'text) is missing')
 
-    def api_fleet(self, query):
-        return self.server.broker(mpqueue.fleet)
+        def search():   # a job by id or key (one lookup each), failed jobs by text (a walk)
+            found = [mpqueue.find_job(q, text) for q in self.server.queues]
+            return {'jobs': [dict(info, found_by='id' if info['id'] == text else 'key')
+                             for info in found if info],
+                    'failed': [{'queue': q, 'matched': mpqueue.count_failed(q, text)}
+                               for q in self.server.queues]}
+        return self.server.broker(search)
 
-    def api_schedules(self, query):
-        return self.server.broker(mpqueue.schedules)
+    def api_events(self, query):
+        """Server-sent events: ``change`` when the counts of a queue (or the job
+        ``id`` of ``queue``) changed, looked at every _WEB_EVENTS_EVERY s; the
+        page then reads the API.  At most _WEB_STREAMS_MAX at once (more get
+        503, and poll), each until its page goes or the server stops."""
+        server, (queue, job_id) = self.server, (query.get(n, [''])[0] for n in ('queue', 'id'))
+        if queue and queue not in server.queues:
+            raise _HTTPError(404, 'queue %r is not in the config' % queue)
 
-    def api_retry(self, query, queue, job_id):
-        if not self.server.broker(mpqueue.retry_failed, queue, job_id, action=True):
+        def look():     # what the page shows changes with it: the counts, the job it shows
+            try:
+                return server.broker(lambda: json.dumps([dict(
+                    mpqueue.depth(q), oldest_waiting_seconds=0) for q in server.queues] + [
+                        job_id and mpqueue.job_info(queue, job_id)], default=str))
+            except _HTTPError as exc:       # the broker is down: the page's calls say so
+                return str(exc)
+        if self.command != 'GET':
+            raise _HTTPError(405, 'method not allowed (use GET)')
+        if not server.streams.acquire(blocking=False):
+            raise _HTTPError(503, '%d pages have live events already: this one polls'
+                             % _WEB_STREAMS_MAX)
+        try:
+            last, written = look(), time.monotonic()    # what changes after the answer counts
+            self.close_connection = True
+            self.send_response(200)
+            for name, value in (('Content-Type', 'text/event-stream'),
+                                ('Cache-Control', 'no-store'), ('Connection', 'close')):
+                self.send_header(name, value)
+            self.end_headers()
+            while not server.stopping.wait(_WEB_EVENTS_EVERY):
+                now = look()
+                if now != last or time.monotonic() - written > _WEB_EVENTS_QUIET:
+                    self.wfile.write(b': quiet\n\n' if now == last else b'data: change\n\n')
+                    written, last = time.monotonic(), now
+        except OSError:
+            pass            # the page went
+        finally:
+            server.streams.release()
+        return _STREAMED
+
+    def api_failed_job(self, query, queue, job_id, verb):
+        if not self.server.broker(getattr(mpqueue, verb + '_failed'), queue, job_id,
+                                  action=True):
             raise _HTTPError(404, 'job %r is not in the failed list of queue %r' % (job_id, queue))
-        return {'ok': True, 'retried': 1}
+        return {'ok': True, _DONE[verb]: 1}
 
-    def api_retry_all(self, query, queue):
-        return {'ok': True, 'retried': self.server.broker(mpqueue.retry_failed, queue,
-                                                          action=True)}
-
-    def api_delete(self, query, queue, job_id):
-        if not self.server.broker(mpqueue.delete_failed, queue, job_id, action=True):
-            raise _HTTPError(404, 'job %r is not in the failed list of queue %r' % (job_id, queue))
-        return {'ok': True, 'deleted': 1}
+    def api_bulk(self, query, queue, verb):
+        """Retry every failed job (or those that contain ``match``), or delete
+        those that contain ``match`` (there is no "delete all")."""
+        match = query.get('match', [None])[0]
+        if verb == 'delete' and not match:
+            raise _HTTPError(400, 'match: deleting failed jobs takes the text they contain')
+        return {'ok': True, _DONE[verb]: self.server.broker(
+            getattr(mpqueue, verb + '_failed'), queue, None, match, action=True)}
 
     def api_cancel(self, query, queue, job_id):
         state = self.server.broker(mpqueue.cancel, queue, job_id, action=True)
@@ -1342,25 +1377,17 @@ class _WebHandler(_Handler):
             raise _HTTPError(404, 'no job %r in queue %r' % (job_id, queue))
         return {'ok': True, 'state': state}
 
-    def api_pause(self, query, queue):
-        changed = self.server.broker(mpqueue.pause, queue, action=True)
-        return {'ok': True, 'paused': True, 'changed': changed}
-
-    def api_resume(self, query, queue):
-        changed = self.server.broker(mpqueue.resume, queue, action=True)
-        return {'ok': True, 'paused': False, 'changed': changed}
+    def api_pause(self, query, queue, verb):
+        changed = self.server.broker(getattr(mpqueue, verb), queue, action=True)
+        return {'ok': True, 'paused': verb == 'pause', 'changed': changed}
 
 
 def _int_param(query, name, default, low, high):
     text = query.get(name, [str(default)])[0]
-    try:
-        value = int(text)
-    except ValueError:
-        value = None
-    if value is None or value < low or (high is not None and value > high):
-        raise _HTTPError(400, '%s must be an integer %s, got %r' % (
-            name, 'from %d to %d' % (low, high) if high is not None else '>= %d' % low, text))
-    return value
+    if not re.fullmatch('[0-9]{1,20}', text) or not low <= int(text) <= high:
+        raise _HTTPError(400, '%s must be an integer from %d to %d, got %r' % (
+            name, low, high, text))
+    return int(text)
 
 
 def _web_render(name, **values):
@@ -1720,10 +1747,7 @@ _WEB_ASSETS = {
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta name="csrf-token" content="{{csrf_token}}">
-<meta name="mpq-queues" content="{{queues}}">
-<meta name="mpq-read-only" content="{{read_only}}">
-<meta name="mpq-signed-in" content="{{signed_in}}">
-<meta name="mpq-stale-seconds" content="{{stale_seconds}}">
+<meta name="mpq-settings" content="{{settings}}">
 <title>mpqueue</title>
 <link rel="icon" href="favicon.svg" type="image/svg+xml">
 <link rel="stylesheet" href="app.css">
@@ -1735,6 +1759,11 @@ _WEB_ASSETS = {
     <a class="brand" href="#queues"><img class="logo" src="favicon.svg" alt="">mpqueue</a>
     <span class="broker" title="The broker this dashboard reads">{{broker}}</span>
     <span id="read-only" class="badge muted" hidden>read-only</span>
+    <form id="search" class="search" role="search">
+      <input id="search-text" type="search" placeholder="Job id or key, or error text"
+             aria-label="Find a job by id or unique key, or failed jobs by their text"
+             autocomplete="off" spellcheck="false">
+    </form>
     <span class="spacer"></span>
     <span id="summary" class="summary"></span>
     <span id="live" class="live">connecting&hellip;</span>
@@ -1743,138 +1772,17 @@ _WEB_ASSETS = {
       <button type="submit" class="link">Sign out</button>
     </form>
   </div>
-  <nav aria-label="Views">
-    <ul>
-      <li><a href="#queues" data-view="queues">Queues</a></li>
-      <li><a href="#fleet" data-view="fleet">Fleet</a></li>
-      <li><a href="#queued" data-view="queued">Waiting</a></li>
-      <li><a href="#limits" data-view="limits">Limits</a></li>
-      <li><a href="#failed" data-view="failed">Failed
-        <span id="failed-count" class="count"></span></a></li>
-      <li><a href="#job" data-view="job">Job</a></li>
-      <li><a href="#schedules" data-view="schedules">Schedules</a></li>
-    </ul>
-  </nav>
+  <nav aria-label="Views"><ul id="nav"></ul></nav>
 </header>
 
 <div id="banner" class="banner" role="alert" hidden></div>
 
 <main id="main">
   <noscript><p class="unavailable">This dashboard needs JavaScript.</p></noscript>
-
-  <section id="view-queues" class="view" aria-labelledby="h-queues" hidden>
-    <div class="head">
-      <h1 id="h-queues">Queues</h1>
-      <p class="sub">Jobs in each state now; totals since the queue was last cleaned.</p>
-    </div>
-    <div class="card">
-      <div class="scroll">
-        <table id="queues-table" class="data">
-          <caption class="sr-only">Jobs per queue and state</caption>
-          <thead id="queues-head"></thead>
-          <tbody id="queues-body"></tbody>
-        </table>
-      </div>
-    </div>
-
-    <div class="card chart-card">
-      <div class="card-head">
-        <h2 id="h-chart">Throughput, last 15 minutes</h2>
-        <label class="field">Queue <select id="chart-queue"></select></label>
-        <ul class="legend" aria-label="Latest rates">
-          <li class="done"><span class="swatch" aria-hidden="true"></span>done/s
-            <b id="legend-done">&mdash;</b></li>
-          <li class="failed"><span class="swatch" aria-hidden="true"></span>failed/s
-            <b id="legend-failed">&mdash;</b></li>
-        </ul>
-      </div>
-      <div id="chart" class="chart"></div>
-      <p id="chart-note" class="note"></p>
-    </div>
-  </section>
-
-  <section id="view-fleet" class="view" aria-labelledby="h-fleet" hidden>
-    <div class="head">
-      <h1 id="h-fleet">Fleet</h1>
-      <p class="sub">Every pool whose heartbeat the broker holds. A pool that missed its last
-        heartbeats is marked stale; it drops off once its heartbeat expires.</p>
-    </div>
-    <div class="card">
-      <div class="scroll">
-        <table id="fleet-table" class="data">
-          <caption class="sr-only">Pools and their workers per queue</caption>
-          <thead id="fleet-head"></thead>
-          <tbody id="fleet-body"></tbody>
-        </table>
-      </div>
-      <p id="fleet-empty" class="empty" hidden>No pool has sent a heartbeat to this broker
-        lately.</p>
-    </div>
-  </section>
-
-  <section id="view-queued" class="view" aria-labelledby="h-queued" hidden>
-    <div class="head">
-      <h1 id="h-queued">Waiting jobs</h1>
-      <div class="tools">
-        <label class="field">Queue <select id="queued-queue"></select></label>
-        <label class="field">State <select id="queued-state">
-          <option value="waiting">waiting</option><option value="delayed">delayed</option>
-        </select></label>
-      </div>
-    </div>
-    <p class="sub">Jobs that have not started: waiting ones in the order they will start,
-      delayed ones soonest due first.</p>
-    <div id="queued-box" class="card"></div>
-  </section>
-
-  <section id="view-limits" class="view" aria-labelledby="h-limits" hidden>
-    <div class="head">
-      <h1 id="h-limits">Limits</h1>
-      <div class="tools">
-        <label class="field">Queue <select id="limits-queue"></select></label>
-      </div>
-    </div>
-    <p class="sub">Each limit name defined or in use: the definition it matched, the jobs
-      holding a slot (reserved or working) and the jobs waiting for one.</p>
-    <div id="limits-box" class="card"></div>
-  </section>
-
-  <section id="view-failed" class="view" aria-labelledby="h-failed" hidden>
-    <div class="head">
-      <h1 id="h-failed">Failed jobs</h1>
-      <div class="tools">
-        <label class="field">Queue <select id="failed-queue"></select></label>
-        <span id="failed-tools"></span>
-      </div>
-    </div>
-    <div id="failed-box" class="card"></div>
-  </section>
-
-  <section id="view-job" class="view" aria-labelledby="h-job" hidden>
-    <div class="head">
-      <h1 id="h-job">Job</h1>
-      <p class="sub">Look a job up by its id: the id <code>push()</code> returned.</p>
-    </div>
-    <form id="job-form" class="card lookup">
-      <label class="field">Queue <select id="job-queue" name="queue"></select></label>
-      <label class="field grow">Job id
-        <input id="job-id" name="id" autocomplete="off" spellcheck="false" required></label>
-      <button type="submit" class="btn primary">Look up</button>
-    </form>
-    <div id="job-box"></div>
-  </section>
-
-  <section id="view-schedules" class="view" aria-labelledby="h-schedules" hidden>
-    <div class="head">
-      <h1 id="h-schedules">Schedules</h1>
-      <p class="sub">Periodic jobs: each tick pushes exactly one job.</p>
-    </div>
-    <div id="schedules-box" class="card"></div>
-  </section>
 </main>
 
 <div id="toast" class="toast" role="status" aria-live="polite" hidden></div>
-<footer>mpqueue {{version}} &middot; refreshes every 2 s</footer>
+<footer>mpqueue {{version}} &middot; live by server-sent events, else refreshed every 2 s</footer>
 </body>
 </html>
 ''',
@@ -1956,6 +1864,8 @@ code, pre, .mono, .broker, summary { font-family: ui-monospace, "SFMono-Regular"
 .live.ok::before { background: #32d583; box-shadow: 0 0 0 3px rgba(50, 213, 131, .2); }
 .live.bad::before { background: #f97066; box-shadow: 0 0 0 3px rgba(249, 112, 102, .25); }
 .top .link { color: #cbd5e1; }
+.search input { width: 270px; background: #1d2939; border-color: #475467; color: #fff; }
+.search input::placeholder { color: #98a2b3; }
 .top nav ul { list-style: none; display: flex; gap: 4px; margin: 0 auto; padding-top: 4px;
   padding-bottom: 0; overflow-x: auto; }
 .top nav a { display: block; padding: 9px 14px 10px; color: #cbd5e1; font-weight: 500;
@@ -1971,7 +1881,6 @@ code, pre, .mono, .broker, summary { font-family: ui-monospace, "SFMono-Regular"
 .banner { max-width: 1240px; margin: 16px auto 0; width: calc(100% - 48px); padding: 12px 16px;
   border-radius: var(--radius); background: #fef3f2; border: 1px solid #fecdca;
   color: #912018; display: flex; gap: 10px; flex-wrap: wrap; align-items: baseline; }
-.banner strong { font-weight: 700; }
 .banner .when { color: #b42318; opacity: .8; }
 .toast { position: fixed; right: 20px; bottom: 20px; max-width: min(460px, calc(100% - 40px));
   padding: 11px 16px; border-radius: 8px; background: var(--head); color: #fff;
@@ -1986,6 +1895,7 @@ h1 { font-size: 22px; margin: 0; letter-spacing: -.015em; }
 h2 { font-size: 15px; margin: 0; }
 .sub { margin: 0; color: var(--muted); }
 .tools { display: flex; align-items: center; gap: 12px; flex-wrap: wrap; margin-left: auto; }
+#failed-tools { display: flex; gap: 6px; }
 .card { background: var(--card); border: 1px solid var(--line); border-radius: var(--radius);
   box-shadow: 0 1px 2px rgba(16, 24, 40, .05); margin-bottom: 18px; }
 .card-head { display: flex; align-items: center; gap: 10px 20px; flex-wrap: wrap;
@@ -1993,19 +1903,15 @@ h2 { font-size: 15px; margin: 0; }
 .scroll { overflow-x: auto; }
 footer { width: 100%; color: var(--faint); font-size: 12px; padding-bottom: 18px; }
 .empty, .unavailable { margin: 0; padding: 28px 18px; text-align: center; color: var(--muted); }
-.unavailable strong { display: block; color: var(--ink); margin-bottom: 4px; }
-.unavailable p { margin: 0; }
 
 /* -- tables ------------------------------------------------------------------ */
 table.data { width: 100%; border-collapse: collapse; font-variant-numeric: tabular-nums; }
 .data th, .data td { padding: 10px 14px; border-bottom: 1px solid var(--line);
   text-align: left; vertical-align: top; }
 .data tbody tr:last-child > * { border-bottom: 0; }
-.data thead th { font-size: 11.5px; font-weight: 600; letter-spacing: .04em;
-  text-transform: uppercase; color: var(--muted); background: #f9fafb; white-space: nowrap; }
-.data thead tr.groups th, .data thead tr.groups td { background: var(--card); color: var(--faint);
-  font-size: 10.5px; padding-top: 8px; padding-bottom: 2px; border-bottom: 0; text-align: center; }
-.data thead tr.groups th { border-bottom: 2px solid var(--line); }
+.data thead th, dl.facts dt, .job-card h3 { font-size: 11.5px; font-weight: 600;
+  letter-spacing: .04em; text-transform: uppercase; color: var(--muted); }
+.data thead th { background: #f9fafb; white-space: nowrap; }
 .data tbody th { font-weight: 600; }
 .data tbody tr:hover > * { background: #fafbfc; }
 .data .num { text-align: right; white-space: nowrap; }
@@ -2014,7 +1920,6 @@ table.data { width: 100%; border-collapse: collapse; font-variant-numeric: tabul
 .bad { color: var(--failed); font-weight: 600; }
 .bad a { color: inherit; }
 .warn { color: var(--warn); font-weight: 600; }
-.good { color: var(--done); }
 tr.stale > * { background: #fffaeb; }
 #queues-table tbody th, #queues-table thead tr:last-child th:first-child {
   position: sticky; left: 0; background: var(--card); z-index: 1; }
@@ -2046,8 +1951,6 @@ tr.stale > * { background: #fffaeb; }
   cursor: pointer; }
 .field { display: inline-flex; align-items: center; gap: 8px; color: var(--muted);
   font-weight: 500; }
-.field.grow { flex: 1; min-width: 220px; }
-.field.grow input { flex: 1; }
 select, input { font: inherit; color: var(--ink); padding: 6px 10px; border: 1px solid #d0d5dd;
   border-radius: 7px; background: #fff; min-width: 0; }
 input { font-family: ui-monospace, Menlo, Consolas, "Liberation Mono", monospace; }
@@ -2055,7 +1958,6 @@ input { font-family: ui-monospace, Menlo, Consolas, "Liberation Mono", monospace
 /* -- chart --------------------------------------------------------------------- */
 .legend { list-style: none; display: flex; gap: 18px; margin: 0 0 0 auto; padding: 0;
   color: var(--muted); font-variant-numeric: tabular-nums; }
-.legend b { color: var(--ink); margin-left: 4px; }
 .swatch { display: inline-block; width: 12px; height: 3px; border-radius: 2px;
   vertical-align: middle; margin-right: 6px; }
 .legend .done .swatch { background: var(--done); }
@@ -2068,8 +1970,8 @@ input { font-family: ui-monospace, Menlo, Consolas, "Liberation Mono", monospace
 .chart .line { fill: none; stroke-width: 2; stroke-linejoin: round; stroke-linecap: round; }
 .chart .series-done { stroke: var(--done); }
 .chart .series-failed { stroke: var(--failed); }
-.chart .area-done { fill: var(--done); opacity: .09; stroke: none; }
-.chart .dot-done { fill: var(--done); }
+.chart .area-done, .chart .dot-done { fill: var(--done); }
+.chart .area-done { opacity: .09; stroke: none; }
 .chart .dot-failed { fill: var(--failed); }
 .chart .waiting { fill: var(--muted); font-size: 13px; }
 .note { margin: 0; padding: 2px 18px 14px; color: var(--muted); font-size: 12.5px; }
@@ -2093,8 +1995,6 @@ details pre { margin: 0; padding: 10px 12px; border-top: 1px solid var(--line); 
   border-radius: 0 0 7px 7px; }
 .pager { display: flex; align-items: center; gap: 14px; padding: 10px 16px;
   border-top: 1px solid var(--line); color: var(--muted); }
-.pager .spacer { flex: 1; }
-.lookup { display: flex; align-items: center; gap: 12px; padding: 14px 18px; flex-wrap: wrap; }
 .job-card { padding: 18px; }
 .job-title { display: flex; align-items: center; gap: 12px; flex-wrap: wrap; margin-bottom: 14px; }
 .job-title h2 { font-size: 17px; overflow-wrap: anywhere; }
@@ -2102,15 +2002,12 @@ details pre { margin: 0; padding: 10px 12px; border-top: 1px solid var(--line); 
 dl.facts { display: grid; grid-template-columns: repeat(auto-fill, minmax(200px, 1fr));
   gap: 14px 24px; margin: 0 0 16px; }
 dl.facts div { min-width: 0; }
-dl.facts dt { font-size: 11.5px; text-transform: uppercase; letter-spacing: .04em;
-  color: var(--muted); font-weight: 600; }
 dl.facts dd { margin: 2px 0 0; font-variant-numeric: tabular-nums; overflow-wrap: anywhere; }
 dl.facts.relatives { grid-template-columns: repeat(auto-fill, minmax(280px, 1fr)); }
 ul.relatives { margin: 0; padding: 0; list-style: none; max-height: 240px; overflow-y: auto; }
 ul.relatives li { padding: 1px 0; }
 dl.facts progress { width: 96px; vertical-align: middle; margin-right: 6px; }
-.job-card h3 { font-size: 13px; margin: 16px 0 8px; color: var(--muted); text-transform: uppercase;
-  letter-spacing: .04em; }
+.job-card h3 { font-size: 13px; margin: 16px 0 8px; }
 pre.result { margin: 0; padding: 10px 12px; border: 1px solid var(--line); border-radius: 7px;
   background: #fcfcfd; overflow-x: auto; white-space: pre-wrap; overflow-wrap: anywhere; }
 
@@ -2139,16 +2036,32 @@ form.login .btn { margin-top: 8px; padding: 9px; }
 'use strict';
 
 (function () {
-  const REFRESH_MS = 2000;          // one round of API calls every 2 s
+  const REFRESH_MS = 2000;          // one round of API calls every 2 s, without events
+  const QUIET_MS = 10000;           // and with them: ages and the chart's right edge move
   const FETCH_TIMEOUT_MS = 8000;    // the server gives up on the broker after 3 s
   const WINDOW_S = 15 * 60;         // the chart's time span
   const RATE_SPAN_S = 10;           // a rate is taken over about this many seconds
   const GAP_S = 60;                 // samples further apart than this leave a gap
   const PAGE_SIZE = 50;             // failed jobs, waiting jobs per page
   const RELATIVES_SHOWN = 100;      // a job's parents, children: as many as the API looks up
-  const VIEWS = ['queues', 'fleet', 'queued', 'limits', 'failed', 'job', 'schedules'];
-  const TITLES = {queues: 'Queues', fleet: 'Fleet', queued: 'Waiting jobs', limits: 'Limits',
-                  failed: 'Failed jobs', job: 'Job', schedules: 'Schedules'};
+  // each view: its tab (none: the search box opens it), its title and what it shows
+  const VIEWS = {
+    queues: ['Queues', 'Queues', 'Jobs in each state now; totals since the last clean.'],
+    fleet: ['Fleet', 'Fleet', 'Every pool whose heartbeat the broker holds. A pool that missed ' +
+            'its last heartbeats is marked stale; it drops off once its heartbeat expires.'],
+    queued: ['Waiting', 'Waiting jobs', 'Jobs that have not started: waiting ones in the order ' +
+             'they will start, delayed ones soonest due first.'],
+    limits: ['Limits', 'Limits', 'Each limit name defined or in use: the definition it matched, ' +
+             'the jobs holding a slot (reserved or working) and the jobs waiting for one.'],
+    failed: ['Failed', 'Failed jobs', ''],
+    job: ['Job', 'Job', ''],            // (its box says how to find one)
+    search: [null, 'Search', 'In every queue; ASCII letters match in either case.'],
+    schedules: ['Schedules', 'Schedules', 'Periodic jobs: each tick pushes exactly one job.'],
+  };
+  // what a view's address holds after its name: #failed/Q/OFFSET/AFTER/MATCH, ...
+  const ADDRESS = {queued: ['queue', 'state', 'cursor'], limits: ['queue'], job: ['queue', 'id'],
+                   failed: ['queue', 'offset', 'after', 'match'], search: ['text']};
+  const PAGING = ['offset', 'after', 'cursor'];     // a new place shows its first page
   const UNFINISHED = ['waiting', 'delayed', 'reserved', 'working', 'blocked'];
   const QUEUE_COLUMNS = ['Queue', 'Waiting', 'Delayed', 'Reserved', 'Working', 'Failed',
                          'Blocked', 'Cancelled', 'Expired', 'Oldest waiting', 'Pushed', 'Done',
@@ -2157,44 +2070,36 @@ form.login .btn { margin-top: 8px; padding: 9px; }
                          'Workers', 'Busy', 'Idle', 'Done'];
 
   const $ = (id) => document.getElementById(id);
-  const meta = (name) => {
-    const node = document.querySelector('meta[name="' + name + '"]');
-    return node ? node.getAttribute('content') : '';
-  };
+  const meta = (name) => document.querySelector('meta[name="' + name + '"]').content;
   const enc = encodeURIComponent;
   const CSRF = meta('csrf-token');
-  const READ_ONLY = meta('mpq-read-only') === '1';
-  const SIGNED_IN = meta('mpq-signed-in') === '1';
-  const STALE_S = Number(meta('mpq-stale-seconds')) || 6;
-  const QUEUES = JSON.parse(meta('mpq-queues') || '[]');
+  // the server's settings: {queues, read_only, signed_in, stale_seconds}
+  const {queues: QUEUES, read_only: READ_ONLY, signed_in: SIGNED_IN,
+         stale_seconds: STALE_S} = JSON.parse(meta('mpq-settings'));
 
   const state = {
     view: 'queues',
     queues: null,                 // the last /api/queues
-    fleet: null,
     samples: new Map(),           // queue -> [{t, done, failed}] taken by this page
-    since: Date.now() / 1000,
-    history: 'unknown',           // 'broker': mpqueue.history(); 'local': our samples
-    historyData: new Map(),
-    chartQueue: QUEUES[0] || null,
-    failed: {queue: QUEUES[0] || null, offset: 0, after: '', key: ''},
-    queued: {queue: QUEUES[0] || null, state: 'waiting', cursor: '', key: ''},
-    limits: {queue: QUEUES[0] || null, key: ''},
+    history: new Map(),           // queue -> the broker's samples (mpqueue.history())
+    chartQueue: QUEUES[0],        // (a config has one queue at least)
+    // each view's place (ADDRESS) and `key`: what it shows, to redraw only what changed
+    failed: {queue: QUEUES[0], offset: 0, after: '', match: '', key: ''},
+    queued: {queue: QUEUES[0], state: 'waiting', cursor: '', key: ''},
+    limits: {queue: QUEUES[0], key: ''},
+    job: {queue: QUEUES[0], id: '', key: ''},
+    schedules: {key: ''},
+    search: {text: '', key: ''},
     open: new Set(),              // error <details> the user opened: 'id:index'
-    job: {queue: QUEUES[0] || null, id: '', key: ''},
-    schedulesKey: '',
     lastUpdate: null,
+    pushed: false,                // server-sent events come: no poll every 2 s
   };
 
   // -- DOM: elements and text nodes only -------------------------------------
 
-  function el(tag, attrs, children) {
-    return fill(document.createElement(tag), attrs, children);
-  }
-
-  function svg(tag, attrs, children) {
-    return fill(document.createElementNS('http://www.w3.org/2000/svg', tag), attrs, children);
-  }
+  const el = (tag, attrs, children) => fill(document.createElement(tag), attrs, children);
+  const svg = (tag, attrs, children) => fill(
+    document.createElementNS('http://www.w3.org/2000/svg', tag), attrs, children);
 
   function fill(node, attrs, children) {
     for (const [key, value] of Object.entries(attrs || {})) {
@@ -2206,10 +2111,8 @@ form.login .btn { margin-top: 8px; padding: 9px; }
     return node;
   }
 
-  function append(node, children) {
-    if (children === null || children === undefined || children === false) return;
-    if (!Array.isArray(children)) children = [children];
-    for (const child of children) {
+  function append(node, children) {     // arrays nest; null, undefined and false are none
+    for (const child of [].concat(children)) {
       if (Array.isArray(child)) append(node, child);
       else if (child !== null && child !== undefined && child !== false) {
         node.appendChild(child instanceof Node ? child : document.createTextNode(String(child)));
@@ -2222,13 +2125,9 @@ form.login .btn { margin-top: 8px; padding: 9px; }
   const NUMBER = new Intl.NumberFormat('en-US');
   const pad = (n) => String(n).padStart(2, '0');
 
-  function fmtInt(n) {
-    return n === null || n === undefined ? '\u2014' : NUMBER.format(n);
-  }
-
-  function fmtPercent(fraction) {     // 0.4 -> '40 %', 0.123 -> '12.3 %'
-    return NUMBER.format(Math.round(fraction * 1000) / 10) + ' %';
-  }
+  const fmtInt = (n) => n === null || n === undefined ? '\u2014' : NUMBER.format(n);
+  // 0.4 -> '40 %', 0.123 -> '12.3 %'
+  const fmtPercent = (fraction) => NUMBER.format(Math.round(fraction * 1000) / 10) + ' %';
 
   function metaList(meta) {           // a job's progress meta, as text: rows 4, stage load
     return Object.entries(meta).map(([name, value], i) => [i ? ', ' : '',
@@ -2270,18 +2169,12 @@ form.login .btn { margin-top: 8px; padding: 9px; }
     return pad(d.getHours()) + ':' + pad(d.getMinutes()) + ':' + pad(d.getSeconds());
   }
 
-  function fmtTime(t) {
-    if (!t) return '\u2014';
-    const d = new Date(t * 1000), now = new Date();
-    if (d.toDateString() === now.toDateString()) return fmtClock(t);
-    return d.getFullYear() + '-' + pad(d.getMonth() + 1) + '-' + pad(d.getDate()) + ' ' +
-      fmtClock(t);
-  }
-
-  function timeCell(t) {
+  function timeCell(t) {           // today's as the time of day, others with their date
     const d = new Date(Number(t) * 1000);
     if (!t || isNaN(d)) return '\u2014';
-    return el('time', {datetime: d.toISOString(), title: d.toString()}, fmtTime(t));
+    return el('time', {datetime: d.toISOString(), title: d.toString()}, (
+      d.toDateString() === new Date().toDateString() ? '' : d.getFullYear() + '-' +
+      pad(d.getMonth() + 1) + '-' + pad(d.getDate()) + ' ') + fmtClock(t));
   }
 
   function headRow(titles, numeric) {
@@ -2295,42 +2188,53 @@ form.login .btn { margin-top: 8px; padding: 9px; }
     return el('td', {class: cls, 'data-col': name}, fmtInt(value));
   }
 
-  // -- the API -----------------------------------------------------------------------
-
-  class ApiError extends Error {
-    constructor(status, message, body) {
-      super(message);
-      this.status = status;          // 0: the dashboard server itself did not answer
-      this.body = body || {};
-    }
+  function dataTable(name, caption, head, numeric, rows, cls) {
+    // table #NAME-table (its body #NAME-body) that scrolls sideways in its card: a caption
+    // for screen readers, the titles `head` (those in `numeric` align right), the rows
+    return el('div', {class: 'scroll'}, el('table', {class: 'data ' + (cls || ''),
+                                                     id: name + '-table'}, [
+      el('caption', {class: 'sr-only'}, caption),
+      el('colgroup', {}, head.map((h) => el('col', {class: 'c-' + h.toLowerCase()}))),
+      el('thead', {}, headRow(head, numeric)), el('tbody', {id: name + '-body'}, rows)]));
   }
 
+  // a box that has nothing to show says why
+  const say = (box, text) => box.replaceChildren(el('p', {class: 'empty'}, text));
+
+  // -- the API -----------------------------------------------------------------------
+
+  // an answer of the API that is not ok (status 0: the dashboard server did not answer)
+  const apiError = (status, message) => Object.assign(new Error(message), {status: status});
+
   async function api(path, method) {
-    const controller = new AbortController();
-    const timer = setTimeout(() => controller.abort(), FETCH_TIMEOUT_MS);
-    const headers = {'Accept': 'application/json'};
-    if (method === 'POST') headers['X-CSRF-Token'] = CSRF;
-    let response, body = null;
+    let response, body;
     try {
-      response = await fetch(path, {method: method || 'GET', headers: headers,
-                                    credentials: 'same-origin', cache: 'no-store',
-                                    signal: controller.signal});
-      try { body = await response.json(); } catch (err) { body = null; }
+      response = await fetch(path, {
+        method: method || 'GET', credentials: 'same-origin', cache: 'no-store',
+        signal: AbortSignal.timeout(FETCH_TIMEOUT_MS), headers: Object.assign(
+          {'Accept': 'application/json'}, method === 'POST' ? {'X-CSRF-Token': CSRF} : {})});
+      body = await response.json().catch(() => null);
     } catch (err) {
-      throw new ApiError(0, controller.signal.aborted
+      throw apiError(0, err.name === 'TimeoutError'
         ? 'the dashboard server did not answer within ' + FETCH_TIMEOUT_MS / 1000 + ' s'
         : 'the dashboard server cannot be reached');
-    } finally {
-      clearTimeout(timer);
     }
     if (response.status === 401) {
       window.location.assign('login');
-      throw new ApiError(401, 'signed out');
+      throw apiError(401, 'signed out');
     }
     if (!response.ok) {
-      throw new ApiError(response.status, (body && body.error) || 'HTTP ' + response.status, body);
+      throw apiError(response.status, (body && body.error) || 'HTTP ' + response.status);
     }
     return body;
+  }
+
+  async function fresh(view, path) {
+    // the answer to `path` for a view, or null while it is what the view shows already
+    const data = await api(path), key = path + '\n' + JSON.stringify(data);
+    if (key === state[view].key) return null;
+    state[view].key = key;
+    return data;
   }
 
   // -- refreshing ----------------------------------------------------------------------
@@ -2348,7 +2252,8 @@ form.login .btn { margin-top: 8px; padding: 9px; }
     } finally {
       running = false;
       showHealth(results.filter((r) => r.status === 'rejected').map((r) => r.reason));
-      if (again) { again = false; tick(); } else timer = setTimeout(tick, REFRESH_MS);
+      if (again) { again = false; tick(); } else timer = setTimeout(tick, state.pushed ? QUIET_MS
+                                                                      : REFRESH_MS);
     }
   }
 
@@ -2364,25 +2269,19 @@ form.login .btn { margin-top: 8px; padding: 9px; }
       $('main').classList.remove('stale-data');
       live.className = 'live ok';
       live.textContent = 'Live \u00b7 ' + fmtClock(state.lastUpdate);
+      live.dataset.mode = state.pushed ? 'events' : 'poll';     // (the footer says both)
       return;
     }
-    const title = server ? 'Dashboard server unreachable'
-      : broker ? 'Broker unreachable' : 'Error';
-    showBanner(title, problem.message);
+    $('banner').replaceChildren(
+      el('strong', {}, server ? 'Dashboard server unreachable' : broker ? 'Broker unreachable'
+        : 'Error'), el('span', {}, problem.message), el('span', {class: 'when'}, (
+        state.lastUpdate ? 'Showing data from ' + fmtClock(state.lastUpdate) + '; t' : 'T') +
+        'rying again every 2 s.'));
+    $('banner').hidden = false;
     $('main').classList.toggle('stale-data', Boolean(server || broker));
     live.className = 'live bad';
     live.textContent = server || broker ? 'Offline' : 'Error';
-    if (!(problem instanceof ApiError)) console.error(problem);
-  }
-
-  function showBanner(title, message) {
-    const when = state.lastUpdate
-      ? 'Showing data from ' + fmtClock(state.lastUpdate) + '; trying again every 2 s.'
-      : 'Trying again every 2 s.';
-    const banner = $('banner');
-    banner.replaceChildren(el('strong', {}, title), el('span', {}, message),
-                           el('span', {class: 'when'}, when));
-    banner.hidden = false;
+    if (problem.status === undefined) console.error(problem);     // not the API's
   }
 
   let toastTimer = null;
@@ -2397,18 +2296,12 @@ form.login .btn { margin-top: 8px; padding: 9px; }
   }
 
   function loadView() {
-    switch (state.view) {
-      case 'queued': return loadQueued();
-      case 'limits': return loadLimits();
-      case 'failed': return loadFailed();
-      case 'job': return loadJob();
-      case 'schedules': return loadSchedules();
-      default: return null;
-    }
+    const load = {queued: loadQueued, limits: loadLimits, failed: loadFailed, job: loadJob,
+                  schedules: loadSchedules, search: loadSearch}[state.view];
+    return load ? load() : null;
   }
 
-  // -- routing: #queues, #fleet, #queued/Q/STATE/CURSOR, #limits/Q, #failed/Q/OFFSET/AFTER,
-  //    #job/Q/ID, #schedules
+  // -- routing: #VIEW and then its place (ADDRESS), each part URI-encoded
 
   function route() {
     let parts;
@@ -2417,38 +2310,31 @@ form.login .btn { margin-top: 8px; padding: 9px; }
     } catch (err) {
       parts = [];
     }
-    state.view = VIEWS.includes(parts[0]) ? parts[0] : 'queues';
-    if (state.view === 'failed' && parts[1]) {
-      state.failed.queue = parts[1];
-      state.failed.offset = Math.max(0, parseInt(parts[2], 10) || 0);
-      state.failed.after = parts[3] || '';      // the id of the job before the page
-      state.failed.key = '';
+    const view = state.view = VIEWS[parts[0]] ? parts[0] : 'queues';
+    if (ADDRESS[view] && (parts[1] || view === 'job' || view === 'search')) {
+      ADDRESS[view].forEach((name, i) => {       // a view's queue stays when none is given
+        if (name !== 'queue' || parts[i + 1]) state[view][name] = parts[i + 1] || '';
+      });
+      state[view].key = '';
     }
-    if (state.view === 'queued' && parts[1]) {
-      state.queued.queue = parts[1];
-      state.queued.state = parts[2] === 'delayed' ? 'delayed' : 'waiting';
-      state.queued.cursor = parts[3] || '';     // the page before gave it
-      state.queued.key = '';
-    }
-    if (state.view === 'limits' && parts[1]) {
-      state.limits.queue = parts[1];
-      state.limits.key = '';
-    }
-    if (state.view === 'job') {
-      if (parts[1]) state.job.queue = parts[1];
-      state.job.id = parts[2] || '';
-      state.job.key = '';
-      $('job-id').value = state.job.id;
-      if (!state.job.id) $('job-box').replaceChildren();
-    }
-    for (const view of VIEWS) $('view-' + view).hidden = view !== state.view;
+    state.failed.offset = Math.max(0, parseInt(state.failed.offset, 10) || 0);
+    if (state.queued.state !== 'delayed') state.queued.state = 'waiting';
+    $('failed-match').value = state.failed.match;
+    $('search-text').value = state.search.text;
+    for (const name in VIEWS) $('view-' + name).hidden = name !== view;
     for (const link of document.querySelectorAll('.top nav a')) {
-      if (link.dataset.view === state.view) link.setAttribute('aria-current', 'page');
-      else link.removeAttribute('aria-current');
+      link.setAttribute('aria-current', link.dataset.view === view ? 'page' : 'false');
     }
-    document.title = TITLES[state.view] + ' \u00b7 mpqueue';
+    document.title = VIEWS[view][1] + ' \u00b7 mpqueue';
     fillSelects();
+    listen();
     tick();
+  }
+
+  function place(view, changes) {
+    // the address of the view's place now, with `changes` (a new place: its first page)
+    return ('#' + view + '/' + ADDRESS[view].map((name) => enc(name in changes ? changes[name]
+      : PAGING.includes(name) ? '' : state[view][name] || '')).join('/')).replace(/\/+$/, '');
   }
 
   function go(hash) {
@@ -2456,21 +2342,58 @@ form.login .btn { margin-top: 8px; padding: 9px; }
     else window.location.hash = hash;
   }
 
-  function fillSelects() {
-    const names = state.queues ? state.queues.map((q) => q.name) : QUEUES;
-    for (const [id, current] of [['chart-queue', state.chartQueue],
-                                 ['failed-queue', state.failed.queue],
-                                 ['queued-queue', state.queued.queue],
-                                 ['limits-queue', state.limits.queue],
-                                 ['job-queue', state.job.queue]]) {
-      const select = $(id);
-      const have = Array.from(select.options).map((o) => o.value);
-      if (have.join('\n') !== names.join('\n')) {
-        select.replaceChildren(...names.map((name) => el('option', {value: name}, name)));
-      }
-      if (current !== null && names.includes(current)) select.value = current;
+  function fillSelects() {           // the pickers show their views' places
+    for (const select of document.querySelectorAll('select[data-queue-of]')) {
+      const of = select.dataset.queueOf;
+      select.value = of === 'chart' ? state.chartQueue : state[of].queue;
     }
     $('queued-state').value = state.queued.state;
+  }
+
+  function queuePicker(view, onchange) {      // view: its place; 'chart': the chart's queue
+    return el('label', {class: 'field'}, ['Queue ', el('select', {
+      id: view + '-queue', 'data-queue-of': view,
+      onchange: onchange || ((e) => go(place(view, {queue: e.target.value})))},
+      QUEUES.map((name) => el('option', {value: name}, name)))]);
+  }
+
+  function buildPage() {
+    // the tabs, and each view's section: its title, tools and what it shows, and its box
+    const tools = {
+      queued: [queuePicker('queued'), el('label', {class: 'field'}, ['State ', el('select', {
+        id: 'queued-state', onchange: (e) => go(place('queued', {state: e.target.value}))},
+        ['waiting', 'delayed'].map((s) => el('option', {value: s}, s)))])],
+      limits: [queuePicker('limits')],
+      failed: [queuePicker('failed'), el('form', {id: 'failed-filter', onsubmit: (e) => {
+        e.preventDefault();
+        go(place('failed', {match: $('failed-match').value.trim()}));
+      }}, el('label', {class: 'field'}, ['Containing ', el('input', {
+        id: 'failed-match', type: 'search', placeholder: 'name, key or error', autocomplete: 'off',
+        spellcheck: 'false'})])), el('span', {id: 'failed-tools'})],
+    };
+    $('nav').replaceChildren(...Object.entries(VIEWS).filter(([, v]) => v[0]).map(([view, v]) =>
+      el('li', {}, el('a', {href: '#' + view, 'data-view': view}, [v[0], view === 'failed'
+        ? [' ', el('span', {id: 'failed-count', class: 'count'})] : null]))));
+    $('main').append(...Object.entries(VIEWS).map(([view, [, title, sub]]) => el('section', {
+      id: 'view-' + view, class: 'view', 'aria-labelledby': 'h-' + view, hidden: true}, [
+      el('div', {class: 'head'}, [el('h1', {id: 'h-' + view}, title), tools[view]
+        ? el('div', {class: 'tools'}, tools[view]) : sub && el('p', {class: 'sub'}, sub)]),
+      tools[view] && sub ? el('p', {class: 'sub'}, sub) : null,
+      el('div', {id: view + '-box', class: ['job', 'search'].includes(view) ? '' : 'card'}),
+      view === 'queues' ? el('div', {class: 'card chart-card'}, [
+        el('div', {class: 'card-head'}, [
+          el('h2', {id: 'h-chart'}, 'Throughput, last 15 minutes'),
+          queuePicker('chart', (e) => {
+            state.chartQueue = e.target.value;
+            renderChart();
+            tick();
+          }),
+          el('ul', {class: 'legend'}, ['done', 'failed'].map((key) => el('li', {class: key}, [
+            el('span', {class: 'swatch', 'aria-hidden': 'true'}), key + '/s'])))]),
+        el('div', {id: 'chart', class: 'chart'}), el('p', {id: 'chart-note', class: 'note'},
+          'Rates from the counters the broker samples about every 10 s, and from this ' +
+          'page\'s own samples since the last of them.')])
+        : null])));
   }
 
   // -- queues ----------------------------------------------------------------------------
@@ -2485,31 +2408,22 @@ form.login .btn { margin-top: 8px; padding: 9px; }
       while (list.length && list[0].t < now - WINDOW_S - RATE_SPAN_S) list.shift();
       state.samples.set(q.name, list);
     }
-    if (!state.chartQueue && queues.length) state.chartQueue = queues[0].name;
     try {
-      await loadHistory();
+      state.history.set(state.chartQueue, await api('api/queues/' + enc(state.chartQueue) +
+                                                    '/history'));
     } finally {
       renderQueues();
       renderChart();
-      fillSelects();
       const failed = queues.reduce((sum, q) => sum + q.failed, 0);
       $('failed-count').textContent = failed ? fmtInt(failed) : '';
     }
   }
 
-  async function loadHistory() {
-    if (!state.chartQueue) return;
-    const data = await api('api/queues/' + enc(state.chartQueue) + '/history');
-    state.history = 'broker';
-    state.historyData.set(state.chartQueue, data);
-  }
-
   function samplesOf(queue) {
-    // The broker's history (when this version keeps one), then this page's
-    // own samples taken since its last point: the chart's right edge moves
-    // every 2 s either way.
+    // The broker's history, then this page's own samples taken since its
+    // last point: the chart's right edge moves as the page refreshes.
     const local = state.samples.get(queue) || [];
-    const broker = state.history === 'broker' ? state.historyData.get(queue) || [] : [];
+    const broker = state.history.get(queue) || [];
     const last = broker.length ? broker[broker.length - 1].t : -Infinity;
     return broker.concat(local.filter((s) => s.t > last));
   }
@@ -2545,21 +2459,17 @@ form.login .btn { margin-top: 8px; padding: 9px; }
   function renderQueues() {
     const rows = state.queues.map((q) => {
       const rate = latestRate(q.name);
-      const failedCell = q.failed
-        ? el('td', {class: 'num bad', 'data-col': 'failed'},
-             el('a', {href: '#failed/' + enc(q.name), title: 'Show the failed jobs of ' + q.name},
-                fmtInt(q.failed)))
-        : numCell(q.failed, 'failed');
-      const queuedCell = (col) => q[col]
-        ? el('td', {class: 'num', 'data-col': col},
-             el('a', {href: '#queued/' + enc(q.name) + '/' + col,
-                      title: 'Show the ' + col + ' jobs of ' + q.name}, fmtInt(q[col])))
+      const linked = (col, href, cls) => q[col]       // a count not 0: a link to its jobs
+        ? el('td', {class: 'num ' + cls, 'data-col': col}, el('a', {
+          href: href, title: 'Show the ' + col + ' jobs of ' + q.name}, fmtInt(q[col])))
         : numCell(q[col], col);
+      const queuedCell = (col) => linked(col, '#queued/' + enc(q.name) + '/' + col, '');
       const age = q.waiting ? q.oldest_waiting_seconds : null;
       return el('tr', {'data-queue': q.name}, [
         el('th', {scope: 'row'}, q.name),
         queuedCell('waiting'), queuedCell('delayed'),
-        numCell(q.reserved, 'reserved'), numCell(q.working, 'working'), failedCell,
+        numCell(q.reserved, 'reserved'), numCell(q.working, 'working'),
+        linked('failed', '#failed/' + enc(q.name), 'bad'),
         numCell(q.blocked, 'blocked'), numCell(q.cancelled, 'cancelled'),
         numCell(q.expired, 'expired'),
         el('td', {class: 'num' + (age === null || age === undefined ? ' zero'
@@ -2572,21 +2482,18 @@ form.login .btn { margin-top: 8px; padding: 9px; }
         pausedCell(q),
       ]);
     });
-    if (!rows.length) {
-      rows.push(el('tr', {}, el('td', {colspan: 14, class: 'empty'}, 'No queue in the config.')));
-    }
-    $('queues-body').replaceChildren(...rows);
+    $('queues-box').replaceChildren(dataTable('queues', 'Jobs per queue and state', QUEUE_COLUMNS,
+                                              QUEUE_COLUMNS.slice(1), rows));
   }
 
   function pausedCell(q) {
     // a badge while the queue is paused, and the button that flips it
-    const path = 'api/queues/' + enc(q.name) + '/' + (q.paused ? 'resume' : 'pause');
-    const button = READ_ONLY ? null : q.paused
-      ? actionButton('Resume', 'resume', 'Resume queue ' + q.name, (e) => act(
-          e.currentTarget, path, null, () => 'Queue ' + q.name + ' resumed'))
-      : actionButton('Pause', 'pause', 'Pause queue ' + q.name, (e) => act(
-          e.currentTarget, path, 'Pause queue ' + q.name + '? No pool starts its jobs until ' +
-          'it is resumed; running jobs finish.', () => 'Queue ' + q.name + ' paused'), true);
+    const verb = q.paused ? 'Resume' : 'Pause';
+    const button = !READ_ONLY && actionButton(
+      verb, verb + ' queue ' + q.name, 'api/queues/' + enc(q.name) + '/' + verb.toLowerCase(),
+      q.paused ? null : 'Pause queue ' + q.name + '? No pool starts its jobs until it is ' +
+      'resumed; running jobs finish.', () => 'Queue ' + q.name + ' ' + verb.toLowerCase() + 'd',
+      !q.paused);
     return el('td', {'data-col': 'paused', 'data-paused': q.paused ? 'true' : 'false'}, [
       q.paused ? el('span', {class: 'badge paused'}, 'paused') : null,
       q.paused && button ? ' ' : null, button]);
@@ -2630,118 +2537,90 @@ form.login .btn { margin-top: 8px; padding: 9px; }
       parts.push(svg('text', {class: 'axis', x: X(t), y: height - 6, 'text-anchor': 'middle'},
                      pad(d.getHours()) + ':' + pad(d.getMinutes())));
     }
-    let count = 0;
-    for (const [key, cls] of [['done', 'done'], ['failed', 'failed']]) {
-      const segments = [[]];
-      for (const p of points) {
-        if (p.gap) segments.push([]);
-        else segments[segments.length - 1].push(p);
-      }
-      const drawn = segments.filter((s) => s.length);
-      const line = drawn.map((s) => 'M' + s.map((p) => X(p.t) + ',' + Y(p[key])).join('L'))
-        .join('');
-      const n = drawn.reduce((sum, s) => sum + s.length, 0);
-      count = Math.max(count, n);
-      if (key === 'done' && n) {
-        const base = Y(0);
-        parts.push(svg('path', {class: 'area-done', d: drawn.map((s) =>
-          'M' + X(s[0].t) + ',' + base + 'L' + s.map((p) => X(p.t) + ',' + Y(p[key])).join('L') +
-          'L' + X(s[s.length - 1].t) + ',' + base + 'Z').join('')}));
-      }
-      parts.push(svg('path', {class: 'line series-' + cls, d: line || 'M0,0',
-                              'data-points': n}));
-      const last = drawn.length ? drawn[drawn.length - 1] : null;
-      if (last) {
-        const p = last[last.length - 1];
-        parts.push(svg('circle', {class: 'dot-' + cls, cx: X(p.t), cy: Y(p[key]), r: 3.5},
+    const drawn = [[]];       // the runs of points between gaps
+    for (const p of points) {
+      if (p.gap) drawn.push([]);
+      else drawn[drawn.length - 1].push(p);
+    }
+    const runs = drawn.filter((s) => s.length), n = points.filter((p) => !p.gap).length;
+    const path = (s, key) => s.map((p) => X(p.t) + ',' + Y(p[key])).join('L');
+    if (n) {
+      parts.push(svg('path', {class: 'area-done', d: runs.map((s) => 'M' + X(s[0].t) + ',' +
+        Y(0) + 'L' + path(s, 'done') + 'L' + X(s[s.length - 1].t) + ',' + Y(0) + 'Z').join('')}));
+    }
+    for (const key of ['done', 'failed']) {
+      parts.push(svg('path', {class: 'line series-' + key, 'data-points': n,
+                              d: runs.map((s) => 'M' + path(s, key)).join('') || 'M0,0'}));
+      const p = n && runs[runs.length - 1][runs[runs.length - 1].length - 1];
+      if (p) {
+        parts.push(svg('circle', {class: 'dot-' + key, cx: X(p.t), cy: Y(p[key]), r: 3.5},
                        svg('title', {}, key + '/s ' + fmtRate(p[key]) + ' at ' + fmtClock(p.t))));
       }
     }
-    if (!count) {
+    if (!n) {
       parts.push(svg('text', {class: 'waiting', x: m.left + pw / 2, y: m.top + ph / 2,
                               'text-anchor': 'middle'},
-                     'Collecting: the first rate needs two samples, 2 s apart'));
+                     'Collecting: the first rate needs two samples'));
     }
     box.replaceChildren(svg('svg', {viewBox: '0 0 ' + width + ' ' + height, width: width,
                                     height: height, role: 'img',
                                     'aria-labelledby': 'chart-title',
                                     'data-queue': queue || ''}, parts));
-    const rate = latestRate(queue);
-    $('legend-done').textContent = fmtRate(rate && rate.done);
-    $('legend-failed').textContent = fmtRate(rate && rate.failed);
-    $('chart-note').textContent = state.history === 'broker'
-      ? 'Rates from the counters the broker samples about every 10 s, and from this page\'s ' +
-        'own samples since the last of them.'
-      : 'Rates computed by this page from its own samples, every 2 s since ' +
-        fmtClock(state.since) + ': this version of mpqueue keeps no history in the broker.';
   }
 
   // -- fleet ----------------------------------------------------------------------------------
 
   async function loadFleet() {
-    const pools = await api('api/fleet');
-    state.fleet = pools;
-    let workers = 0, busy = 0;
-    const rows = [];
+    const pools = await api('api/fleet'), rows = [];
     for (const pool of pools) {
       try {
-        const counts = fleetRows(pool, rows);
-        workers += counts[0];
-        busy += counts[1];
+        fleetRows(pool, rows);
       } catch (err) {     // one heartbeat of another version (or garbage): the others still show
         rows.push(el('tr', {class: 'stale group-start', 'data-pool': String(pool && pool.name)},
                      el('td', {colspan: 11}, 'A heartbeat that cannot be shown: ' + err.message)));
       }
     }
-    $('fleet-body').replaceChildren(...rows);
-    $('fleet-empty').hidden = pools.length > 0;
-    $('summary').textContent = pools.length
-      ? pools.length + (pools.length === 1 ? ' pool' : ' pools') + ' \u00b7 ' + busy + ' of ' +
-        workers + ' workers busy'
+    if (!pools.length) say($('fleet-box'), 'No pool has sent a heartbeat to this broker lately.');
+    else {
+      $('fleet-box').replaceChildren(dataTable('fleet', 'Pools and their workers per queue',
+        FLEET_COLUMNS, ['PID', 'Last seen', 'Workers', 'Busy', 'Idle', 'Done'], rows));
+    }
+    const queues = pools.flatMap((p) => Object.values((p && p.queues) || {}));
+    const sum = (key) => queues.reduce((n, q) => n + (Number(q && q[key]) || 0), 0);
+    $('summary').textContent = pools.length ? pools.length + (pools.length === 1 ? ' pool'
+      : ' pools') + ' \u00b7 ' + sum('busy') + ' of ' + sum('workers') + ' workers busy'
       : 'no pool running';
   }
 
   function fleetRows(pool, rows) {
-    // the rows of one pool, added to rows once all are made; its [workers, busy]
-    let workers = 0, busy = 0;
-    const out = [];
+    // the rows of one pool (its own cells span its queues' rows), added to rows once all
+    // are made
     const queues = Object.entries(pool.queues || {}).sort((a, b) => a[0] < b[0] ? -1 : 1);
     const stale = pool.age > STALE_S;
-    const span = Math.max(1, queues.length);
-    const status = stale
-      ? el('span', {class: 'badge stale', title: 'no heartbeat for ' + fmtAge(pool.age)}, 'stale')
-      : el('span', {class: 'badge ' + (pool.state === 'running' ? 'running' : 'stopping')},
-           pool.state || '?');
     const head = [
-      el('th', {scope: 'row', rowspan: span}, pool.name),
-      el('td', {rowspan: span}, pool.host),
-      el('td', {rowspan: span, class: 'num'}, pool.pid),
-      el('td', {rowspan: span, 'data-col': 'state'}, status),
-      el('td', {rowspan: span}, timeCell(pool.started)),
-      el('td', {rowspan: span, class: 'num' + (stale ? ' bad' : '')}, fmtAge(pool.age) + ' ago'),
-    ];
-    const cells = (q) => [
-      el('td', {'data-col': 'queue'}, q[0]), numCell(q[1].workers, 'workers'),
-      numCell(q[1].busy, 'busy'), numCell(q[1].idle, 'idle'), numCell(q[1].done, 'done')];
-    const attrs = (i) => ({class: (stale ? 'stale' : '') + (i === 0 ? ' group-start' : ''),
-                           'data-pool': pool.name, 'data-stale': stale ? 'true' : 'false'});
-    if (!queues.length) out.push(el('tr', attrs(0), [head, el('td', {colspan: 5}, '\u2014')]));
-    queues.forEach((q, i) => {
-      out.push(el('tr', attrs(i), i === 0 ? [head, cells(q)] : cells(q)));
-    });
+      el('th', {scope: 'row'}, pool.name), el('td', {}, pool.host),
+      el('td', {class: 'num'}, pool.pid),
+      el('td', {'data-col': 'state'}, stale
+        ? el('span', {class: 'badge stale', title: 'no heartbeat for ' + fmtAge(pool.age)}, 'stale')
+        : el('span', {class: 'badge ' + (pool.state === 'running' ? 'running' : 'stopping')},
+             pool.state || '?')),
+      el('td', {}, timeCell(pool.started)),
+      el('td', {class: 'num' + (stale ? ' bad' : '')}, fmtAge(pool.age) + ' ago')];
+    for (const cell of head) cell.rowSpan = Math.max(1, queues.length);
+    const attrs = {class: stale ? 'stale' : '', 'data-pool': pool.name,
+                   'data-stale': String(stale)};
+    const out = queues.length ? queues.map(([name, q], i) => el('tr', attrs, [
+      i ? null : head, el('td', {'data-col': 'queue'}, name),
+      ['workers', 'busy', 'idle', 'done'].map((col) => numCell(q[col], col))]))
+      : [el('tr', attrs, [head, el('td', {colspan: 5}, '\u2014')])];
+    out[0].classList.add('group-start');
     rows.push(...out);
-    for (const [, q] of queues) {
-      workers += Number(q.workers) || 0;
-      busy += Number(q.busy) || 0;
-    }
-    return [workers, busy];
   }
 
   // -- failed jobs -------------------------------------------------------------------------------
 
   function lastLine(text) {
-    const lines = String(text).split('\n').map((s) => s.trim()).filter(Boolean);
-    const line = lines.length ? lines[lines.length - 1] : '(empty)';
+    const line = String(text).split('\n').map((s) => s.trim()).filter(Boolean).pop() || '(empty)';
     return line.length > 200 ? line.slice(0, 199) + '\u2026' : line;
   }
 
@@ -2749,86 +2628,98 @@ form.login .btn { margin-top: 8px; padding: 9px; }
     const errors = job.error_info || [];
     if (!errors.length) return el('span', {class: 'zero'}, 'no error recorded');
     return errors.map((text, i) => {
-      const key = job.id + ':' + i;
-      const details = el('details', {open: state.open.has(key), 'data-error': i}, [
+      const key = job.id + ':' + i;       // (one the user opened stays open as the page redraws)
+      return el('details', {open: state.open.has(key), 'data-error': i, ontoggle: (e) =>
+        state.open[e.target.open ? 'add' : 'delete'](key)}, [
         el('summary', {}, [el('span', {class: 'n'}, '#' + (i + 1)), lastLine(text)]),
         el('pre', {}, text)]);
-      details.addEventListener('toggle', () => {
-        if (details.open) state.open.add(key); else state.open.delete(key);
-      });
-      return details;
     });
   }
 
-  function actionButton(label, action, description, onclick, danger) {
+  function actionButton(label, description, path, question, done, danger) {
+    // a button (its data-action: its label) that POSTs `path` as act() does
     return el('button', {type: 'button', class: 'btn' + (danger ? ' danger' : ''),
-                         'data-action': action, 'aria-label': description, title: description,
-                         onclick: onclick}, label);
+                         'data-action': label.toLowerCase().replace(' ', '-'),
+                         'aria-label': description, title: description,
+                         onclick: (e) => act(e.currentTarget, path, question, done)}, label);
   }
 
   async function act(button, path, question, done) {
+    // POST an action; `question` (or what the function `question` returns: false stops
+    // it) is asked first; what `done(answer)` returns is said
     if (READ_ONLY) return;
-    if (question && !window.confirm(question)) return;
     if (button) button.disabled = true;
     try {
+      if (typeof question === 'function') question = await question();
+      if (question === false || (question && !window.confirm(question))) return;
       toast(done(await api(path, 'POST')));
     } catch (err) {
-      toast(err.message, true);
-      if (err.status === 0 || err.status === 503) {
-        showBanner(err.status ? 'Broker unreachable' : 'Dashboard server unreachable',
-                   err.message);
-      }
+      toast(err.message, true);       // (and the refresh below shows the banner)
     } finally {
       if (button) button.disabled = false;
-      state.failed.key = state.job.key = '';
+      state.failed.key = state.job.key = state.search.key = '';
       tick();
     }
   }
 
-  function queueBox(view) {
-    // [the box, the queue] of a view that shows one queue; without a queue the box says so
-    const box = $(view + '-box'), queue = state[view].queue;
-    if (!queue) box.replaceChildren(el('p', {class: 'empty'}, 'No queue in the config.'));
-    return [box, queue];
+  function bulkButton(verb, queue, match) {
+    // retry (or delete) every failed job of `queue` (that contains `match`): the question
+    // says how many, counted first
+    const base = 'api/queues/' + enc(queue) + '/failed', what = match
+      ? " matching '" + match + "'" : ' of queue ' + queue, done = {retry: 'retried',
+                                                                    delete: 'deleted'}[verb];
+    const title = verb[0].toUpperCase() + verb.slice(1) + (match ? '' : ' all');
+    return actionButton(title + (match ? ' matching' : ''), title + ' the failed jobs' + what,
+                        base + '/' + verb + (match ? '?match=' + enc(match) : ''), async () => {
+      const page = await api(base + '?count=1' + (match ? '&match=' + enc(match) : ''));
+      const n = match ? page.matched : page.total;
+      if (!n) toast('No failed job' + what);
+      return Boolean(n) && title + ' ' + fmtInt(n) + ' failed job' + (n === 1 ? '' : 's') +
+        what + '?' + (verb === 'delete' ? ' This cannot be undone.' : '');
+    }, (r) => fmtInt(r[done]) + ' job(s) of queue ' + queue + ' ' + done, verb === 'delete');
+  }
+
+  function jobCell(queue, job) {      // a job's name, and its id linked to its page
+    return el('td', {class: 'job'}, [
+      el('div', {class: 'name', 'data-col': 'name'}, job.job || '(unnamed)'),
+      el('a', {class: 'id mono', href: '#job/' + enc(queue) + '/' + enc(job.id),
+               title: 'Look this job up'}, job.id)]);
+  }
+
+  function pager(what, text, links) {
+    // what the page shows, and links [rel, address] to others (null: none there)
+    const labels = {first: '\u2190 First page', prev: '\u2190 Previous', next: 'Next \u2192'};
+    return el('nav', {class: 'pager', 'aria-label': 'Pages of ' + what}, [
+      el('span', {}, text), el('span', {class: 'spacer'}),
+      links.map((l) => l && el('a', {rel: l[0], href: l[1]}, labels[l[0]]))]);
   }
 
   async function loadFailed() {
-    const [box, queue] = queueBox('failed');
-    if (!queue) return;
+    // a page by offset (and the id of the job before it), or, filtered by `match`, by cursor
+    const box = $('failed-box'), {queue} = state.failed;
+    const {offset, after, match} = state.failed, quoted = "'" + match + "'";
     const base = 'api/queues/' + enc(queue) + '/failed';
-    const data = await api(base + '?offset=' + state.failed.offset + '&count=' + PAGE_SIZE +
-                           (state.failed.after ? '&after=' + enc(state.failed.after) : ''));
-    if (state.failed.offset && state.failed.offset >= data.total) {
+    const data = await fresh('failed', base + '?count=' + PAGE_SIZE + (match
+      ? '&match=' + enc(match) + (after ? '&cursor=' + enc(after) : '')
+      : '&offset=' + offset + (after ? '&after=' + enc(after) : '')));
+    if (!data) return;
+    if (!match && offset && offset >= data.total) {
       // the page emptied (jobs retried or deleted): show the last one that has jobs
       const last = Math.max(0, Math.floor((data.total - 1) / PAGE_SIZE) * PAGE_SIZE);
-      go('#failed/' + enc(queue) + (last ? '/' + last : ''));
-      return;
+      return go(place('failed', {offset: last || ''}));
     }
-    const key = queue + '\n' + JSON.stringify(data);
-    if (key === state.failed.key) return;
-    state.failed.key = key;
-
-    const tools = [];
-    if (!READ_ONLY && data.total) {
-      tools.push(actionButton('Retry all', 'retry-all',
-        'Retry all ' + data.total + ' failed jobs of queue ' + queue, (e) => act(
-          e.currentTarget, base + '/retry',
-          'Put all ' + fmtInt(data.total) + ' failed jobs of queue ' + queue + ' back?',
-          (r) => r.retried + ' job(s) of queue ' + queue + ' put back')));
-    }
-    $('failed-tools').replaceChildren(...tools);
+    $('failed-tools').replaceChildren();
+    append($('failed-tools'), !READ_ONLY && data.total && [
+      bulkButton('retry', queue, match), match && bulkButton('delete', queue, match)]);
     if (!data.jobs.length) {
-      box.replaceChildren(el('p', {class: 'empty'}, 'No failed jobs in queue ' + queue + '.'));
-      return;
+      return say(box, match ? 'No failed job of queue ' + queue + ' matches ' + quoted + '.'
+        : 'No failed jobs in queue ' + queue + '.');
     }
     const rows = data.jobs.map((job) => {
       const jobPath = 'api/queues/' + enc(queue) + '/failed/' + enc(job.id);
       const name = job.job || '(unnamed)';
       const cells = [
-        el('td', {class: 'job'}, [
-          el('div', {class: 'name', 'data-col': 'name'}, name),
-          el('a', {class: 'id mono', href: '#job/' + enc(queue) + '/' + enc(job.id),
-                   title: 'Look this job up'}, job.id)]),
+        jobCell(queue, job),
         el('td', {class: 'num', 'data-col': 'attempts',
                   title: 'attempts made; the job allowed ' + ((job.fail_number || 0) + 1)},
            fmtInt(job.exec_number)),
@@ -2838,94 +2729,62 @@ form.login .btn { margin-top: 8px; padding: 9px; }
         el('td', {class: 'errors'}, errorList(job)),
       ];
       if (!READ_ONLY) {
-        cells.push(el('td', {class: 'actions'}, [
-          actionButton('Retry', 'retry', 'Retry job ' + job.id + ' (' + name + ')',
-            (e) => act(e.currentTarget, jobPath + '/retry', null,
-                       () => 'Job ' + job.id + ' put back in queue ' + queue)),
-          actionButton('Delete', 'delete', 'Delete job ' + job.id + ' (' + name + ')',
-            (e) => act(e.currentTarget, jobPath + '/delete',
-                       'Delete failed job ' + job.id + ' (' + name + ')? This cannot be undone.',
-                       () => 'Job ' + job.id + ' deleted'), true)]));
+        cells.push(el('td', {class: 'actions'}, ['Retry', 'Delete'].map((verb) => actionButton(
+          verb, verb + ' job ' + job.id + ' (' + name + ')', jobPath + '/' + verb.toLowerCase(),
+          verb === 'Delete' ? 'Delete failed job ' + job.id + ' (' + name + ')? This cannot ' +
+          'be undone.' : null, () => 'Job ' + job.id + (verb === 'Delete' ? ' deleted'
+            : ' put back in queue ' + queue), verb === 'Delete'))));
       }
       return el('tr', {'data-job-id': job.id}, cells);
     });
     const head = ['Job', 'Attempts', 'Failed', 'Errors'].concat(READ_ONLY ? [] : ['Actions']);
-    const first = state.failed.offset + 1, last = state.failed.offset + data.jobs.length;
-    const prev = state.failed.offset > 0, next = last < data.total;
-    const pageLink = (offset, label, rel, after) => el('a', {href: '#failed/' + enc(queue) +
-      (offset ? '/' + offset : '') + (after ? '/' + enc(after) : ''), rel: rel}, label);
+    const last = offset + data.jobs.length, lastId = data.jobs[data.jobs.length - 1].id;
+    const next = match ? data.cursor : last < data.total && lastId;     // the page after
     box.replaceChildren(
-      el('div', {class: 'scroll'}, el('table', {class: 'data failed-jobs', id: 'failed-table'}, [
-        el('caption', {class: 'sr-only'}, 'Failed jobs of queue ' + queue),
-        el('colgroup', {}, head.map((h) => el('col', {class: 'c-' + h.toLowerCase()}))),
-        el('thead', {}, headRow(head, ['Attempts'])),
-        el('tbody', {}, rows)])),
-      el('nav', {class: 'pager', 'aria-label': 'Pages of failed jobs'}, [
-        el('span', {}, fmtInt(first) + '\u2013' + fmtInt(last) + ' of ' + fmtInt(data.total)),
-        el('span', {class: 'spacer'}),
-        prev ? pageLink(Math.max(0, state.failed.offset - PAGE_SIZE), '\u2190 Previous', 'prev')
-          : null,
-        next ? pageLink(state.failed.offset + PAGE_SIZE, 'Next \u2192', 'next',
-                        data.jobs[data.jobs.length - 1].id) : null]));
+      dataTable('failed', 'Failed jobs of queue ' + queue, head, ['Attempts'], rows,
+                'failed-jobs'),
+      pager('failed jobs', fmtInt(offset + 1) + '\u2013' + fmtInt(last) + ' of ' + (match
+        ? fmtInt(data.matched) + ' matching ' + quoted : fmtInt(data.total)), [
+        offset && match ? ['first', place('failed', {})] : null,
+        offset && !match ? ['prev', place('failed', {offset: offset > PAGE_SIZE
+          ? offset - PAGE_SIZE : ''})] : null,
+        next ? ['next', place('failed', {offset: last, after: next})] : null]));
   }
 
   // -- waiting and delayed jobs ---------------------------------------------------------
 
   async function loadQueued() {
     const {cursor} = state.queued, which = state.queued.state;
-    const [box, queue] = queueBox('queued');
-    if (!queue) return;
-    const data = await api('api/queues/' + enc(queue) + '/jobs?state=' + which + '&count=' +
-                           PAGE_SIZE + (cursor ? '&cursor=' + enc(cursor) : ''));
-    const key = queue + '\n' + JSON.stringify(data);
-    if (key === state.queued.key) return;
-    state.queued.key = key;
+    const box = $('queued-box'), {queue} = state.queued;
+    const data = await fresh('queued', 'api/queues/' + enc(queue) + '/jobs?state=' + which +
+                             '&count=' + PAGE_SIZE + (cursor ? '&cursor=' + enc(cursor) : ''));
+    if (!data) return;
     if (!data.jobs.length) {
-      box.replaceChildren(el('p', {class: 'empty'}, cursor
-        ? 'No more ' + which + ' jobs in queue ' + queue + '.'
-        : 'No ' + which + ' jobs in queue ' + queue + '.'));
-      return;
+      return say(box, (cursor ? 'No more ' : 'No ') + which + ' jobs in queue ' + queue + '.');
     }
     const when = which === 'delayed' ? 'due_time' : 'create_time';
     const rows = data.jobs.map((job) => el('tr', {'data-job-id': job.id}, [
-      el('td', {class: 'job'}, [
-        el('div', {class: 'name', 'data-col': 'name'}, job.job || '(unnamed)'),
-        el('a', {class: 'id mono', href: '#job/' + enc(queue) + '/' + enc(job.id),
-                 title: 'Look this job up'}, job.id)]),
-      numCell(job.priority, 'priority'),
+      jobCell(queue, job), numCell(job.priority, 'priority'),
       el('td', {'data-col': when}, timeCell(job[when])),
       numCell(job.exec_number, 'attempts'),
       el('td', {'data-col': 'key'}, job.key === null || job.key === undefined ? '\u2014'
                                                                             : job.key)]));
-    const base = '#queued/' + enc(queue) + '/' + which;
     const head = ['Job', 'Priority', which === 'delayed' ? 'Due' : 'Created', 'Attempts', 'Key'];
     box.replaceChildren(
-      el('div', {class: 'scroll'}, el('table', {class: 'data failed-jobs', id: 'queued-table'}, [
-        el('caption', {class: 'sr-only'}, 'The ' + which + ' jobs of queue ' + queue),
-        el('thead', {}, headRow(head, ['Priority', 'Attempts'])),
-        el('tbody', {}, rows)])),
-      el('nav', {class: 'pager', 'aria-label': 'Pages of ' + which + ' jobs'}, [
-        el('span', {}, fmtInt(data.jobs.length) + ' shown of ' + fmtInt(data.total) + ' ' + which),
-        el('span', {class: 'spacer'}),
-        cursor ? el('a', {href: base, rel: 'first'}, '\u2190 First page') : null,
-        data.cursor ? el('a', {href: base + '/' + enc(data.cursor), rel: 'next'}, 'Next \u2192')
-          : null]));
+      dataTable('queued', 'The ' + which + ' jobs of queue ' + queue, head,
+                ['Priority', 'Attempts'], rows, 'failed-jobs'),
+      pager(which + ' jobs', fmtInt(data.jobs.length) + ' shown of ' + fmtInt(data.total) + ' ' +
+            which, [cursor ? ['first', place('queued', {})] : null,
+                    data.cursor ? ['next', place('queued', {cursor: data.cursor})] : null]));
   }
 
   // -- limits ----------------------------------------------------------------------------
 
   async function loadLimits() {
-    const [box, queue] = queueBox('limits');
-    if (!queue) return;
-    const data = await api('api/queues/' + enc(queue) + '/limits');
-    const key = queue + '\n' + JSON.stringify(data);
-    if (key === state.limits.key) return;
-    state.limits.key = key;
-    if (!data.length) {
-      box.replaceChildren(el('p', {class: 'empty'}, 'No limit defined or in use in queue ' +
-                                                    queue + '.'));
-      return;
-    }
+    const box = $('limits-box'), {queue} = state.limits;
+    const data = await fresh('limits', 'api/queues/' + enc(queue) + '/limits');
+    if (!data) return;
+    if (!data.length) return say(box, 'No limit defined or in use in queue ' + queue + '.');
     const head = ['Name', 'Limit', 'Concurrency', 'Rate', 'Running', 'Waiting'];
     const rows = data.map((r) => el('tr', {'data-limit': r.name}, [
       el('th', {scope: 'row', class: 'mono'}, r.name),
@@ -2936,11 +2795,8 @@ form.login .btn { margin-top: 8px; padding: 9px; }
          r.rate ? fmtInt(r.rate) + ' per ' + fmtInt(r.per) + ' s' : '\u2014'),
       numCell(r.running, 'running', r.concurrency && r.running >= r.concurrency ? 'warn' : ''),
       numCell(r.waiting, 'waiting')]));
-    box.replaceChildren(el('div', {class: 'scroll'}, el('table', {class: 'data',
-                                                                  id: 'limits-table'}, [
-      el('caption', {class: 'sr-only'}, 'The limits of queue ' + queue),
-      el('thead', {}, headRow(head, ['Concurrency', 'Rate', 'Running', 'Waiting'])),
-      el('tbody', {}, rows)])));
+    box.replaceChildren(dataTable('limits', 'The limits of queue ' + queue, head,
+                                  ['Concurrency', 'Rate', 'Running', 'Waiting'], rows));
   }
 
   // -- a job by id ---------------------------------------------------------------------
@@ -2981,23 +2837,17 @@ form.login .btn { margin-top: 8px; padding: 9px; }
   }
 
   async function loadJob() {
-    const {queue, id} = state.job;
-    const box = $('job-box');
-    if (!queue || !id) return;
+    const {queue, id} = state.job, box = $('job-box');
+    if (!id) return say(box, 'No job chosen: find one with the search box above.');
     let info;
     try {
-      info = await api('api/queues/' + enc(queue) + '/jobs/' + enc(id));
+      info = await fresh('job', 'api/queues/' + enc(queue) + '/jobs/' + enc(id));
     } catch (err) {
-      state.job.key = '';
-      if (err.status === 404) {
-        return box.replaceChildren(el('div', {class: 'card'}, el('p', {class: 'empty'},
-          'No job ' + id + ' in queue ' + queue + ': the id is unknown, or its record expired.')));
-      }
-      throw err;
+      if (err.status !== 404) throw err;
+      return box.replaceChildren(el('div', {class: 'card'}, el('p', {class: 'empty'},
+                                                             err.message)));
     }
-    const key = JSON.stringify(info);
-    if (key === state.job.key) return;
-    state.job.key = key;
+    if (!info) return;
     const cancellable = !READ_ONLY && UNFINISHED.includes(info.state);
     const limitLink = (name) => el('a', {class: 'mono', href: '#limits/' + enc(queue),
                                          title: 'Show the limits of queue ' + queue}, name);
@@ -3006,10 +2856,10 @@ form.login .btn { margin-top: 8px; padding: 9px; }
       el('div', {class: 'job-title'}, [
         el('h2', {}, info.job || '(unnamed)'),
         el('span', {class: 'badge ' + info.state, 'data-col': 'state'}, info.state),
-        cancellable ? actionButton('Cancel', 'cancel', 'Cancel job ' + info.id, (e) => act(
-          e.currentTarget, 'api/queues/' + enc(queue) + '/jobs/' + enc(info.id) + '/cancel',
-          'Cancel job ' + info.id + ' (' + (info.job || '') + ')?',
-          (r) => 'Job ' + info.id + ' cancelled (it was ' + r.state + ')'), true) : null]),
+        cancellable ? actionButton('Cancel', 'Cancel job ' + info.id, 'api/queues/' +
+          enc(queue) + '/jobs/' + enc(info.id) + '/cancel', 'Cancel job ' + info.id + ' (' +
+          (info.job || '') + ')?', (r) => 'Job ' + info.id + ' cancelled (it was ' + r.state +
+          ')', true) : null]),
       el('dl', {class: 'facts'}, [
         fact('Id', el('span', {class: 'mono'}, info.id), 'id'),
         fact('Queue', info.queue),
@@ -3051,26 +2901,13 @@ form.login .btn { margin-top: 8px; padding: 9px; }
   // -- schedules -----------------------------------------------------------------------
 
   async function loadSchedules() {
-    const box = $('schedules-box');
-    let data;
-    try {
-      data = await api('api/schedules');
-    } catch (err) {
-      state.schedulesKey = '';
-      throw err;
-    }
-    const key = JSON.stringify(data);
-    if (key === state.schedulesKey) return;
-    state.schedulesKey = key;
-    if (!data.length) {
-      return box.replaceChildren(el('p', {class: 'empty'}, 'No schedule in the config.'));
-    }
+    const box = $('schedules-box'), data = await fresh('schedules', 'api/schedules');
+    if (!data) return;
+    if (!data.length) return say(box, 'No schedule in the config.');
     const head = ['Queue', 'Name', 'Expression', 'Timezone', 'Last tick', 'Next tick',
                   'Last job', 'State', 'Skipped'];
-    const table = el('table', {class: 'data', id: 'schedules-table'}, [
-      el('caption', {class: 'sr-only'}, 'Schedules'),
-      el('thead', {}, headRow(head, ['Skipped'])),
-      el('tbody', {}, data.map((s) => el('tr', {'data-schedule': s.queue + '/' + s.name}, [
+    box.replaceChildren(dataTable('schedules', 'Schedules', head, ['Skipped'], data.map(
+      (s) => el('tr', {'data-schedule': s.queue + '/' + s.name}, [
         el('td', {}, s.queue), el('th', {scope: 'row'}, s.name),
         el('td', {class: 'mono'}, s.expression), el('td', {}, s.timezone || 'UTC'),
         el('td', {}, timeCell(s.last_tick)), el('td', {}, timeCell(s.next_tick)),
@@ -3078,47 +2915,69 @@ form.login .btn { margin-top: 8px; padding: 9px; }
                                              enc(s.last_job_id)}, s.last_job_id) : '\u2014'),
         el('td', {}, s.last_job_state ? el('span', {class: 'badge ' + s.last_job_state},
                                            s.last_job_state) : '\u2014'),
-        numCell(s.skipped, 'skipped')])))]);
-    box.replaceChildren(el('div', {class: 'scroll'}, table));
+        numCell(s.skipped, 'skipped')]))));
+  }
+
+  // -- search: a job by id or unique key in every queue, failed jobs by text -----------
+
+  async function loadSearch() {
+    const {text} = state.search, box = $('search-box'), quoted = "'" + text + "'";
+    if (!text) return say(box, 'Type a job id or key, or a text of failed jobs, above.');
+    const data = await fresh('search', 'api/search?q=' + enc(text));
+    if (!data) return;
+    const jobs = data.jobs.map((job) => el('tr', {'data-job-id': job.id}, [
+      el('td', {'data-col': 'queue'}, job.queue), jobCell(job.queue, job),
+      el('td', {'data-col': 'found_by'}, job.found_by),
+      el('td', {'data-col': 'state'}, el('span', {class: 'badge ' + job.state}, job.state))]));
+    const failed = data.failed.map((f) => el('tr', {'data-queue': f.queue}, [
+      el('td', {'data-col': 'queue'}, f.queue), numCell(f.matched, 'matched'),
+      el('td', {}, f.matched ? el('a', {href: '#failed/' + enc(f.queue) + '///' + enc(text)},
+                                  'Show them') : '\u2014')]));
+    const card = (title, table) => el('div', {class: 'card'}, [
+      el('h2', {class: 'card-head'}, title + quoted), table]);
+    box.replaceChildren(
+      card('Id or unique key ', jobs.length ? dataTable('found', 'Jobs found', ['Queue', 'Job',
+                                                        'Found by', 'State'], [], jobs)
+        : el('p', {class: 'empty'}, 'No queue has a job with this id or unique key (a key is ' +
+             'found while a job holds it: see unique in push()).')),
+      card('Failed jobs whose name, key or errors contain ', dataTable(
+        'matching', 'Failed jobs that contain the text', ['Queue', 'Matching', ''], ['Matching'],
+        failed)));
+  }
+
+  // -- live: server-sent events when the server sends them, else a poll every 2 s -----
+
+  let events = null;
+
+  function listen() {
+    // the events of what the page shows now (its job's, or every queue's counts): each
+    // 'change' refreshes it; after an error it tries again by itself, unless refused (CLOSED)
+    const url = new URL('api/events?' + new URLSearchParams(state.view === 'job'
+      ? {queue: state.job.queue, id: state.job.id} : {}), window.location.href).href;
+    if (!window.EventSource || (events && events.readyState !== 2 && events.url === url)) return;
+    if (events) events.close();
+    state.pushed = false;
+    events = Object.assign(new EventSource(url), {
+      onopen: () => { state.pushed = true; }, onmessage: () => tick(),
+      onerror: () => { state.pushed = false; tick(); }});
   }
 
   // -- start ---------------------------------------------------------------------------
 
-  function debounce(fn, ms) {
-    let t = null;
-    return () => { clearTimeout(t); t = setTimeout(fn, ms); };
-  }
-
   function init() {
-    const colgroup = (span, title) => el('th', {scope: 'colgroup', colspan: span}, title);
-    $('queues-head').replaceChildren(
-      el('tr', {class: 'groups'}, [el('td'), colgroup(7, 'Now'), el('td'), colgroup(2, 'Total'),
-                                   colgroup(2, 'Rate'), el('td')]),
-      headRow(QUEUE_COLUMNS, QUEUE_COLUMNS.slice(1)));
-    $('fleet-head').replaceChildren(headRow(FLEET_COLUMNS, ['PID', 'Last seen', 'Workers',
-                                                           'Busy', 'Idle', 'Done']));
+    buildPage();
     $('read-only').hidden = !READ_ONLY;
     $('logout').hidden = !SIGNED_IN;
-    $('chart-queue').addEventListener('change', (e) => {
-      state.chartQueue = e.target.value;
-      if (state.history === 'broker') state.history = 'unknown';
-      renderChart();
-      tick();
-    });
-    $('failed-queue').addEventListener('change', (e) => go('#failed/' + enc(e.target.value)));
-    $('queued-queue').addEventListener('change', (e) => go('#queued/' + enc(e.target.value) +
-                                                           '/' + $('queued-state').value));
-    $('queued-state').addEventListener('change', (e) => go('#queued/' +
-      enc($('queued-queue').value) + '/' + e.target.value));
-    $('limits-queue').addEventListener('change', (e) => go('#limits/' + enc(e.target.value)));
-    $('job-queue').addEventListener('change', (e) => { state.job.queue = e.target.value; });
-    $('job-form').addEventListener('submit', (e) => {
+    $('search').addEventListener('submit', (e) => {
       e.preventDefault();
-      const id = $('job-id').value.trim();
-      if (id) go('#job/' + enc($('job-queue').value) + '/' + enc(id));
+      go('#search/' + enc($('search-text').value.trim()));
     });
     window.addEventListener('hashchange', route);
-    window.addEventListener('resize', debounce(() => { if (state.queues) renderChart(); }, 150));
+    let resized = null;         // the chart is drawn again once the window stops changing
+    window.addEventListener('resize', () => {
+      clearTimeout(resized);
+      resized = setTimeout(() => state.queues && renderChart(), 150);
+    });
     route();
   }
 

@@ -750,6 +750,128 @@ def test_delete_failed(driver, queue, store):
     assert ids_of(reserve(driver, queue)) == [waiting]
 
 
+# -- finding jobs: by id or unique key, failed ones by text ------------------------------------
+
+def test_find_a_job_by_id_or_by_the_unique_key_it_holds(driver, queue):
+    plain = push1(driver, queue, key='k-plain')
+    held = push1(driver, queue, key='k-held', unique='queued')
+    window = push1(driver, queue, key='k-window', unique='60')
+    assert [driver.run(queue, 'find', text) for text in (
+        plain, held, window, 'k-held', 'k-window', 'k-plain', 'K-HELD', 'nope', '')] == [
+        plain, held, window, held, window, None, None, None, None]
+    assert driver.run(queue, 'find', plain + ':parents') is None
+    job = reserve(driver, queue, 3)[1]          # handed out: 'queued' lets go of its key
+    assert job['id'] == held and driver.run(queue, 'find', 'k-held') is None
+    assert driver.run(queue, 'find', held) == held
+
+
+def make_failures(driver, queue, *jobs):
+    """Fail a job for each (name, key, error) in one batch each; their ids."""
+    ids = []
+    for name, key, error in jobs:
+        job_id = push1(driver, queue, key=key or '')
+        job = pop1(driver, queue)
+        assert fail(driver, queue, job, errors=['Traceback ...\n' + error], name=name)
+        ids.append(job_id)
+    return ids
+
+
+def match(driver, queue, text, count=100, cursor='', limit=100):
+    n, records, after = driver.run(queue, 'match_failed', text, count, cursor, limit)
+    return n, ids_of(records), after
+
+
+def test_match_failed_finds_the_text_in_the_name_key_or_errors_ascii_case_blind(driver, queue):
+    a, b, c, d = make_failures(driver, queue, ('mod.charge', None, 'ValueError: bad card'),
+                               ('mod.sync', 'customer:7', 'KeyError: "id"'),
+                               ('mod.Charge_all', None, 'RuntimeError: \u00c9t\u00e9 "x"\n'),
+                               ('mod.other', None, 'TypeError: valueerror'))
+    assert match(driver, queue, 'charge') == (2, [a, c], '')
+    assert match(driver, queue, 'VALUEERROR') == (2, [a, d], '')
+    assert match(driver, queue, 'Customer:7') == (1, [b], '')
+    assert match(driver, queue, 'KeyError: "id"') == (1, [b], '')
+    assert match(driver, queue, '\u00c9t\u00e9 "x"') == (1, [c], '')
+    assert match(driver, queue, '\u00e9T\u00c9') == (0, [], '')     # ASCII letters only
+    assert match(driver, queue, '') == (4, [a, b, c, d], '')
+    assert match(driver, queue, 'nothing') == (0, [], '')
+    assert match(driver, queue, 'nValueError') == (0, [], '')     # the stored text has '\\n'
+    n, found, after = match(driver, queue, 'mod.', count=2)      # stops at the count-th
+    assert (n, found) == (2, [a, b]) and after
+    assert match(driver, queue, 'mod.', cursor=after) == (2, [c, d], '')
+    assert match(driver, queue, 'mod.', count=0) == (4, [], '')   # counting only
+    record = driver.run(queue, 'match_failed', 'bad card', 1, '', 10)[1][0]
+    assert record['state'] == 'failed' and record['job'] == 'mod.charge'
+    assert record['error_info'] == ['Traceback ...\nValueError: bad card']
+
+
+def test_match_failed_walks_in_chunks_and_ends_at_the_jobs_failed_by_its_first_step(
+        driver, queue):
+    ids = make_failures(driver, queue, *[('mod.job%d' % i, None, 'E%d' % (i % 2))
+                                         for i in range(7)])
+    seen, cursor, total = [], '', 0
+    while True:
+        n, found, cursor = match(driver, queue, 'e1', cursor=cursor, limit=3)
+        seen += found
+        total += n
+        if not cursor:
+            break
+        if len(seen) == 1:      # failed after the walk began: not met
+            make_failures(driver, queue, ('mod.late', None, 'E1'))
+            assert driver.run(queue, 'retry_failed', ids[1], 1) == 1    # retried: gone
+    assert (seen, total) == ([ids[1], ids[3], ids[5]], 3)
+    # a cursor whose job left the list meanwhile goes on after its place
+    n, found, after = match(driver, queue, 'mod.', count=2)
+    assert driver.run(queue, 'delete_failed', found[1]) is True
+    assert found == [ids[0], ids[2]]
+    assert match(driver, queue, 'mod.', count=1, cursor=after)[1] == [ids[3]]
+
+
+def test_a_walk_meets_jobs_that_failed_in_one_step_once_each(driver, queue):
+    push(driver, queue, 6)
+    jobs = pop(driver, queue, 6)
+    assert all(driver.execute(queue, [('fail', job['id'], job['attempt'], 1, '["E"]', 'f')
+                                      for job in jobs]))
+    order = ids_of(failed(driver, queue))      # one fail time: the broker's order of ties
+    seen, cursor = [], ''
+    while True:
+        _, found, cursor = match(driver, queue, 'e', cursor=cursor, limit=2)
+        seen += found
+        if len(seen) == 2:      # the job at the cursor leaves the list
+            assert driver.run(queue, 'delete_failed', seen[-1]) is True
+        if not cursor:
+            break
+    assert seen == order
+
+
+def test_retry_and_delete_matching_act_on_the_matching_jobs_chunk_by_chunk(driver, queue,
+                                                                          store):
+    ids = make_failures(driver, queue, *[('mod.job%d' % i, None, 'E%d' % (i % 3))
+                                         for i in range(8)])
+    cursor, retried = '', 0
+    while True:
+        n, cursor = driver.run(queue, 'retry_matching', 'e0', cursor, 3)
+        retried += n
+        for job in pop(driver, queue, 10):      # they fail again at once: never met twice
+            assert fail(driver, queue, job, errors=['E0 again'])
+        if not cursor:
+            break
+    assert retried == 3
+    assert counts(driver, queue)['failed'] == 8
+    cursor, deleted = '', 0
+    while True:
+        n, cursor = driver.run(queue, 'delete_matching', 'E1', cursor, 2)
+        deleted += n
+        if not cursor:
+            break
+    assert deleted == 3
+    left = ids_of(failed(driver, queue))
+    assert left == [ids[i] for i in (2, 5, 0, 3, 6)], left
+    for job_id in set(ids) - set(left):
+        assert info(driver, queue, job_id) is None and store.traces(queue, job_id) == []
+    assert counts(driver, queue) == zero_counts(failed=5, pushed=8, failed_total=11)
+    assert driver.run(queue, 'retry_matching', 'nothing', '', 100) == (0, '')
+
+
 # -- attempts fence every outcome ------------------------------------------------------------
 
 OUTCOMES = {
