@@ -821,7 +821,8 @@ def test_the_command_line_uses_only_public_names():
     used = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)
             and isinstance(node.value, ast.Name) and node.value.id == 'mpqueue'}
     tools = {'queue_config', 'pid_file', 'pool_pid', 'start_pool', 'pool_status', 'depth',
-             'fleet', 'foreign_pools', 'schedules', 'history', 'queued_jobs'}
+             'fleet', 'foreign_pools', 'schedules', 'history', 'queued_jobs', 'find_job',
+             'search_failed', 'count_failed'}
     assert tools <= set(dir(mpqueue)) and not tools & set(mpqueue.__all__)
     for name in tools:
         assert '``%s(' % name in mpqueue.__doc__, name
